@@ -1,0 +1,30 @@
+//! NAXML / Conexxus POSJournal 3.6 as NCR Radiant exports it: the NAXML vocabulary as default namespace, a
+//! `radiant:` extension, dates written `2021-05-28T` and business dates with an offset. Sources: docs/formats.md.
+
+use super::{Detect, Dialect, DialectSpec, DiscountSign, Field, naxml, text};
+use crate::model::TransactionType as T;
+
+pub(super) static SPEC: DialectSpec = DialectSpec {
+    dialect: Dialect::ConexxusNaxml,
+    detect: &[
+        Detect::Root("NAXML-POSJournal"),
+        Detect::AnyOf(&[
+            Detect::Namespace("http://www.radiantsystems.com/NAXML-Extension"),
+            Detect::Attribute("version", "3.6"),
+        ]),
+    ],
+    transaction: naxml::EVENTS,
+    file: &[text("TransmissionHeader/StoreLocationID", Field::Site)],
+    type_from_element_name: true,
+    header: naxml::HEADER,
+    register_in_key: true,
+    types: naxml::TYPES,
+    default_type: T::Other,
+    line: "TransactionDetailGroup/TransactionLine",
+    line_rules: naxml::LINE,
+    line_kinds: naxml::LINE_KINDS,
+    discount: "ItemLine|FuelLine|MerchandiseCodeLine/Promotion|Discount",
+    transaction_discount: "",
+    discount_rules: naxml::DISCOUNT,
+    discount_sign: DiscountSign::Positive,
+};

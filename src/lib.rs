@@ -1,0 +1,16 @@
+//! poslake: point-of-sale transaction logs into an Apache Iceberg lakehouse.
+//!
+//! # Layout
+//! - [`model`]: the records a file yields (silver `SalesHeader` / `SalesLine` / `SalesDiscount`, bronze, file facts).
+//! - [`dialect`]: the six vendor dialects, each a table of element paths → fields, and auto-detection.
+//! - [`parse`]: the single streaming pass (quick-xml) that reads any dialect's table; typed errors.
+//! - [`generate`]: a deterministic corpus generator for all six dialects, with planted duplicates and a manifest.
+
+pub mod dialect;
+pub mod generate;
+pub mod model;
+pub mod parse;
+
+pub use dialect::Dialect;
+pub use model::ParsedFile;
+pub use parse::{ParseError, ParseOptions, parse_file};

@@ -1,0 +1,312 @@
+//! The records one POS file turns into: silver facts (`SalesHeader`, `SalesLine`, `SalesDiscount`), a flat bronze
+//! record per transaction that keeps every value the file held, and the facts about the file itself.
+//!
+//! Amounts are exact decimals and dates are typed from here on; raw text survives only in bronze.
+
+use chrono::{NaiveDate, NaiveDateTime};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::dialect::Dialect;
+
+/// Everything one file yields.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParsedFile {
+    pub facts: FileFacts,
+    /// Transactions in file order.
+    pub transactions: Vec<Transaction>,
+    /// Everything in the file outside the transactions (envelope attributes, file headers, period totals).
+    pub envelope: BronzeRecord,
+}
+
+/// Facts about one source file, for the file ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileFacts {
+    pub name: String,
+    pub dialect: Dialect,
+    /// Site named by the file envelope, if the dialect carries one there.
+    pub site: Option<String>,
+    /// Size of the bytes as received (possibly compressed).
+    pub bytes: u64,
+    /// Size of the XML text after decompression and transcoding to UTF-8.
+    pub xml_bytes: u64,
+    pub compression: Compression,
+    /// The encoding the text was decoded from (`UTF-8` unless the file declared or needed another).
+    pub encoding: &'static str,
+    /// BLAKE3 of the bytes as received, hex: the identity of the file's content.
+    pub content_hash: String,
+    pub transaction_count: u32,
+    pub line_count: u32,
+    pub discount_count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// One transaction: its silver facts and its bronze record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transaction {
+    pub header: SalesHeader,
+    pub lines: Vec<SalesLine>,
+    pub discounts: Vec<SalesDiscount>,
+    pub bronze: BronzeRecord,
+}
+
+/// The dedup key: site + business date + transaction sequence, qualified by register where the vendor numbers
+/// transactions per register (the dialect decides; `register` is `None` where it does not), and by the variant of
+/// a record that shares its ticket's number by the vendor's design.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TransactionKey {
+    pub site: String,
+    pub business_date: NaiveDate,
+    pub register: Option<String>,
+    pub sequence: String,
+    pub variant: KeyVariant,
+}
+
+/// Records that share a ticket number by design are distinct records, not re-sends: a rolled-back payment attempt
+/// and its mirror, a fuel prepay and its completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyVariant {
+    Primary,
+    RollbackMirror,
+    FuelPrepay,
+    FuelCompletion,
+    /// A record without a ticket number, keyed by its terminal message serial number instead.
+    TerminalMessage,
+}
+
+impl KeyVariant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyVariant::Primary => "",
+            KeyVariant::RollbackMirror => "rollback",
+            KeyVariant::FuelPrepay => "prepay",
+            KeyVariant::FuelCompletion => "completion",
+            KeyVariant::TerminalMessage => "message",
+        }
+    }
+
+    pub fn of(flags: &TransactionFlags) -> KeyVariant {
+        if flags.rollback {
+            KeyVariant::RollbackMirror
+        } else if flags.fuel_prepay {
+            KeyVariant::FuelPrepay
+        } else if flags.fuel_completion {
+            KeyVariant::FuelCompletion
+        } else {
+            KeyVariant::Primary
+        }
+    }
+}
+
+impl TransactionKey {
+    /// A stable text form, `site|YYYY-MM-DD|register|sequence` (then `|variant` for a non-primary record), used
+    /// for hashing and manifests.
+    pub fn canonical(&self) -> String {
+        let mut s = format!(
+            "{}|{}|{}|{}",
+            self.site,
+            self.business_date.format("%Y-%m-%d"),
+            self.register.as_deref().unwrap_or(""),
+            self.sequence
+        );
+        if self.variant != KeyVariant::Primary {
+            s.push('|');
+            s.push_str(self.variant.as_str());
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionType {
+    Sale,
+    Refund,
+    Void,
+    NoSale,
+    Other,
+}
+
+impl TransactionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransactionType::Sale => "sale",
+            TransactionType::Refund => "refund",
+            TransactionType::Void => "void",
+            TransactionType::NoSale => "no_sale",
+            TransactionType::Other => "other",
+        }
+    }
+}
+
+/// What a transaction is besides its type. Sales figures exclude flagged records; nothing is dropped for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TransactionFlags {
+    /// Rung in training mode: not a real sale.
+    pub training: bool,
+    /// Parked, not paid.
+    pub suspended: bool,
+    /// Voided or cancelled as a whole (post-void, cancel flag, void ticket).
+    pub voided: bool,
+    /// The mirror record of a rolled-back payment attempt (shares its original's key by design).
+    pub rollback: bool,
+    /// A fuel prepay ticket (the fuel itself is sold by a later completion).
+    pub fuel_prepay: bool,
+    /// The completion of a fuel prepay.
+    pub fuel_completion: bool,
+    /// Paid at the pump (outside sale).
+    pub outside_sale: bool,
+    /// Recorded while the register was offline.
+    pub offline: bool,
+    /// A system or journal record (sign-on, period close): not a sale.
+    pub journal: bool,
+}
+
+impl TransactionFlags {
+    /// True when sales figures should leave this record out.
+    pub fn excluded_from_sales(&self) -> bool {
+        self.training || self.suspended || self.voided || self.rollback || self.journal
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SalesHeader {
+    pub key: TransactionKey,
+    /// 1-based position of the transaction in its file.
+    pub ordinal: u32,
+    pub cashier: Option<String>,
+    pub start_time: Option<NaiveDateTime>,
+    pub end_time: Option<NaiveDateTime>,
+    pub transaction_type: TransactionType,
+    /// The vendor's own type value, as written.
+    pub type_raw: Option<String>,
+    pub flags: TransactionFlags,
+    pub gross_amount: Option<Decimal>,
+    pub net_amount: Option<Decimal>,
+    pub tax_amount: Option<Decimal>,
+    pub total_amount: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    /// A merchandise item (UPC/PLU).
+    Item,
+    /// An open department sale without an item code.
+    Department,
+    /// Fuel dispensed.
+    Fuel,
+    /// A fuel prepay deposit; the fuel itself follows as a completion.
+    FuelPrepay,
+    /// A line type the dialect does not name: kept so that nothing sold is dropped silently.
+    Other,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SalesLine {
+    /// 1-based position of the line element within its transaction (tender and tax lines count too).
+    pub line_number: u32,
+    pub kind: LineKind,
+    /// The vendor's own line type, as written.
+    pub kind_raw: Option<String>,
+    pub item_code: Option<String>,
+    pub description: Option<String>,
+    pub department: Option<String>,
+    pub quantity: Option<Decimal>,
+    pub unit_price: Option<Decimal>,
+    pub extended_amount: Option<Decimal>,
+    pub tax_amount: Option<Decimal>,
+    pub voided: bool,
+    pub refund: bool,
+    pub fuel_grade: Option<String>,
+    pub fuel_position: Option<String>,
+    pub fuel_volume: Option<Decimal>,
+    pub fuel_unit_price: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SalesDiscount {
+    /// The sales line this discount sits in, if it sits in one.
+    pub line_number: Option<u32>,
+    /// The line reference the file itself gives, where a discount names its line instead of nesting in it.
+    pub applies_to: Option<String>,
+    pub promotion_id: Option<String>,
+    pub description: Option<String>,
+    /// The discount as a positive reduction of the price (a dialect that writes reductions negative is
+    /// normalised).
+    pub amount: Option<Decimal>,
+    /// The kind of reduction (`promotion`, `mix_match`, `discount`, `loyalty`, or the vendor's value).
+    pub kind: Option<String>,
+    pub voided: bool,
+}
+
+/// A flat record of every value under one element: `path` keys, namespace prefixes stripped, repeated siblings
+/// numbered from their second occurrence (`trLine[2]`), attributes as `element_attr_name`, and the text of an
+/// element that also has children as `element_tagvalue`. Entries keep file order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BronzeRecord {
+    buf: String,
+    /// (key start, key end = value start, value end) into `buf`.
+    spans: Vec<(u32, u32, u32)>,
+}
+
+impl BronzeRecord {
+    pub fn push(&mut self, key: &str, value: &str) {
+        let start = self.buf.len() as u32;
+        self.buf.push_str(key);
+        let mid = self.buf.len() as u32;
+        self.buf.push_str(value);
+        self.spans.push((start, mid, self.buf.len() as u32));
+    }
+
+    /// Pushes an entry whose key is `key` + `a` + `b` (avoids a temporary string on the hot path).
+    pub fn push3(&mut self, key: &str, a: &str, b: &str, value: &str) {
+        let start = self.buf.len() as u32;
+        self.buf.push_str(key);
+        self.buf.push_str(a);
+        self.buf.push_str(b);
+        let mid = self.buf.len() as u32;
+        self.buf.push_str(value);
+        self.spans.push((start, mid, self.buf.len() as u32));
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.spans.iter().map(|&(s, m, e)| {
+            (
+                &self.buf[s as usize..m as usize],
+                &self.buf[m as usize..e as usize],
+            )
+        })
+    }
+
+    /// The value of the first entry with this key.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+impl Serialize for BronzeRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.spans.len()))?;
+        for entry in self.iter() {
+            seq.serialize_element(&entry)?;
+        }
+        seq.end()
+    }
+}

@@ -1,0 +1,558 @@
+//! The one streaming pass: quick-xml events → the dialect's trie → builders and bronze records.
+//!
+//! Per element the engine does one trie lookup, keeps a path buffer for bronze keys, counts repeated siblings
+//! and gathers the element's own text. Nothing is allocated per element except the values it keeps.
+
+use std::fmt::Write as _;
+
+use quick_xml::XmlVersion;
+use quick_xml::errors::Error as XmlError;
+use quick_xml::escape::EscapeError;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::reader::Reader;
+
+use super::ParseOptions;
+use super::builder::{FileDefaults, TxBuilder, ValueError};
+use super::error::{ParseError, Position};
+use super::plan::{Action, NodeId, Plan, ROOT, Role};
+use crate::dialect::{Dialect, Field, RootInfo};
+use crate::model::{BronzeRecord, Transaction};
+
+/// What the pass yields, before file facts are added.
+pub(crate) struct Output {
+    pub dialect: Dialect,
+    pub transactions: Vec<Transaction>,
+    pub envelope: BronzeRecord,
+    pub site: Option<String>,
+}
+
+struct Frame {
+    node: Option<NodeId>,
+    role: Role,
+    /// Lengths of the shared buffers before this element: restored when it closes.
+    path_len: usize,
+    counters_len: usize,
+    names_len: usize,
+    text_start: usize,
+    captures_len: usize,
+    has_children: bool,
+}
+
+/// A pending "this element's text fills that field".
+struct Capture {
+    field: Field,
+}
+
+pub(crate) struct Engine<'a> {
+    file: &'a str,
+    text: &'a str,
+    opts: &'a ParseOptions,
+    plan: Option<&'static Plan>,
+    root_seen: bool,
+    frames: Vec<Frame>,
+    /// Bronze key of the current element: `/`-joined local names, repeats numbered.
+    path: String,
+    /// Child-name counters of the open elements (stack discipline, like `frames`): (name start, name end, count)
+    /// into `names`.
+    counters: Vec<(u32, u32, u32)>,
+    names: Vec<u8>,
+    /// Text of the open elements, innermost last.
+    text_buf: String,
+    captures: Vec<Capture>,
+    defaults: FileDefaults,
+    envelope: BronzeRecord,
+    tx: Option<TxBuilder>,
+    tx_count: u32,
+    done: Vec<Transaction>,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(file: &'a str, text: &'a str, opts: &'a ParseOptions) -> Self {
+        Engine {
+            file,
+            text,
+            opts,
+            plan: None,
+            root_seen: false,
+            frames: Vec::with_capacity(32),
+            path: String::with_capacity(256),
+            counters: Vec::with_capacity(64),
+            names: Vec::with_capacity(1024),
+            text_buf: String::with_capacity(1024),
+            captures: Vec::with_capacity(16),
+            defaults: FileDefaults::default(),
+            envelope: BronzeRecord::default(),
+            tx: None,
+            tx_count: 0,
+            done: Vec::new(),
+        }
+    }
+
+    pub fn run(mut self) -> Result<Output, ParseError> {
+        let mut reader = Reader::from_str(self.text);
+        let config = reader.config_mut();
+        config.check_end_names = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+
+        loop {
+            let event = reader
+                .read_event()
+                .map_err(|e| self.xml_error(e, reader.error_position()))?;
+            let pos = reader.buffer_position();
+            match event {
+                Event::Start(e) => self.start(&e, pos)?,
+                Event::Empty(e) => {
+                    self.start(&e, pos)?;
+                    self.end(pos)?;
+                }
+                Event::End(_) => self.end(pos)?,
+                Event::Text(t) => self.push_text(&t.xml10_content(), pos)?,
+                Event::CData(t) => {
+                    let raw = t.into_inner();
+                    if self.frames.is_empty() {
+                        return Err(
+                            self.malformed(pos, "character data outside the root element".into())
+                        );
+                    }
+                    self.append_text(&raw, pos)?;
+                }
+                Event::GeneralRef(r) => {
+                    let mut buf = [0u8; 4];
+                    let resolved: &str = if r.is_char_ref() {
+                        match r.resolve_char_ref() {
+                            Ok(Some(c)) => c.encode_utf8(&mut buf),
+                            _ => {
+                                return Err(self.malformed(
+                                    pos,
+                                    format!("invalid character reference &{};", &*r),
+                                ));
+                            }
+                        }
+                    } else {
+                        match &*r {
+                            "lt" => "<",
+                            "gt" => ">",
+                            "amp" => "&",
+                            "apos" => "'",
+                            "quot" => "\"",
+                            other => {
+                                return Err(ParseError::UnknownEntity {
+                                    file: self.file.to_owned(),
+                                    position: self.locate(pos),
+                                    name: other.to_owned(),
+                                });
+                            }
+                        }
+                    };
+                    if self.frames.is_empty() {
+                        return Err(
+                            self.malformed(pos, "reference outside the root element".into())
+                        );
+                    }
+                    self.append_text(resolved, pos)?;
+                }
+                Event::DocType(d) => {
+                    if d.contains("<!ENTITY") {
+                        return Err(ParseError::EntityDeclaration {
+                            file: self.file.to_owned(),
+                            position: self.locate(pos),
+                        });
+                    }
+                }
+                Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+                Event::Eof => break,
+            }
+        }
+        let end = self.text.len() as u64;
+        if let Some(frame) = self.frames.last() {
+            let innermost = self.path[frame.path_len..]
+                .trim_start_matches('/')
+                .to_owned();
+            return Err(ParseError::Truncated {
+                file: self.file.to_owned(),
+                position: self.locate(end),
+                open: self.frames.len(),
+                innermost,
+            });
+        }
+        let Some(plan) = self.plan else {
+            return Err(self.malformed(end, "no root element".into()));
+        };
+        let site = self
+            .defaults
+            .site
+            .clone()
+            .or_else(|| self.done.first().map(|t| t.header.key.site.clone()));
+        Ok(Output {
+            dialect: plan.spec.dialect,
+            transactions: self.done,
+            envelope: self.envelope,
+            site,
+        })
+    }
+
+    fn start(&mut self, e: &BytesStart<'_>, pos: u64) -> Result<(), ParseError> {
+        let local = e.local_name();
+        let name: &str = local.as_ref();
+        if self.frames.len() >= self.opts.max_depth {
+            return Err(ParseError::TooDeep {
+                file: self.file.to_owned(),
+                position: self.locate(pos),
+                limit: self.opts.max_depth,
+            });
+        }
+
+        let (plan, node) = match self.frames.last_mut() {
+            None => {
+                if self.root_seen {
+                    return Err(self.malformed(pos, "content after the root element".into()));
+                }
+                self.root_seen = true;
+                let plan = self.choose_dialect(e, name, pos)?;
+                (plan, Some(ROOT))
+            }
+            Some(parent) => {
+                parent.has_children = true;
+                let plan = self
+                    .plan
+                    .ok_or_else(|| self.malformed(pos, "no dialect".into()))?;
+                let parent_node = self.frames.last().and_then(|f| f.node);
+                (
+                    plan,
+                    parent_node.and_then(|n| plan.child(n, name.as_bytes())),
+                )
+            }
+        };
+        let mut role = node
+            .and_then(|n| plan.nodes[n as usize].role)
+            .unwrap_or(Role::Plain);
+        if role == Role::Transaction && self.tx.is_some() {
+            // A transaction element inside a transaction is only data of the outer one.
+            role = Role::Plain;
+        }
+
+        let frame = Frame {
+            node,
+            role,
+            path_len: self.path.len(),
+            counters_len: self.counters.len(),
+            names_len: self.names.len(),
+            text_start: self.text_buf.len(),
+            captures_len: self.captures.len(),
+            has_children: false,
+        };
+        let occurrence = self.count_child(name);
+        if !self.path.is_empty() {
+            self.path.push('/');
+        }
+        let segment_start = self.path.len();
+        self.path.push_str(name);
+        // A transaction's own segment is its bronze root: it carries no number.
+        if occurrence > 1 && role != Role::Transaction {
+            let _ = write!(self.path, "[{occurrence}]");
+        }
+        self.frames.push(frame);
+
+        match role {
+            Role::Transaction => {
+                if self.tx.is_none() {
+                    self.tx_count += 1;
+                    let mut tx = TxBuilder::new(self.tx_count, segment_start);
+                    if plan.spec.type_from_element_name {
+                        tx.apply(Field::TypeRaw, name)
+                            .map_err(|v| self.invalid(pos, v, name))?;
+                    }
+                    self.tx = Some(tx);
+                }
+            }
+            Role::Line => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.begin_line();
+                }
+            }
+            Role::Discount => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.begin_discount();
+                }
+            }
+            Role::Plain => {}
+        }
+
+        let actions: &[Action] = node.map_or(&[], |n| &plan.nodes[n as usize].actions);
+        // Bit i: the predicate of action i holds (actions per element are few).
+        let mut preds_held: u64 = 0;
+        for attr in e.attributes() {
+            let attr = attr.map_err(|err| self.malformed(pos, format!("bad attribute: {err}")))?;
+            let key = attr.key;
+            if key.as_ref() == "xmlns" || key.prefix().is_some_and(|p| p.as_ref() == "xmlns") {
+                continue;
+            }
+            let attr_local = key.local_name();
+            let attr_name: &str = attr_local.as_ref();
+            let value = attr
+                .normalized_value(XmlVersion::Implicit1_0)
+                .map_err(|err| self.xml_error(err, pos))?;
+            let value = value.trim();
+            let (bronze, key_start) = bronze_target(&mut self.tx, &mut self.envelope);
+            bronze.push3(&self.path[key_start..], "_attr_", attr_name, value);
+            for (i, action) in actions.iter().enumerate() {
+                match *action {
+                    Action::Attr {
+                        name: want,
+                        field,
+                        constant,
+                    } if want == attr_name => {
+                        let v = constant.unwrap_or(value);
+                        if !v.is_empty() {
+                            self.apply(field, v)
+                                .map_err(|err| self.invalid(pos, err, v))?;
+                        }
+                    }
+                    Action::Text {
+                        pred: Some((k, want)),
+                        ..
+                    }
+                    | Action::Mark {
+                        pred: Some((k, want)),
+                        ..
+                    } if k == attr_name && want == value && i < 64 => {
+                        preds_held |= 1 << i;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (i, action) in actions.iter().enumerate() {
+            match *action {
+                Action::Text { field, pred }
+                    if pred.is_none() || preds_held & (1 << i.min(63)) != 0 =>
+                {
+                    self.captures.push(Capture { field });
+                }
+                Action::Mark { field, value, pred }
+                    if pred.is_none() || preds_held & (1 << i.min(63)) != 0 =>
+                {
+                    self.apply(field, value)
+                        .map_err(|err| self.invalid(pos, err, value))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, pos: u64) -> Result<(), ParseError> {
+        let Some(frame) = self.frames.pop() else {
+            return Err(self.malformed(pos, "closing tag without an open element".into()));
+        };
+        // Take the text out so that the builders can be borrowed mutably while it is read.
+        let text = std::mem::take(&mut self.text_buf);
+        let value = text[frame.text_start..].trim();
+        let mut result = Ok(());
+        if !value.is_empty() {
+            let (bronze, key_start) = bronze_target(&mut self.tx, &mut self.envelope);
+            let key = &self.path[key_start..];
+            if frame.has_children {
+                bronze.push3(key, "_tagvalue", "", value);
+            } else {
+                bronze.push(key, value);
+            }
+            for i in frame.captures_len..self.captures.len() {
+                let field = self.captures[i].field;
+                if let Err(err) = self.apply(field, value) {
+                    result = Err(self.invalid(pos, err, value));
+                    break;
+                }
+            }
+        }
+        self.text_buf = text;
+        result?;
+        self.captures.truncate(frame.captures_len);
+        self.text_buf.truncate(frame.text_start);
+        self.path.truncate(frame.path_len);
+        self.counters.truncate(frame.counters_len);
+        self.names.truncate(frame.names_len);
+
+        let Some(plan) = self.plan else { return Ok(()) };
+        match frame.role {
+            Role::Line => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.end_line(plan.spec);
+                }
+            }
+            Role::Discount => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.end_discount(plan.spec);
+                }
+            }
+            Role::Transaction => {
+                if let Some(tx) = self.tx.take() {
+                    let ordinal = tx.ordinal;
+                    let done = tx.finish(plan.spec, &self.defaults).map_err(|missing| {
+                        ParseError::MissingField {
+                            file: self.file.to_owned(),
+                            position: self.locate(pos),
+                            transaction: ordinal,
+                            field: missing.0,
+                        }
+                    })?;
+                    self.done.push(done);
+                }
+            }
+            Role::Plain => {}
+        }
+        Ok(())
+    }
+
+    fn push_text(&mut self, text: &str, pos: u64) -> Result<(), ParseError> {
+        if self.frames.is_empty() {
+            if text.trim().is_empty() {
+                return Ok(());
+            }
+            return Err(self.malformed(pos, "text outside the root element".into()));
+        }
+        // Whitespace before an element's first text is formatting: values are trimmed, so skip the copy.
+        let start = self.frames.last().map_or(0, |f| f.text_start);
+        if self.text_buf.len() == start && text.bytes().all(|b| b.is_ascii_whitespace()) {
+            return Ok(());
+        }
+        self.append_text(text, pos)
+    }
+
+    fn append_text(&mut self, text: &str, pos: u64) -> Result<(), ParseError> {
+        let start = self.frames.last().map_or(0, |f| f.text_start);
+        if self.text_buf.len() - start + text.len() > self.opts.max_text_bytes {
+            return Err(ParseError::TextTooLarge {
+                file: self.file.to_owned(),
+                position: self.locate(pos),
+                limit: self.opts.max_text_bytes,
+            });
+        }
+        self.text_buf.push_str(text);
+        Ok(())
+    }
+
+    /// Counts `name` among the current element's children; returns its occurrence number (1 for the first).
+    fn count_child(&mut self, name: &str) -> u32 {
+        let from = self.frames.last().map_or(0, |f| f.counters_len);
+        // Counters of the current element are those pushed since it opened, at its depth only: the children's
+        // own counters were truncated when they closed.
+        for c in &mut self.counters[from..] {
+            if &self.names[c.0 as usize..c.1 as usize] == name.as_bytes() {
+                c.2 += 1;
+                return c.2;
+            }
+        }
+        let s = self.names.len() as u32;
+        self.names.extend_from_slice(name.as_bytes());
+        self.counters.push((s, self.names.len() as u32, 1));
+        1
+    }
+
+    fn choose_dialect(
+        &mut self,
+        e: &BytesStart<'_>,
+        name: &str,
+        pos: u64,
+    ) -> Result<&'static Plan, ParseError> {
+        let mut info = RootInfo {
+            local_name: name,
+            ..RootInfo::default()
+        };
+        let mut default_ns = None;
+        let attrs: Vec<_> = e.attributes().filter_map(Result::ok).collect();
+        for a in &attrs {
+            let key = a.key;
+            let v: &str = &a.value;
+            if key.as_ref() == "xmlns" {
+                default_ns = Some(v);
+                info.namespaces.push(v);
+            } else if key.prefix().is_some_and(|p| p.as_ref() == "xmlns") {
+                info.namespaces.push(v);
+            } else {
+                info.attributes.push((key.local_name().into_inner(), v));
+            }
+        }
+        let dialect = match self.opts.dialect {
+            Some(forced) => {
+                let root_ok = forced
+                    .spec()
+                    .detect
+                    .iter()
+                    .any(|c| matches!(c, crate::dialect::Detect::Root(r) if *r == name));
+                if !root_ok {
+                    return Err(ParseError::DialectMismatch {
+                        file: self.file.to_owned(),
+                        dialect: forced.id(),
+                        root: name.to_owned(),
+                    });
+                }
+                forced
+            }
+            None => Dialect::detect(&info).ok_or_else(|| ParseError::UnknownDialect {
+                file: self.file.to_owned(),
+                root: name.to_owned(),
+                namespace: default_ns.map(str::to_owned),
+            })?,
+        };
+        let _ = pos;
+        let plan = Plan::for_dialect(dialect);
+        self.plan = Some(plan);
+        Ok(plan)
+    }
+
+    fn apply(&mut self, field: Field, value: &str) -> Result<(), ValueError> {
+        match self.tx.as_mut() {
+            Some(tx) => tx.apply(field, value),
+            None => self.defaults.apply(field, value),
+        }
+    }
+
+    fn locate(&self, offset: u64) -> Position {
+        Position::locate(self.text, offset)
+    }
+
+    fn malformed(&self, offset: u64, reason: String) -> ParseError {
+        ParseError::Malformed {
+            file: self.file.to_owned(),
+            position: self.locate(offset),
+            reason,
+        }
+    }
+
+    fn invalid(&self, offset: u64, (field, reason): ValueError, value: &str) -> ParseError {
+        ParseError::InvalidValue {
+            file: self.file.to_owned(),
+            position: self.locate(offset),
+            field,
+            value: value.chars().take(64).collect(),
+            reason,
+        }
+    }
+
+    fn xml_error(&self, err: XmlError, offset: u64) -> ParseError {
+        match err {
+            XmlError::Escape(EscapeError::UnrecognizedEntity(_, name)) => {
+                ParseError::UnknownEntity {
+                    file: self.file.to_owned(),
+                    position: self.locate(offset),
+                    name,
+                }
+            }
+            other => self.malformed(offset, other.to_string()),
+        }
+    }
+}
+
+/// The record an element's values go to: its transaction's, or the envelope's outside transactions; and where
+/// its bronze key starts in the path buffer.
+fn bronze_target<'b>(
+    tx: &'b mut Option<TxBuilder>,
+    envelope: &'b mut BronzeRecord,
+) -> (&'b mut BronzeRecord, usize) {
+    match tx.as_mut() {
+        Some(tx) => (&mut tx.bronze, tx.key_start),
+        None => (envelope, 0),
+    }
+}

@@ -1,0 +1,243 @@
+//! Turns the bytes of a file as received into UTF-8 XML text: gzip detected by magic bytes (never by name), byte
+//! order marks, and the encoding the XML declaration names (ISO-8859-1 and Windows-1252 are common in POS exports).
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use encoding_rs::Encoding;
+
+use super::error::{ParseError, Position};
+use crate::model::Compression;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZIP_MAGIC: [u8; 4] = [b'P', b'K', 0x03, 0x04];
+
+/// The XML text of one file and how it was obtained.
+pub struct Decoded<'a> {
+    pub text: Cow<'a, str>,
+    pub compression: Compression,
+    pub encoding: &'static str,
+}
+
+/// Decompresses and decodes `bytes`. `max_bytes` bounds the decompressed size (a gzip bomb stops there).
+pub fn decode<'a>(file: &str, bytes: &'a [u8], max_bytes: u64) -> Result<Decoded<'a>, ParseError> {
+    if bytes.is_empty() {
+        return Err(ParseError::Empty {
+            file: file.to_owned(),
+        });
+    }
+    if bytes.starts_with(&ZIP_MAGIC) {
+        return Err(ParseError::UnsupportedArchive {
+            file: file.to_owned(),
+            format: "zip",
+        });
+    }
+    if bytes.starts_with(&GZIP_MAGIC) {
+        let raw = gunzip(file, bytes, max_bytes)?;
+        let (text, encoding) = transcode(file, &raw)?;
+        return Ok(Decoded {
+            text: Cow::Owned(text.into_owned()),
+            compression: Compression::Gzip,
+            encoding,
+        });
+    }
+    if bytes.len() as u64 > max_bytes {
+        return Err(ParseError::TooLarge {
+            file: file.to_owned(),
+            limit: max_bytes,
+        });
+    }
+    let (text, encoding) = transcode(file, bytes)?;
+    Ok(Decoded {
+        text,
+        compression: Compression::None,
+        encoding,
+    })
+}
+
+fn gunzip(file: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<u8>, ParseError> {
+    // MultiGzDecoder: some exporters concatenate gzip members.
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(6).min(max_bytes as usize));
+    let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(max_bytes + 1);
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| ParseError::Decompress {
+            file: file.to_owned(),
+            compression: "gzip",
+            reason: e.to_string(),
+        })?;
+    if out.len() as u64 > max_bytes {
+        return Err(ParseError::TooLarge {
+            file: file.to_owned(),
+            limit: max_bytes,
+        });
+    }
+    if out.is_empty() {
+        return Err(ParseError::Empty {
+            file: file.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Decodes to UTF-8: a BOM decides first, then the XML declaration's `encoding`; text with neither that is not
+/// valid UTF-8 is refused with the position of the first bad byte.
+fn transcode<'a>(file: &str, bytes: &'a [u8]) -> Result<(Cow<'a, str>, &'static str), ParseError> {
+    if let Some((encoding, bom_len)) = Encoding::for_bom(bytes) {
+        let body = &bytes[bom_len..];
+        if encoding == encoding_rs::UTF_8 {
+            return utf8(file, body).map(|t| (Cow::Borrowed(t), "UTF-8"));
+        }
+        return decode_with(file, encoding, body).map(|t| (t, encoding.name()));
+    }
+    match declared_encoding(bytes) {
+        Some(label) => {
+            let encoding = Encoding::for_label(label.as_bytes()).ok_or_else(|| {
+                ParseError::UnsupportedEncoding {
+                    file: file.to_owned(),
+                    label: label.to_owned(),
+                }
+            })?;
+            if encoding == encoding_rs::UTF_8 {
+                utf8(file, bytes).map(|t| (Cow::Borrowed(t), "UTF-8"))
+            } else if encoding == encoding_rs::UTF_16LE || encoding == encoding_rs::UTF_16BE {
+                // A declaration we could read as ASCII cannot be UTF-16 text without a BOM.
+                Err(ParseError::UnsupportedEncoding {
+                    file: file.to_owned(),
+                    label: label.to_owned(),
+                })
+            } else {
+                decode_with(file, encoding, bytes).map(|t| (t, encoding.name()))
+            }
+        }
+        None => utf8(file, bytes).map(|t| (Cow::Borrowed(t), "UTF-8")),
+    }
+}
+
+fn utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, ParseError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let valid = &bytes[..e.valid_up_to()];
+        // The valid prefix is UTF-8, so it can be located as text.
+        let prefix = std::str::from_utf8(valid).unwrap_or_default();
+        ParseError::InvalidEncoding {
+            file: file.to_owned(),
+            encoding: "UTF-8",
+            position: Position::locate(prefix, e.valid_up_to() as u64),
+        }
+    })
+}
+
+fn decode_with<'a>(
+    file: &str,
+    encoding: &'static Encoding,
+    bytes: &'a [u8],
+) -> Result<Cow<'a, str>, ParseError> {
+    let (text, had_errors) = encoding.decode_without_bom_handling(bytes);
+    if had_errors {
+        let at = text.find('\u{FFFD}').unwrap_or(0);
+        return Err(ParseError::InvalidEncoding {
+            file: file.to_owned(),
+            encoding: encoding.name(),
+            position: Position::locate(&text, at as u64),
+        });
+    }
+    Ok(text)
+}
+
+/// The `encoding` pseudo-attribute of an XML declaration at the very start, tolerating the spaces around `=`
+/// that the XML grammar allows (real Passport files write `version ="1.0"`).
+fn declared_encoding(bytes: &[u8]) -> Option<&str> {
+    let head = bytes.get(..bytes.len().min(512))?;
+    let decl = head.strip_prefix(b"<?xml")?;
+    let end = decl.windows(2).position(|w| w == b"?>")?;
+    let decl = std::str::from_utf8(&decl[..end]).ok()?;
+    let at = decl.find("encoding")?;
+    let rest = decl[at + "encoding".len()..]
+        .trim_start()
+        .strip_prefix('=')?
+        .trim_start();
+    let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+    let rest = &rest[1..];
+    let close = rest.find(quote)?;
+    Some(rest[..close].trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UTF8_BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
+
+    #[test]
+    fn reads_declared_encoding_with_spaces() {
+        assert_eq!(
+            declared_encoding(b"<?xml version =\"1.0\" encoding = 'ISO-8859-1'?><a/>"),
+            Some("ISO-8859-1")
+        );
+        assert_eq!(declared_encoding(b"<?xml version=\"1.0\"?><a/>"), None);
+        assert_eq!(declared_encoding(b"<a/>"), None);
+    }
+
+    #[test]
+    fn latin1_is_transcoded() {
+        let bytes = b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a>caf\xe9</a>";
+        let d = decode("f.xml", bytes, 1 << 20).expect("decodes");
+        assert!(d.text.contains("café"));
+        assert_eq!(d.encoding, "windows-1252");
+    }
+
+    #[test]
+    fn bom_is_stripped_and_utf16_decoded() {
+        let mut bytes = UTF8_BOM.to_vec();
+        bytes.extend_from_slice(b"<a/>");
+        assert_eq!(decode("f", &bytes, 100).expect("utf8 bom").text, "<a/>");
+        let mut utf16: Vec<u8> = vec![0xff, 0xfe];
+        for u in "<a>é</a>".encode_utf16() {
+            utf16.extend_from_slice(&u.to_le_bytes());
+        }
+        let d = decode("f", &utf16, 100).expect("utf16");
+        assert_eq!(d.text, "<a>é</a>");
+        assert_eq!(d.encoding, "UTF-16LE");
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_position() {
+        let err = decode("f.xml", b"<a>\n ok \xff</a>", 100)
+            .err()
+            .expect("fails");
+        match err {
+            ParseError::InvalidEncoding { position, .. } => {
+                assert_eq!((position.line, position.column, position.offset), (2, 5, 8));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b' '; 1 << 20]).expect("write");
+        let gz = enc.finish().expect("finish");
+        assert!(matches!(
+            decode("f.gz", &gz, 1000),
+            Err(ParseError::TooLarge { limit: 1000, .. })
+        ));
+    }
+
+    #[test]
+    fn zip_and_unknown_encodings_are_refused() {
+        assert!(matches!(
+            decode("f", b"PK\x03\x04rest", 100),
+            Err(ParseError::UnsupportedArchive { .. })
+        ));
+        assert!(matches!(
+            decode(
+                "f",
+                b"<?xml version=\"1.0\" encoding=\"klingon\"?><a/>",
+                100
+            ),
+            Err(ParseError::UnsupportedEncoding { .. })
+        ));
+    }
+}
