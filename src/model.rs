@@ -258,6 +258,19 @@ pub struct BronzeRecord {
 }
 
 impl BronzeRecord {
+    /// Reserves `bytes` of text and `entries` entries.
+    pub fn with_capacity(bytes: usize, entries: usize) -> Self {
+        BronzeRecord {
+            buf: String::with_capacity(bytes),
+            spans: Vec::with_capacity(entries),
+        }
+    }
+
+    /// (text bytes, entries) in use: what a record of the same shape should reserve.
+    pub fn capacity_hint(&self) -> (usize, usize) {
+        (self.buf.len(), self.spans.len())
+    }
+
     pub fn push(&mut self, key: &str, value: &str) {
         let start = self.buf.len() as u32;
         self.buf.push_str(key);

@@ -59,11 +59,12 @@ struct LineBuilder {
 pub(crate) struct MissingField(pub &'static str);
 
 impl TxBuilder {
-    pub fn new(ordinal: u32, key_start: usize) -> Self {
+    /// `bronze_hint`: capacities to reserve for the bronze record (the largest seen so far in the file).
+    pub fn new(ordinal: u32, key_start: usize, bronze_hint: (usize, usize)) -> Self {
         TxBuilder {
             ordinal,
             key_start,
-            bronze: BronzeRecord::default(),
+            bronze: BronzeRecord::with_capacity(bronze_hint.0, bronze_hint.1),
             site: None,
             business_date: None,
             sequence: None,

@@ -3,8 +3,6 @@
 //! Per element the engine does one trie lookup, keeps a path buffer for bronze keys, counts repeated siblings
 //! and gathers the element's own text. Nothing is allocated per element except the values it keeps.
 
-use std::fmt::Write as _;
-
 use quick_xml::XmlVersion;
 use quick_xml::errors::Error as XmlError;
 use quick_xml::escape::EscapeError;
@@ -63,6 +61,8 @@ pub(crate) struct Engine<'a> {
     envelope: BronzeRecord,
     tx: Option<TxBuilder>,
     tx_count: u32,
+    /// Sizes of the largest bronze record so far: the next one reserves that much at once.
+    bronze_hint: (usize, usize),
     done: Vec<Transaction>,
 }
 
@@ -84,7 +84,8 @@ impl<'a> Engine<'a> {
             envelope: BronzeRecord::default(),
             tx: None,
             tx_count: 0,
-            done: Vec::new(),
+            bronze_hint: (0, 0),
+            done: Vec::with_capacity(64),
         }
     }
 
@@ -107,7 +108,12 @@ impl<'a> Engine<'a> {
                     self.end(pos)?;
                 }
                 Event::End(_) => self.end(pos)?,
-                Event::Text(t) => self.push_text(&t.xml10_content(), pos)?,
+                Event::Text(t) => {
+                    // Most text events are the indentation between tags: skip them before any copying.
+                    if !t.bytes().all(|b| b.is_ascii_whitespace()) || self.has_text() {
+                        self.push_text(&t.xml10_content(), pos)?;
+                    }
+                }
                 Event::CData(t) => {
                     let raw = t.into_inner();
                     if self.frames.is_empty() {
@@ -250,7 +256,7 @@ impl<'a> Engine<'a> {
         self.path.push_str(name);
         // A transaction's own segment is its bronze root: it carries no number.
         if occurrence > 1 && role != Role::Transaction {
-            let _ = write!(self.path, "[{occurrence}]");
+            push_index(&mut self.path, occurrence);
         }
         self.frames.push(frame);
 
@@ -258,7 +264,7 @@ impl<'a> Engine<'a> {
             Role::Transaction => {
                 if self.tx.is_none() {
                     self.tx_count += 1;
-                    let mut tx = TxBuilder::new(self.tx_count, segment_start);
+                    let mut tx = TxBuilder::new(self.tx_count, segment_start, self.bronze_hint);
                     if plan.spec.type_from_element_name {
                         tx.apply(Field::TypeRaw, name)
                             .map_err(|v| self.invalid(pos, v, name))?;
@@ -389,6 +395,11 @@ impl<'a> Engine<'a> {
             Role::Transaction => {
                 if let Some(tx) = self.tx.take() {
                     let ordinal = tx.ordinal;
+                    let (bytes, entries) = tx.bronze.capacity_hint();
+                    self.bronze_hint = (
+                        self.bronze_hint.0.max(bytes),
+                        self.bronze_hint.1.max(entries),
+                    );
                     let done = tx.finish(plan.spec, &self.defaults).map_err(|missing| {
                         ParseError::MissingField {
                             file: self.file.to_owned(),
@@ -403,6 +414,13 @@ impl<'a> Engine<'a> {
             Role::Plain => {}
         }
         Ok(())
+    }
+
+    /// Whether the innermost open element has gathered text already (then even whitespace belongs to it).
+    fn has_text(&self) -> bool {
+        self.frames
+            .last()
+            .is_some_and(|f| self.text_buf.len() > f.text_start)
     }
 
     fn push_text(&mut self, text: &str, pos: u64) -> Result<(), ParseError> {
@@ -554,5 +572,36 @@ fn bronze_target<'b>(
     match tx.as_mut() {
         Some(tx) => (&mut tx.bronze, tx.key_start),
         None => (envelope, 0),
+    }
+}
+
+/// Appends `[n]` without the formatting machinery (this runs for every repeated sibling).
+fn push_index(path: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    path.push('[');
+    for &d in &digits[i..] {
+        path.push(d as char);
+    }
+    path.push(']');
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn index_suffix() {
+        let mut s = String::from("a");
+        super::push_index(&mut s, 2);
+        super::push_index(&mut s, 1234);
+        assert_eq!(s, "a[2][1234]");
     }
 }

@@ -1,0 +1,193 @@
+//! Generated corpora against the parser: every key the manifest names comes out exactly once per file, in
+//! order; amounts add up wherever the dialect carries both lines and totals; the generator is deterministic.
+
+use std::collections::BTreeSet;
+
+use poslake::generate::{FileKind, GenerateArgs, generate, generate_file, read_manifest};
+use poslake::model::{ParsedFile, TransactionType};
+use poslake::{Dialect, ParseError, ParseOptions, parse_file};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+
+fn keys(parsed: &ParsedFile) -> Vec<String> {
+    parsed
+        .transactions
+        .iter()
+        .map(|t| t.header.key.canonical())
+        .collect()
+}
+
+/// Lines minus discounts equal the net amount; net plus tax equals the total; where a dialect carries only a
+/// grand total and line taxes (Xstore), lines minus discounts plus line taxes equal it.
+fn assert_amounts_add_up(parsed: &ParsedFile) {
+    for tx in &parsed.transactions {
+        let h = &tx.header;
+        if h.transaction_type != TransactionType::Sale {
+            continue;
+        }
+        let lines: Decimal = tx.lines.iter().filter_map(|l| l.extended_amount).sum();
+        let discounts: Decimal = tx.discounts.iter().filter_map(|d| d.amount).sum();
+        let line_tax: Decimal = tx.lines.iter().filter_map(|l| l.tax_amount).sum();
+        let key = h.key.canonical();
+        if let Some(net) = h.net_amount {
+            assert_eq!(
+                lines - discounts,
+                net,
+                "{key}: lines {lines} - discounts {discounts} != net {net}"
+            );
+            if let (Some(tax), Some(total)) = (h.tax_amount, h.total_amount) {
+                assert_eq!(net + tax, total, "{key}: net + tax != total");
+            }
+        } else {
+            let total = h
+                .total_amount
+                .unwrap_or_else(|| panic!("{key}: neither net nor total"));
+            assert_eq!(
+                lines - discounts + line_tax,
+                total,
+                "{key}: lines - discounts + line tax != total"
+            );
+        }
+        for d in &tx.discounts {
+            let n = d
+                .line_number
+                .unwrap_or_else(|| panic!("{key}: discount not tied to its line"));
+            assert!(
+                tx.lines.iter().any(|l| l.line_number == n),
+                "{key}: discount names line {n}, which is absent"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn generated_files_yield_their_keys_and_amounts_add_up(
+        dialect in prop::sample::select(Dialect::ALL.to_vec()),
+        seed in any::<u64>(),
+        transactions in 1u32..120,
+    ) {
+        let (xml, expected) = generate_file(dialect, seed, transactions);
+        let parsed = parse_file("gen.xml", xml.as_bytes(), &ParseOptions::default())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(parsed.facts.dialect, dialect);
+        prop_assert_eq!(keys(&parsed), expected.clone());
+        let distinct: BTreeSet<_> = expected.iter().collect();
+        prop_assert_eq!(distinct.len(), expected.len(), "a generated file repeats no key");
+        assert_amounts_add_up(&parsed);
+    }
+}
+
+fn small_corpus(dir: &std::path::Path, seed: u64) -> GenerateArgs {
+    GenerateArgs {
+        out: dir.to_path_buf(),
+        seed,
+        sites: 6,
+        days: 2,
+        files_per_day: 3,
+        min_transactions: 20,
+        max_transactions: 40,
+        duplicate_file_rate: 0.2,
+        duplicate_transaction_rate: 0.05,
+        malformed_rate: 0.2,
+        gzip_rate: 0.2,
+        rollback_rate: 0.05,
+        ..GenerateArgs::default()
+    }
+}
+
+#[test]
+fn a_corpus_on_disk_parses_to_its_manifest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = generate(&small_corpus(dir.path(), 11)).expect("generate");
+    let manifest = read_manifest(dir.path()).expect("manifest");
+    assert_eq!(manifest.len() as u64, report.files);
+    assert!(
+        report.malformed_files > 0 && report.resent_files > 0 && report.repeated_transactions > 0,
+        "the corpus plants every kind of trouble: {report:?}"
+    );
+
+    let mut unique = BTreeSet::new();
+    let mut gz = 0;
+    for entry in &manifest {
+        let bytes = std::fs::read(dir.path().join(&entry.path)).expect("read");
+        let result = parse_file(&entry.path, &bytes, &ParseOptions::default());
+        match entry.kind {
+            FileKind::Malformed => match result {
+                Err(
+                    ParseError::Truncated { .. }
+                    | ParseError::Malformed { .. }
+                    | ParseError::Decompress { .. },
+                ) => {}
+                other => panic!(
+                    "{}: malformed file gave {:?}",
+                    entry.path,
+                    other.map(|p| p.transactions.len())
+                ),
+            },
+            FileKind::Original | FileKind::Resend => {
+                let parsed = result.unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(keys(&parsed), entry.keys, "{}", entry.path);
+                assert_eq!(parsed.facts.dialect, entry.dialect);
+                assert_eq!(
+                    parsed.facts.compression == poslake::model::Compression::Gzip,
+                    entry.gzip
+                );
+                gz += usize::from(entry.gzip);
+                assert_amounts_add_up(&parsed);
+                unique.extend(keys(&parsed));
+            }
+        }
+    }
+    assert!(gz > 0, "some files are gzip-compressed");
+    assert_eq!(unique.len() as u64, report.unique_keys);
+    // Rollback mirrors share their original's ticket number but are distinct keys.
+    assert!(
+        unique.iter().any(|k| k.ends_with("|rollback")),
+        "rollback mirrors planted"
+    );
+}
+
+#[test]
+fn the_generator_is_deterministic() {
+    let a = tempfile::tempdir().expect("tempdir");
+    let b = tempfile::tempdir().expect("tempdir");
+    generate(&small_corpus(a.path(), 5)).expect("generate a");
+    generate(&small_corpus(b.path(), 5)).expect("generate b");
+    let ma = read_manifest(a.path()).expect("a");
+    let mb = read_manifest(b.path()).expect("b");
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(x.path, y.path);
+        let bx = std::fs::read(a.path().join(&x.path)).expect("read a");
+        let by = std::fs::read(b.path().join(&y.path)).expect("read b");
+        assert!(bx == by, "{} differs between runs", x.path);
+    }
+    let other = tempfile::tempdir().expect("tempdir");
+    generate(&small_corpus(other.path(), 6)).expect("generate c");
+    let mc = read_manifest(other.path()).expect("c");
+    assert_ne!(
+        ma.iter().map(|m| &m.keys).collect::<Vec<_>>(),
+        mc.iter().map(|m| &m.keys).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn invalid_generator_arguments_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = GenerateArgs {
+        out: dir.path().into(),
+        min_transactions: 10,
+        max_transactions: 5,
+        ..GenerateArgs::default()
+    };
+    assert!(generate(&args).is_err());
+    let args = GenerateArgs {
+        out: dir.path().into(),
+        malformed_rate: 1.5,
+        ..GenerateArgs::default()
+    };
+    assert!(generate(&args).is_err());
+}
