@@ -9,11 +9,7 @@ use clap::{Parser, Subcommand};
 use poslake::{Dialect, ParseOptions, parse_file};
 
 #[derive(Parser)]
-#[command(
-    name = "poslake",
-    version,
-    about = "Lands POS transaction-log XML in an Iceberg lakehouse"
-)]
+#[command(name = "poslake", version, about = "Lands POS transaction-log XML in an Iceberg lakehouse")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,23 +45,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Parse {
-            files,
-            dialect,
-            summary,
-        } => {
-            let opts = ParseOptions {
-                dialect,
-                ..ParseOptions::default()
-            };
-            let mut failed = 0usize;
+        Command::Parse { files, dialect, summary } => {
+            let opts = ParseOptions { dialect, ..ParseOptions::default() };
+            let files = expand(&files)?;
+            let (mut failed, mut bytes_total, mut transactions) = (0usize, 0u64, 0u64);
+            let started = std::time::Instant::now();
             for path in &files {
-                let bytes =
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                bytes_total += bytes.len() as u64;
                 let name = path.display().to_string();
                 match parse_file(&name, &bytes, &opts) {
                     Ok(parsed) if summary => {
                         let f = &parsed.facts;
+                        transactions += u64::from(f.transaction_count);
                         println!(
                             "{name}: {} site={} transactions={} lines={} discounts={} bytes={}",
                             f.dialect,
@@ -79,15 +71,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(parsed) => println!("{}", serde_json::to_string_pretty(&parsed)?),
                     Err(err) => {
                         failed += 1;
-                        eprintln!("{err}");
+                        eprintln!("{}: {err}", err.kind());
                     }
                 }
             }
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
+            if summary {
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                println!(
+                    "total: {} files ({failed} failed), {transactions} transactions, {:.1} MB in {secs:.2}s: \
+                     {:.0} files/s, {:.1} MB/s on one core",
+                    files.len(),
+                    bytes_total as f64 / 1e6,
+                    files.len() as f64 / secs,
+                    bytes_total as f64 / 1e6 / secs
+                );
+            }
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;
@@ -95,4 +94,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Files as given, folders walked (sorted, so output order is stable) for `*.xml` and `*.gz`.
+fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if !p.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        let mut stack = vec![p.clone()];
+        let mut found = Vec::new();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "xml" || e == "gz") {
+                    found.push(path);
+                }
+            }
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
 }

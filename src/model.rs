@@ -260,10 +260,7 @@ pub struct BronzeRecord {
 impl BronzeRecord {
     /// Reserves `bytes` of text and `entries` entries.
     pub fn with_capacity(bytes: usize, entries: usize) -> Self {
-        BronzeRecord {
-            buf: String::with_capacity(bytes),
-            spans: Vec::with_capacity(entries),
-        }
+        BronzeRecord { buf: String::with_capacity(bytes), spans: Vec::with_capacity(entries) }
     }
 
     /// (text bytes, entries) in use: what a record of the same shape should reserve.
@@ -299,12 +296,7 @@ impl BronzeRecord {
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        self.spans.iter().map(|&(s, m, e)| {
-            (
-                &self.buf[s as usize..m as usize],
-                &self.buf[m as usize..e as usize],
-            )
-        })
+        self.spans.iter().map(|&(s, m, e)| (&self.buf[s as usize..m as usize], &self.buf[m as usize..e as usize]))
     }
 
     /// The value of the first entry with this key.

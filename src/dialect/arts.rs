@@ -2,8 +2,7 @@
 //! rules and add their own. Sources and traps: docs/formats.md.
 
 use super::{
-    Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, LineKindMap, Rule, TypeMap, line,
-    mark, text, ty,
+    Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, LineKindMap, Rule, TypeMap, line, mark, text, ty,
 };
 use crate::model::{LineKind, TransactionType as T};
 
@@ -42,30 +41,14 @@ pub(super) const HEADER: &[Rule] = &[
     text("OperatorID", Field::Cashier),
     mark("RetailTransaction", Field::TypeRaw, "RetailTransaction"),
     mark("ControlTransaction", Field::TypeRaw, "ControlTransaction"),
-    mark(
-        "TenderControlTransaction",
-        Field::TypeRaw,
-        "TenderControlTransaction",
-    ),
+    mark("TenderControlTransaction", Field::TypeRaw, "TenderControlTransaction"),
     text("@CancelFlag", Field::Flag(Flag::Voided)),
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
     text("@OfflineFlag", Field::Flag(Flag::Offline)),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionGrossAmount]",
-        Field::Gross,
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionNetAmount]",
-        Field::Net,
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionTaxAmount]",
-        Field::Tax,
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionGrandAmount]",
-        Field::Total,
-    ),
+    text("RetailTransaction/Total[@TotalType=TransactionGrossAmount]", Field::Gross),
+    text("RetailTransaction/Total[@TotalType=TransactionNetAmount]", Field::Net),
+    text("RetailTransaction/Total[@TotalType=TransactionTaxAmount]", Field::Tax),
+    text("RetailTransaction/Total[@TotalType=TransactionGrandAmount]", Field::Total),
 ];
 
 pub(super) const TYPES: &[TypeMap] = &[

@@ -74,10 +74,7 @@ impl Dialect {
 
     /// Picks the dialect from the root element. Specific dialects are tried before the general one they extend.
     pub fn detect(root: &RootInfo<'_>) -> Option<Dialect> {
-        DETECTION_ORDER
-            .iter()
-            .copied()
-            .find(|d| d.spec().detect.iter().all(|c| c.holds(root)))
+        DETECTION_ORDER.iter().copied().find(|d| d.spec().detect.iter().all(|c| c.holds(root)))
     }
 }
 
@@ -107,10 +104,7 @@ impl FromStr for Dialect {
     type Err = UnknownDialectName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Dialect::ALL
-            .into_iter()
-            .find(|d| d.id() == s)
-            .ok_or_else(|| UnknownDialectName(s.to_owned()))
+        Dialect::ALL.into_iter().find(|d| d.id() == s).ok_or_else(|| UnknownDialectName(s.to_owned()))
     }
 }
 
@@ -143,10 +137,7 @@ impl Detect {
         match *self {
             Detect::Root(name) => root.local_name == name,
             Detect::Namespace(prefix) => root.namespaces.iter().any(|ns| ns.starts_with(prefix)),
-            Detect::Attribute(name, prefix) => root
-                .attributes
-                .iter()
-                .any(|(k, v)| *k == name && v.starts_with(prefix)),
+            Detect::Attribute(name, prefix) => root.attributes.iter().any(|(k, v)| *k == name && v.starts_with(prefix)),
             Detect::AnyOf(any) => any.iter().any(|c| c.holds(root)),
         }
     }
@@ -227,20 +218,12 @@ pub struct Rule {
 
 /// The text (or attribute value) at `path` fills `field`.
 pub const fn text(path: &'static str, field: Field) -> Rule {
-    Rule {
-        path,
-        field,
-        constant: None,
-    }
+    Rule { path, field, constant: None }
 }
 
 /// The presence of the element at `path` sets `field` to `value`.
 pub const fn mark(path: &'static str, field: Field, value: &'static str) -> Rule {
-    Rule {
-        path,
-        field,
-        constant: Some(value),
-    }
+    Rule { path, field, constant: Some(value) }
 }
 
 /// A vendor type value and what it means.

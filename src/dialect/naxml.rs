@@ -2,8 +2,7 @@
 //! docs/formats.md.
 
 use super::{
-    Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, LineKindMap, Rule, TypeMap, line,
-    mark, text, ty,
+    Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, LineKindMap, Rule, TypeMap, line, mark, text, ty,
 };
 use crate::model::{LineKind, TransactionType as T};
 
@@ -28,8 +27,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
 };
 
 /// Shared with the Conexxus dialect, which is NAXML with other namespaces and date shapes.
-pub(super) const EVENTS: &str =
-    "JournalReport/SaleEvent|RefundEvent|VoidEvent|OtherEvent|FinancialEvent";
+pub(super) const EVENTS: &str = "JournalReport/SaleEvent|RefundEvent|VoidEvent|OtherEvent|FinancialEvent";
 
 pub(super) const HEADER: &[Rule] = &[
     text("TransactionID", Field::Sequence),
@@ -44,23 +42,11 @@ pub(super) const HEADER: &[Rule] = &[
     text("SuspendFlag/@value", Field::Flag(Flag::Suspended)),
     text("OutsideSalesFlag/@value", Field::Flag(Flag::OutsideSale)),
     text("OfflineFlag/@value", Field::Flag(Flag::Offline)),
-    text(
-        "TransactionSummary/TransactionTotalGrossAmount",
-        Field::Gross,
-    ),
+    text("TransactionSummary/TransactionTotalGrossAmount", Field::Gross),
     text("TransactionSummary/TransactionTotalNetAmount", Field::Net),
-    text(
-        "TransactionSummary/TransactionTotalTaxNetAmount",
-        Field::Tax,
-    ),
-    text(
-        "TransactionSummary/TransactionTotalTaxSalesAmount",
-        Field::Tax,
-    ),
-    text(
-        "TransactionSummary/TransactionTotalGrandAmount",
-        Field::Total,
-    ),
+    text("TransactionSummary/TransactionTotalTaxNetAmount", Field::Tax),
+    text("TransactionSummary/TransactionTotalTaxSalesAmount", Field::Tax),
+    text("TransactionSummary/TransactionTotalGrandAmount", Field::Total),
 ];
 
 pub(super) const TYPES: &[TypeMap] = &[
@@ -73,37 +59,18 @@ pub(super) const TYPES: &[TypeMap] = &[
 
 pub(super) const LINE: &[Rule] = &[
     mark("ItemLine", Field::LineKindRaw, "ItemLine"),
-    mark(
-        "MerchandiseCodeLine",
-        Field::LineKindRaw,
-        "MerchandiseCodeLine",
-    ),
+    mark("MerchandiseCodeLine", Field::LineKindRaw, "MerchandiseCodeLine"),
     mark("FuelLine", Field::LineKindRaw, "FuelLine"),
     mark("FuelPrepayLine", Field::LineKindRaw, "FuelPrepayLine"),
     mark("TenderInfo", Field::LineKindRaw, "TenderInfo"),
     mark("TransactionTax", Field::LineKindRaw, "TransactionTax"),
     mark("[@status=cancel]", Field::LineVoid, "true"),
     text("ItemLine/ItemCode/POSCode", Field::ItemCode),
-    text(
-        "ItemLine|MerchandiseCodeLine|FuelLine|FuelPrepayLine/Description",
-        Field::Description,
-    ),
-    text(
-        "ItemLine|MerchandiseCodeLine/MerchandiseCode",
-        Field::Department,
-    ),
-    text(
-        "ItemLine|MerchandiseCodeLine|FuelLine/SalesQuantity",
-        Field::Quantity,
-    ),
-    text(
-        "ItemLine|MerchandiseCodeLine|FuelLine/ActualSalesPrice",
-        Field::UnitPrice,
-    ),
-    text(
-        "ItemLine|MerchandiseCodeLine|FuelLine|FuelPrepayLine/SalesAmount",
-        Field::ExtendedAmount,
-    ),
+    text("ItemLine|MerchandiseCodeLine|FuelLine|FuelPrepayLine/Description", Field::Description),
+    text("ItemLine|MerchandiseCodeLine/MerchandiseCode", Field::Department),
+    text("ItemLine|MerchandiseCodeLine|FuelLine/SalesQuantity", Field::Quantity),
+    text("ItemLine|MerchandiseCodeLine|FuelLine/ActualSalesPrice", Field::UnitPrice),
+    text("ItemLine|MerchandiseCodeLine|FuelLine|FuelPrepayLine/SalesAmount", Field::ExtendedAmount),
     text("FuelLine/FuelGradeID", Field::FuelGrade),
     text("FuelLine/FuelPositionID", Field::FuelPosition),
     text("FuelLine/SalesQuantity", Field::FuelVolume),

@@ -2,8 +2,7 @@
 //! traps: docs/formats.md.
 
 use super::{
-    Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, LineKindMap, Rule, TypeMap, line,
-    mark, text, ty,
+    Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, LineKindMap, Rule, TypeMap, line, mark, text, ty,
 };
 use crate::model::{LineKind, TransactionType as T};
 
@@ -13,10 +12,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction: "trans",
     // No business date per ticket: the file is one period, opened at `openedTime` (never trHeader/date, which
     // crosses midnight).
-    file: &[
-        text("@site", Field::Site),
-        text("openedTime", Field::BusinessDate),
-    ],
+    file: &[text("@site", Field::Site), text("openedTime", Field::BusinessDate)],
     type_from_element_name: false,
     header: HEADER,
     // trSeq is the register's own ticket number; the register is trTickNum/posNum (the flat posNum is always 0).

@@ -5,10 +5,7 @@ use crate::model::TransactionType as T;
 
 pub(super) static SPEC: DialectSpec = DialectSpec {
     dialect: Dialect::VismaPoslog,
-    detect: &[
-        Detect::Root("POSLog"),
-        Detect::Namespace("http://schemas.vismaretail.com/poslog"),
-    ],
+    detect: &[Detect::Root("POSLog"), Detect::Namespace("http://schemas.vismaretail.com/poslog")],
     transaction: "Transaction",
     file: &[],
     type_from_element_name: false,
@@ -39,25 +36,9 @@ const HEADER: &[Rule] = &[
     mark("ControlTransaction", Field::TypeRaw, "ControlTransaction"),
     text("@CancelFlag", Field::Flag(Flag::Voided)),
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
-    mark(
-        "RetailTransaction[@TransactionStatus=Canceled]",
-        Field::Flag(Flag::Voided),
-        "true",
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionGrossAmount]",
-        Field::Gross,
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionNetAmount]",
-        Field::Net,
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionTaxAmount]",
-        Field::Tax,
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionGrandAmount]",
-        Field::Total,
-    ),
+    mark("RetailTransaction[@TransactionStatus=Canceled]", Field::Flag(Flag::Voided), "true"),
+    text("RetailTransaction/Total[@TotalType=TransactionGrossAmount]", Field::Gross),
+    text("RetailTransaction/Total[@TotalType=TransactionNetAmount]", Field::Net),
+    text("RetailTransaction/Total[@TotalType=TransactionTaxAmount]", Field::Tax),
+    text("RetailTransaction/Total[@TotalType=TransactionGrandAmount]", Field::Total),
 ];

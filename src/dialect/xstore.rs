@@ -1,16 +1,11 @@
 //! Oracle Xstore POSLog: ARTS POSLog with `dtv:` extensions. Sources and traps: docs/formats.md.
 
-use super::{
-    Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, Rule, TypeMap, arts, text, ty,
-};
+use super::{Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, Rule, TypeMap, arts, text, ty};
 use crate::model::TransactionType as T;
 
 pub(super) static SPEC: DialectSpec = DialectSpec {
     dialect: Dialect::XstorePoslog,
-    detect: &[
-        Detect::Root("POSLog"),
-        Detect::Namespace("http://www.datavantagecorp.com/xstore"),
-    ],
+    detect: &[Detect::Root("POSLog"), Detect::Namespace("http://www.datavantagecorp.com/xstore")],
     transaction: "Transaction",
     file: &[],
     type_from_element_name: false,
@@ -40,22 +35,10 @@ const HEADER: &[Rule] = &[
     text("@CancelFlag", Field::Flag(Flag::Voided)),
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
     text("@OfflineFlag", Field::Flag(Flag::Offline)),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionGrossAmount]",
-        Field::Gross,
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionNetAmount]",
-        Field::Net,
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionTaxAmount]",
-        Field::Tax,
-    ),
-    text(
-        "RetailTransaction/Total[@TotalType=TransactionGrandAmount]",
-        Field::Total,
-    ),
+    text("RetailTransaction/Total[@TotalType=TransactionGrossAmount]", Field::Gross),
+    text("RetailTransaction/Total[@TotalType=TransactionNetAmount]", Field::Net),
+    text("RetailTransaction/Total[@TotalType=TransactionTaxAmount]", Field::Tax),
+    text("RetailTransaction/Total[@TotalType=TransactionGrandAmount]", Field::Total),
 ];
 
 const TYPES: &[TypeMap] = &[

@@ -132,20 +132,13 @@ pub enum GenerateError {
     #[error("invalid arguments: {0}")]
     Invalid(String),
     #[error("writing {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// Generates the corpus into `args.out` and writes `manifest.json` and `manifest.jsonl` beside the files.
 pub fn generate(args: &GenerateArgs) -> Result<Report, GenerateError> {
     validate(args)?;
-    let dialects: Vec<Dialect> = if args.dialects.is_empty() {
-        Dialect::ALL.to_vec()
-    } else {
-        args.dialects.clone()
-    };
+    let dialects: Vec<Dialect> = if args.dialects.is_empty() { Dialect::ALL.to_vec() } else { args.dialects.clone() };
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -153,8 +146,7 @@ pub fn generate(args: &GenerateArgs) -> Result<Report, GenerateError> {
     };
     fs::create_dir_all(&args.out).map_err(io(&args.out))?;
     let manifest_path = args.out.join("manifest.jsonl");
-    let mut manifest =
-        BufWriter::new(fs::File::create(&manifest_path).map_err(io(&manifest_path))?);
+    let mut manifest = BufWriter::new(fs::File::create(&manifest_path).map_err(io(&manifest_path))?);
 
     let mut report = Report {
         args: args.clone(),
@@ -172,10 +164,7 @@ pub fn generate(args: &GenerateArgs) -> Result<Report, GenerateError> {
     for s in 0..args.sites {
         let dialect = dialects[s as usize % dialects.len()];
         let site = format!("{}", 1000 + s);
-        let fuel = matches!(
-            dialect,
-            Dialect::VerifoneCommander | Dialect::NaxmlPassport | Dialect::ConexxusNaxml
-        );
+        let fuel = matches!(dialect, Dialect::VerifoneCommander | Dialect::NaxmlPassport | Dialect::ConexxusNaxml);
         for day in 0..args.days {
             let date = args.start_date + chrono::Duration::days(i64::from(day));
             let mut next_seq = vec![1u64; args.registers as usize];
@@ -218,17 +207,10 @@ pub fn generate(args: &GenerateArgs) -> Result<Report, GenerateError> {
                     bytes = gzip_bytes(&bytes).map_err(io(&args.out))?;
                 }
                 let ext = if gzip { "xml.gz" } else { "xml" };
-                let rel = format!(
-                    "{}/site={site}/date={date}/{site}_{date}_{file_no:03}.{ext}",
-                    dialect.id()
-                );
+                let rel = format!("{}/site={site}/date={date}/{site}_{date}_{file_no:03}.{ext}", dialect.id());
                 let keys: Vec<String> = txs.iter().map(|t| t.canonical_key(dialect)).collect();
                 write_file(&args.out.join(&rel), &bytes)?;
-                let kind = if malformed {
-                    FileKind::Malformed
-                } else {
-                    FileKind::Original
-                };
+                let kind = if malformed { FileKind::Malformed } else { FileKind::Original };
                 let entry = ManifestFile {
                     path: rel.clone(),
                     dialect,
@@ -252,17 +234,9 @@ pub fn generate(args: &GenerateArgs) -> Result<Report, GenerateError> {
                 write_manifest_line(&mut manifest, &manifest_path, &entry)?;
 
                 if !malformed && rng.random_bool(args.duplicate_file_rate) {
-                    let resend = rel.replace(
-                        &format!("_{file_no:03}."),
-                        &format!("_{file_no:03}_resend."),
-                    );
+                    let resend = rel.replace(&format!("_{file_no:03}."), &format!("_{file_no:03}_resend."));
                     write_file(&args.out.join(&resend), &bytes)?;
-                    let entry = ManifestFile {
-                        path: resend,
-                        kind: FileKind::Resend,
-                        duplicate_of: Some(rel),
-                        ..entry
-                    };
+                    let entry = ManifestFile { path: resend, kind: FileKind::Resend, duplicate_of: Some(rel), ..entry };
                     account(&mut report, &entry);
                     report.resent_files += 1;
                     write_manifest_line(&mut manifest, &manifest_path, &entry)?;
@@ -273,10 +247,8 @@ pub fn generate(args: &GenerateArgs) -> Result<Report, GenerateError> {
     manifest.flush().map_err(io(&manifest_path))?;
     report.unique_keys = unique.len() as u64;
     let summary = args.out.join("manifest.json");
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| GenerateError::Io {
-        path: summary.clone(),
-        source: e.into(),
-    })?;
+    let json = serde_json::to_vec_pretty(&report)
+        .map_err(|e| GenerateError::Io { path: summary.clone(), source: e.into() })?;
     fs::write(&summary, json).map_err(io(&summary))?;
     Ok(report)
 }
@@ -284,17 +256,9 @@ pub fn generate(args: &GenerateArgs) -> Result<Report, GenerateError> {
 /// Reads `manifest.jsonl` back.
 pub fn read_manifest(corpus: &Path) -> Result<Vec<ManifestFile>, GenerateError> {
     let path = corpus.join("manifest.jsonl");
-    let text = fs::read_to_string(&path).map_err(|source| GenerateError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let text = fs::read_to_string(&path).map_err(|source| GenerateError::Io { path: path.clone(), source })?;
     text.lines()
-        .map(|l| {
-            serde_json::from_str(l).map_err(|e| GenerateError::Io {
-                path: path.clone(),
-                source: e.into(),
-            })
-        })
+        .map(|l| serde_json::from_str(l).map_err(|e| GenerateError::Io { path: path.clone(), source: e.into() }))
         .collect()
 }
 
@@ -303,16 +267,11 @@ fn validate(args: &GenerateArgs) -> Result<(), GenerateError> {
         if (0.0..=1.0).contains(&r) {
             Ok(())
         } else {
-            Err(GenerateError::Invalid(format!(
-                "{name} must be within 0..=1, got {r}"
-            )))
+            Err(GenerateError::Invalid(format!("{name} must be within 0..=1, got {r}")))
         }
     };
     rate("duplicate_file_rate", args.duplicate_file_rate)?;
-    rate(
-        "duplicate_transaction_rate",
-        args.duplicate_transaction_rate,
-    )?;
+    rate("duplicate_transaction_rate", args.duplicate_transaction_rate)?;
     rate("malformed_rate", args.malformed_rate)?;
     rate("gzip_rate", args.gzip_rate)?;
     rate("rollback_rate", args.rollback_rate)?;
@@ -323,9 +282,7 @@ fn validate(args: &GenerateArgs) -> Result<(), GenerateError> {
         )));
     }
     if args.sites == 0 || args.days == 0 || args.files_per_day == 0 || args.registers == 0 {
-        return Err(GenerateError::Invalid(
-            "sites, days, files_per_day and registers must be at least 1".into(),
-        ));
+        return Err(GenerateError::Invalid("sites, days, files_per_day and registers must be at least 1".into()));
     }
     Ok(())
 }
@@ -334,44 +291,27 @@ fn account(report: &mut Report, entry: &ManifestFile) {
     report.files += 1;
     report.bytes += entry.bytes;
     report.transactions_written += entry.keys.len() as u64;
-    if let Some(d) = report
-        .per_dialect
-        .iter_mut()
-        .find(|(d, _)| *d == entry.dialect)
-    {
+    if let Some(d) = report.per_dialect.iter_mut().find(|(d, _)| *d == entry.dialect) {
         d.1 += 1;
     }
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), GenerateError> {
-    let err = |source| GenerateError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| GenerateError::Io { path: path.to_path_buf(), source };
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(err)?;
     }
     fs::write(path, bytes).map_err(err)
 }
 
-fn write_manifest_line(
-    out: &mut impl Write,
-    path: &Path,
-    entry: &ManifestFile,
-) -> Result<(), GenerateError> {
-    let err = |source| GenerateError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+fn write_manifest_line(out: &mut impl Write, path: &Path, entry: &ManifestFile) -> Result<(), GenerateError> {
+    let err = |source| GenerateError::Io { path: path.to_path_buf(), source };
     serde_json::to_writer(&mut *out, entry).map_err(|e| err(e.into()))?;
     out.write_all(b"\n").map_err(err)
 }
 
 fn gzip_bytes(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4),
-        flate2::Compression::fast(),
-    );
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::fast());
     enc.write_all(bytes)?;
     enc.finish()
 }
@@ -382,10 +322,7 @@ pub fn generate_file(dialect: Dialect, seed: u64, transactions: u32) -> (String,
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let date = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap_or_default();
     let site = format!("{}", 1000 + seed % 1000);
-    let fuel = matches!(
-        dialect,
-        Dialect::VerifoneCommander | Dialect::NaxmlPassport | Dialect::ConexxusNaxml
-    );
+    let fuel = matches!(dialect, Dialect::VerifoneCommander | Dialect::NaxmlPassport | Dialect::ConexxusNaxml);
     let txs: Vec<GenTx> = (0..transactions)
         .map(|i| model::transaction(&mut rng, &site, date, i % 4 + 1, u64::from(i / 4 + 1), fuel))
         .collect();

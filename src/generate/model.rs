@@ -19,102 +19,22 @@ pub(crate) struct Item {
 
 /// A small convenience-store catalogue.
 pub(crate) const CATALOG: &[Item] = &[
-    Item {
-        code: "004900000634",
-        description: "COCA COLA 20OZ",
-        department: 2,
-        price_cents: 229,
-    },
-    Item {
-        code: "001200000129",
-        description: "PEPSI 20OZ",
-        department: 2,
-        price_cents: 219,
-    },
-    Item {
-        code: "007800000965",
-        description: "DR PEPPER 2L",
-        department: 2,
-        price_cents: 349,
-    },
-    Item {
-        code: "001820000016",
-        description: "BUDWEISER 12PK",
-        department: 3,
-        price_cents: 1499,
-    },
-    Item {
-        code: "002840000005",
-        description: "LAYS CLASSIC",
-        department: 5,
-        price_cents: 199,
-    },
-    Item {
-        code: "004000000044",
-        description: "SNICKERS BAR",
-        department: 5,
-        price_cents: 149,
-    },
-    Item {
-        code: "002200000034",
-        description: "WRIGLEY GUM",
-        department: 5,
-        price_cents: 119,
-    },
-    Item {
-        code: "001070000012",
-        description: "MARLBORO RED",
-        department: 4,
-        price_cents: 899,
-    },
-    Item {
-        code: "007084700001",
-        description: "COFFEE 16OZ",
-        department: 7,
-        price_cents: 189,
-    },
-    Item {
-        code: "000000000412",
-        description: "HOT DOG",
-        department: 7,
-        price_cents: 249,
-    },
-    Item {
-        code: "001600027526",
-        description: "CHEERIOS 12OZ",
-        department: 8,
-        price_cents: 479,
-    },
-    Item {
-        code: "007874200003",
-        description: "WATER 1L",
-        department: 2,
-        price_cents: 159,
-    },
-    Item {
-        code: "004133300001",
-        description: "ICE 10LB",
-        department: 9,
-        price_cents: 399,
-    },
-    Item {
-        code: "003700000310",
-        description: "MOTOR OIL 1QT",
-        department: 10,
-        price_cents: 799,
-    },
-    Item {
-        code: "002113000001",
-        description: "ENERGY DRINK 16OZ",
-        department: 2,
-        price_cents: 329,
-    },
-    Item {
-        code: "004470000001",
-        description: "BEEF JERKY",
-        department: 5,
-        price_cents: 699,
-    },
+    Item { code: "004900000634", description: "COCA COLA 20OZ", department: 2, price_cents: 229 },
+    Item { code: "001200000129", description: "PEPSI 20OZ", department: 2, price_cents: 219 },
+    Item { code: "007800000965", description: "DR PEPPER 2L", department: 2, price_cents: 349 },
+    Item { code: "001820000016", description: "BUDWEISER 12PK", department: 3, price_cents: 1499 },
+    Item { code: "002840000005", description: "LAYS CLASSIC", department: 5, price_cents: 199 },
+    Item { code: "004000000044", description: "SNICKERS BAR", department: 5, price_cents: 149 },
+    Item { code: "002200000034", description: "WRIGLEY GUM", department: 5, price_cents: 119 },
+    Item { code: "001070000012", description: "MARLBORO RED", department: 4, price_cents: 899 },
+    Item { code: "007084700001", description: "COFFEE 16OZ", department: 7, price_cents: 189 },
+    Item { code: "000000000412", description: "HOT DOG", department: 7, price_cents: 249 },
+    Item { code: "001600027526", description: "CHEERIOS 12OZ", department: 8, price_cents: 479 },
+    Item { code: "007874200003", description: "WATER 1L", department: 2, price_cents: 159 },
+    Item { code: "004133300001", description: "ICE 10LB", department: 9, price_cents: 399 },
+    Item { code: "003700000310", description: "MOTOR OIL 1QT", department: 10, price_cents: 799 },
+    Item { code: "002113000001", description: "ENERGY DRINK 16OZ", department: 2, price_cents: 329 },
+    Item { code: "004470000001", description: "BEEF JERKY", department: 5, price_cents: 699 },
 ];
 
 pub(crate) struct Grade {
@@ -124,26 +44,10 @@ pub(crate) struct Grade {
 }
 
 pub(crate) const GRADES: &[Grade] = &[
-    Grade {
-        id: "001",
-        name: "REGULAR",
-        price_thousandths: 3299,
-    },
-    Grade {
-        id: "002",
-        name: "PLUS",
-        price_thousandths: 3599,
-    },
-    Grade {
-        id: "003",
-        name: "PREMIUM",
-        price_thousandths: 3899,
-    },
-    Grade {
-        id: "019",
-        name: "DIESEL",
-        price_thousandths: 4159,
-    },
+    Grade { id: "001", name: "REGULAR", price_thousandths: 3299 },
+    Grade { id: "002", name: "PLUS", price_thousandths: 3599 },
+    Grade { id: "003", name: "PREMIUM", price_thousandths: 3899 },
+    Grade { id: "019", name: "DIESEL", price_thousandths: 4159 },
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -193,11 +97,7 @@ impl GenTx {
     }
 
     pub fn discounts(&self) -> Decimal {
-        self.lines
-            .iter()
-            .filter_map(|l| l.discount.as_ref())
-            .map(|d| d.amount)
-            .sum()
+        self.lines.iter().filter_map(|l| l.discount.as_ref()).map(|d| d.amount).sum()
     }
 
     pub fn net(&self) -> Decimal {
@@ -215,13 +115,7 @@ impl GenTx {
     /// The key the parser must produce, in [`crate::model::TransactionKey::canonical`] form.
     pub fn canonical_key(&self, dialect: Dialect) -> String {
         let seq = self.sequence_text(dialect);
-        let mut key = format!(
-            "{}|{}|{}|{}",
-            self.site,
-            self.business_date.format("%Y-%m-%d"),
-            self.register,
-            seq
-        );
+        let mut key = format!("{}|{}|{}|{}", self.site, self.business_date.format("%Y-%m-%d"), self.register, seq);
         if self.rollback_mirror {
             key.push_str("|rollback");
         } else if dialect == Dialect::VerifoneCommander && self.kind == GenKind::Journal {
@@ -252,10 +146,8 @@ pub(crate) fn transaction(
     fuel: bool,
 ) -> GenTx {
     let minute = rng.random_range(6 * 60..23 * 60);
-    let start = date.and_time(
-        NaiveTime::from_hms_opt(minute / 60, minute % 60, rng.random_range(0..60))
-            .unwrap_or_default(),
-    );
+    let start =
+        date.and_time(NaiveTime::from_hms_opt(minute / 60, minute % 60, rng.random_range(0..60)).unwrap_or_default());
     let end = start + chrono::Duration::seconds(rng.random_range(15..240));
     let roll = rng.random_range(0..100);
     let kind = match roll {
@@ -295,29 +187,18 @@ fn item_line(rng: &mut ChaCha8Rng) -> GenLine {
     let discount = (rng.random_range(0..100) < 15).then(|| GenDiscount {
         promotion_id: format!("MM-{:04}", rng.random_range(1..60)),
         description: "MIX AND MATCH",
-        amount: Decimal::new(rng.random_range(10..=(item.price_cents / 3).max(11)), 2)
-            .min(extended),
+        amount: Decimal::new(rng.random_range(10..=(item.price_cents / 3).max(11)), 2).min(extended),
     });
     let net = extended - discount.as_ref().map_or(Decimal::ZERO, |d| d.amount);
     let tax = (net * TAX_RATE).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
-    GenLine {
-        item: Some(item),
-        grade: None,
-        fuel_position: 0,
-        quantity,
-        unit_price,
-        extended,
-        tax,
-        discount,
-    }
+    GenLine { item: Some(item), grade: None, fuel_position: 0, quantity, unit_price, extended, tax, discount }
 }
 
 fn fuel_line(rng: &mut ChaCha8Rng) -> GenLine {
     let grade = &GRADES[rng.random_range(0..GRADES.len())];
     let volume = Decimal::new(rng.random_range(2_000..25_000), 3);
     let unit_price = Decimal::new(grade.price_thousandths, 3);
-    let extended =
-        (volume * unit_price).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    let extended = (volume * unit_price).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
     GenLine {
         item: None,
         grade: Some(grade),

@@ -9,21 +9,13 @@ use super::model::{GenKind, GenLine, GenTx};
 use crate::dialect::Dialect;
 
 /// Renders one file of transactions for `site` and `date`.
-pub(crate) fn render(
-    dialect: Dialect,
-    site: &str,
-    date: NaiveDate,
-    file_no: u32,
-    txs: &[GenTx],
-) -> String {
+pub(crate) fn render(dialect: Dialect, site: &str, date: NaiveDate, file_no: u32, txs: &[GenTx]) -> String {
     let mut out = String::with_capacity(txs.len() * 1500 + 512);
     match dialect {
         Dialect::VerifoneCommander => verifone(&mut out, site, date, file_no, txs),
         Dialect::NaxmlPassport => naxml(&mut out, site, date, file_no, txs, false),
         Dialect::ConexxusNaxml => naxml(&mut out, site, date, file_no, txs, true),
-        Dialect::ArtsPoslog | Dialect::XstorePoslog | Dialect::VismaPoslog => {
-            poslog(&mut out, dialect, txs)
-        }
+        Dialect::ArtsPoslog | Dialect::XstorePoslog | Dialect::VismaPoslog => poslog(&mut out, dialect, txs),
     }
     out
 }
@@ -46,17 +38,9 @@ fn verifone(out: &mut String, site: &str, date: NaiveDate, file_no: u32, txs: &[
             GenKind::NoSale => "nosale",
             GenKind::Journal => "journal",
         };
-        let rollback = if tx.rollback_mirror {
-            " rollback=\"true\""
-        } else {
-            ""
-        };
+        let rollback = if tx.rollback_mirror { " rollback=\"true\"" } else { "" };
         let _ = write!(out, "  <trans type=\"{kind}\"{rollback}>\n    <trHeader>\n");
-        let _ = write!(
-            out,
-            "      <termMsgSN type=\"{kind}\" term=\"{}\">{}</termMsgSN>\n",
-            tx.register, tx.sequence
-        );
+        let _ = write!(out, "      <termMsgSN type=\"{kind}\" term=\"{}\">{}</termMsgSN>\n", tx.register, tx.sequence);
         if tx.kind != GenKind::Journal {
             let _ = write!(
                 out,
@@ -73,7 +57,9 @@ fn verifone(out: &mut String, site: &str, date: NaiveDate, file_no: u32, txs: &[
             c = tx.cashier
         );
         if tx.kind == GenKind::Journal {
-            out.push_str("    <trJournal><trjText type=\"event\">CASHIER SIGNED ON</trjText></trJournal>\n  </trans>\n");
+            out.push_str(
+                "    <trJournal><trjText type=\"event\">CASHIER SIGNED ON</trjText></trJournal>\n  </trans>\n",
+            );
             continue;
         }
         if tx.kind == GenKind::Sale {
@@ -143,14 +129,7 @@ fn verifone_line(out: &mut String, line: &GenLine) {
     out.push_str("      </trLine>\n");
 }
 
-fn naxml(
-    out: &mut String,
-    site: &str,
-    date: NaiveDate,
-    file_no: u32,
-    txs: &[GenTx],
-    conexxus: bool,
-) {
+fn naxml(out: &mut String, site: &str, date: NaiveDate, file_no: u32, txs: &[GenTx], conexxus: bool) {
     let d = date.format("%Y-%m-%d");
     if conexxus {
         let _ = write!(
@@ -170,17 +149,9 @@ fn naxml(
          <VendorModelVersion>22.01</VendorModelVersion>\n  </TransmissionHeader>\n  <JournalReport>\n    <JournalHeader>\n      \
          <ReportSequenceNumber>{file_no}</ReportSequenceNumber>\n      <PrimaryReportPeriod>2</PrimaryReportPeriod>\n      \
          <BeginDate>{d}</BeginDate>\n    </JournalHeader>\n",
-        if conexxus {
-            "NCR Radiant"
-        } else {
-            "Gilbarco-VeederRoot"
-        }
+        if conexxus { "NCR Radiant" } else { "Gilbarco-VeederRoot" }
     );
-    let business_date = if conexxus {
-        format!("{d}T00:00:00-04:00")
-    } else {
-        d.to_string()
-    };
+    let business_date = if conexxus { format!("{d}T00:00:00-04:00") } else { d.to_string() };
     for tx in txs {
         let event = match tx.kind {
             GenKind::Sale => "SaleEvent",
@@ -199,11 +170,7 @@ fn naxml(
              <EventStartDate>{start_date}</EventStartDate>\n      <EventStartTime>{st}</EventStartTime>\n      \
              <EventEndDate>{start_date}</EventEndDate>\n      <EventEndTime>{et}</EventEndTime>\n      \
              <BusinessDate>{business_date}</BusinessDate>\n",
-            seq = tx.sequence_text(if conexxus {
-                Dialect::ConexxusNaxml
-            } else {
-                Dialect::NaxmlPassport
-            }),
+            seq = tx.sequence_text(if conexxus { Dialect::ConexxusNaxml } else { Dialect::NaxmlPassport }),
             c = tx.cashier,
             r = tx.register,
             st = tx.start.format("%H:%M:%S"),
@@ -231,11 +198,7 @@ fn naxml(
                 tx.net(),
                 tx.tax(),
                 tx.total(),
-                tax_el = if conexxus {
-                    "TransactionTotalTaxSalesAmount"
-                } else {
-                    "TransactionTotalTaxNetAmount"
-                },
+                tax_el = if conexxus { "TransactionTotalTaxSalesAmount" } else { "TransactionTotalTaxNetAmount" },
             );
         } else {
             out.push_str("      <RegisterDetail detailType=\"open\"/>\n");
@@ -310,19 +273,12 @@ fn poslog(out: &mut String, dialect: Dialect, txs: &[GenTx]) {
             GenKind::Journal => "WORKSTATION_OPEN",
         };
         if dialect == Dialect::XstorePoslog {
-            let _ = write!(
-                out,
-                "  <Transaction dtv:TransactionType=\"{xstore_type}\" dtv:AppVersion=\"19.0.1\">\n"
-            );
+            let _ = write!(out, "  <Transaction dtv:TransactionType=\"{xstore_type}\" dtv:AppVersion=\"19.0.1\">\n");
         } else {
             out.push_str("  <Transaction>\n");
         }
         if dialect == Dialect::VismaPoslog {
-            let _ = write!(
-                out,
-                "    <BusinessUnit><UnitID>{}</UnitID></BusinessUnit>\n",
-                tx.site
-            );
+            let _ = write!(out, "    <BusinessUnit><UnitID>{}</UnitID></BusinessUnit>\n", tx.site);
         } else {
             let _ = write!(out, "    <RetailStoreID>{}</RetailStoreID>\n", tx.site);
         }
@@ -332,11 +288,7 @@ fn poslog(out: &mut String, dialect: Dialect, txs: &[GenTx]) {
             tx.register, tx.sequence
         );
         if dialect != Dialect::VismaPoslog {
-            let _ = write!(
-                out,
-                "    <BusinessDayDate>{}</BusinessDayDate>\n",
-                tx.business_date.format("%Y-%m-%d")
-            );
+            let _ = write!(out, "    <BusinessDayDate>{}</BusinessDayDate>\n", tx.business_date.format("%Y-%m-%d"));
         }
         let _ = write!(
             out,
@@ -352,11 +304,7 @@ fn poslog(out: &mut String, dialect: Dialect, txs: &[GenTx]) {
                 let _ = write!(
                     out,
                     "    <ControlTransaction Version=\"2.1\">\n      <ReasonCode>{}</ReasonCode>\n    </ControlTransaction>\n",
-                    if tx.kind == GenKind::NoSale {
-                        "NoSale"
-                    } else {
-                        "SignOn"
-                    }
+                    if tx.kind == GenKind::NoSale { "NoSale" } else { "SignOn" }
                 );
             }
         }
@@ -399,11 +347,7 @@ fn poslog_retail(out: &mut String, dialect: Dialect, tx: &GenTx) {
                 out,
                 "          <Tax TaxType=\"Sales\">\n            <TaxAuthority>STATE</TaxAuthority>\n            \
                  <TaxableAmount>{}</TaxableAmount>\n            <Amount>{}</Amount>\n          </Tax>\n",
-                line.extended
-                    - line
-                        .discount
-                        .as_ref()
-                        .map_or(rust_decimal::Decimal::ZERO, |d| d.amount),
+                line.extended - line.discount.as_ref().map_or(rust_decimal::Decimal::ZERO, |d| d.amount),
                 line.tax
             );
         }
@@ -418,11 +362,7 @@ fn poslog_retail(out: &mut String, dialect: Dialect, tx: &GenTx) {
     );
     match dialect {
         Dialect::XstorePoslog => {
-            let _ = write!(
-                out,
-                "      <Total TotalType=\"TransactionGrandAmount\">{}</Total>\n",
-                tx.total()
-            );
+            let _ = write!(out, "      <Total TotalType=\"TransactionGrandAmount\">{}</Total>\n", tx.total());
         }
         Dialect::VismaPoslog => {
             let _ = write!(

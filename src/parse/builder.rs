@@ -7,8 +7,8 @@ use rust_decimal::Decimal;
 use super::values;
 use crate::dialect::{DialectSpec, DiscountSign, Field, Flag};
 use crate::model::{
-    BronzeRecord, KeyVariant, LineKind, SalesDiscount, SalesHeader, SalesLine, Transaction,
-    TransactionFlags, TransactionKey, TransactionType,
+    BronzeRecord, KeyVariant, LineKind, SalesDiscount, SalesHeader, SalesLine, Transaction, TransactionFlags,
+    TransactionKey, TransactionType,
 };
 
 /// Why one value was refused: the field's name and the reason (the engine adds file and position).
@@ -118,11 +118,7 @@ impl TxBuilder {
     /// Closes the current line: a line whose type names a sales line goes to silver; any other line (tender, tax,
     /// loyalty, no type at all) stays in bronze only, and discounts read inside it no longer point at it.
     pub fn end_line(&mut self, spec: &DialectSpec) {
-        let Some(LineBuilder {
-            mut line,
-            discounts_from,
-        }) = self.line.take()
-        else {
+        let Some(LineBuilder { mut line, discounts_from }) = self.line.take() else {
             return;
         };
         let kind = match line.kind_raw.as_deref() {
@@ -173,26 +169,16 @@ impl TxBuilder {
     pub fn apply(&mut self, field: Field, value: &str) -> Result<(), ValueError> {
         match field {
             Field::Site => set_first(&mut self.site, value),
-            Field::BusinessDate => {
-                self.business_date = Some(values::date(value).map_err(|r| ("business date", r))?)
-            }
+            Field::BusinessDate => self.business_date = Some(values::date(value).map_err(|r| ("business date", r))?),
             Field::Sequence => set_first(&mut self.sequence, value),
             Field::Register => set_first(&mut self.register, value),
             Field::MessageSequence => set_first(&mut self.message_sequence, value),
             Field::MessageRegister => set_first(&mut self.message_register, value),
             Field::Cashier => set_first(&mut self.cashier, value),
-            Field::StartTime => {
-                self.start = Some(values::date_or_timestamp(value).map_err(|r| ("start time", r))?)
-            }
-            Field::StartClock => {
-                self.start_clock = Some(values::clock(value).map_err(|r| ("start time", r))?)
-            }
-            Field::EndTime => {
-                self.end = Some(values::date_or_timestamp(value).map_err(|r| ("end time", r))?)
-            }
-            Field::EndClock => {
-                self.end_clock = Some(values::clock(value).map_err(|r| ("end time", r))?)
-            }
+            Field::StartTime => self.start = Some(values::date_or_timestamp(value).map_err(|r| ("start time", r))?),
+            Field::StartClock => self.start_clock = Some(values::clock(value).map_err(|r| ("start time", r))?),
+            Field::EndTime => self.end = Some(values::date_or_timestamp(value).map_err(|r| ("end time", r))?),
+            Field::EndClock => self.end_clock = Some(values::clock(value).map_err(|r| ("end time", r))?),
             Field::TypeRaw => set_first(&mut self.type_raw, value),
             Field::Gross => self.gross = Some(amount(value, "gross amount")?),
             Field::Net => self.net = Some(amount(value, "net amount")?),
@@ -223,20 +209,9 @@ impl TxBuilder {
     }
 
     /// Completes the transaction: resolves its key (file defaults fill what it lacks), its type and flags.
-    pub fn finish(
-        mut self,
-        spec: &DialectSpec,
-        defaults: &FileDefaults,
-    ) -> Result<Transaction, MissingField> {
-        let site = self
-            .site
-            .take()
-            .or_else(|| defaults.site.clone())
-            .ok_or(MissingField("site"))?;
-        let business_date = self
-            .business_date
-            .or(defaults.business_date)
-            .ok_or(MissingField("business date"))?;
+    pub fn finish(mut self, spec: &DialectSpec, defaults: &FileDefaults) -> Result<Transaction, MissingField> {
+        let site = self.site.take().or_else(|| defaults.site.clone()).ok_or(MissingField("site"))?;
+        let business_date = self.business_date.or(defaults.business_date).ok_or(MissingField("business date"))?;
         let mut by_message = false;
         let sequence = match (self.sequence.take(), self.message_sequence.take()) {
             (Some(seq), _) => seq,
@@ -249,12 +224,7 @@ impl TxBuilder {
         let register = if !spec.register_in_key {
             None
         } else if by_message {
-            Some(
-                self.message_register
-                    .clone()
-                    .or_else(|| self.register.clone())
-                    .ok_or(MissingField("register"))?,
-            )
+            Some(self.message_register.clone().or_else(|| self.register.clone()).ok_or(MissingField("register"))?)
         } else {
             Some(self.register.clone().ok_or(MissingField("register"))?)
         };
@@ -272,17 +242,12 @@ impl TxBuilder {
             }
         }
         // A sale whose every sales line is a return is a refund (ARTS writes returns as `Return` lines).
-        if kind == TransactionType::Sale
-            && !self.lines.is_empty()
-            && self.lines.iter().all(|l| l.refund)
-        {
+        if kind == TransactionType::Sale && !self.lines.is_empty() && self.lines.iter().all(|l| l.refund) {
             kind = TransactionType::Refund;
         }
         if kind == TransactionType::Void {
             self.flags.voided = true;
-        } else if self.flags.voided
-            && matches!(kind, TransactionType::Sale | TransactionType::Refund)
-        {
+        } else if self.flags.voided && matches!(kind, TransactionType::Sale | TransactionType::Refund) {
             kind = TransactionType::Void;
         }
 
@@ -292,11 +257,7 @@ impl TxBuilder {
                 business_date,
                 register,
                 sequence,
-                variant: if by_message {
-                    KeyVariant::TerminalMessage
-                } else {
-                    KeyVariant::of(&self.flags)
-                },
+                variant: if by_message { KeyVariant::TerminalMessage } else { KeyVariant::of(&self.flags) },
             },
             ordinal: self.ordinal,
             cashier: self.cashier,
@@ -310,12 +271,7 @@ impl TxBuilder {
             tax_amount: self.tax,
             total_amount: self.total,
         };
-        Ok(Transaction {
-            header,
-            lines: self.lines,
-            discounts: self.discounts,
-            bronze: self.bronze,
-        })
+        Ok(Transaction { header, lines: self.lines, discounts: self.discounts, bronze: self.bronze })
     }
 }
 
@@ -325,8 +281,7 @@ impl FileDefaults {
         match field {
             Field::Site => set_first(&mut self.site, value),
             Field::BusinessDate => {
-                self.business_date
-                    .get_or_insert(values::date(value).map_err(|r| ("business date", r))?);
+                self.business_date.get_or_insert(values::date(value).map_err(|r| ("business date", r))?);
             }
             _ => {}
         }
@@ -348,9 +303,7 @@ fn apply_line(line: &mut SalesLine, field: Field, value: &str) -> Result<(), Val
             line.tax_amount = Some(line.tax_amount.unwrap_or_default() + tax);
         }
         Field::LineVoid => line.voided |= values::flag(value).map_err(|r| ("line void flag", r))?,
-        Field::LineRefund => {
-            line.refund |= values::flag(value).map_err(|r| ("line refund flag", r))?
-        }
+        Field::LineRefund => line.refund |= values::flag(value).map_err(|r| ("line refund flag", r))?,
         Field::FuelGrade => set_first(&mut line.fuel_grade, value),
         Field::FuelPosition => set_first(&mut line.fuel_position, value),
         Field::FuelVolume => line.fuel_volume = Some(amount(value, "fuel volume")?),
@@ -368,9 +321,7 @@ fn apply_discount(d: &mut SalesDiscount, field: Field, value: &str) -> Result<()
         // Last wins: a mark gives the default kind at the start tag, the vendor's own reason text overrides it.
         Field::DiscountKind => d.kind = Some(value.to_owned()),
         Field::AppliesTo => set_first(&mut d.applies_to, value),
-        Field::DiscountVoid => {
-            d.voided |= values::flag(value).map_err(|r| ("discount void flag", r))?
-        }
+        Field::DiscountVoid => d.voided |= values::flag(value).map_err(|r| ("discount void flag", r))?,
         _ => {}
     }
     Ok(())
@@ -387,10 +338,7 @@ fn set_first(slot: &mut Option<String>, value: &str) {
     }
 }
 
-fn moment(
-    date: Option<(NaiveDate, Option<NaiveTime>)>,
-    clock: Option<NaiveTime>,
-) -> Option<NaiveDateTime> {
+fn moment(date: Option<(NaiveDate, Option<NaiveTime>)>, clock: Option<NaiveTime>) -> Option<NaiveDateTime> {
     let (d, t) = date?;
     Some(d.and_time(t.or(clock).unwrap_or_default()))
 }

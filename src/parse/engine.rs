@@ -97,9 +97,7 @@ impl<'a> Engine<'a> {
         config.trim_text(false);
 
         loop {
-            let event = reader
-                .read_event()
-                .map_err(|e| self.xml_error(e, reader.error_position()))?;
+            let event = reader.read_event().map_err(|e| self.xml_error(e, reader.error_position()))?;
             let pos = reader.buffer_position();
             match event {
                 Event::Start(e) => self.start(&e, pos)?,
@@ -117,9 +115,7 @@ impl<'a> Engine<'a> {
                 Event::CData(t) => {
                     let raw = t.into_inner();
                     if self.frames.is_empty() {
-                        return Err(
-                            self.malformed(pos, "character data outside the root element".into())
-                        );
+                        return Err(self.malformed(pos, "character data outside the root element".into()));
                     }
                     self.append_text(&raw, pos)?;
                 }
@@ -129,10 +125,7 @@ impl<'a> Engine<'a> {
                         match r.resolve_char_ref() {
                             Ok(Some(c)) => c.encode_utf8(&mut buf),
                             _ => {
-                                return Err(self.malformed(
-                                    pos,
-                                    format!("invalid character reference &{};", &*r),
-                                ));
+                                return Err(self.malformed(pos, format!("invalid character reference &{};", &*r)));
                             }
                         }
                     } else {
@@ -152,9 +145,7 @@ impl<'a> Engine<'a> {
                         }
                     };
                     if self.frames.is_empty() {
-                        return Err(
-                            self.malformed(pos, "reference outside the root element".into())
-                        );
+                        return Err(self.malformed(pos, "reference outside the root element".into()));
                     }
                     self.append_text(resolved, pos)?;
                 }
@@ -172,9 +163,7 @@ impl<'a> Engine<'a> {
         }
         let end = self.text.len() as u64;
         if let Some(frame) = self.frames.last() {
-            let innermost = self.path[frame.path_len..]
-                .trim_start_matches('/')
-                .to_owned();
+            let innermost = self.path[frame.path_len..].trim_start_matches('/').to_owned();
             return Err(ParseError::Truncated {
                 file: self.file.to_owned(),
                 position: self.locate(end),
@@ -185,17 +174,8 @@ impl<'a> Engine<'a> {
         let Some(plan) = self.plan else {
             return Err(self.malformed(end, "no root element".into()));
         };
-        let site = self
-            .defaults
-            .site
-            .clone()
-            .or_else(|| self.done.first().map(|t| t.header.key.site.clone()));
-        Ok(Output {
-            dialect: plan.spec.dialect,
-            transactions: self.done,
-            envelope: self.envelope,
-            site,
-        })
+        let site = self.defaults.site.clone().or_else(|| self.done.first().map(|t| t.header.key.site.clone()));
+        Ok(Output { dialect: plan.spec.dialect, transactions: self.done, envelope: self.envelope, site })
     }
 
     fn start(&mut self, e: &BytesStart<'_>, pos: u64) -> Result<(), ParseError> {
@@ -220,19 +200,12 @@ impl<'a> Engine<'a> {
             }
             Some(parent) => {
                 parent.has_children = true;
-                let plan = self
-                    .plan
-                    .ok_or_else(|| self.malformed(pos, "no dialect".into()))?;
+                let plan = self.plan.ok_or_else(|| self.malformed(pos, "no dialect".into()))?;
                 let parent_node = self.frames.last().and_then(|f| f.node);
-                (
-                    plan,
-                    parent_node.and_then(|n| plan.child(n, name.as_bytes())),
-                )
+                (plan, parent_node.and_then(|n| plan.child(n, name.as_bytes())))
             }
         };
-        let mut role = node
-            .and_then(|n| plan.nodes[n as usize].role)
-            .unwrap_or(Role::Plain);
+        let mut role = node.and_then(|n| plan.nodes[n as usize].role).unwrap_or(Role::Plain);
         if role == Role::Transaction && self.tx.is_some() {
             // A transaction element inside a transaction is only data of the outer one.
             role = Role::Plain;
@@ -266,8 +239,7 @@ impl<'a> Engine<'a> {
                     self.tx_count += 1;
                     let mut tx = TxBuilder::new(self.tx_count, segment_start, self.bronze_hint);
                     if plan.spec.type_from_element_name {
-                        tx.apply(Field::TypeRaw, name)
-                            .map_err(|v| self.invalid(pos, v, name))?;
+                        tx.apply(Field::TypeRaw, name).map_err(|v| self.invalid(pos, v, name))?;
                     }
                     self.tx = Some(tx);
                 }
@@ -296,33 +268,21 @@ impl<'a> Engine<'a> {
             }
             let attr_local = key.local_name();
             let attr_name: &str = attr_local.as_ref();
-            let value = attr
-                .normalized_value(XmlVersion::Implicit1_0)
-                .map_err(|err| self.xml_error(err, pos))?;
+            let value = attr.normalized_value(XmlVersion::Implicit1_0).map_err(|err| self.xml_error(err, pos))?;
             let value = value.trim();
             let (bronze, key_start) = bronze_target(&mut self.tx, &mut self.envelope);
             bronze.push3(&self.path[key_start..], "_attr_", attr_name, value);
             for (i, action) in actions.iter().enumerate() {
                 match *action {
-                    Action::Attr {
-                        name: want,
-                        field,
-                        constant,
-                    } if want == attr_name => {
+                    Action::Attr { name: want, field, constant } if want == attr_name => {
                         let v = constant.unwrap_or(value);
                         if !v.is_empty() {
-                            self.apply(field, v)
-                                .map_err(|err| self.invalid(pos, err, v))?;
+                            self.apply(field, v).map_err(|err| self.invalid(pos, err, v))?;
                         }
                     }
-                    Action::Text {
-                        pred: Some((k, want)),
-                        ..
-                    }
-                    | Action::Mark {
-                        pred: Some((k, want)),
-                        ..
-                    } if k == attr_name && want == value && i < 64 => {
+                    Action::Text { pred: Some((k, want)), .. } | Action::Mark { pred: Some((k, want)), .. }
+                        if k == attr_name && want == value && i < 64 =>
+                    {
                         preds_held |= 1 << i;
                     }
                     _ => {}
@@ -331,16 +291,11 @@ impl<'a> Engine<'a> {
         }
         for (i, action) in actions.iter().enumerate() {
             match *action {
-                Action::Text { field, pred }
-                    if pred.is_none() || preds_held & (1 << i.min(63)) != 0 =>
-                {
+                Action::Text { field, pred } if pred.is_none() || preds_held & (1 << i.min(63)) != 0 => {
                     self.captures.push(Capture { field });
                 }
-                Action::Mark { field, value, pred }
-                    if pred.is_none() || preds_held & (1 << i.min(63)) != 0 =>
-                {
-                    self.apply(field, value)
-                        .map_err(|err| self.invalid(pos, err, value))?;
+                Action::Mark { field, value, pred } if pred.is_none() || preds_held & (1 << i.min(63)) != 0 => {
+                    self.apply(field, value).map_err(|err| self.invalid(pos, err, value))?;
                 }
                 _ => {}
             }
@@ -396,17 +351,12 @@ impl<'a> Engine<'a> {
                 if let Some(tx) = self.tx.take() {
                     let ordinal = tx.ordinal;
                     let (bytes, entries) = tx.bronze.capacity_hint();
-                    self.bronze_hint = (
-                        self.bronze_hint.0.max(bytes),
-                        self.bronze_hint.1.max(entries),
-                    );
-                    let done = tx.finish(plan.spec, &self.defaults).map_err(|missing| {
-                        ParseError::MissingField {
-                            file: self.file.to_owned(),
-                            position: self.locate(pos),
-                            transaction: ordinal,
-                            field: missing.0,
-                        }
+                    self.bronze_hint = (self.bronze_hint.0.max(bytes), self.bronze_hint.1.max(entries));
+                    let done = tx.finish(plan.spec, &self.defaults).map_err(|missing| ParseError::MissingField {
+                        file: self.file.to_owned(),
+                        position: self.locate(pos),
+                        transaction: ordinal,
+                        field: missing.0,
                     })?;
                     self.done.push(done);
                 }
@@ -418,9 +368,7 @@ impl<'a> Engine<'a> {
 
     /// Whether the innermost open element has gathered text already (then even whitespace belongs to it).
     fn has_text(&self) -> bool {
-        self.frames
-            .last()
-            .is_some_and(|f| self.text_buf.len() > f.text_start)
+        self.frames.last().is_some_and(|f| self.text_buf.len() > f.text_start)
     }
 
     fn push_text(&mut self, text: &str, pos: u64) -> Result<(), ParseError> {
@@ -468,16 +416,8 @@ impl<'a> Engine<'a> {
         1
     }
 
-    fn choose_dialect(
-        &mut self,
-        e: &BytesStart<'_>,
-        name: &str,
-        pos: u64,
-    ) -> Result<&'static Plan, ParseError> {
-        let mut info = RootInfo {
-            local_name: name,
-            ..RootInfo::default()
-        };
+    fn choose_dialect(&mut self, e: &BytesStart<'_>, name: &str, pos: u64) -> Result<&'static Plan, ParseError> {
+        let mut info = RootInfo { local_name: name, ..RootInfo::default() };
         let mut default_ns = None;
         let attrs: Vec<_> = e.attributes().filter_map(Result::ok).collect();
         for a in &attrs {
@@ -494,11 +434,8 @@ impl<'a> Engine<'a> {
         }
         let dialect = match self.opts.dialect {
             Some(forced) => {
-                let root_ok = forced
-                    .spec()
-                    .detect
-                    .iter()
-                    .any(|c| matches!(c, crate::dialect::Detect::Root(r) if *r == name));
+                let root_ok =
+                    forced.spec().detect.iter().any(|c| matches!(c, crate::dialect::Detect::Root(r) if *r == name));
                 if !root_ok {
                     return Err(ParseError::DialectMismatch {
                         file: self.file.to_owned(),
@@ -532,11 +469,7 @@ impl<'a> Engine<'a> {
     }
 
     fn malformed(&self, offset: u64, reason: String) -> ParseError {
-        ParseError::Malformed {
-            file: self.file.to_owned(),
-            position: self.locate(offset),
-            reason,
-        }
+        ParseError::Malformed { file: self.file.to_owned(), position: self.locate(offset), reason }
     }
 
     fn invalid(&self, offset: u64, (field, reason): ValueError, value: &str) -> ParseError {
@@ -552,11 +485,7 @@ impl<'a> Engine<'a> {
     fn xml_error(&self, err: XmlError, offset: u64) -> ParseError {
         match err {
             XmlError::Escape(EscapeError::UnrecognizedEntity(_, name)) => {
-                ParseError::UnknownEntity {
-                    file: self.file.to_owned(),
-                    position: self.locate(offset),
-                    name,
-                }
+                ParseError::UnknownEntity { file: self.file.to_owned(), position: self.locate(offset), name }
             }
             other => self.malformed(offset, other.to_string()),
         }
@@ -565,10 +494,7 @@ impl<'a> Engine<'a> {
 
 /// The record an element's values go to: its transaction's, or the envelope's outside transactions; and where
 /// its bronze key starts in the path buffer.
-fn bronze_target<'b>(
-    tx: &'b mut Option<TxBuilder>,
-    envelope: &'b mut BronzeRecord,
-) -> (&'b mut BronzeRecord, usize) {
+fn bronze_target<'b>(tx: &'b mut Option<TxBuilder>, envelope: &'b mut BronzeRecord) -> (&'b mut BronzeRecord, usize) {
     match tx.as_mut() {
         Some(tx) => (&mut tx.bronze, tx.key_start),
         None => (envelope, 0),

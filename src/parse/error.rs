@@ -16,36 +16,21 @@ pub struct Position {
 }
 
 impl Position {
-    pub const START: Position = Position {
-        offset: 0,
-        line: 1,
-        column: 1,
-    };
+    pub const START: Position = Position { offset: 0, line: 1, column: 1 };
 
     /// Computes line and column for `offset` in `text`. Called on the error path only.
     pub fn locate(text: &str, offset: u64) -> Position {
         let end = (offset as usize).min(text.len());
         let before = &text.as_bytes()[..end];
         let line = before.iter().filter(|&&b| b == b'\n').count() as u32 + 1;
-        let line_start = before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        Position {
-            offset,
-            line,
-            column: (end - line_start) as u32 + 1,
-        }
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        Position { offset, line, column: (end - line_start) as u32 + 1 }
     }
 }
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {}, column {} (byte {})",
-            self.line, self.column, self.offset
-        )
+        write!(f, "line {}, column {} (byte {})", self.line, self.column, self.offset)
     }
 }
 
@@ -59,100 +44,46 @@ pub enum ParseError {
     TooLarge { file: String, limit: u64 },
 
     #[error("{file}: cannot decompress ({compression}): {reason}")]
-    Decompress {
-        file: String,
-        compression: &'static str,
-        reason: String,
-    },
+    Decompress { file: String, compression: &'static str, reason: String },
 
-    #[error(
-        "{file}: unsupported archive format ({format}); poslake reads plain or gzip-compressed XML"
-    )]
+    #[error("{file}: unsupported archive format ({format}); poslake reads plain or gzip-compressed XML")]
     UnsupportedArchive { file: String, format: &'static str },
 
     #[error("{file}: unsupported character encoding {label:?}")]
     UnsupportedEncoding { file: String, label: String },
 
     #[error("{file}: text is not valid {encoding} at {position}")]
-    InvalidEncoding {
-        file: String,
-        encoding: &'static str,
-        position: Position,
-    },
+    InvalidEncoding { file: String, encoding: &'static str, position: Position },
 
     #[error("{file}: malformed XML at {position}: {reason}")]
-    Malformed {
-        file: String,
-        position: Position,
-        reason: String,
-    },
+    Malformed { file: String, position: Position, reason: String },
 
-    #[error(
-        "{file}: XML ends early at {position}: {open} element(s) still open, innermost <{innermost}>"
-    )]
-    Truncated {
-        file: String,
-        position: Position,
-        open: usize,
-        innermost: String,
-    },
+    #[error("{file}: XML ends early at {position}: {open} element(s) still open, innermost <{innermost}>")]
+    Truncated { file: String, position: Position, open: usize, innermost: String },
 
-    #[error(
-        "{file}: DOCTYPE declares entities at {position}; entity declarations are refused (expansion attacks)"
-    )]
+    #[error("{file}: DOCTYPE declares entities at {position}; entity declarations are refused (expansion attacks)")]
     EntityDeclaration { file: String, position: Position },
 
     #[error("{file}: reference to undeclared entity &{name}; at {position}")]
-    UnknownEntity {
-        file: String,
-        position: Position,
-        name: String,
-    },
+    UnknownEntity { file: String, position: Position, name: String },
 
     #[error("{file}: elements nested deeper than {limit} at {position}")]
-    TooDeep {
-        file: String,
-        position: Position,
-        limit: usize,
-    },
+    TooDeep { file: String, position: Position, limit: usize },
 
     #[error("{file}: text of one element larger than {limit} bytes at {position}")]
-    TextTooLarge {
-        file: String,
-        position: Position,
-        limit: usize,
-    },
+    TextTooLarge { file: String, position: Position, limit: usize },
 
     #[error("{file}: unknown dialect: root element <{root}>{}", namespace.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
-    UnknownDialect {
-        file: String,
-        root: String,
-        namespace: Option<String>,
-    },
+    UnknownDialect { file: String, root: String, namespace: Option<String> },
 
     #[error("{file}: root element <{root}> is not a {dialect} file")]
-    DialectMismatch {
-        file: String,
-        dialect: &'static str,
-        root: String,
-    },
+    DialectMismatch { file: String, dialect: &'static str, root: String },
 
     #[error("{file}: transaction {transaction} (ending at {position}) has no {field}")]
-    MissingField {
-        file: String,
-        position: Position,
-        transaction: u32,
-        field: &'static str,
-    },
+    MissingField { file: String, position: Position, transaction: u32, field: &'static str },
 
     #[error("{file}: invalid {field} {value:?} at {position}: {reason}")]
-    InvalidValue {
-        file: String,
-        position: Position,
-        field: &'static str,
-        value: String,
-        reason: &'static str,
-    },
+    InvalidValue { file: String, position: Position, field: &'static str, value: String, reason: &'static str },
 }
 
 impl ParseError {
@@ -207,22 +138,8 @@ mod tests {
     #[test]
     fn locate_counts_lines_and_columns() {
         let text = "ab\ncde\nf";
-        assert_eq!(
-            Position::locate(text, 0),
-            Position {
-                offset: 0,
-                line: 1,
-                column: 1
-            }
-        );
-        assert_eq!(
-            Position::locate(text, 4),
-            Position {
-                offset: 4,
-                line: 2,
-                column: 2
-            }
-        );
+        assert_eq!(Position::locate(text, 0), Position { offset: 0, line: 1, column: 1 });
+        assert_eq!(Position::locate(text, 4), Position { offset: 4, line: 2, column: 2 });
         assert_eq!(Position::locate(text, 99).line, 3);
     }
 }

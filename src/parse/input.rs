@@ -22,60 +22,37 @@ pub struct Decoded<'a> {
 /// Decompresses and decodes `bytes`. `max_bytes` bounds the decompressed size (a gzip bomb stops there).
 pub fn decode<'a>(file: &str, bytes: &'a [u8], max_bytes: u64) -> Result<Decoded<'a>, ParseError> {
     if bytes.is_empty() {
-        return Err(ParseError::Empty {
-            file: file.to_owned(),
-        });
+        return Err(ParseError::Empty { file: file.to_owned() });
     }
     if bytes.starts_with(&ZIP_MAGIC) {
-        return Err(ParseError::UnsupportedArchive {
-            file: file.to_owned(),
-            format: "zip",
-        });
+        return Err(ParseError::UnsupportedArchive { file: file.to_owned(), format: "zip" });
     }
     if bytes.starts_with(&GZIP_MAGIC) {
         let raw = gunzip(file, bytes, max_bytes)?;
         let (text, encoding) = transcode(file, &raw)?;
-        return Ok(Decoded {
-            text: Cow::Owned(text.into_owned()),
-            compression: Compression::Gzip,
-            encoding,
-        });
+        return Ok(Decoded { text: Cow::Owned(text.into_owned()), compression: Compression::Gzip, encoding });
     }
     if bytes.len() as u64 > max_bytes {
-        return Err(ParseError::TooLarge {
-            file: file.to_owned(),
-            limit: max_bytes,
-        });
+        return Err(ParseError::TooLarge { file: file.to_owned(), limit: max_bytes });
     }
     let (text, encoding) = transcode(file, bytes)?;
-    Ok(Decoded {
-        text,
-        compression: Compression::None,
-        encoding,
-    })
+    Ok(Decoded { text, compression: Compression::None, encoding })
 }
 
 fn gunzip(file: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<u8>, ParseError> {
     // MultiGzDecoder: some exporters concatenate gzip members.
     let mut out = Vec::with_capacity(bytes.len().saturating_mul(6).min(max_bytes as usize));
     let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(max_bytes + 1);
-    reader
-        .read_to_end(&mut out)
-        .map_err(|e| ParseError::Decompress {
-            file: file.to_owned(),
-            compression: "gzip",
-            reason: e.to_string(),
-        })?;
+    reader.read_to_end(&mut out).map_err(|e| ParseError::Decompress {
+        file: file.to_owned(),
+        compression: "gzip",
+        reason: e.to_string(),
+    })?;
     if out.len() as u64 > max_bytes {
-        return Err(ParseError::TooLarge {
-            file: file.to_owned(),
-            limit: max_bytes,
-        });
+        return Err(ParseError::TooLarge { file: file.to_owned(), limit: max_bytes });
     }
     if out.is_empty() {
-        return Err(ParseError::Empty {
-            file: file.to_owned(),
-        });
+        return Err(ParseError::Empty { file: file.to_owned() });
     }
     Ok(out)
 }
@@ -92,20 +69,13 @@ fn transcode<'a>(file: &str, bytes: &'a [u8]) -> Result<(Cow<'a, str>, &'static 
     }
     match declared_encoding(bytes) {
         Some(label) => {
-            let encoding = Encoding::for_label(label.as_bytes()).ok_or_else(|| {
-                ParseError::UnsupportedEncoding {
-                    file: file.to_owned(),
-                    label: label.to_owned(),
-                }
-            })?;
+            let encoding = Encoding::for_label(label.as_bytes())
+                .ok_or_else(|| ParseError::UnsupportedEncoding { file: file.to_owned(), label: label.to_owned() })?;
             if encoding == encoding_rs::UTF_8 {
                 utf8(file, bytes).map(|t| (Cow::Borrowed(t), "UTF-8"))
             } else if encoding == encoding_rs::UTF_16LE || encoding == encoding_rs::UTF_16BE {
                 // A declaration we could read as ASCII cannot be UTF-16 text without a BOM.
-                Err(ParseError::UnsupportedEncoding {
-                    file: file.to_owned(),
-                    label: label.to_owned(),
-                })
+                Err(ParseError::UnsupportedEncoding { file: file.to_owned(), label: label.to_owned() })
             } else {
                 decode_with(file, encoding, bytes).map(|t| (t, encoding.name()))
             }
@@ -127,11 +97,7 @@ fn utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, ParseError> {
     })
 }
 
-fn decode_with<'a>(
-    file: &str,
-    encoding: &'static Encoding,
-    bytes: &'a [u8],
-) -> Result<Cow<'a, str>, ParseError> {
+fn decode_with<'a>(file: &str, encoding: &'static Encoding, bytes: &'a [u8]) -> Result<Cow<'a, str>, ParseError> {
     let (text, had_errors) = encoding.decode_without_bom_handling(bytes);
     if had_errors {
         let at = text.find('\u{FFFD}').unwrap_or(0);
@@ -152,10 +118,7 @@ fn declared_encoding(bytes: &[u8]) -> Option<&str> {
     let end = decl.windows(2).position(|w| w == b"?>")?;
     let decl = std::str::from_utf8(&decl[..end]).ok()?;
     let at = decl.find("encoding")?;
-    let rest = decl[at + "encoding".len()..]
-        .trim_start()
-        .strip_prefix('=')?
-        .trim_start();
+    let rest = decl[at + "encoding".len()..].trim_start().strip_prefix('=')?.trim_start();
     let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
     let rest = &rest[1..];
     let close = rest.find(quote)?;
@@ -170,10 +133,7 @@ mod tests {
 
     #[test]
     fn reads_declared_encoding_with_spaces() {
-        assert_eq!(
-            declared_encoding(b"<?xml version =\"1.0\" encoding = 'ISO-8859-1'?><a/>"),
-            Some("ISO-8859-1")
-        );
+        assert_eq!(declared_encoding(b"<?xml version =\"1.0\" encoding = 'ISO-8859-1'?><a/>"), Some("ISO-8859-1"));
         assert_eq!(declared_encoding(b"<?xml version=\"1.0\"?><a/>"), None);
         assert_eq!(declared_encoding(b"<a/>"), None);
     }
@@ -202,9 +162,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_names_the_position() {
-        let err = decode("f.xml", b"<a>\n ok \xff</a>", 100)
-            .err()
-            .expect("fails");
+        let err = decode("f.xml", b"<a>\n ok \xff</a>", 100).err().expect("fails");
         match err {
             ParseError::InvalidEncoding { position, .. } => {
                 assert_eq!((position.line, position.column, position.offset), (2, 5, 8));
@@ -219,24 +177,14 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         enc.write_all(&vec![b' '; 1 << 20]).expect("write");
         let gz = enc.finish().expect("finish");
-        assert!(matches!(
-            decode("f.gz", &gz, 1000),
-            Err(ParseError::TooLarge { limit: 1000, .. })
-        ));
+        assert!(matches!(decode("f.gz", &gz, 1000), Err(ParseError::TooLarge { limit: 1000, .. })));
     }
 
     #[test]
     fn zip_and_unknown_encodings_are_refused() {
+        assert!(matches!(decode("f", b"PK\x03\x04rest", 100), Err(ParseError::UnsupportedArchive { .. })));
         assert!(matches!(
-            decode("f", b"PK\x03\x04rest", 100),
-            Err(ParseError::UnsupportedArchive { .. })
-        ));
-        assert!(matches!(
-            decode(
-                "f",
-                b"<?xml version=\"1.0\" encoding=\"klingon\"?><a/>",
-                100
-            ),
+            decode("f", b"<?xml version=\"1.0\" encoding=\"klingon\"?><a/>", 100),
             Err(ParseError::UnsupportedEncoding { .. })
         ));
     }

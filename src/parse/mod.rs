@@ -30,12 +30,7 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions {
-            dialect: None,
-            max_depth: 128,
-            max_text_bytes: 1 << 20,
-            max_decompressed_bytes: 256 << 20,
-        }
+        ParseOptions { dialect: None, max_depth: 128, max_text_bytes: 1 << 20, max_decompressed_bytes: 256 << 20 }
     }
 }
 
@@ -45,11 +40,7 @@ pub fn parse_file(name: &str, bytes: &[u8], opts: &ParseOptions) -> Result<Parse
     let decoded = input::decode(name, bytes, opts.max_decompressed_bytes)?;
     let out = engine::Engine::new(name, &decoded.text, opts).run()?;
     let line_count = out.transactions.iter().map(|t| t.lines.len() as u32).sum();
-    let discount_count = out
-        .transactions
-        .iter()
-        .map(|t| t.discounts.len() as u32)
-        .sum();
+    let discount_count = out.transactions.iter().map(|t| t.discounts.len() as u32).sum();
     let facts = FileFacts {
         name: name.to_owned(),
         dialect: out.dialect,
@@ -63,9 +54,5 @@ pub fn parse_file(name: &str, bytes: &[u8], opts: &ParseOptions) -> Result<Parse
         line_count,
         discount_count,
     };
-    Ok(ParsedFile {
-        facts,
-        transactions: out.transactions,
-        envelope: out.envelope,
-    })
+    Ok(ParsedFile { facts, transactions: out.transactions, envelope: out.envelope })
 }

@@ -24,17 +24,9 @@ pub(crate) enum Action {
     /// The element's text fills `field` (if the predicate holds).
     Text { field: Field, pred: Predicate },
     /// The element's presence sets `field` to `value` (if the predicate holds).
-    Mark {
-        field: Field,
-        value: &'static str,
-        pred: Predicate,
-    },
+    Mark { field: Field, value: &'static str, pred: Predicate },
     /// The value of attribute `name` fills `field`, or, with a constant, its presence sets it.
-    Attr {
-        name: &'static str,
-        field: Field,
-        constant: Option<&'static str>,
-    },
+    Attr { name: &'static str, field: Field, constant: Option<&'static str> },
 }
 
 #[derive(Debug, Default)]
@@ -61,18 +53,11 @@ impl Plan {
 
     #[inline]
     pub fn child(&self, node: NodeId, name: &[u8]) -> Option<NodeId> {
-        self.nodes[node as usize]
-            .children
-            .iter()
-            .find(|(n, _)| n.as_bytes() == name)
-            .map(|&(_, id)| id)
+        self.nodes[node as usize].children.iter().find(|(n, _)| n.as_bytes() == name).map(|&(_, id)| id)
     }
 
     fn compile(spec: &'static DialectSpec) -> Plan {
-        let mut plan = Plan {
-            nodes: vec![Node::default()],
-            spec,
-        };
+        let mut plan = Plan { nodes: vec![Node::default()], spec };
         plan.add_rules(&[ROOT], spec.file);
         let txs = plan.add_role(&[ROOT], spec.transaction, Role::Transaction);
         plan.add_rules(&txs, spec.header);
@@ -100,26 +85,12 @@ impl Plan {
             for path in rule.path.split(',').map(str::trim) {
                 let (elements, attr) = split_attribute(path);
                 let (elements, pred) = split_predicate(elements);
-                let targets = if elements.is_empty() || elements == "." {
-                    bases.to_vec()
-                } else {
-                    self.walk(bases, elements)
-                };
+                let targets =
+                    if elements.is_empty() || elements == "." { bases.to_vec() } else { self.walk(bases, elements) };
                 let action = match (attr, rule.constant) {
-                    (Some(name), constant) => Action::Attr {
-                        name,
-                        field: rule.field,
-                        constant,
-                    },
-                    (None, Some(value)) => Action::Mark {
-                        field: rule.field,
-                        value,
-                        pred,
-                    },
-                    (None, None) => Action::Text {
-                        field: rule.field,
-                        pred,
-                    },
+                    (Some(name), constant) => Action::Attr { name, field: rule.field, constant },
+                    (None, Some(value)) => Action::Mark { field: rule.field, value, pred },
+                    (None, None) => Action::Text { field: rule.field, pred },
                 };
                 for n in targets {
                     self.nodes[n as usize].actions.push(action);
@@ -130,11 +101,7 @@ impl Plan {
 
     /// Follows (creating) `path` from each base; returns the nodes it ends at.
     fn walk(&mut self, bases: &[NodeId], paths: &'static str) -> Vec<NodeId> {
-        paths
-            .split(',')
-            .map(str::trim)
-            .flat_map(|path| self.walk_one(bases, path))
-            .collect()
+        paths.split(',').map(str::trim).flat_map(|path| self.walk_one(bases, path)).collect()
     }
 
     fn walk_one(&mut self, bases: &[NodeId], path: &'static str) -> Vec<NodeId> {
@@ -167,10 +134,7 @@ impl Plan {
 fn split_attribute(path: &'static str) -> (&'static str, Option<&'static str>) {
     let last = path.rsplit('/').next().unwrap_or(path);
     match last.strip_prefix('@') {
-        Some(name) => (
-            path[..path.len() - last.len()].trim_end_matches('/'),
-            Some(name),
-        ),
+        Some(name) => (path[..path.len() - last.len()].trim_end_matches('/'), Some(name)),
         None => (path, None),
     }
 }
@@ -178,15 +142,10 @@ fn split_attribute(path: &'static str) -> (&'static str, Option<&'static str>) {
 /// Splits `a/b[@k=v]` into `a/b` and `(k, v)`.
 fn split_predicate(path: &'static str) -> (&'static str, Predicate) {
     if let Some(open) = path.rfind('[')
-        && let Some(inner) = path[open..]
-            .strip_prefix("[@")
-            .and_then(|s| s.strip_suffix(']'))
+        && let Some(inner) = path[open..].strip_prefix("[@").and_then(|s| s.strip_suffix(']'))
         && let Some((k, v)) = inner.split_once('=')
     {
-        return (
-            &path[..open],
-            Some((k, v.trim_matches(|c| c == '"' || c == '\''))),
-        );
+        return (&path[..open], Some((k, v.trim_matches(|c| c == '"' || c == '\''))));
     }
     (path, None)
 }
@@ -216,21 +175,12 @@ mod tests {
         for d in Dialect::ALL {
             let plan = Plan::for_dialect(d);
             let roles: Vec<_> = plan.nodes.iter().filter_map(|n| n.role).collect();
-            assert!(
-                roles.contains(&Role::Transaction),
-                "{d}: no transaction element"
-            );
+            assert!(roles.contains(&Role::Transaction), "{d}: no transaction element");
             assert!(roles.contains(&Role::Line), "{d}: no line element");
             assert!(
                 plan.nodes.iter().any(|n| n.actions.iter().any(|a| matches!(
                     a,
-                    Action::Text {
-                        field: Field::Sequence,
-                        ..
-                    } | Action::Attr {
-                        field: Field::Sequence,
-                        ..
-                    }
+                    Action::Text { field: Field::Sequence, .. } | Action::Attr { field: Field::Sequence, .. }
                 ))),
                 "{d}: no sequence rule"
             );

@@ -15,13 +15,8 @@ pub fn decimal(text: &str) -> Result<Decimal, &'static str> {
 /// date is the site's, not a clock's.
 pub fn date(text: &str) -> Result<NaiveDate, &'static str> {
     let b = text.as_bytes();
-    if b.len() >= 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && (b.len() == 10 || matches!(b[10], b'T' | b' '))
-    {
-        return NaiveDate::parse_from_str(&text[..10], "%Y-%m-%d")
-            .map_err(|_| "not a calendar date");
+    if b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && (b.len() == 10 || matches!(b[10], b'T' | b' ')) {
+        return NaiveDate::parse_from_str(&text[..10], "%Y-%m-%d").map_err(|_| "not a calendar date");
     }
     if b.len() == 8 && b.iter().all(u8::is_ascii_digit) {
         return NaiveDate::parse_from_str(text, "%Y%m%d").map_err(|_| "not a calendar date");
@@ -84,13 +79,7 @@ mod tests {
     #[test]
     fn dates_in_the_shapes_vendors_write() {
         let d = NaiveDate::from_ymd_opt(2021, 5, 28).expect("date");
-        for t in [
-            "2021-05-28",
-            "2021-05-28T",
-            "2021-05-28T00:00:00-04:00",
-            "2021-05-28 10:00",
-            "20210528",
-        ] {
+        for t in ["2021-05-28", "2021-05-28T", "2021-05-28T00:00:00-04:00", "2021-05-28 10:00", "20210528"] {
             assert_eq!(date(t), Ok(d), "{t}");
         }
         assert!(date("28/05/2021").is_err());
@@ -101,22 +90,14 @@ mod tests {
     fn timestamps_keep_wall_clock() {
         let ts = timestamp("2017-10-01T02:01:31-05:00").expect("ts");
         assert_eq!(ts.to_string(), "2017-10-01 02:01:31");
-        assert_eq!(
-            timestamp("2017-10-01T02:01:31.250Z")
-                .expect("ts")
-                .to_string(),
-            "2017-10-01 02:01:31.250"
-        );
+        assert_eq!(timestamp("2017-10-01T02:01:31.250Z").expect("ts").to_string(), "2017-10-01 02:01:31.250");
         assert!(timestamp("2017-10-01").is_err());
         assert_eq!(clock("22:50:01").expect("clock").to_string(), "22:50:01");
     }
 
     #[test]
     fn decimals_are_exact() {
-        assert_eq!(
-            decimal("0.10").expect("d") + decimal("0.20").expect("d"),
-            decimal("0.30").expect("d")
-        );
+        assert_eq!(decimal("0.10").expect("d") + decimal("0.20").expect("d"), decimal("0.30").expect("d"));
         assert_eq!(decimal("+1.5").expect("d").to_string(), "1.5");
         assert!(decimal("1,5").is_err());
     }
