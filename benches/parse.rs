@@ -14,10 +14,7 @@ fn parse(c: &mut Criterion) {
         assert_eq!(parsed.transactions.len(), keys.len());
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_function(dialect.id(), |b| {
-            b.iter(|| {
-                parse_file("bench.xml", std::hint::black_box(&bytes), &opts)
-                    .map(|p| p.transactions.len())
-            })
+            b.iter(|| parse_file("bench.xml", std::hint::black_box(&bytes), &opts).map(|p| p.transactions.len()))
         });
     }
     group.finish();

@@ -3,11 +3,8 @@
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dialect: poslake::Dialect = args
-        .next()
-        .unwrap_or_else(|| "verifone-commander".into())
-        .parse()
-        .expect("dialect");
+    let dialect: poslake::Dialect =
+        args.next().unwrap_or_else(|| "verifone-commander".into()).parse().expect("dialect");
     let iterations: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let (xml, _) = poslake::generate::generate_file(dialect, 7, 75);
     let opts = poslake::ParseOptions::default();
@@ -18,9 +15,7 @@ fn main() {
         if only_tokenize {
             txs += tokenize(std::hint::black_box(&xml));
         } else {
-            txs += poslake::parse_file("loop.xml", xml.as_bytes(), &opts)
-                .map(|p| p.transactions.len())
-                .unwrap_or(0);
+            txs += poslake::parse_file("loop.xml", xml.as_bytes(), &opts).map(|p| p.transactions.len()).unwrap_or(0);
         }
     }
     let secs = start.elapsed().as_secs_f64();

@@ -10,11 +10,7 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 
 fn keys(parsed: &ParsedFile) -> Vec<String> {
-    parsed
-        .transactions
-        .iter()
-        .map(|t| t.header.key.canonical())
-        .collect()
+    parsed.transactions.iter().map(|t| t.header.key.canonical()).collect()
 }
 
 /// Lines minus discounts equal the net amount; net plus tax equals the total; where a dialect carries only a
@@ -30,32 +26,17 @@ fn assert_amounts_add_up(parsed: &ParsedFile) {
         let line_tax: Decimal = tx.lines.iter().filter_map(|l| l.tax_amount).sum();
         let key = h.key.canonical();
         if let Some(net) = h.net_amount {
-            assert_eq!(
-                lines - discounts,
-                net,
-                "{key}: lines {lines} - discounts {discounts} != net {net}"
-            );
+            assert_eq!(lines - discounts, net, "{key}: lines {lines} - discounts {discounts} != net {net}");
             if let (Some(tax), Some(total)) = (h.tax_amount, h.total_amount) {
                 assert_eq!(net + tax, total, "{key}: net + tax != total");
             }
         } else {
-            let total = h
-                .total_amount
-                .unwrap_or_else(|| panic!("{key}: neither net nor total"));
-            assert_eq!(
-                lines - discounts + line_tax,
-                total,
-                "{key}: lines - discounts + line tax != total"
-            );
+            let total = h.total_amount.unwrap_or_else(|| panic!("{key}: neither net nor total"));
+            assert_eq!(lines - discounts + line_tax, total, "{key}: lines - discounts + line tax != total");
         }
         for d in &tx.discounts {
-            let n = d
-                .line_number
-                .unwrap_or_else(|| panic!("{key}: discount not tied to its line"));
-            assert!(
-                tx.lines.iter().any(|l| l.line_number == n),
-                "{key}: discount names line {n}, which is absent"
-            );
+            let n = d.line_number.unwrap_or_else(|| panic!("{key}: discount not tied to its line"));
+            assert!(tx.lines.iter().any(|l| l.line_number == n), "{key}: discount names line {n}, which is absent");
         }
     }
 }
@@ -77,6 +58,10 @@ proptest! {
         let distinct: BTreeSet<_> = expected.iter().collect();
         prop_assert_eq!(distinct.len(), expected.len(), "a generated file repeats no key");
         assert_amounts_add_up(&parsed);
+        for tx in &parsed.transactions {
+            let bronze_keys: BTreeSet<&str> = tx.bronze.iter().map(|(k, _)| k).collect();
+            prop_assert_eq!(bronze_keys.len(), tx.bronze.len(), "bronze keys are distinct: repeats are numbered");
+        }
     }
 }
 
@@ -116,25 +101,14 @@ fn a_corpus_on_disk_parses_to_its_manifest() {
         let result = parse_file(&entry.path, &bytes, &ParseOptions::default());
         match entry.kind {
             FileKind::Malformed => match result {
-                Err(
-                    ParseError::Truncated { .. }
-                    | ParseError::Malformed { .. }
-                    | ParseError::Decompress { .. },
-                ) => {}
-                other => panic!(
-                    "{}: malformed file gave {:?}",
-                    entry.path,
-                    other.map(|p| p.transactions.len())
-                ),
+                Err(ParseError::Truncated { .. } | ParseError::Malformed { .. } | ParseError::Decompress { .. }) => {}
+                other => panic!("{}: malformed file gave {:?}", entry.path, other.map(|p| p.transactions.len())),
             },
             FileKind::Original | FileKind::Resend => {
                 let parsed = result.unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(keys(&parsed), entry.keys, "{}", entry.path);
                 assert_eq!(parsed.facts.dialect, entry.dialect);
-                assert_eq!(
-                    parsed.facts.compression == poslake::model::Compression::Gzip,
-                    entry.gzip
-                );
+                assert_eq!(parsed.facts.compression == poslake::model::Compression::Gzip, entry.gzip);
                 gz += usize::from(entry.gzip);
                 assert_amounts_add_up(&parsed);
                 unique.extend(keys(&parsed));
@@ -144,10 +118,7 @@ fn a_corpus_on_disk_parses_to_its_manifest() {
     assert!(gz > 0, "some files are gzip-compressed");
     assert_eq!(unique.len() as u64, report.unique_keys);
     // Rollback mirrors share their original's ticket number but are distinct keys.
-    assert!(
-        unique.iter().any(|k| k.ends_with("|rollback")),
-        "rollback mirrors planted"
-    );
+    assert!(unique.iter().any(|k| k.ends_with("|rollback")), "rollback mirrors planted");
 }
 
 #[test]
@@ -168,26 +139,15 @@ fn the_generator_is_deterministic() {
     let other = tempfile::tempdir().expect("tempdir");
     generate(&small_corpus(other.path(), 6)).expect("generate c");
     let mc = read_manifest(other.path()).expect("c");
-    assert_ne!(
-        ma.iter().map(|m| &m.keys).collect::<Vec<_>>(),
-        mc.iter().map(|m| &m.keys).collect::<Vec<_>>()
-    );
+    assert_ne!(ma.iter().map(|m| &m.keys).collect::<Vec<_>>(), mc.iter().map(|m| &m.keys).collect::<Vec<_>>());
 }
 
 #[test]
 fn invalid_generator_arguments_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let args = GenerateArgs {
-        out: dir.path().into(),
-        min_transactions: 10,
-        max_transactions: 5,
-        ..GenerateArgs::default()
-    };
+    let args =
+        GenerateArgs { out: dir.path().into(), min_transactions: 10, max_transactions: 5, ..GenerateArgs::default() };
     assert!(generate(&args).is_err());
-    let args = GenerateArgs {
-        out: dir.path().into(),
-        malformed_rate: 1.5,
-        ..GenerateArgs::default()
-    };
+    let args = GenerateArgs { out: dir.path().into(), malformed_rate: 1.5, ..GenerateArgs::default() };
     assert!(generate(&args).is_err());
 }

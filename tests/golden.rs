@@ -45,8 +45,7 @@ fn xml_files(dir: &Path) -> Vec<PathBuf> {
 /// The parse of `path` as JSON, with the file name made relative so goldens do not depend on the checkout.
 fn record(path: &Path, rel: &str, public: bool) -> Value {
     let bytes = std::fs::read(path).expect("read fixture");
-    let parsed =
-        parse_file(rel, &bytes, &ParseOptions::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let parsed = parse_file(rel, &bytes, &ParseOptions::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
     let mut v = serde_json::to_value(&parsed).expect("serialize");
     if public {
         for tx in v["transactions"].as_array_mut().expect("transactions") {
@@ -68,12 +67,7 @@ fn diff(path: &str, got: &Value, want: &Value, out: &mut Vec<String>) {
     match (got, want) {
         (Value::Object(g), Value::Object(w)) => {
             for (k, wv) in w {
-                diff(
-                    &format!("{path}.{k}"),
-                    g.get(k).unwrap_or(&Value::Null),
-                    wv,
-                    out,
-                );
+                diff(&format!("{path}.{k}"), g.get(k).unwrap_or(&Value::Null), wv, out);
             }
             for k in g.keys().filter(|k| !w.contains_key(*k)) {
                 out.push(format!("{path}.{k}: unexpected field"));
@@ -97,48 +91,28 @@ fn check(path: &Path, rel: &str, public: bool) -> Result<(), String> {
     let golden = golden_dir().join(format!("{}.json", rel.trim_end_matches(".xml")));
     if std::env::var_os("POSLAKE_BLESS").is_some() {
         std::fs::create_dir_all(golden.parent().expect("parent")).expect("mkdir");
-        std::fs::write(
-            &golden,
-            serde_json::to_string_pretty(&got).expect("json") + "\n",
-        )
-        .expect("write golden");
+        std::fs::write(&golden, serde_json::to_string_pretty(&got).expect("json") + "\n").expect("write golden");
         return Ok(());
     }
-    let text = std::fs::read_to_string(&golden).map_err(|e| {
-        format!(
-            "{rel}: no golden at {} ({e}); bless with POSLAKE_BLESS=1",
-            golden.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(&golden)
+        .map_err(|e| format!("{rel}: no golden at {} ({e}); bless with POSLAKE_BLESS=1", golden.display()))?;
     let want: Value = serde_json::from_str(&text).map_err(|e| format!("{rel}: bad golden: {e}"))?;
     let mut diffs = Vec::new();
     diff("", &got, &want, &mut diffs);
     if diffs.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "{rel}: {} difference(s):\n  {}",
-            diffs.len(),
-            diffs.join("\n  ")
-        ))
+        Err(format!("{rel}: {} difference(s):\n  {}", diffs.len(), diffs.join("\n  ")))
     }
 }
 
 #[test]
 fn fixtures_match_their_goldens() {
     let files = xml_files(&fixtures());
-    assert!(
-        files.len() >= 12,
-        "expected two fixtures per dialect, found {}",
-        files.len()
-    );
+    assert!(files.len() >= 12, "expected two fixtures per dialect, found {}", files.len());
     let mut failures = Vec::new();
     for f in &files {
-        let rel = f
-            .strip_prefix(fixtures())
-            .expect("under fixtures")
-            .to_string_lossy()
-            .into_owned();
+        let rel = f.strip_prefix(fixtures()).expect("under fixtures").to_string_lossy().into_owned();
         if let Err(e) = check(f, &format!("fixtures/{rel}"), false) {
             failures.push(e);
         }
@@ -155,13 +129,7 @@ fn every_dialect_has_fixtures() {
         for f in files {
             let bytes = std::fs::read(&f).expect("read");
             let parsed = parse_file("f.xml", &bytes, &ParseOptions::default()).expect("parses");
-            assert_eq!(
-                parsed.facts.dialect,
-                d,
-                "{} detected as {}",
-                f.display(),
-                parsed.facts.dialect
-            );
+            assert_eq!(parsed.facts.dialect, d, "{} detected as {}", f.display(), parsed.facts.dialect);
         }
     }
 }
@@ -170,21 +138,14 @@ fn every_dialect_has_fixtures() {
 fn public_samples_match_their_goldens() {
     let root = shared_samples();
     if !root.is_dir() {
-        eprintln!(
-            "SKIPPED: {} is absent; public sample goldens not checked",
-            root.display()
-        );
+        eprintln!("SKIPPED: {} is absent; public sample goldens not checked", root.display());
         return;
     }
     let files = xml_files(&root);
     assert!(!files.is_empty(), "no samples under {}", root.display());
     let mut failures = Vec::new();
     for f in &files {
-        let rel = f
-            .strip_prefix(&root)
-            .expect("under samples")
-            .to_string_lossy()
-            .into_owned();
+        let rel = f.strip_prefix(&root).expect("under samples").to_string_lossy().into_owned();
         if let Err(e) = check(f, &format!("samples/{rel}"), true) {
             failures.push(e);
         }

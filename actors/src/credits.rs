@@ -49,10 +49,7 @@ impl Grant {
 
 impl Credits {
     pub fn new(limits: FlowLimits) -> Self {
-        let byte_units = limits
-            .max_bytes
-            .div_ceil(BYTE_UNIT)
-            .clamp(1, u64::from(u32::MAX >> 3)) as u32;
+        let byte_units = limits.max_bytes.div_ceil(BYTE_UNIT).clamp(1, u64::from(u32::MAX >> 3)) as u32;
         Credits {
             limits,
             files: Arc::new(Semaphore::new(limits.max_files.max(1) as usize)),
@@ -68,24 +65,10 @@ impl Credits {
     /// Waits for credit for one file of `bytes` bytes.
     pub async fn acquire(&self, bytes: u64) -> Result<Grant, CreditsClosed> {
         // Files first: a waiter holding byte credit while it waits for a file slot would starve the others.
-        let file = self
-            .files
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| CreditsClosed)?;
+        let file = self.files.clone().acquire_owned().await.map_err(|_| CreditsClosed)?;
         let units = self.units(bytes);
-        let bytes_permit = self
-            .bytes
-            .clone()
-            .acquire_many_owned(units)
-            .await
-            .map_err(|_| CreditsClosed)?;
-        Ok(Grant {
-            _file: file,
-            _bytes: bytes_permit,
-            bytes,
-        })
+        let bytes_permit = self.bytes.clone().acquire_many_owned(units).await.map_err(|_| CreditsClosed)?;
+        Ok(Grant { _file: file, _bytes: bytes_permit, bytes })
     }
 
     /// Takes credit for one file if it is available now.
@@ -96,11 +79,7 @@ impl Credits {
             Err(TryAcquireError::Closed) => return Err(CreditsClosed),
         };
         match self.bytes.clone().try_acquire_many_owned(self.units(bytes)) {
-            Ok(b) => Ok(Some(Grant {
-                _file: file,
-                _bytes: b,
-                bytes,
-            })),
+            Ok(b) => Ok(Some(Grant { _file: file, _bytes: b, bytes })),
             Err(TryAcquireError::NoPermits) => Ok(None),
             Err(TryAcquireError::Closed) => Err(CreditsClosed),
         }
@@ -134,10 +113,7 @@ mod tests {
 
     #[tokio::test]
     async fn file_limit_is_never_exceeded() {
-        let credits = Credits::new(FlowLimits {
-            max_files: 3,
-            max_bytes: 1 << 30,
-        });
+        let credits = Credits::new(FlowLimits { max_files: 3, max_bytes: 1 << 30 });
         let live = Arc::new(AtomicU32::new(0));
         let peak = Arc::new(AtomicU32::new(0));
         let mut tasks = Vec::new();
@@ -155,25 +131,15 @@ mod tests {
         for t in tasks {
             t.await.expect("task");
         }
-        assert!(
-            peak.load(Ordering::SeqCst) <= 3,
-            "peak {}",
-            peak.load(Ordering::SeqCst)
-        );
+        assert!(peak.load(Ordering::SeqCst) <= 3, "peak {}", peak.load(Ordering::SeqCst));
         assert_eq!(credits.in_flight(), (0, 0));
     }
 
     #[tokio::test]
     async fn byte_limit_blocks_until_a_grant_returns() {
-        let credits = Credits::new(FlowLimits {
-            max_files: 100,
-            max_bytes: 100 * 1024,
-        });
+        let credits = Credits::new(FlowLimits { max_files: 100, max_bytes: 100 * 1024 });
         let a = credits.acquire(60 * 1024).await.expect("a");
-        assert!(
-            credits.try_acquire(60 * 1024).expect("open").is_none(),
-            "second 60 KiB must wait"
-        );
+        assert!(credits.try_acquire(60 * 1024).expect("open").is_none(), "second 60 KiB must wait");
         assert_eq!(credits.in_flight(), (1, 60 * 1024));
         drop(a);
         assert!(credits.try_acquire(60 * 1024).expect("open").is_some());
@@ -181,10 +147,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_oversized_file_passes_alone() {
-        let credits = Credits::new(FlowLimits {
-            max_files: 10,
-            max_bytes: 4096,
-        });
+        let credits = Credits::new(FlowLimits { max_files: 10, max_bytes: 4096 });
         let big = credits.acquire(1 << 20).await.expect("big");
         assert_eq!(big.bytes(), 1 << 20);
         assert!(credits.try_acquire(1).expect("open").is_none());
@@ -194,10 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_wakes_waiters() {
-        let credits = Credits::new(FlowLimits {
-            max_files: 1,
-            max_bytes: 1024,
-        });
+        let credits = Credits::new(FlowLimits { max_files: 1, max_bytes: 1024 });
         let held = credits.acquire(1).await.expect("first");
         let waiter = {
             let c = credits.clone();

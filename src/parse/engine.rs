@@ -113,7 +113,7 @@ impl<'a> Engine<'a> {
                     }
                 }
                 Event::CData(t) => {
-                    let raw = t.into_inner();
+                    let raw = t.xml10_content();
                     if self.frames.is_empty() {
                         return Err(self.malformed(pos, "character data outside the root element".into()));
                     }
@@ -172,6 +172,9 @@ impl<'a> Engine<'a> {
             });
         }
         let Some(plan) = self.plan else {
+            if self.text.trim().is_empty() {
+                return Err(ParseError::Empty { file: self.file.to_owned() });
+            }
             return Err(self.malformed(end, "no root element".into()));
         };
         let site = self.defaults.site.clone().or_else(|| self.done.first().map(|t| t.header.key.site.clone()));
@@ -211,6 +214,9 @@ impl<'a> Engine<'a> {
             role = Role::Plain;
         }
 
+        // Count this element among its parent's children first: its own counters start after that entry, so
+        // closing it keeps the parent's count of its name.
+        let occurrence = self.count_child(name);
         let frame = Frame {
             node,
             role,
@@ -221,7 +227,6 @@ impl<'a> Engine<'a> {
             captures_len: self.captures.len(),
             has_children: false,
         };
-        let occurrence = self.count_child(name);
         if !self.path.is_empty() {
             self.path.push('/');
         }
@@ -483,7 +488,28 @@ impl<'a> Engine<'a> {
     }
 
     fn xml_error(&self, err: XmlError, offset: u64) -> ParseError {
+        use quick_xml::errors::SyntaxError;
         match err {
+            // Input that ends inside a tag, comment, CDATA section or declaration was cut short.
+            XmlError::Syntax(
+                SyntaxError::UnclosedTag
+                | SyntaxError::UnclosedComment
+                | SyntaxError::UnclosedCData
+                | SyntaxError::UnclosedDoctype
+                | SyntaxError::UnclosedPI
+                | SyntaxError::UnclosedXmlDecl,
+            ) if !self.frames.is_empty() => {
+                let innermost = self
+                    .frames
+                    .last()
+                    .map_or(String::new(), |f| self.path[f.path_len..].trim_start_matches('/').to_owned());
+                ParseError::Truncated {
+                    file: self.file.to_owned(),
+                    position: self.locate(self.text.len() as u64),
+                    open: self.frames.len(),
+                    innermost,
+                }
+            }
             XmlError::Escape(EscapeError::UnrecognizedEntity(_, name)) => {
                 ParseError::UnknownEntity { file: self.file.to_owned(), position: self.locate(offset), name }
             }
