@@ -17,10 +17,10 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     register_in_key: true,
     types: TYPES,
     default_type: T::Other,
-    line: "TransactionDetailGroup/TransactionLine",
+    line: LINES,
     line_rules: LINE,
     line_kinds: LINE_KINDS,
-    discount: "ItemLine|FuelLine|MerchandiseCodeLine/Promotion|Discount",
+    discount: DISCOUNTS,
     transaction_discount: "",
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
@@ -28,6 +28,9 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
 
 /// Shared with the Conexxus dialect, which is NAXML with other namespaces and date shapes.
 pub(super) const EVENTS: &str = "JournalReport/SaleEvent|RefundEvent|VoidEvent|OtherEvent|FinancialEvent";
+
+pub(super) const LINES: &str = "TransactionDetailGroup/TransactionLine";
+pub(super) const DISCOUNTS: &str = "ItemLine|FuelLine|MerchandiseCodeLine/Promotion|Discount";
 
 pub(super) const HEADER: &[Rule] = &[
     text("TransactionID", Field::Sequence),
