@@ -5,9 +5,12 @@
 //! - [`dialect`]: the six vendor dialects, each a table of element paths → fields, and auto-detection.
 //! - [`parse`]: the single streaming pass (quick-xml) that reads any dialect's table; typed errors.
 //! - [`generate`]: a deterministic corpus generator for all six dialects, with planted duplicates and a manifest.
+//! - [`lake`] (feature `lake`, default): Iceberg tables in a local warehouse (SQLite catalog), Snappy Parquet.
 
 pub mod dialect;
 pub mod generate;
+#[cfg(feature = "lake")]
+pub mod lake;
 pub mod model;
 pub mod parse;
 

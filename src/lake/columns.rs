@@ -1,0 +1,247 @@
+//! Rows → Arrow columns for one table, typed by the table's column list. Values are pushed column by column in
+//! the table's order; a value of the wrong kind, an out-of-range decimal or a missing required value is a
+//! [`LakeError::Schema`], never a silent cast.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    ArrayBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow_array::{Array, ArrayRef, MapArray, RecordBatch, StructArray};
+use arrow_buffer::{OffsetBuffer, ScalarBuffer};
+use arrow_schema::{DataType, SchemaRef};
+use chrono::{NaiveDate, NaiveDateTime};
+use rust_decimal::Decimal;
+
+use super::LakeError;
+use super::tables::{DECIMAL_SCALE, Kind, TableDef};
+use crate::model::BronzeRecord;
+
+enum Builder {
+    Str(StringBuilder),
+    Date(Date32Builder),
+    Timestamp(TimestampMicrosecondBuilder),
+    Bool(BooleanBuilder),
+    Int(Int32Builder),
+    Long(Int64Builder),
+    Decimal(Decimal128Builder),
+    StrMap { keys: StringBuilder, values: StringBuilder, offsets: Vec<i32> },
+}
+
+/// Columns being filled for one table.
+pub struct Columns {
+    table: &'static TableDef,
+    schema: SchemaRef,
+    builders: Vec<Builder>,
+    /// Index of the next column to fill in the current row.
+    cursor: usize,
+    rows: usize,
+}
+
+/// A value for one column.
+pub enum Value<'a> {
+    Str(Option<&'a str>),
+    Date(NaiveDate),
+    Timestamp(Option<NaiveDateTime>),
+    Bool(bool),
+    Int(Option<i32>),
+    Long(i64),
+    Decimal(Option<Decimal>),
+    StrMap(&'a BronzeRecord),
+}
+
+const EPOCH: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
+    Some(d) => d,
+    None => panic!("epoch"),
+};
+
+impl Columns {
+    pub fn new(table: &'static TableDef, schema: SchemaRef) -> Self {
+        let builders = table
+            .columns
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| match c.kind {
+                Kind::Str => Builder::Str(StringBuilder::new()),
+                Kind::Date => Builder::Date(Date32Builder::new()),
+                Kind::Timestamp => {
+                    Builder::Timestamp(TimestampMicrosecondBuilder::new().with_data_type(f.data_type().clone()))
+                }
+                Kind::Bool => Builder::Bool(BooleanBuilder::new()),
+                Kind::Int => Builder::Int(Int32Builder::new()),
+                Kind::Long => Builder::Long(Int64Builder::new()),
+                Kind::Decimal => Builder::Decimal(Decimal128Builder::new().with_data_type(f.data_type().clone())),
+                Kind::StrMap => {
+                    Builder::StrMap { keys: StringBuilder::new(), values: StringBuilder::new(), offsets: vec![0] }
+                }
+            })
+            .collect();
+        Columns { table, schema, builders, cursor: 0, rows: 0 }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Pushes the next column's value of the current row.
+    pub fn push(&mut self, value: Value<'_>) -> Result<&mut Self, LakeError> {
+        let column =
+            self.table.columns.get(self.cursor).ok_or_else(|| self.error("more values than columns".into()))?;
+        let missing = |name: &str| LakeError::Schema { table: self.table.name, reason: format!("{name} is required") };
+        match (&mut self.builders[self.cursor], value) {
+            (Builder::Str(b), Value::Str(v)) => {
+                if v.is_none() && column.required {
+                    return Err(missing(column.name));
+                }
+                b.append_option(v)
+            }
+            (Builder::Date(b), Value::Date(d)) => b.append_value((d - EPOCH).num_days() as i32),
+            (Builder::Timestamp(b), Value::Timestamp(t)) => b.append_option(t.map(|t| t.and_utc().timestamp_micros())),
+            (Builder::Bool(b), Value::Bool(v)) => b.append_value(v),
+            (Builder::Int(b), Value::Int(v)) => b.append_option(v),
+            (Builder::Long(b), Value::Long(v)) => b.append_value(v),
+            (Builder::Decimal(b), Value::Decimal(v)) => {
+                let scaled = match v {
+                    Some(d) => Some(scaled(d).ok_or_else(|| LakeError::Schema {
+                        table: self.table.name,
+                        reason: format!("{} = {d} does not fit decimal(18, {DECIMAL_SCALE})", column.name),
+                    })?),
+                    None => None,
+                };
+                b.append_option(scaled)
+            }
+            (Builder::StrMap { keys, values, offsets }, Value::StrMap(record)) => {
+                for (k, v) in record.iter() {
+                    keys.append_value(k);
+                    values.append_value(v);
+                }
+                offsets.push(keys.len() as i32);
+            }
+            _ => return Err(self.error(format!("value of the wrong kind for column {}", column.name))),
+        }
+        self.cursor += 1;
+        if self.cursor == self.builders.len() {
+            self.cursor = 0;
+            self.rows += 1;
+        }
+        Ok(self)
+    }
+
+    /// Finishes the columns into one batch with the table's Arrow schema.
+    pub fn finish(mut self) -> Result<RecordBatch, LakeError> {
+        if self.cursor != 0 {
+            return Err(self.error(format!("row left incomplete at column {}", self.cursor)));
+        }
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.builders.len());
+        for (builder, field) in self.builders.iter_mut().zip(self.schema.fields()) {
+            let array: ArrayRef = match builder {
+                Builder::Str(b) => Arc::new(b.finish()),
+                Builder::Date(b) => Arc::new(b.finish()),
+                Builder::Timestamp(b) => Arc::new(b.finish()),
+                Builder::Bool(b) => Arc::new(b.finish()),
+                Builder::Int(b) => Arc::new(b.finish()),
+                Builder::Long(b) => Arc::new(b.finish()),
+                Builder::Decimal(b) => Arc::new(b.finish()),
+                Builder::StrMap { keys, values, offsets } => {
+                    let DataType::Map(entries_field, ordered) = field.data_type() else {
+                        return Err(LakeError::Schema {
+                            table: self.table.name,
+                            reason: format!("{} is not a map", field.name()),
+                        });
+                    };
+                    let DataType::Struct(entry_fields) = entries_field.data_type() else {
+                        return Err(LakeError::Schema {
+                            table: self.table.name,
+                            reason: "map entries are not a struct".into(),
+                        });
+                    };
+                    let entries = StructArray::try_new(
+                        entry_fields.clone(),
+                        vec![Arc::new(keys.finish()) as ArrayRef, Arc::new(values.finish()) as ArrayRef],
+                        None,
+                    )?;
+                    // Offsets grow monotonically by construction.
+                    let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::take(offsets)));
+                    Arc::new(MapArray::try_new(entries_field.clone(), offsets, entries, None, *ordered)?)
+                }
+            };
+            debug_assert_eq!(array.len(), self.rows);
+            arrays.push(array);
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+    }
+
+    fn error(&self, reason: String) -> LakeError {
+        LakeError::Schema { table: self.table.name, reason }
+    }
+}
+
+/// The decimal as an integer at the table scale, if it fits exactly.
+fn scaled(d: Decimal) -> Option<i128> {
+    let mut d = d;
+    if d.scale() > DECIMAL_SCALE {
+        let normal = d.normalize();
+        if normal.scale() > DECIMAL_SCALE {
+            return None;
+        }
+        d = normal;
+    }
+    d.rescale(DECIMAL_SCALE);
+    let v = d.mantissa();
+    (v.unsigned_abs() < 10u128.pow(18)).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+    use crate::lake::tables::SALES_DISCOUNT;
+
+    fn columns() -> Columns {
+        let schema = iceberg::arrow::schema_to_arrow_schema(&SALES_DISCOUNT.schema().expect("schema")).expect("arrow");
+        Columns::new(&SALES_DISCOUNT, Arc::new(schema))
+    }
+
+    fn key(c: &mut Columns) -> &mut Columns {
+        let d = NaiveDate::from_ymd_opt(2026, 1, 2).expect("date");
+        c.push(Value::Str(Some("1")))
+            .and_then(|c| c.push(Value::Date(d)))
+            .and_then(|c| c.push(Value::Str(None)))
+            .and_then(|c| c.push(Value::Str(Some("9"))))
+            .and_then(|c| c.push(Value::Str(Some("primary"))))
+            .and_then(|c| c.push(Value::Str(Some("hash"))))
+            .expect("key")
+    }
+
+    #[test]
+    fn decimals_that_need_more_scale_are_refused_not_rounded() {
+        assert_eq!(scaled(Decimal::from_str("1.2300000").expect("d")), Some(12300));
+        assert_eq!(scaled(Decimal::from_str("-0.19").expect("d")), Some(-1900));
+        assert_eq!(scaled(Decimal::from_str("0.12345").expect("d")), None);
+        let mut c = columns();
+        let c = key(&mut c)
+            .push(Value::Int(Some(1)))
+            .and_then(|c| c.push(Value::Int(None)))
+            .and_then(|c| c.push(Value::Str(None)))
+            .and_then(|c| c.push(Value::Str(None)))
+            .and_then(|c| c.push(Value::Str(None)))
+            .expect("fields");
+        assert!(matches!(
+            c.push(Value::Decimal(Some(Decimal::from_str("0.12345").expect("d")))),
+            Err(LakeError::Schema { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_kinds_missing_required_values_and_short_rows_are_errors() {
+        let mut c = columns();
+        assert!(c.push(Value::Str(None)).is_err(), "site is required");
+        let mut c = columns();
+        assert!(c.push(Value::Bool(true)).is_err(), "site is a string");
+        let mut c = columns();
+        key(&mut c);
+        assert!(c.finish().is_err(), "an incomplete row cannot be finished");
+    }
+}

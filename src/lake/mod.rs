@@ -1,0 +1,40 @@
+//! The lake: parsed files → Arrow batches → Snappy Parquet → Iceberg tables in a local warehouse with a SQLite
+//! catalog.
+//!
+//! - [`tables`]: table definitions (columns, partitioning) from which schemas and batches are both made;
+//! - [`columns`]: typed Arrow column building, with schema checks on every value;
+//! - [`rows`]: parsed files → rows per table and business date;
+//! - [`warehouse`]: the catalog, table creation and checking, appends with snapshot properties, reads.
+
+pub mod columns;
+pub mod rows;
+pub mod tables;
+pub mod warehouse;
+
+use std::path::PathBuf;
+
+pub use rows::Rows;
+pub use warehouse::{Commit, Warehouse};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("table {table}: {reason}")]
+    Schema { table: &'static str, reason: String },
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl LakeError {
+    /// Commit conflicts and I/O may pass on retry; a schema mismatch will not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LakeError::Schema { .. } | LakeError::Arrow(_) => false,
+            LakeError::Iceberg(e) => e.retryable(),
+            LakeError::Io { .. } => true,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The local warehouse: an Iceberg SQL catalog on SQLite and data files on the local file system, with the
+//! silver and bronze tables created on first open and checked against their definitions on every open.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use futures::TryStreamExt;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::{DataFileFormat, Literal, PartitionKey, Struct};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use super::LakeError;
+use super::rows::Rows;
+use super::tables::{PARSED_TABLES, TableDef};
+
+/// The namespace poslake's tables live in.
+pub const NAMESPACE: &str = "poslake";
+
+/// Default target size of one data file: large files keep scans cheap, since iceberg-rust has no compaction.
+pub const DEFAULT_TARGET_FILE_BYTES: usize = 128 << 20;
+
+pub struct Warehouse {
+    catalog: SqlCatalog,
+    namespace: NamespaceIdent,
+    root: PathBuf,
+    /// Arrow schemas of [`PARSED_TABLES`], taken from the tables themselves (field ids included).
+    schemas: Vec<SchemaRef>,
+    target_file_bytes: usize,
+}
+
+/// One table's commit.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub table: &'static str,
+    pub snapshot_id: i64,
+    pub data_files: usize,
+    pub rows: u64,
+}
+
+impl Warehouse {
+    /// Opens (creating if needed) the warehouse under `root`: `root/catalog.db` and `root/warehouse/`.
+    pub async fn open(root: &Path) -> Result<Self, LakeError> {
+        std::fs::create_dir_all(root.join("warehouse"))
+            .map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
+        let root = root.canonicalize().map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
+        let db = root.join("catalog.db");
+        let catalog = SqlCatalogBuilder::default()
+            .uri(format!("sqlite:{}?mode=rwc", db.display()))
+            .warehouse_location(format!("file://{}", root.join("warehouse").display()))
+            .sql_bind_style(SqlBindStyle::QMark)
+            .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+            .load("poslake", HashMap::new())
+            .await?;
+        let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
+        if !catalog.namespace_exists(&namespace).await? {
+            catalog.create_namespace(&namespace, HashMap::new()).await?;
+        }
+        let mut schemas = Vec::new();
+        for def in PARSED_TABLES {
+            let table = ensure_table(&catalog, &namespace, def).await?;
+            schemas.push(Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?));
+        }
+        Ok(Warehouse { catalog, namespace, root, schemas, target_file_bytes: DEFAULT_TARGET_FILE_BYTES })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// An empty set of rows for [`Warehouse::append`].
+    pub fn rows(&self) -> Rows {
+        Rows::new(self.schemas.clone())
+    }
+
+    pub async fn load(&self, table: &str) -> Result<Table, LakeError> {
+        Ok(self.catalog.load_table(&TableIdent::new(self.namespace.clone(), table.to_owned())).await?)
+    }
+
+    /// Writes the rows as Snappy Parquet, one data file set per business date, and commits each table with a
+    /// fast append whose snapshot summary carries `properties` (the batch identity of the exactly-once
+    /// protocol). Tables with no rows are not committed.
+    pub async fn append(&self, rows: Rows, properties: &HashMap<String, String>) -> Result<Vec<Commit>, LakeError> {
+        let mut commits = Vec::new();
+        for (def, batches) in rows.finish()? {
+            if batches.is_empty() {
+                continue;
+            }
+            let table = self.load(def.name).await?;
+            let meta = table.metadata();
+            let schema = meta.current_schema().clone();
+            let spec = meta.default_partition_spec().as_ref().clone();
+            let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+            let location = DefaultLocationGenerator::new(meta)?;
+            let names =
+                DefaultFileNameGenerator::new(format!("{}", uuid::Uuid::new_v4()), None, DataFileFormat::Parquet);
+            let rolling = RollingFileWriterBuilder::new(
+                ParquetWriterBuilder::new(props, schema.clone()),
+                self.target_file_bytes,
+                table.file_io().clone(),
+                location,
+                names,
+            );
+            let builder = DataFileWriterBuilder::new(rolling);
+            let mut data_files = Vec::new();
+            let mut count = 0u64;
+            for (date, batch) in batches {
+                count += batch.num_rows() as u64;
+                let key = if spec.is_unpartitioned() {
+                    None
+                } else {
+                    let days = (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days();
+                    let data = Struct::from_iter([Some(Literal::date(days as i32))]);
+                    Some(PartitionKey::new(spec.clone(), schema.clone(), data))
+                };
+                let mut writer = builder.build(key).await?;
+                writer.write(batch).await?;
+                data_files.extend(writer.close().await?);
+            }
+            let n_files = data_files.len();
+            let tx = Transaction::new(&table);
+            let action = tx.fast_append().add_data_files(data_files).set_snapshot_properties(properties.clone());
+            let tx = action.apply(tx)?;
+            let table = tx.commit(&self.catalog).await?;
+            let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
+            commits.push(Commit { table: def.name, snapshot_id, data_files: n_files, rows: count });
+        }
+        Ok(commits)
+    }
+
+    /// Rows in the table's current snapshot, from the snapshot summary (no data is read).
+    pub async fn row_count(&self, table: &str) -> Result<u64, LakeError> {
+        let table = self.load(table).await?;
+        Ok(table
+            .metadata()
+            .current_snapshot()
+            .and_then(|s| s.summary().additional_properties.get("total-records").and_then(|v| v.parse().ok()))
+            .unwrap_or(0))
+    }
+
+    /// Reads the whole table (for tests and small tables).
+    pub async fn scan(&self, table: &str) -> Result<Vec<RecordBatch>, LakeError> {
+        let table = self.load(table).await?;
+        if table.metadata().current_snapshot().is_none() {
+            return Ok(Vec::new());
+        }
+        let stream = table.scan().select_all().build()?.to_arrow().await?;
+        Ok(stream.try_collect().await?)
+    }
+}
+
+/// Loads the table, creating it from its definition if absent; an existing table whose columns differ from the
+/// definition (names, types, nullability, order) is an error, never silently written to.
+async fn ensure_table(catalog: &SqlCatalog, ns: &NamespaceIdent, def: &TableDef) -> Result<Table, LakeError> {
+    let ident = TableIdent::new(ns.clone(), def.name.to_owned());
+    let want = def.schema()?;
+    let table = if catalog.table_exists(&ident).await? {
+        catalog.load_table(&ident).await?
+    } else {
+        let creation = TableCreation::builder()
+            .name(def.name.to_owned())
+            .schema(want.clone())
+            .partition_spec(def.partition_spec()?)
+            .build();
+        catalog.create_table(ns, creation).await?
+    };
+    let have = table.metadata().current_schema();
+    let shape = |s: &iceberg::spec::Schema| {
+        s.as_struct()
+            .fields()
+            .iter()
+            .map(|f| (f.name.clone(), f.field_type.to_string(), f.required))
+            .collect::<Vec<_>>()
+    };
+    if shape(have) != shape(&want) {
+        return Err(LakeError::Schema {
+            table: def.name,
+            reason: format!(
+                "the table's schema differs from poslake's definition: have {:?}, want {:?}",
+                shape(have),
+                shape(&want)
+            ),
+        });
+    }
+    Ok(table)
+}
