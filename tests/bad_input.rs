@@ -225,7 +225,7 @@ fn file_cut_inside_element_text_is_truncated() {
 fn file_cut_between_elements_is_truncated() {
     let doc = arts_valid();
     let cut = find(&doc, "</RetailTransaction></Transaction>\n</POSLog>") + "</RetailTransaction>".len();
-    match parse_err("cut2.xml", doc[..cut].as_bytes()) {
+    match parse_err("cut2.xml", &doc.as_bytes()[..cut]) {
         ParseError::Truncated { open, innermost, position, .. } => {
             assert_eq!((open, innermost.as_str()), (2, "Transaction"));
             assert_eq!(position.offset, cut as u64);
@@ -238,7 +238,7 @@ fn file_cut_between_elements_is_truncated() {
 fn file_cut_before_the_root_closes_is_truncated() {
     let doc = arts_valid();
     let cut = find(&doc, "</POSLog>");
-    match parse_err("cut3.xml", doc[..cut].as_bytes()) {
+    match parse_err("cut3.xml", &doc.as_bytes()[..cut]) {
         ParseError::Truncated { open, innermost, .. } => assert_eq!((open, innermost.as_str()), (1, "POSLog")),
         other => panic!("expected Truncated, got {other:?}"),
     }
@@ -967,12 +967,10 @@ fn whitespace_only_file_is_empty() {
 
 #[test]
 fn repeated_siblings_get_distinct_bronze_keys() {
-    let doc = arts_doc(&[format!(
-        "<Transaction><RetailStoreID>1</RetailStoreID><WorkstationID>2</WorkstationID><SequenceNumber>3</SequenceNumber>\
+    let doc = arts_doc(&["<Transaction><RetailStoreID>1</RetailStoreID><WorkstationID>2</WorkstationID><SequenceNumber>3</SequenceNumber>\
          <BusinessDayDate>2026-01-02</BusinessDayDate><RetailTransaction>\
          <LineItem><Sale><ItemID>1</ItemID></Sale></LineItem><LineItem><Sale><ItemID>2</ItemID></Sale></LineItem>\
-         <LineItem><Sale><ItemID>3</ItemID></Sale></LineItem></RetailTransaction></Transaction>"
-    )]);
+         <LineItem><Sale><ItemID>3</ItemID></Sale></LineItem></RetailTransaction></Transaction>".to_string()]);
     let parsed = parse("repeats.xml", doc.as_bytes()).expect("parses");
     let bronze = &parsed.transactions[0].bronze;
     assert_eq!(bronze.get("Transaction/RetailTransaction/LineItem/Sale/ItemID"), Some("1"));

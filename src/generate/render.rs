@@ -40,11 +40,11 @@ fn verifone(out: &mut String, site: &str, date: NaiveDate, file_no: u32, txs: &[
         };
         let rollback = if tx.rollback_mirror { " rollback=\"true\"" } else { "" };
         let _ = write!(out, "  <trans type=\"{kind}\"{rollback}>\n    <trHeader>\n");
-        let _ = write!(out, "      <termMsgSN type=\"{kind}\" term=\"{}\">{}</termMsgSN>\n", tx.register, tx.sequence);
+        let _ = writeln!(out, "      <termMsgSN type=\"{kind}\" term=\"{}\">{}</termMsgSN>", tx.register, tx.sequence);
         if tx.kind != GenKind::Journal {
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "      <trTickNum><posNum>{}</posNum><trSeq>{}</trSeq></trTickNum>\n",
+                "      <trTickNum><posNum>{}</posNum><trSeq>{}</trSeq></trTickNum>",
                 tx.register, tx.sequence
             );
         }
@@ -119,10 +119,10 @@ fn verifone_line(out: &mut String, line: &GenLine) {
         code = item.code
     );
     if let Some(disc) = &line.discount {
-        let _ = write!(
+        let _ = writeln!(
             out,
             "        <trlMixMatches><trlMatchLine><trlMatchName>{}</trlMatchName><trlPromoAmount>{}</trlPromoAmount>\
-             <trlPromotionID promoType=\"mixAndMatchOffer\">{}</trlPromotionID></trlMatchLine></trlMixMatches>\n",
+             <trlPromotionID promoType=\"mixAndMatchOffer\">{}</trlPromotionID></trlMatchLine></trlMixMatches>",
             disc.description, disc.amount, disc.promotion_id
         );
     }
@@ -203,7 +203,7 @@ fn naxml(out: &mut String, site: &str, date: NaiveDate, file_no: u32, txs: &[Gen
         } else {
             out.push_str("      <RegisterDetail detailType=\"open\"/>\n");
         }
-        let _ = write!(out, "    </{event}>\n");
+        let _ = writeln!(out, "    </{event}>");
     }
     out.push_str("  </JournalReport>\n</NAXML-POSJournal>\n");
 }
@@ -273,14 +273,14 @@ fn poslog(out: &mut String, dialect: Dialect, txs: &[GenTx]) {
             GenKind::Journal => "WORKSTATION_OPEN",
         };
         if dialect == Dialect::XstorePoslog {
-            let _ = write!(out, "  <Transaction dtv:TransactionType=\"{xstore_type}\" dtv:AppVersion=\"19.0.1\">\n");
+            let _ = writeln!(out, "  <Transaction dtv:TransactionType=\"{xstore_type}\" dtv:AppVersion=\"19.0.1\">");
         } else {
             out.push_str("  <Transaction>\n");
         }
         if dialect == Dialect::VismaPoslog {
-            let _ = write!(out, "    <BusinessUnit><UnitID>{}</UnitID></BusinessUnit>\n", tx.site);
+            let _ = writeln!(out, "    <BusinessUnit><UnitID>{}</UnitID></BusinessUnit>", tx.site);
         } else {
-            let _ = write!(out, "    <RetailStoreID>{}</RetailStoreID>\n", tx.site);
+            let _ = writeln!(out, "    <RetailStoreID>{}</RetailStoreID>", tx.site);
         }
         let _ = write!(
             out,
@@ -288,7 +288,7 @@ fn poslog(out: &mut String, dialect: Dialect, txs: &[GenTx]) {
             tx.register, tx.sequence
         );
         if dialect != Dialect::VismaPoslog {
-            let _ = write!(out, "    <BusinessDayDate>{}</BusinessDayDate>\n", tx.business_date.format("%Y-%m-%d"));
+            let _ = writeln!(out, "    <BusinessDayDate>{}</BusinessDayDate>", tx.business_date.format("%Y-%m-%d"));
         }
         let _ = write!(
             out,
@@ -362,7 +362,7 @@ fn poslog_retail(out: &mut String, dialect: Dialect, tx: &GenTx) {
     );
     match dialect {
         Dialect::XstorePoslog => {
-            let _ = write!(out, "      <Total TotalType=\"TransactionGrandAmount\">{}</Total>\n", tx.total());
+            let _ = writeln!(out, "      <Total TotalType=\"TransactionGrandAmount\">{}</Total>", tx.total());
         }
         Dialect::VismaPoslog => {
             let _ = write!(

@@ -11,6 +11,9 @@ use super::columns::{Columns, Value};
 use super::tables::{BRONZE_TRANSACTION, PARSED_TABLES, SALES_DISCOUNT, SALES_HEADER, SALES_LINE, TableDef};
 use crate::model::{ParsedFile, SalesHeader, Transaction};
 
+/// One table's finished batches, one per business date.
+pub type TableBatches = (&'static TableDef, Vec<(NaiveDate, RecordBatch)>);
+
 /// Rows gathered for one append, per table and business date.
 pub struct Rows {
     schemas: Vec<SchemaRef>,
@@ -114,7 +117,7 @@ impl Rows {
     }
 
     /// The finished batches: per table (in [`PARSED_TABLES`] order), one batch per business date.
-    pub fn finish(self) -> Result<Vec<(&'static TableDef, Vec<(NaiveDate, RecordBatch)>)>, LakeError> {
+    pub fn finish(self) -> Result<Vec<TableBatches>, LakeError> {
         PARSED_TABLES
             .iter()
             .zip(self.tables)
