@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use arrow_array::{Array, StringArray};
-use poslake::lake::{LakeError, Warehouse};
+use poslake::lake::{DeadLetter, LakeError, LedgerEntry, Outcome, Warehouse};
 use poslake::{ParseOptions, ParsedFile, parse_file};
 
 fn fixtures() -> Vec<ParsedFile> {
@@ -44,9 +44,45 @@ async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
     for f in &files {
         rows.add_file(f).expect("rows");
     }
+    let now = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).and_then(|d| d.and_hms_opt(5, 0, 0)).expect("now");
+    for f in &files {
+        rows.add_ledger(&LedgerEntry {
+            run_id: "run-1".into(),
+            path: f.facts.name.clone(),
+            bytes: f.facts.bytes,
+            content_hash: f.facts.content_hash.clone(),
+            dialect: Some(f.facts.dialect.id().into()),
+            site: f.facts.site.clone(),
+            outcome: Outcome::Ingested,
+            transactions: f.facts.transaction_count,
+            new_transactions: f.facts.transaction_count,
+            duplicate_transactions: 0,
+            lines: f.facts.line_count,
+            discounts: f.facts.discount_count,
+            at: now,
+            trace_id: None,
+        })
+        .expect("ledger row");
+    }
+    rows.add_dead_letter(&DeadLetter {
+        run_id: "run-1".into(),
+        path: "bad.xml".into(),
+        content_hash: "00".into(),
+        stage: "parse",
+        kind: "truncated",
+        reason: "bad.xml: XML ends early".into(),
+        line: Some(3),
+        column: Some(7),
+        attempts: 1,
+        at: now,
+    })
+    .expect("dead letter row");
     let props = HashMap::from([("poslake.batch-id".to_owned(), "run-1/0".to_owned())]);
     let commits = wh.append(rows, &props).await.expect("append");
-    assert_eq!(commits.len(), 4, "{commits:?}");
+    assert_eq!(commits.len(), 6, "{commits:?}");
+    assert_eq!(commits.last().map(|c| c.table), Some("file_ledger"), "the ledger commits last");
+    assert_eq!(wh.row_count("file_ledger").await.expect("count"), files.len() as u64);
+    assert_eq!(strings(&wh.scan("dead_letters").await.expect("scan"), "kind"), vec!["truncated".to_owned()]);
 
     let txs: u64 = files.iter().map(|f| f.transactions.len() as u64).sum();
     let lines: u64 = files.iter().map(|f| u64::from(f.facts.line_count)).sum();

@@ -13,7 +13,7 @@ pub mod warehouse;
 
 use std::path::PathBuf;
 
-pub use rows::Rows;
+pub use rows::{DeadLetter, LedgerEntry, Outcome, Rows};
 pub use warehouse::{Commit, Warehouse};
 
 #[derive(Debug, thiserror::Error)]

@@ -4,25 +4,28 @@ use std::collections::BTreeMap;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use chrono::NaiveDate;
+use chrono::{NaiveDate, NaiveDateTime};
 
 use super::LakeError;
 use super::columns::{Columns, Value};
-use super::tables::{BRONZE_TRANSACTION, PARSED_TABLES, SALES_DISCOUNT, SALES_HEADER, SALES_LINE, TableDef};
+use super::tables::{
+    BRONZE_TRANSACTION, DEAD_LETTERS, FILE_LEDGER, SALES_DISCOUNT, SALES_HEADER, SALES_LINE, TABLES, TableDef,
+};
 use crate::model::{ParsedFile, SalesHeader, Transaction};
 
 /// One table's finished batches, one per business date.
-pub type TableBatches = (&'static TableDef, Vec<(NaiveDate, RecordBatch)>);
+pub type TableBatches = (&'static TableDef, Vec<(Option<NaiveDate>, RecordBatch)>);
 
 /// Rows gathered for one append, per table and business date.
 pub struct Rows {
     schemas: Vec<SchemaRef>,
-    /// Indexed like [`PARSED_TABLES`].
-    tables: Vec<BTreeMap<NaiveDate, Columns>>,
+    /// Indexed like [`TABLES`].
+    /// Per table, per partition (business date; `None` for unpartitioned tables).
+    tables: Vec<BTreeMap<Option<NaiveDate>, Columns>>,
 }
 
 impl Rows {
-    /// `schemas`: the Arrow schemas of [`PARSED_TABLES`], in order.
+    /// `schemas`: the Arrow schemas of [`TABLES`], in order.
     pub fn new(schemas: Vec<SchemaRef>) -> Self {
         let tables = schemas.iter().map(|_| BTreeMap::new()).collect();
         Rows { schemas, tables }
@@ -40,7 +43,7 @@ impl Rows {
         let h = &tx.header;
         let date = h.key.business_date;
         let f = &h.flags;
-        let cols = self.columns(0, &SALES_HEADER, date);
+        let cols = self.columns(0, &SALES_HEADER, Some(date));
         key(cols, file, h)?
             .push(Value::Str(Some(&file.facts.name)))?
             .push(Value::Str(Some(file.facts.dialect.id())))?
@@ -68,7 +71,7 @@ impl Rows {
             .push(Value::Int(Some(tx.discounts.len() as i32)))?;
 
         for l in &tx.lines {
-            let cols = self.columns(1, &SALES_LINE, date);
+            let cols = self.columns(1, &SALES_LINE, Some(date));
             key(cols, file, h)?
                 .push(Value::Int(Some(l.line_number as i32)))?
                 .push(Value::Str(Some(line_kind(l.kind))))?
@@ -88,7 +91,7 @@ impl Rows {
                 .push(Value::Decimal(l.fuel_unit_price))?;
         }
         for (i, d) in tx.discounts.iter().enumerate() {
-            let cols = self.columns(2, &SALES_DISCOUNT, date);
+            let cols = self.columns(2, &SALES_DISCOUNT, Some(date));
             key(cols, file, h)?
                 .push(Value::Int(Some(i as i32 + 1)))?
                 .push(Value::Int(d.line_number.map(|n| n as i32)))?
@@ -99,11 +102,47 @@ impl Rows {
                 .push(Value::Str(d.kind.as_deref()))?
                 .push(Value::Bool(d.voided))?;
         }
-        let cols = self.columns(3, &BRONZE_TRANSACTION, date);
+        let cols = self.columns(3, &BRONZE_TRANSACTION, Some(date));
         key(cols, file, h)?
             .push(Value::Str(Some(file.facts.dialect.id())))?
             .push(Value::Int(Some(h.ordinal as i32)))?
             .push(Value::StrMap(&tx.bronze))?;
+        Ok(())
+    }
+
+    /// Adds the ledger row of one file.
+    pub fn add_ledger(&mut self, e: &LedgerEntry) -> Result<(), LakeError> {
+        self.columns(5, &FILE_LEDGER, None)
+            .push(Value::Str(Some(&e.run_id)))?
+            .push(Value::Str(Some(&e.path)))?
+            .push(Value::Long(e.bytes as i64))?
+            .push(Value::Str(Some(&e.content_hash)))?
+            .push(Value::Str(e.dialect.as_deref()))?
+            .push(Value::Str(e.site.as_deref()))?
+            .push(Value::Str(Some(e.outcome.as_str())))?
+            .push(Value::Int(Some(e.transactions as i32)))?
+            .push(Value::Int(Some(e.new_transactions as i32)))?
+            .push(Value::Int(Some(e.duplicate_transactions as i32)))?
+            .push(Value::Int(Some(e.lines as i32)))?
+            .push(Value::Int(Some(e.discounts as i32)))?
+            .push(Value::Timestamp(Some(e.at)))?
+            .push(Value::Str(e.trace_id.as_deref()))?;
+        Ok(())
+    }
+
+    /// Adds the dead-letter row of one file.
+    pub fn add_dead_letter(&mut self, d: &DeadLetter) -> Result<(), LakeError> {
+        self.columns(4, &DEAD_LETTERS, None)
+            .push(Value::Str(Some(&d.run_id)))?
+            .push(Value::Str(Some(&d.path)))?
+            .push(Value::Str(Some(&d.content_hash)))?
+            .push(Value::Str(Some(d.stage)))?
+            .push(Value::Str(Some(d.kind)))?
+            .push(Value::Str(Some(&d.reason)))?
+            .push(Value::Int(d.line.map(|v| v as i32)))?
+            .push(Value::Int(d.column.map(|v| v as i32)))?
+            .push(Value::Int(Some(d.attempts as i32)))?
+            .push(Value::Timestamp(Some(d.at)))?;
         Ok(())
     }
 
@@ -116,9 +155,9 @@ impl Rows {
         self.len() == 0
     }
 
-    /// The finished batches: per table (in [`PARSED_TABLES`] order), one batch per business date.
+    /// The finished batches: per table (in [`TABLES`] order), one batch per business date.
     pub fn finish(self) -> Result<Vec<TableBatches>, LakeError> {
-        PARSED_TABLES
+        TABLES
             .iter()
             .zip(self.tables)
             .map(|(t, by_date)| {
@@ -129,10 +168,65 @@ impl Rows {
             .collect()
     }
 
-    fn columns(&mut self, table: usize, def: &'static TableDef, date: NaiveDate) -> &mut Columns {
+    fn columns(&mut self, table: usize, def: &'static TableDef, date: Option<NaiveDate>) -> &mut Columns {
+        debug_assert!(std::ptr::eq(TABLES[table], def));
         let schema = &self.schemas[table];
         self.tables[table].entry(date).or_insert_with(|| Columns::new(def, schema.clone()))
     }
+}
+
+/// What became of one source file in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its transactions were committed (the new ones; duplicates were skipped).
+    Ingested,
+    /// It could not be ingested; see the dead letters.
+    DeadLetter,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ingested => "ingested",
+            Outcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// A row of the file ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerEntry {
+    pub run_id: String,
+    pub path: String,
+    pub bytes: u64,
+    pub content_hash: String,
+    pub dialect: Option<String>,
+    pub site: Option<String>,
+    pub outcome: Outcome,
+    pub transactions: u32,
+    pub new_transactions: u32,
+    pub duplicate_transactions: u32,
+    pub lines: u32,
+    pub discounts: u32,
+    pub at: NaiveDateTime,
+    pub trace_id: Option<String>,
+}
+
+/// A row of the dead letters.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub run_id: String,
+    pub path: String,
+    pub content_hash: String,
+    /// The stage that gave up: `download`, `archive`, `parse`, `write`.
+    pub stage: &'static str,
+    /// A stable error kind (e.g. `ParseError::kind`).
+    pub kind: &'static str,
+    pub reason: String,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    pub attempts: u32,
+    pub at: NaiveDateTime,
 }
 
 fn key<'c>(cols: &'c mut Columns, file: &ParsedFile, h: &SalesHeader) -> Result<&'c mut Columns, LakeError> {

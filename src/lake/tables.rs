@@ -137,8 +137,50 @@ pub static BRONZE_TRANSACTION: TableDef = TableDef {
     columns: key_columns![req("dialect", Kind::Str), req("ordinal", Kind::Int), req("fields", Kind::StrMap)],
 };
 
-/// The tables [`crate::lake::Warehouse::append`] writes for parsed files, in order.
-pub static PARSED_TABLES: [&TableDef; 4] = [&SALES_HEADER, &SALES_LINE, &SALES_DISCOUNT, &BRONZE_TRANSACTION];
+/// One row per source file and run: what became of it.
+pub static FILE_LEDGER: TableDef = TableDef {
+    name: "file_ledger",
+    partition_by: None,
+    columns: &[
+        req("run_id", Kind::Str),
+        req("path", Kind::Str),
+        req("bytes", Kind::Long),
+        req("content_hash", Kind::Str),
+        opt("dialect", Kind::Str),
+        opt("site", Kind::Str),
+        req("outcome", Kind::Str),
+        req("transactions", Kind::Int),
+        req("new_transactions", Kind::Int),
+        req("duplicate_transactions", Kind::Int),
+        req("lines", Kind::Int),
+        req("discounts", Kind::Int),
+        req("ingested_at", Kind::Timestamp),
+        opt("trace_id", Kind::Str),
+    ],
+};
+
+/// Files that could not be ingested, with the stage and the typed reason.
+pub static DEAD_LETTERS: TableDef = TableDef {
+    name: "dead_letters",
+    partition_by: None,
+    columns: &[
+        req("run_id", Kind::Str),
+        req("path", Kind::Str),
+        req("content_hash", Kind::Str),
+        req("stage", Kind::Str),
+        req("kind", Kind::Str),
+        req("reason", Kind::Str),
+        opt("line", Kind::Int),
+        opt("column", Kind::Int),
+        req("attempts", Kind::Int),
+        req("failed_at", Kind::Timestamp),
+    ],
+};
+
+/// Every table the warehouse holds, in the order [`crate::lake::Warehouse::append`] commits them: data first,
+/// the ledger last, so a ledger row never names data that is not committed.
+pub static TABLES: [&TableDef; 6] =
+    [&SALES_HEADER, &SALES_LINE, &SALES_DISCOUNT, &BRONZE_TRANSACTION, &DEAD_LETTERS, &FILE_LEDGER];
 
 impl TableDef {
     /// The Iceberg schema: field ids are column positions from 1; a map's key and value take ids after all
@@ -192,7 +234,7 @@ mod tests {
 
     #[test]
     fn schemas_build_and_partition_by_an_existing_column() {
-        for t in PARSED_TABLES {
+        for t in TABLES {
             let schema = t.schema().expect("schema");
             assert_eq!(schema.as_struct().fields().len(), t.columns.len(), "{}", t.name);
             let spec = t.partition_spec().expect("spec");

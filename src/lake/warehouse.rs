@@ -24,7 +24,7 @@ use parquet::file::properties::WriterProperties;
 
 use super::LakeError;
 use super::rows::Rows;
-use super::tables::{PARSED_TABLES, TableDef};
+use super::tables::{TABLES, TableDef};
 
 /// The namespace poslake's tables live in.
 pub const NAMESPACE: &str = "poslake";
@@ -36,7 +36,7 @@ pub struct Warehouse {
     catalog: SqlCatalog,
     namespace: NamespaceIdent,
     root: PathBuf,
-    /// Arrow schemas of [`PARSED_TABLES`], taken from the tables themselves (field ids included).
+    /// Arrow schemas of [`TABLES`], taken from the tables themselves (field ids included).
     schemas: Vec<SchemaRef>,
     target_file_bytes: usize,
 }
@@ -69,7 +69,7 @@ impl Warehouse {
             catalog.create_namespace(&namespace, HashMap::new()).await?;
         }
         let mut schemas = Vec::new();
-        for def in PARSED_TABLES {
+        for def in TABLES {
             let table = ensure_table(&catalog, &namespace, def).await?;
             schemas.push(Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?));
         }
@@ -118,12 +118,13 @@ impl Warehouse {
             let mut count = 0u64;
             for (date, batch) in batches {
                 count += batch.num_rows() as u64;
-                let key = if spec.is_unpartitioned() {
-                    None
-                } else {
-                    let days = (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days();
-                    let data = Struct::from_iter([Some(Literal::date(days as i32))]);
-                    Some(PartitionKey::new(spec.clone(), schema.clone(), data))
+                let key = match date {
+                    Some(date) if !spec.is_unpartitioned() => {
+                        let days = (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days();
+                        let data = Struct::from_iter([Some(Literal::date(days as i32))]);
+                        Some(PartitionKey::new(spec.clone(), schema.clone(), data))
+                    }
+                    _ => None,
                 };
                 let mut writer = builder.build(key).await?;
                 writer.write(batch).await?;
