@@ -1,0 +1,70 @@
+//! An Archiver: writes the raw file unchanged to the bronze archive before its records go on, retrying with
+//! backoff; a file that cannot be archived is retried from the start.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::shared::{ParsedWork, Shared};
+use crate::stages::Stages;
+
+pub enum ArchiverMsg<S: Stages> {
+    /// Archive this parsed file's raw bytes.
+    Archive(ParsedWork<S>),
+}
+
+pub struct Archiver<S>(PhantomData<S>);
+
+impl<S> Archiver<S> {
+    pub(crate) fn new() -> Self {
+        Archiver(PhantomData)
+    }
+}
+
+impl<S: Stages> Actor for Archiver<S> {
+    type Msg = ArchiverMsg<S>;
+    type State = Arc<Shared<S>>;
+    type Arguments = Arc<Shared<S>>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        shared: Arc<Shared<S>>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ArchiverMsg::Archive(work) = msg;
+        let my_ticket = work.ticket;
+        let mut tries = 0;
+        let result = loop {
+            tries += 1;
+            match shared.stages.archive(&work.parsed).await {
+                Ok(()) => break Ok(()),
+                Err(e) if S::is_retryable(&e) && tries < shared.config.max_attempts => {
+                    tokio::time::sleep(shared.backoff(tries)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(()) => {
+                let ParsedWork { file, attempts, parsed, grant, .. } = work;
+                shared.send_to_batcher(file, attempts, parsed, grant).await;
+            }
+            Err(e) => {
+                let ParsedWork { file, attempts, .. } = work;
+                shared.retry(file, attempts + 1, "archive", e.to_string()).await;
+            }
+        }
+        shared.done(me.get_id(), my_ticket);
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! The DedupBatcher: gathers parsed files into batches (by count, or after the flush interval), has the dedup
+//! store check and reserve their keys, and hands each batch to the writer.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::shared::{InFlight, ParsedWork, Shared};
+use crate::stages::Stages;
+use crate::writer::{BatchWork, WriterMsg};
+
+pub enum BatcherMsg<S: Stages> {
+    /// One more parsed (or dead-lettered) file.
+    Add(ParsedWork<S>),
+    /// Write what is pending, if anything (sent by the flush timer).
+    Flush,
+}
+
+pub struct DedupBatcher<S>(PhantomData<S>);
+
+impl<S> DedupBatcher<S> {
+    pub(crate) fn new() -> Self {
+        DedupBatcher(PhantomData)
+    }
+}
+
+pub struct BatcherState<S: Stages> {
+    shared: Arc<Shared<S>>,
+    pending: Vec<ParsedWork<S>>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl<S: Stages> Actor for DedupBatcher<S> {
+    type Msg = BatcherMsg<S>;
+    type State = BatcherState<S>;
+    type Arguments = Arc<Shared<S>>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        shared: Arc<Shared<S>>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(BatcherState { shared, pending: Vec::new(), ticker: None })
+    }
+
+    async fn post_start(&self, me: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.ticker = Some(me.send_interval(state.shared.config.flush_interval, || BatcherMsg::Flush));
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            // Pending files stay registered under this actor (their tickets) until their batch is handed on.
+            BatcherMsg::Add(work) => {
+                state.pending.push(work);
+                if state.pending.len() >= state.shared.config.batch_files {
+                    flush(&me, state).await;
+                }
+            }
+            BatcherMsg::Flush => {
+                if !state.pending.is_empty() {
+                    flush(&me, state).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn flush<S: Stages>(me: &ActorRef<BatcherMsg<S>>, state: &mut BatcherState<S>) {
+    let shared = state.shared.clone();
+    let mut files = Vec::with_capacity(state.pending.len());
+    let mut grants = Vec::with_capacity(state.pending.len());
+    let mut parsed = Vec::with_capacity(state.pending.len());
+    let mut tickets = Vec::with_capacity(state.pending.len());
+    for w in state.pending.drain(..) {
+        files.push((w.file, w.attempts));
+        grants.extend(w.grant);
+        parsed.push(w.parsed);
+        tickets.push(w.ticket);
+    }
+    let batch = shared.stages.dedup(parsed);
+    let info = S::batch_info(&batch);
+    let ticket = shared.ticket();
+    let held = InFlight { files: files.clone(), batch: Some(info.clone()) };
+    let work = BatchWork { ticket, batch, info, files, grants };
+    // Registered under the writer before the files leave this actor's registry: never held by neither.
+    shared.dispatch(&shared.writer, ticket, held, WriterMsg::Write(work)).await;
+    for t in tickets {
+        shared.done(me.get_id(), t);
+    }
+}

@@ -1,0 +1,83 @@
+//! The Discoverer: streams the staging listing and feeds files downstream only as credits allow, so the backlog
+//! stays in storage, not in memory. Also takes back files to retry.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::credits::Grant;
+use crate::downloader::DownloaderMsg;
+use crate::shared::{InFlight, Shared, Ticket, Work};
+use crate::stages::Stages;
+
+pub enum DiscovererMsg<S: Stages> {
+    /// List staging and feed every file (sent once, at start).
+    Start,
+    /// Try this file again from the download (`attempts` so far).
+    Retry(Ticket, S::File, u32),
+}
+
+pub struct Discoverer<S>(PhantomData<S>);
+
+impl<S> Discoverer<S> {
+    pub(crate) fn new() -> Self {
+        Discoverer(PhantomData)
+    }
+}
+
+impl<S: Stages> Actor for Discoverer<S> {
+    type Msg = DiscovererMsg<S>;
+    type State = Arc<Shared<S>>;
+    type Arguments = Arc<Shared<S>>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        shared: Arc<Shared<S>>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DiscovererMsg::Start => {
+                let mut files = shared.stages.discover();
+                while let Some(next) = files.next().await {
+                    let file = match next {
+                        Ok(file) => file,
+                        Err(e) => {
+                            shared.progress.fail(format!("listing staging failed: {e}"));
+                            return Ok(());
+                        }
+                    };
+                    let size = S::size(&file);
+                    // Waits here while the pipeline is full: backpressure reaches the listing.
+                    let Ok(grant) = shared.credits.acquire(size).await else { return Ok(()) };
+                    shared.progress.discovered(size);
+                    send(shared, file, 0, grant).await;
+                }
+                shared.progress.discovery_finished();
+            }
+            DiscovererMsg::Retry(ticket, file, attempts) => {
+                let Ok(grant) = shared.credits.acquire(S::size(&file)).await else { return Ok(()) };
+                send(shared, file, attempts, grant).await;
+                shared.done(me.get_id(), ticket);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn send<S: Stages>(shared: &Shared<S>, file: S::File, attempts: u32, grant: Grant) {
+    let ticket = shared.ticket();
+    let held = InFlight { files: vec![(file.clone(), attempts)], batch: None };
+    let work = Work { ticket, file, attempts, grant: Some(grant) };
+    shared.dispatch(&shared.downloaders, ticket, held, DownloaderMsg::Fetch(work)).await;
+}

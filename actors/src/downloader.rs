@@ -1,0 +1,74 @@
+//! A Downloader: fetches a file's bytes, retrying retryable errors with backoff, and hands them to a parser.
+//! I/O bound: a pool of many runs at once.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::parser::ParserMsg;
+use crate::shared::{InFlight, Shared, Work};
+use crate::stages::Stages;
+
+pub enum DownloaderMsg<S: Stages> {
+    /// Fetch this file.
+    Fetch(Work<S>),
+}
+
+pub struct Downloader<S>(PhantomData<S>);
+
+impl<S> Downloader<S> {
+    pub(crate) fn new() -> Self {
+        Downloader(PhantomData)
+    }
+}
+
+impl<S: Stages> Actor for Downloader<S> {
+    type Msg = DownloaderMsg<S>;
+    type State = Arc<Shared<S>>;
+    type Arguments = Arc<Shared<S>>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        shared: Arc<Shared<S>>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let DownloaderMsg::Fetch(work) = msg;
+        let mut tries = 0;
+        let result = loop {
+            tries += 1;
+            match shared.stages.fetch(&work.file).await {
+                Ok(bytes) => break Ok(bytes),
+                Err(e) if S::is_retryable(&e) && tries < shared.config.max_attempts => {
+                    tokio::time::sleep(shared.backoff(tries)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let my_ticket = work.ticket;
+        match result {
+            Ok(fetched) => {
+                let ticket = shared.ticket();
+                let held = InFlight { files: vec![(work.file.clone(), work.attempts)], batch: None };
+                let work = Work { ticket, ..work };
+                shared.dispatch(&shared.parsers, ticket, held, ParserMsg::Parse(work, fetched)).await;
+            }
+            Err(e) => {
+                // A download that keeps failing is dead-lettered with its reason; the run goes on.
+                let parsed = shared.stages.failed(&work.file, "download", work.attempts + tries, e.to_string());
+                shared.send_to_batcher(work.file, work.attempts, parsed, work.grant).await;
+            }
+        }
+        shared.done(me.get_id(), my_ticket);
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! Run progress shared by the actors and the caller: how many files were discovered and how many are done
+//! (committed or dead-lettered), plus the totals of what was written. The run is over when discovery is finished
+//! and every discovered file is done, or when a fatal error is recorded.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+
+use crate::stages::WriteReport;
+
+#[derive(Debug, Default)]
+pub struct Progress {
+    discovered: AtomicU64,
+    discovered_bytes: AtomicU64,
+    discovery_done: AtomicBool,
+    done: AtomicU64,
+    retries: AtomicU64,
+    restarts: AtomicU64,
+    totals: Mutex<WriteReport>,
+    fatal: Mutex<Option<String>>,
+    changed: Notify,
+}
+
+/// A consistent-enough view for display and the final summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub discovered: u64,
+    pub discovered_bytes: u64,
+    pub discovery_done: bool,
+    pub done: u64,
+    pub retries: u64,
+    pub restarts: u64,
+    pub totals: WriteReport,
+}
+
+impl Progress {
+    pub(crate) fn discovered(&self, bytes: u64) {
+        self.discovered.fetch_add(1, Ordering::SeqCst);
+        self.discovered_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn discovery_finished(&self) {
+        self.discovery_done.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn committed(&self, files: u64, report: &WriteReport) {
+        if let Ok(mut t) = self.totals.lock() {
+            t.add(report);
+        }
+        self.done.fetch_add(files, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn fail(&self, reason: String) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(reason);
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.discovery_done.load(Ordering::SeqCst)
+            && self.done.load(Ordering::SeqCst) >= self.discovered.load(Ordering::SeqCst)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            discovered: self.discovered.load(Ordering::SeqCst),
+            discovered_bytes: self.discovered_bytes.load(Ordering::Relaxed),
+            discovery_done: self.discovery_done.load(Ordering::SeqCst),
+            done: self.done.load(Ordering::SeqCst),
+            retries: self.retries.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            totals: self.totals.lock().map(|t| *t).unwrap_or_default(),
+        }
+    }
+
+    /// Waits until the run is finished or failed, or until `timeout` passes (to refresh a display).
+    pub async fn wait(&self, timeout: std::time::Duration) {
+        let notified = self.changed.notified();
+        if self.is_finished() || self.fatal().is_some() {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, notified).await;
+    }
+}

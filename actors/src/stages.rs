@@ -1,0 +1,76 @@
+//! What the pipeline needs from the domain: the stage functions, generic so that this crate never depends on
+//! parsing, dedup or the lake. `poslake` implements [`Stages`] for POS files.
+
+use std::fmt::Debug;
+use std::future::Future;
+
+use futures::stream::BoxStream;
+
+/// The domain's stages, called by the actors.
+pub trait Stages: Send + Sync + Sized + 'static {
+    /// A discovered file.
+    type File: Clone + Debug + Send + Sync + 'static;
+    /// Its bytes.
+    type Fetched: Send + 'static;
+    /// What parsing made of it: records, or a dead letter.
+    type Parsed: Send + 'static;
+    /// Parsed files with their keys checked and reserved, ready to write.
+    type Batch: Send + 'static;
+    /// What must be undone if a batch is abandoned (its key reservations).
+    type BatchInfo: Clone + Send + Sync + 'static;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Bytes the file holds, for flow control.
+    fn size(file: &Self::File) -> u64;
+
+    /// Streams the files to ingest (files already ingested are filtered out here).
+    fn discover(&self) -> BoxStream<'static, Result<Self::File, Self::Error>>;
+
+    fn fetch(&self, file: &Self::File) -> impl Future<Output = Result<Self::Fetched, Self::Error>> + Send;
+
+    /// CPU-bound: called on a blocking thread, never on the async workers.
+    fn parse(&self, file: &Self::File, fetched: Self::Fetched) -> Self::Parsed;
+
+    /// Writes the raw file to the bronze archive.
+    fn archive(&self, parsed: &Self::Parsed) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// A file that a stage gave up on, as a dead letter that flows on to be recorded.
+    fn failed(&self, file: &Self::File, stage: &'static str, attempts: u32, reason: String) -> Self::Parsed;
+
+    /// Checks the batch's keys against the dedup store and reserves the new ones.
+    fn dedup(&self, items: Vec<Self::Parsed>) -> Self::Batch;
+
+    fn batch_info(batch: &Self::Batch) -> Self::BatchInfo;
+
+    /// Writes and commits the batch, then marks its keys committed. Called again with the same batch after a
+    /// retryable error.
+    fn write(&self, batch: &Self::Batch) -> impl Future<Output = Result<WriteReport, Self::Error>> + Send;
+
+    /// The batch will not be written (its actor failed or it is retried): release what it reserved.
+    fn abandon(&self, info: &Self::BatchInfo);
+
+    /// Whether trying again may succeed.
+    fn is_retryable(error: &Self::Error) -> bool;
+}
+
+/// What one committed batch held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub transactions: u64,
+    pub new_transactions: u64,
+    pub duplicates: u64,
+    pub dead_letters: u64,
+}
+
+impl WriteReport {
+    pub fn add(&mut self, other: &WriteReport) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.transactions += other.transactions;
+        self.new_transactions += other.new_transactions;
+        self.duplicates += other.duplicates;
+        self.dead_letters += other.dead_letters;
+    }
+}

@@ -1,0 +1,153 @@
+//! The pipeline runtime with in-memory stages: every file is committed exactly once even when a parser and the
+//! writer panic mid-work; credits bound what is in flight; a failing download ends as a dead letter.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use poslake_actors::{FlowLimits, PipelineConfig, Progress, Stages, WriteReport, run};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Fail(&'static str);
+
+#[derive(Default)]
+struct Memory {
+    files: u32,
+    /// Files whose first parse panics.
+    panic_parse: HashSet<u32>,
+    panicked: Mutex<HashSet<u32>>,
+    /// The writer panics on its first batch.
+    panic_write_once: bool,
+    write_calls: AtomicU32,
+    /// Files whose download always fails (not retryable).
+    broken: HashSet<u32>,
+    committed: Mutex<Vec<(u32, bool)>>,
+    abandoned: AtomicU32,
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
+}
+
+impl Stages for Memory {
+    type File = u32;
+    type Fetched = u32;
+    type Parsed = (u32, bool);
+    type Batch = Vec<(u32, bool)>;
+    type BatchInfo = usize;
+    type Error = Fail;
+
+    fn size(_: &u32) -> u64 {
+        1000
+    }
+
+    fn discover(&self) -> BoxStream<'static, Result<u32, Fail>> {
+        stream::iter((0..self.files).map(Ok)).boxed()
+    }
+
+    async fn fetch(&self, file: &u32) -> Result<u32, Fail> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.broken.contains(file) { Err(Fail("unreachable")) } else { Ok(*file) }
+    }
+
+    fn parse(&self, file: &u32, fetched: u32) -> (u32, bool) {
+        if self.panic_parse.contains(file) && self.panicked.lock().expect("lock").insert(*file) {
+            panic!("injected parser panic on file {file}");
+        }
+        (fetched, false)
+    }
+
+    async fn archive(&self, _: &(u32, bool)) -> Result<(), Fail> {
+        Ok(())
+    }
+
+    fn failed(&self, file: &u32, _: &'static str, _: u32, _: String) -> (u32, bool) {
+        (*file, true)
+    }
+
+    fn dedup(&self, items: Vec<(u32, bool)>) -> Vec<(u32, bool)> {
+        items
+    }
+
+    fn batch_info(batch: &Vec<(u32, bool)>) -> usize {
+        batch.len()
+    }
+
+    async fn write(&self, batch: &Vec<(u32, bool)>) -> Result<WriteReport, Fail> {
+        if self.write_calls.fetch_add(1, Ordering::SeqCst) == 0 && self.panic_write_once {
+            panic!("injected writer panic");
+        }
+        self.committed.lock().expect("lock").extend(batch.iter().copied());
+        let dead = batch.iter().filter(|(_, d)| *d).count() as u64;
+        Ok(WriteReport { files: batch.len() as u64, dead_letters: dead, ..WriteReport::default() })
+    }
+
+    fn abandon(&self, _: &usize) {
+        self.abandoned.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn is_retryable(_: &Fail) -> bool {
+        false
+    }
+}
+
+fn config() -> PipelineConfig {
+    PipelineConfig {
+        downloaders: 4,
+        parsers: 2,
+        archivers: 2,
+        batch_files: 16,
+        flush_interval: Duration::from_millis(20),
+        limits: FlowLimits { max_files: 8, max_bytes: 1 << 20 },
+        backoff: Duration::from_millis(1),
+        ..PipelineConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_commits_once_despite_parser_and_writer_panics() {
+    let stages = Arc::new(Memory {
+        files: 200,
+        panic_parse: [3, 77, 150].into_iter().collect(),
+        panic_write_once: true,
+        ..Memory::default()
+    });
+    let progress = Arc::new(Progress::default());
+    let snapshot = tokio::time::timeout(Duration::from_secs(60), run(stages.clone(), config(), progress))
+        .await
+        .expect("finishes")
+        .expect("succeeds");
+
+    let mut ids: Vec<u32> = stages.committed.lock().expect("lock").iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..200).collect::<Vec<_>>(), "each file exactly once");
+    assert_eq!(snapshot.done, 200);
+    assert_eq!(snapshot.discovered, 200);
+    assert!(snapshot.restarts >= 4, "three parser panics and one writer panic: {snapshot:?}");
+    // The batch being written and any queued behind it in the failed writer's mailbox are abandoned.
+    assert!(stages.abandoned.load(Ordering::SeqCst) >= 1, "the failed writer's batch was abandoned");
+    assert!(stages.peak_in_flight.load(Ordering::SeqCst) <= 8, "credits bound the files in flight");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_download_is_dead_lettered_and_the_rest_lands() {
+    let stages = Arc::new(Memory { files: 50, broken: [7].into_iter().collect(), ..Memory::default() });
+    let progress = Arc::new(Progress::default());
+    let snapshot = run(stages.clone(), config(), progress).await.expect("succeeds");
+    let committed = stages.committed.lock().expect("lock").clone();
+    assert_eq!(committed.len(), 50);
+    assert_eq!(committed.iter().filter(|(_, dead)| *dead).map(|(id, _)| *id).collect::<Vec<_>>(), vec![7]);
+    assert_eq!(snapshot.totals.dead_letters, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_staging_area_finishes_at_once() {
+    let stages = Arc::new(Memory::default());
+    let snapshot = run(stages, config(), Arc::new(Progress::default())).await.expect("succeeds");
+    assert_eq!((snapshot.discovered, snapshot.done), (0, 0));
+}
