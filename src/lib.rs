@@ -5,10 +5,13 @@
 //! - [`dialect`]: the six vendor dialects, each a table of element paths → fields, and auto-detection.
 //! - [`parse`]: the single streaming pass (quick-xml) that reads any dialect's table; typed errors.
 //! - [`generate`]: a deterministic corpus generator for all six dialects, with planted duplicates and a manifest.
+//! - [`ingest`] (feature `lake`): the domain stages of the actor pipeline: staging, archive, dedup, batches.
 //! - [`lake`] (feature `lake`, default): Iceberg tables in a local warehouse (SQLite catalog), Snappy Parquet.
 
 pub mod dialect;
 pub mod generate;
+#[cfg(feature = "lake")]
+pub mod ingest;
 #[cfg(feature = "lake")]
 pub mod lake;
 pub mod model;

@@ -19,7 +19,7 @@ struct Cli {
 enum Command {
     /// Parse POS files and print what they yield as JSON (one object per file), or a one-line summary each.
     Parse {
-        /// Files to parse (plain or gzip-compressed XML).
+        /// Files or folders to parse (plain or gzip-compressed XML; folders are walked for *.xml and *.gz).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Parse as this dialect instead of detecting it.
@@ -31,6 +31,47 @@ enum Command {
     },
     /// Generate a deterministic corpus of POS files in all six dialects, with a manifest of expected keys.
     Generate(poslake::generate::GenerateArgs),
+    /// Ingest every new file in staging into the lake (the main job).
+    Ingest(IngestArgs),
+    /// List the lake's tables with their current snapshot and row count.
+    Tables {
+        #[command(flatten)]
+        lake: LakeArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct LakeArgs {
+    /// The lake root: Iceberg catalog (SQLite), warehouse files, bronze archive and dedup store.
+    #[arg(long, env = "POSLAKE_LAKE", default_value = "poslake-data/lake")]
+    lake: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// The staging folder files arrive in.
+    #[arg(long, env = "POSLAKE_STAGING", default_value = "poslake-data/staging")]
+    staging: PathBuf,
+    #[command(flatten)]
+    lake: LakeArgs,
+    /// Print the run summary as JSON (and no progress line).
+    #[arg(long)]
+    json: bool,
+    /// Parser actors (CPU bound). Default: one per core.
+    #[arg(long)]
+    parsers: Option<usize>,
+    /// Downloader actors (I/O bound).
+    #[arg(long, default_value_t = 16)]
+    downloaders: usize,
+    /// Files per Iceberg commit.
+    #[arg(long, default_value_t = 256)]
+    batch_files: usize,
+    /// Files in flight at most (bounds memory).
+    #[arg(long, default_value_t = 1024)]
+    max_files_in_flight: u32,
+    /// Bytes in flight at most, in MiB (bounds memory).
+    #[arg(long, default_value_t = 256)]
+    max_mib_in_flight: u64,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +129,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
+        Command::Ingest(args) => runtime()?.block_on(ingest(args)),
+        Command::Tables { lake } => runtime()?.block_on(tables(lake)),
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -120,4 +163,94 @@ fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         out.extend(found);
     }
     Ok(out)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+
+    use poslake_actors::{FlowLimits, PipelineConfig, Progress};
+
+    let mut pipeline = PipelineConfig {
+        downloaders: args.downloaders,
+        batch_files: args.batch_files,
+        limits: FlowLimits { max_files: args.max_files_in_flight, max_bytes: args.max_mib_in_flight << 20 },
+        ..PipelineConfig::default()
+    };
+    if let Some(p) = args.parsers {
+        pipeline.parsers = p;
+    }
+    let paths = poslake::ingest::IngestPaths { staging: args.staging, lake: args.lake.lake };
+    let progress = Arc::new(Progress::default());
+    let show = !args.json && std::io::stderr().is_terminal();
+    let display = show.then(|| tokio::spawn(show_progress(progress.clone())));
+    let result = poslake::ingest::ingest(&paths, ParseOptions::default(), pipeline, progress).await;
+    if let Some(d) = display {
+        d.abort();
+        eprintln!();
+    }
+    let summary = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "ingested {} files ({:.1} MB) in {:.2}s: {:.0} files/s, {:.1} MB/s; {} transactions, {} new, {} duplicates; \
+             {} dead letters; {} files already ingested; {} retries, {} actor restarts",
+            summary.files,
+            summary.bytes as f64 / 1e6,
+            summary.seconds,
+            summary.files_per_second(),
+            summary.megabytes_per_second(),
+            summary.transactions,
+            summary.new_transactions,
+            summary.duplicate_transactions,
+            summary.dead_letters,
+            summary.already_ingested,
+            summary.retries,
+            summary.actor_restarts
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One status line on stderr, refreshed twice a second: files/s, MB/s, duplicates, errors, ETA.
+async fn show_progress(progress: std::sync::Arc<poslake_actors::Progress>) {
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let s = progress.snapshot();
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let rate = s.done as f64 / secs;
+        let eta = if s.discovery_done && rate > 0.0 {
+            format!("{:.0}s", (s.discovered - s.done) as f64 / rate)
+        } else {
+            "listing…".into()
+        };
+        eprint!(
+            "\r{}/{} files, {:.0} files/s, {:.1} MB/s, {} duplicates, {} dead letters, ETA {eta}   ",
+            s.done,
+            s.discovered,
+            rate,
+            s.totals.bytes as f64 / 1e6 / secs,
+            s.totals.duplicates,
+            s.totals.dead_letters
+        );
+    }
+}
+
+async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
+    let wh = poslake::lake::Warehouse::open(&args.lake).await?;
+    println!("{:<20} {:>20} {:>10} {:>12}", "table", "snapshot", "snapshots", "rows");
+    for def in poslake::lake::tables::TABLES {
+        let table = wh.load(def.name).await?;
+        let meta = table.metadata();
+        let snapshot = meta.current_snapshot().map_or("-".to_owned(), |s| s.snapshot_id().to_string());
+        let rows = wh.row_count(def.name).await?;
+        println!("{:<20} {:>20} {:>10} {:>12}", def.name, snapshot, meta.snapshots().count(), rows);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,112 @@
+//! The bronze archive of raw files: every file is written unchanged to
+//! `bronze/raw/vendor=<dialect>/business_date=<date>/<name>`, atomically and only if absent. A different file of
+//! the same name never overwrites the first: it is stored beside it under its content hash.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive {location}: {source}")]
+    Store { location: String, source: object_store::Error },
+}
+
+/// Where a file went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Archived {
+    /// Written now.
+    Written(String),
+    /// The same content was already archived there (a retry or a re-send).
+    AlreadyThere(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Archive {
+    pub fn local(root: &std::path::Path) -> Result<Self, ArchiveError> {
+        let err = |source| ArchiveError::Store { location: root.display().to_string(), source };
+        std::fs::create_dir_all(root)
+            .map_err(|e| err(object_store::Error::Generic { store: "local", source: Box::new(e) }))?;
+        Ok(Archive { store: Arc::new(LocalFileSystem::new_with_prefix(root).map_err(err)?) })
+    }
+
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Archive { store }
+    }
+
+    /// Archives `bytes` (with BLAKE3 `hash`) of the file at staging path `name`.
+    pub async fn put(
+        &self,
+        vendor: &str,
+        business_date: Option<NaiveDate>,
+        name: &str,
+        hash: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<Archived, ArchiveError> {
+        let date = business_date.map_or_else(|| "unknown".to_owned(), |d| d.format("%Y-%m-%d").to_string());
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let dir = format!("bronze/raw/vendor={vendor}/business_date={date}");
+        let primary = format!("{dir}/{base}");
+        match self.create(&primary, bytes.clone()).await? {
+            true => return Ok(Archived::Written(primary)),
+            false if self.same_content(&primary, hash).await? => return Ok(Archived::AlreadyThere(primary)),
+            false => {}
+        }
+        // Same name, other content: keep both, the second under its hash.
+        let alternate = format!("{dir}/{}.{base}", &hash[..hash.len().min(16)]);
+        match self.create(&alternate, bytes).await? {
+            true => Ok(Archived::Written(alternate)),
+            false => Ok(Archived::AlreadyThere(alternate)),
+        }
+    }
+
+    /// Creates the object if absent; false if something is already there.
+    async fn create(&self, location: &str, bytes: bytes::Bytes) -> Result<bool, ArchiveError> {
+        let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(&StorePath::from(location), PutPayload::from(bytes), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(source) => Err(ArchiveError::Store { location: location.to_owned(), source }),
+        }
+    }
+
+    async fn same_content(&self, location: &str, hash: &str) -> Result<bool, ArchiveError> {
+        let err = |source| ArchiveError::Store { location: location.to_owned(), source };
+        let existing = self.store.get(&StorePath::from(location)).await.map_err(err)?.bytes().await.map_err(err)?;
+        Ok(blake3::hash(&existing).to_hex().as_str() == hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn never_overwrites_a_different_file_of_the_same_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = Archive::local(dir.path()).expect("archive");
+        let d = NaiveDate::from_ymd_opt(2026, 1, 5);
+        let a = bytes::Bytes::from_static(b"first");
+        let b = bytes::Bytes::from_static(b"second");
+        let ha = blake3::hash(&a).to_hex().to_string();
+        let hb = blake3::hash(&b).to_hex().to_string();
+        let first = archive.put("arts-poslog", d, "x/f.xml", &ha, a.clone()).await.expect("put");
+        assert_eq!(first, Archived::Written("bronze/raw/vendor=arts-poslog/business_date=2026-01-05/f.xml".into()));
+        let again = archive.put("arts-poslog", d, "x/f.xml", &ha, a).await.expect("put again");
+        assert!(matches!(again, Archived::AlreadyThere(_)));
+        let other = archive.put("arts-poslog", d, "y/f.xml", &hb, b).await.expect("put other");
+        let Archived::Written(path) = other else { panic!("second content must be written: {other:?}") };
+        assert_ne!(path, "bronze/raw/vendor=arts-poslog/business_date=2026-01-05/f.xml");
+        let kept = std::fs::read(dir.path().join("bronze/raw/vendor=arts-poslog/business_date=2026-01-05/f.xml"))
+            .expect("read");
+        assert_eq!(kept, b"first");
+        assert_eq!(std::fs::read(dir.path().join(&path)).expect("read"), b"second");
+    }
+}
