@@ -63,15 +63,18 @@ struct IngestArgs {
     /// Downloader actors (I/O bound).
     #[arg(long, default_value_t = 16)]
     downloaders: usize,
-    /// Files per Iceberg commit.
-    #[arg(long, default_value_t = 256)]
+    /// Files per write batch.
+    #[arg(long, default_value_t = 64)]
     batch_files: usize,
     /// Files in flight at most (bounds memory).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 128)]
     max_files_in_flight: u32,
-    /// Bytes in flight at most, in MiB (bounds memory).
-    #[arg(long, default_value_t = 256)]
+    /// Raw bytes in flight at most, in MiB (bounds memory; parsed files take several times their raw size).
+    #[arg(long, default_value_t = 32)]
     max_mib_in_flight: u64,
+    /// Files per Iceberg commit (also committed every 10 s and at the end).
+    #[arg(long, default_value_t = 2000)]
+    commit_files: u64,
 }
 
 fn main() -> ExitCode {
@@ -188,7 +191,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let progress = Arc::new(Progress::default());
     let show = !args.json && std::io::stderr().is_terminal();
     let display = show.then(|| tokio::spawn(show_progress(progress.clone())));
-    let result = poslake::ingest::ingest(&paths, ParseOptions::default(), pipeline, progress).await;
+    let policy = poslake::ingest::CommitPolicy { files: args.commit_files, ..Default::default() };
+    let result = poslake::ingest::ingest(&paths, ParseOptions::default(), policy, pipeline, progress).await;
     if let Some(d) = display {
         d.abort();
         eprintln!();

@@ -83,7 +83,9 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     let manifest = read_manifest(&staging).expect("manifest");
     let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake") };
 
-    let summary = ingest(&paths, Default::default(), pipeline(), Arc::new(Progress::default())).await.expect("ingest");
+    let summary = ingest(&paths, Default::default(), Default::default(), pipeline(), Arc::new(Progress::default()))
+        .await
+        .expect("ingest");
     assert_eq!(summary.files, report.files);
     assert_eq!(summary.dead_letters, report.malformed_files);
     assert_eq!(summary.new_transactions, report.unique_keys);
@@ -118,7 +120,9 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     assert_eq!(archived, report.files as usize, "the raw archive holds each file once");
 
     // A second ingest of the same staging folder adds nothing and names every file as already ingested.
-    let again = ingest(&paths, Default::default(), pipeline(), Arc::new(Progress::default())).await.expect("again");
+    let again = ingest(&paths, Default::default(), Default::default(), pipeline(), Arc::new(Progress::default()))
+        .await
+        .expect("again");
     assert_eq!((again.files, again.already_ingested), (0, report.files));
     assert_eq!(wh.row_count("sales_header").await.expect("count"), report.unique_keys);
 }

@@ -38,7 +38,7 @@ fn strings(batches: &[arrow_array::RecordBatch], column: &str) -> Vec<String> {
 #[tokio::test]
 async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wh = Warehouse::open(dir.path()).await.expect("open");
+    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
     let files = fixtures();
     let mut rows = wh.rows();
     for f in &files {
@@ -108,7 +108,7 @@ async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
 
     // Reopening finds the same tables; a second append adds to them.
     drop(wh);
-    let wh = Warehouse::open(dir.path()).await.expect("reopen");
+    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("reopen"));
     let mut rows = wh.rows();
     rows.add_file(&files[0]).expect("rows");
     wh.append(rows, &HashMap::new()).await.expect("append again");

@@ -61,7 +61,7 @@ impl Progress {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn fail(&self, reason: String) {
+    pub fn fail(&self, reason: String) {
         if let Ok(mut f) = self.fatal.lock() {
             f.get_or_insert(reason);
         }

@@ -30,6 +30,11 @@ pub async fn run<S: Stages>(
     while !progress.is_finished() && progress.fatal().is_none() {
         progress.wait(Duration::from_millis(200)).await;
     }
+    if progress.fatal().is_none()
+        && let Err(e) = shared.stages.finish().await
+    {
+        progress.fail(format!("the final commit failed: {e}"));
+    }
     shared.credits.close();
     supervisor.stop(None);
     let _ = handle.await;

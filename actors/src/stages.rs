@@ -42,9 +42,13 @@ pub trait Stages: Send + Sync + Sized + 'static {
 
     fn batch_info(batch: &Self::Batch) -> Self::BatchInfo;
 
-    /// Writes and commits the batch, then marks its keys committed. Called again with the same batch after a
-    /// retryable error.
+    /// Writes the batch durably; the domain commits written data when it chooses (and at [`Stages::finish`]),
+    /// marking keys committed only then. Called again with the same batch after a retryable error, so a write
+    /// that may have left partial data must fail with a non-retryable error.
     fn write(&self, batch: &Self::Batch) -> impl Future<Output = Result<WriteReport, Self::Error>> + Send;
+
+    /// Every file is written: commit what is still uncommitted. The run succeeds only if this does.
+    fn finish(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// The batch will not be written (its actor failed or it is retried): release what it reserved.
     fn abandon(&self, info: &Self::BatchInfo);

@@ -87,6 +87,10 @@ impl Stages for Memory {
         Ok(WriteReport { files: batch.len() as u64, dead_letters: dead, ..WriteReport::default() })
     }
 
+    async fn finish(&self) -> Result<(), Fail> {
+        Ok(())
+    }
+
     fn abandon(&self, _: &usize) {
         self.abandoned.fetch_add(1, Ordering::SeqCst);
     }

@@ -21,7 +21,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use poslake_actors::{Stages, WriteReport};
 
-use crate::lake::{DeadLetter, LakeError, LedgerEntry, Outcome, Warehouse};
+use crate::lake::{DeadLetter, LakeError, LakeWriter, LedgerEntry, Outcome, Warehouse};
 use crate::model::ParsedFile;
 use crate::parse::{ParseOptions, parse_file};
 use archive::{Archive, ArchiveError};
@@ -47,6 +47,10 @@ pub enum IngestError {
     Lake(#[from] LakeError),
     #[error(transparent)]
     Dedup(#[from] DedupError),
+    /// A write or commit failed after data was written: everything uncommitted was abandoned (a later run
+    /// redoes those files), and this run cannot go on.
+    #[error("uncommitted data abandoned after a failed write: {0}")]
+    Abandoned(String),
 }
 
 impl IngestError {
@@ -55,7 +59,7 @@ impl IngestError {
             IngestError::Staging(e) => e.is_retryable(),
             IngestError::Archive(_) => true,
             IngestError::Lake(e) => e.is_retryable(),
-            IngestError::Dedup(_) => false,
+            IngestError::Dedup(_) | IngestError::Abandoned(_) => false,
         }
     }
 }
@@ -86,10 +90,38 @@ pub struct PosBatch {
     reserved: Arc<Vec<KeyDigest>>,
 }
 
+/// When written data is committed: after this many files or this long, whichever comes first (and at the end of
+/// the run). Fewer, larger commits keep Iceberg metadata small; the bound is how much work a crash can cost.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitPolicy {
+    /// Default 2,000 files.
+    pub files: u64,
+    /// Default 10 s.
+    pub interval: std::time::Duration,
+}
+
+impl Default for CommitPolicy {
+    fn default() -> Self {
+        CommitPolicy { files: 2000, interval: std::time::Duration::from_secs(10) }
+    }
+}
+
+/// Data written but not yet committed, and the keys it carries.
+struct Uncommitted {
+    writer: LakeWriter,
+    keys: Vec<KeyDigest>,
+    files: u64,
+    since: std::time::Instant,
+    /// A write failed: the run is over.
+    failed: bool,
+}
+
 pub struct PosStages {
     staging: Staging,
     archive: Archive,
-    warehouse: Warehouse,
+    warehouse: Arc<Warehouse>,
+    open: tokio::sync::Mutex<Uncommitted>,
+    policy: CommitPolicy,
     dedup: Mutex<EmbeddedDedup>,
     /// (path, size) of files the ledger already holds: skipped by discovery.
     ledger: Arc<HashSet<(String, u64)>>,
@@ -100,15 +132,29 @@ pub struct PosStages {
 }
 
 impl PosStages {
-    pub async fn open(paths: &IngestPaths, run_id: String, parse: ParseOptions) -> Result<Self, IngestError> {
+    pub async fn open(
+        paths: &IngestPaths,
+        run_id: String,
+        parse: ParseOptions,
+        policy: CommitPolicy,
+    ) -> Result<Self, IngestError> {
         let staging = Staging::local(&paths.staging)?;
-        let warehouse = Warehouse::open(&paths.lake).await?;
+        let warehouse = Arc::new(Warehouse::open(&paths.lake).await?);
         let archive = Archive::local(warehouse.root())?;
         let dedup = EmbeddedDedup::open(&warehouse.root().join("dedup/keys.bin"))?;
         let ledger = load_ledger(&warehouse).await?;
+        let open = Uncommitted {
+            writer: LakeWriter::new(warehouse.clone()),
+            keys: Vec::new(),
+            files: 0,
+            since: std::time::Instant::now(),
+            failed: false,
+        };
         Ok(PosStages {
             staging,
             archive,
+            open: tokio::sync::Mutex::new(open),
+            policy,
             warehouse,
             dedup: Mutex::new(dedup),
             ledger: Arc::new(ledger),
@@ -117,6 +163,41 @@ impl PosStages {
             batches: AtomicU64::new(0),
             parse,
         })
+    }
+
+    /// Commits everything written since the last commit, then marks its keys committed: the keys are marked
+    /// only after the data that carries them is committed.
+    async fn commit(&self, open: &mut Uncommitted) -> Result<(), IngestError> {
+        if open.files == 0 {
+            return Ok(());
+        }
+        let seq = self.batches.fetch_add(1, Ordering::SeqCst);
+        let props = HashMap::from([
+            ("poslake.run-id".to_owned(), self.run_id.clone()),
+            ("poslake.commit".to_owned(), format!("{}/{seq}", self.run_id)),
+        ]);
+        if let Err(e) = open.writer.commit(&props).await {
+            self.abandon_uncommitted(open, &[]);
+            return Err(IngestError::Abandoned(e.to_string()));
+        }
+        let keys = std::mem::take(&mut open.keys);
+        if let Ok(mut store) = self.dedup.lock() {
+            store.commit(&keys)?;
+        }
+        open.files = 0;
+        open.since = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Drops every uncommitted data file and releases the keys it carried (plus `also`).
+    fn abandon_uncommitted(&self, open: &mut Uncommitted, also: &[KeyDigest]) {
+        open.writer = LakeWriter::new(self.warehouse.clone());
+        open.failed = true;
+        if let Ok(mut store) = self.dedup.lock() {
+            store.release(&open.keys);
+            store.release(also);
+        }
+        open.keys.clear();
     }
 
     /// Files discovery skipped because the ledger already holds them.
@@ -187,7 +268,6 @@ impl Stages for PosStages {
     }
 
     fn parse(&self, file: &StagedFile, bytes: Bytes) -> ParsedItem {
-        let content_hash = blake3::hash(&bytes).to_hex().to_string();
         let result = parse_file(&file.path, &bytes, &self.parse).map_err(|e| Failure {
             stage: "parse",
             kind: e.kind(),
@@ -196,6 +276,11 @@ impl Stages for PosStages {
             column: e.position().map(|p| p.column),
             attempts: 1,
         });
+        // The parser hashes the bytes for its facts; only a file it refused needs hashing here.
+        let content_hash = match &result {
+            Ok(p) => p.facts.content_hash.clone(),
+            Err(_) => blake3::hash(&bytes).to_hex().to_string(),
+        };
         ParsedItem { file: file.clone(), content_hash, bytes, result }
     }
 
@@ -315,17 +400,28 @@ impl Stages for PosStages {
                 }
             }
         }
-        let seq = self.batches.fetch_add(1, Ordering::SeqCst);
-        let props = HashMap::from([
-            ("poslake.run-id".to_owned(), self.run_id.clone()),
-            ("poslake.batch".to_owned(), format!("{}/{seq}", self.run_id)),
-        ]);
-        self.warehouse.append(rows, &props).await?;
-        // Keys are marked committed only after the data that carries them is committed.
-        if let Ok(mut store) = self.dedup.lock() {
-            store.commit(&batch.reserved)?;
+        let mut open = self.open.lock().await;
+        if open.failed {
+            return Err(IngestError::Abandoned("an earlier write of this run failed".into()));
+        }
+        if let Err(e) = open.writer.write(rows).await {
+            self.abandon_uncommitted(&mut open, &batch.reserved);
+            return Err(IngestError::Abandoned(e.to_string()));
+        }
+        open.keys.extend_from_slice(&batch.reserved);
+        open.files += batch.items.len() as u64;
+        if open.files >= self.policy.files || open.since.elapsed() >= self.policy.interval {
+            self.commit(&mut open).await?;
         }
         Ok(report)
+    }
+
+    async fn finish(&self) -> Result<(), IngestError> {
+        let mut open = self.open.lock().await;
+        if open.failed {
+            return Err(IngestError::Abandoned("an earlier write of this run failed".into()));
+        }
+        self.commit(&mut open).await
     }
 
     fn abandon(&self, reserved: &Arc<Vec<KeyDigest>>) {
@@ -371,12 +467,13 @@ impl IngestSummary {
 pub async fn ingest(
     paths: &IngestPaths,
     parse: ParseOptions,
+    policy: CommitPolicy,
     pipeline: poslake_actors::PipelineConfig,
     progress: Arc<poslake_actors::Progress>,
 ) -> Result<IngestSummary, IngestRunError> {
     let started = std::time::Instant::now();
     let run_id = uuid::Uuid::new_v4().to_string();
-    let stages = Arc::new(PosStages::open(paths, run_id.clone(), parse).await?);
+    let stages = Arc::new(PosStages::open(paths, run_id.clone(), parse, policy).await?);
     let snapshot = poslake_actors::run(stages.clone(), pipeline, progress).await?;
     let t = snapshot.totals;
     Ok(IngestSummary {

@@ -14,7 +14,7 @@ pub mod warehouse;
 use std::path::PathBuf;
 
 pub use rows::{DeadLetter, LedgerEntry, Outcome, Rows};
-pub use warehouse::{Commit, Warehouse};
+pub use warehouse::{Commit, LakeWriter, Warehouse};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {

@@ -12,7 +12,7 @@ use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
@@ -89,56 +89,16 @@ impl Warehouse {
         Ok(self.catalog.load_table(&TableIdent::new(self.namespace.clone(), table.to_owned())).await?)
     }
 
-    /// Writes the rows as Snappy Parquet, one data file set per business date, and commits each table with a
-    /// fast append whose snapshot summary carries `properties` (the batch identity of the exactly-once
-    /// protocol). Tables with no rows are not committed.
-    pub async fn append(&self, rows: Rows, properties: &HashMap<String, String>) -> Result<Vec<Commit>, LakeError> {
-        let mut commits = Vec::new();
-        for (def, batches) in rows.finish()? {
-            if batches.is_empty() {
-                continue;
-            }
-            let table = self.load(def.name).await?;
-            let meta = table.metadata();
-            let schema = meta.current_schema().clone();
-            let spec = meta.default_partition_spec().as_ref().clone();
-            let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-            let location = DefaultLocationGenerator::new(meta)?;
-            let names =
-                DefaultFileNameGenerator::new(format!("{}", uuid::Uuid::new_v4()), None, DataFileFormat::Parquet);
-            let rolling = RollingFileWriterBuilder::new(
-                ParquetWriterBuilder::new(props, schema.clone()),
-                self.target_file_bytes,
-                table.file_io().clone(),
-                location,
-                names,
-            );
-            let builder = DataFileWriterBuilder::new(rolling);
-            let mut data_files = Vec::new();
-            let mut count = 0u64;
-            for (date, batch) in batches {
-                count += batch.num_rows() as u64;
-                let key = match date {
-                    Some(date) if !spec.is_unpartitioned() => {
-                        let days = (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days();
-                        let data = Struct::from_iter([Some(Literal::date(days as i32))]);
-                        Some(PartitionKey::new(spec.clone(), schema.clone(), data))
-                    }
-                    _ => None,
-                };
-                let mut writer = builder.build(key).await?;
-                writer.write(batch).await?;
-                data_files.extend(writer.close().await?);
-            }
-            let n_files = data_files.len();
-            let tx = Transaction::new(&table);
-            let action = tx.fast_append().add_data_files(data_files).set_snapshot_properties(properties.clone());
-            let tx = action.apply(tx)?;
-            let table = tx.commit(&self.catalog).await?;
-            let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
-            commits.push(Commit { table: def.name, snapshot_id, data_files: n_files, rows: count });
-        }
-        Ok(commits)
+    /// Writes the rows and commits them at once (a [`LakeWriter`] for one batch). Tables with no rows are not
+    /// committed.
+    pub async fn append(
+        self: &Arc<Self>,
+        rows: Rows,
+        properties: &HashMap<String, String>,
+    ) -> Result<Vec<Commit>, LakeError> {
+        let mut writer = LakeWriter::new(self.clone());
+        writer.write(rows).await?;
+        writer.commit(properties).await
     }
 
     /// Rows in the table's current snapshot, from the snapshot summary (no data is read).
@@ -196,4 +156,131 @@ async fn ensure_table(catalog: &SqlCatalog, ns: &NamespaceIdent, def: &TableDef)
         });
     }
     Ok(table)
+}
+
+type DataWriter = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// Bytes per Parquet row group at most: each open writer buffers one row group in memory.
+const ROW_GROUP_BYTES: usize = 8 << 20;
+
+/// Rows per Parquet row group, which a writer buffers in memory: bronze rows are large (every value of a
+/// transaction), silver rows small.
+fn row_group_rows(def: &TableDef) -> usize {
+    if def.name == "bronze_transaction" { 4096 } else { 65536 }
+}
+
+/// One table's open data files, one writer per partition, until the next commit.
+struct TableWriter {
+    builder: DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
+    spec: iceberg::spec::PartitionSpec,
+    schema: iceberg::spec::SchemaRef,
+    open: std::collections::BTreeMap<Option<chrono::NaiveDate>, DataWriter>,
+    rows: u64,
+}
+
+/// Writes rows into Parquet data files that stay open across batches (so files are large however small the
+/// batches), and commits them all at once. Nothing written is visible until [`LakeWriter::commit`]; dropping the
+/// writer abandons uncommitted files (they stay orphaned on disk, never referenced by a snapshot).
+pub struct LakeWriter {
+    warehouse: Arc<Warehouse>,
+    /// Indexed like [`TABLES`].
+    tables: Vec<Option<TableWriter>>,
+}
+
+impl LakeWriter {
+    pub fn new(warehouse: Arc<Warehouse>) -> Self {
+        LakeWriter { warehouse, tables: TABLES.iter().map(|_| None).collect() }
+    }
+
+    /// Rows written since the last commit.
+    pub fn pending_rows(&self) -> u64 {
+        self.tables.iter().flatten().map(|t| t.rows).sum()
+    }
+
+    pub async fn write(&mut self, rows: Rows) -> Result<(), LakeError> {
+        for (i, (def, batches)) in rows.finish()?.into_iter().enumerate() {
+            if batches.is_empty() {
+                continue;
+            }
+            if self.tables[i].is_none() {
+                let warehouse = self.warehouse.clone();
+                self.tables[i] = Some(open_table(&warehouse, def).await?);
+            }
+            let Some(tw) = self.tables[i].as_mut() else { continue };
+            for (date, batch) in batches {
+                tw.rows += batch.num_rows() as u64;
+                if !tw.open.contains_key(&date) {
+                    let key = match date {
+                        Some(date) if !tw.spec.is_unpartitioned() => {
+                            let days =
+                                (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days();
+                            let data = Struct::from_iter([Some(Literal::date(days as i32))]);
+                            Some(PartitionKey::new(tw.spec.clone(), tw.schema.clone(), data))
+                        }
+                        _ => None,
+                    };
+                    tw.open.insert(date, tw.builder.build(key).await?);
+                }
+                if let Some(w) = tw.open.get_mut(&date) {
+                    w.write(batch).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every open data file and commits each table that has any with a fast append carrying `properties`
+    /// in its snapshot summary, in [`TABLES`] order (the ledger last).
+    pub async fn commit(&mut self, properties: &HashMap<String, String>) -> Result<Vec<Commit>, LakeError> {
+        let mut commits = Vec::new();
+        for (i, def) in TABLES.iter().enumerate() {
+            let Some(mut tw) = self.tables[i].take() else { continue };
+            let mut data_files = Vec::new();
+            for (_, mut w) in std::mem::take(&mut tw.open) {
+                data_files.extend(w.close().await?);
+            }
+            if data_files.is_empty() {
+                continue;
+            }
+            let n_files = data_files.len();
+            let table = self.warehouse.load(def.name).await?;
+            let tx = Transaction::new(&table);
+            let action = tx.fast_append().add_data_files(data_files).set_snapshot_properties(properties.clone());
+            let table = action.apply(tx)?.commit(&self.warehouse.catalog).await?;
+            let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
+            commits.push(Commit { table: def.name, snapshot_id, data_files: n_files, rows: tw.rows });
+        }
+        Ok(commits)
+    }
+}
+
+/// Opens writers for one table (a free function: the writer itself is not `Sync`, so no `&LakeWriter` may be held
+/// across an await).
+async fn open_table(warehouse: &Warehouse, def: &TableDef) -> Result<TableWriter, LakeError> {
+    {
+        let table = warehouse.load(def.name).await?;
+        let meta = table.metadata();
+        let schema = meta.current_schema().clone();
+        let spec = meta.default_partition_spec().as_ref().clone();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(row_group_rows(def)))
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+            .build();
+        let names = DefaultFileNameGenerator::new(uuid::Uuid::new_v4().to_string(), None, DataFileFormat::Parquet);
+        let rolling = RollingFileWriterBuilder::new(
+            ParquetWriterBuilder::new(props, schema.clone()),
+            warehouse.target_file_bytes,
+            table.file_io().clone(),
+            DefaultLocationGenerator::new(meta)?,
+            names,
+        );
+        Ok(TableWriter {
+            builder: DataFileWriterBuilder::new(rolling),
+            spec,
+            schema,
+            open: Default::default(),
+            rows: 0,
+        })
+    }
 }
