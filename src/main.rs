@@ -191,8 +191,23 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let progress = Arc::new(Progress::default());
     let show = !args.json && std::io::stderr().is_terminal();
     let display = show.then(|| tokio::spawn(show_progress(progress.clone())));
+    // Ctrl-C drains: no new files are taken in, those in flight are committed, then the run ends. A second Ctrl-C
+    // exits at once; nothing uncommitted becomes visible, and the next run redoes it.
+    let stopper = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nstopping: finishing the files in flight (Ctrl-C again to quit now)");
+                progress.request_stop();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        })
+    };
     let policy = poslake::ingest::CommitPolicy { files: args.commit_files, ..Default::default() };
     let result = poslake::ingest::ingest(&paths, ParseOptions::default(), policy, pipeline, progress).await;
+    stopper.abort();
     if let Some(d) = display {
         d.abort();
         eprintln!();

@@ -49,7 +49,9 @@ impl<S: Stages> Actor for Discoverer<S> {
         match msg {
             DiscovererMsg::Start => {
                 let mut files = shared.stages.discover();
-                while let Some(next) = files.next().await {
+                while !shared.progress.stop_requested()
+                    && let Some(next) = files.next().await
+                {
                     let file = match next {
                         Ok(file) => file,
                         Err(e) => {
@@ -60,6 +62,9 @@ impl<S: Stages> Actor for Discoverer<S> {
                     let size = S::size(&file);
                     // Waits here while the pipeline is full: backpressure reaches the listing.
                     let Ok(grant) = shared.credits.acquire(size).await else { return Ok(()) };
+                    if shared.progress.stop_requested() {
+                        break;
+                    }
                     shared.progress.discovered(size);
                     send(shared, file, 0, grant).await;
                 }

@@ -19,6 +19,7 @@ pub struct Progress {
     restarts: AtomicU64,
     totals: Mutex<WriteReport>,
     fatal: Mutex<Option<String>>,
+    stop: AtomicBool,
     changed: Notify,
 }
 
@@ -66,6 +67,17 @@ impl Progress {
             f.get_or_insert(reason);
         }
         self.changed.notify_waiters();
+    }
+
+    /// Asks the run to drain: discovery stops feeding new files; files already in flight are written and
+    /// committed; then the run ends normally.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
     pub fn fatal(&self) -> Option<String> {

@@ -155,3 +155,20 @@ async fn an_empty_staging_area_finishes_at_once() {
     let snapshot = run(stages, config(), Arc::new(Progress::default())).await.expect("succeeds");
     assert_eq!((snapshot.discovered, snapshot.done), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_request_drains_what_is_in_flight_and_ends_cleanly() {
+    let stages = Arc::new(Memory { files: 100_000, ..Memory::default() });
+    let progress = Arc::new(Progress::default());
+    let run = tokio::spawn(run(stages.clone(), config(), progress.clone()));
+    while progress.snapshot().done < 20 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    progress.request_stop();
+    let snapshot =
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("drains").expect("join").expect("ok");
+    let committed = stages.committed.lock().expect("lock").len() as u64;
+    assert!(snapshot.discovered < 100_000, "discovery stopped early");
+    assert_eq!(committed, snapshot.discovered, "every file taken in was committed, none half-done");
+    assert_eq!(snapshot.done, snapshot.discovered);
+}

@@ -160,6 +160,9 @@ async fn ensure_table(catalog: &SqlCatalog, ns: &NamespaceIdent, def: &TableDef)
 
 type DataWriter = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
+/// Partitions (business dates) with an open data file per table at most; more are closed coldest first.
+const MAX_OPEN_PARTITIONS: usize = 3;
+
 /// Bytes per Parquet row group at most: each open writer buffers one row group in memory.
 const ROW_GROUP_BYTES: usize = 8 << 20;
 
@@ -175,6 +178,10 @@ struct TableWriter {
     spec: iceberg::spec::PartitionSpec,
     schema: iceberg::spec::SchemaRef,
     open: std::collections::BTreeMap<Option<chrono::NaiveDate>, DataWriter>,
+    /// Partitions in the order they were last written to (least recent first), to close the coldest.
+    recent: Vec<Option<chrono::NaiveDate>>,
+    /// Data files already closed (to bound memory), waiting for the commit.
+    closed: Vec<iceberg::spec::DataFile>,
     rows: u64,
 }
 
@@ -209,6 +216,16 @@ impl LakeWriter {
             let Some(tw) = self.tables[i].as_mut() else { continue };
             for (date, batch) in batches {
                 tw.rows += batch.num_rows() as u64;
+                if !tw.open.contains_key(&date) && tw.open.len() >= MAX_OPEN_PARTITIONS {
+                    // Each open writer buffers a row group: close the coldest partition's file (it joins the next
+                    // commit) so that memory does not grow with the number of business dates in flight.
+                    let coldest = tw.recent.remove(0);
+                    if let Some(mut w) = tw.open.remove(&coldest) {
+                        tw.closed.extend(w.close().await?);
+                    }
+                }
+                tw.recent.retain(|d| *d != date);
+                tw.recent.push(date);
                 if !tw.open.contains_key(&date) {
                     let key = match date {
                         Some(date) if !tw.spec.is_unpartitioned() => {
@@ -235,7 +252,7 @@ impl LakeWriter {
         let mut commits = Vec::new();
         for (i, def) in TABLES.iter().enumerate() {
             let Some(mut tw) = self.tables[i].take() else { continue };
-            let mut data_files = Vec::new();
+            let mut data_files = std::mem::take(&mut tw.closed);
             for (_, mut w) in std::mem::take(&mut tw.open) {
                 data_files.extend(w.close().await?);
             }
@@ -280,6 +297,8 @@ async fn open_table(warehouse: &Warehouse, def: &TableDef) -> Result<TableWriter
             spec,
             schema,
             open: Default::default(),
+            recent: Vec::new(),
+            closed: Vec::new(),
             rows: 0,
         })
     }
