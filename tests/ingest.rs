@@ -212,3 +212,105 @@ async fn sigint_drains_and_the_next_run_completes() {
     assert_eq!(got.len(), all.len());
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), all);
 }
+
+/// The real stages wrapped so that a parser panics on some files and the writer panics once: the supervisor
+/// restarts them, and every file still lands exactly once.
+struct Flaky {
+    inner: poslake::ingest::PosStages,
+    parse_panics: std::sync::Mutex<BTreeSet<String>>,
+    write_panicked: std::sync::atomic::AtomicBool,
+}
+
+impl poslake_actors::Stages for Flaky {
+    type File = poslake::ingest::staging::StagedFile;
+    type Fetched = bytes::Bytes;
+    type Parsed = poslake::ingest::ParsedItem;
+    type Batch = poslake::ingest::PosBatch;
+    type BatchInfo = Arc<Vec<u128>>;
+    type Error = poslake::ingest::IngestError;
+
+    fn size(file: &Self::File) -> u64 {
+        file.size
+    }
+    fn discover(&self) -> futures::stream::BoxStream<'static, Result<Self::File, Self::Error>> {
+        self.inner.discover()
+    }
+    async fn fetch(&self, file: &Self::File) -> Result<Self::Fetched, Self::Error> {
+        self.inner.fetch(file).await
+    }
+    fn parse(&self, file: &Self::File, fetched: Self::Fetched) -> Self::Parsed {
+        if self.parse_panics.lock().expect("lock").remove(&file.path) {
+            panic!("injected parser panic on {}", file.path);
+        }
+        self.inner.parse(file, fetched)
+    }
+    async fn archive(&self, parsed: &Self::Parsed) -> Result<(), Self::Error> {
+        self.inner.archive(parsed).await
+    }
+    fn failed(&self, file: &Self::File, stage: &'static str, attempts: u32, reason: String) -> Self::Parsed {
+        self.inner.failed(file, stage, attempts, reason)
+    }
+    fn dedup(&self, items: Vec<Self::Parsed>) -> Self::Batch {
+        self.inner.dedup(items)
+    }
+    fn batch_info(batch: &Self::Batch) -> Self::BatchInfo {
+        poslake::ingest::PosStages::batch_info(batch)
+    }
+    async fn write(&self, batch: &Self::Batch) -> Result<poslake_actors::WriteReport, Self::Error> {
+        // Before anything is written: a panic here must lose nothing and duplicate nothing.
+        if !self.write_panicked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected writer panic");
+        }
+        self.inner.write(batch).await
+    }
+    async fn finish(&self) -> Result<(), Self::Error> {
+        self.inner.finish().await
+    }
+    fn abandon(&self, info: &Self::BatchInfo) {
+        self.inner.abandon(info)
+    }
+    fn is_retryable(error: &Self::Error) -> bool {
+        error.is_retryable()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_parser_and_writer_panics_lose_nothing() {
+    use poslake_actors::Stages as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 21,
+        sites: 6,
+        days: 1,
+        files_per_day: 4,
+        min_transactions: 10,
+        max_transactions: 30,
+        duplicate_transaction_rate: 0.05,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let manifest = read_manifest(&staging).expect("manifest");
+    let paths = IngestPaths { staging, lake: dir.path().join("lake") };
+    let inner = poslake::ingest::PosStages::open(&paths, "flaky".into(), Default::default(), Default::default())
+        .await
+        .expect("open");
+    let victims: BTreeSet<String> = manifest.iter().step_by(5).map(|m| m.path.clone()).collect();
+    let stages = Arc::new(Flaky {
+        inner,
+        parse_panics: std::sync::Mutex::new(victims.clone()),
+        write_panicked: std::sync::atomic::AtomicBool::new(false),
+    });
+    let snapshot = poslake_actors::run(stages.clone(), pipeline(), Arc::new(Progress::default())).await.expect("run");
+    assert!(snapshot.restarts as usize > victims.len(), "each panic restarted an actor: {snapshot:?}");
+    assert!(stages.parse_panics.lock().expect("lock").is_empty(), "every victim was parsed (and panicked) once");
+
+    let wh = Warehouse::open(&paths.lake).await.expect("open");
+    let got = header_keys(&wh).await;
+    let all: BTreeSet<String> = manifest.iter().flat_map(|m| m.keys.iter().cloned()).collect();
+    assert_eq!(got.len(), all.len(), "no key twice");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), all);
+    assert_eq!(wh.row_count("file_ledger").await.expect("count"), report.files);
+    assert_eq!(wh.row_count("dead_letters").await.expect("count"), 0);
+}
