@@ -276,7 +276,6 @@ impl poslake_actors::Stages for Flaky {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_parser_and_writer_panics_lose_nothing() {
-    use poslake_actors::Stages as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     let report = generate(&GenerateArgs {
