@@ -308,7 +308,27 @@ async fn injected_parser_and_writer_panics_lose_nothing() {
     let wh = Warehouse::open(&paths.lake).await.expect("open");
     let got = header_keys(&wh).await;
     let all: BTreeSet<String> = manifest.iter().flat_map(|m| m.keys.iter().cloned()).collect();
-    assert_eq!(got.len(), all.len(), "no key twice");
+    let ledger = ledger_paths(&wh).await;
+    let missing: Vec<&String> = manifest.iter().map(|m| &m.path).filter(|p| !ledger.contains(*p)).collect();
+    assert!(missing.is_empty(), "files missing from the ledger: {missing:?}; {snapshot:?}");
+    if got.len() != all.len() {
+        let have: BTreeSet<&String> = got.iter().collect();
+        let lost: Vec<&String> = all.iter().filter(|k| !have.contains(k)).collect();
+        let files: Vec<&String> =
+            manifest.iter().filter(|m| m.keys.iter().any(|k| lost.contains(&k))).map(|m| &m.path).collect();
+        let mut rows = Vec::new();
+        for b in wh.scan("file_ledger").await.expect("scan") {
+            let path = column::<StringArray>(&b, "path");
+            let new = column::<arrow_array::Int32Array>(&b, "new_transactions");
+            let dup = column::<arrow_array::Int32Array>(&b, "duplicate_transactions");
+            for i in 0..b.num_rows() {
+                if files.contains(&&path.value(i).to_owned()) {
+                    rows.push((path.value(i).to_owned(), new.value(i), dup.value(i)));
+                }
+            }
+        }
+        panic!("{} keys lost, from files {files:?}; their ledger rows {rows:?}; {snapshot:?}", lost.len());
+    }
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), all);
     assert_eq!(wh.row_count("file_ledger").await.expect("count"), report.files);
     assert_eq!(wh.row_count("dead_letters").await.expect("count"), 0);

@@ -42,6 +42,7 @@ impl<S: Stages> Actor for Archiver<S> {
         shared: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let ArchiverMsg::Archive(work) = msg;
+        shared.start(me.get_id(), work.ticket);
         let my_ticket = work.ticket;
         let mut tries = 0;
         let result = loop {

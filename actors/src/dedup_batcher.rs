@@ -66,6 +66,7 @@ impl<S: Stages> Actor for DedupBatcher<S> {
         match msg {
             // Pending files stay registered under this actor (their tickets) until their batch is handed on.
             BatcherMsg::Add(work) => {
+                state.shared.start(me.get_id(), work.ticket);
                 state.pending.push(work);
                 if state.pending.len() >= state.shared.config.batch_files {
                     flush(&me, state).await;
@@ -96,7 +97,7 @@ async fn flush<S: Stages>(me: &ActorRef<BatcherMsg<S>>, state: &mut BatcherState
     let batch = shared.stages.dedup(parsed);
     let info = S::batch_info(&batch);
     let ticket = shared.ticket();
-    let held = InFlight { files: files.clone(), batch: Some(info.clone()) };
+    let held = InFlight::new(files.clone(), Some(info.clone()));
     let work = BatchWork { ticket, batch, info, files, grants };
     // Registered under the writer before the files leave this actor's registry: never held by neither.
     shared.dispatch(&shared.writer, ticket, held, WriterMsg::Write(work)).await;

@@ -82,7 +82,7 @@ impl<S: Stages> Actor for Discoverer<S> {
 
 async fn send<S: Stages>(shared: &Shared<S>, file: S::File, attempts: u32, grant: Grant) {
     let ticket = shared.ticket();
-    let held = InFlight { files: vec![(file.clone(), attempts)], batch: None };
+    let held = InFlight::new(vec![(file.clone(), attempts)], None);
     let work = Work { ticket, file, attempts, grant: Some(grant) };
     shared.dispatch(&shared.downloaders, ticket, held, DownloaderMsg::Fetch(work)).await;
 }

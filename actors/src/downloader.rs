@@ -43,6 +43,7 @@ impl<S: Stages> Actor for Downloader<S> {
         shared: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let DownloaderMsg::Fetch(work) = msg;
+        shared.start(me.get_id(), work.ticket);
         let mut tries = 0;
         let result = loop {
             tries += 1;
@@ -58,7 +59,7 @@ impl<S: Stages> Actor for Downloader<S> {
         match result {
             Ok(fetched) => {
                 let ticket = shared.ticket();
-                let held = InFlight { files: vec![(work.file.clone(), work.attempts)], batch: None };
+                let held = InFlight::new(vec![(work.file.clone(), work.attempts)], None);
                 let work = Work { ticket, ..work };
                 shared.dispatch(&shared.parsers, ticket, held, ParserMsg::Parse(work, fetched)).await;
             }

@@ -44,13 +44,14 @@ impl<S: Stages> Actor for Parser<S> {
         shared: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let ParserMsg::Parse(work, fetched) = msg;
+        shared.start(me.get_id(), work.ticket);
         let stages = shared.stages.clone();
         let file = work.file.clone();
         let parsed = tokio::task::spawn_blocking(move || stages.parse(&file, fetched))
             .await
             .map_err(|e| format!("parse of {:?} panicked: {e}", work.file))?;
         let ticket = shared.ticket();
-        let held = InFlight { files: vec![(work.file.clone(), work.attempts)], batch: None };
+        let held = InFlight::new(vec![(work.file.clone(), work.attempts)], None);
         let out = ParsedWork { ticket, file: work.file, attempts: work.attempts, parsed, grant: work.grant };
         shared.dispatch(&shared.archivers, ticket, held, ArchiverMsg::Archive(out)).await;
         shared.done(me.get_id(), work.ticket);

@@ -11,6 +11,9 @@ use crate::shared::{PipelineConfig, Shared};
 use crate::stages::Stages;
 use crate::supervisor::RootSupervisor;
 
+/// How often work sent to an actor as it died is looked for and retried.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("could not start the pipeline: {0}")]
@@ -28,7 +31,8 @@ pub async fn run<S: Stages>(
     let shared = Arc::new(Shared::new(stages, config, progress.clone()));
     let (supervisor, handle) = Actor::spawn(None, RootSupervisor::new(), shared.clone()).await?;
     while !progress.is_finished() && progress.fatal().is_none() {
-        progress.wait(Duration::from_millis(200)).await;
+        progress.wait(SWEEP_INTERVAL).await;
+        shared.sweep().await;
     }
     if progress.fatal().is_none()
         && let Err(e) = shared.stages.finish().await

@@ -87,6 +87,15 @@ pub struct ParsedWork<S: Stages> {
 pub struct InFlight<S: Stages> {
     pub files: Vec<(S::File, u32)>,
     pub batch: Option<S::BatchInfo>,
+    /// The actor had started handling it (not merely queued): only then does a failure count as an attempt,
+    /// so that files are not dead-lettered for other files' crashes.
+    pub in_hand: bool,
+}
+
+impl<S: Stages> InFlight<S> {
+    pub fn new(files: Vec<(S::File, u32)>, batch: Option<S::BatchInfo>) -> Self {
+        InFlight { files, batch, in_hand: false }
+    }
 }
 
 pub struct Pool<M> {
@@ -131,6 +140,8 @@ pub struct Shared<S: Stages> {
     pub progress: Arc<Progress>,
     /// Per actor, the messages sent to it that it has not finished with.
     pub inflight: Mutex<HashMap<ActorId, HashMap<Ticket, InFlight<S>>>>,
+    /// Actors that failed: registrations under them are swept up.
+    dead: Mutex<std::collections::HashSet<ActorId>>,
     tickets: AtomicU64,
     pub discoverer: Pool<discoverer::DiscovererMsg<S>>,
     pub downloaders: Pool<downloader::DownloaderMsg<S>>,
@@ -148,6 +159,7 @@ impl<S: Stages> Shared<S> {
             config,
             progress,
             inflight: Mutex::new(HashMap::new()),
+            dead: Mutex::new(std::collections::HashSet::new()),
             tickets: AtomicU64::new(1),
             discoverer: Pool::new(),
             downloaders: Pool::new(),
@@ -178,8 +190,13 @@ impl<S: Stages> Shared<S> {
                 match target.send_message(msg) {
                     Ok(()) => return,
                     Err(ractor::MessagingErr::SendErr(back)) => {
-                        msg = back;
+                        // The target died. If our registration is still there, take it back and try the next pick;
+                        // if the supervisor already took it, the supervisor retries these files: drop the message.
                         held = self.done(id, ticket);
+                        if held.is_none() {
+                            return;
+                        }
+                        msg = back;
                     }
                     Err(e) => {
                         self.progress.fail(format!("send failed: {e}"));
@@ -195,6 +212,15 @@ impl<S: Stages> Shared<S> {
         }
     }
 
+    /// `actor` starts handling the message `ticket`.
+    pub fn start(&self, actor: ActorId, ticket: Ticket) {
+        if let Ok(mut m) = self.inflight.lock()
+            && let Some(h) = m.get_mut(&actor).and_then(|t| t.get_mut(&ticket))
+        {
+            h.in_hand = true;
+        }
+    }
+
     /// `actor` is done with the message `ticket`; returns what it held.
     pub fn done(&self, actor: ActorId, ticket: Ticket) -> Option<InFlight<S>> {
         let mut m = self.inflight.lock().ok()?;
@@ -203,6 +229,35 @@ impl<S: Stages> Shared<S> {
             m.remove(&actor);
         }
         held
+    }
+
+    /// Marks `actor` dead: anything registered under it from now on (a send that raced its death) is swept up
+    /// and retried by [`Shared::sweep`].
+    pub fn mark_dead(&self, actor: ActorId) {
+        if let Ok(mut d) = self.dead.lock() {
+            d.insert(actor);
+        }
+    }
+
+    /// Retries whatever is registered under dead actors (run periodically).
+    pub async fn sweep(&self) {
+        let dead: Vec<ActorId> = self.dead.lock().map(|d| d.iter().copied().collect()).unwrap_or_default();
+        for id in dead {
+            for held in self.take_all(id) {
+                self.retry_held(held, "sweep", "sent to an actor as it failed".into()).await;
+            }
+        }
+    }
+
+    /// Gives back what a failed actor held: its batch's reservations are released and its files retried.
+    pub async fn retry_held(&self, held: InFlight<S>, stage: &'static str, reason: String) {
+        if let Some(info) = &held.batch {
+            self.stages.abandon(info);
+        }
+        let attempt = u32::from(held.in_hand);
+        for (file, attempts) in held.files {
+            self.retry(file, attempts + attempt, stage, reason.clone()).await;
+        }
     }
 
     /// Everything a failed actor held.
@@ -223,7 +278,7 @@ impl<S: Stages> Shared<S> {
             self.send_to_batcher(file, attempts, parsed, None).await;
         } else {
             let ticket = self.ticket();
-            let held = InFlight { files: vec![(file.clone(), attempts)], batch: None };
+            let held = InFlight::new(vec![(file.clone(), attempts)], None);
             self.dispatch(&self.discoverer, ticket, held, discoverer::DiscovererMsg::Retry(ticket, file, attempts))
                 .await;
         }
@@ -231,7 +286,7 @@ impl<S: Stages> Shared<S> {
 
     pub async fn send_to_batcher(&self, file: S::File, attempts: u32, parsed: S::Parsed, grant: Option<Grant>) {
         let ticket = self.ticket();
-        let held = InFlight { files: vec![(file.clone(), attempts)], batch: None };
+        let held = InFlight::new(vec![(file.clone(), attempts)], None);
         let work = ParsedWork { ticket, file, attempts, parsed, grant };
         self.dispatch(&self.batcher, ticket, held, dedup_batcher::BatcherMsg::Add(work)).await;
     }

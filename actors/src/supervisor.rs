@@ -135,16 +135,14 @@ impl<S: Stages> Actor for RootSupervisor<S> {
         // Restart first, so that the retried files find a live pool.
         spawn(&me.get_cell(), state, role).await?;
         // Everything it held, being handled or still in its mailbox, is retried. Sends may wait for a replacement
-        // actor, so they run off the supervisor's own loop.
+        // actor, so they run off the supervisor's own loop. Later registrations under the dead actor (sends that
+        // raced its death) are swept up by the run's sweeper.
+        shared.mark_dead(cell.get_id());
         let held = shared.take_all(cell.get_id());
+        let stage = role.stage();
         tokio::spawn(async move {
             for h in held {
-                if let Some(info) = &h.batch {
-                    shared.stages.abandon(info);
-                }
-                for (file, attempts) in h.files {
-                    shared.retry(file, attempts + 1, role.stage(), reason.clone()).await;
-                }
+                shared.retry_held(h, stage, reason.clone()).await;
             }
         });
         Ok(())

@@ -54,6 +54,7 @@ impl<S: Stages> Actor for IcebergWriter<S> {
         shared: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let WriterMsg::Write(work) = msg;
+        shared.start(me.get_id(), work.ticket);
         let mut tries = 0;
         loop {
             tries += 1;
