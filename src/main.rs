@@ -33,6 +33,13 @@ enum Command {
     Generate(poslake::generate::GenerateArgs),
     /// Ingest every new file in staging into the lake (the main job).
     Ingest(IngestArgs),
+    /// Run SQL over the lake's tables (DataFusion) and print the result as a table.
+    Query {
+        /// One SQL statement, e.g. "SELECT transaction_type, count(*) FROM sales_header GROUP BY 1".
+        sql: String,
+        #[command(flatten)]
+        lake: LakeArgs,
+    },
     /// List the lake's tables with their current snapshot and row count.
     Tables {
         #[command(flatten)]
@@ -134,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ingest(args) => runtime()?.block_on(ingest(args)),
         Command::Tables { lake } => runtime()?.block_on(tables(lake)),
+        Command::Query { sql, lake } => runtime()?.block_on(query(sql, lake)),
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -271,5 +279,12 @@ async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
         let rows = wh.row_count(def.name).await?;
         println!("{:<20} {:>20} {:>10} {:>12}", def.name, snapshot, meta.snapshots().count(), rows);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn query(sql: String, args: LakeArgs) -> anyhow::Result<ExitCode> {
+    let wh = poslake::lake::Warehouse::open(&args.lake).await?;
+    let batches = poslake::lake::query::sql(&wh, &sql).await?;
+    println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&batches)?);
     Ok(ExitCode::SUCCESS)
 }

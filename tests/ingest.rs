@@ -100,6 +100,22 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     assert_eq!(wh.row_count("bronze_transaction").await.expect("count"), report.unique_keys);
     assert_eq!(wh.row_count("file_ledger").await.expect("count"), report.files);
 
+    // SQL answers a join across header and line: every line finds its header, and the headers' line counts add up
+    // to the lines.
+    let joined = poslake::lake::query::sql(
+        &wh,
+        "SELECT count(*) AS n, count(DISTINCT h.source_hash) AS files FROM sales_line l JOIN sales_header h \
+         ON h.site = l.site AND h.business_date = l.business_date AND h.register = l.register \
+         AND h.sequence = l.sequence AND h.key_variant = l.key_variant",
+    )
+    .await
+    .expect("join");
+    let n = joined[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("count").value(0);
+    assert_eq!(n as u64, wh.row_count("sales_line").await.expect("lines"), "every line joins its header");
+    let sums = poslake::lake::query::sql(&wh, "SELECT sum(line_count) FROM sales_header").await.expect("sum");
+    let total = sums[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("sum").value(0);
+    assert_eq!(total as u64, wh.row_count("sales_line").await.expect("lines"));
+
     // Malformed files are dead letters with their typed reason.
     let mut dead = Vec::new();
     for b in wh.scan("dead_letters").await.expect("scan") {

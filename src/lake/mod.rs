@@ -4,9 +4,11 @@
 //! - [`tables`]: table definitions (columns, partitioning) from which schemas and batches are both made;
 //! - [`columns`]: typed Arrow column building, with schema checks on every value;
 //! - [`rows`]: parsed files → rows per table and business date;
-//! - [`warehouse`]: the catalog, table creation and checking, appends with snapshot properties, reads.
+//! - [`warehouse`]: the catalog, table creation and checking, appends with snapshot properties, reads;
+//! - [`query`]: SQL over the tables (DataFusion).
 
 pub mod columns;
+pub mod query;
 pub mod rows;
 pub mod tables;
 pub mod warehouse;

@@ -33,7 +33,7 @@ pub const NAMESPACE: &str = "poslake";
 pub const DEFAULT_TARGET_FILE_BYTES: usize = 128 << 20;
 
 pub struct Warehouse {
-    catalog: SqlCatalog,
+    catalog: Arc<SqlCatalog>,
     namespace: NamespaceIdent,
     root: PathBuf,
     /// Arrow schemas of [`TABLES`], taken from the tables themselves (field ids included).
@@ -73,7 +73,18 @@ impl Warehouse {
             let table = ensure_table(&catalog, &namespace, def).await?;
             schemas.push(Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?));
         }
-        Ok(Warehouse { catalog, namespace, root, schemas, target_file_bytes: DEFAULT_TARGET_FILE_BYTES })
+        Ok(Warehouse {
+            catalog: Arc::new(catalog),
+            namespace,
+            root,
+            schemas,
+            target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
+        })
+    }
+
+    /// The Iceberg catalog (for SQL engines and other readers).
+    pub fn catalog(&self) -> Arc<dyn Catalog> {
+        self.catalog.clone()
     }
 
     pub fn root(&self) -> &Path {
@@ -263,7 +274,7 @@ impl LakeWriter {
             let table = self.warehouse.load(def.name).await?;
             let tx = Transaction::new(&table);
             let action = tx.fast_append().add_data_files(data_files).set_snapshot_properties(properties.clone());
-            let table = action.apply(tx)?.commit(&self.warehouse.catalog).await?;
+            let table = action.apply(tx)?.commit(self.warehouse.catalog.as_ref()).await?;
             let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
             commits.push(Commit { table: def.name, snapshot_id, data_files: n_files, rows: tw.rows });
         }
