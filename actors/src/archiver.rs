@@ -44,17 +44,7 @@ impl<S: Stages> Actor for Archiver<S> {
         let ArchiverMsg::Archive(work) = msg;
         shared.start(me.get_id(), work.ticket);
         let my_ticket = work.ticket;
-        let mut tries = 0;
-        let result = loop {
-            tries += 1;
-            match shared.stages.archive(&work.parsed).await {
-                Ok(()) => break Ok(()),
-                Err(e) if S::is_retryable(&e) && tries < shared.config.max_attempts => {
-                    tokio::time::sleep(shared.backoff(tries)).await;
-                }
-                Err(e) => break Err(e),
-            }
-        };
+        let (result, _) = shared.with_retries(shared.config.max_attempts, || shared.stages.archive(&work.parsed)).await;
         match result {
             Ok(()) => {
                 let ParsedWork { file, attempts, parsed, grant, .. } = work;

@@ -44,17 +44,7 @@ impl<S: Stages> Actor for Downloader<S> {
     ) -> Result<(), ActorProcessingErr> {
         let DownloaderMsg::Fetch(work) = msg;
         shared.start(me.get_id(), work.ticket);
-        let mut tries = 0;
-        let result = loop {
-            tries += 1;
-            match shared.stages.fetch(&work.file).await {
-                Ok(bytes) => break Ok(bytes),
-                Err(e) if S::is_retryable(&e) && tries < shared.config.max_attempts => {
-                    tokio::time::sleep(shared.backoff(tries)).await;
-                }
-                Err(e) => break Err(e),
-            }
-        };
+        let (result, tries) = shared.with_retries(shared.config.max_attempts, || shared.stages.fetch(&work.file)).await;
         let my_ticket = work.ticket;
         match result {
             Ok(fetched) => {

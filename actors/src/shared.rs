@@ -291,6 +291,26 @@ impl<S: Stages> Shared<S> {
         self.dispatch(&self.batcher, ticket, held, dedup_batcher::BatcherMsg::Add(work)).await;
     }
 
+    /// Calls `op` until it succeeds, fails with an error that is not retryable, or has been tried `limit` times,
+    /// sleeping with backoff between tries. Returns the last result and how many tries it took.
+    pub async fn with_retries<T, F, Fut>(&self, limit: u32, mut op: F) -> (Result<T, S::Error>, u32)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, S::Error>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match op().await {
+                Err(e) if S::is_retryable(&e) && tries < limit => {
+                    tracing::warn!(error = %e, attempt = tries, "retrying");
+                    tokio::time::sleep(self.backoff(tries)).await;
+                }
+                result => return (result, tries),
+            }
+        }
+    }
+
     /// Exponential backoff with full jitter for the given attempt (1-based).
     pub fn backoff(&self, attempt: u32) -> Duration {
         let cap = self.config.backoff.saturating_mul(1 << attempt.min(10));

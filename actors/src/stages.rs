@@ -13,9 +13,9 @@ pub trait Stages: Send + Sync + Sized + 'static {
     /// Its bytes.
     type Fetched: Send + 'static;
     /// What parsing made of it: records, or a dead letter.
-    type Parsed: Send + 'static;
+    type Parsed: Send + Sync + 'static;
     /// Parsed files with their keys checked and reserved, ready to write.
-    type Batch: Send + 'static;
+    type Batch: Send + Sync + 'static;
     /// What must be undone if a batch is abandoned (its key reservations).
     type BatchInfo: Clone + Send + Sync + 'static;
     type Error: std::error::Error + Send + Sync + 'static;

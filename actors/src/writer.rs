@@ -55,27 +55,19 @@ impl<S: Stages> Actor for IcebergWriter<S> {
     ) -> Result<(), ActorProcessingErr> {
         let WriterMsg::Write(work) = msg;
         shared.start(me.get_id(), work.ticket);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match shared.stages.write(&work.batch).await {
-                Ok(report) => {
-                    shared.done(me.get_id(), work.ticket);
-                    shared.progress.committed(work.files.len() as u64, &report);
-                    drop(work.grants);
-                    return Ok(());
-                }
-                Err(e) if S::is_retryable(&e) && tries < shared.config.max_write_attempts => {
-                    tracing::warn!(error = %e, attempt = tries, "write failed; retrying");
-                    tokio::time::sleep(shared.backoff(tries)).await;
-                }
-                Err(e) => {
-                    shared.done(me.get_id(), work.ticket);
-                    shared.stages.abandon(&work.info);
-                    shared.progress.fail(format!("writing a batch of {} files failed: {e}", work.files.len()));
-                    return Ok(());
-                }
+        let (result, _) =
+            shared.with_retries(shared.config.max_write_attempts, || shared.stages.write(&work.batch)).await;
+        shared.done(me.get_id(), work.ticket);
+        match result {
+            Ok(report) => {
+                shared.progress.committed(work.files.len() as u64, &report);
+                drop(work.grants);
+            }
+            Err(e) => {
+                shared.stages.abandon(&work.info);
+                shared.progress.fail(format!("writing a batch of {} files failed: {e}", work.files.len()));
             }
         }
+        Ok(())
     }
 }
