@@ -1,6 +1,7 @@
 //! poslake: point-of-sale transaction logs into an Apache Iceberg lakehouse.
 //!
 //! # Layout
+//! - [`config`]: the ingest configuration file (TOML), validated before anything starts.
 //! - [`model`]: the records a file yields (silver `SalesHeader` / `SalesLine` / `SalesDiscount`, bronze, file facts).
 //! - [`dialect`]: the six vendor dialects, each a table of element paths → fields, and auto-detection.
 //! - [`parse`]: the single streaming pass (quick-xml) that reads any dialect's table; typed errors.
@@ -8,6 +9,7 @@
 //! - [`ingest`] (feature `lake`): the domain stages of the actor pipeline: staging, archive, dedup, batches.
 //! - [`lake`] (feature `lake`, default): Iceberg tables in a local warehouse (SQLite catalog), Snappy Parquet.
 
+pub mod config;
 pub mod dialect;
 pub mod generate;
 #[cfg(feature = "lake")]

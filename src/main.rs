@@ -54,34 +54,58 @@ struct LakeArgs {
     lake: PathBuf,
 }
 
+/// Flags override the configuration file, which overrides the defaults (see `deploy/poslake.toml`).
 #[derive(clap::Args)]
 struct IngestArgs {
-    /// The staging folder files arrive in.
-    #[arg(long, env = "POSLAKE_STAGING", default_value = "poslake-data/staging")]
-    staging: PathBuf,
-    #[command(flatten)]
-    lake: LakeArgs,
+    /// A TOML configuration file (every key and its default: deploy/poslake.toml).
+    #[arg(long, env = "POSLAKE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The staging folder files arrive in. [default: poslake-data/staging]
+    #[arg(long, env = "POSLAKE_STAGING")]
+    staging: Option<PathBuf>,
+    /// The lake root. [default: poslake-data/lake]
+    #[arg(long, env = "POSLAKE_LAKE")]
+    lake: Option<PathBuf>,
     /// Print the run summary as JSON (and no progress line).
     #[arg(long)]
     json: bool,
-    /// Parser actors (CPU bound). Default: one per core.
+    /// Parser actors (CPU bound). [default: one per core]
     #[arg(long)]
     parsers: Option<usize>,
-    /// Downloader actors (I/O bound).
-    #[arg(long, default_value_t = 16)]
-    downloaders: usize,
-    /// Files per write batch.
-    #[arg(long, default_value_t = 64)]
-    batch_files: usize,
-    /// Files in flight at most (bounds memory).
-    #[arg(long, default_value_t = 128)]
-    max_files_in_flight: u32,
-    /// Raw bytes in flight at most, in MiB (bounds memory; parsed files take several times their raw size).
-    #[arg(long, default_value_t = 32)]
-    max_mib_in_flight: u64,
-    /// Files per Iceberg commit (also committed every 10 s and at the end).
-    #[arg(long, default_value_t = 2000)]
-    commit_files: u64,
+    /// Downloader actors (I/O bound). [default: 16]
+    #[arg(long)]
+    downloaders: Option<usize>,
+    /// Files per write batch. [default: 64]
+    #[arg(long)]
+    batch_files: Option<usize>,
+    /// Files in flight at most (bounds memory). [default: 128]
+    #[arg(long)]
+    max_files_in_flight: Option<u32>,
+    /// Raw MiB in flight at most (bounds memory; parsed files take several times their raw size). [default: 32]
+    #[arg(long)]
+    max_mib_in_flight: Option<u64>,
+    /// Files per Iceberg commit (also committed every commit_interval_secs and at the end). [default: 2000]
+    #[arg(long)]
+    commit_files: Option<u64>,
+}
+
+impl IngestArgs {
+    /// The configuration file (or the defaults) with the flags given applied over it, validated.
+    fn config(&self) -> anyhow::Result<poslake::config::IngestConfig> {
+        let mut c = match &self.config {
+            Some(path) => poslake::config::IngestConfig::load(path)?,
+            None => poslake::config::IngestConfig::default(),
+        };
+        macro_rules! over {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        over!(staging, lake, downloaders, batch_files, max_files_in_flight, max_mib_in_flight, commit_files);
+        if self.parsers.is_some() {
+            c.parsers = self.parsers;
+        }
+        c.validate()?;
+        Ok(c)
+    }
 }
 
 fn main() -> ExitCode {
@@ -184,18 +208,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     use std::sync::Arc;
 
-    use poslake_actors::{FlowLimits, PipelineConfig, Progress};
+    use poslake_actors::Progress;
 
-    let mut pipeline = PipelineConfig {
-        downloaders: args.downloaders,
-        batch_files: args.batch_files,
-        limits: FlowLimits { max_files: args.max_files_in_flight, max_bytes: args.max_mib_in_flight << 20 },
-        ..PipelineConfig::default()
-    };
-    if let Some(p) = args.parsers {
-        pipeline.parsers = p;
-    }
-    let paths = poslake::ingest::IngestPaths { staging: args.staging, lake: args.lake.lake };
+    let config = args.config()?;
+    let paths = poslake::ingest::IngestPaths { staging: config.staging.clone(), lake: config.lake.clone() };
     let progress = Arc::new(Progress::default());
     let show = !args.json && std::io::stderr().is_terminal();
     let display = show.then(|| tokio::spawn(show_progress(progress.clone())));
@@ -213,8 +229,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             }
         })
     };
-    let policy = poslake::ingest::CommitPolicy { files: args.commit_files, ..Default::default() };
-    let result = poslake::ingest::ingest(&paths, ParseOptions::default(), policy, pipeline, progress).await;
+    let result =
+        poslake::ingest::ingest(&paths, ParseOptions::default(), config.commit_policy(), config.pipeline(), progress)
+            .await;
     stopper.abort();
     if let Some(d) = display {
         d.abort();

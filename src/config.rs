@@ -1,0 +1,145 @@
+//! The `poslake ingest` configuration file (TOML). Flags and environment variables override it; it overrides the
+//! defaults. Unknown keys are errors, and every value is validated before anything starts. `deploy/poslake.toml`
+//! is the documented example.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Every setting of an ingest run. The doc comment of each field states its default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// The staging folder files arrive in. Default `poslake-data/staging`.
+    pub staging: PathBuf,
+    /// The lake root (catalog, warehouse, raw archive, dedup store). Default `poslake-data/lake`.
+    pub lake: PathBuf,
+    /// Parser actors (CPU bound). Default: one per core.
+    pub parsers: Option<usize>,
+    /// Downloader actors (I/O bound). Default 16.
+    pub downloaders: usize,
+    /// Archiver actors (I/O bound). Default 8.
+    pub archivers: usize,
+    /// Files per write batch. Default 64.
+    pub batch_files: usize,
+    /// A partial batch is written after this many milliseconds. Default 500.
+    pub flush_interval_ms: u64,
+    /// Files in flight at most; bounds memory. Default 128.
+    pub max_files_in_flight: u32,
+    /// Raw MiB in flight at most; bounds memory (parsed files take several times their raw size). Default 32.
+    pub max_mib_in_flight: u64,
+    /// Files per Iceberg commit. Default 2000.
+    pub commit_files: u64,
+    /// Seconds between commits at most. Default 10.
+    pub commit_interval_secs: u64,
+    /// Tries per file before it is dead-lettered. Default 3.
+    pub max_attempts: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            staging: PathBuf::from("poslake-data/staging"),
+            lake: PathBuf::from("poslake-data/lake"),
+            parsers: None,
+            downloaders: 16,
+            archivers: 8,
+            batch_files: 64,
+            flush_interval_ms: 500,
+            max_files_in_flight: 128,
+            max_mib_in_flight: 32,
+            commit_files: 2000,
+            commit_interval_secs: 10,
+            max_attempts: 3,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Parse { path: PathBuf, error: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl IngestConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.into(), error })?;
+        let config: IngestConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), error: Box::new(e) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every count and bound must be at least 1.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(&str, u64); 9] = [
+            ("parsers", self.parsers.map_or(1, |p| p as u64)),
+            ("downloaders", self.downloaders as u64),
+            ("archivers", self.archivers as u64),
+            ("batch_files", self.batch_files as u64),
+            ("flush_interval_ms", self.flush_interval_ms),
+            ("max_files_in_flight", u64::from(self.max_files_in_flight)),
+            ("max_mib_in_flight", self.max_mib_in_flight),
+            ("commit_files", self.commit_files),
+            ("max_attempts", u64::from(self.max_attempts)),
+        ];
+        match checks.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(feature = "lake")]
+    pub fn pipeline(&self) -> poslake_actors::PipelineConfig {
+        let mut p = poslake_actors::PipelineConfig {
+            downloaders: self.downloaders,
+            archivers: self.archivers,
+            batch_files: self.batch_files,
+            flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
+            limits: poslake_actors::FlowLimits {
+                max_files: self.max_files_in_flight,
+                max_bytes: self.max_mib_in_flight << 20,
+            },
+            max_attempts: self.max_attempts,
+            ..poslake_actors::PipelineConfig::default()
+        };
+        if let Some(n) = self.parsers {
+            p.parsers = n;
+        }
+        p
+    }
+
+    #[cfg(feature = "lake")]
+    pub fn commit_policy(&self) -> crate::ingest::CommitPolicy {
+        crate::ingest::CommitPolicy {
+            files: self.commit_files,
+            interval: std::time::Duration::from_secs(self.commit_interval_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/poslake.toml");
+        assert_eq!(IngestConfig::load(&path).expect("example loads"), IngestConfig::default());
+    }
+
+    #[test]
+    fn round_trips_and_refuses_unknown_keys_and_zeros() {
+        let c = IngestConfig { parsers: Some(3), commit_files: 7, ..IngestConfig::default() };
+        let text = toml::to_string(&c).expect("serialize");
+        assert_eq!(toml::from_str::<IngestConfig>(&text).expect("parse"), c);
+        assert!(toml::from_str::<IngestConfig>("batchfiles = 3").is_err(), "a misspelt key is an error");
+        let zero = IngestConfig { batch_files: 0, ..IngestConfig::default() };
+        assert!(matches!(zero.validate(), Err(ConfigError::Invalid(m)) if m.contains("batch_files")));
+    }
+}
