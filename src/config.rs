@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Every setting of an ingest run. The doc comment of each field states its default.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// The staging folder files arrive in. Default `poslake-data/staging`.
@@ -34,6 +34,102 @@ pub struct IngestConfig {
     pub commit_interval_secs: u64,
     /// Tries per file before it is dead-lettered. Default 3.
     pub max_attempts: u32,
+    /// Which transactions are new: the `[dedup]` section.
+    pub dedup: DedupConfig,
+}
+
+/// Where dedup keeps the keys already ingested (`[dedup]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// `embedded` (exact, in the lake; no server), `redis-bitmap` (Bloom filter in plain Redis strings, any
+    /// Redis-protocol server), `redis-bloom` (the server's `BF.*` commands) or `redis` (`redis-bloom` when the
+    /// server has it, else `redis-bitmap`). Default `embedded`.
+    pub backend: DedupBackend,
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. Default `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// Prefix of every Redis key poslake uses. Default `poslake`.
+    pub key_prefix: String,
+    /// Redis connections at most. Default 20.
+    pub pool_size: usize,
+    /// Keys per round trip to Redis. Default 500.
+    pub keys_per_round_trip: usize,
+    /// Timeout of one connect or round trip, ms. Default 5000.
+    pub timeout_ms: u64,
+    /// How long the pipeline waits for an unreachable Redis before the run fails, s. Default 300.
+    pub unavailable_limit_secs: u64,
+    /// Filters are partitioned by business-date period: `day`, `month` or `year`. Default `month`.
+    pub period: DedupPeriod,
+    /// Distinct keys one period's filter is sized for. Default 100,000,000.
+    pub expected_keys_per_period: u64,
+    /// Target false-positive rate at that many keys. Default 0.001.
+    pub false_positive_rate: f64,
+    /// Largest Redis string of a filter shard, MiB. Default 128.
+    pub max_shard_mib: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DedupBackend {
+    Embedded,
+    Redis,
+    RedisBitmap,
+    RedisBloom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DedupPeriod {
+    Day,
+    Month,
+    Year,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            backend: DedupBackend::Embedded,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "poslake".into(),
+            pool_size: 20,
+            keys_per_round_trip: 500,
+            timeout_ms: 5000,
+            unavailable_limit_secs: 300,
+            period: DedupPeriod::Month,
+            expected_keys_per_period: 100_000_000,
+            false_positive_rate: 0.001,
+            max_shard_mib: 128,
+        }
+    }
+}
+
+impl DedupConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let counts: [(&str, u64); 6] = [
+            ("dedup.pool_size", self.pool_size as u64),
+            ("dedup.keys_per_round_trip", self.keys_per_round_trip as u64),
+            ("dedup.timeout_ms", self.timeout_ms),
+            ("dedup.expected_keys_per_period", self.expected_keys_per_period),
+            ("dedup.max_shard_mib", self.max_shard_mib),
+            ("dedup.unavailable_limit_secs", self.unavailable_limit_secs),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        }
+        if !(self.false_positive_rate > 0.0 && self.false_positive_rate < 0.5) {
+            return Err(ConfigError::Invalid(format!(
+                "dedup.false_positive_rate must be between 0 and 0.5, not {}",
+                self.false_positive_rate
+            )));
+        }
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
+            return Err(ConfigError::Invalid(format!(
+                "dedup.redis_url must start with redis:// or rediss://, not {:?}",
+                self.redis_url
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for IngestConfig {
@@ -51,6 +147,7 @@ impl Default for IngestConfig {
             commit_files: 2000,
             commit_interval_secs: 10,
             max_attempts: 3,
+            dedup: DedupConfig::default(),
         }
     }
 }
@@ -90,7 +187,7 @@ impl IngestConfig {
         ];
         match checks.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
-            None => Ok(()),
+            None => self.dedup.validate(),
         }
     }
 

@@ -6,11 +6,16 @@
 //! - [`dialect`]: the six vendor dialects, each a table of element paths → fields, and auto-detection.
 //! - [`parse`]: the single streaming pass (quick-xml) that reads any dialect's table; typed errors.
 //! - [`generate`]: a deterministic corpus generator for all six dialects, with planted duplicates and a manifest.
+//! - [`dedup`] (feature `lake`): which keys the lake holds: embedded exact set, or a Bloom filter in Redis.
 //! - [`ingest`] (feature `lake`): the domain stages of the actor pipeline: staging, archive, dedup, batches.
 //! - [`lake`] (feature `lake`, default): Iceberg tables in a local warehouse (SQLite catalog), Snappy Parquet.
 
 pub mod config;
+#[cfg(feature = "lake")]
+pub mod dedup;
 pub mod dialect;
+#[cfg(feature = "lake")]
+pub mod failpoint;
 pub mod generate;
 #[cfg(feature = "lake")]
 pub mod ingest;

@@ -45,6 +45,82 @@ enum Command {
         #[command(flatten)]
         lake: LakeArgs,
     },
+    /// The dedup store: size a filter, show its health, or rebuild it from the lake.
+    Dedup {
+        #[command(subcommand)]
+        command: DedupCommand,
+    },
+    /// Check the quarantine (`sales_duplicates`) exactly against `sales_header` and promote the false positives.
+    Reconcile {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DedupCommand {
+    /// Print the shape of one period's Bloom filter: memory, shards, hashes, false-positive rate.
+    Plan {
+        /// Distinct keys the period's filter must hold.
+        #[arg(long, default_value_t = 100_000_000)]
+        expected_keys: u64,
+        /// Target false-positive rate at that many keys.
+        #[arg(long, default_value_t = 0.001)]
+        fp: f64,
+        /// Largest Redis string per shard, MiB.
+        #[arg(long, default_value_t = 128)]
+        max_shard_mib: u64,
+    },
+    /// Per-partition fill, estimated keys and the false-positive rate now.
+    Stats {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Re-add every key of `sales_header` to the store (a lost, flushed or new filter).
+    Rebuild {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// The lake and the dedup store, for commands that need both (flags override the configuration file).
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// A TOML configuration file (see deploy/poslake.toml).
+    #[arg(long, env = "POSLAKE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The lake root. [default: poslake-data/lake]
+    #[arg(long, env = "POSLAKE_LAKE")]
+    lake: Option<PathBuf>,
+    /// The dedup store. [default: embedded]
+    #[arg(long, env = "POSLAKE_DEDUP", value_enum)]
+    dedup: Option<poslake::config::DedupBackend>,
+    /// Redis URL for the Redis stores (rediss:// for TLS). [default: redis://127.0.0.1:6379]
+    #[arg(long, env = "POSLAKE_REDIS_URL")]
+    redis_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn config(&self) -> anyhow::Result<poslake::config::IngestConfig> {
+        let mut c = match &self.config {
+            Some(path) => poslake::config::IngestConfig::load(path)?,
+            None => poslake::config::IngestConfig::default(),
+        };
+        if let Some(lake) = &self.lake {
+            c.lake = lake.clone();
+        }
+        if let Some(b) = self.dedup {
+            c.dedup.backend = b;
+        }
+        if let Some(url) = &self.redis_url {
+            c.dedup.redis_url = url.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
 }
 
 #[derive(clap::Args)]
@@ -87,6 +163,12 @@ struct IngestArgs {
     /// Files per Iceberg commit (also committed every commit_interval_secs and at the end). [default: 2000]
     #[arg(long)]
     commit_files: Option<u64>,
+    /// The dedup store. [default: embedded]
+    #[arg(long, env = "POSLAKE_DEDUP", value_enum)]
+    dedup: Option<poslake::config::DedupBackend>,
+    /// Redis URL for the Redis stores (rediss:// for TLS). [default: redis://127.0.0.1:6379]
+    #[arg(long, env = "POSLAKE_REDIS_URL")]
+    redis_url: Option<String>,
 }
 
 impl IngestArgs {
@@ -103,12 +185,22 @@ impl IngestArgs {
         if self.parsers.is_some() {
             c.parsers = self.parsers;
         }
+        if let Some(b) = self.dedup {
+            c.dedup.backend = b;
+        }
+        if let Some(url) = &self.redis_url {
+            c.dedup.redis_url = url.clone();
+        }
         c.validate()?;
         Ok(c)
     }
 }
 
 fn main() -> ExitCode {
+    // Notable events (recoveries, an unreachable Redis, capacity warnings) on stderr; RUST_LOG refines it.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,poslake=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(err) => {
@@ -166,6 +258,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(args) => runtime()?.block_on(ingest(args)),
         Command::Tables { lake } => runtime()?.block_on(tables(lake)),
         Command::Query { sql, lake } => runtime()?.block_on(query(sql, lake)),
+        Command::Dedup { command } => runtime()?.block_on(dedup(command)),
+        Command::Reconcile { store, json } => runtime()?.block_on(reconcile(store, json)),
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -212,6 +306,12 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
 
     let config = args.config()?;
     let paths = poslake::ingest::IngestPaths { staging: config.staging.clone(), lake: config.lake.clone() };
+    let setup = poslake::ingest::IngestSetup {
+        paths,
+        parse: ParseOptions::default(),
+        policy: config.commit_policy(),
+        dedup: config.dedup.clone(),
+    };
     let progress = Arc::new(Progress::default());
     let show = !args.json && std::io::stderr().is_terminal();
     let display = show.then(|| tokio::spawn(show_progress(progress.clone())));
@@ -229,9 +329,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             }
         })
     };
-    let result =
-        poslake::ingest::ingest(&paths, ParseOptions::default(), config.commit_policy(), config.pipeline(), progress)
-            .await;
+    let result = poslake::ingest::ingest(&setup, config.pipeline(), progress).await;
     stopper.abort();
     if let Some(d) = display {
         d.abort();
@@ -242,8 +340,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "ingested {} files ({:.1} MB) in {:.2}s: {:.0} files/s, {:.1} MB/s; {} transactions, {} new, {} duplicates; \
-             {} dead letters; {} files already ingested; {} retries, {} actor restarts",
+            "ingested {} files ({:.1} MB) in {:.2}s: {:.0} files/s, {:.1} MB/s; {} transactions, {} new, {} duplicates \
+             ({} quarantined); {} dead letters; {} files already ingested; {} retries, {} actor restarts",
             summary.files,
             summary.bytes as f64 / 1e6,
             summary.seconds,
@@ -252,6 +350,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             summary.transactions,
             summary.new_transactions,
             summary.duplicate_transactions,
+            summary.quarantined_transactions,
             summary.dead_letters,
             summary.already_ingested,
             summary.retries,
@@ -303,5 +402,87 @@ async fn query(sql: String, args: LakeArgs) -> anyhow::Result<ExitCode> {
     let wh = poslake::lake::Warehouse::open(&args.lake).await?;
     let batches = poslake::lake::query::sql(&wh, &sql).await?;
     println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&batches)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
+    use poslake::dedup::DedupStore;
+    match command {
+        DedupCommand::Plan { expected_keys, fp, max_shard_mib } => {
+            anyhow::ensure!(fp > 0.0 && fp < 0.5, "--fp must be between 0 and 0.5");
+            let p = poslake::dedup::Plan::new(expected_keys, fp, max_shard_mib << 20);
+            println!("keys per period        {}", p.expected_keys);
+            println!("target false positives {}", p.fp_target);
+            println!(
+                "bits per key           {:.2} (textbook Bloom formula {:.2}; +{:.1}% for 512-bit blocks)",
+                p.bits_per_key,
+                p.formula_bits_per_key(),
+                (p.bits_per_key / p.formula_bits_per_key() - 1.0) * 100.0
+            );
+            println!("hash functions         {}", p.hashes);
+            println!(
+                "memory                 {:.1} MiB ({} bytes)",
+                p.total_bytes() as f64 / (1 << 20) as f64,
+                p.total_bytes()
+            );
+            println!("shards                 {} of {:.1} MiB", p.shards, p.shard_bytes() as f64 / (1 << 20) as f64);
+            println!("false positives at capacity {:.5} (model)", p.fp_at_capacity);
+            println!("false positives at 2x capacity {:.5} (model)", p.fp_at(2.0 * p.expected_keys as f64));
+            Ok(ExitCode::SUCCESS)
+        }
+        DedupCommand::Stats { store } => {
+            let c = store.config()?;
+            let wh = poslake::lake::Warehouse::open(&c.lake).await?;
+            let d = poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?;
+            println!("{}", d.describe());
+            println!(
+                "{:<12} {:>14} {:>14} {:>14} {:>8} {:>10} {:>12}",
+                "partition", "adds", "est. keys", "capacity", "fill", "fp now", "memory MiB"
+            );
+            for s in d.stats().await? {
+                println!(
+                    "{:<12} {:>14} {:>14.0} {:>14} {:>7.2}% {:>10.6} {:>12.1}{}",
+                    s.partition,
+                    s.adds,
+                    s.estimated_keys,
+                    s.capacity,
+                    s.fill * 100.0,
+                    s.fp_now,
+                    s.memory_bytes as f64 / (1 << 20) as f64,
+                    if s.over_capacity { "  OVER CAPACITY" } else { "" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DedupCommand::Rebuild { store } => {
+            let c = store.config()?;
+            let wh = std::sync::Arc::new(poslake::lake::Warehouse::open(&c.lake).await?);
+            let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
+            let started = std::time::Instant::now();
+            let added = poslake::ingest::commit::Committer::new(wh, d.clone()).rebuild().await?;
+            println!(
+                "rebuilt {}: {added} keys from sales_header in {:.1}s",
+                d.describe(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn reconcile(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let c = store.config()?;
+    let report = poslake::ingest::reconcile::reconcile(&c.lake, &c.dedup).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "quarantine: {} rows; {} keys confirmed as duplicates; {} false positives promoted{}",
+            report.quarantined,
+            report.confirmed_duplicates,
+            report.promoted,
+            report.commit.as_deref().map(|c| format!(" (commit {c})")).unwrap_or_default()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 
 use chrono::{NaiveDate, NaiveDateTime};
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dialect::Dialect;
 
@@ -48,7 +48,7 @@ pub enum Compression {
 }
 
 /// One transaction: its silver facts and its bronze record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Transaction {
     pub header: SalesHeader,
     pub lines: Vec<SalesLine>,
@@ -59,7 +59,7 @@ pub struct Transaction {
 /// The dedup key: site + business date + transaction sequence, qualified by register where the vendor numbers
 /// transactions per register (the dialect decides; `register` is `None` where it does not), and by the variant of
 /// a record that shares its ticket's number by the vendor's design.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TransactionKey {
     pub site: String,
     pub business_date: NaiveDate,
@@ -70,7 +70,7 @@ pub struct TransactionKey {
 
 /// Records that share a ticket number by design are distinct records, not re-sends: a rolled-back payment attempt
 /// and its mirror, a fuel prepay and its completion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyVariant {
     Primary,
@@ -90,6 +90,18 @@ impl KeyVariant {
             KeyVariant::FuelCompletion => "completion",
             KeyVariant::TerminalMessage => "message",
         }
+    }
+
+    /// The inverse of the lake's `key_variant` column (`primary` for [`KeyVariant::Primary`]).
+    pub fn parse(s: &str) -> Option<KeyVariant> {
+        Some(match s {
+            "" | "primary" => KeyVariant::Primary,
+            "rollback" => KeyVariant::RollbackMirror,
+            "prepay" => KeyVariant::FuelPrepay,
+            "completion" => KeyVariant::FuelCompletion,
+            "message" => KeyVariant::TerminalMessage,
+            _ => return None,
+        })
     }
 
     pub fn of(flags: &TransactionFlags) -> KeyVariant {
@@ -124,7 +136,7 @@ impl TransactionKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TransactionType {
     Sale,
@@ -147,7 +159,7 @@ impl TransactionType {
 }
 
 /// What a transaction is besides its type. Sales figures exclude flagged records; nothing is dropped for them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransactionFlags {
     /// Rung in training mode: not a real sale.
     pub training: bool,
@@ -176,7 +188,7 @@ impl TransactionFlags {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SalesHeader {
     pub key: TransactionKey,
     /// 1-based position of the transaction in its file.
@@ -194,7 +206,7 @@ pub struct SalesHeader {
     pub total_amount: Option<Decimal>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LineKind {
     /// A merchandise item (UPC/PLU).
@@ -209,7 +221,7 @@ pub enum LineKind {
     Other,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SalesLine {
     /// 1-based position of the line element within its transaction (tender and tax lines count too).
     pub line_number: u32,
@@ -231,7 +243,7 @@ pub struct SalesLine {
     pub fuel_unit_price: Option<Decimal>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SalesDiscount {
     /// The sales line this discount sits in, if it sits in one.
     pub line_number: Option<u32>,
@@ -302,6 +314,18 @@ impl BronzeRecord {
     /// The value of the first entry with this key.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+impl<'de> Deserialize<'de> for BronzeRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<(String, String)>::deserialize(deserializer)?;
+        let mut record =
+            BronzeRecord::with_capacity(entries.iter().map(|(k, v)| k.len() + v.len()).sum(), entries.len());
+        for (k, v) in &entries {
+            record.push(k, v);
+        }
+        Ok(record)
     }
 }
 

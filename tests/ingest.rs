@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arrow_array::{Array, Date32Array, RecordBatch, StringArray};
 use poslake::generate::{FileKind, GenerateArgs, generate, read_manifest};
-use poslake::ingest::{IngestPaths, ingest};
+use poslake::ingest::{IngestPaths, IngestSetup, ingest};
 use poslake::lake::Warehouse;
 use poslake_actors::{FlowLimits, PipelineConfig, Progress};
 
@@ -83,9 +83,8 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     let manifest = read_manifest(&staging).expect("manifest");
     let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake") };
 
-    let summary = ingest(&paths, Default::default(), Default::default(), pipeline(), Arc::new(Progress::default()))
-        .await
-        .expect("ingest");
+    let summary =
+        ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("ingest");
     assert_eq!(summary.files, report.files);
     assert_eq!(summary.dead_letters, report.malformed_files);
     assert_eq!(summary.new_transactions, report.unique_keys);
@@ -136,9 +135,8 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     assert_eq!(archived, report.files as usize, "the raw archive holds each file once");
 
     // A second ingest of the same staging folder adds nothing and names every file as already ingested.
-    let again = ingest(&paths, Default::default(), Default::default(), pipeline(), Arc::new(Progress::default()))
-        .await
-        .expect("again");
+    let again =
+        ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("again");
     assert_eq!((again.files, again.already_ingested), (0, report.files));
     assert_eq!(wh.row_count("sales_header").await.expect("count"), report.unique_keys);
 }
@@ -242,7 +240,7 @@ impl poslake_actors::Stages for Flaky {
     type Fetched = bytes::Bytes;
     type Parsed = poslake::ingest::ParsedItem;
     type Batch = poslake::ingest::PosBatch;
-    type BatchInfo = Arc<Vec<u128>>;
+    type BatchInfo = Arc<Vec<poslake::dedup::DedupKey>>;
     type Error = poslake::ingest::IngestError;
 
     fn size(file: &Self::File) -> u64 {
@@ -266,8 +264,8 @@ impl poslake_actors::Stages for Flaky {
     fn failed(&self, file: &Self::File, stage: &'static str, attempts: u32, reason: String) -> Self::Parsed {
         self.inner.failed(file, stage, attempts, reason)
     }
-    fn dedup(&self, items: Vec<Self::Parsed>) -> Self::Batch {
-        self.inner.dedup(items)
+    async fn dedup(&self, items: Vec<Self::Parsed>) -> Result<Self::Batch, Self::Error> {
+        self.inner.dedup(items).await
     }
     fn batch_info(batch: &Self::Batch) -> Self::BatchInfo {
         poslake::ingest::PosStages::batch_info(batch)
@@ -308,9 +306,7 @@ async fn injected_parser_and_writer_panics_lose_nothing() {
     .expect("generate");
     let manifest = read_manifest(&staging).expect("manifest");
     let paths = IngestPaths { staging, lake: dir.path().join("lake") };
-    let inner = poslake::ingest::PosStages::open(&paths, "flaky".into(), Default::default(), Default::default())
-        .await
-        .expect("open");
+    let inner = poslake::ingest::PosStages::open(&IngestSetup::new(paths.clone()), "flaky".into()).await.expect("open");
     let victims: BTreeSet<String> = manifest.iter().step_by(5).map(|m| m.path.clone()).collect();
     let stages = Arc::new(Flaky {
         inner,

@@ -57,6 +57,7 @@ async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
             transactions: f.facts.transaction_count,
             new_transactions: f.facts.transaction_count,
             duplicate_transactions: 0,
+            quarantined_transactions: 0,
             lines: f.facts.line_count,
             discounts: f.facts.discount_count,
             at: now,

@@ -94,7 +94,18 @@ async fn flush<S: Stages>(me: &ActorRef<BatcherMsg<S>>, state: &mut BatcherState
         parsed.push(w.parsed);
         tickets.push(w.ticket);
     }
-    let batch = shared.stages.dedup(parsed);
+    let batch = match shared.stages.dedup(parsed).await {
+        Ok(batch) => batch,
+        Err(e) => {
+            // The store stayed unreachable past its limit (or failed outright): the run stops; these files are
+            // not committed, so the next run takes them again.
+            shared.progress.fail(format!("dedup of a batch of {} files failed: {e}", files.len()));
+            for t in tickets {
+                shared.done(me.get_id(), t);
+            }
+            return;
+        }
+    };
     let info = S::batch_info(&batch);
     let ticket = shared.ticket();
     let held = InFlight::new(files.clone(), Some(info.clone()));

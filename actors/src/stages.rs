@@ -37,8 +37,9 @@ pub trait Stages: Send + Sync + Sized + 'static {
     /// A file that a stage gave up on, as a dead letter that flows on to be recorded.
     fn failed(&self, file: &Self::File, stage: &'static str, attempts: u32, reason: String) -> Self::Parsed;
 
-    /// Checks the batch's keys against the dedup store and reserves the new ones.
-    fn dedup(&self, items: Vec<Self::Parsed>) -> Self::Batch;
+    /// Checks the batch's keys against the dedup store and reserves the new ones. May wait (a dedup server that
+    /// is unreachable holds the pipeline here); an error ends the run, with nothing of the batch reserved.
+    fn dedup(&self, items: Vec<Self::Parsed>) -> impl Future<Output = Result<Self::Batch, Self::Error>> + Send;
 
     fn batch_info(batch: &Self::Batch) -> Self::BatchInfo;
 
@@ -65,6 +66,8 @@ pub struct WriteReport {
     pub transactions: u64,
     pub new_transactions: u64,
     pub duplicates: u64,
+    /// Of the duplicates, those only probably seen (a Bloom positive), kept in quarantine.
+    pub quarantined: u64,
     pub dead_letters: u64,
 }
 
@@ -75,6 +78,7 @@ impl WriteReport {
         self.transactions += other.transactions;
         self.new_transactions += other.new_transactions;
         self.duplicates += other.duplicates;
+        self.quarantined += other.quarantined;
         self.dead_letters += other.dead_letters;
     }
 }

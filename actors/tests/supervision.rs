@@ -70,8 +70,8 @@ impl Stages for Memory {
         (*file, true)
     }
 
-    fn dedup(&self, items: Vec<(u32, bool)>) -> Vec<(u32, bool)> {
-        items
+    async fn dedup(&self, items: Vec<(u32, bool)>) -> Result<Vec<(u32, bool)>, Fail> {
+        Ok(items)
     }
 
     fn batch_info(batch: &Vec<(u32, bool)>) -> usize {

@@ -4,10 +4,12 @@
 //!
 //! - [`staging`]: listing and reading the staging area (object_store; local by default);
 //! - [`archive`]: the immutable bronze archive of raw files;
-//! - [`dedup`]: the embedded store of committed transaction keys.
+//! - [`reconcile`]: verifying the quarantine exactly and promoting false positives;
+//! - [`commit`]: the exactly-once protocol between the lake and the dedup store, and recovery.
 
 pub mod archive;
-pub mod dedup;
+pub mod commit;
+pub mod reconcile;
 pub mod staging;
 
 use std::collections::{HashMap, HashSet};
@@ -21,11 +23,17 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use poslake_actors::{Stages, WriteReport};
 
-use crate::lake::{DeadLetter, LakeError, LakeWriter, LedgerEntry, Outcome, Warehouse};
+use crate::config::DedupConfig;
+use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, KeyDigest};
+use crate::failpoint;
+use crate::lake::rows::{Quarantine, Source};
+use crate::lake::{
+    COMMIT_PROPERTY, DeadLetter, LakeError, LakeWriter, LedgerEntry, Outcome, PreparedCommit, Warehouse,
+};
 use crate::model::ParsedFile;
 use crate::parse::{ParseOptions, parse_file};
 use archive::{Archive, ArchiveError};
-use dedup::{DedupError, EmbeddedDedup, KeyDigest, digest};
+use commit::{Committer, Recovery};
 use staging::{StagedFile, Staging, StagingError};
 
 /// Where an ingest reads and writes.
@@ -33,8 +41,29 @@ use staging::{StagedFile, Staging, StagingError};
 pub struct IngestPaths {
     /// The staging folder.
     pub staging: PathBuf,
-    /// The lake root: `catalog.db`, `warehouse/`, `bronze/raw/`, `dedup/`.
+    /// The lake root: `catalog.db`, `warehouse/`, `bronze/raw/`, `commits/`, `dedup/`.
     pub lake: PathBuf,
+}
+
+/// Everything an ingest run needs besides the pipeline's shape.
+#[derive(Debug, Clone)]
+pub struct IngestSetup {
+    pub paths: IngestPaths,
+    pub parse: ParseOptions,
+    pub policy: CommitPolicy,
+    pub dedup: DedupConfig,
+}
+
+impl IngestSetup {
+    /// Embedded defaults for these paths.
+    pub fn new(paths: IngestPaths) -> Self {
+        IngestSetup {
+            paths,
+            parse: ParseOptions::default(),
+            policy: CommitPolicy::default(),
+            dedup: DedupConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +88,7 @@ impl IngestError {
             IngestError::Staging(e) => e.is_retryable(),
             IngestError::Archive(_) => true,
             IngestError::Lake(e) => e.is_retryable(),
+            // The Redis pool already retried with backoff up to its limit.
             IngestError::Dedup(_) | IngestError::Abandoned(_) => false,
         }
     }
@@ -83,11 +113,22 @@ pub struct ParsedItem {
     pub result: Result<ParsedFile, Failure>,
 }
 
-/// Parsed files whose keys were checked: `new[i][j]` says whether transaction `j` of file `i` is new.
+/// What dedup decided for one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not seen before: it lands in the silver and bronze tables.
+    New,
+    /// Certainly seen: earlier in this batch or run (in flight, exact), or in an exact store.
+    Duplicate,
+    /// Probably seen (a Bloom positive): kept whole in the `sales_duplicates` quarantine for `reconcile`.
+    Quarantined,
+}
+
+/// Parsed files whose keys were checked: `verdicts[i][j]` is for transaction `j` of file `i`.
 pub struct PosBatch {
     items: Vec<ParsedItem>,
-    new: Vec<Vec<bool>>,
-    reserved: Arc<Vec<KeyDigest>>,
+    verdicts: Vec<Vec<Verdict>>,
+    reserved: Arc<Vec<DedupKey>>,
 }
 
 /// When written data is committed: after this many files or this long, whichever comes first (and at the end of
@@ -109,7 +150,7 @@ impl Default for CommitPolicy {
 /// Data written but not yet committed, and the keys it carries.
 struct Uncommitted {
     writer: LakeWriter,
-    keys: Vec<KeyDigest>,
+    keys: Vec<DedupKey>,
     files: u64,
     since: std::time::Instant,
     /// A write failed: the run is over.
@@ -120,28 +161,35 @@ pub struct PosStages {
     staging: Staging,
     archive: Archive,
     warehouse: Arc<Warehouse>,
+    committer: Committer,
     open: tokio::sync::Mutex<Uncommitted>,
     policy: CommitPolicy,
-    dedup: Mutex<EmbeddedDedup>,
+    /// Keys of this run not yet in the store (reserved by a batch, or committed and being added): exact.
+    in_flight: Mutex<HashSet<KeyDigest>>,
+    /// Serialises recoveries from a store that lost its state or reconnected.
+    healing: tokio::sync::Mutex<()>,
     /// (path, size) of files the ledger already holds: skipped by discovery.
     ledger: Arc<HashSet<(String, u64)>>,
     skipped: Arc<AtomicU64>,
     run_id: String,
+    /// `run/worker`: the prefix of this process's commit ids.
+    commit_prefix: String,
     batches: AtomicU64,
     parse: ParseOptions,
+    recovery: Mutex<Recovery>,
 }
 
 impl PosStages {
-    pub async fn open(
-        paths: &IngestPaths,
-        run_id: String,
-        parse: ParseOptions,
-        policy: CommitPolicy,
-    ) -> Result<Self, IngestError> {
+    /// Opens staging, the lake and the dedup store, and recovers whatever a stopped run left half done.
+    pub async fn open(setup: &IngestSetup, run_id: String) -> Result<Self, IngestError> {
+        let paths = &setup.paths;
         let staging = Staging::local(&paths.staging)?;
         let warehouse = Arc::new(Warehouse::open(&paths.lake).await?);
         let archive = Archive::local(warehouse.root())?;
-        let dedup = EmbeddedDedup::open(&warehouse.root().join("dedup/keys.bin"))?;
+        let dedup = Arc::new(Dedup::open(&setup.dedup, warehouse.root()).await?);
+        tracing::info!(backend = %dedup.describe(), "dedup store");
+        let committer = Committer::new(warehouse.clone(), dedup);
+        let recovery = committer.recover(None).await?;
         let ledger = load_ledger(&warehouse).await?;
         let open = Uncommitted {
             writer: LakeWriter::new(warehouse.clone()),
@@ -150,39 +198,63 @@ impl PosStages {
             since: std::time::Instant::now(),
             failed: false,
         };
+        let worker = std::env::var("POSLAKE_WORKER_ID")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "local".into());
         Ok(PosStages {
             staging,
             archive,
             open: tokio::sync::Mutex::new(open),
-            policy,
+            policy: setup.policy,
             warehouse,
-            dedup: Mutex::new(dedup),
+            committer,
+            in_flight: Mutex::new(HashSet::new()),
+            healing: tokio::sync::Mutex::new(()),
             ledger: Arc::new(ledger),
             skipped: Arc::new(AtomicU64::new(0)),
+            commit_prefix: format!("{run_id}/{worker}-{}", std::process::id()),
             run_id,
             batches: AtomicU64::new(0),
-            parse,
+            parse: setup.parse.clone(),
+            recovery: Mutex::new(recovery),
         })
     }
 
-    /// Commits everything written since the last commit, then marks its keys committed: the keys are marked
-    /// only after the data that carries them is committed.
+    /// Commits everything written since the last commit, then adds its keys to the store (see [`commit`]).
     async fn commit(&self, open: &mut Uncommitted) -> Result<(), IngestError> {
         if open.files == 0 {
             return Ok(());
         }
         let seq = self.batches.fetch_add(1, Ordering::SeqCst);
-        let props = HashMap::from([
+        let id = format!("{}/{seq}", self.commit_prefix);
+        let properties = HashMap::from([
             ("poslake.run-id".to_owned(), self.run_id.clone()),
-            ("poslake.commit".to_owned(), format!("{}/{seq}", self.run_id)),
+            (COMMIT_PROPERTY.to_owned(), id.clone()),
         ]);
-        if let Err(e) = open.writer.commit(&props).await {
-            self.abandon_uncommitted(open, &[]);
-            return Err(IngestError::Abandoned(e.to_string()));
-        }
+        let tables = match open.writer.prepare().await {
+            Ok(t) => t,
+            Err(e) => {
+                self.abandon_uncommitted(open, &[]);
+                return Err(IngestError::Abandoned(e.to_string()));
+            }
+        };
         let keys = std::mem::take(&mut open.keys);
-        if let Ok(mut store) = self.dedup.lock() {
-            store.commit(&keys)?;
+        let result = self.committer.commit(PreparedCommit { id, properties, tables }, &keys).await;
+        match result {
+            Ok(_) => {}
+            // The store lost its state between the table commits and the marks: recovery re-adds every
+            // committed batch's keys, this one's included.
+            Err(IngestError::Dedup(DedupError::StateLost { .. })) => self.heal().await?,
+            Err(e) => {
+                // Whatever was committed is finished by the next start's recovery; nothing more is written now.
+                open.failed = true;
+                return Err(e);
+            }
+        }
+        if let Ok(mut f) = self.in_flight.lock() {
+            for k in &keys {
+                f.remove(&k.digest);
+            }
         }
         open.files = 0;
         open.since = std::time::Instant::now();
@@ -190,19 +262,76 @@ impl PosStages {
     }
 
     /// Drops every uncommitted data file and releases the keys it carried (plus `also`).
-    fn abandon_uncommitted(&self, open: &mut Uncommitted, also: &[KeyDigest]) {
+    fn abandon_uncommitted(&self, open: &mut Uncommitted, also: &[DedupKey]) {
         open.writer = LakeWriter::new(self.warehouse.clone());
         open.failed = true;
-        if let Ok(mut store) = self.dedup.lock() {
-            store.release(&open.keys);
-            store.release(also);
-        }
+        self.release(&open.keys);
+        self.release(also);
         open.keys.clear();
+    }
+
+    fn release(&self, keys: &[DedupKey]) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            for k in keys {
+                f.remove(&k.digest);
+            }
+        }
+    }
+
+    /// The store lost its state (or came back after an outage, possibly without its last writes): adopt its
+    /// generation and re-add the keys of every committed batch it has not marked.
+    async fn heal(&self) -> Result<(), IngestError> {
+        let _one = self.healing.lock().await;
+        let dedup = self.committer.dedup();
+        let lost = match dedup.generation().await {
+            Ok(_) => false,
+            Err(DedupError::StateLost { expected, found }) => {
+                tracing::warn!(%expected, %found, "the dedup store lost its state: re-adding the keys of every committed batch");
+                dedup.renew_generation().await?;
+                true
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let prefix = (!lost).then_some(self.commit_prefix.as_str());
+        let report = self.committer.recover(prefix).await?;
+        if let Ok(mut r) = self.recovery.lock() {
+            r.commits_readded += report.commits_readded;
+            r.keys_readded += report.keys_readded;
+        }
+        Ok(())
+    }
+
+    /// Checks keys against the store, healing and asking again if it lost its state.
+    async fn contains(&self, keys: &[DedupKey]) -> Result<Vec<bool>, IngestError> {
+        for _ in 0..3 {
+            match self.committer.dedup().contains(keys).await {
+                Ok(found) => {
+                    if self.committer.dedup().take_reconnected() {
+                        // Back after an outage: the store may have lost its last writes before it stopped.
+                        self.heal().await?;
+                        continue;
+                    }
+                    return Ok(found);
+                }
+                Err(DedupError::StateLost { .. }) => self.heal().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IngestError::Abandoned("the dedup store kept losing its state while being checked".into()))
     }
 
     /// Files discovery skipped because the ledger already holds them.
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// What recovery did at start-up and during the run.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    pub fn dedup_backend(&self) -> String {
+        self.committer.dedup().describe()
     }
 
     pub fn warehouse(&self) -> &Warehouse {
@@ -238,7 +367,7 @@ impl Stages for PosStages {
     type Fetched = Bytes;
     type Parsed = ParsedItem;
     type Batch = PosBatch;
-    type BatchInfo = Arc<Vec<KeyDigest>>;
+    type BatchInfo = Arc<Vec<DedupKey>>;
     type Error = IngestError;
 
     fn size(file: &StagedFile) -> u64 {
@@ -264,7 +393,9 @@ impl Stages for PosStages {
     }
 
     async fn fetch(&self, file: &StagedFile) -> Result<Bytes, IngestError> {
-        Ok(self.staging.get(file).await?)
+        let bytes = self.staging.get(file).await?;
+        failpoint::hit("download");
+        Ok(bytes)
     }
 
     fn parse(&self, file: &StagedFile, bytes: Bytes) -> ParsedItem {
@@ -281,6 +412,7 @@ impl Stages for PosStages {
             Ok(p) => p.facts.content_hash.clone(),
             Err(_) => blake3::hash(&bytes).to_hex().to_string(),
         };
+        failpoint::hit("parse");
         ParsedItem { file: file.clone(), content_hash, bytes, result }
     }
 
@@ -290,6 +422,7 @@ impl Stages for PosStages {
             Err(_) => ("unknown", None),
         };
         self.archive.put(vendor, date, &item.file.path, &item.content_hash, item.bytes.clone()).await?;
+        failpoint::hit("archive");
         Ok(())
     }
 
@@ -298,35 +431,53 @@ impl Stages for PosStages {
         ParsedItem { file: file.clone(), content_hash: String::new(), bytes: Bytes::new(), result: Err(failure) }
     }
 
-    fn dedup(&self, items: Vec<ParsedItem>) -> PosBatch {
-        let mut reserved = Vec::new();
-        let mut new = Vec::with_capacity(items.len());
-        let Ok(mut store) = self.dedup.lock() else {
-            // A poisoned lock means a panic mid-update: nothing is marked new, the writer fails the batch loudly.
-            return PosBatch { new: items.iter().map(|_| Vec::new()).collect(), items, reserved: Arc::new(reserved) };
-        };
-        for item in &items {
-            let flags = match &item.result {
-                Ok(p) => p
-                    .transactions
-                    .iter()
-                    .map(|t| {
-                        let d = digest(&t.header.key);
-                        let is_new = store.reserve(d);
-                        if is_new {
-                            reserved.push(d);
-                        }
-                        is_new
-                    })
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            new.push(flags);
+    async fn dedup(&self, items: Vec<ParsedItem>) -> Result<PosBatch, IngestError> {
+        // Exact first: keys in flight in this run, and repeats within the batch. Only the rest go to the store.
+        let mut verdicts: Vec<Vec<Verdict>> = Vec::with_capacity(items.len());
+        let mut ask: Vec<DedupKey> = Vec::new();
+        let mut asked_at: Vec<(usize, usize)> = Vec::new();
+        {
+            let in_flight =
+                self.in_flight.lock().map_err(|_| IngestError::Abandoned("in-flight keys poisoned".into()))?;
+            let mut in_batch = HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                let Ok(p) = &item.result else {
+                    verdicts.push(Vec::new());
+                    continue;
+                };
+                let mut v = Vec::with_capacity(p.transactions.len());
+                for (j, t) in p.transactions.iter().enumerate() {
+                    let key = DedupKey::of(&t.header.key);
+                    if in_flight.contains(&key.digest) || !in_batch.insert(key.digest) {
+                        v.push(Verdict::Duplicate);
+                    } else {
+                        v.push(Verdict::New);
+                        ask.push(key);
+                        asked_at.push((i, j));
+                    }
+                }
+                verdicts.push(v);
+            }
         }
-        PosBatch { items, new, reserved: Arc::new(reserved) }
+        let seen = self.contains(&ask).await?;
+        failpoint::hit("dedup-check");
+        let exact = self.committer.dedup().exact();
+        let mut reserved = Vec::with_capacity(ask.len());
+        let mut in_flight =
+            self.in_flight.lock().map_err(|_| IngestError::Abandoned("in-flight keys poisoned".into()))?;
+        for ((key, (i, j)), seen) in ask.into_iter().zip(asked_at).zip(seen) {
+            if seen {
+                verdicts[i][j] = if exact { Verdict::Duplicate } else { Verdict::Quarantined };
+            } else if in_flight.insert(key.digest) {
+                reserved.push(key);
+            } else {
+                verdicts[i][j] = Verdict::Duplicate;
+            }
+        }
+        Ok(PosBatch { items, verdicts, reserved: Arc::new(reserved) })
     }
 
-    fn batch_info(batch: &PosBatch) -> Arc<Vec<KeyDigest>> {
+    fn batch_info(batch: &PosBatch) -> Arc<Vec<DedupKey>> {
         batch.reserved.clone()
     }
 
@@ -334,22 +485,32 @@ impl Stages for PosStages {
         let mut rows = self.warehouse.rows();
         let mut report = WriteReport::default();
         let at = now();
-        for (item, new) in batch.items.iter().zip(&batch.new) {
+        let quarantine = Quarantine { run_id: &self.run_id, reason: "filter", at };
+        for (item, verdicts) in batch.items.iter().zip(&batch.verdicts) {
             report.files += 1;
             report.bytes += item.file.size;
             match &item.result {
                 Ok(parsed) => {
-                    let mut fresh = 0u32;
-                    for (tx, is_new) in parsed.transactions.iter().zip(new) {
-                        if *is_new {
-                            rows.add_transaction(parsed, tx)?;
-                            fresh += 1;
+                    let source = Source::of(parsed);
+                    let (mut fresh, mut quarantined) = (0u32, 0u32);
+                    for (tx, verdict) in parsed.transactions.iter().zip(verdicts) {
+                        match verdict {
+                            Verdict::New => {
+                                rows.add_transaction(&source, tx)?;
+                                fresh += 1;
+                            }
+                            Verdict::Quarantined => {
+                                rows.add_quarantine(&source, tx, &quarantine)?;
+                                quarantined += 1;
+                            }
+                            Verdict::Duplicate => {}
                         }
                     }
                     let total = parsed.transactions.len() as u32;
                     report.transactions += u64::from(total);
                     report.new_transactions += u64::from(fresh);
                     report.duplicates += u64::from(total - fresh);
+                    report.quarantined += u64::from(quarantined);
                     rows.add_ledger(&LedgerEntry {
                         run_id: self.run_id.clone(),
                         path: item.file.path.clone(),
@@ -361,6 +522,7 @@ impl Stages for PosStages {
                         transactions: total,
                         new_transactions: fresh,
                         duplicate_transactions: total - fresh,
+                        quarantined_transactions: quarantined,
                         lines: parsed.facts.line_count,
                         discounts: parsed.facts.discount_count,
                         at,
@@ -392,6 +554,7 @@ impl Stages for PosStages {
                         transactions: 0,
                         new_transactions: 0,
                         duplicate_transactions: 0,
+                        quarantined_transactions: 0,
                         lines: 0,
                         discounts: 0,
                         at,
@@ -408,6 +571,7 @@ impl Stages for PosStages {
             self.abandon_uncommitted(&mut open, &batch.reserved);
             return Err(IngestError::Abandoned(e.to_string()));
         }
+        failpoint::hit("write");
         open.keys.extend_from_slice(&batch.reserved);
         open.files += batch.items.len() as u64;
         if open.files >= self.policy.files || open.since.elapsed() >= self.policy.interval {
@@ -424,10 +588,8 @@ impl Stages for PosStages {
         self.commit(&mut open).await
     }
 
-    fn abandon(&self, reserved: &Arc<Vec<KeyDigest>>) {
-        if let Ok(mut store) = self.dedup.lock() {
-            store.release(reserved);
-        }
+    fn abandon(&self, reserved: &Arc<Vec<DedupKey>>) {
+        self.release(reserved);
     }
 
     fn is_retryable(error: &IngestError) -> bool {
@@ -447,9 +609,15 @@ pub struct IngestSummary {
     pub transactions: u64,
     pub new_transactions: u64,
     pub duplicate_transactions: u64,
+    /// Of the duplicates, the probable ones (a Bloom positive) kept in `sales_duplicates` for `reconcile`.
+    pub quarantined_transactions: u64,
     pub dead_letters: u64,
     pub retries: u64,
     pub actor_restarts: u64,
+    /// The dedup store that ran, and why.
+    pub dedup: String,
+    /// What recovery finished of earlier runs (and of this one, after a dedup store outage).
+    pub recovery: Recovery,
     pub seconds: f64,
 }
 
@@ -465,15 +633,13 @@ impl IngestSummary {
 
 /// Runs one ingest of everything in staging not yet in the ledger. `progress` may be watched meanwhile.
 pub async fn ingest(
-    paths: &IngestPaths,
-    parse: ParseOptions,
-    policy: CommitPolicy,
+    setup: &IngestSetup,
     pipeline: poslake_actors::PipelineConfig,
     progress: Arc<poslake_actors::Progress>,
 ) -> Result<IngestSummary, IngestRunError> {
     let started = std::time::Instant::now();
     let run_id = uuid::Uuid::new_v4().to_string();
-    let stages = Arc::new(PosStages::open(paths, run_id.clone(), parse, policy).await?);
+    let stages = Arc::new(PosStages::open(setup, run_id.clone()).await?);
     let snapshot = poslake_actors::run(stages.clone(), pipeline, progress).await?;
     let t = snapshot.totals;
     Ok(IngestSummary {
@@ -484,9 +650,12 @@ pub async fn ingest(
         transactions: t.transactions,
         new_transactions: t.new_transactions,
         duplicate_transactions: t.duplicates,
+        quarantined_transactions: t.quarantined,
         dead_letters: t.dead_letters,
         retries: snapshot.retries,
         actor_restarts: snapshot.restarts,
+        dedup: stages.dedup_backend(),
+        recovery: stages.recovery(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -4,10 +4,12 @@
 //! - [`tables`]: table definitions (columns, partitioning) from which schemas and batches are both made;
 //! - [`columns`]: typed Arrow column building, with schema checks on every value;
 //! - [`rows`]: parsed files → rows per table and business date;
+//! - [`commit_log`]: commits across tables made atomic by rolling forward a durable intent;
 //! - [`warehouse`]: the catalog, table creation and checking, appends with snapshot properties, reads;
 //! - [`query`]: SQL over the tables (DataFusion).
 
 pub mod columns;
+pub mod commit_log;
 pub mod query;
 pub mod rows;
 pub mod tables;
@@ -15,6 +17,7 @@ pub mod warehouse;
 
 use std::path::PathBuf;
 
+pub use commit_log::{COMMIT_PROPERTY, PreparedCommit, PreparedTable};
 pub use rows::{DeadLetter, LedgerEntry, Outcome, Rows};
 pub use warehouse::{Commit, LakeWriter, Warehouse};
 
@@ -26,6 +29,8 @@ pub enum LakeError {
     Iceberg(#[from] iceberg::Error),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -34,7 +39,7 @@ impl LakeError {
     /// Commit conflicts and I/O may pass on retry; a schema mismatch will not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            LakeError::Schema { .. } | LakeError::Arrow(_) => false,
+            LakeError::Schema { .. } | LakeError::Arrow(_) | LakeError::Parquet(_) => false,
             LakeError::Iceberg(e) => e.retryable(),
             LakeError::Io { .. } => true,
         }

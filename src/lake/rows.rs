@@ -9,9 +9,34 @@ use chrono::{NaiveDate, NaiveDateTime};
 use super::LakeError;
 use super::columns::{Columns, Value};
 use super::tables::{
-    BRONZE_TRANSACTION, DEAD_LETTERS, FILE_LEDGER, SALES_DISCOUNT, SALES_HEADER, SALES_LINE, TABLES, TableDef,
+    BRONZE_TRANSACTION, DEAD_LETTERS, FILE_LEDGER, SALES_DISCOUNT, SALES_DUPLICATES, SALES_HEADER, SALES_LINE, TABLES,
+    TableDef,
 };
 use crate::model::{ParsedFile, SalesHeader, Transaction};
+
+/// Where a transaction came from, as the tables record it.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub name: &'a str,
+    pub dialect: &'a str,
+    /// BLAKE3 of the source file's bytes.
+    pub content_hash: &'a str,
+}
+
+impl<'a> Source<'a> {
+    pub fn of(file: &'a ParsedFile) -> Self {
+        Source { name: &file.facts.name, dialect: file.facts.dialect.id(), content_hash: &file.facts.content_hash }
+    }
+}
+
+/// Why a transaction went to the `sales_duplicates` quarantine instead of the silver tables.
+#[derive(Debug, Clone)]
+pub struct Quarantine<'a> {
+    pub run_id: &'a str,
+    /// `filter`: the dedup filter said "probably seen".
+    pub reason: &'a str,
+    pub at: NaiveDateTime,
+}
 
 /// One table's finished batches, one per business date.
 pub type TableBatches = (&'static TableDef, Vec<(Option<NaiveDate>, RecordBatch)>);
@@ -34,19 +59,19 @@ impl Rows {
     /// Adds every transaction of one parsed file.
     pub fn add_file(&mut self, file: &ParsedFile) -> Result<(), LakeError> {
         for tx in &file.transactions {
-            self.add_transaction(file, tx)?;
+            self.add_transaction(&Source::of(file), tx)?;
         }
         Ok(())
     }
 
-    pub fn add_transaction(&mut self, file: &ParsedFile, tx: &Transaction) -> Result<(), LakeError> {
+    pub fn add_transaction(&mut self, file: &Source, tx: &Transaction) -> Result<(), LakeError> {
         let h = &tx.header;
         let date = h.key.business_date;
         let f = &h.flags;
         let cols = self.columns(0, &SALES_HEADER, Some(date));
         key(cols, file, h)?
-            .push(Value::Str(Some(&file.facts.name)))?
-            .push(Value::Str(Some(file.facts.dialect.id())))?
+            .push(Value::Str(Some(file.name)))?
+            .push(Value::Str(Some(file.dialect)))?
             .push(Value::Int(Some(h.ordinal as i32)))?
             .push(Value::Str(h.cashier.as_deref()))?
             .push(Value::Timestamp(h.start_time))?
@@ -104,15 +129,33 @@ impl Rows {
         }
         let cols = self.columns(3, &BRONZE_TRANSACTION, Some(date));
         key(cols, file, h)?
-            .push(Value::Str(Some(file.facts.dialect.id())))?
+            .push(Value::Str(Some(file.dialect)))?
             .push(Value::Int(Some(h.ordinal as i32)))?
             .push(Value::StrMap(&tx.bronze))?;
         Ok(())
     }
 
+    /// Adds a probable duplicate to the quarantine, with the whole transaction as JSON so that `reconcile` can
+    /// promote it exactly as it would have landed.
+    pub fn add_quarantine(&mut self, file: &Source, tx: &Transaction, q: &Quarantine) -> Result<(), LakeError> {
+        let json = serde_json::to_string(tx).map_err(|e| LakeError::Schema {
+            table: SALES_DUPLICATES.name,
+            reason: format!("the transaction does not serialise: {e}"),
+        })?;
+        let cols = self.columns(4, &SALES_DUPLICATES, Some(tx.header.key.business_date));
+        key(cols, file, &tx.header)?
+            .push(Value::Str(Some(file.name)))?
+            .push(Value::Str(Some(file.dialect)))?
+            .push(Value::Str(Some(q.run_id)))?
+            .push(Value::Str(Some(q.reason)))?
+            .push(Value::Timestamp(Some(q.at)))?
+            .push(Value::Str(Some(&json)))?;
+        Ok(())
+    }
+
     /// Adds the ledger row of one file.
     pub fn add_ledger(&mut self, e: &LedgerEntry) -> Result<(), LakeError> {
-        self.columns(5, &FILE_LEDGER, None)
+        self.columns(6, &FILE_LEDGER, None)
             .push(Value::Str(Some(&e.run_id)))?
             .push(Value::Str(Some(&e.path)))?
             .push(Value::Long(e.bytes as i64))?
@@ -123,6 +166,7 @@ impl Rows {
             .push(Value::Int(Some(e.transactions as i32)))?
             .push(Value::Int(Some(e.new_transactions as i32)))?
             .push(Value::Int(Some(e.duplicate_transactions as i32)))?
+            .push(Value::Int(Some(e.quarantined_transactions as i32)))?
             .push(Value::Int(Some(e.lines as i32)))?
             .push(Value::Int(Some(e.discounts as i32)))?
             .push(Value::Timestamp(Some(e.at)))?
@@ -132,7 +176,7 @@ impl Rows {
 
     /// Adds the dead-letter row of one file.
     pub fn add_dead_letter(&mut self, d: &DeadLetter) -> Result<(), LakeError> {
-        self.columns(4, &DEAD_LETTERS, None)
+        self.columns(5, &DEAD_LETTERS, None)
             .push(Value::Str(Some(&d.run_id)))?
             .push(Value::Str(Some(&d.path)))?
             .push(Value::Str(Some(&d.content_hash)))?
@@ -205,7 +249,10 @@ pub struct LedgerEntry {
     pub outcome: Outcome,
     pub transactions: u32,
     pub new_transactions: u32,
+    /// Transactions counted as duplicates.
     pub duplicate_transactions: u32,
+    /// Of those, the probable duplicates (a Bloom positive) kept in `sales_duplicates`.
+    pub quarantined_transactions: u32,
     pub lines: u32,
     pub discounts: u32,
     pub at: NaiveDateTime,
@@ -229,14 +276,14 @@ pub struct DeadLetter {
     pub at: NaiveDateTime,
 }
 
-fn key<'c>(cols: &'c mut Columns, file: &ParsedFile, h: &SalesHeader) -> Result<&'c mut Columns, LakeError> {
+fn key<'c>(cols: &'c mut Columns, file: &Source, h: &SalesHeader) -> Result<&'c mut Columns, LakeError> {
     let k = &h.key;
     cols.push(Value::Str(Some(&k.site)))?
         .push(Value::Date(k.business_date))?
         .push(Value::Str(k.register.as_deref()))?
         .push(Value::Str(Some(&k.sequence)))?
         .push(Value::Str(Some(variant(k.variant))))?
-        .push(Value::Str(Some(&file.facts.content_hash)))
+        .push(Value::Str(Some(file.content_hash)))
 }
 
 fn variant(v: crate::model::KeyVariant) -> &'static str {

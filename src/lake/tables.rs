@@ -137,6 +137,22 @@ pub static BRONZE_TRANSACTION: TableDef = TableDef {
     columns: key_columns![req("dialect", Kind::Str), req("ordinal", Kind::Int), req("fields", Kind::StrMap)],
 };
 
+/// The quarantine: transactions the dedup filter called "probably seen". Most are true duplicates; `poslake
+/// reconcile` checks each exactly against `sales_header` and promotes the false positives.
+pub static SALES_DUPLICATES: TableDef = TableDef {
+    name: "sales_duplicates",
+    partition_by: Some("business_date"),
+    columns: key_columns![
+        req("source_file", Kind::Str),
+        req("dialect", Kind::Str),
+        req("run_id", Kind::Str),
+        req("reason", Kind::Str),
+        req("detected_at", Kind::Timestamp),
+        // The whole transaction (header, lines, discounts, bronze) as JSON, amounts as exact decimal strings.
+        req("transaction", Kind::Str),
+    ],
+};
+
 /// One row per source file and run: what became of it.
 pub static FILE_LEDGER: TableDef = TableDef {
     name: "file_ledger",
@@ -152,6 +168,7 @@ pub static FILE_LEDGER: TableDef = TableDef {
         req("transactions", Kind::Int),
         req("new_transactions", Kind::Int),
         req("duplicate_transactions", Kind::Int),
+        req("quarantined_transactions", Kind::Int),
         req("lines", Kind::Int),
         req("discounts", Kind::Int),
         req("ingested_at", Kind::Timestamp),
@@ -179,8 +196,8 @@ pub static DEAD_LETTERS: TableDef = TableDef {
 
 /// Every table the warehouse holds, in the order [`crate::lake::Warehouse::append`] commits them: data first,
 /// the ledger last, so a ledger row never names data that is not committed.
-pub static TABLES: [&TableDef; 6] =
-    [&SALES_HEADER, &SALES_LINE, &SALES_DISCOUNT, &BRONZE_TRANSACTION, &DEAD_LETTERS, &FILE_LEDGER];
+pub static TABLES: [&TableDef; 7] =
+    [&SALES_HEADER, &SALES_LINE, &SALES_DISCOUNT, &BRONZE_TRANSACTION, &SALES_DUPLICATES, &DEAD_LETTERS, &FILE_LEDGER];
 
 impl TableDef {
     /// The Iceberg schema: field ids are column positions from 1; a map's key and value take ids after all

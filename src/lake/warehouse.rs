@@ -11,7 +11,6 @@ use futures::TryStreamExt;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
@@ -80,6 +79,10 @@ impl Warehouse {
             schemas,
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
         })
+    }
+
+    pub(super) fn catalog_ref(&self) -> &SqlCatalog {
+        self.catalog.as_ref()
     }
 
     /// The Iceberg catalog (for SQL engines and other readers).
@@ -258,27 +261,29 @@ impl LakeWriter {
     }
 
     /// Closes every open data file and commits each table that has any with a fast append carrying `properties`
-    /// in its snapshot summary, in [`TABLES`] order (the ledger last).
+    /// in its snapshot summary, in [`TABLES`] order (the ledger last). Not atomic across tables: the ingest goes
+    /// through [`LakeWriter::prepare`] and the commit log instead.
     pub async fn commit(&mut self, properties: &HashMap<String, String>) -> Result<Vec<Commit>, LakeError> {
-        let mut commits = Vec::new();
+        let tables = self.prepare().await?;
+        let id = properties.get(super::commit_log::COMMIT_PROPERTY).cloned().unwrap_or_default();
+        let commit = super::commit_log::PreparedCommit { id, properties: properties.clone(), tables };
+        self.warehouse.apply(commit).await
+    }
+
+    /// Closes every open data file and hands them over, per table in [`TABLES`] order, ready to commit.
+    pub async fn prepare(&mut self) -> Result<Vec<super::commit_log::PreparedTable>, LakeError> {
+        let mut out = Vec::new();
         for (i, def) in TABLES.iter().enumerate() {
             let Some(mut tw) = self.tables[i].take() else { continue };
-            let mut data_files = std::mem::take(&mut tw.closed);
+            let mut files = std::mem::take(&mut tw.closed);
             for (_, mut w) in std::mem::take(&mut tw.open) {
-                data_files.extend(w.close().await?);
+                files.extend(w.close().await?);
             }
-            if data_files.is_empty() {
-                continue;
+            if !files.is_empty() {
+                out.push(super::commit_log::PreparedTable { table: def.name, files, rows: tw.rows });
             }
-            let n_files = data_files.len();
-            let table = self.warehouse.load(def.name).await?;
-            let tx = Transaction::new(&table);
-            let action = tx.fast_append().add_data_files(data_files).set_snapshot_properties(properties.clone());
-            let table = action.apply(tx)?.commit(self.warehouse.catalog.as_ref()).await?;
-            let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
-            commits.push(Commit { table: def.name, snapshot_id, data_files: n_files, rows: tw.rows });
         }
-        Ok(commits)
+        Ok(out)
     }
 }
 

@@ -1,0 +1,241 @@
+//! Dedup: which transaction keys the lake already holds, behind one trait with three stores.
+//!
+//! - [`embedded`]: an exact in-process set persisted in the lake (the default; no server).
+//! - [`redis_bitmap`]: a blocked Bloom filter in plain Redis strings, sharded with hash tags; runs on any
+//!   Redis-protocol server (Redis 6+, Valkey, Azure Cache for Redis, ElastiCache).
+//! - [`redis_bloom`]: the `BF.*` commands of Redis 8 / Redis Stack / valkey-bloom.
+//!
+//! The protocol that keeps dedup exact across crashes lives with the ingest (`ingest::commit`): a key is added only
+//! after the data carrying it is committed, each commit is then marked *applied* in the store, and a start-up (or a
+//! store that lost its state) re-adds the keys of every committed batch the store has not marked. A Bloom
+//! "probably seen" never drops a sale: it goes to the `sales_duplicates` quarantine, which `poslake reconcile`
+//! verifies exactly.
+
+pub mod bloom;
+pub mod embedded;
+pub mod redis_bitmap;
+pub mod redis_bloom;
+mod redis_pool;
+
+use std::future::Future;
+use std::path::Path;
+
+use chrono::{Datelike, NaiveDate};
+use serde::Serialize;
+
+use crate::config::{DedupBackend, DedupConfig, DedupPeriod};
+use crate::model::TransactionKey;
+pub use bloom::Plan;
+pub use embedded::EmbeddedDedup;
+pub use redis_bitmap::RedisBitmap;
+pub use redis_bloom::RedisBloom;
+use redis_pool::RedisPool;
+
+/// Digest of a transaction key: the first 16 bytes of BLAKE3 over its canonical text.
+pub type KeyDigest = u128;
+
+pub fn digest(key: &TransactionKey) -> KeyDigest {
+    let hash = blake3::hash(key.canonical().as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&hash.as_bytes()[..16]);
+    u128::from_le_bytes(first)
+}
+
+/// A key as the stores see it: its digest, and its business date (which picks the filter partition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    pub digest: KeyDigest,
+    pub date: NaiveDate,
+}
+
+impl DedupKey {
+    pub fn of(key: &TransactionKey) -> Self {
+        DedupKey { digest: digest(key), date: key.business_date }
+    }
+}
+
+impl DedupPeriod {
+    /// The partition label of a business date: `2026-11` for a month.
+    pub fn label(self, date: NaiveDate) -> String {
+        match self {
+            DedupPeriod::Day => date.format("%Y-%m-%d").to_string(),
+            DedupPeriod::Month => format!("{:04}-{:02}", date.year(), date.month()),
+            DedupPeriod::Year => format!("{:04}", date.year()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DedupError {
+    #[error("dedup store {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("Redis at {url} unreachable for {secs:.0} s, past the limit of {limit_secs} s: {last}")]
+    Unavailable { url: String, secs: f64, limit_secs: u64, last: String },
+    #[error("Redis at {url}: {error}")]
+    Redis { url: String, error: String },
+    /// The store no longer holds what it held when this process started (a Redis restarted without
+    /// persistence, or flushed): the keys of committed batches must be re-added before going on.
+    #[error("the dedup store lost its state (generation {expected} is now {found})")]
+    StateLost { expected: String, found: String },
+    #[error("dedup configuration: {0}")]
+    Config(String),
+}
+
+/// One filter partition's health, for `poslake dedup stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStats {
+    pub partition: String,
+    /// Keys added (counted by adds: a key re-added in recovery counts again).
+    pub adds: u64,
+    /// Distinct keys estimated from the filter's fill (exact for the embedded store).
+    pub estimated_keys: f64,
+    pub capacity: u64,
+    /// Fraction of the filter's bits set.
+    pub fill: f64,
+    /// The false-positive rate a new key meets now.
+    pub fp_now: f64,
+    pub memory_bytes: u64,
+    pub over_capacity: bool,
+}
+
+/// What every dedup store does. Adds are idempotent, so any of them may be retried or repeated in recovery.
+pub trait DedupStore: Send + Sync {
+    /// Whether each key is (probably, for a Bloom filter) already in the store.
+    fn contains(&self, keys: &[DedupKey]) -> impl Future<Output = Result<Vec<bool>, DedupError>> + Send;
+    /// Adds keys whose data is committed.
+    fn add(&self, keys: &[DedupKey]) -> impl Future<Output = Result<(), DedupError>> + Send;
+    /// Records that every key of these commits has been added.
+    fn mark_applied(&self, commits: &[String]) -> impl Future<Output = Result<(), DedupError>> + Send;
+    /// Which of these commits are recorded as applied.
+    fn applied(&self, commits: &[String]) -> impl Future<Output = Result<Vec<bool>, DedupError>> + Send;
+    /// Per-partition fill and estimates.
+    fn stats(&self) -> impl Future<Output = Result<Vec<PartitionStats>, DedupError>> + Send;
+    /// Whether a positive answer is certain (no quarantine needed to be sure).
+    fn exact(&self) -> bool;
+    /// Which backend runs, and why.
+    fn describe(&self) -> String;
+}
+
+/// The configured store.
+pub enum Dedup {
+    Embedded(EmbeddedDedup),
+    RedisBitmap(RedisBitmap),
+    RedisBloom(RedisBloom),
+}
+
+impl Dedup {
+    /// Opens the configured store: the embedded one under `lake/dedup/`, or a Redis one (for `redis`, the Bloom
+    /// module when the server has it, else the bitmap filter).
+    pub async fn open(config: &DedupConfig, lake: &Path) -> Result<Dedup, DedupError> {
+        match config.backend {
+            DedupBackend::Embedded => Ok(Dedup::Embedded(EmbeddedDedup::open(&lake.join("dedup"))?)),
+            backend => {
+                let pool = RedisPool::connect(config)?;
+                let has_bloom = RedisBloom::server_has_bloom(&pool).await?;
+                match (backend, has_bloom) {
+                    (DedupBackend::RedisBloom, false) => Err(DedupError::Config(format!(
+                        "backend redis-bloom needs the BF.* commands, which the server at {} does not have \
+                         (use redis-bitmap, or redis to choose automatically)",
+                        pool.url()
+                    ))),
+                    (DedupBackend::RedisBloom, true) | (DedupBackend::Redis, true) => {
+                        let why = if backend == DedupBackend::Redis {
+                            "chosen automatically: the server has the BF.* commands"
+                        } else {
+                            "configured"
+                        };
+                        Ok(Dedup::RedisBloom(RedisBloom::open(pool, config, why).await?))
+                    }
+                    (_, has_bloom) => {
+                        let why = match (backend, has_bloom) {
+                            (DedupBackend::Redis, _) => "chosen automatically: the server has no BF.* commands",
+                            _ => "configured",
+                        };
+                        Ok(Dedup::RedisBitmap(RedisBitmap::open(pool, config, why).await?))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store's generation: an identity that changes if the store loses its state.
+    pub async fn generation(&self) -> Result<String, DedupError> {
+        match self {
+            Dedup::Embedded(d) => Ok(d.generation().to_owned()),
+            Dedup::RedisBitmap(d) => d.pool().generation().await,
+            Dedup::RedisBloom(d) => d.pool().generation().await,
+        }
+    }
+
+    /// Starts a new generation after the store lost its state (every worker that sees the change recovers).
+    pub async fn renew_generation(&self) -> Result<String, DedupError> {
+        match self {
+            Dedup::Embedded(d) => Ok(d.generation().to_owned()),
+            Dedup::RedisBitmap(d) => d.pool().renew_generation().await,
+            Dedup::RedisBloom(d) => d.pool().renew_generation().await,
+        }
+    }
+
+    /// Whether the connection to the store was lost and re-established since the last call (a Redis that came
+    /// back may have lost its last writes).
+    pub fn take_reconnected(&self) -> bool {
+        match self {
+            Dedup::Embedded(_) => false,
+            Dedup::RedisBitmap(d) => d.pool().take_reconnected(),
+            Dedup::RedisBloom(d) => d.pool().take_reconnected(),
+        }
+    }
+}
+
+macro_rules! each_store {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            Dedup::Embedded($d) => $e,
+            Dedup::RedisBitmap($d) => $e,
+            Dedup::RedisBloom($d) => $e,
+        }
+    };
+}
+
+impl DedupStore for Dedup {
+    async fn contains(&self, keys: &[DedupKey]) -> Result<Vec<bool>, DedupError> {
+        each_store!(self, d => d.contains(keys).await)
+    }
+
+    async fn add(&self, keys: &[DedupKey]) -> Result<(), DedupError> {
+        each_store!(self, d => d.add(keys).await)
+    }
+
+    async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
+        each_store!(self, d => d.mark_applied(commits).await)
+    }
+
+    async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {
+        each_store!(self, d => d.applied(commits).await)
+    }
+
+    async fn stats(&self) -> Result<Vec<PartitionStats>, DedupError> {
+        each_store!(self, d => d.stats().await)
+    }
+
+    fn exact(&self) -> bool {
+        each_store!(self, d => d.exact())
+    }
+
+    fn describe(&self) -> String {
+        each_store!(self, d => d.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_label_business_dates() {
+        let d = NaiveDate::from_ymd_opt(2026, 3, 9).expect("date");
+        assert_eq!(DedupPeriod::Month.label(d), "2026-03");
+        assert_eq!(DedupPeriod::Day.label(d), "2026-03-09");
+        assert_eq!(DedupPeriod::Year.label(d), "2026");
+    }
+}

@@ -1,0 +1,312 @@
+//! `redis-bitmap`: a blocked Bloom filter (see [`super::bloom`]) over plain Redis strings, one filter per
+//! business-date period, sharded into keys of at most `max_shard_mib`. Checks are `BITFIELD_RO … GET u1`, adds
+//! `BITFIELD … SET u1 … 1`: setting a bit is idempotent and commutes, so workers adding at once never undo each
+//! other (a client-side read-modify-write of a block would). Keys are batched per shard, many per command, and
+//! round trips run concurrently over the pool.
+//!
+//! Each period's shape is decided once, by the first worker to need it (`HSETNX` on the period's meta hash), and
+//! read by every other, so all workers agree on where a key's bits are even if their configurations differ.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use redis::Value;
+
+use super::bloom::Plan;
+use super::redis_pool::{GENERATION, RedisPool};
+use super::{DedupError, DedupKey, DedupStore, PartitionStats};
+use crate::config::{DedupConfig, DedupPeriod};
+
+pub struct RedisBitmap {
+    pool: RedisPool,
+    period: DedupPeriod,
+    /// The plan for a period created from now on.
+    new_plan: Plan,
+    keys_per_round_trip: usize,
+    concurrency: usize,
+    plans: Mutex<HashMap<String, Arc<Plan>>>,
+    why: String,
+}
+
+/// Stored in each period's meta hash, field `plan`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPlan {
+    expected_keys: u64,
+    fp_target: f64,
+    hashes: u32,
+    shards: u64,
+    blocks_per_shard: u64,
+}
+
+impl RedisBitmap {
+    pub async fn open(pool: RedisPool, config: &DedupConfig, why: &str) -> Result<Self, DedupError> {
+        pool.generation().await?;
+        Ok(RedisBitmap {
+            pool,
+            period: config.period,
+            new_plan: Plan::new(
+                config.expected_keys_per_period,
+                config.false_positive_rate,
+                config.max_shard_mib << 20,
+            ),
+            keys_per_round_trip: config.keys_per_round_trip,
+            concurrency: config.pool_size,
+            plans: Mutex::new(HashMap::new()),
+            why: why.to_owned(),
+        })
+    }
+
+    pub(super) fn pool(&self) -> &RedisPool {
+        &self.pool
+    }
+
+    fn meta_key(&self, label: &str) -> String {
+        self.pool.key(&format!("bf:{{{label}}}:meta"))
+    }
+
+    fn shard_key(&self, label: &str, shard: u64) -> String {
+        self.pool.key(&format!("bf:{{{label}:{shard}}}"))
+    }
+
+    /// The plan of each period the keys fall in, creating the period's filter on first use.
+    async fn plans_for(&self, labels: &[String]) -> Result<Vec<Arc<Plan>>, DedupError> {
+        let mut out = Vec::with_capacity(labels.len());
+        for label in labels {
+            let known = self.plans.lock().ok().and_then(|p| p.get(label).cloned());
+            let plan = match known {
+                Some(p) => p,
+                None => {
+                    let p = Arc::new(self.load_or_create(label).await?);
+                    if let Ok(mut plans) = self.plans.lock() {
+                        plans.insert(label.clone(), p.clone());
+                    }
+                    p
+                }
+            };
+            out.push(plan);
+        }
+        Ok(out)
+    }
+
+    async fn load_or_create(&self, label: &str) -> Result<Plan, DedupError> {
+        let p = &self.new_plan;
+        let stored = StoredPlan {
+            expected_keys: p.expected_keys,
+            fp_target: p.fp_target,
+            hashes: p.hashes,
+            shards: p.shards,
+            blocks_per_shard: p.blocks_per_shard,
+        };
+        let json = serde_json::to_string(&stored).map_err(|e| DedupError::Config(e.to_string()))?;
+        let meta = self.meta_key(label);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSETNX").arg(&meta).arg("plan").arg(&json).ignore();
+        pipe.cmd("HGET").arg(&meta).arg("plan");
+        pipe.cmd("SADD").arg(self.pool.key("dedup:partitions")).arg(label).ignore();
+        let (found,): (String,) = self.pool.query(&pipe).await?;
+        let s: StoredPlan = serde_json::from_str(&found)
+            .map_err(|e| DedupError::Config(format!("{meta} holds a plan poslake cannot read: {e}")))?;
+        let mut plan = Plan::new(s.expected_keys, s.fp_target, u64::MAX);
+        plan.hashes = s.hashes;
+        plan.shards = s.shards;
+        plan.blocks_per_shard = s.blocks_per_shard;
+        plan.fp_at_capacity = plan.fp_at(s.expected_keys as f64);
+        Ok(plan)
+    }
+
+    /// Groups the keys into round trips of at most `keys_per_round_trip` keys, one `BITFIELD` command per shard
+    /// within each, and runs them concurrently. Returns, for a check, whether each key's bits were all set.
+    async fn bitfield(&self, keys: &[DedupKey], set: bool) -> Result<Vec<bool>, DedupError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut labels: Vec<String> = keys.iter().map(|k| self.period.label(k.date)).collect();
+        let mut distinct = labels.clone();
+        distinct.sort();
+        distinct.dedup();
+        let plans = self.plans_for(&distinct).await?;
+        let plan_of: HashMap<&str, &Arc<Plan>> = distinct.iter().map(String::as_str).zip(plans.iter()).collect();
+
+        // (shard key) → (key index, bit offsets), in key order within each shard.
+        let mut located: Vec<(String, usize, super::bloom::Location)> = Vec::with_capacity(keys.len());
+        for (i, (k, label)) in keys.iter().zip(labels.drain(..)).enumerate() {
+            let plan = plan_of.get(label.as_str()).ok_or_else(|| DedupError::Config("plan missing".into()))?;
+            let loc = plan.locate(k.digest);
+            located.push((self.shard_key(&label, loc.shard), i, loc));
+        }
+        let chunks: Vec<Vec<(String, usize, super::bloom::Location)>> =
+            located.chunks(self.keys_per_round_trip.max(1)).map(<[_]>::to_vec).collect();
+        let results: Vec<Vec<(usize, bool)>> = futures::stream::iter(chunks)
+            .map(|chunk| self.round_trip(chunk, set))
+            .buffer_unordered(self.concurrency.max(1))
+            .try_collect()
+            .await?;
+        let mut out = vec![false; keys.len()];
+        for (i, present) in results.into_iter().flatten() {
+            out[i] = present;
+        }
+        Ok(out)
+    }
+
+    async fn round_trip(
+        &self,
+        chunk: Vec<(String, usize, super::bloom::Location)>,
+        set: bool,
+    ) -> Result<Vec<(usize, bool)>, DedupError> {
+        let mut by_shard: BTreeMap<&str, Vec<(usize, &super::bloom::Location)>> = BTreeMap::new();
+        for (key, i, loc) in &chunk {
+            by_shard.entry(key.as_str()).or_default().push((*i, loc));
+        }
+        let mut pipe = redis::pipe();
+        if !set {
+            // A check carries the generation, so a store that lost its state is never read as "all new".
+            pipe.cmd("GET").arg(self.pool.key(GENERATION));
+        }
+        for (shard, entries) in &by_shard {
+            let cmd = pipe.cmd(if set { "BITFIELD" } else { "BITFIELD_RO" }).arg(*shard);
+            for (_, loc) in entries {
+                for &bit in loc.bits() {
+                    if set {
+                        cmd.arg("SET").arg("u1").arg(bit).arg(1);
+                    } else {
+                        cmd.arg("GET").arg("u1").arg(bit);
+                    }
+                }
+            }
+            if set {
+                cmd.ignore();
+            }
+        }
+        let replies: Vec<Value> = self.pool.query(&pipe).await?;
+        if set {
+            return Ok(Vec::new());
+        }
+        let mut replies = replies.into_iter();
+        let generation = match replies.next() {
+            Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+            Some(Value::SimpleString(s)) => Some(s),
+            _ => None,
+        };
+        self.pool.check_generation(generation)?;
+        let mut out = Vec::with_capacity(chunk.len());
+        for ((_, entries), reply) in by_shard.iter().zip(replies) {
+            let Value::Array(bits) = reply else {
+                return Err(DedupError::Redis {
+                    url: self.pool.url().into(),
+                    error: format!("BITFIELD_RO: {reply:?}"),
+                });
+            };
+            let mut bits = bits.into_iter();
+            for (i, loc) in entries {
+                let mut all = true;
+                for _ in loc.bits() {
+                    all &= matches!(bits.next(), Some(Value::Int(1)));
+                }
+                out.push((*i, all));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every period's filter with its plan.
+    async fn partitions(&self) -> Result<Vec<(String, Arc<Plan>)>, DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SMEMBERS").arg(self.pool.key("dedup:partitions"));
+        let (mut labels,): (Vec<String>,) = self.pool.query(&pipe).await?;
+        labels.sort();
+        let plans = self.plans_for(&labels).await?;
+        Ok(labels.into_iter().zip(plans).collect())
+    }
+}
+
+impl DedupStore for RedisBitmap {
+    async fn contains(&self, keys: &[DedupKey]) -> Result<Vec<bool>, DedupError> {
+        self.bitfield(keys, false).await
+    }
+
+    async fn add(&self, keys: &[DedupKey]) -> Result<(), DedupError> {
+        self.bitfield(keys, true).await?;
+        let mut per_label: BTreeMap<String, u64> = BTreeMap::new();
+        for k in keys {
+            *per_label.entry(self.period.label(k.date)).or_default() += 1;
+        }
+        let mut pipe = redis::pipe();
+        for (label, n) in &per_label {
+            pipe.cmd("HINCRBY").arg(self.meta_key(label)).arg("adds").arg(*n);
+        }
+        let totals: Vec<u64> = self.pool.query(&pipe).await?;
+        // The capacity warning, once per crossing: adds count re-adds too, so it errs on the early side.
+        let plans = self.plans_for(&per_label.keys().cloned().collect::<Vec<_>>()).await?;
+        for (((label, n), adds), plan) in per_label.iter().zip(totals).zip(plans) {
+            if adds >= plan.expected_keys && adds - n < plan.expected_keys {
+                tracing::warn!(partition = %label, adds, capacity = plan.expected_keys, fp_now = plan.fp_at(adds as f64),
+                    "dedup filter partition passed its design capacity: false positives (quarantined, never lost) will rise");
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
+        self.pool.mark_applied(commits).await
+    }
+
+    async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {
+        self.pool.applied(commits).await
+    }
+
+    async fn stats(&self) -> Result<Vec<PartitionStats>, DedupError> {
+        let mut out = Vec::new();
+        for (label, plan) in self.partitions().await? {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HGET").arg(self.meta_key(&label)).arg("adds");
+            for shard in 0..plan.shards {
+                pipe.cmd("BITCOUNT").arg(self.shard_key(&label, shard));
+            }
+            for shard in 0..plan.shards {
+                pipe.cmd("MEMORY").arg("USAGE").arg(self.shard_key(&label, shard));
+            }
+            let replies: Vec<Value> = self.pool.query(&pipe).await?;
+            let int = |v: &Value| match v {
+                Value::Int(i) => *i as u64,
+                Value::BulkString(b) => String::from_utf8_lossy(b).parse().unwrap_or(0),
+                _ => 0,
+            };
+            let adds = replies.first().map_or(0, int);
+            let n = plan.shards as usize;
+            let set_bits: u64 = replies.iter().skip(1).take(n).map(int).sum();
+            let memory: u64 = replies.iter().skip(1 + n).take(n).map(int).sum();
+            let estimated = plan.estimate_keys(set_bits);
+            out.push(PartitionStats {
+                partition: label,
+                adds,
+                estimated_keys: estimated,
+                capacity: plan.expected_keys,
+                fill: set_bits as f64 / plan.total_bits() as f64,
+                fp_now: plan.fp_at(estimated),
+                memory_bytes: memory,
+                over_capacity: estimated > plan.expected_keys as f64,
+            });
+        }
+        Ok(out)
+    }
+
+    fn exact(&self) -> bool {
+        false
+    }
+
+    fn describe(&self) -> String {
+        let p = &self.new_plan;
+        format!(
+            "redis-bitmap at {} ({}): blocked Bloom filter per {:?} period, {} keys at {} false positives, {} hashes, {} shard(s) of {} MiB",
+            self.pool.url(),
+            self.why,
+            self.period,
+            p.expected_keys,
+            p.fp_target,
+            p.hashes,
+            p.shards,
+            p.shard_bytes() >> 20
+        )
+    }
+}

@@ -1,0 +1,261 @@
+//! The Redis connection pool the Redis stores share: a bounded deadpool of multiplexed connections (TLS with
+//! `rediss://`, AUTH from the URL), a timeout on every round trip, and retries with exponential backoff and full
+//! jitter while the server is unreachable. Every command poslake sends is idempotent (bit sets, set adds, reads),
+//! so a round trip whose answer was lost is simply sent again.
+//!
+//! While Redis is down the caller waits here, which holds up the pipeline behind it (backpressure): nothing is
+//! lost or duplicated, one warning says so, one line says when it is back, and past the configured limit the
+//! caller gets [`DedupError::Unavailable`].
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::{AsyncConnectionConfig, FromRedisValue, Pipeline};
+
+use super::DedupError;
+use crate::config::DedupConfig;
+
+pub struct RedisPool {
+    pool: Pool,
+    /// The URL without its password, for messages.
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    limit: Duration,
+    /// The generation this process works against (see [`super::Dedup::generation`]).
+    generation: Mutex<Option<String>>,
+    reconnected: AtomicBool,
+}
+
+/// First backoff; doubled per try up to [`BACKOFF_CAP`], each sleep drawn uniformly below it (full jitter).
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+impl RedisPool {
+    pub fn connect(config: &DedupConfig) -> Result<Self, DedupError> {
+        let url = redact(&config.redis_url);
+        let cfg_err = |e: &dyn std::fmt::Display| DedupError::Config(format!("Redis URL {url}: {e}"));
+        // rustls needs one process-wide crypto provider for rediss://; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let conn =
+            AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));
+        let manager = Manager::new_with_config(config.redis_url.as_str(), conn).map_err(|e| cfg_err(&e))?;
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| cfg_err(&e))?;
+        Ok(RedisPool {
+            pool,
+            url,
+            prefix: config.key_prefix.clone(),
+            timeout,
+            limit: Duration::from_secs(config.unavailable_limit_secs),
+            generation: Mutex::new(None),
+            reconnected: AtomicBool::new(false),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A key under poslake's prefix.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    /// Runs the pipeline, retrying while the server is unreachable (see the module docs).
+    pub async fn query<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, DedupError> {
+        let started = Instant::now();
+        let mut tries: u32 = 0;
+        loop {
+            let attempt = async {
+                let mut conn = self.pool.get().await.map_err(|e| match e {
+                    deadpool_redis::PoolError::Backend(e) => Failure::of(e),
+                    other => Failure { retry: true, message: other.to_string() },
+                })?;
+                pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)
+            };
+            let failure = match tokio::time::timeout(self.timeout + self.timeout, attempt).await {
+                Ok(Ok(value)) => {
+                    if tries > 0 {
+                        tracing::info!(url = %self.url, after_secs = started.elapsed().as_secs_f64(), "Redis is reachable again; resuming");
+                        self.reconnected.store(true, Ordering::SeqCst);
+                    }
+                    return Ok(value);
+                }
+                Ok(Err(f)) => f,
+                Err(_) => Failure { retry: true, message: format!("no answer within {:?}", self.timeout * 2) },
+            };
+            if !failure.retry {
+                return Err(DedupError::Redis { url: self.url.clone(), error: failure.message });
+            }
+            tries += 1;
+            let waited = started.elapsed();
+            if waited >= self.limit {
+                return Err(DedupError::Unavailable {
+                    url: self.url.clone(),
+                    secs: waited.as_secs_f64(),
+                    limit_secs: self.limit.as_secs(),
+                    last: failure.message,
+                });
+            }
+            if tries == 1 {
+                tracing::warn!(url = %self.url, error = %failure.message, limit_secs = self.limit.as_secs(),
+                    "Redis unreachable: the pipeline pauses and retries with backoff");
+            }
+            tokio::time::sleep(backoff(tries).min(self.limit.saturating_sub(waited))).await;
+        }
+    }
+
+    /// The store's generation: set once (`SET NX`) by the first process to use the store, so a Redis that lost
+    /// its data (restarted without persistence, flushed) shows a different or no generation.
+    pub async fn generation(&self) -> Result<String, DedupError> {
+        let key = self.key(GENERATION);
+        let fresh = uuid::Uuid::new_v4().to_string();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(&fresh).arg("NX").ignore().cmd("GET").arg(&key);
+        let (current,): (String,) = self.query(&pipe).await?;
+        let mut mine = self.generation.lock().map_err(|_| poisoned())?;
+        match mine.as_ref() {
+            Some(expected) if *expected != current => {
+                Err(DedupError::StateLost { expected: expected.clone(), found: current })
+            }
+            _ => {
+                *mine = Some(current.clone());
+                Ok(current)
+            }
+        }
+    }
+
+    /// Adopts the store's current generation after recovering from a loss.
+    pub async fn renew_generation(&self) -> Result<String, DedupError> {
+        if let Ok(mut g) = self.generation.lock() {
+            *g = None;
+        }
+        self.generation().await
+    }
+
+    /// The generation this process expects, to check alongside a query.
+    pub fn expected_generation(&self) -> Option<String> {
+        self.generation.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub fn take_reconnected(&self) -> bool {
+        self.reconnected.swap(false, Ordering::SeqCst)
+    }
+
+    /// Commit ids whose keys are all added live in one set. The marks are made only if the generation is still
+    /// the expected one (atomically, in a script): a Redis that lost the keys must not gain their marks.
+    pub async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let expected = self.expected_generation().unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL").arg(MARK_IF_GENERATION).arg(2).arg(self.key(GENERATION)).arg(self.key(APPLIED));
+        pipe.arg(&expected).arg(commits);
+        let (found,): (Option<String>,) = self.query(&pipe).await?;
+        match found {
+            None => Ok(()),
+            Some(found) => Err(DedupError::StateLost { expected, found }),
+        }
+    }
+
+    pub async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {
+        let mut out = Vec::with_capacity(commits.len());
+        for chunk in commits.chunks(1000) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SMISMEMBER").arg(self.key(APPLIED)).arg(chunk);
+            let (flags,): (Vec<bool>,) = self.query(&pipe).await?;
+            out.extend(flags);
+        }
+        Ok(out)
+    }
+
+    /// Checks that the generation is still the one this process started with: the first command of a check's
+    /// pipeline, so that a lost state is never mistaken for "these keys are new".
+    pub fn check_generation(&self, found: Option<String>) -> Result<(), DedupError> {
+        match (self.expected_generation(), found) {
+            (Some(expected), Some(found)) if expected == found => Ok(()),
+            (Some(expected), found) => {
+                Err(DedupError::StateLost { expected, found: found.unwrap_or_else(|| "(none)".into()) })
+            }
+            (None, _) => Ok(()),
+        }
+    }
+}
+
+/// The generation and the applied marks share a hash tag, so the script below may touch both in a cluster.
+pub const GENERATION: &str = "{dedup}:generation";
+pub const APPLIED: &str = "{dedup}:applied";
+
+/// SADD the commits if the generation is ARGV[1]; otherwise return the generation found.
+const MARK_IF_GENERATION: &str = r"
+local g = redis.call('GET', KEYS[1])
+if g ~= ARGV[1] then return g or '(none)' end
+redis.call('SADD', KEYS[2], unpack(ARGV, 2))
+return false
+";
+
+struct Failure {
+    retry: bool,
+    message: String,
+}
+
+impl Failure {
+    fn of(e: redis::RedisError) -> Failure {
+        let retry = !matches!(e.kind(), redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig)
+            && !matches!(e.retry_method(), redis::RetryMethod::NoRetry);
+        Failure { retry, message: e.to_string() }
+    }
+}
+
+fn poisoned() -> DedupError {
+    DedupError::Config("the generation lock was poisoned by a panic".into())
+}
+
+/// Full jitter: uniform in [0, min(cap, base · 2^tries)).
+fn backoff(tries: u32) -> Duration {
+    let cap = BACKOFF_BASE.saturating_mul(1 << tries.min(16)).min(BACKOFF_CAP);
+    let nanos = cap.as_nanos() as u64;
+    Duration::from_nanos(if nanos == 0 { 0 } else { (uuid::Uuid::new_v4().as_u128() as u64) % nanos })
+}
+
+/// The URL with any password replaced, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact("rediss://default:s3cret@cache:6380/0"), "rediss://default:***@cache:6380/0");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn backoff_is_jittered_below_a_growing_cap() {
+        for tries in 1..20 {
+            let cap = BACKOFF_BASE.saturating_mul(1 << tries.min(16)).min(BACKOFF_CAP);
+            assert!(backoff(tries) < cap);
+        }
+    }
+}

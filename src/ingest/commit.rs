@@ -1,0 +1,175 @@
+//! The exactly-once protocol between the lake and the dedup store.
+//!
+//! A commit, in order:
+//! 1. the batch's keys were checked (and held in memory as in flight) before its rows were written;
+//! 2. the data files are closed and listed in a durable intent (`lake::commit_log`);
+//! 3. each table is committed with the commit id (`run/worker/sequence`) in its snapshot summary;
+//! 4. the keys are added to the dedup store, and only then
+//! 5. the commit is marked applied in the store and the intent removed.
+//!
+//! A crash anywhere leaves one of: nothing committed (the files are not in the ledger: the next run redoes them);
+//! an intent (recovery finishes its tables, never committing one twice); or committed tables whose keys the store
+//! may lack (recovery finds the commit unmarked in the store and re-adds its keys from the snapshot's
+//! `sales_header` files). Keys are never in the store before their data is committed, so a retry never mistakes
+//! its own sales for duplicates.
+
+use std::sync::Arc;
+
+use arrow_array::{Array, Date32Array, RecordBatch, StringArray};
+use chrono::NaiveDate;
+
+use super::IngestError;
+use crate::dedup::{Dedup, DedupKey, DedupStore};
+use crate::failpoint;
+use crate::lake::tables::SALES_HEADER;
+use crate::lake::{Commit, PreparedCommit, Warehouse};
+use crate::model::{KeyVariant, TransactionKey};
+
+/// What a recovery did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Recovery {
+    /// Half-made commits finished from their intents.
+    pub intents_finished: u64,
+    /// Committed batches whose keys the store lacked, and how many keys were re-added for them.
+    pub commits_readded: u64,
+    pub keys_readded: u64,
+}
+
+pub struct Committer {
+    warehouse: Arc<Warehouse>,
+    dedup: Arc<Dedup>,
+}
+
+/// The columns of `sales_header` that make up a key.
+const KEY_COLUMNS: [&str; 5] = ["site", "business_date", "register", "sequence", "key_variant"];
+
+impl Committer {
+    pub fn new(warehouse: Arc<Warehouse>, dedup: Arc<Dedup>) -> Self {
+        Committer { warehouse, dedup }
+    }
+
+    pub fn dedup(&self) -> &Arc<Dedup> {
+        &self.dedup
+    }
+
+    /// Commits the prepared tables and then adds `keys` (the keys of the new `sales_header` rows).
+    pub async fn commit(&self, commit: PreparedCommit, keys: &[DedupKey]) -> Result<Vec<Commit>, IngestError> {
+        if commit.tables.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id = commit.id.clone();
+        self.warehouse.write_intent(&commit).await?;
+        failpoint::hit("commit-intent");
+        let commits = self.warehouse.apply_with(commit, || failpoint::hit("commit-table")).await?;
+        self.dedup.add(keys).await?;
+        failpoint::hit("commit-keys");
+        self.dedup.mark_applied(std::slice::from_ref(&id)).await?;
+        failpoint::hit("commit-applied");
+        self.warehouse.remove_intent(&id)?;
+        Ok(commits)
+    }
+
+    /// Finishes what a stopped process left: pending intents, then the keys of every committed batch the store
+    /// has not marked applied. `only_prefix` limits the second part to commit ids with that prefix (this run's,
+    /// after a reconnect); `None` looks at the whole history.
+    pub async fn recover(&self, only_prefix: Option<&str>) -> Result<Recovery, IngestError> {
+        let mut report = Recovery::default();
+        let intents = self.warehouse.pending_intents().await?;
+        let mut finished = Vec::new();
+        for intent in intents {
+            let id = intent.id.clone();
+            self.warehouse.apply(intent).await?;
+            failpoint::hit("recover-intent");
+            finished.push(id);
+            report.intents_finished += 1;
+        }
+        let mut commits = self.warehouse.commits_of(SALES_HEADER.name).await?;
+        if let Some(prefix) = only_prefix {
+            commits.retain(|(id, _)| id.starts_with(prefix));
+        }
+        let ids: Vec<String> = commits.iter().map(|(id, _)| id.clone()).collect();
+        let applied = self.dedup.applied(&ids).await?;
+        for ((id, snapshot), done) in commits.into_iter().zip(applied) {
+            if done {
+                continue;
+            }
+            let mut keys = Vec::new();
+            for path in self.warehouse.files_added_by(SALES_HEADER.name, snapshot).await? {
+                let batches = self.warehouse.read_data_file(SALES_HEADER.name, &path, &KEY_COLUMNS).await?;
+                keys.extend(keys_of(&batches)?);
+            }
+            self.dedup.add(&keys).await?;
+            self.dedup.mark_applied(std::slice::from_ref(&id)).await?;
+            report.commits_readded += 1;
+            report.keys_readded += keys.len() as u64;
+        }
+        // Intents of commits without sales rows have no keys; they are complete once their tables are.
+        self.dedup.mark_applied(&finished).await?;
+        for id in &finished {
+            self.warehouse.remove_intent(id)?;
+        }
+        if report.intents_finished + report.commits_readded > 0 {
+            tracing::info!(
+                intents = report.intents_finished,
+                commits = report.commits_readded,
+                keys = report.keys_readded,
+                "recovered: finished half-made commits and re-added keys the dedup store lacked"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Repopulates the store from every row of `sales_header` (a lost or new filter), and marks every commit
+    /// applied. Returns the keys added.
+    pub async fn rebuild(&self) -> Result<u64, IngestError> {
+        self.recover(Some("\u{0}")).await?; // finish intents only: no commit id starts with NUL
+        let table = self.warehouse.load(SALES_HEADER.name).await?;
+        let mut added = 0u64;
+        if table.metadata().current_snapshot().is_some() {
+            use futures::TryStreamExt;
+            let mut stream = table
+                .scan()
+                .select(KEY_COLUMNS)
+                .build()
+                .map_err(crate::lake::LakeError::from)?
+                .to_arrow()
+                .await
+                .map_err(crate::lake::LakeError::from)?;
+            while let Some(batch) = stream.try_next().await.map_err(crate::lake::LakeError::from)? {
+                let keys = keys_of(std::slice::from_ref(&batch))?;
+                self.dedup.add(&keys).await?;
+                added += keys.len() as u64;
+            }
+        }
+        let ids: Vec<String> =
+            self.warehouse.commits_of(SALES_HEADER.name).await?.into_iter().map(|(id, _)| id).collect();
+        self.dedup.mark_applied(&ids).await?;
+        Ok(added)
+    }
+}
+
+/// The dedup keys of `sales_header` rows (the key columns, in any order).
+pub fn keys_of(batches: &[RecordBatch]) -> Result<Vec<DedupKey>, IngestError> {
+    let bad = |what: &str| IngestError::Abandoned(format!("sales_header key columns unreadable: {what}"));
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).ok_or_else(|| bad("epoch"))?;
+    let mut out = Vec::new();
+    for b in batches {
+        let col = |name: &str| b.column_by_name(name).ok_or_else(|| bad(name));
+        let site = col("site")?.as_any().downcast_ref::<StringArray>().ok_or_else(|| bad("site"))?;
+        let date = col("business_date")?.as_any().downcast_ref::<Date32Array>().ok_or_else(|| bad("business_date"))?;
+        let register = col("register")?.as_any().downcast_ref::<StringArray>().ok_or_else(|| bad("register"))?;
+        let sequence = col("sequence")?.as_any().downcast_ref::<StringArray>().ok_or_else(|| bad("sequence"))?;
+        let variant = col("key_variant")?.as_any().downcast_ref::<StringArray>().ok_or_else(|| bad("key_variant"))?;
+        for i in 0..b.num_rows() {
+            let key = TransactionKey {
+                site: site.value(i).to_owned(),
+                business_date: epoch + chrono::TimeDelta::days(i64::from(date.value(i))),
+                register: (!register.is_null(i)).then(|| register.value(i).to_owned()),
+                sequence: sequence.value(i).to_owned(),
+                variant: KeyVariant::parse(variant.value(i)).ok_or_else(|| bad(variant.value(i)))?,
+            };
+            out.push(DedupKey::of(&key));
+        }
+    }
+    Ok(out)
+}

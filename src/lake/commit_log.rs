@@ -1,0 +1,246 @@
+//! Commits that span several tables, made atomic by rolling forward.
+//!
+//! Iceberg commits one table at a time, so a batch that lands in six tables could be half committed by a crash.
+//! Before the first table commit, the batch's data files (already closed, immutable Parquet) are listed in an
+//! *intent* file under `<lake>/commits/`, written to a temporary name, fsynced and renamed. Each table is then
+//! committed with the commit id in its snapshot summary (`poslake.commit`). A process that starts and finds an
+//! intent finishes it: every table whose snapshot history lacks the id gets the listed files, none gets them twice.
+//! The intent is removed once every table holds the commit and the dedup store has its keys.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use iceberg::spec::{DataFile, deserialize_data_file_from_json, serialize_data_file_to_json};
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use serde::{Deserialize, Serialize};
+
+use super::LakeError;
+use super::tables::TABLES;
+use super::warehouse::{Commit, Warehouse};
+
+/// The snapshot-summary property naming the commit a snapshot belongs to.
+pub const COMMIT_PROPERTY: &str = "poslake.commit";
+
+/// One table's share of a commit: data files written and closed, not yet committed.
+pub struct PreparedTable {
+    pub table: &'static str,
+    pub files: Vec<DataFile>,
+    pub rows: u64,
+}
+
+/// A commit about to be made: its id, the snapshot properties, and the data files per table.
+pub struct PreparedCommit {
+    pub id: String,
+    pub properties: HashMap<String, String>,
+    pub tables: Vec<PreparedTable>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IntentFile {
+    id: String,
+    properties: HashMap<String, String>,
+    tables: Vec<IntentTable>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IntentTable {
+    table: String,
+    rows: u64,
+    /// Iceberg's own JSON form of each data file.
+    files: Vec<String>,
+}
+
+impl Warehouse {
+    fn intents_dir(&self) -> PathBuf {
+        self.root().join("commits")
+    }
+
+    fn intent_path(&self, id: &str) -> PathBuf {
+        self.intents_dir().join(format!("{}.json", id.replace(['/', '\\'], "_")))
+    }
+
+    /// Records the commit durably (fsync, rename, fsync of the directory) before any table is committed.
+    pub async fn write_intent(&self, commit: &PreparedCommit) -> Result<(), LakeError> {
+        let mut tables = Vec::new();
+        for t in &commit.tables {
+            let table = self.load(t.table).await?;
+            let meta = table.metadata();
+            let partition_type = meta.default_partition_spec().partition_type(meta.current_schema())?;
+            let files = t
+                .files
+                .iter()
+                .map(|f| serialize_data_file_to_json(f.clone(), &partition_type, meta.format_version()))
+                .collect::<Result<Vec<_>, _>>()?;
+            tables.push(IntentTable { table: t.table.to_owned(), rows: t.rows, files });
+        }
+        let intent = IntentFile { id: commit.id.clone(), properties: commit.properties.clone(), tables };
+        let dir = self.intents_dir();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LakeError::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = self.intent_path(&commit.id);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(&intent).map_err(|e| io(&tmp)(std::io::Error::other(e)))?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(&bytes).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
+        Ok(())
+    }
+
+    /// Commits each table of the commit whose snapshot history does not already hold it, in [`TABLES`] order.
+    pub async fn apply(&self, commit: PreparedCommit) -> Result<Vec<Commit>, LakeError> {
+        self.apply_with(commit, || {}).await
+    }
+
+    /// [`Warehouse::apply`], calling `after_each` after each table's commit (kill points use it).
+    pub async fn apply_with(
+        &self,
+        commit: PreparedCommit,
+        mut after_each: impl FnMut(),
+    ) -> Result<Vec<Commit>, LakeError> {
+        let mut out = Vec::new();
+        for t in commit.tables {
+            let table = self.load(t.table).await?;
+            if holds_commit(&table, &commit.id) {
+                continue;
+            }
+            let n_files = t.files.len();
+            let tx = Transaction::new(&table);
+            let action = tx.fast_append().add_data_files(t.files).set_snapshot_properties(commit.properties.clone());
+            let table = action.apply(tx)?.commit(self.catalog_ref()).await?;
+            let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
+            out.push(Commit { table: t.table, snapshot_id, data_files: n_files, rows: t.rows });
+            after_each();
+        }
+        Ok(out)
+    }
+
+    /// The commit is complete everywhere: forget its intent.
+    pub fn remove_intent(&self, id: &str) -> Result<(), LakeError> {
+        let path = self.intent_path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LakeError::Io { path, source }),
+        }
+    }
+
+    /// Intents left by a process that stopped mid-commit, oldest first. A temporary file that never got renamed
+    /// is an intent that was never made: nothing of it was committed, so it is deleted.
+    pub async fn pending_intents(&self) -> Result<Vec<PreparedCommit>, LakeError> {
+        let dir = self.intents_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(LakeError::Io { path: dir, source }),
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            if name.ends_with(".json.tmp") {
+                let _ = std::fs::remove_file(&path);
+            } else if name.ends_with(".json") {
+                let modified = entry.metadata().and_then(|m| m.modified()).ok();
+                found.push((modified, path));
+            }
+        }
+        found.sort();
+        let mut out = Vec::new();
+        for (_, path) in found {
+            let bytes = std::fs::read(&path).map_err(|source| LakeError::Io { path: path.clone(), source })?;
+            let intent: IntentFile = serde_json::from_slice(&bytes).map_err(|e| LakeError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
+            let mut tables = Vec::new();
+            for t in intent.tables {
+                let Some(def) = TABLES.iter().find(|d| d.name == t.table) else {
+                    return Err(LakeError::Schema {
+                        table: "commits",
+                        reason: format!("{} names an unknown table {}", path.display(), t.table),
+                    });
+                };
+                let table = self.load(def.name).await?;
+                let meta = table.metadata();
+                let spec = meta.default_partition_spec();
+                let partition_type = spec.partition_type(meta.current_schema())?;
+                let files = t
+                    .files
+                    .iter()
+                    .map(|j| deserialize_data_file_from_json(j, spec.spec_id(), &partition_type, meta.current_schema()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                tables.push(PreparedTable { table: def.name, files, rows: t.rows });
+            }
+            out.push(PreparedCommit { id: intent.id, properties: intent.properties, tables });
+        }
+        Ok(out)
+    }
+
+    /// Every commit id in the table's snapshot history, with its snapshot id, oldest first.
+    pub async fn commits_of(&self, table: &str) -> Result<Vec<(String, i64)>, LakeError> {
+        let table = self.load(table).await?;
+        let mut snaps: Vec<_> = table.metadata().snapshots().cloned().collect();
+        snaps.sort_by_key(|s| s.sequence_number());
+        Ok(snaps
+            .iter()
+            .filter_map(|s| {
+                s.summary().additional_properties.get(COMMIT_PROPERTY).map(|id| (id.clone(), s.snapshot_id()))
+            })
+            .collect())
+    }
+
+    /// Paths of the data files a snapshot added to the table.
+    pub async fn files_added_by(&self, table: &str, snapshot_id: i64) -> Result<Vec<String>, LakeError> {
+        let table = self.load(table).await?;
+        let Some(snapshot) = table.metadata().snapshot_by_id(snapshot_id).cloned() else {
+            return Ok(Vec::new());
+        };
+        let list = table.manifest_list_reader(&snapshot).load().await?;
+        let mut out = Vec::new();
+        for manifest in list.entries() {
+            if manifest.added_snapshot_id != snapshot_id {
+                continue;
+            }
+            for entry in manifest.load_manifest(table.file_io()).await?.entries() {
+                if entry.status() == iceberg::spec::ManifestStatus::Added && entry.snapshot_id() == Some(snapshot_id) {
+                    out.push(entry.file_path().to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Warehouse {
+    /// Reads the named columns of one data file of the table.
+    pub async fn read_data_file(
+        &self,
+        table: &str,
+        path: &str,
+        columns: &[&str],
+    ) -> Result<Vec<arrow_array::RecordBatch>, LakeError> {
+        use parquet::arrow::ProjectionMask;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let table = self.load(table).await?;
+        let bytes = table.file_io().new_input(path)?.read().await?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        let reader = builder.with_projection(mask).build()?;
+        Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+fn holds_commit(table: &iceberg::table::Table, id: &str) -> bool {
+    table
+        .metadata()
+        .snapshots()
+        .any(|s| s.summary().additional_properties.get(COMMIT_PROPERTY).is_some_and(|c| c == id))
+}
