@@ -8,56 +8,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::{Array, Date32Array, RecordBatch, StringArray};
+mod common;
+
+use arrow_array::{Array, StringArray};
+use common::{column, header_keys, ledger_paths, pipeline};
 use poslake::generate::{FileKind, GenerateArgs, generate, read_manifest};
 use poslake::ingest::{IngestPaths, IngestSetup, ingest};
 use poslake::lake::Warehouse;
-use poslake_actors::{FlowLimits, PipelineConfig, Progress};
-
-fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
-    b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).unwrap_or_else(|| panic!("column {name}"))
-}
-
-/// Canonical keys of every sales_header row (the same text form the manifest uses).
-async fn header_keys(wh: &Warehouse) -> Vec<String> {
-    let mut keys = Vec::new();
-    for b in wh.scan("sales_header").await.expect("scan") {
-        let site = column::<StringArray>(&b, "site");
-        let date = column::<Date32Array>(&b, "business_date");
-        let reg = column::<StringArray>(&b, "register");
-        let seq = column::<StringArray>(&b, "sequence");
-        let variant = column::<StringArray>(&b, "key_variant");
-        for i in 0..b.num_rows() {
-            let d = date.value_as_date(i).expect("date");
-            let mut k = format!(
-                "{}|{}|{}|{}",
-                site.value(i),
-                d.format("%Y-%m-%d"),
-                if reg.is_null(i) { "" } else { reg.value(i) },
-                seq.value(i)
-            );
-            if variant.value(i) != "primary" {
-                k.push('|');
-                k.push_str(variant.value(i));
-            }
-            keys.push(k);
-        }
-    }
-    keys
-}
-
-fn pipeline() -> PipelineConfig {
-    PipelineConfig {
-        downloaders: 4,
-        parsers: 2,
-        archivers: 2,
-        batch_files: 16,
-        flush_interval: Duration::from_millis(50),
-        // Small budgets: the corpus is many times larger than what may be in flight.
-        limits: FlowLimits { max_files: 12, max_bytes: 2 << 20 },
-        ..PipelineConfig::default()
-    }
-}
+use poslake_actors::Progress;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
@@ -150,16 +108,6 @@ fn walk(dir: &std::path::Path) -> usize {
         }
     }
     n
-}
-
-/// Ledger paths (files the lake says it ingested).
-async fn ledger_paths(wh: &Warehouse) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for b in wh.scan("file_ledger").await.expect("scan") {
-        let path = column::<StringArray>(&b, "path");
-        out.extend((0..b.num_rows()).map(|i| path.value(i).to_owned()));
-    }
-    out
 }
 
 /// A real `poslake ingest` process interrupted with SIGINT drains: it exits cleanly, and the lake holds exactly

@@ -39,7 +39,7 @@ impl Plan {
         let n = expected_keys.max(1);
         let (bits_per_key, hashes) = blocked_bits_per_key(fp_target);
         let blocks = ((n as f64 * bits_per_key) / BLOCK_BITS as f64).ceil().max(1.0) as u64;
-        let blocks_per_shard_max = (max_shard_bytes * 8 / BLOCK_BITS).max(1);
+        let blocks_per_shard_max = (max_shard_bytes.saturating_mul(8) / BLOCK_BITS).max(1);
         let shards = blocks.div_ceil(blocks_per_shard_max);
         let blocks_per_shard = blocks.div_ceil(shards);
         let total_bits = shards * blocks_per_shard * BLOCK_BITS;

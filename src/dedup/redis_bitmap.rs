@@ -107,6 +107,15 @@ impl RedisBitmap {
         let (found,): (String,) = self.pool.query(&pipe).await?;
         let s: StoredPlan = serde_json::from_str(&found)
             .map_err(|e| DedupError::Config(format!("{meta} holds a plan poslake cannot read: {e}")))?;
+        let sane = s.shards >= 1
+            && s.blocks_per_shard >= 1
+            && (1..=super::bloom::MAX_HASHES).contains(&s.hashes)
+            && s.shards.checked_mul(s.blocks_per_shard).and_then(|b| b.checked_mul(super::bloom::BLOCK_BITS)).is_some()
+            && s.fp_target > 0.0
+            && s.fp_target < 1.0;
+        if !sane {
+            return Err(DedupError::Config(format!("{meta} holds an impossible filter plan: {found}")));
+        }
         let mut plan = Plan::new(s.expected_keys, s.fp_target, u64::MAX);
         plan.hashes = s.hashes;
         plan.shards = s.shards;
@@ -226,6 +235,9 @@ impl DedupStore for RedisBitmap {
     }
 
     async fn add(&self, keys: &[DedupKey]) -> Result<(), DedupError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         self.bitfield(keys, true).await?;
         let mut per_label: BTreeMap<String, u64> = BTreeMap::new();
         for k in keys {

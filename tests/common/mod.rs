@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: reading keys back from the lake, a small pipeline, and a real
+//! `redis-server` started on a free port.
+#![allow(dead_code)]
+
+pub mod redis;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use arrow_array::{Array, Date32Array, RecordBatch, StringArray};
+use poslake::lake::Warehouse;
+use poslake_actors::{FlowLimits, PipelineConfig};
+
+pub fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
+    b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).unwrap_or_else(|| panic!("column {name}"))
+}
+
+/// Canonical keys of every row of a table with the key columns (the same text form the manifest uses).
+pub async fn keys_of_table(wh: &Warehouse, table: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for b in wh.scan(table).await.expect("scan") {
+        let site = column::<StringArray>(&b, "site");
+        let date = column::<Date32Array>(&b, "business_date");
+        let reg = column::<StringArray>(&b, "register");
+        let seq = column::<StringArray>(&b, "sequence");
+        let variant = column::<StringArray>(&b, "key_variant");
+        for i in 0..b.num_rows() {
+            let d = date.value_as_date(i).expect("date");
+            let mut k = format!(
+                "{}|{}|{}|{}",
+                site.value(i),
+                d.format("%Y-%m-%d"),
+                if reg.is_null(i) { "" } else { reg.value(i) },
+                seq.value(i)
+            );
+            if variant.value(i) != "primary" {
+                k.push('|');
+                k.push_str(variant.value(i));
+            }
+            keys.push(k);
+        }
+    }
+    keys
+}
+
+/// Canonical keys of every sales_header row.
+pub async fn header_keys(wh: &Warehouse) -> Vec<String> {
+    keys_of_table(wh, "sales_header").await
+}
+
+/// Ledger paths (files the lake says it ingested).
+pub async fn ledger_paths(wh: &Warehouse) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for b in wh.scan("file_ledger").await.expect("scan") {
+        let path = column::<StringArray>(&b, "path");
+        out.extend((0..b.num_rows()).map(|i| path.value(i).to_owned()));
+    }
+    out
+}
+
+pub fn pipeline() -> PipelineConfig {
+    PipelineConfig {
+        downloaders: 4,
+        parsers: 2,
+        archivers: 2,
+        batch_files: 16,
+        flush_interval: Duration::from_millis(50),
+        // Small budgets: the corpus is many times larger than what may be in flight.
+        limits: FlowLimits { max_files: 12, max_bytes: 2 << 20 },
+        ..PipelineConfig::default()
+    }
+}

@@ -1,0 +1,334 @@
+//! Dedup against a real `redis-server` (started by the test on a free port): exact keys with planted duplicates
+//! within files, across files and across runs; a saturated filter that loses nothing (quarantine + reconcile);
+//! Redis stopped, restarted and wiped mid-run; Redis down past the limit; the filter rebuilt from the lake.
+#![cfg(feature = "lake")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{header_keys, keys_of_table, pipeline};
+use poslake::config::{DedupBackend, DedupConfig};
+use poslake::dedup::{Dedup, DedupStore};
+use poslake::generate::{
+    FileKind, GenerateArgs, ManifestFile as ManifestEntry, Report as GenerateReport, generate, read_manifest,
+};
+use poslake::ingest::{CommitPolicy, IngestPaths, IngestSetup, IngestSummary, ingest};
+use poslake::lake::Warehouse;
+use poslake_actors::{FlowLimits, PipelineConfig, Progress};
+
+fn bitmap(server: &RedisServer) -> DedupConfig {
+    DedupConfig {
+        backend: DedupBackend::RedisBitmap,
+        redis_url: server.url(),
+        expected_keys_per_period: 200_000,
+        max_shard_mib: 1,
+        timeout_ms: 1000,
+        ..DedupConfig::default()
+    }
+}
+
+fn corpus(dir: &Path, seed: u64, files_per_day: u32) -> (PathBuf, GenerateReport, Vec<ManifestEntry>) {
+    let staging = dir.join(format!("staging-{seed}"));
+    let report = generate(&GenerateArgs {
+        out: staging.clone(),
+        seed,
+        sites: 6,
+        days: 2,
+        files_per_day,
+        min_transactions: 10,
+        max_transactions: 25,
+        duplicate_file_rate: 0.15,
+        duplicate_transaction_rate: 0.05,
+        malformed_rate: 0.05,
+        gzip_rate: 0.2,
+        rollback_rate: 0.05,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let manifest = read_manifest(&staging).expect("manifest");
+    (staging, report, manifest)
+}
+
+fn unique_keys(manifest: &[ManifestEntry]) -> BTreeSet<String> {
+    manifest.iter().filter(|m| m.kind != FileKind::Malformed).flat_map(|m| m.keys.iter().cloned()).collect()
+}
+
+fn setup(staging: &Path, lake: &Path, dedup: DedupConfig) -> IngestSetup {
+    IngestSetup {
+        dedup,
+        policy: CommitPolicy { files: 8, interval: Duration::from_secs(10) },
+        ..IngestSetup::new(IngestPaths { staging: staging.to_path_buf(), lake: lake.to_path_buf() })
+    }
+}
+
+async fn run(setup: &IngestSetup) -> IngestSummary {
+    ingest(setup, pipeline(), Arc::new(Progress::default())).await.expect("ingest")
+}
+
+/// The lake's silver keys are exactly `want`, each once.
+async fn assert_exact(lake: &Path, want: &BTreeSet<String>) {
+    let wh = Warehouse::open(lake).await.expect("open");
+    let got = header_keys(&wh).await;
+    let distinct: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(distinct.len(), got.len(), "no key twice");
+    let got: BTreeSet<String> = got.into_iter().collect();
+    let missing: Vec<&String> = want.difference(&got).take(5).collect();
+    let extra: Vec<&String> = got.difference(want).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}");
+    assert_eq!(wh.row_count("bronze_transaction").await.expect("count"), want.len() as u64);
+}
+
+/// Copies of some ingested files under new names: re-sends from another day's upload.
+fn resend(from: &Path, manifest: &[ManifestEntry], to: &Path, every: usize) -> Vec<ManifestEntry> {
+    std::fs::create_dir_all(to).expect("mkdir");
+    let picked: Vec<ManifestEntry> =
+        manifest.iter().filter(|m| m.kind != FileKind::Malformed).step_by(every).cloned().collect();
+    for m in &picked {
+        let name = Path::new(&m.path).file_name().expect("name").to_string_lossy().into_owned();
+        std::fs::copy(from.join(&m.path), to.join(format!("resent-{name}"))).expect("copy");
+    }
+    picked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_bitmap_lands_exact_keys_within_across_files_and_across_runs() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 3, 3);
+    assert!(report.resent_files > 0 && report.repeated_transactions > 0);
+
+    let summary = run(&setup(&staging, &lake, bitmap(&server))).await;
+    assert!(summary.dedup.starts_with("redis-bitmap"), "{}", summary.dedup);
+    assert_eq!(summary.new_transactions, report.unique_keys);
+    assert_eq!(summary.dead_letters, report.malformed_files);
+    let want = unique_keys(&manifest);
+    assert_exact(&lake, &want).await;
+    // What the filter called seen (re-sends of files committed earlier in the run) are true duplicates: their keys
+    // landed from the original. (The filter is nearly empty, so a false positive is all but impossible here.)
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let quarantined: BTreeSet<String> = keys_of_table(&wh, "sales_duplicates").await.into_iter().collect();
+    assert!(quarantined.len() as u64 <= summary.quarantined_transactions);
+    assert!(quarantined.is_subset(&want), "only true duplicates are quarantined");
+    drop(wh);
+
+    // Across runs: re-sent copies under new names find every key in Redis, and are quarantined, not landed.
+    let again = dir.path().join("staging-resent");
+    let picked = resend(&staging, &manifest, &again, 4);
+    let resent_tx: u64 = picked.iter().map(|m| m.keys.len() as u64).sum();
+    let second = run(&setup(&again, &lake, bitmap(&server))).await;
+    assert_eq!(second.files, picked.len() as u64);
+    assert_eq!(second.new_transactions, 0, "a re-send adds nothing");
+    assert!(second.quarantined_transactions > 0 && second.quarantined_transactions <= resent_tx);
+    assert_exact(&lake, &want).await;
+
+    // reconcile confirms them all as duplicates: none promoted, nothing changes.
+    let rec = poslake::ingest::reconcile::reconcile(&lake, &bitmap(&server)).await.expect("reconcile");
+    assert_eq!(rec.promoted, 0);
+    assert_eq!(rec.quarantined, summary.quarantined_transactions + second.quarantined_transactions);
+    assert!(rec.confirmed_duplicates > 0);
+    assert_exact(&lake, &want).await;
+
+    // The filter reports its partitions: one per month the corpus spans, holding about the keys added.
+    let store = Dedup::open(&bitmap(&server), &lake).await.expect("open store");
+    let stats = store.stats().await.expect("stats");
+    let adds: u64 = stats.iter().map(|s| s.adds).sum();
+    assert_eq!(adds, report.unique_keys, "each new key added once");
+    let estimated: f64 = stats.iter().map(|s| s.estimated_keys).sum();
+    assert!((estimated / report.unique_keys as f64 - 1.0).abs() < 0.05, "estimated {estimated}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_filter_loses_nothing_and_reconcile_promotes_its_false_positives() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 5, 2);
+    // Sized for 20 keys at 20%: one 512-bit block per month, saturated after the first few hundred keys.
+    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..bitmap(&server) };
+    let summary = run(&setup(&staging, &lake, tiny.clone())).await;
+    // Keys reach the filter at each commit (every 8 files), so the later files meet a full one.
+    assert!(summary.quarantined_transactions > 0, "false positives happened: {summary:?}");
+    assert!(summary.new_transactions < report.unique_keys);
+
+    // Nothing is lost: every unique key is either landed or quarantined whole.
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let landed: BTreeSet<String> = header_keys(&wh).await.into_iter().collect();
+    let quarantined: BTreeSet<String> = keys_of_table(&wh, "sales_duplicates").await.into_iter().collect();
+    let want = unique_keys(&manifest);
+    assert_eq!(landed.union(&quarantined).cloned().collect::<BTreeSet<_>>(), want);
+    drop(wh);
+
+    let rec = poslake::ingest::reconcile::reconcile(&lake, &tiny).await.expect("reconcile");
+    assert_eq!(rec.promoted, report.unique_keys - summary.new_transactions, "every false positive promoted");
+    assert_exact(&lake, &want).await;
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let lines = wh.row_count("sales_line").await.expect("lines");
+    let sums = poslake::lake::query::sql(&wh, "SELECT sum(line_count) FROM sales_header").await.expect("sum");
+    let total = sums[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("sum").value(0) as u64;
+    assert_eq!(total, lines, "promoted transactions brought their lines");
+    drop(wh);
+
+    // Exactly once: a second reconcile finds nothing more to promote.
+    let again = poslake::ingest::reconcile::reconcile(&lake, &tiny).await.expect("reconcile again");
+    assert_eq!(again.promoted, 0);
+    assert_eq!(again.confirmed_duplicates, quarantined.len() as u64);
+    assert_exact(&lake, &want).await;
+}
+
+/// A pipeline slow enough that a Redis outage lands mid-run.
+fn slow_pipeline() -> PipelineConfig {
+    PipelineConfig {
+        downloaders: 2,
+        parsers: 1,
+        archivers: 1,
+        batch_files: 2,
+        flush_interval: Duration::from_millis(20),
+        limits: FlowLimits { max_files: 2, max_bytes: 1 << 20 },
+        ..PipelineConfig::default()
+    }
+}
+
+/// Runs an ingest while `outage` acts on the server once `after` files are done; also returns how many files
+/// were done when the outage began.
+async fn ingest_with_outage(
+    setup: &IngestSetup,
+    server: Arc<Mutex<RedisServer>>,
+    after: u64,
+    outage: impl FnOnce(&mut RedisServer) + Send + 'static,
+) -> (Result<IngestSummary, poslake::ingest::IngestRunError>, u64) {
+    let progress = Arc::new(Progress::default());
+    let watcher = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            while progress.snapshot().done < after {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let done = progress.snapshot().done;
+            let mut s = server.lock().expect("server");
+            outage(&mut s);
+            done
+        })
+    };
+    let result = ingest(setup, slow_pipeline(), progress).await;
+    (result, watcher.await.expect("outage ran"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_restarted_or_wiped_mid_run_loses_and_duplicates_nothing() {
+    let server = Arc::new(Mutex::new(RedisServer::start()));
+    let config = bitmap(&server.lock().expect("server"));
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Stopped and restarted with its data (append-only file): the pipeline pauses and resumes.
+    let lake = dir.path().join("lake-restart");
+    let (staging, report, manifest) = corpus(dir.path(), 7, 3);
+    let (result, at) = ingest_with_outage(&setup(&staging, &lake, config.clone()), server.clone(), 12, |s| {
+        s.stop();
+        std::thread::sleep(Duration::from_millis(1500));
+        s.restart();
+    })
+    .await;
+    let summary = result.expect("the run survives the outage");
+    assert!(at < report.files, "the outage began mid-run ({at} of {} files)", report.files);
+    assert_eq!(summary.files, report.files);
+    assert_exact(&lake, &unique_keys(&manifest)).await;
+
+    // Killed and back empty: the lost state is detected and every committed batch's keys are re-added, so
+    // re-sends after the outage are still caught.
+    server.lock().expect("server").kill_and_wipe();
+    server.lock().expect("server").restart();
+    let lake = dir.path().join("lake-wiped");
+    let (staging, report, manifest) = corpus(dir.path(), 8, 3);
+    let (result, at) = ingest_with_outage(&setup(&staging, &lake, config.clone()), server.clone(), 12, |s| {
+        s.kill_and_wipe();
+        s.restart();
+    })
+    .await;
+    let summary = result.expect("the run survives losing the filter");
+    assert!(at < report.files, "the outage began mid-run ({at} of {} files)", report.files);
+    assert_eq!(summary.files, report.files);
+    assert!(summary.recovery.keys_readded > 0, "the lost keys were re-added: {:?}", summary.recovery);
+    let want = unique_keys(&manifest);
+    assert_exact(&lake, &want).await;
+    let again = dir.path().join("resent-8");
+    resend(&staging, &manifest, &again, 3);
+    let second = run(&setup(&again, &lake, config)).await;
+    assert_eq!(second.new_transactions, 0, "the rebuilt filter still knows every key");
+    assert_exact(&lake, &want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_past_the_limit_fails_clearly_and_the_next_run_completes() {
+    let server = Arc::new(Mutex::new(RedisServer::start()));
+    let config = DedupConfig { unavailable_limit_secs: 2, ..bitmap(&server.lock().expect("server")) };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, _, manifest) = corpus(dir.path(), 11, 3);
+    let (result, _) =
+        ingest_with_outage(&setup(&staging, &lake, config.clone()), server.clone(), 8, |s| s.stop()).await;
+    let error = format!("{:#}", result.expect_err("the run fails once Redis stays down past the limit"));
+    assert!(error.contains("unreachable"), "a clear error: {error}");
+
+    server.lock().expect("server").restart();
+    run(&setup(&staging, &lake, config)).await;
+    assert_exact(&lake, &unique_keys(&manifest)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_filter_is_rebuilt_from_sales_header() {
+    let server = RedisServer::start();
+    let config = bitmap(&server);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 13, 2);
+    run(&setup(&staging, &lake, config.clone())).await;
+
+    assert!(server.command(&["FLUSHALL"]).starts_with("+OK"));
+    let wh = Arc::new(Warehouse::open(&lake).await.expect("open"));
+    let store = Arc::new(Dedup::open(&config, wh.root()).await.expect("store"));
+    let added = poslake::ingest::commit::Committer::new(wh, store.clone()).rebuild().await.expect("rebuild");
+    assert_eq!(added, report.unique_keys);
+    let stats = store.stats().await.expect("stats");
+    let estimated: f64 = stats.iter().map(|s| s.estimated_keys).sum();
+    assert!((estimated / report.unique_keys as f64 - 1.0).abs() < 0.05, "estimated {estimated}");
+
+    let again = dir.path().join("resent");
+    resend(&staging, &manifest, &again, 2);
+    let second = run(&setup(&again, &lake, config)).await;
+    assert_eq!(second.new_transactions, 0, "the rebuilt filter knows every key");
+    assert_exact(&lake, &unique_keys(&manifest)).await;
+}
+
+/// The `redis-bloom` backend needs a server with the `BF.*` commands (Redis 8, Redis Stack, valkey-bloom), which
+/// Debian's redis-server lacks: run with `POSLAKE_TEST_REDIS_BLOOM_URL=redis://…` (scripts/test then includes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis with BF.* commands: set POSLAKE_TEST_REDIS_BLOOM_URL"]
+async fn redis_bloom_lands_exact_keys() {
+    let url = std::env::var("POSLAKE_TEST_REDIS_BLOOM_URL").expect("POSLAKE_TEST_REDIS_BLOOM_URL");
+    let config = DedupConfig {
+        backend: DedupBackend::RedisBloom,
+        redis_url: url,
+        key_prefix: format!("poslake-test-{}", uuid::Uuid::new_v4()),
+        expected_keys_per_period: 100_000,
+        ..DedupConfig::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 17, 3);
+    let summary = run(&setup(&staging, &lake, config.clone())).await;
+    assert!(summary.dedup.starts_with("redis-bloom"), "{}", summary.dedup);
+    assert_eq!(summary.new_transactions, report.unique_keys);
+    let want = unique_keys(&manifest);
+    assert_exact(&lake, &want).await;
+    let again = dir.path().join("resent");
+    resend(&staging, &manifest, &again, 3);
+    let second = run(&setup(&again, &lake, config)).await;
+    assert_eq!(second.new_transactions, 0);
+    assert_exact(&lake, &want).await;
+}
