@@ -84,6 +84,21 @@ enum DedupCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Measure a Redis store as the ingest uses it (check, then add) on random keys under a throwaway prefix:
+    /// keys/s, the server's CPU, memory per key, measured false positives.
+    Bench {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Keys to check and add.
+        #[arg(long, default_value_t = 2_000_000)]
+        keys: u64,
+        /// Keys per call of the store (split into round trips of `keys_per_round_trip`, run concurrently).
+        #[arg(long, default_value_t = 20_000)]
+        keys_per_call: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The lake and the dedup store, for commands that need both (flags override the configuration file).
@@ -464,6 +479,36 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
                 "rebuilt {}: {added} keys from sales_header in {:.1}s",
                 d.describe(),
                 started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DedupCommand::Bench { store, keys, keys_per_call, json } => {
+            let c = store.config()?;
+            let r = poslake::dedup::bench::run(&c.dedup, keys, keys_per_call).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{}", r.backend);
+            println!(
+                "{} keys checked and added in {:.2}s: {:.0} keys/s ({} keys per call)",
+                r.keys, r.seconds, r.keys_per_second, r.keys_per_call
+            );
+            match r.redis_cpu {
+                Some(cpu) => println!("Redis server CPU: {:.0}% of one core", cpu * 100.0),
+                None => println!("Redis server CPU: not reported"),
+            }
+            println!(
+                "memory: {:.1} MiB, {:.3} bytes/key (Bloom formula {:.3} bytes/key at {}: {:+.1}%)",
+                r.memory_bytes as f64 / (1 << 20) as f64,
+                r.bytes_per_key,
+                r.formula_bytes_per_key,
+                r.fp_target,
+                (r.bytes_per_key / r.formula_bytes_per_key - 1.0) * 100.0
+            );
+            println!(
+                "false positives: {:.5} measured on {} fresh keys (target {})",
+                r.fp_measured, r.fp_probes, r.fp_target
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -11,6 +11,7 @@
 //! "probably seen" never drops a sale: it goes to the `sales_duplicates` quarantine, which `poslake reconcile`
 //! verifies exactly.
 
+pub mod bench;
 pub mod bloom;
 pub mod embedded;
 pub mod redis_bitmap;

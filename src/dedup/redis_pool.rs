@@ -193,6 +193,43 @@ impl RedisPool {
     }
 }
 
+impl RedisPool {
+    /// The server's CPU seconds so far (user + system, from `INFO cpu`), if it reports them.
+    pub async fn server_cpu_seconds(&self) -> Result<Option<f64>, DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("cpu");
+        let (info,): (String,) = self.query(&pipe).await?;
+        let field =
+            |name: &str| info.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()));
+        Ok(match (field("used_cpu_user:"), field("used_cpu_sys:")) {
+            (Some(u), Some(s)) => Some(u + s),
+            _ => None,
+        })
+    }
+
+    /// Deletes every key under this pool's prefix (the bench's throwaway filters).
+    pub async fn delete_prefix(&self) -> Result<u64, DedupError> {
+        let pattern = format!("{}:*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let ((next, keys),): ((u64, Vec<String>),) = self.query(&pipe).await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                pipe.cmd("UNLINK").arg(&keys);
+                let (n,): (u64,) = self.query(&pipe).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
 /// The generation and the applied marks share a hash tag, so the script below may touch both in a cluster.
 pub const GENERATION: &str = "{dedup}:generation";
 pub const APPLIED: &str = "{dedup}:applied";

@@ -1,0 +1,99 @@
+//! `poslake dedup bench`: measures a dedup store as the ingest uses it — every key checked, then added — on
+//! random keys in a throwaway key prefix, and reports keys/s, the Redis server's own CPU, memory per key against
+//! the Bloom formula, and the false-positive rate measured on fresh keys.
+
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use serde::Serialize;
+
+use super::{Dedup, DedupError, DedupKey, DedupStore};
+use crate::config::{DedupBackend, DedupConfig};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub keys: u64,
+    pub keys_per_call: usize,
+    pub seconds: f64,
+    /// Keys checked and then added, per second.
+    pub keys_per_second: f64,
+    /// CPU seconds the Redis server spent per wall second (1.0 = one core busy), when it reports them.
+    pub redis_cpu: Option<f64>,
+    pub memory_bytes: u64,
+    pub bytes_per_key: f64,
+    /// The textbook Bloom filter's bytes per key at the target rate.
+    pub formula_bytes_per_key: f64,
+    pub fp_target: f64,
+    /// Positives among keys never added.
+    pub fp_measured: f64,
+    pub fp_probes: u64,
+}
+
+fn random_keys(n: u64, seed: u64) -> Vec<DedupKey> {
+    let date = NaiveDate::from_ymd_opt(2026, 11, 15).unwrap_or_default();
+    (0..n)
+        .map(|i| {
+            let h = blake3::hash(&[seed.to_le_bytes(), i.to_le_bytes()].concat());
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&h.as_bytes()[..16]);
+            DedupKey { digest: u128::from_le_bytes(d), date }
+        })
+        .collect()
+}
+
+/// Runs the bench against the store `config` names, under a fresh key prefix sized for `keys`, and deletes what
+/// it wrote afterwards.
+pub async fn run(config: &DedupConfig, keys: u64, keys_per_call: usize) -> Result<BenchReport, DedupError> {
+    let prefix = format!("{}-bench-{}", config.key_prefix, uuid::Uuid::new_v4().simple());
+    let config = DedupConfig {
+        key_prefix: prefix.clone(),
+        expected_keys_per_period: keys.max(1),
+        backend: if config.backend == DedupBackend::Embedded { DedupBackend::Redis } else { config.backend },
+        ..config.clone()
+    };
+    let scratch = std::env::temp_dir().join(&prefix);
+    let store = Dedup::open(&config, &scratch).await?;
+    let pool = match &store {
+        Dedup::RedisBitmap(d) => d.pool(),
+        Dedup::RedisBloom(d) => d.pool(),
+        Dedup::Embedded(_) => return Err(DedupError::Config("the bench measures a Redis store".into())),
+    };
+    let keys_v = random_keys(keys, 1);
+    let cpu_before = pool.server_cpu_seconds().await?;
+    let started = Instant::now();
+    for chunk in keys_v.chunks(keys_per_call.max(1)) {
+        let seen = store.contains(chunk).await?;
+        let new: Vec<DedupKey> = chunk.iter().zip(seen).filter(|(_, s)| !s).map(|(k, _)| *k).collect();
+        store.add(&new).await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = pool.server_cpu_seconds().await?;
+    let stats = store.stats().await?;
+    let memory: u64 = stats.iter().map(|s| s.memory_bytes).sum();
+    let probes = (keys / 4).clamp(10_000, 1_000_000);
+    let fresh = random_keys(probes, 2);
+    let mut positives = 0u64;
+    for chunk in fresh.chunks(keys_per_call.max(1)) {
+        positives += store.contains(chunk).await?.into_iter().filter(|s| *s).count() as u64;
+    }
+    pool.delete_prefix().await?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(BenchReport {
+        backend: store.describe(),
+        keys,
+        keys_per_call,
+        seconds,
+        keys_per_second: keys as f64 / seconds.max(1e-9),
+        redis_cpu: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) => Some((b - a) / seconds.max(1e-9)),
+            _ => None,
+        },
+        memory_bytes: memory,
+        bytes_per_key: memory as f64 / keys.max(1) as f64,
+        formula_bytes_per_key: super::bloom::formula_bits_per_key(config.false_positive_rate) / 8.0,
+        fp_target: config.false_positive_rate,
+        fp_measured: positives as f64 / probes as f64,
+        fp_probes: probes,
+    })
+}
