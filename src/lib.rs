@@ -23,6 +23,8 @@ pub mod ingest;
 pub mod lake;
 pub mod model;
 pub mod parse;
+#[cfg(feature = "lake")]
+pub mod telemetry;
 
 pub use dialect::Dialect;
 pub use model::ParsedFile;

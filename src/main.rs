@@ -13,6 +13,29 @@ use poslake::{Dialect, ParseOptions, parse_file};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+}
+
+/// Logs, traces and metrics (see docs/observability.md).
+#[derive(clap::Args)]
+struct TelemetryArgs {
+    /// Log lines on stderr as text or JSON.
+    #[arg(long, global = true, env = "POSLAKE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: poslake::telemetry::LogFormat,
+    /// Export traces over OTLP to this endpoint (e.g. http://localhost:4317 for Jaeger). Also read from
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; tracing is off when neither is set.
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
+    /// OTLP transport. [default: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc]
+    #[arg(long, global = true, value_enum)]
+    otlp_protocol: Option<poslake::telemetry::OtlpProtocol>,
+    /// Fraction of batches traced (0..=1). [default: OTEL_TRACES_SAMPLER_ARG, else 1]
+    #[arg(long, global = true)]
+    trace_sample_ratio: Option<f64>,
+    /// Serve Prometheus metrics at this address (e.g. 0.0.0.0:9464).
+    #[arg(long, global = true, env = "POSLAKE_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -212,11 +235,28 @@ impl IngestArgs {
 }
 
 fn main() -> ExitCode {
-    // Notable events (recoveries, an unreachable Redis, capacity warnings) on stderr; RUST_LOG refines it.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,poslake=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            // Notable events (recoveries, an unreachable Redis, capacity warnings) on stderr; RUST_LOG refines
+            // them. Traces and metrics when asked for.
+            let t = &cli.telemetry;
+            let mut telemetry = poslake::telemetry::init(&poslake::telemetry::TelemetryConfig {
+                log_format: t.log_format,
+                otlp_endpoint: t.otlp_endpoint.clone(),
+                otlp_protocol: t.otlp_protocol,
+                sample_ratio: t.trace_sample_ratio,
+            })?;
+            if let Some(addr) = t.metrics_addr {
+                poslake::telemetry::serve_metrics(addr)?;
+                tracing::info!(%addr, "serving Prometheus metrics");
+            }
+            let result = run(cli.command).await;
+            telemetry.shutdown();
+            result
+        })
+    });
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -225,8 +265,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Parse { files, dialect, summary } => {
             let opts = ParseOptions { dialect, ..ParseOptions::default() };
             let files = expand(&files)?;
@@ -270,11 +310,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
-        Command::Ingest(args) => runtime()?.block_on(ingest(args)),
-        Command::Tables { lake } => runtime()?.block_on(tables(lake)),
-        Command::Query { sql, lake } => runtime()?.block_on(query(sql, lake)),
-        Command::Dedup { command } => runtime()?.block_on(dedup(command)),
-        Command::Reconcile { store, json } => runtime()?.block_on(reconcile(store, json)),
+        Command::Ingest(args) => ingest(args).await,
+        Command::Tables { lake } => tables(lake).await,
+        Command::Query { sql, lake } => query(sql, lake).await,
+        Command::Dedup { command } => dedup(command).await,
+        Command::Reconcile { store, json } => reconcile(store, json).await,
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);

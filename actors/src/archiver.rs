@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
 
 use crate::shared::{ParsedWork, Shared};
 use crate::stages::Stages;
@@ -44,11 +45,16 @@ impl<S: Stages> Actor for Archiver<S> {
         let ArchiverMsg::Archive(work) = msg;
         shared.start(me.get_id(), work.ticket);
         let my_ticket = work.ticket;
-        let (result, _) = shared.with_retries(shared.config.max_attempts, || shared.stages.archive(&work.parsed)).await;
+        let span = tracing::info_span!(parent: &work.spans.file, "archive");
+        let (result, _) = shared
+            .with_retries("archive", shared.config.max_attempts, || {
+                shared.stages.archive(&work.parsed).instrument(span.clone())
+            })
+            .await;
         match result {
             Ok(()) => {
-                let ParsedWork { file, attempts, parsed, grant, .. } = work;
-                shared.send_to_batcher(file, attempts, parsed, grant).await;
+                let ParsedWork { file, attempts, parsed, grant, spans, .. } = work;
+                shared.send_to_batcher(file, attempts, parsed, grant, spans).await;
             }
             Err(e) => {
                 let ParsedWork { file, attempts, .. } = work;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
 
 use crate::shared::{InFlight, ParsedWork, Shared};
 use crate::stages::Stages;
@@ -88,13 +89,23 @@ async fn flush<S: Stages>(me: &ActorRef<BatcherMsg<S>>, state: &mut BatcherState
     let mut grants = Vec::with_capacity(state.pending.len());
     let mut parsed = Vec::with_capacity(state.pending.len());
     let mut tickets = Vec::with_capacity(state.pending.len());
+    let mut spans: Vec<crate::shared::Spans> = Vec::with_capacity(state.pending.len());
     for w in state.pending.drain(..) {
         files.push((w.file, w.attempts));
         grants.extend(w.grant);
         parsed.push(w.parsed);
         tickets.push(w.ticket);
+        spans.push(w.spans);
     }
-    let batch = match shared.stages.dedup(parsed).await {
+    // The batch's stages run in the trace of its first file's discovery batch, linked to the others'.
+    let trace = spans.first().map_or_else(tracing::Span::none, |s| s.batch.clone());
+    let dedup_span = tracing::info_span!(parent: &trace, "dedup", files = files.len() as i64);
+    for s in &spans {
+        if s.batch.id() != trace.id() {
+            dedup_span.follows_from(&s.batch);
+        }
+    }
+    let batch = match shared.stages.dedup(parsed).instrument(dedup_span).await {
         Ok(batch) => batch,
         Err(e) => {
             // The store stayed unreachable past its limit (or failed outright): the run stops; these files are
@@ -109,7 +120,7 @@ async fn flush<S: Stages>(me: &ActorRef<BatcherMsg<S>>, state: &mut BatcherState
     let info = S::batch_info(&batch);
     let ticket = shared.ticket();
     let held = InFlight::new(files.clone(), Some(info.clone()));
-    let work = BatchWork { ticket, batch, info, files, grants };
+    let work = BatchWork { ticket, batch, info, files, grants, trace, spans };
     // Registered under the writer before the files leave this actor's registry: never held by neither.
     shared.dispatch(&shared.writer, ticket, held, WriterMsg::Write(work)).await;
     for t in tickets {

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::credits::Grant;
 use crate::downloader::DownloaderMsg;
-use crate::shared::{InFlight, Shared, Ticket, Work};
+use crate::shared::{InFlight, Shared, Spans, Ticket, Work};
 use crate::stages::Stages;
 
 pub enum DiscovererMsg<S: Stages> {
@@ -49,6 +49,8 @@ impl<S: Stages> Actor for Discoverer<S> {
         match msg {
             DiscovererMsg::Start => {
                 let mut files = shared.stages.discover();
+                let mut batch = tracing::Span::none();
+                let mut in_batch = 0usize;
                 while !shared.progress.stop_requested()
                     && let Some(next) = files.next().await
                 {
@@ -66,13 +68,21 @@ impl<S: Stages> Actor for Discoverer<S> {
                         break;
                     }
                     shared.progress.discovered(size);
-                    send(shared, file, 0, grant).await;
+                    // One trace per batch of discovered files: its span parents the files' spans.
+                    if in_batch == 0 {
+                        batch = new_batch(shared, false);
+                    }
+                    in_batch = (in_batch + 1) % shared.config.batch_files.max(1);
+                    let spans = Spans::file(&batch, &file, size, 0);
+                    send(shared, file, 0, grant, spans).await;
                 }
                 shared.progress.discovery_finished();
             }
             DiscovererMsg::Retry(ticket, file, attempts) => {
-                let Ok(grant) = shared.credits.acquire(S::size(&file)).await else { return Ok(()) };
-                send(shared, file, attempts, grant).await;
+                let size = S::size(&file);
+                let Ok(grant) = shared.credits.acquire(size).await else { return Ok(()) };
+                let spans = Spans::file(&new_batch(shared, true), &file, size, attempts);
+                send(shared, file, attempts, grant, spans).await;
                 shared.done(me.get_id(), ticket);
             }
         }
@@ -80,9 +90,15 @@ impl<S: Stages> Actor for Discoverer<S> {
     }
 }
 
-async fn send<S: Stages>(shared: &Shared<S>, file: S::File, attempts: u32, grant: Grant) {
+/// A new discovery batch: the root span of a trace.
+fn new_batch<S: Stages>(shared: &Shared<S>, retry: bool) -> tracing::Span {
+    let n = shared.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info_span!(parent: None, "ingest.batch", batch = n, retry)
+}
+
+async fn send<S: Stages>(shared: &Shared<S>, file: S::File, attempts: u32, grant: Grant, spans: Spans) {
     let ticket = shared.ticket();
     let held = InFlight::new(vec![(file.clone(), attempts)], None);
-    let work = Work { ticket, file, attempts, grant: Some(grant) };
+    let work = Work { ticket, file, attempts, grant: Some(grant), spans };
     shared.dispatch(&shared.downloaders, ticket, held, DownloaderMsg::Fetch(work)).await;
 }

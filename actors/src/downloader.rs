@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
 
 use crate::parser::ParserMsg;
 use crate::shared::{InFlight, Shared, Work};
@@ -44,7 +45,12 @@ impl<S: Stages> Actor for Downloader<S> {
     ) -> Result<(), ActorProcessingErr> {
         let DownloaderMsg::Fetch(work) = msg;
         shared.start(me.get_id(), work.ticket);
-        let (result, tries) = shared.with_retries(shared.config.max_attempts, || shared.stages.fetch(&work.file)).await;
+        let span = tracing::info_span!(parent: &work.spans.file, "download");
+        let (result, tries) = shared
+            .with_retries("download", shared.config.max_attempts, || {
+                shared.stages.fetch(&work.file).instrument(span.clone())
+            })
+            .await;
         let my_ticket = work.ticket;
         match result {
             Ok(fetched) => {
@@ -56,7 +62,8 @@ impl<S: Stages> Actor for Downloader<S> {
             Err(e) => {
                 // A download that keeps failing is dead-lettered with its reason; the run goes on.
                 let parsed = shared.stages.failed(&work.file, "download", work.attempts + tries, e.to_string());
-                shared.send_to_batcher(work.file, work.attempts, parsed, work.grant).await;
+                work.spans.file.record("error.kind", "download");
+                shared.send_to_batcher(work.file, work.attempts, parsed, work.grant, work.spans).await;
             }
         }
         shared.done(me.get_id(), my_ticket);

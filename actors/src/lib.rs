@@ -8,13 +8,19 @@
 //! - [`progress`]: counters and totals shared with the caller.
 //! - one actor per file: [`discoverer`], [`downloader`], [`parser`], [`archiver`], [`dedup_batcher`],
 //!   [`writer`], and the [`supervisor`] that restarts them (its module doc draws the tree and the policy).
+//! - [`metric`]: the metric names it publishes (`metrics` facade).
 //! - [`run`]: run a pipeline to the end.
+//!
+//! Each file's work runs under tracing spans carried in its messages: a span per batch of discovered files (the
+//! trace), a span per file under it, and a span per stage under that, so a tracing subscriber (OpenTelemetry in
+//! the binary) sees one trace per batch. See [`shared::Spans`].
 
 pub mod archiver;
 pub mod credits;
 pub mod dedup_batcher;
 pub mod discoverer;
 pub mod downloader;
+pub mod metric;
 pub mod parser;
 pub mod progress;
 pub mod run;
@@ -26,5 +32,5 @@ pub mod writer;
 pub use credits::{Credits, CreditsClosed, FlowLimits, Grant};
 pub use progress::{Progress, Snapshot};
 pub use run::{PipelineError, run};
-pub use shared::PipelineConfig;
+pub use shared::{PipelineConfig, Spans};
 pub use stages::{Stages, WriteReport};

@@ -47,12 +47,21 @@ impl<S: Stages> Actor for Parser<S> {
         shared.start(me.get_id(), work.ticket);
         let stages = shared.stages.clone();
         let file = work.file.clone();
-        let parsed = tokio::task::spawn_blocking(move || stages.parse(&file, fetched))
+        let span = tracing::info_span!(parent: &work.spans.file, "parse");
+        let parsed = tokio::task::spawn_blocking(move || span.in_scope(|| stages.parse(&file, fetched)))
             .await
             .map_err(|e| format!("parse of {:?} panicked: {e}", work.file))?;
         let ticket = shared.ticket();
         let held = InFlight::new(vec![(work.file.clone(), work.attempts)], None);
-        let out = ParsedWork { ticket, file: work.file, attempts: work.attempts, parsed, grant: work.grant };
+        S::annotate(&parsed, &work.spans.file);
+        let out = ParsedWork {
+            ticket,
+            file: work.file,
+            attempts: work.attempts,
+            parsed,
+            grant: work.grant,
+            spans: work.spans,
+        };
         shared.dispatch(&shared.archivers, ticket, held, ArchiverMsg::Archive(out)).await;
         shared.done(me.get_id(), work.ticket);
         Ok(())

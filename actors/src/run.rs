@@ -33,6 +33,7 @@ pub async fn run<S: Stages>(
     while !progress.is_finished() && progress.fatal().is_none() {
         progress.wait(SWEEP_INTERVAL).await;
         shared.sweep().await;
+        crate::metric::sample(&shared);
     }
     if progress.fatal().is_none()
         && let Err(e) = shared.stages.finish().await

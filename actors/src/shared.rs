@@ -65,12 +65,45 @@ impl Default for PipelineConfig {
 /// Identifies one message in flight: registered under the actor it was sent to until that actor is done with it.
 pub type Ticket = u64;
 
+/// The spans one file's work runs under, carried in its messages: its discovery batch's span (the root of a
+/// trace) and its own span (the parent of its stages' spans).
+#[derive(Debug, Clone)]
+pub struct Spans {
+    pub batch: tracing::Span,
+    pub file: tracing::Span,
+}
+
+impl Spans {
+    /// The spans of a file discovered in `batch`.
+    pub fn file<F: std::fmt::Debug>(batch: &tracing::Span, file: &F, bytes: u64, attempt: u32) -> Spans {
+        let span = tracing::info_span!(
+            parent: batch,
+            "file",
+            file = ?file,
+            // Signed: OpenTelemetry integers are i64 (tracing would turn a u64 into text).
+            bytes = bytes as i64,
+            attempt = i64::from(attempt),
+            vendor = tracing::field::Empty,
+            site = tracing::field::Empty,
+            transactions = tracing::field::Empty,
+            error.kind = tracing::field::Empty,
+        );
+        Spans { batch: batch.clone(), file: span }
+    }
+
+    /// Spans for work outside any batch (tests, and files sent on without one).
+    pub fn none() -> Spans {
+        Spans { batch: tracing::Span::none(), file: tracing::Span::none() }
+    }
+}
+
 /// One file in flight, with the credit it holds.
 pub struct Work<S: Stages> {
     pub ticket: Ticket,
     pub file: S::File,
     pub attempts: u32,
     pub grant: Option<Grant>,
+    pub spans: Spans,
 }
 
 /// A parsed (or dead-lettered) file on its way to the batcher.
@@ -80,6 +113,7 @@ pub struct ParsedWork<S: Stages> {
     pub attempts: u32,
     pub parsed: S::Parsed,
     pub grant: Option<Grant>,
+    pub spans: Spans,
 }
 
 /// What a message sent to an actor holds: given back to the Discoverer if that actor fails before it is done
@@ -143,6 +177,8 @@ pub struct Shared<S: Stages> {
     /// Actors that failed: registrations under them are swept up.
     dead: Mutex<std::collections::HashSet<ActorId>>,
     tickets: AtomicU64,
+    /// Discovery batches so far (each a trace).
+    pub batches: AtomicU64,
     pub discoverer: Pool<discoverer::DiscovererMsg<S>>,
     pub downloaders: Pool<downloader::DownloaderMsg<S>>,
     pub parsers: Pool<parser::ParserMsg<S>>,
@@ -161,6 +197,7 @@ impl<S: Stages> Shared<S> {
             inflight: Mutex::new(HashMap::new()),
             dead: Mutex::new(std::collections::HashSet::new()),
             tickets: AtomicU64::new(1),
+            batches: AtomicU64::new(0),
             discoverer: Pool::new(),
             downloaders: Pool::new(),
             parsers: Pool::new(),
@@ -273,9 +310,10 @@ impl<S: Stages> Shared<S> {
     /// Sends a file back to be tried again from the start, or, past the attempt limit, on as a dead letter.
     pub async fn retry(&self, file: S::File, attempts: u32, stage: &'static str, reason: String) {
         self.progress.retried();
+        metrics::counter!(crate::metric::RETRIES, "stage" => stage).increment(1);
         if attempts >= self.config.max_attempts {
             let parsed = self.stages.failed(&file, stage, attempts, reason);
-            self.send_to_batcher(file, attempts, parsed, None).await;
+            self.send_to_batcher(file, attempts, parsed, None, Spans::none()).await;
         } else {
             let ticket = self.ticket();
             let held = InFlight::new(vec![(file.clone(), attempts)], None);
@@ -284,16 +322,28 @@ impl<S: Stages> Shared<S> {
         }
     }
 
-    pub async fn send_to_batcher(&self, file: S::File, attempts: u32, parsed: S::Parsed, grant: Option<Grant>) {
+    pub async fn send_to_batcher(
+        &self,
+        file: S::File,
+        attempts: u32,
+        parsed: S::Parsed,
+        grant: Option<Grant>,
+        spans: Spans,
+    ) {
         let ticket = self.ticket();
         let held = InFlight::new(vec![(file.clone(), attempts)], None);
-        let work = ParsedWork { ticket, file, attempts, parsed, grant };
+        let work = ParsedWork { ticket, file, attempts, parsed, grant, spans };
         self.dispatch(&self.batcher, ticket, held, dedup_batcher::BatcherMsg::Add(work)).await;
     }
 
     /// Calls `op` until it succeeds, fails with an error that is not retryable, or has been tried `limit` times,
     /// sleeping with backoff between tries. Returns the last result and how many tries it took.
-    pub async fn with_retries<T, F, Fut>(&self, limit: u32, mut op: F) -> (Result<T, S::Error>, u32)
+    pub async fn with_retries<T, F, Fut>(
+        &self,
+        stage: &'static str,
+        limit: u32,
+        mut op: F,
+    ) -> (Result<T, S::Error>, u32)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, S::Error>>,
@@ -303,7 +353,8 @@ impl<S: Stages> Shared<S> {
             tries += 1;
             match op().await {
                 Err(e) if S::is_retryable(&e) && tries < limit => {
-                    tracing::warn!(error = %e, attempt = tries, "retrying");
+                    tracing::warn!(error = %e, stage, attempt = tries, "retrying");
+                    metrics::counter!(crate::metric::RETRIES, "stage" => stage).increment(1);
                     tokio::time::sleep(self.backoff(tries)).await;
                 }
                 result => return (result, tries),

@@ -34,6 +34,9 @@ pub trait Stages: Send + Sync + Sized + 'static {
     /// Writes the raw file to the bronze archive.
     fn archive(&self, parsed: &Self::Parsed) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Records what the parsed file says about itself (vendor, site, transactions, error kind) on its span.
+    fn annotate(_parsed: &Self::Parsed, _span: &tracing::Span) {}
+
     /// A file that a stage gave up on, as a dead letter that flows on to be recorded.
     fn failed(&self, file: &Self::File, stage: &'static str, attempts: u32, reason: String) -> Self::Parsed;
 

@@ -132,6 +132,7 @@ impl<S: Stages> Actor for RootSupervisor<S> {
             return Ok(());
         }
         shared.progress.restarted();
+        metrics::counter!(crate::metric::RESTARTS, "actor" => role.stage()).increment(1);
         // Restart first, so that the retried files find a live pool.
         spawn(&me.get_cell(), state, role).await?;
         // Everything it held, being handled or still in its mailbox, is retried. Sends may wait for a replacement

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
 
 use crate::credits::Grant;
 use crate::shared::Shared;
@@ -19,6 +20,9 @@ pub struct BatchWork<S: Stages> {
     pub files: Vec<(S::File, u32)>,
     /// Returned (dropped) once the batch is committed.
     pub grants: Vec<Grant>,
+    /// The trace the batch's write runs in, and its files' spans (kept open until the batch is written).
+    pub trace: tracing::Span,
+    pub spans: Vec<crate::shared::Spans>,
 }
 
 pub enum WriterMsg<S: Stages> {
@@ -55,11 +59,30 @@ impl<S: Stages> Actor for IcebergWriter<S> {
     ) -> Result<(), ActorProcessingErr> {
         let WriterMsg::Write(work) = msg;
         shared.start(me.get_id(), work.ticket);
-        let (result, _) =
-            shared.with_retries(shared.config.max_write_attempts, || shared.stages.write(&work.batch)).await;
+        let span = tracing::info_span!(
+            parent: &work.trace,
+            "write",
+            files = work.files.len() as i64,
+            transactions = tracing::field::Empty,
+            new = tracing::field::Empty,
+            duplicates = tracing::field::Empty,
+            quarantined = tracing::field::Empty,
+            dead_letters = tracing::field::Empty,
+        );
+        let (result, _) = shared
+            .with_retries("write", shared.config.max_write_attempts, || {
+                shared.stages.write(&work.batch).instrument(span.clone())
+            })
+            .await;
         shared.done(me.get_id(), work.ticket);
         match result {
             Ok(report) => {
+                span.record("transactions", report.transactions as i64);
+                span.record("new", report.new_transactions as i64);
+                span.record("duplicates", report.duplicates as i64);
+                span.record("quarantined", report.quarantined as i64);
+                span.record("dead_letters", report.dead_letters as i64);
+                crate::metric::committed(&report);
                 shared.progress.committed(work.files.len() as u64, &report);
                 drop(work.grants);
             }

@@ -83,8 +83,11 @@ impl RedisPool {
                 })?;
                 pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)
             };
+            let sent = Instant::now();
             let failure = match tokio::time::timeout(self.timeout + self.timeout, attempt).await {
                 Ok(Ok(value)) => {
+                    metrics::histogram!(crate::telemetry::metric::REDIS_ROUND_TRIP)
+                        .record(sent.elapsed().as_secs_f64());
                     if tries > 0 {
                         tracing::info!(url = %self.url, after_secs = started.elapsed().as_secs_f64(), "Redis is reachable again; resuming");
                         self.reconnected.store(true, Ordering::SeqCst);
@@ -98,6 +101,7 @@ impl RedisPool {
                 return Err(DedupError::Redis { url: self.url.clone(), error: failure.message });
             }
             tries += 1;
+            metrics::counter!(crate::telemetry::metric::REDIS_RETRIES).increment(1);
             let waited = started.elapsed();
             if waited >= self.limit {
                 return Err(DedupError::Unavailable {

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use poslake_actors::{Stages, WriteReport};
+use tracing::Instrument;
 
 use crate::config::DedupConfig;
 use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, KeyDigest};
@@ -111,6 +112,8 @@ pub struct ParsedItem {
     pub content_hash: String,
     pub bytes: Bytes,
     pub result: Result<ParsedFile, Failure>,
+    /// The trace the file was parsed in, when traces are exported: kept in its ledger row.
+    pub trace_id: Option<String>,
 }
 
 /// What dedup decided for one transaction.
@@ -239,7 +242,26 @@ impl PosStages {
             }
         };
         let keys = std::mem::take(&mut open.keys);
-        let result = self.committer.commit(PreparedCommit { id, properties, tables }, &keys).await;
+        let span = tracing::info_span!(
+            "commit",
+            commit.id = %id,
+            files = open.files as i64,
+            iceberg.snapshot_id = tracing::field::Empty,
+            iceberg.tables = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let result =
+            self.committer.commit(PreparedCommit { id, properties, tables }, &keys).instrument(span.clone()).await;
+        if let Ok(commits) = &result {
+            // The snapshot of sales_header (or of the first table committed) names the commit in Iceberg.
+            if let Some(c) = commits.iter().find(|c| c.table == "sales_header").or(commits.first()) {
+                span.record("iceberg.snapshot_id", c.snapshot_id);
+            }
+            let tables: Vec<String> = commits.iter().map(|c| format!("{}={}", c.table, c.snapshot_id)).collect();
+            span.record("iceberg.tables", tables.join(",").as_str());
+            metrics::histogram!(crate::telemetry::metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::counter!(crate::telemetry::metric::COMMITS).increment(1);
+        }
         match result {
             Ok(_) => {}
             // The store lost its state between the table commits and the marks: recovery re-adds every
@@ -413,7 +435,8 @@ impl Stages for PosStages {
             Err(_) => blake3::hash(&bytes).to_hex().to_string(),
         };
         failpoint::hit("parse");
-        ParsedItem { file: file.clone(), content_hash, bytes, result }
+        let trace_id = crate::telemetry::current_trace_id();
+        ParsedItem { file: file.clone(), content_hash, bytes, result, trace_id }
     }
 
     async fn archive(&self, item: &ParsedItem) -> Result<(), IngestError> {
@@ -428,7 +451,13 @@ impl Stages for PosStages {
 
     fn failed(&self, file: &StagedFile, stage: &'static str, attempts: u32, reason: String) -> ParsedItem {
         let failure = Failure { stage, kind: "gave_up", reason, line: None, column: None, attempts };
-        ParsedItem { file: file.clone(), content_hash: String::new(), bytes: Bytes::new(), result: Err(failure) }
+        ParsedItem {
+            file: file.clone(),
+            content_hash: String::new(),
+            bytes: Bytes::new(),
+            result: Err(failure),
+            trace_id: None,
+        }
     }
 
     async fn dedup(&self, items: Vec<ParsedItem>) -> Result<PosBatch, IngestError> {
@@ -475,6 +504,21 @@ impl Stages for PosStages {
             }
         }
         Ok(PosBatch { items, verdicts, reserved: Arc::new(reserved) })
+    }
+
+    fn annotate(item: &ParsedItem, span: &tracing::Span) {
+        match &item.result {
+            Ok(p) => {
+                span.record("vendor", p.facts.dialect.id());
+                if let Some(site) = &p.facts.site {
+                    span.record("site", site.as_str());
+                }
+                span.record("transactions", i64::from(p.facts.transaction_count));
+            }
+            Err(f) => {
+                span.record("error.kind", f.kind);
+            }
+        }
     }
 
     fn batch_info(batch: &PosBatch) -> Arc<Vec<DedupKey>> {
@@ -526,7 +570,7 @@ impl Stages for PosStages {
                         lines: parsed.facts.line_count,
                         discounts: parsed.facts.discount_count,
                         at,
-                        trace_id: None,
+                        trace_id: item.trace_id.clone(),
                     })?;
                 }
                 Err(f) => {
@@ -558,7 +602,7 @@ impl Stages for PosStages {
                         lines: 0,
                         discounts: 0,
                         at,
-                        trace_id: None,
+                        trace_id: item.trace_id.clone(),
                     })?;
                 }
             }
@@ -572,6 +616,12 @@ impl Stages for PosStages {
             return Err(IngestError::Abandoned(e.to_string()));
         }
         failpoint::hit("write");
+        for item in &batch.items {
+            if let Err(f) = &item.result {
+                metrics::counter!(crate::telemetry::metric::DEAD_LETTERS, "stage" => f.stage, "reason" => f.kind)
+                    .increment(1);
+            }
+        }
         open.keys.extend_from_slice(&batch.reserved);
         open.files += batch.items.len() as u64;
         if open.files >= self.policy.files || open.since.elapsed() >= self.policy.interval {

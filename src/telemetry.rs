@@ -1,0 +1,200 @@
+//! Logs, traces and metrics.
+//!
+//! - **Logs**: `tracing` events on stderr, as text or JSON (`--log-format json`), filtered by `RUST_LOG` (default
+//!   `warn,poslake=info`). One line per notable event; nothing per record at info.
+//! - **Traces**: the same spans exported with tracing-opentelemetry over OTLP, gRPC by default or HTTP/protobuf, to
+//!   any OTLP endpoint (Jaeger takes OTLP on 4317/4318). Off unless an endpoint is given (`--otlp-endpoint` or the
+//!   standard `OTEL_EXPORTER_OTLP_ENDPOINT`); `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_SERVICE_NAME` and
+//!   `OTEL_TRACES_SAMPLER_ARG` are honoured. Sampling is per trace (one trace per batch), parent-based.
+//! - **Metrics**: Prometheus text at `--metrics-addr` (the `metrics` facade; names in [`metric`]).
+
+use std::net::SocketAddr;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// The metric names poslake publishes, in one place (also listed in docs/observability.md).
+pub mod metric {
+    pub use poslake_actors::metric::*;
+    /// Redis round trips, seconds (histogram), by `op`.
+    pub const REDIS_ROUND_TRIP: &str = "poslake_redis_round_trip_seconds";
+    /// Redis round trips that failed and were retried.
+    pub const REDIS_RETRIES: &str = "poslake_redis_retries_total";
+    /// Commits across the tables, seconds (histogram).
+    pub const COMMIT_SECONDS: &str = "poslake_commit_seconds";
+    pub const COMMITS: &str = "poslake_commits_total";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (Jaeger: port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (Jaeger: port 4318, path /v1/traces).
+    Http,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// Where to export spans; `None` reads `OTEL_EXPORTER_OTLP_ENDPOINT`, and tracing is off if that is unset too.
+    pub otlp_endpoint: Option<String>,
+    /// `None`: `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, `http/protobuf`), else gRPC.
+    pub otlp_protocol: Option<OtlpProtocol>,
+    /// Fraction of batches traced; `None`: `OTEL_TRACES_SAMPLER_ARG`, else 1.0.
+    pub sample_ratio: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("metrics endpoint {addr}: {error}")]
+    Metrics { addr: SocketAddr, error: String },
+    #[error("telemetry: {0}")]
+    Config(String),
+}
+
+/// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes the spans still buffered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    /// Where spans go, for the log.
+    pub exporting_to: Option<String>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporter (call before the async runtime ends).
+    pub fn shutdown(&mut self) {
+        if let Some(p) = self.provider.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("warning: flushing spans to the OTLP endpoint failed: {e}");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Installs the global subscriber: logs always, traces when an endpoint is configured. Call once, inside the
+/// Tokio runtime (the gRPC exporter's connection lives on it).
+pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,poslake=info"));
+    let logs = match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+    .with_filter(filter);
+
+    let endpoint = config.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
+    let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) else {
+        tracing_subscriber::registry().with(logs).try_init().map_err(|e| TelemetryError::Config(e.to_string()))?;
+        return Ok(Telemetry { provider: None, exporting_to: None });
+    };
+    let protocol =
+        config.otlp_protocol.unwrap_or_else(|| match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+            Ok("http/protobuf") | Ok("http") => OtlpProtocol::Http,
+            _ => OtlpProtocol::Grpc,
+        });
+    let ratio = config
+        .sample_ratio
+        .or_else(|| std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().and_then(|v| v.parse().ok()))
+        .unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(TelemetryError::Config(format!("the sampling ratio must be within 0..=1, not {ratio}")));
+    }
+    let exporter = match protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&endpoint).build(),
+        OtlpProtocol::Http => {
+            // The HTTP exporter wants the full path; accept the base URL Jaeger documents (…:4318) too.
+            let url = if endpoint.ends_with("/v1/traces") {
+                endpoint.clone()
+            } else {
+                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(url)
+                .build()
+        }
+    }
+    .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "poslake".into());
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+        .build();
+    let tracer = provider.tracer("poslake");
+    // Spans at info and above are exported whatever RUST_LOG says about logs.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(EnvFilter::new("info,iceberg=off,datafusion=off,h2=off,tonic=off,hyper=off,reqwest=off,sqlx=off"));
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .map_err(|e| TelemetryError::Config(e.to_string()))?;
+    let exporting_to = format!("{endpoint} ({protocol:?}, sampling {ratio})");
+    tracing::info!(endpoint = %exporting_to, "exporting traces over OTLP");
+    Ok(Telemetry { provider: Some(provider), exporting_to: Some(exporting_to) })
+}
+
+/// Serves Prometheus text metrics at `addr` (`GET /metrics`, or any path) and installs the global recorder. Call
+/// inside the Tokio runtime, once.
+pub fn serve_metrics(addr: SocketAddr) -> Result<(), TelemetryError> {
+    let seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&seconds)
+        .map_err(|e| TelemetryError::Metrics { addr, error: e.to_string() })?
+        .install()
+        .map_err(|e| TelemetryError::Metrics { addr, error: e.to_string() })?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    use metric::*;
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(FILES, "Files finished, by outcome (ingested, dead_letter)");
+    describe_counter!(BYTES, "Bytes of the files finished");
+    describe_counter!(TRANSACTIONS, "Transactions, by verdict (new, duplicate, quarantined)");
+    describe_counter!(DEAD_LETTERS, "Dead letters, by stage and reason");
+    describe_counter!(RETRIES, "Stage retries, by stage");
+    describe_counter!(RESTARTS, "Actor restarts, by actor");
+    describe_gauge!(IN_FLIGHT_FILES, "Files between discovery and commit (bounded by the credits)");
+    describe_gauge!(IN_FLIGHT_BYTES, "Raw bytes between discovery and commit (bounded by the credits)");
+    describe_gauge!(QUEUE_DEPTH, "Work registered with each stage's actors (in hand or in their mailboxes)");
+    describe_histogram!(REDIS_ROUND_TRIP, "Redis round-trip latency, seconds, by op");
+    describe_counter!(REDIS_RETRIES, "Redis round trips retried after a connection error or timeout");
+    describe_histogram!(COMMIT_SECONDS, "Commit latency across the tables, seconds");
+    describe_counter!(COMMITS, "Commits made");
+}
+
+/// The trace id of the current span, if it is being exported (for the file ledger).
+pub fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string())
+}

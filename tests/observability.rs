@@ -1,0 +1,254 @@
+//! Traces and metrics from real runs: a `poslake ingest` process exports its spans over OTLP/gRPC to a receiver
+//! this test serves (tonic, the OTLP trace service), and an in-process run is scraped at its Prometheus endpoint.
+#![cfg(feature = "lake")]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_array::{Array, StringArray};
+use common::column;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use poslake::generate::{GenerateArgs, generate};
+use poslake::ingest::{IngestPaths, IngestSetup, ingest};
+use poslake::lake::Warehouse;
+use poslake_actors::{FlowLimits, PipelineConfig, Progress};
+
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("spans");
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port")
+}
+
+fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref())
+}
+
+fn small_corpus(out: &std::path::Path, seed: u64) -> poslake::generate::Report {
+    generate(&GenerateArgs {
+        out: out.to_path_buf(),
+        seed,
+        sites: 3,
+        days: 2,
+        files_per_day: 3,
+        min_transactions: 10,
+        max_transactions: 20,
+        malformed_rate: 0.1,
+        ..GenerateArgs::default()
+    })
+    .expect("generate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_exports_one_trace_per_batch_with_file_and_stage_spans() {
+    let receiver = Receiver::default();
+    let addr = free_addr();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder().add_service(TraceServiceServer::new(receiver.clone())).serve(addr),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = small_corpus(&staging, 31);
+    assert!(report.malformed_files > 0);
+    let lake = dir.path().join("lake");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+    cmd.args(["ingest", "--json", "--batch-files", "4", "--otlp-endpoint", &format!("http://{addr}")])
+        .arg("--staging")
+        .arg(&staging)
+        .arg("--lake")
+        .arg(&lake)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run poslake");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The process flushed its spans before exiting.
+    let spans = receiver.spans.lock().expect("spans").clone();
+    server.abort();
+    let names: BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    for want in ["ingest.batch", "file", "download", "parse", "archive", "dedup", "write", "commit"] {
+        assert!(names.contains(want), "a {want} span among {names:?}");
+    }
+    let by_id: HashMap<&[u8], &Span> = spans.iter().map(|s| (s.span_id.as_slice(), s)).collect();
+    let parent = |s: &Span| by_id.get(s.parent_span_id.as_slice()).copied();
+    let named = |name: &'static str| spans.iter().filter(move |s| s.name == name);
+
+    // A trace per batch: batch spans are roots, files are their children, stages the files' children.
+    assert!(named("ingest.batch").all(|s| s.parent_span_id.is_empty()), "batch spans are roots");
+    let files: Vec<&Span> = named("file").collect();
+    assert_eq!(files.len() as u64, report.files, "one span per file");
+    for f in &files {
+        let p = parent(f).expect("a file span has its batch");
+        assert_eq!((p.name.as_str(), &p.trace_id), ("ingest.batch", &f.trace_id));
+    }
+    for stage in ["download", "parse", "archive"] {
+        for s in named(stage) {
+            let p = parent(s).unwrap_or_else(|| panic!("{stage} span without its file"));
+            assert_eq!(p.name, "file", "{stage} is a child of a file span");
+        }
+        assert_eq!(named(stage).count() as u64, report.files, "one {stage} span per file");
+    }
+    for stage in ["dedup", "write"] {
+        for s in named(stage) {
+            assert_eq!(parent(s).map(|p| p.name.as_str()), Some("ingest.batch"), "{stage} runs in a batch's trace");
+        }
+    }
+    assert!(named("commit").all(|s| matches!(attr(s, "iceberg.snapshot_id"), Some(Value::IntValue(id)) if *id > 0)));
+
+    // Attributes: every file span names its file and size; parsed ones their vendor and transactions; refused
+    // ones their error kind.
+    let mut vendors = BTreeSet::new();
+    let mut errors = 0;
+    for f in &files {
+        assert!(matches!(attr(f, "file"), Some(Value::StringValue(p)) if p.contains(".xml")), "{f:?}");
+        assert!(matches!(attr(f, "bytes"), Some(Value::IntValue(b)) if *b > 0));
+        match attr(f, "error.kind") {
+            Some(Value::StringValue(_)) => errors += 1,
+            _ => {
+                let Some(Value::StringValue(v)) = attr(f, "vendor") else { panic!("vendor on {f:?}") };
+                vendors.insert(v.clone());
+                assert!(matches!(attr(f, "transactions"), Some(Value::IntValue(n)) if *n > 0));
+            }
+        }
+    }
+    assert_eq!(errors as u64, report.malformed_files);
+    assert!(vendors.len() >= 3, "{vendors:?}");
+
+    // The ledger row of each file carries the trace its file span is in.
+    let file_traces: BTreeSet<String> = files.iter().map(|f| hex(&f.trace_id)).collect();
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let mut traced = 0;
+    for b in wh.scan("file_ledger").await.expect("scan") {
+        let ids = column::<StringArray>(&b, "trace_id");
+        for i in 0..b.num_rows() {
+            if !ids.is_null(i) {
+                assert!(file_traces.contains(ids.value(i)), "ledger trace {} is exported", ids.value(i));
+                traced += 1;
+            }
+        }
+    }
+    assert_eq!(traced as u64, report.files, "every file's ledger row is traced, refused files too");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `GET /metrics` over plain HTTP/1.1.
+fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The value of one sample (`name{labels} value`), summed over label sets that contain `labels`.
+fn sample(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_what_the_run_reports() {
+    let addr = free_addr();
+    poslake::telemetry::serve_metrics(addr).expect("serve metrics");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    small_corpus(&staging, 37);
+    let setup = IngestSetup::new(IngestPaths { staging, lake: dir.path().join("lake") });
+    let pipeline = PipelineConfig {
+        downloaders: 1,
+        parsers: 1,
+        archivers: 1,
+        batch_files: 1,
+        flush_interval: Duration::from_millis(10),
+        limits: FlowLimits { max_files: 1, max_bytes: 1 << 20 },
+        ..PipelineConfig::default()
+    };
+    let progress = Arc::new(Progress::default());
+    let during = {
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            // Scraped mid-run: the counters move while files are still in flight.
+            loop {
+                let s = progress.snapshot();
+                if s.done >= 3 && !s.discovery_done {
+                    return scrape(addr).map(|t| sample(&t, "poslake_files_total", ""));
+                }
+                if s.discovery_done && s.done >= s.discovered && s.discovered > 0 {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let summary = ingest(&setup, pipeline, progress).await.expect("ingest");
+    let mid = during.await.expect("scraper").expect("scraped during the run");
+    assert!(mid >= 3.0 && mid < summary.files as f64, "mid-run files {mid} of {}", summary.files);
+
+    let text = scrape(addr).expect("scrape");
+    let ingested = sample(&text, "poslake_files_total", "outcome=\"ingested\"");
+    let dead = sample(&text, "poslake_files_total", "outcome=\"dead_letter\"");
+    assert_eq!((ingested + dead) as u64, summary.files, "{text}");
+    assert_eq!(dead as u64, summary.dead_letters);
+    assert_eq!(sample(&text, "poslake_dead_letters_total", "") as u64, summary.dead_letters);
+    assert_eq!(sample(&text, "poslake_bytes_total", "") as u64, summary.bytes);
+    assert_eq!(sample(&text, "poslake_transactions_total", "verdict=\"new\"") as u64, summary.new_transactions);
+    let dup = sample(&text, "poslake_transactions_total", "verdict=\"duplicate\"")
+        + sample(&text, "poslake_transactions_total", "verdict=\"quarantined\"");
+    assert_eq!(dup as u64, summary.duplicate_transactions);
+    assert!(sample(&text, "poslake_commits_total", "") >= 1.0);
+    assert!(sample(&text, "poslake_commit_seconds_count", "") >= 1.0);
+    assert!(text.contains("poslake_queue_depth{stage=\"parse\"}"), "{text}");
+    assert!(text.contains("poslake_in_flight_files"), "{text}");
+}
+
+/// The compose file runs poslake with flags the binary accepts, and mounts the configuration the image expects.
+#[test]
+fn the_compose_file_matches_the_command_line() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compose = std::fs::read_to_string(root.join("deploy/compose.yaml")).expect("compose.yaml");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["ingest", "--help"])
+        .output()
+        .expect("poslake ingest --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags: Vec<&str> = compose.lines().filter_map(|l| l.trim().strip_prefix("- --")).collect();
+    assert!(flags.len() >= 5, "{flags:?}");
+    for flag in flags {
+        assert!(help.contains(&format!("--{flag}")), "poslake ingest has no --{flag}");
+    }
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains("/etc/poslake/poslake.toml") && compose.contains(":/etc/poslake/poslake.toml:ro"));
+    assert!(compose.contains("OTEL_EXPORTER_OTLP_ENDPOINT: http://jaeger:4317"));
+}
