@@ -35,13 +35,31 @@ pub struct Plan {
 
 impl Plan {
     /// Sizes a filter for `expected_keys` at `fp_target`, in shards of at most `max_shard_bytes`.
+    ///
+    /// Redis keeps each shard as one string in one allocation of its allocator (jemalloc), which rounds a large
+    /// allocation up to a size class (four per doubling: 4, 5, 6, 7, 8 MiB, …). A shard that misses a class by a
+    /// little costs up to a quarter more memory than it holds. So the shard size is chosen among the classes (less a
+    /// block, for the string's header), with as many shards as it takes, to spend the least memory in all.
     pub fn new(expected_keys: u64, fp_target: f64, max_shard_bytes: u64) -> Plan {
         let n = expected_keys.max(1);
         let (bits_per_key, hashes) = blocked_bits_per_key(fp_target);
         let blocks = ((n as f64 * bits_per_key) / BLOCK_BITS as f64).ceil().max(1.0) as u64;
-        let blocks_per_shard_max = (max_shard_bytes.saturating_mul(8) / BLOCK_BITS).max(1);
-        let shards = blocks.div_ceil(blocks_per_shard_max);
-        let blocks_per_shard = blocks.div_ceil(shards);
+        let block_bytes = BLOCK_BITS / 8;
+        let candidates: Vec<(u64, u64, u64)> = size_classes(max_shard_bytes.max(2 * block_bytes))
+            .into_iter()
+            .filter_map(|class| {
+                let per_shard = class / block_bytes - 1;
+                (per_shard > 0).then(|| (blocks.div_ceil(per_shard), per_shard, class))
+            })
+            .collect();
+        // Within 2% of the least memory, the fewest shards (fewer commands per round trip); a shard fills its
+        // class, since those bits are paid for anyway.
+        let least = candidates.iter().map(|&(n, _, class)| n * class).min().unwrap_or(0);
+        let (shards, blocks_per_shard) = candidates
+            .iter()
+            .filter(|&&(n, _, class)| (n * class) as f64 <= least as f64 * 1.02)
+            .min_by_key(|&&(n, _, class)| (n, n * class))
+            .map_or((1, blocks), |&(n, per_shard, _)| (n, per_shard));
         let total_bits = shards * blocks_per_shard * BLOCK_BITS;
         let fp_at_capacity = blocked_fp(total_bits as f64 / n as f64, hashes);
         Plan { expected_keys: n, fp_target, bits_per_key, hashes, shards, blocks_per_shard, fp_at_capacity }
@@ -96,6 +114,22 @@ impl Plan {
         }
         Location { shard, bits, hashes: self.hashes as usize }
     }
+}
+
+/// jemalloc's size classes from 128 bytes up to `max`: 2^k, and 2^k plus one, two or three quarters of it.
+fn size_classes(max: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut base = 128u64;
+    while base <= max {
+        for quarter in 0..4 {
+            let class = base + quarter * (base / 4);
+            if class <= max {
+                out.push(class);
+            }
+        }
+        base = base.saturating_mul(2);
+    }
+    out
 }
 
 /// At most this many hash functions: beyond it a blocked filter gains nothing.
@@ -173,7 +207,14 @@ mod tests {
         assert!((14.3..14.5).contains(&formula), "{formula}");
         assert!(plan.bits_per_key >= formula && plan.bits_per_key <= formula * 1.10, "{plan:?}");
         assert!(plan.fp_at_capacity <= 0.001, "{plan:?}");
-        assert!(plan.shard_bytes() <= 128 << 20 && plan.shards == 2, "{plan:?}");
+        assert!(plan.shard_bytes() <= 128 << 20, "{plan:?}");
+        // Shards fill an allocator size class (less one block for the string's header): memory stays near the
+        // bits the filter needs.
+        let class = plan.shard_bytes() + 64;
+        assert!(size_classes(128 << 20).contains(&class), "{plan:?}");
+        let needed = plan.expected_keys as f64 * plan.bits_per_key / 8.0;
+        let allocated = (plan.shards * class) as f64;
+        assert!(allocated / needed < 1.03, "allocated {allocated} for {needed}: {plan:?}");
         let one = Plan::new(10, 0.01, 128 << 20);
         assert_eq!((one.shards, one.blocks_per_shard), (1, 1));
     }
