@@ -535,7 +535,12 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
                 r.keys, r.seconds, r.keys_per_second, r.keys_per_call
             );
             match r.redis_cpu {
-                Some(cpu) => println!("Redis server CPU: {:.0}% of one core", cpu * 100.0),
+                Some(cpu) => println!(
+                    "Redis server CPU: {:.0}% of one core; {:.2} µs/key checking, {:.2} µs/key adding",
+                    cpu * 100.0,
+                    r.redis_usec_per_key_check,
+                    r.redis_usec_per_key_add
+                ),
                 None => println!("Redis server CPU: not reported"),
             }
             println!(

@@ -20,6 +20,9 @@ pub struct BenchReport {
     pub keys_per_second: f64,
     /// CPU seconds the Redis server spent per wall second (1.0 = one core busy), when it reports them.
     pub redis_cpu: Option<f64>,
+    /// Server time per key in the check and add commands (`INFO commandstats`), microseconds.
+    pub redis_usec_per_key_check: f64,
+    pub redis_usec_per_key_add: f64,
     pub memory_bytes: u64,
     pub bytes_per_key: f64,
     /// The textbook Bloom filter's bytes per key at the target rate.
@@ -61,6 +64,7 @@ pub async fn run(config: &DedupConfig, keys: u64, keys_per_call: usize) -> Resul
     };
     let keys_v = random_keys(keys, 1);
     let cpu_before = pool.server_cpu_seconds().await?;
+    let usec_before = pool.command_usec().await?;
     let started = Instant::now();
     for chunk in keys_v.chunks(keys_per_call.max(1)) {
         let seen = store.contains(chunk).await?;
@@ -69,6 +73,16 @@ pub async fn run(config: &DedupConfig, keys: u64, keys_per_call: usize) -> Resul
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_after = pool.server_cpu_seconds().await?;
+    let usec_after = pool.command_usec().await?;
+    let spent = |cmds: &[&str]| {
+        cmds.iter().map(|c| usec_after.get(*c).unwrap_or(&0.0) - usec_before.get(*c).unwrap_or(&0.0)).sum::<f64>()
+            / keys.max(1) as f64
+    };
+    let (check_cmds, add_cmds): (&[&str], &[&str]) = match &store {
+        Dedup::RedisBloom(_) => (&["bf.mexists"], &["bf.madd"]),
+        _ => (&["bitfield_ro"], &["bitfield"]),
+    };
+    let (usec_check, usec_add) = (spent(check_cmds), spent(add_cmds));
     let stats = store.stats().await?;
     let memory: u64 = stats.iter().map(|s| s.memory_bytes).sum();
     let probes = (keys / 4).clamp(10_000, 1_000_000);
@@ -89,6 +103,8 @@ pub async fn run(config: &DedupConfig, keys: u64, keys_per_call: usize) -> Resul
             (Some(a), Some(b)) => Some((b - a) / seconds.max(1e-9)),
             _ => None,
         },
+        redis_usec_per_key_check: usec_check,
+        redis_usec_per_key_add: usec_add,
         memory_bytes: memory,
         bytes_per_key: memory as f64 / keys.max(1) as f64,
         formula_bytes_per_key: super::bloom::formula_bits_per_key(config.false_positive_rate) / 8.0,

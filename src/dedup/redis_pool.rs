@@ -211,6 +211,21 @@ impl RedisPool {
         })
     }
 
+    /// Microseconds the server spent in each command so far (`INFO commandstats`), by command name.
+    pub async fn command_usec(&self) -> Result<std::collections::HashMap<String, f64>, DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("commandstats");
+        let (info,): (String,) = self.query(&pipe).await?;
+        Ok(info
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let usec = rest.split(',').find_map(|kv| kv.strip_prefix("usec="))?.parse().ok()?;
+                Some((name.to_owned(), usec))
+            })
+            .collect())
+    }
+
     /// Deletes every key under this pool's prefix (the bench's throwaway filters).
     pub async fn delete_prefix(&self) -> Result<u64, DedupError> {
         let pattern = format!("{}:*", self.prefix);
