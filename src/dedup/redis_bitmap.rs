@@ -130,21 +130,25 @@ impl RedisBitmap {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut labels: Vec<String> = keys.iter().map(|k| self.period.label(k.date)).collect();
-        let mut distinct = labels.clone();
-        distinct.sort();
-        distinct.dedup();
-        let plans = self.plans_for(&distinct).await?;
-        let plan_of: HashMap<&str, &Arc<Plan>> = distinct.iter().map(String::as_str).zip(plans.iter()).collect();
-
-        // (shard key) → (key index, bit offsets), in key order within each shard.
-        let mut located: Vec<(String, usize, super::bloom::Location)> = Vec::with_capacity(keys.len());
-        for (i, (k, label)) in keys.iter().zip(labels.drain(..)).enumerate() {
-            let plan = plan_of.get(label.as_str()).ok_or_else(|| DedupError::Config("plan missing".into()))?;
-            let loc = plan.locate(k.digest);
-            located.push((self.shard_key(&label, loc.shard), i, loc));
+        // Labels and shard keys are made once per business date and shard, not once per key.
+        let mut label_of: HashMap<chrono::NaiveDate, usize> = HashMap::new();
+        let mut labels: Vec<String> = Vec::new();
+        for k in keys {
+            label_of.entry(k.date).or_insert_with(|| {
+                labels.push(self.period.label(k.date));
+                labels.len() - 1
+            });
         }
-        let chunks: Vec<Vec<(String, usize, super::bloom::Location)>> =
+        let plans = self.plans_for(&labels).await?;
+        let mut shard_keys: HashMap<(usize, u64), Arc<str>> = HashMap::new();
+        let mut located: Vec<(Arc<str>, usize, super::bloom::Location)> = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let l = label_of.get(&k.date).copied().ok_or_else(|| DedupError::Config("label missing".into()))?;
+            let loc = plans[l].locate(k.digest);
+            let key = shard_keys.entry((l, loc.shard)).or_insert_with(|| self.shard_key(&labels[l], loc.shard).into());
+            located.push((key.clone(), i, loc));
+        }
+        let chunks: Vec<Vec<(Arc<str>, usize, super::bloom::Location)>> =
             located.chunks(self.keys_per_round_trip.max(1)).map(<[_]>::to_vec).collect();
         let results: Vec<Vec<(usize, bool)>> = futures::stream::iter(chunks)
             .map(|chunk| self.round_trip(chunk, set))
@@ -160,12 +164,12 @@ impl RedisBitmap {
 
     async fn round_trip(
         &self,
-        chunk: Vec<(String, usize, super::bloom::Location)>,
+        chunk: Vec<(Arc<str>, usize, super::bloom::Location)>,
         set: bool,
     ) -> Result<Vec<(usize, bool)>, DedupError> {
         let mut by_shard: BTreeMap<&str, Vec<(usize, &super::bloom::Location)>> = BTreeMap::new();
         for (key, i, loc) in &chunk {
-            by_shard.entry(key.as_str()).or_default().push((*i, loc));
+            by_shard.entry(key).or_default().push((*i, loc));
         }
         let mut pipe = redis::pipe();
         if !set {
