@@ -118,6 +118,7 @@ impl Plan {
 
 /// jemalloc's size classes from 128 bytes up to `max`: 2^k, and 2^k plus one, two or three quarters of it.
 fn size_classes(max: u64) -> Vec<u64> {
+    let max = max.min(1 << 40);
     let mut out = Vec::new();
     let mut base = 128u64;
     while base <= max {

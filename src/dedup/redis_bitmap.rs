@@ -116,11 +116,17 @@ impl RedisBitmap {
         if !sane {
             return Err(DedupError::Config(format!("{meta} holds an impossible filter plan: {found}")));
         }
-        let mut plan = Plan::new(s.expected_keys, s.fp_target, u64::MAX);
-        plan.hashes = s.hashes;
-        plan.shards = s.shards;
-        plan.blocks_per_shard = s.blocks_per_shard;
-        plan.fp_at_capacity = plan.fp_at(s.expected_keys as f64);
+        let mut plan = Plan {
+            expected_keys: s.expected_keys.max(1),
+            fp_target: s.fp_target,
+            bits_per_key: 0.0,
+            hashes: s.hashes,
+            shards: s.shards,
+            blocks_per_shard: s.blocks_per_shard,
+            fp_at_capacity: 0.0,
+        };
+        plan.bits_per_key = plan.total_bits() as f64 / plan.expected_keys as f64;
+        plan.fp_at_capacity = plan.fp_at(plan.expected_keys as f64);
         Ok(plan)
     }
 
