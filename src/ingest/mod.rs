@@ -266,7 +266,7 @@ impl PosStages {
             Ok(_) => {}
             // The store lost its state between the table commits and the marks: recovery re-adds every
             // committed batch's keys, this one's included.
-            Err(IngestError::Dedup(DedupError::StateLost { .. })) => self.heal().await?,
+            Err(IngestError::Dedup(DedupError::StateLost { .. })) => self.heal_holding_open().await?,
             Err(e) => {
                 // Whatever was committed is finished by the next start's recovery; nothing more is written now.
                 open.failed = true;
@@ -301,8 +301,15 @@ impl PosStages {
     }
 
     /// The store lost its state (or came back after an outage, possibly without its last writes): adopt its
-    /// generation and re-add the keys of every committed batch it has not marked.
+    /// generation and re-add the keys of every committed batch it has not marked. Holds the uncommitted data's
+    /// lock, so that recovery never races a commit of this process for its intent.
     async fn heal(&self) -> Result<(), IngestError> {
+        let _open = self.open.lock().await;
+        self.heal_holding_open().await
+    }
+
+    /// [`PosStages::heal`] for a caller that already holds the uncommitted data's lock.
+    async fn heal_holding_open(&self) -> Result<(), IngestError> {
         let _one = self.healing.lock().await;
         let dedup = self.committer.dedup();
         let lost = match dedup.generation().await {
