@@ -252,3 +252,66 @@ fn the_compose_file_matches_the_command_line() {
     assert!(dockerfile.contains("/etc/poslake/poslake.toml") && compose.contains(":/etc/poslake/poslake.toml:ro"));
     assert!(compose.contains("OTEL_EXPORTER_OTLP_ENDPOINT: http://jaeger:4317"));
 }
+
+/// OTLP over HTTP/protobuf: a plain HTTP receiver (one POST per export) gets the same spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_over_otlp_http_too() {
+    use prost::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let received: Arc<Mutex<Vec<(String, Span)>>> = Arc::default();
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            // Headers, then Content-Length bytes of body.
+            let (path, body) = loop {
+                let Ok(n) = stream.read(&mut chunk) else { break (String::new(), Vec::new()) };
+                if n == 0 {
+                    break (String::new(), Vec::new());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                    break (path, buf[end + 4..end + 4 + len].to_vec());
+                }
+            };
+            if let Ok(req) = ExportTraceServiceRequest::decode(body.as_slice()) {
+                let mut spans = sink.lock().expect("sink");
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        spans.extend(ss.spans.into_iter().map(|s| (path.clone(), s)));
+                    }
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = small_corpus(&staging, 43);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+    cmd.args(["ingest", "--otlp-protocol", "http", "--otlp-endpoint", &format!("http://{addr}")])
+        .arg("--staging")
+        .arg(&staging)
+        .arg("--lake")
+        .arg(dir.path().join("lake"))
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run poslake");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spans = received.lock().expect("spans").clone();
+    assert!(spans.iter().all(|(path, _)| path == "/v1/traces"), "posted to /v1/traces");
+    let files = spans.iter().filter(|(_, s)| s.name == "file").count() as u64;
+    assert_eq!(files, report.files, "every file's span arrived over HTTP");
+    assert!(spans.iter().any(|(_, s)| s.name == "commit"));
+}
