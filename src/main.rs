@@ -415,28 +415,30 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One status line on stderr, refreshed twice a second: files/s, MB/s, duplicates, errors, ETA.
+/// A progress bar on stderr (a terminal only), refreshed five times a second: files done of files found, files/s,
+/// MB/s, duplicates, dead letters and the ETA once the listing is complete.
 async fn show_progress(progress: std::sync::Arc<poslake_actors::Progress>) {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files, {per_sec}, {msg}, ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
     let started = std::time::Instant::now();
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let s = progress.snapshot();
         let secs = started.elapsed().as_secs_f64().max(1e-9);
-        let rate = s.done as f64 / secs;
-        let eta = if s.discovery_done && rate > 0.0 {
-            format!("{:.0}s", (s.discovered - s.done) as f64 / rate)
-        } else {
-            "listing…".into()
-        };
-        eprint!(
-            "\r{}/{} files, {:.0} files/s, {:.1} MB/s, {} duplicates, {} dead letters, ETA {eta}   ",
-            s.done,
-            s.discovered,
-            rate,
+        bar.set_length(s.discovered);
+        bar.set_position(s.done);
+        bar.set_message(format!(
+            "{:.1} MB/s, {} duplicates ({} quarantined), {} dead letters{}",
             s.totals.bytes as f64 / 1e6 / secs,
             s.totals.duplicates,
-            s.totals.dead_letters
-        );
+            s.totals.quarantined,
+            s.totals.dead_letters,
+            if s.discovery_done { "" } else { ", listing…" }
+        ));
     }
 }
 
