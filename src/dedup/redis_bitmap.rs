@@ -183,7 +183,11 @@ impl RedisBitmap {
             pipe.cmd("GET").arg(self.pool.key(GENERATION));
         }
         for (shard, entries) in &by_shard {
-            let cmd = pipe.cmd(if set { "BITFIELD" } else { "BITFIELD_RO" }).arg(*shard);
+            // Sized up front: a command holds thousands of arguments, and growing it copies them again and again.
+            let ops: usize = entries.iter().map(|(_, loc)| loc.bits().len()).sum();
+            let per_op = if set { 4 } else { 3 };
+            let mut cmd = redis::Cmd::with_capacity(2 + ops * per_op, shard.len() + 16 + ops * per_op * 8);
+            cmd.arg(if set { "BITFIELD" } else { "BITFIELD_RO" }).arg(*shard);
             for (_, loc) in entries {
                 for &bit in loc.bits() {
                     if set {
@@ -193,8 +197,9 @@ impl RedisBitmap {
                     }
                 }
             }
+            pipe.add_command(cmd);
             if set {
-                cmd.ignore();
+                pipe.ignore();
             }
         }
         let replies: Vec<Value> = self.pool.query(&pipe).await?;
