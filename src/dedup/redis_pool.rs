@@ -175,10 +175,14 @@ impl RedisPool {
 
     pub async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {
         let mut out = Vec::with_capacity(commits.len());
+        // SISMEMBER, pipelined, rather than SMISMEMBER: the latter needs Redis 6.2, and Azure Cache for Redis still
+        // offers 6.0.
         for chunk in commits.chunks(1000) {
             let mut pipe = redis::pipe();
-            pipe.cmd("SMISMEMBER").arg(self.key(APPLIED)).arg(chunk);
-            let (flags,): (Vec<bool>,) = self.query(&pipe).await?;
+            for commit in chunk {
+                pipe.cmd("SISMEMBER").arg(self.key(APPLIED)).arg(commit);
+            }
+            let flags: Vec<bool> = self.query(&pipe).await?;
             out.extend(flags);
         }
         Ok(out)
