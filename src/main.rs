@@ -143,6 +143,13 @@ struct StoreArgs {
 
 impl StoreArgs {
     fn config(&self) -> anyhow::Result<poslake::config::IngestConfig> {
+        let c = self.unvalidated()?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The file (or the defaults) with these flags over it; the caller applies its own flags, then validates.
+    fn unvalidated(&self) -> anyhow::Result<poslake::config::IngestConfig> {
         let mut c = match &self.config {
             Some(path) => poslake::config::IngestConfig::load(path)?,
             None => poslake::config::IngestConfig::default(),
@@ -156,7 +163,6 @@ impl StoreArgs {
         if let Some(url) = &self.redis_url {
             c.dedup.redis_url = url.clone();
         }
-        c.validate()?;
         Ok(c)
     }
 }
@@ -171,15 +177,12 @@ struct LakeArgs {
 /// Flags override the configuration file, which overrides the defaults (see `deploy/poslake.toml`).
 #[derive(clap::Args)]
 struct IngestArgs {
-    /// A TOML configuration file (every key and its default: deploy/poslake.toml).
-    #[arg(long, env = "POSLAKE_CONFIG")]
-    config: Option<PathBuf>,
+    /// The configuration file, the lake and the dedup store.
+    #[command(flatten)]
+    store: StoreArgs,
     /// The staging folder files arrive in. [default: poslake-data/staging]
     #[arg(long, env = "POSLAKE_STAGING")]
     staging: Option<PathBuf>,
-    /// The lake root. [default: poslake-data/lake]
-    #[arg(long, env = "POSLAKE_LAKE")]
-    lake: Option<PathBuf>,
     /// Print the run summary as JSON (and no progress line).
     #[arg(long)]
     json: bool,
@@ -201,33 +204,18 @@ struct IngestArgs {
     /// Files per Iceberg commit (also committed every commit_interval_secs and at the end). [default: 2000]
     #[arg(long)]
     commit_files: Option<u64>,
-    /// The dedup store. [default: embedded]
-    #[arg(long, env = "POSLAKE_DEDUP", value_enum)]
-    dedup: Option<poslake::config::DedupBackend>,
-    /// Redis URL for the Redis stores (rediss:// for TLS). [default: redis://127.0.0.1:6379]
-    #[arg(long, env = "POSLAKE_REDIS_URL")]
-    redis_url: Option<String>,
 }
 
 impl IngestArgs {
     /// The configuration file (or the defaults) with the flags given applied over it, validated.
     fn config(&self) -> anyhow::Result<poslake::config::IngestConfig> {
-        let mut c = match &self.config {
-            Some(path) => poslake::config::IngestConfig::load(path)?,
-            None => poslake::config::IngestConfig::default(),
-        };
+        let mut c = self.store.unvalidated()?;
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        over!(staging, lake, downloaders, batch_files, max_files_in_flight, max_mib_in_flight, commit_files);
+        over!(staging, downloaders, batch_files, max_files_in_flight, max_mib_in_flight, commit_files);
         if self.parsers.is_some() {
             c.parsers = self.parsers;
-        }
-        if let Some(b) = self.dedup {
-            c.dedup.backend = b;
-        }
-        if let Some(url) = &self.redis_url {
-            c.dedup.redis_url = url.clone();
         }
         c.validate()?;
         Ok(c)
