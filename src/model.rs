@@ -124,7 +124,8 @@ impl TransactionKey {
         let mut s = format!(
             "{}|{}|{}|{}",
             self.site,
-            self.business_date.format("%Y-%m-%d"),
+            // Display is ISO 8601 (`%Y-%m-%d`) without interpreting a format string per key.
+            self.business_date,
             self.register.as_deref().unwrap_or(""),
             self.sequence
         );
@@ -337,5 +338,20 @@ impl Serialize for BronzeRecord {
             seq.serialize_element(&entry)?;
         }
         seq.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Datelike, NaiveDate};
+
+    /// Dedup digests hash the canonical key, so its date text must never change form.
+    #[test]
+    fn canonical_dates_are_iso() {
+        let mut d = NaiveDate::from_ymd_opt(1, 1, 1).expect("date");
+        while d.year() < 9999 {
+            assert_eq!(d.to_string(), d.format("%Y-%m-%d").to_string());
+            d = d + chrono::Days::new(997);
+        }
     }
 }

@@ -150,3 +150,53 @@ async fn a_table_with_another_schema_is_refused() {
         Ok(_) => panic!("a mismatched table was accepted"),
     }
 }
+
+/// Bronze `fields` values get neither a dictionary nor statistics (they cost a hash and a comparison per value and
+/// prune nothing); bronze keys keep their dictionary; silver columns keep their statistics.
+#[tokio::test]
+async fn bronze_map_values_skip_dictionary_and_statistics() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
+    let mut rows = wh.rows();
+    for f in &fixtures() {
+        rows.add_file(f).expect("rows");
+    }
+    wh.append(rows, &HashMap::new()).await.expect("append");
+
+    let mut parquet_files = Vec::new();
+    let mut dirs = vec![dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                parquet_files.push(p);
+            }
+        }
+    }
+    let (mut bronze, mut header) = (0, 0);
+    for p in &parquet_files {
+        let reader = SerializedFileReader::new(std::fs::File::open(p).expect("open")).expect("parquet");
+        for rg in reader.metadata().row_groups() {
+            for c in rg.columns() {
+                let path = c.column_path().string();
+                let s = p.display().to_string();
+                if s.contains("bronze_transaction") && path == "fields.key_value.value" {
+                    bronze += 1;
+                    assert!(c.dictionary_page_offset().is_none(), "{s}: values must not be dictionary-encoded");
+                    assert!(c.statistics().is_none(), "{s}: values carry no statistics");
+                } else if s.contains("bronze_transaction") && path == "fields.key_value.key" {
+                    assert!(c.dictionary_page_offset().is_some(), "{s}: keys keep their dictionary");
+                    assert!(c.statistics().is_none(), "{s}: keys carry no statistics");
+                } else if s.contains("sales_header") && path == "site" {
+                    header += 1;
+                    assert!(c.statistics().is_some(), "{s}: silver columns keep their statistics");
+                }
+            }
+        }
+    }
+    assert!(bronze > 0 && header > 0, "no bronze or header data files among {parquet_files:?}");
+}

@@ -50,7 +50,7 @@ impl Archive {
         hash: &str,
         bytes: bytes::Bytes,
     ) -> Result<Archived, ArchiveError> {
-        let date = business_date.map_or_else(|| "unknown".to_owned(), |d| d.format("%Y-%m-%d").to_string());
+        let date = business_date.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
         let base = name.rsplit('/').next().unwrap_or(name);
         let dir = format!("bronze/raw/vendor={vendor}/business_date={date}");
         let primary = format!("{dir}/{base}");

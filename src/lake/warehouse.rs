@@ -19,7 +19,8 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use super::LakeError;
 use super::rows::Rows;
@@ -295,11 +296,22 @@ async fn open_table(warehouse: &Warehouse, def: &TableDef) -> Result<TableWriter
         let meta = table.metadata();
         let schema = meta.current_schema().clone();
         let spec = meta.default_partition_spec().as_ref().clone();
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(row_group_rows(def)))
-            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
-            .build();
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES));
+        for (field, entries, key, value) in map_columns(&schema_to_arrow_schema(&schema)?) {
+            // Bronze maps hold every value of a transaction: min/max bounds of `key_value.value` prune nothing and
+            // cost a string comparison per value, and its values are too varied for a dictionary to pay (it fills
+            // and falls back to plain encoding after hashing each one). Keys repeat: they keep their dictionary.
+            let key_path = ColumnPath::new(vec![field.clone(), entries.clone(), key]);
+            let value_path = ColumnPath::new(vec![field, entries, value]);
+            props = props
+                .set_column_statistics_enabled(key_path, EnabledStatistics::None)
+                .set_column_statistics_enabled(value_path.clone(), EnabledStatistics::None)
+                .set_column_dictionary_enabled(value_path, false);
+        }
+        let props = props.build();
         let names = DefaultFileNameGenerator::new(uuid::Uuid::new_v4().to_string(), None, DataFileFormat::Parquet);
         let rolling = RollingFileWriterBuilder::new(
             ParquetWriterBuilder::new(props, schema.clone()),
@@ -318,4 +330,21 @@ async fn open_table(warehouse: &Warehouse, def: &TableDef) -> Result<TableWriter
             rows: 0,
         })
     }
+}
+
+/// The Parquet column names of each string map column: (field, entries, key, value).
+fn map_columns(schema: &arrow_schema::Schema) -> Vec<(String, String, String, String)> {
+    schema
+        .fields()
+        .iter()
+        .filter_map(|f| match f.data_type() {
+            arrow_schema::DataType::Map(entries, _) => match entries.data_type() {
+                arrow_schema::DataType::Struct(kv) if kv.len() == 2 => {
+                    Some((f.name().clone(), entries.name().clone(), kv[0].name().clone(), kv[1].name().clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }

@@ -16,6 +16,10 @@ pub fn decimal(text: &str) -> Result<Decimal, &'static str> {
 pub fn date(text: &str) -> Result<NaiveDate, &'static str> {
     let b = text.as_bytes();
     if b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && (b.len() == 10 || matches!(b[10], b'T' | b' ')) {
+        // Every transaction carries dates: read plain digits directly, and leave any other form to chrono.
+        if let (Some(y), Some(m), Some(d)) = (digits(&b[..4]), digits(&b[5..7]), digits(&b[8..10])) {
+            return NaiveDate::from_ymd_opt(y as i32, m, d).ok_or("not a calendar date");
+        }
         return NaiveDate::parse_from_str(&text[..10], "%Y-%m-%d").map_err(|_| "not a calendar date");
     }
     if b.len() == 8 && b.iter().all(u8::is_ascii_digit) {
@@ -49,9 +53,35 @@ pub fn date_or_timestamp(text: &str) -> Result<(NaiveDate, Option<NaiveTime>), &
 /// A clock time `HH:MM[:SS[.fff]]`, optional offset dropped.
 pub fn clock(text: &str) -> Result<NaiveTime, &'static str> {
     let t = strip_offset(text);
+    if let Some(time) = plain_clock(t.as_bytes()) {
+        return Ok(time);
+    }
     NaiveTime::parse_from_str(t, "%H:%M:%S%.f")
         .or_else(|_| NaiveTime::parse_from_str(t, "%H:%M"))
         .map_err(|_| "not a clock time (expected HH:MM:SS)")
+}
+
+/// `HH:MM:SS` with up to nine fraction digits, the form nearly every export writes; `None` for anything else
+/// (which chrono then reads or refuses).
+fn plain_clock(b: &[u8]) -> Option<NaiveTime> {
+    if b.len() < 8 || b[2] != b':' || b[5] != b':' {
+        return None;
+    }
+    let (h, m, s) = (digits(&b[..2])?, digits(&b[3..5])?, digits(&b[6..8])?);
+    let nanos = match &b[8..] {
+        [] => 0,
+        [b'.', frac @ ..] if (1..=9).contains(&frac.len()) => digits(frac)? * 10u32.pow(9 - frac.len() as u32),
+        _ => return None,
+    };
+    NaiveTime::from_hms_nano_opt(h, m, s, nanos)
+}
+
+/// The value of a run of ASCII digits (at most nine), or `None` if any byte is not a digit.
+fn digits(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || b.len() > 9 {
+        return None;
+    }
+    b.iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
 }
 
 fn strip_offset(t: &str) -> &str {
@@ -93,6 +123,20 @@ mod tests {
         assert_eq!(timestamp("2017-10-01T02:01:31.250Z").expect("ts").to_string(), "2017-10-01 02:01:31.250");
         assert!(timestamp("2017-10-01").is_err());
         assert_eq!(clock("22:50:01").expect("clock").to_string(), "22:50:01");
+    }
+
+    #[test]
+    fn fast_paths_agree_with_chrono() {
+        for t in ["2021-05-28", "2024-02-29", "2023-02-29", "2021-13-01", "2021-00-10", "0001-01-01", "2021-05-2x"] {
+            let slow = NaiveDate::parse_from_str(t, "%Y-%m-%d").map_err(|_| "not a calendar date");
+            assert_eq!(date(t), slow, "{t}");
+        }
+        for t in ["00:00:00", "23:59:59", "07:05:09.5", "07:05:09.123456789", "24:00:00", "12:60:00", "23:59:60"] {
+            let slow = NaiveTime::parse_from_str(t, "%H:%M:%S%.f").ok();
+            assert_eq!(clock(t).ok(), slow, "{t}");
+        }
+        assert_eq!(clock("07:05").expect("clock").to_string(), "07:05:00");
+        assert!(clock("07:05:09.").is_err());
     }
 
     #[test]
