@@ -27,11 +27,11 @@ use tracing::Instrument;
 use crate::config::DedupConfig;
 use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, KeyDigest};
 use crate::failpoint;
-use crate::lake::rows::{Quarantine, Source};
+use crate::lake::rows::{FileRows, Quarantine, Source};
 use crate::lake::{
     COMMIT_PROPERTY, DeadLetter, LakeError, LakeWriter, LedgerEntry, Outcome, PreparedCommit, Warehouse,
 };
-use crate::model::ParsedFile;
+use crate::model::{FileFacts, ParsedFile};
 use crate::parse::{ParseOptions, parse_file};
 use archive::{Archive, ArchiveError};
 use commit::{Committer, Recovery};
@@ -110,10 +110,22 @@ pub struct Failure {
 pub struct ParsedItem {
     pub file: StagedFile,
     pub content_hash: String,
+    /// The raw file: archived, and parsed again in the rare case that a transaction goes to quarantine.
     pub bytes: Bytes,
-    pub result: Result<ParsedFile, Failure>,
+    pub result: Result<ParsedRows, Failure>,
     /// The trace the file was parsed in, when traces are exported: kept in its ledger row.
     pub trace_id: Option<String>,
+}
+
+/// A parsed file as the rest of the pipeline needs it: its facts, its transactions' dedup keys, and its table
+/// rows built on the parser pool (the parsed structures are dropped there, so they never wait in a queue).
+pub struct ParsedRows {
+    pub facts: FileFacts,
+    /// Per transaction, in file order.
+    pub keys: Vec<DedupKey>,
+    /// The first transaction's business date (the archive's partition).
+    pub first_date: Option<chrono::NaiveDate>,
+    pub rows: FileRows,
 }
 
 /// What dedup decided for one transaction.
@@ -349,6 +361,46 @@ impl PosStages {
         Err(IngestError::Abandoned("the dedup store kept losing its state while being checked".into()))
     }
 
+    /// A parsed file's rows and keys, built here on the parser pool. Rows that do not fit the tables (say, an
+    /// amount beyond the decimal's precision) make the file a dead letter, like any other bad input.
+    fn rows_of(&self, parsed: ParsedFile) -> Result<ParsedRows, Failure> {
+        let rows = FileRows::build(self.warehouse.schemas(), &parsed).map_err(|e| Failure {
+            stage: "parse",
+            kind: "schema",
+            reason: e.to_string(),
+            line: None,
+            column: None,
+            attempts: 1,
+        })?;
+        Ok(ParsedRows {
+            keys: parsed.transactions.iter().map(|t| DedupKey::of(&t.header.key)).collect(),
+            first_date: parsed.transactions.first().map(|t| t.header.key.business_date),
+            facts: parsed.facts,
+            rows,
+        })
+    }
+
+    /// Quarantines a file's probable duplicates whole. The parsed transactions were dropped after the parse
+    /// (Bloom positives are rare), so the raw bytes are parsed again: the parse is deterministic.
+    fn add_quarantined(
+        &self,
+        rows: &mut crate::lake::Rows,
+        item: &ParsedItem,
+        verdicts: &[Verdict],
+        quarantine: &Quarantine,
+    ) -> Result<(), IngestError> {
+        let parsed = parse_file(&item.file.path, &item.bytes, &self.parse).map_err(|e| {
+            IngestError::Abandoned(format!("{} parsed once but not again, for its quarantine: {e}", item.file.path))
+        })?;
+        let source = Source::of(&parsed);
+        for (tx, verdict) in parsed.transactions.iter().zip(verdicts) {
+            if *verdict == Verdict::Quarantined {
+                rows.add_quarantine(&source, tx, quarantine)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Files discovery skipped because the ledger already holds them.
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
@@ -428,14 +480,16 @@ impl Stages for PosStages {
     }
 
     fn parse(&self, file: &StagedFile, bytes: Bytes) -> ParsedItem {
-        let result = parse_file(&file.path, &bytes, &self.parse).map_err(|e| Failure {
-            stage: "parse",
-            kind: e.kind(),
-            reason: e.to_string(),
-            line: e.position().map(|p| p.line),
-            column: e.position().map(|p| p.column),
-            attempts: 1,
-        });
+        let result = parse_file(&file.path, &bytes, &self.parse)
+            .map_err(|e| Failure {
+                stage: "parse",
+                kind: e.kind(),
+                reason: e.to_string(),
+                line: e.position().map(|p| p.line),
+                column: e.position().map(|p| p.column),
+                attempts: 1,
+            })
+            .and_then(|parsed| self.rows_of(parsed));
         // The parser hashes the bytes for its facts; only a file it refused needs hashing here.
         let content_hash = match &result {
             Ok(p) => p.facts.content_hash.clone(),
@@ -448,7 +502,7 @@ impl Stages for PosStages {
 
     async fn archive(&self, item: &ParsedItem) -> Result<(), IngestError> {
         let (vendor, date) = match &item.result {
-            Ok(p) => (p.facts.dialect.id(), p.transactions.first().map(|t| t.header.key.business_date)),
+            Ok(p) => (p.facts.dialect.id(), p.first_date),
             Err(_) => ("unknown", None),
         };
         self.archive.put(vendor, date, &item.file.path, &item.content_hash, item.bytes.clone()).await?;
@@ -481,14 +535,13 @@ impl Stages for PosStages {
                     verdicts.push(Vec::new());
                     continue;
                 };
-                let mut v = Vec::with_capacity(p.transactions.len());
-                for (j, t) in p.transactions.iter().enumerate() {
-                    let key = DedupKey::of(&t.header.key);
+                let mut v = Vec::with_capacity(p.keys.len());
+                for (j, key) in p.keys.iter().enumerate() {
                     if in_flight.contains(&key.digest) || !in_batch.insert(key.digest) {
                         v.push(Verdict::Duplicate);
                     } else {
                         v.push(Verdict::New);
-                        ask.push(key);
+                        ask.push(*key);
                         asked_at.push((i, j));
                     }
                 }
@@ -542,22 +595,14 @@ impl Stages for PosStages {
             report.bytes += item.file.size;
             match &item.result {
                 Ok(parsed) => {
-                    let source = Source::of(parsed);
-                    let (mut fresh, mut quarantined) = (0u32, 0u32);
-                    for (tx, verdict) in parsed.transactions.iter().zip(verdicts) {
-                        match verdict {
-                            Verdict::New => {
-                                rows.add_transaction(&source, tx)?;
-                                fresh += 1;
-                            }
-                            Verdict::Quarantined => {
-                                rows.add_quarantine(&source, tx, &quarantine)?;
-                                quarantined += 1;
-                            }
-                            Verdict::Duplicate => {}
-                        }
+                    let keep: Vec<bool> = verdicts.iter().map(|v| *v == Verdict::New).collect();
+                    rows.add_built(parsed.rows.select(&keep)?);
+                    let fresh = keep.iter().filter(|k| **k).count() as u32;
+                    let quarantined = verdicts.iter().filter(|v| **v == Verdict::Quarantined).count() as u32;
+                    if quarantined > 0 {
+                        self.add_quarantined(&mut rows, item, verdicts, &quarantine)?;
                     }
-                    let total = parsed.transactions.len() as u32;
+                    let total = parsed.rows.transactions() as u32;
                     report.transactions += u64::from(total);
                     report.new_transactions += u64::from(fresh);
                     report.duplicates += u64::from(total - fresh);

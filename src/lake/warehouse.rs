@@ -100,6 +100,11 @@ impl Warehouse {
         Rows::new(self.schemas.clone())
     }
 
+    /// The Arrow schemas of the tables, in [`super::tables::TABLES`] order.
+    pub fn schemas(&self) -> Vec<SchemaRef> {
+        self.schemas.clone()
+    }
+
     pub async fn load(&self, table: &str) -> Result<Table, LakeError> {
         Ok(self.catalog.load_table(&TableIdent::new(self.namespace.clone(), table.to_owned())).await?)
     }
