@@ -20,11 +20,12 @@ pub struct IngestConfig {
     pub downloaders: usize,
     /// Archiver actors (I/O bound). Default 8.
     pub archivers: usize,
-    /// Files per write batch. Default 64.
+    /// Files per write batch. Default 16.
     pub batch_files: usize,
     /// A partial batch is written after this many milliseconds. Default 500.
     pub flush_interval_ms: u64,
-    /// Files in flight at most; bounds memory. Default 128.
+    /// Files in flight at most; bounds memory. Default 32 (raise it for remote storage, whose latency needs more
+    /// downloads in flight).
     pub max_files_in_flight: u32,
     /// Raw MiB in flight at most; bounds memory (parsed files take several times their raw size). Default 32.
     pub max_mib_in_flight: u64,
@@ -140,9 +141,9 @@ impl Default for IngestConfig {
             parsers: None,
             downloaders: 16,
             archivers: 8,
-            batch_files: 64,
+            batch_files: 16,
             flush_interval_ms: 500,
-            max_files_in_flight: 128,
+            max_files_in_flight: 32,
             max_mib_in_flight: 32,
             commit_files: 2000,
             commit_interval_secs: 10,

@@ -192,10 +192,10 @@ struct IngestArgs {
     /// Downloader actors (I/O bound). [default: 16]
     #[arg(long)]
     downloaders: Option<usize>,
-    /// Files per write batch. [default: 64]
+    /// Files per write batch. [default: 16]
     #[arg(long)]
     batch_files: Option<usize>,
-    /// Files in flight at most (bounds memory). [default: 128]
+    /// Files in flight at most (bounds memory; raise it for remote storage). [default: 32]
     #[arg(long)]
     max_files_in_flight: Option<u32>,
     /// Raw MiB in flight at most (bounds memory; parsed files take several times their raw size). [default: 32]

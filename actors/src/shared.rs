@@ -26,14 +26,15 @@ pub struct PipelineConfig {
     pub parsers: usize,
     /// Archivers: I/O bound. Default 8.
     pub archivers: usize,
-    /// Files per write batch. Default 64. Batches are written into data files that stay open until the domain
+    /// Files per write batch. Default 16. Batches are written into data files that stay open until the domain
     /// commits, so small batches cost no small files; they keep less parsed data waiting.
     pub batch_files: usize,
     /// A partial batch is written after this long. Default 500 ms.
     pub flush_interval: Duration,
     /// Files and bytes in flight across the whole pipeline: this, not the backlog, bounds memory. Parsed files
-    /// take several times their raw size, so the defaults are small: 128 files and 32 MiB of raw bytes (measured:
-    /// the same throughput as 1,024 files / 256 MiB on 2 cores, at a third of the memory).
+    /// take several times their raw size, so the defaults are small: 32 files and 32 MiB of raw bytes. On 2 cores
+    /// and local storage that ingests within a few percent of 128 files, at 230 instead of 380 MiB peak RSS
+    /// (docs/architecture.md, "Measured"). Remote storage wants more files in flight to hide its latency.
     pub limits: FlowLimits,
     /// Tries per file before it is dead-lettered. Default 3.
     pub max_attempts: u32,
@@ -51,9 +52,9 @@ impl Default for PipelineConfig {
             downloaders: 16,
             parsers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             archivers: 8,
-            batch_files: 64,
+            batch_files: 16,
             flush_interval: Duration::from_millis(500),
-            limits: FlowLimits { max_files: 128, max_bytes: 32 << 20 },
+            limits: FlowLimits { max_files: 32, max_bytes: 32 << 20 },
             max_attempts: 3,
             max_restarts: 10,
             max_write_attempts: 5,
