@@ -304,6 +304,11 @@ impl BronzeRecord {
         self.spans.len()
     }
 
+    /// (key bytes, value bytes) over all entries: what Arrow builders for the record need to reserve.
+    pub fn text_sizes(&self) -> (usize, usize) {
+        self.spans.iter().fold((0, 0), |(k, v), &(s, m, e)| (k + (m - s) as usize, v + (e - m) as usize))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }

@@ -29,6 +29,19 @@ enum Builder {
     StrMap { keys: StringBuilder, values: StringBuilder, offsets: Vec<i32> },
 }
 
+/// What to reserve for a table's columns, when it is known in advance (a file's rows).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capacity {
+    pub rows: usize,
+    /// Entries, key bytes and value bytes of the map column (bronze fields).
+    pub map_entries: usize,
+    pub map_key_bytes: usize,
+    pub map_value_bytes: usize,
+}
+
+/// Bytes reserved per string value: most are codes, ids and short descriptions.
+const STRING_BYTES_HINT: usize = 16;
+
 /// Columns being filled for one table.
 pub struct Columns {
     table: &'static TableDef,
@@ -58,22 +71,36 @@ const EPOCH: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
 
 impl Columns {
     pub fn new(table: &'static TableDef, schema: SchemaRef) -> Self {
+        Self::with_capacity(table, schema, Capacity { rows: 1024, ..Capacity::default() })
+    }
+
+    /// Columns with room reserved up front, so that builders do not grow (and copy) value by value.
+    pub fn with_capacity(table: &'static TableDef, schema: SchemaRef, cap: Capacity) -> Self {
+        let n = cap.rows;
         let builders = table
             .columns
             .iter()
             .zip(schema.fields())
             .map(|(c, f)| match c.kind {
-                Kind::Str => Builder::Str(StringBuilder::new()),
-                Kind::Date => Builder::Date(Date32Builder::new()),
-                Kind::Timestamp => {
-                    Builder::Timestamp(TimestampMicrosecondBuilder::new().with_data_type(f.data_type().clone()))
+                Kind::Str => Builder::Str(StringBuilder::with_capacity(n, n * STRING_BYTES_HINT)),
+                Kind::Date => Builder::Date(Date32Builder::with_capacity(n)),
+                Kind::Timestamp => Builder::Timestamp(
+                    TimestampMicrosecondBuilder::with_capacity(n).with_data_type(f.data_type().clone()),
+                ),
+                Kind::Bool => Builder::Bool(BooleanBuilder::with_capacity(n)),
+                Kind::Int => Builder::Int(Int32Builder::with_capacity(n)),
+                Kind::Long => Builder::Long(Int64Builder::with_capacity(n)),
+                Kind::Decimal => {
+                    Builder::Decimal(Decimal128Builder::with_capacity(n).with_data_type(f.data_type().clone()))
                 }
-                Kind::Bool => Builder::Bool(BooleanBuilder::new()),
-                Kind::Int => Builder::Int(Int32Builder::new()),
-                Kind::Long => Builder::Long(Int64Builder::new()),
-                Kind::Decimal => Builder::Decimal(Decimal128Builder::new().with_data_type(f.data_type().clone())),
                 Kind::StrMap => {
-                    Builder::StrMap { keys: StringBuilder::new(), values: StringBuilder::new(), offsets: vec![0] }
+                    let mut offsets = Vec::with_capacity(n + 1);
+                    offsets.push(0);
+                    Builder::StrMap {
+                        keys: StringBuilder::with_capacity(cap.map_entries, cap.map_key_bytes),
+                        values: StringBuilder::with_capacity(cap.map_entries, cap.map_value_bytes),
+                        offsets,
+                    }
                 }
             })
             .collect();

@@ -8,7 +8,7 @@ use arrow_select::filter::filter_record_batch;
 use chrono::{NaiveDate, NaiveDateTime};
 
 use super::LakeError;
-use super::columns::{Columns, Value};
+use super::columns::{Capacity, Columns, Value};
 use super::tables::{
     BRONZE_TRANSACTION, DEAD_LETTERS, FILE_LEDGER, SALES_DISCOUNT, SALES_DUPLICATES, SALES_HEADER, SALES_LINE, TABLES,
     TableDef,
@@ -60,6 +60,13 @@ impl Rows {
     pub fn new(schemas: Vec<SchemaRef>) -> Self {
         let tables = schemas.iter().map(|_| BTreeMap::new()).collect();
         Rows { schemas, tables, built: Vec::new() }
+    }
+
+    /// Reserves room in one table's columns for a business date (before any row of it is added).
+    pub fn presize(&mut self, table: usize, date: Option<NaiveDate>, cap: Capacity) {
+        let (Some(def), Some(schema)) = (TABLES.get(table), self.schemas.get(table)) else { return };
+        let schema = schema.clone();
+        self.tables[table].entry(date).or_insert_with(|| Columns::with_capacity(def, schema, cap));
     }
 
     /// Adds batches already built (a file's selected [`FileRows`]).
@@ -256,6 +263,27 @@ impl FileRows {
     /// `schemas`: the Arrow schemas of [`TABLES`], in order.
     pub fn build(schemas: Vec<SchemaRef>, file: &ParsedFile) -> Result<Self, LakeError> {
         let mut rows = Rows::new(schemas);
+        // Reserve each table's columns per business date first: growing builders value by value (reallocating
+        // and copying) was about 2% of an ingest's CPU.
+        let mut sizes: BTreeMap<NaiveDate, [Capacity; 4]> = BTreeMap::new();
+        for t in &file.transactions {
+            let s = sizes.entry(t.header.key.business_date).or_default();
+            let (key_bytes, value_bytes) = t.bronze.text_sizes();
+            s[0].rows += 1;
+            s[1].rows += t.lines.len();
+            s[2].rows += t.discounts.len();
+            s[3].rows += 1;
+            s[3].map_entries += t.bronze.len();
+            s[3].map_key_bytes += key_bytes;
+            s[3].map_value_bytes += value_bytes;
+        }
+        for (date, caps) in sizes {
+            for (table, cap) in caps.into_iter().enumerate() {
+                if cap.rows > 0 {
+                    rows.presize(table, Some(date), cap);
+                }
+            }
+        }
         rows.add_file(file)?;
         let shape = file
             .transactions
