@@ -293,3 +293,40 @@ async fn injected_parser_and_writer_panics_lose_nothing() {
     assert_eq!(wh.row_count("file_ledger").await.expect("count"), report.files);
     assert_eq!(wh.row_count("dead_letters").await.expect("count"), 0);
 }
+
+/// A file whose values parse but do not fit the tables (a total beyond decimal(18, 4)) is a dead letter with the
+/// reason, found while its rows are built on the parser pool; the other files of the run land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_the_tables_cannot_hold_dead_letters_only_its_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let (good, good_keys) = poslake::generate::generate_file(poslake::Dialect::VerifoneCommander, 11, 5);
+    let (bad, _) = poslake::generate::generate_file(poslake::Dialect::VerifoneCommander, 12, 5);
+    let start = bad.find("<trTotWTax>").expect("a total") + "<trTotWTax>".len();
+    let end = start + bad[start..].find('<').expect("its end");
+    let bad = format!("{}123456789012345678.5{}", &bad[..start], &bad[end..]);
+    std::fs::write(staging.join("good.xml"), good).expect("write");
+    std::fs::write(staging.join("bad.xml"), bad).expect("write");
+    let paths = IngestPaths { staging, lake: dir.path().join("lake") };
+
+    let summary =
+        ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("ingest");
+    assert_eq!((summary.files, summary.dead_letters), (2, 1));
+    assert_eq!(summary.new_transactions, good_keys.len() as u64);
+
+    let wh = Warehouse::open(&paths.lake).await.expect("open");
+    assert_eq!(wh.row_count("sales_header").await.expect("count"), good_keys.len() as u64);
+    let mut dead = Vec::new();
+    for b in wh.scan("dead_letters").await.expect("scan") {
+        let (path, kind, reason) =
+            (column::<StringArray>(&b, "path"), column::<StringArray>(&b, "kind"), column::<StringArray>(&b, "reason"));
+        dead.extend(
+            (0..b.num_rows()).map(|i| (path.value(i).to_owned(), kind.value(i).to_owned(), reason.value(i).to_owned())),
+        );
+    }
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].0.ends_with("bad.xml"), "{dead:?}");
+    assert_eq!(dead[0].1, "schema");
+    assert!(dead[0].2.contains("does not fit decimal"), "{dead:?}");
+}
