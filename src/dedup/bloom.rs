@@ -148,6 +148,11 @@ impl Location {
     pub fn bits(&self) -> &[u64] {
         &self.bits[..self.hashes]
     }
+
+    /// The block (within the shard) that holds all of the key's bits.
+    pub fn block(&self) -> u64 {
+        self.bits[0] / BLOCK_BITS
+    }
 }
 
 fn splitmix64(state: &mut u64) -> u64 {
