@@ -223,7 +223,8 @@ impl IngestArgs {
 }
 
 // glibc's malloc spent about a fifth of an ingest's CPU in a profile (consolidating and splitting chunks as
-// parsed files, Arrow buffers and Parquet pages come and go across threads); mimalloc is built for this.
+// parsed files, Arrow buffers and Parquet pages come and go across threads). jemalloc cut CPU and peak RSS;
+// mimalloc was faster still but held 4-8 times the memory, as buffers are freed on other threads.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

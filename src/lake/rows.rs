@@ -42,6 +42,12 @@ pub struct Quarantine<'a> {
 /// One table's finished batches, one per business date.
 pub type TableBatches = (&'static TableDef, Vec<(Option<NaiveDate>, RecordBatch)>);
 
+// Indices in [`TABLES`] of the tables a transaction fills (`add_transaction`, and `FileRows` after it).
+const HEADER: usize = 0;
+const LINE: usize = 1;
+const DISCOUNT: usize = 2;
+const BRONZE: usize = 3;
+
 /// A finished batch of one table (its index in [`TABLES`]) and business date.
 pub type TableBatch = (usize, Option<NaiveDate>, RecordBatch);
 
@@ -86,7 +92,7 @@ impl Rows {
         let h = &tx.header;
         let date = h.key.business_date;
         let f = &h.flags;
-        let cols = self.columns(0, &SALES_HEADER, Some(date));
+        let cols = self.columns(HEADER, &SALES_HEADER, Some(date));
         key(cols, file, h)?
             .push(Value::Str(Some(file.name)))?
             .push(Value::Str(Some(file.dialect)))?
@@ -114,7 +120,7 @@ impl Rows {
             .push(Value::Int(Some(tx.discounts.len() as i32)))?;
 
         for l in &tx.lines {
-            let cols = self.columns(1, &SALES_LINE, Some(date));
+            let cols = self.columns(LINE, &SALES_LINE, Some(date));
             key(cols, file, h)?
                 .push(Value::Int(Some(l.line_number as i32)))?
                 .push(Value::Str(Some(line_kind(l.kind))))?
@@ -134,7 +140,7 @@ impl Rows {
                 .push(Value::Decimal(l.fuel_unit_price))?;
         }
         for (i, d) in tx.discounts.iter().enumerate() {
-            let cols = self.columns(2, &SALES_DISCOUNT, Some(date));
+            let cols = self.columns(DISCOUNT, &SALES_DISCOUNT, Some(date));
             key(cols, file, h)?
                 .push(Value::Int(Some(i as i32 + 1)))?
                 .push(Value::Int(d.line_number.map(|n| n as i32)))?
@@ -145,7 +151,7 @@ impl Rows {
                 .push(Value::Str(d.kind.as_deref()))?
                 .push(Value::Bool(d.voided))?;
         }
-        let cols = self.columns(3, &BRONZE_TRANSACTION, Some(date));
+        let cols = self.columns(BRONZE, &BRONZE_TRANSACTION, Some(date));
         key(cols, file, h)?
             .push(Value::Str(Some(file.dialect)))?
             .push(Value::Int(Some(h.ordinal as i32)))?
@@ -265,17 +271,17 @@ impl FileRows {
         let mut rows = Rows::new(schemas);
         // Reserve each table's columns per business date first: growing builders value by value (reallocating
         // and copying) was about 2% of an ingest's CPU.
-        let mut sizes: BTreeMap<NaiveDate, [Capacity; 4]> = BTreeMap::new();
+        let mut sizes: BTreeMap<NaiveDate, [Capacity; BRONZE + 1]> = BTreeMap::new();
         for t in &file.transactions {
             let s = sizes.entry(t.header.key.business_date).or_default();
             let (key_bytes, value_bytes) = t.bronze.text_sizes();
-            s[0].rows += 1;
-            s[1].rows += t.lines.len();
-            s[2].rows += t.discounts.len();
-            s[3].rows += 1;
-            s[3].map_entries += t.bronze.len();
-            s[3].map_key_bytes += key_bytes;
-            s[3].map_value_bytes += value_bytes;
+            s[HEADER].rows += 1;
+            s[LINE].rows += t.lines.len();
+            s[DISCOUNT].rows += t.discounts.len();
+            s[BRONZE].rows += 1;
+            s[BRONZE].map_entries += t.bronze.len();
+            s[BRONZE].map_key_bytes += key_bytes;
+            s[BRONZE].map_value_bytes += value_bytes;
         }
         for (date, caps) in sizes {
             for (table, cap) in caps.into_iter().enumerate() {
@@ -315,10 +321,10 @@ impl FileRows {
         }
         let mut out = Vec::with_capacity(self.batches.len());
         for (table, date, batch) in &self.batches {
-            // Tables as `add_transaction` fills them: 1 sales_line, 2 sales_discount, one row per transaction else.
+            // Rows per transaction, as `add_transaction` fills the tables: one header and one bronze row each.
             let rows_of = |&(_, lines, discounts): &(NaiveDate, u32, u32)| match *table {
-                1 => lines as usize,
-                2 => discounts as usize,
+                LINE => lines as usize,
+                DISCOUNT => discounts as usize,
                 _ => 1,
             };
             let mask: BooleanArray = self
