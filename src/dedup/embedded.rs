@@ -1,142 +1,201 @@
-//! The embedded dedup store: the exact set of committed keys, kept in memory as 128-bit digests and persisted in
-//! the lake (`dedup/keys.bin`, append-only, fsynced), with the applied commits beside it (`dedup/applied.log`).
-//! Exact: a positive answer is certain. Memory grows with the keys (16 bytes each plus the set's overhead), which
-//! suits one machine's history; a fleet shares the Redis filter instead.
+//! The embedded dedup store: the exact set of committed keys, as 128-bit digests in an LSM tree on local disk
+//! (fjall, under `<lake>/dedup/store/`), with the applied commits beside it in the same database.
+//!
+//! Exact: a positive answer is certain. Memory is bounded whatever the history: new keys sit in a small memtable,
+//! older ones in sorted tables on disk, and a lookup touches memory only through per-table Bloom filters and a
+//! fixed block cache. (The store held every digest in a hash set before: ~40 bytes of RAM per key ingested.)
+//! One process opens it at a time; a fleet of workers shares the Redis filter instead.
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use super::{DedupError, DedupKey, DedupStore, KeyDigest, PartitionStats};
+use fjall::config::PartitioningPolicy;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::{DedupError, DedupKey, DedupStore, PartitionStats};
+
+/// The block cache, shared by both keyspaces. With the memtable, it is most of the store's memory: about 30 MiB at
+/// a million keys, 50 MiB at 7.5 million (a standalone run of check+add batches of 1,000 keys).
+const CACHE_BYTES: u64 = 8 << 20;
+/// A memtable is written out as a sorted table once it holds this much (about a hundred thousand keys).
+const MEMTABLE_BYTES: u64 = 4 << 20;
+/// The journal is the smallest fjall allows; memtables flush long before it fills.
+const JOURNAL_BYTES: u64 = 64 << 20;
 
 pub struct EmbeddedDedup {
     dir: PathBuf,
     generation: String,
-    state: Mutex<State>,
-}
-
-struct State {
-    keys_file: File,
-    applied_file: File,
-    keys: HashSet<KeyDigest>,
-    applied: HashSet<String>,
+    db: Database,
+    keys: Keyspace,
+    applied: Keyspace,
 }
 
 impl EmbeddedDedup {
-    /// Opens (creating) the store in `dir`. A torn last record (a crash mid-append) is dropped: its commit was not
-    /// marked applied, so recovery re-adds its keys.
+    /// Opens (creating) the store in `dir`. A store written by an earlier poslake (`keys.bin`, `applied.log`) is
+    /// imported once; a torn last record there (a crash mid-append) is dropped: its commit was not marked applied,
+    /// so recovery re-adds its keys.
     pub fn open(dir: &Path) -> Result<Self, DedupError> {
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DedupError::Io { path, source }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let store = dir.join("store");
+        let db = Database::builder(&store)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES)
+            // One background thread flushes and compacts: the cores are the parsers'.
+            .worker_threads(1)
+            .open()
+            .map_err(|e| match e {
+                fjall::Error::Locked => DedupError::Config(format!(
+                    "the embedded dedup store at {} is open in another process (an ingest still running?); \
+                     several workers on one lake share a Redis store instead",
+                    store.display()
+                )),
+                e => fjall_err(&store, e),
+            })?;
+        // Filters and indexes are partitioned at every level, so a lookup loads through the cache only the small
+        // partition it needs. Unpartitioned, a table's filter is one block of megabytes, and a cache too small to keep
+        // it reloads it for every key: writes then stall behind flushes (measured: 3,000 keys/s from 1 million keys
+        // on, against 200,000 partitioned).
+        let options = || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(MEMTABLE_BYTES)
+                .filter_block_partitioning_policy(PartitioningPolicy::all(true))
+                .index_block_partitioning_policy(PartitioningPolicy::all(true))
         };
-        std::fs::create_dir_all(dir).map_err(err(dir))?;
-        let keys_path = dir.join("keys.bin");
-        let mut keys_file =
-            OpenOptions::new().create(true).read(true).append(true).open(&keys_path).map_err(err(&keys_path))?;
-        let mut buf = Vec::new();
-        keys_file.read_to_end(&mut buf).map_err(err(&keys_path))?;
-        let whole = buf.len() / 16 * 16;
-        if whole != buf.len() {
-            keys_file.set_len(whole as u64).map_err(err(&keys_path))?;
-        }
-        let keys =
-            buf[..whole].chunks_exact(16).map(|c| u128::from_le_bytes(c.try_into().unwrap_or([0; 16]))).collect();
-
-        let applied_path = dir.join("applied.log");
-        let mut applied_file =
-            OpenOptions::new().create(true).read(true).append(true).open(&applied_path).map_err(err(&applied_path))?;
-        let mut text = String::new();
-        applied_file.read_to_string(&mut text).map_err(err(&applied_path))?;
-        // Only whole lines count: a torn last line is an unmarked commit.
-        let complete = text.rfind('\n').map_or(0, |i| i + 1);
-        if complete != text.len() {
-            applied_file.set_len(complete as u64).map_err(err(&applied_path))?;
-        }
-        let applied = text[..complete].lines().map(str::to_owned).collect();
+        let keys = db.keyspace("keys", options).map_err(|e| fjall_err(&store, e))?;
+        let applied = db.keyspace("applied", options).map_err(|e| fjall_err(&store, e))?;
 
         let gen_path = dir.join("generation");
         let generation = match std::fs::read_to_string(&gen_path) {
             Ok(g) if !g.trim().is_empty() => g.trim().to_owned(),
             _ => {
                 let g = uuid::Uuid::new_v4().to_string();
-                std::fs::write(&gen_path, &g).map_err(err(&gen_path))?;
+                std::fs::write(&gen_path, &g).map_err(io(&gen_path))?;
                 g
             }
         };
-        Ok(EmbeddedDedup {
-            dir: dir.to_path_buf(),
-            generation,
-            state: Mutex::new(State { keys_file, applied_file, keys, applied }),
-        })
+        let store = EmbeddedDedup { dir: dir.to_path_buf(), generation, db, keys, applied };
+        store.import_legacy()?;
+        Ok(store)
     }
 
     pub fn generation(&self) -> &str {
         &self.generation
     }
 
-    /// Keys held.
+    /// Keys held (an estimate while tables are being merged: a key written twice may count twice).
     pub fn len(&self) -> usize {
-        self.state.lock().map_or(0, |s| s.keys.len())
+        self.keys.approximate_len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, DedupError> {
-        self.state.lock().map_err(|_| DedupError::Io {
-            path: self.dir.clone(),
-            source: std::io::Error::other("the store's lock was poisoned by a panic"),
-        })
+    /// Moves the files of the earlier layout into the database, then renames them `*.imported`: an import cut
+    /// short is simply redone (adds are idempotent).
+    fn import_legacy(&self) -> Result<(), DedupError> {
+        let keys_path = self.dir.join("keys.bin");
+        if keys_path.exists() {
+            let bytes = std::fs::read(&keys_path).map_err(io(&keys_path))?;
+            // Only whole records count: a torn last one belongs to an unmarked commit.
+            for chunk in bytes.chunks_exact(16).collect::<Vec<_>>().chunks(100_000) {
+                let mut batch = self.db.batch();
+                for c in chunk {
+                    let mut d = [0u8; 16];
+                    d.copy_from_slice(c);
+                    batch.insert(&self.keys, u128::from_le_bytes(d).to_be_bytes(), []);
+                }
+                batch.commit().map_err(|e| self.err(e))?;
+            }
+        }
+        let applied_path = self.dir.join("applied.log");
+        if applied_path.exists() {
+            let text = std::fs::read_to_string(&applied_path).map_err(io(&applied_path))?;
+            let complete = text.rfind('\n').map_or(0, |i| i + 1);
+            let mut batch = self.db.batch();
+            for line in text[..complete].lines() {
+                batch.insert(&self.applied, line.as_bytes(), []);
+            }
+            batch.commit().map_err(|e| self.err(e))?;
+        }
+        if keys_path.exists() || applied_path.exists() {
+            self.db.persist(PersistMode::SyncData).map_err(|e| self.err(e))?;
+            for path in [&keys_path, &applied_path] {
+                if path.exists() {
+                    std::fs::rename(path, path.with_extension("imported")).map_err(io(path))?;
+                }
+            }
+            tracing::info!(keys = self.len(), dir = %self.dir.display(), "imported the embedded dedup store's earlier files");
+        }
+        Ok(())
+    }
+
+    fn err(&self, e: fjall::Error) -> DedupError {
+        fjall_err(&self.dir.join("store"), e)
+    }
+
+    /// Runs a blocking store call off the async threads (lookups may read tables from disk).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database, &Keyspace, &Keyspace) -> Result<T, fjall::Error> + Send + 'static,
+    ) -> Result<T, DedupError> {
+        let (db, keys, applied) = (self.db.clone(), self.keys.clone(), self.applied.clone());
+        tokio::task::spawn_blocking(move || f(&db, &keys, &applied))
+            .await
+            .map_err(|e| DedupError::Io { path: self.dir.clone(), source: std::io::Error::other(e.to_string()) })?
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DedupError + '_ {
+    move |source| DedupError::Io { path: path.to_path_buf(), source }
+}
+
+fn fjall_err(path: &Path, e: fjall::Error) -> DedupError {
+    match e {
+        fjall::Error::Io(source) => DedupError::Io { path: path.to_path_buf(), source },
+        e => DedupError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) },
     }
 }
 
 impl DedupStore for EmbeddedDedup {
     async fn contains(&self, keys: &[DedupKey]) -> Result<Vec<bool>, DedupError> {
-        let state = self.lock()?;
-        Ok(keys.iter().map(|k| state.keys.contains(&k.digest)).collect())
+        let digests: Vec<[u8; 16]> = keys.iter().map(|k| k.digest.to_be_bytes()).collect();
+        self.blocking(move |_, keys, _| digests.iter().map(|d| keys.contains_key(d)).collect()).await
     }
 
     async fn add(&self, keys: &[DedupKey]) -> Result<(), DedupError> {
-        let mut state = self.lock()?;
-        let mut buf = Vec::with_capacity(keys.len() * 16);
-        let mut seen = HashSet::with_capacity(keys.len());
-        for k in keys {
-            if !state.keys.contains(&k.digest) && seen.insert(k.digest) {
-                buf.extend_from_slice(&k.digest.to_le_bytes());
-            }
+        if keys.is_empty() {
+            return Ok(());
         }
-        let path = self.dir.join("keys.bin");
-        let err = |source| DedupError::Io { path: path.clone(), source };
-        state.keys_file.write_all(&buf).map_err(err)?;
-        state.keys_file.sync_data().map_err(err)?;
-        state.keys.extend(seen);
-        Ok(())
+        let digests: Vec<[u8; 16]> = keys.iter().map(|k| k.digest.to_be_bytes()).collect();
+        // Durable before returning: the commit is marked applied next, and a mark must never outlive its keys.
+        self.blocking(move |db, keys, _| {
+            let mut batch = db.batch();
+            for d in digests {
+                batch.insert(keys, d, []);
+            }
+            batch.commit()?;
+            db.persist(PersistMode::SyncData)
+        })
+        .await
     }
 
     async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
-        let mut state = self.lock()?;
-        let mut text = String::new();
-        for c in commits {
-            if !state.applied.contains(c) {
-                text.push_str(c);
-                text.push('\n');
+        let commits = commits.to_vec();
+        self.blocking(move |db, _, applied| {
+            let mut batch = db.batch();
+            for c in commits {
+                batch.insert(applied, c.into_bytes(), []);
             }
-        }
-        let path = self.dir.join("applied.log");
-        let err = |source| DedupError::Io { path: path.clone(), source };
-        state.applied_file.write_all(text.as_bytes()).map_err(err)?;
-        state.applied_file.sync_data().map_err(err)?;
-        state.applied.extend(commits.iter().cloned());
-        Ok(())
+            batch.commit()?;
+            db.persist(PersistMode::SyncData)
+        })
+        .await
     }
 
     async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {
-        let state = self.lock()?;
-        Ok(commits.iter().map(|c| state.applied.contains(c)).collect())
+        let commits = commits.to_vec();
+        self.blocking(move |_, _, applied| commits.iter().map(|c| applied.contains_key(c)).collect()).await
     }
 
     async fn stats(&self) -> Result<Vec<PartitionStats>, DedupError> {
@@ -148,7 +207,7 @@ impl DedupStore for EmbeddedDedup {
             capacity: u64::MAX,
             fill: 0.0,
             fp_now: 0.0,
-            memory_bytes: n * 16,
+            memory_bytes: self.keys.disk_space(),
             over_capacity: false,
         }])
     }
@@ -158,7 +217,7 @@ impl DedupStore for EmbeddedDedup {
     }
 
     fn describe(&self) -> String {
-        format!("embedded (exact key set in {})", self.dir.display())
+        format!("embedded (exact key set on disk in {})", self.dir.join("store").display())
     }
 }
 
@@ -172,7 +231,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn add_mark_and_reopen_dropping_torn_records() {
+    async fn add_mark_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dedup");
         let d = EmbeddedDedup::open(&path).expect("open");
@@ -182,16 +241,62 @@ mod tests {
         d.mark_applied(&["run/0".into()]).await.expect("mark");
         assert_eq!(d.contains(&[key(1), key(3)]).await.expect("contains"), [true, false]);
         drop(d);
-        let append = |name: &str, bytes: &[u8]| {
-            let mut f = OpenOptions::new().append(true).open(path.join(name)).expect("open file");
-            f.write_all(bytes).expect("torn write");
-        };
-        append("keys.bin", &[7u8; 5]);
-        append("applied.log", b"run/1");
         let d = EmbeddedDedup::open(&path).expect("reopen");
-        assert_eq!(d.len(), 2);
         assert_eq!(d.generation(), generation);
+        assert_eq!(d.contains(&[key(2), key(3)]).await.expect("contains"), [true, false]);
         assert_eq!(d.applied(&["run/0".into(), "run/1".into()]).await.expect("applied"), [true, false]);
-        assert_eq!(std::fs::metadata(path.join("keys.bin")).expect("meta").len(), 32);
+    }
+
+    #[tokio::test]
+    async fn a_second_process_is_refused_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = EmbeddedDedup::open(dir.path()).expect("open");
+        let second = EmbeddedDedup::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(second.contains("open in another process"), "{second}");
+    }
+
+    /// Many keys through several memtable flushes: every one found again after a reopen, and none that was never
+    /// added (the store is exact, whatever its tables' Bloom filters say).
+    #[tokio::test]
+    async fn many_keys_survive_flushes_and_stay_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = 300_000u128;
+        let spread = |i: u128| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C834);
+        {
+            let d = EmbeddedDedup::open(dir.path()).expect("open");
+            let all: Vec<DedupKey> = (0..n).map(|i| key(spread(i))).collect();
+            for chunk in all.chunks(50_000) {
+                d.add(chunk).await.expect("add");
+            }
+        }
+        let d = EmbeddedDedup::open(dir.path()).expect("reopen");
+        let added: Vec<DedupKey> = (0..n).step_by(97).map(|i| key(spread(i))).collect();
+        assert!(d.contains(&added).await.expect("contains").iter().all(|b| *b));
+        let never: Vec<DedupKey> = (n..n + 100_000).map(|i| key(spread(i))).collect();
+        assert!(d.contains(&never).await.expect("contains").iter().all(|b| !*b));
+    }
+
+    /// A store written in the earlier layout (`keys.bin` of little-endian digests, `applied.log`), torn records
+    /// included, is imported once and its files set aside.
+    #[tokio::test]
+    async fn the_earlier_layout_is_imported_dropping_torn_records() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut keys = Vec::new();
+        for d in [5u128, 6] {
+            keys.extend_from_slice(&d.to_le_bytes());
+        }
+        keys.extend_from_slice(&[7u8; 5]);
+        std::fs::write(dir.path().join("keys.bin"), &keys).expect("keys");
+        let mut log = std::fs::File::create(dir.path().join("applied.log")).expect("log");
+        log.write_all(b"run/0\nrun/1").expect("write");
+        drop(log);
+        let d = EmbeddedDedup::open(dir.path()).expect("open");
+        assert_eq!(d.contains(&[key(5), key(6), key(7)]).await.expect("contains"), [true, true, false]);
+        assert_eq!(d.applied(&["run/0".into(), "run/1".into()]).await.expect("applied"), [true, false]);
+        assert!(!dir.path().join("keys.bin").exists() && dir.path().join("keys.imported").exists());
+        drop(d);
+        let d = EmbeddedDedup::open(dir.path()).expect("reopen");
+        assert_eq!(d.contains(&[key(5)]).await.expect("contains"), [true]);
     }
 }
