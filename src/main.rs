@@ -118,6 +118,10 @@ enum DedupCommand {
         /// Keys per call of the store (split into round trips of `keys_per_round_trip`, run concurrently).
         #[arg(long, default_value_t = 20_000)]
         keys_per_call: usize,
+        /// Calls in flight at once, each a check then an add. The ingest runs two: its dedup batcher checks the next
+        /// batch while its committer adds the last one's keys.
+        #[arg(long, default_value_t = 2)]
+        callers: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -522,17 +526,17 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        DedupCommand::Bench { store, keys, keys_per_call, json } => {
+        DedupCommand::Bench { store, keys, keys_per_call, callers, json } => {
             let c = store.config()?;
-            let r = poslake::dedup::bench::run(&c.dedup, keys, keys_per_call).await?;
+            let r = poslake::dedup::bench::run(&c.dedup, keys, keys_per_call, callers).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(ExitCode::SUCCESS);
             }
             println!("{}", r.backend);
             println!(
-                "{} keys checked and added in {:.2}s: {:.0} keys/s ({} keys per call)",
-                r.keys, r.seconds, r.keys_per_second, r.keys_per_call
+                "{} keys checked and added in {:.2}s: {:.0} keys/s ({} keys per call, {} calls in flight)",
+                r.keys, r.seconds, r.keys_per_second, r.keys_per_call, r.callers
             );
             match r.redis_cpu {
                 Some(cpu) => println!(

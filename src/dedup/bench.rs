@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use futures::{StreamExt, TryStreamExt};
+
 use chrono::NaiveDate;
 use serde::Serialize;
 
@@ -15,6 +17,8 @@ pub struct BenchReport {
     pub backend: String,
     pub keys: u64,
     pub keys_per_call: usize,
+    /// Calls in flight at once (check then add, each).
+    pub callers: usize,
     pub seconds: f64,
     /// Keys checked and then added, per second.
     pub keys_per_second: f64,
@@ -47,7 +51,12 @@ fn random_keys(n: u64, seed: u64) -> Vec<DedupKey> {
 
 /// Runs the bench against the store `config` names, under a fresh key prefix sized for `keys`, and deletes what
 /// it wrote afterwards.
-pub async fn run(config: &DedupConfig, keys: u64, keys_per_call: usize) -> Result<BenchReport, DedupError> {
+pub async fn run(
+    config: &DedupConfig,
+    keys: u64,
+    keys_per_call: usize,
+    callers: usize,
+) -> Result<BenchReport, DedupError> {
     let prefix = format!("{}-bench-{}", config.key_prefix, uuid::Uuid::new_v4().simple());
     let config = DedupConfig {
         key_prefix: prefix.clone(),
@@ -66,11 +75,18 @@ pub async fn run(config: &DedupConfig, keys: u64, keys_per_call: usize) -> Resul
     let cpu_before = pool.server_cpu_seconds().await?;
     let usec_before = pool.command_usec().await?;
     let started = Instant::now();
-    for chunk in keys_v.chunks(keys_per_call.max(1)) {
-        let seen = store.contains(chunk).await?;
-        let new: Vec<DedupKey> = chunk.iter().zip(seen).filter(|(_, s)| !s).map(|(k, _)| *k).collect();
-        store.add(&new).await?;
-    }
+    // Each caller checks a chunk, then adds its new keys, as the ingest's batcher and committer do; with several
+    // callers one chunk's add overlaps the next one's check, as the two actors overlap in a run.
+    let store_ref = &store;
+    futures::stream::iter(keys_v.chunks(keys_per_call.max(1)))
+        .map(|chunk| async move {
+            let seen = store_ref.contains(chunk).await?;
+            let new: Vec<DedupKey> = chunk.iter().zip(seen).filter(|(_, s)| !s).map(|(k, _)| *k).collect();
+            store_ref.add(&new).await
+        })
+        .buffer_unordered(callers.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_after = pool.server_cpu_seconds().await?;
     let usec_after = pool.command_usec().await?;
@@ -80,7 +96,7 @@ pub async fn run(config: &DedupConfig, keys: u64, keys_per_call: usize) -> Resul
     };
     let (check_cmds, add_cmds): (&[&str], &[&str]) = match &store {
         Dedup::RedisBloom(_) => (&["bf.mexists"], &["bf.madd"]),
-        _ => (&["bitfield_ro"], &["bitfield"]),
+        _ => (&["getrange"], &["bitfield"]),
     };
     let (usec_check, usec_add) = (spent(check_cmds), spent(add_cmds));
     let stats = store.stats().await?;
@@ -97,6 +113,7 @@ pub async fn run(config: &DedupConfig, keys: u64, keys_per_call: usize) -> Resul
         backend: store.describe(),
         keys,
         keys_per_call,
+        callers,
         seconds,
         keys_per_second: keys as f64 / seconds.max(1e-9),
         redis_cpu: match (cpu_before, cpu_after) {
