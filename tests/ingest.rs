@@ -100,14 +100,7 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
 }
 
 fn walk(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            n += if p.is_dir() { walk(&p) } else { 1 };
-        }
-    }
-    n
+    walkdir(dir).len()
 }
 
 /// A real `poslake ingest` process interrupted with SIGINT drains: it exits cleanly, and the lake holds exactly
@@ -329,4 +322,74 @@ async fn a_value_the_tables_cannot_hold_dead_letters_only_its_file() {
     assert!(dead[0].0.ends_with("bad.xml"), "{dead:?}");
     assert_eq!(dead[0].1, "schema");
     assert!(dead[0].2.contains("does not fit decimal"), "{dead:?}");
+}
+
+/// The embedded dedup store lost between runs (its directory deleted) is refilled at the next start from the
+/// committed batches, so copies of every file under new names land nothing new: no key twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_embedded_store_is_refilled_and_re_sent_files_land_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 11,
+        sites: 3,
+        days: 2,
+        files_per_day: 2,
+        min_transactions: 10,
+        max_transactions: 20,
+        duplicate_file_rate: 0.0,
+        duplicate_transaction_rate: 0.0,
+        malformed_rate: 0.0,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let lake = dir.path().join("lake");
+    let first = ingest(
+        &IngestSetup::new(IngestPaths { staging: staging.clone(), lake: lake.clone() }),
+        pipeline(),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .expect("first ingest");
+    assert_eq!(first.new_transactions, report.unique_keys);
+
+    std::fs::remove_dir_all(lake.join("dedup/store")).expect("lose the store");
+    let resent = dir.path().join("resent");
+    std::fs::create_dir_all(&resent).expect("mkdir");
+    let mut copied = 0u64;
+    for entry in walkdir(&staging) {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if name.starts_with("manifest.") {
+            continue;
+        }
+        std::fs::copy(&entry, resent.join(format!("again-{copied}-{name}"))).expect("copy");
+        copied += 1;
+    }
+    assert_eq!(copied, report.files);
+    let second = ingest(
+        &IngestSetup::new(IngestPaths { staging: resent, lake: lake.clone() }),
+        pipeline(),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .expect("second ingest");
+    assert_eq!(second.files, report.files);
+    assert_eq!(second.new_transactions, 0, "{second:?}");
+    assert_eq!(second.duplicate_transactions, first.new_transactions);
+    let wh = Warehouse::open(&lake).await.expect("open");
+    assert_eq!(wh.row_count("sales_header").await.expect("count"), report.unique_keys);
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walkdir(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
