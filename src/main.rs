@@ -232,6 +232,14 @@ impl IngestArgs {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`: two arenas instead of four per core. An ingest allocates on many threads
+/// (parsers on tokio's blocking pool, the writer, fjall's flush thread), and each arena keeps its own freed pages.
+/// Measured on the 10,000 × 75 bench, three alternated runs: peak RSS 193-202 MiB against 222-241 MiB, files/s
+/// within the host's noise; on 40,000 files, 214 against 252 MiB. `_RJEM_MALLOC_CONF` overrides it at run time.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"narenas:2".as_ptr() });
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = runtime().and_then(|rt| {
