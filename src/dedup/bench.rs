@@ -75,8 +75,8 @@ pub async fn run(
     let cpu_before = pool.server_cpu_seconds().await?;
     let usec_before = pool.command_usec().await?;
     let started = Instant::now();
-    // Each caller checks a chunk, then adds its new keys, as the ingest's batcher and committer do; with several
-    // callers one chunk's add overlaps the next one's check, as the two actors overlap in a run.
+    // Each caller checks a chunk, then adds its new keys. With several callers one chunk's add overlaps the next
+    // one's check, as the ingest's batcher and committer overlap in a run.
     let store_ref = &store;
     futures::stream::iter(keys_v.chunks(keys_per_call.max(1)))
         .map(|chunk| async move {

@@ -96,10 +96,11 @@ impl EmbeddedDedup {
         let keys_path = self.dir.join("keys.bin");
         if keys_path.exists() {
             let bytes = std::fs::read(&keys_path).map_err(io(&keys_path))?;
-            // Only whole records count: a torn last one belongs to an unmarked commit.
-            for chunk in bytes.chunks_exact(16).collect::<Vec<_>>().chunks(100_000) {
+            // Only whole records count: a torn last one belongs to an unmarked commit. Batches of 100,000 keys.
+            let whole = &bytes[..bytes.len() / 16 * 16];
+            for chunk in whole.chunks(16 * 100_000) {
                 let mut batch = self.db.batch();
-                for c in chunk {
+                for c in chunk.chunks_exact(16) {
                     let mut d = [0u8; 16];
                     d.copy_from_slice(c);
                     batch.insert(&self.keys, u128::from_le_bytes(d).to_be_bytes(), []);
@@ -150,6 +151,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DedupError + '_ {
     move |source| DedupError::Io { path: path.to_path_buf(), source }
 }
 
+/// Inserts the keys (with empty values) in one batch and syncs the journal before returning.
+fn insert_durably<K: Into<fjall::UserKey>>(
+    db: &Database,
+    keyspace: &Keyspace,
+    keys: impl IntoIterator<Item = K>,
+) -> Result<(), fjall::Error> {
+    let mut batch = db.batch();
+    for k in keys {
+        batch.insert(keyspace, k, []);
+    }
+    batch.commit()?;
+    db.persist(PersistMode::SyncData)
+}
+
 fn fjall_err(path: &Path, e: fjall::Error) -> DedupError {
     match e {
         fjall::Error::Io(source) => DedupError::Io { path: path.to_path_buf(), source },
@@ -169,28 +184,12 @@ impl DedupStore for EmbeddedDedup {
         }
         let digests: Vec<[u8; 16]> = keys.iter().map(|k| k.digest.to_be_bytes()).collect();
         // Durable before returning: the commit is marked applied next, and a mark must never outlive its keys.
-        self.blocking(move |db, keys, _| {
-            let mut batch = db.batch();
-            for d in digests {
-                batch.insert(keys, d, []);
-            }
-            batch.commit()?;
-            db.persist(PersistMode::SyncData)
-        })
-        .await
+        self.blocking(move |db, keys, _| insert_durably(db, keys, digests)).await
     }
 
     async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
-        let commits = commits.to_vec();
-        self.blocking(move |db, _, applied| {
-            let mut batch = db.batch();
-            for c in commits {
-                batch.insert(applied, c.into_bytes(), []);
-            }
-            batch.commit()?;
-            db.persist(PersistMode::SyncData)
-        })
-        .await
+        let commits: Vec<Vec<u8>> = commits.iter().map(|c| c.as_bytes().to_vec()).collect();
+        self.blocking(move |db, _, applied| insert_durably(db, applied, commits)).await
     }
 
     async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {
