@@ -88,7 +88,7 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     assert!(dead.iter().all(|(_, k)| matches!(k.as_str(), "truncated" | "malformed" | "decompress")), "{dead:?}");
 
     // Every raw file is archived under bronze/raw.
-    let archived = walk(&paths.lake.join("bronze/raw"));
+    let archived = walkdir(&paths.lake.join("bronze/raw")).len();
     // Re-sent files carry another name, so every file, re-sends included, is archived once.
     assert_eq!(archived, report.files as usize, "the raw archive holds each file once");
 
@@ -97,10 +97,6 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
         ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("again");
     assert_eq!((again.files, again.already_ingested), (0, report.files));
     assert_eq!(wh.row_count("sales_header").await.expect("count"), report.unique_keys);
-}
-
-fn walk(dir: &std::path::Path) -> usize {
-    walkdir(dir).len()
 }
 
 /// A real `poslake ingest` process interrupted with SIGINT drains: it exits cleanly, and the lake holds exactly
