@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::redis::RedisServer;
 use common::{header_keys, keys_of_table, pipeline};
 use poslake::config::{DedupBackend, DedupConfig};
-use poslake::dedup::{Dedup, DedupStore};
+use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore};
 use poslake::generate::{
     FileKind, GenerateArgs, ManifestFile as ManifestEntry, Report as GenerateReport, generate, read_manifest,
 };
@@ -303,6 +303,58 @@ async fn a_flushed_filter_is_rebuilt_from_sales_header() {
     let second = run(&setup(&again, &lake, config)).await;
     assert_eq!(second.new_transactions, 0, "the rebuilt filter knows every key");
     assert_exact(&lake, &unique_keys(&manifest)).await;
+}
+
+fn random_keys(n: u64, seed: u64) -> Vec<DedupKey> {
+    let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).expect("date");
+    (0..n)
+        .map(|i| {
+            let h = blake3::hash(&[seed.to_le_bytes(), i.to_le_bytes()].concat());
+            let digest = u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 bytes"));
+            DedupKey { digest, date }
+        })
+        .collect()
+}
+
+/// Checks each chunk and adds the keys found new, as the ingest does; returns those keys.
+async fn check_then_add(store: &Dedup, keys: &[DedupKey]) -> Vec<DedupKey> {
+    let mut added = Vec::new();
+    for chunk in keys.chunks(500) {
+        let seen = store.contains(chunk).await.expect("contains");
+        let new: Vec<DedupKey> = chunk.iter().zip(seen).filter(|(_, s)| !s).map(|(k, _)| *k).collect();
+        store.add(&new).await.expect("add");
+        added.extend(new);
+    }
+    added
+}
+
+/// An add sets only the bits its check did not see set. On a filter filled to its capacity (where most keys share
+/// bits with earlier ones) every added key is still found by another process, which remembers nothing; and after
+/// the store lost its state between a check and its add, the add sets every bit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adds_that_skip_bits_seen_set_leave_every_key_present() {
+    let server = RedisServer::start();
+    let config = DedupConfig { expected_keys_per_period: 20_000, ..bitmap(&server) };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = Dedup::open(&config, dir.path()).await.expect("store");
+    let added = check_then_add(&worker, &random_keys(20_000, 1)).await;
+    assert!(added.len() > 19_000, "a filter at capacity still takes most keys as new: {}", added.len());
+    let other = Dedup::open(&config, dir.path()).await.expect("second store");
+    let found = other.contains(&added).await.expect("contains");
+    assert_eq!(found.iter().filter(|f| !**f).count(), 0, "every added key is present");
+
+    // Checked (bits seen set), then the store is wiped before the add: the add must not trust what it saw.
+    let keys = random_keys(5_000, 2);
+    let seen = worker.contains(&keys).await.expect("contains");
+    let new: Vec<DedupKey> = keys.iter().zip(seen).filter(|(_, s)| !s).map(|(k, _)| *k).collect();
+    assert!(server.command(&["FLUSHALL"]).starts_with("+OK"));
+    let lost = worker.contains(&keys[..10]).await;
+    assert!(matches!(lost, Err(DedupError::StateLost { .. })), "the wipe is noticed: {lost:?}");
+    worker.renew_generation().await.expect("renew");
+    worker.add(&new).await.expect("add after the wipe");
+    let fresh = Dedup::open(&config, dir.path()).await.expect("third store");
+    let found = fresh.contains(&new).await.expect("contains");
+    assert_eq!(found.iter().filter(|f| !**f).count(), 0, "every key added after the wipe is present");
 }
 
 /// The `redis-bloom` backend needs a server with the `BF.*` commands (Redis 8, Redis Stack, valkey-bloom), which

@@ -150,6 +150,11 @@ impl Location {
     }
 
     /// The block (within the shard) that holds all of the key's bits.
+    /// The mask with one bit per hash, as [`Location::bits`] orders them.
+    pub fn all_bits_mask(&self) -> u16 {
+        ((1u32 << self.hashes) - 1) as u16
+    }
+
     pub fn block(&self) -> u64 {
         self.bits[0] / BLOCK_BITS
     }

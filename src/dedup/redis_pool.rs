@@ -8,7 +8,7 @@
 //! caller gets [`DedupError::Unavailable`].
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::{Manager, Pool, Runtime};
@@ -27,6 +27,8 @@ pub struct RedisPool {
     /// The generation this process works against (see [`super::Dedup::generation`]).
     generation: Mutex<Option<String>>,
     reconnected: AtomicBool,
+    /// Round trips that failed, ever: a change tells a caller that the server may have restarted meanwhile.
+    failures: AtomicU64,
 }
 
 /// First backoff; doubled per try up to [`BACKOFF_CAP`], each sleep drawn uniformly below it (full jitter).
@@ -59,6 +61,7 @@ impl RedisPool {
             limit: Duration::from_secs(config.unavailable_limit_secs),
             generation: Mutex::new(None),
             reconnected: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
         })
     }
 
@@ -101,6 +104,7 @@ impl RedisPool {
                 return Err(DedupError::Redis { url: self.url.clone(), error: failure.message });
             }
             tries += 1;
+            self.failures.fetch_add(1, Ordering::SeqCst);
             metrics::counter!(crate::telemetry::metric::REDIS_RETRIES).increment(1);
             let waited = started.elapsed();
             if waited >= self.limit {
@@ -150,6 +154,11 @@ impl RedisPool {
     /// The generation this process expects, to check alongside a query.
     pub fn expected_generation(&self) -> Option<String> {
         self.generation.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Round trips that failed so far (see the field).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
     }
 
     pub fn take_reconnected(&self) -> bool {
