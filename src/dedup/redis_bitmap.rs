@@ -4,7 +4,8 @@
 //! with one `GET u1` per bit (`redis-benchmark`, pipelined: 2.3 million against 540,000 keys a second), and the
 //! client builds three arguments per key instead of 27. Adds are `BITFIELD … SET u1 … 1`: setting a bit is
 //! idempotent and commutes, so workers adding at once never undo each other (a client-side read-modify-write of a
-//! block would). Adds are batched per shard, many per command; round trips run concurrently over the pool.
+//! block would). An add sets only the bits its check did not see set (see [`SeenBits`]). Adds are batched per shard,
+//! many per command; round trips run concurrently over the pool.
 //!
 //! Each period's shape is decided once, by the first worker to need it (`HSETNX` on the period's meta hash), and
 //! read by every other, so all workers agree on where a key's bits are even if their configurations differ.
