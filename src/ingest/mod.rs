@@ -183,8 +183,8 @@ pub struct PosStages {
     in_flight: Mutex<HashSet<KeyDigest>>,
     /// Serialises recoveries from a store that lost its state or reconnected.
     healing: tokio::sync::Mutex<()>,
-    /// (path, size) of files the ledger already holds: skipped by discovery.
-    ledger: Arc<HashSet<(String, u64)>>,
+    /// Files the ledger already holds: skipped by discovery.
+    ledger: Arc<LedgerIndex>,
     skipped: Arc<AtomicU64>,
     run_id: String,
     /// `run/worker`: the prefix of this process's commit ids.
@@ -205,7 +205,7 @@ impl PosStages {
         tracing::info!(backend = %dedup.describe(), "dedup store");
         let committer = Committer::new(warehouse.clone(), dedup);
         let recovery = committer.recover(None).await?;
-        let ledger = load_ledger(&warehouse).await?;
+        let ledger = LedgerIndex::load(&warehouse).await?;
         let open = Uncommitted {
             writer: LakeWriter::new(warehouse.clone()),
             keys: Vec::new(),
@@ -425,18 +425,46 @@ impl PosStages {
 }
 
 /// Paths and sizes in the file ledger. Held in memory: a later issue moves this to the shared store.
-async fn load_ledger(warehouse: &Warehouse) -> Result<HashSet<(String, u64)>, LakeError> {
-    let mut out = HashSet::new();
-    for batch in warehouse.scan("file_ledger").await? {
-        let paths = batch.column_by_name("path").and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
-        let sizes = batch.column_by_name("bytes").and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
-        if let (Some(paths), Some(sizes)) = (paths, sizes) {
-            for i in 0..paths.len() {
-                out.insert((paths.value(i).to_owned(), sizes.value(i) as u64));
+/// The files the ledger holds, as 128-bit digests of (path, size): 16 bytes a file in a hash set instead of the path
+/// itself (about 100 bytes with a `String` and its allocation). Two files collide with a chance of 2^-128 per pair.
+/// It still grows with every file ever ingested; see docs/architecture.md ("Memory that grows with history").
+#[derive(Default)]
+struct LedgerIndex(HashSet<u128, foldhash::fast::RandomState>);
+
+impl LedgerIndex {
+    fn id(path: &str, size: u64) -> u128 {
+        let mut h = blake3::Hasher::new();
+        h.update(&size.to_le_bytes());
+        h.update(path.as_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        u128::from_le_bytes(id)
+    }
+
+    fn insert(&mut self, path: &str, size: u64) {
+        self.0.insert(Self::id(path, size));
+    }
+
+    fn contains(&self, path: &str, size: u64) -> bool {
+        self.0.contains(&Self::id(path, size))
+    }
+
+    /// Reads the ledger's `path` and `bytes` columns a batch at a time.
+    async fn load(warehouse: &Warehouse) -> Result<Self, LakeError> {
+        let mut out = LedgerIndex::default();
+        let mut batches = warehouse.scan_columns("file_ledger", &["path", "bytes"]).await?;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            let paths = batch.column_by_name("path").and_then(|c| c.as_any().downcast_ref::<StringArray>());
+            let sizes = batch.column_by_name("bytes").and_then(|c| c.as_any().downcast_ref::<Int64Array>());
+            if let (Some(paths), Some(sizes)) = (paths, sizes) {
+                for i in 0..paths.len() {
+                    out.insert(paths.value(i), sizes.value(i) as u64);
+                }
             }
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 fn now() -> chrono::NaiveDateTime {
@@ -462,7 +490,7 @@ impl Stages for PosStages {
             .list()
             .filter_map(move |f| {
                 let keep = match &f {
-                    Ok(file) if ledger.contains(&(file.path.clone(), file.size)) => {
+                    Ok(file) if ledger.contains(&file.path, file.size) => {
                         skipped.fetch_add(1, Ordering::Relaxed);
                         false
                     }
@@ -768,4 +796,21 @@ pub enum IngestRunError {
     Open(#[from] IngestError),
     #[error(transparent)]
     Pipeline(#[from] poslake_actors::PipelineError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LedgerIndex;
+
+    #[test]
+    fn the_ledger_index_knows_a_file_by_path_and_size() {
+        let mut ledger = LedgerIndex::default();
+        ledger.insert("site=1/2026-11-26/a.xml", 1_000);
+        assert!(ledger.contains("site=1/2026-11-26/a.xml", 1_000));
+        assert!(!ledger.contains("site=1/2026-11-26/a.xml", 1_001), "a file re-sent with other contents is new");
+        assert!(!ledger.contains("site=1/2026-11-26/b.xml", 1_000));
+        // The size is hashed apart from the path: digits moved between them make another file.
+        ledger.insert("x1", 23);
+        assert!(!ledger.contains("x12", 3));
+    }
 }

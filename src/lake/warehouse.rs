@@ -131,6 +131,20 @@ impl Warehouse {
             .unwrap_or(0))
     }
 
+    /// Streams the named columns of the table's current snapshot, a batch at a time (nothing if it has none).
+    pub async fn scan_columns(
+        &self,
+        table: &str,
+        columns: &[&str],
+    ) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch, LakeError>>, LakeError> {
+        let table = self.load(table).await?;
+        if table.metadata().current_snapshot().is_none() {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let stream = table.scan().select(columns.iter().copied()).build()?.to_arrow().await?;
+        Ok(Box::pin(stream.map_err(LakeError::from)))
+    }
+
     /// Reads the whole table (for tests and small tables).
     pub async fn scan(&self, table: &str) -> Result<Vec<RecordBatch>, LakeError> {
         let table = self.load(table).await?;
