@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::redis::RedisServer;
 use common::{header_keys, keys_of_table, pipeline};
 use poslake::config::{DedupBackend, DedupConfig};
+use poslake::dedup::bench::random_keys;
 use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore};
 use poslake::generate::{
     FileKind, GenerateArgs, ManifestFile as ManifestEntry, Report as GenerateReport, generate, read_manifest,
@@ -303,17 +304,6 @@ async fn a_flushed_filter_is_rebuilt_from_sales_header() {
     let second = run(&setup(&again, &lake, config)).await;
     assert_eq!(second.new_transactions, 0, "the rebuilt filter knows every key");
     assert_exact(&lake, &unique_keys(&manifest)).await;
-}
-
-fn random_keys(n: u64, seed: u64) -> Vec<DedupKey> {
-    let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).expect("date");
-    (0..n)
-        .map(|i| {
-            let h = blake3::hash(&[seed.to_le_bytes(), i.to_le_bytes()].concat());
-            let digest = u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 bytes"));
-            DedupKey { digest, date }
-        })
-        .collect()
 }
 
 /// Checks each chunk and adds the keys found new, as the ingest does; returns those keys.

@@ -37,7 +37,8 @@ pub struct BenchReport {
     pub fp_probes: u64,
 }
 
-fn random_keys(n: u64, seed: u64) -> Vec<DedupKey> {
+/// `n` random keys of one business date, the same for the same seed (for the bench and the tests).
+pub fn random_keys(n: u64, seed: u64) -> Vec<DedupKey> {
     let date = NaiveDate::from_ymd_opt(2026, 11, 15).unwrap_or_default();
     (0..n)
         .map(|i| {
