@@ -1,5 +1,33 @@
 //! Parses one generated file in a loop: a target for profilers (`perf record`, `valgrind --tool=callgrind`).
-//! Usage: parse_loop DIALECT ITERATIONS
+//! Usage: parse_loop DIALECT ITERATIONS [tokenize]. Prints MB/s, and the heap allocations one parse makes.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts allocations, so that a change that adds or removes them shows in the figures.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator, under the caller's contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -9,6 +37,7 @@ fn main() {
     let (xml, _) = poslake::generate::generate_file(dialect, 7, 75);
     let opts = poslake::ParseOptions::default();
     let only_tokenize = args.next().as_deref() == Some("tokenize");
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     let start = std::time::Instant::now();
     let mut txs = 0;
     for _ in 0..iterations {
@@ -19,10 +48,12 @@ fn main() {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     println!(
-        "{dialect}: {iterations} x {} bytes, {txs} transactions, {:.1} MB/s",
+        "{dialect}: {iterations} x {} bytes, {txs} transactions, {:.1} MB/s, {} allocations per file",
         xml.len(),
-        xml.len() as f64 * f64::from(iterations) / secs / 1e6
+        xml.len() as f64 * f64::from(iterations) / secs / 1e6,
+        allocations / u64::from(iterations.max(1))
     );
 }
 
