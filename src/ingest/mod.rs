@@ -424,7 +424,6 @@ impl PosStages {
     }
 }
 
-/// Paths and sizes in the file ledger. Held in memory: a later issue moves this to the shared store.
 /// The files the ledger holds, as 128-bit digests of (path, size): 16 bytes a file in a hash set instead of the path
 /// itself (about 100 bytes with a `String` and its allocation). Two files collide with a chance of 2^-128 per pair.
 /// It still grows with every file ever ingested; see docs/architecture.md ("Memory that grows with history").
