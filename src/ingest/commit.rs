@@ -40,6 +40,8 @@ pub struct Committer {
     dedup: Arc<Dedup>,
 }
 
+/// Keys per add when rebuilding the store from `sales_header`.
+const REBUILD_CHUNK: usize = 100_000;
 /// The columns of `sales_header` that make up a key.
 const KEY_COLUMNS: [&str; 5] = ["site", "business_date", "register", "sequence", "key_variant"];
 
@@ -135,10 +137,20 @@ impl Committer {
                 .to_arrow()
                 .await
                 .map_err(crate::lake::LakeError::from)?;
+            // Added in chunks of about REBUILD_CHUNK keys rather than per scan batch (about a thousand rows): the
+            // embedded store writes a large add as one sorted table, a small one through its memtable.
+            let mut pending = Vec::new();
             while let Some(batch) = stream.try_next().await.map_err(crate::lake::LakeError::from)? {
-                let keys = keys_of(std::slice::from_ref(&batch))?;
-                self.dedup.add(&keys).await?;
-                added += keys.len() as u64;
+                pending.extend(keys_of(std::slice::from_ref(&batch))?);
+                if pending.len() >= REBUILD_CHUNK {
+                    self.dedup.add(&pending).await?;
+                    added += pending.len() as u64;
+                    pending.clear();
+                }
+            }
+            if !pending.is_empty() {
+                self.dedup.add(&pending).await?;
+                added += pending.len() as u64;
             }
         }
         let ids: Vec<String> =
