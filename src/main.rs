@@ -502,17 +502,31 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
             let wh = poslake::lake::Warehouse::open(&c.lake).await?;
             let d = poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?;
             println!("{}", d.describe());
+            if let Some(i) = d.embedded_internals() {
+                println!(
+                    "sorted tables: {} ({} in the newest level), {:.1} MiB on disk; in memory: {:.1} MiB of \
+                     memtables ({} waiting to be written), {:.1} MiB of cached blocks",
+                    i.tables,
+                    i.l0_tables,
+                    i.disk_bytes as f64 / (1 << 20) as f64,
+                    i.write_buffer_bytes as f64 / (1 << 20) as f64,
+                    i.sealed_memtables,
+                    i.cache_bytes as f64 / (1 << 20) as f64
+                );
+            }
             println!(
                 "{:<12} {:>14} {:>14} {:>14} {:>8} {:>10} {:>12}",
                 "partition", "adds", "est. keys", "capacity", "fill", "fp now", "memory MiB"
             );
             for s in d.stats().await? {
+                // The embedded store is exact and has no design capacity.
+                let capacity = if s.capacity == u64::MAX { "none".to_owned() } else { s.capacity.to_string() };
                 println!(
                     "{:<12} {:>14} {:>14.0} {:>14} {:>7.2}% {:>10.6} {:>12.1}{}",
                     s.partition,
                     s.adds,
                     s.estimated_keys,
-                    s.capacity,
+                    capacity,
                     s.fill * 100.0,
                     s.fp_now,
                     s.memory_bytes as f64 / (1 << 20) as f64,

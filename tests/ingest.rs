@@ -351,18 +351,7 @@ async fn a_lost_embedded_store_is_refilled_and_re_sent_files_land_nothing() {
     assert_eq!(first.new_transactions, report.unique_keys);
 
     std::fs::remove_dir_all(lake.join("dedup/store")).expect("lose the store");
-    let resent = dir.path().join("resent");
-    std::fs::create_dir_all(&resent).expect("mkdir");
-    let mut copied = 0u64;
-    for entry in walkdir(&staging) {
-        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-        if name.starts_with("manifest.") {
-            continue;
-        }
-        std::fs::copy(&entry, resent.join(format!("again-{copied}-{name}"))).expect("copy");
-        copied += 1;
-    }
-    assert_eq!(copied, report.files);
+    let resent = resend(&staging, dir.path());
     let second = ingest(
         &IngestSetup::new(IngestPaths { staging: resent, lake: lake.clone() }),
         pipeline(),
@@ -375,6 +364,89 @@ async fn a_lost_embedded_store_is_refilled_and_re_sent_files_land_nothing() {
     assert_eq!(second.duplicate_transactions, first.new_transactions);
     let wh = Warehouse::open(&lake).await.expect("open");
     assert_eq!(wh.row_count("sales_header").await.expect("count"), report.unique_keys);
+}
+
+/// A commit with more keys than the embedded store takes through its memtable (10,000) is added as a sorted table
+/// of its own: `poslake dedup stats` counts each key once, and the same files re-sent under new names land nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_commit_is_added_as_a_table_and_the_next_run_lands_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 12,
+        sites: 5,
+        days: 3,
+        files_per_day: 10,
+        min_transactions: 75,
+        max_transactions: 80,
+        duplicate_file_rate: 0.0,
+        duplicate_transaction_rate: 0.0,
+        malformed_rate: 0.0,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    assert!(report.unique_keys >= 10_000, "{} keys: too few for a table add", report.unique_keys);
+    let lake = dir.path().join("lake");
+    let first = ingest(
+        &IngestSetup::new(IngestPaths { staging: staging.clone(), lake: lake.clone() }),
+        pipeline(),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .expect("first ingest");
+    assert_eq!(first.new_transactions, report.unique_keys);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["dedup", "stats", "--lake"])
+        .arg(&lake)
+        .output()
+        .expect("dedup stats");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let tables: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sorted tables: ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no table count in:\n{text}"));
+    assert!(tables >= 1, "{text}");
+    let adds: u64 = text
+        .lines()
+        .find(|l| l.starts_with("all "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no partition row in:\n{text}"));
+    assert_eq!(adds, report.unique_keys, "{text}");
+
+    let second = ingest(
+        &IngestSetup::new(IngestPaths { staging: resend(&staging, dir.path()), lake: lake.clone() }),
+        pipeline(),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .expect("second ingest");
+    assert_eq!(second.files, report.files);
+    assert_eq!(second.new_transactions, 0, "{second:?}");
+    assert_eq!(second.duplicate_transactions, first.new_transactions);
+    let wh = Warehouse::open(&lake).await.expect("open");
+    assert_eq!(wh.row_count("sales_header").await.expect("count"), report.unique_keys);
+}
+
+/// Copies every generated file (not the manifest) under a new name into `<dir>/resent`, as a station re-sending its
+/// files would.
+fn resend(staging: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
+    let resent = dir.join("resent");
+    std::fs::create_dir_all(&resent).expect("mkdir");
+    let mut copied = 0u64;
+    for entry in walkdir(staging) {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if name.starts_with("manifest.") {
+            continue;
+        }
+        std::fs::copy(&entry, resent.join(format!("again-{copied}-{name}"))).expect("copy");
+        copied += 1;
+    }
+    assert!(copied > 0, "nothing to re-send in {}", staging.display());
+    resent
 }
 
 fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

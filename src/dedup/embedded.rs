@@ -264,7 +264,8 @@ impl DedupStore for EmbeddedDedup {
             capacity: u64::MAX,
             fill: 0.0,
             fp_now: 0.0,
-            memory_bytes: self.keys.disk_space(),
+            // What the store holds in memory (its memtables and cached blocks); its size on disk is in `internals`.
+            memory_bytes: self.db.write_buffer_size() + self.db.cache_size(),
             over_capacity: false,
         }])
     }

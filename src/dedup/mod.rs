@@ -177,6 +177,14 @@ impl Dedup {
         }
     }
 
+    /// The embedded store's LSM shape (`None` for Redis): for `poslake dedup stats`.
+    pub fn embedded_internals(&self) -> Option<embedded::StoreInternals> {
+        match self {
+            Dedup::Embedded(d) => Some(d.internals()),
+            _ => None,
+        }
+    }
+
     /// Whether the connection to the store was lost and re-established since the last call (a Redis that came
     /// back may have lost its last writes).
     pub fn take_reconnected(&self) -> bool {
