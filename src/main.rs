@@ -502,7 +502,7 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
             let wh = poslake::lake::Warehouse::open(&c.lake).await?;
             let d = poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?;
             println!("{}", d.describe());
-            if let Some(i) = d.embedded_internals() {
+            if let Some(i) = d.as_embedded().map(|e| e.internals()) {
                 println!(
                     "sorted tables: {} ({} in the newest level), {:.1} MiB on disk; in memory: {:.1} MiB of \
                      memtables ({} waiting to be written), {:.1} MiB of cached blocks",

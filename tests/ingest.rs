@@ -408,6 +408,64 @@ async fn a_large_commit_is_added_as_a_table_and_the_next_run_lands_nothing() {
     resent_files_land_nothing(&staging, dir.path(), &lake, &report).await;
 }
 
+/// Staging that grows between runs: each run skips exactly the files earlier runs ingested. The third run's start
+/// brings the on-disk file index up to date from only the ledger files added since the second run's start; with
+/// the index's record of that removed (a lost store), the whole ledger is read again and the answer is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_run_skips_exactly_the_files_earlier_runs_ingested() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let corpus = dir.path().join("corpus");
+    let report = generate(&GenerateArgs {
+        out: corpus.clone(),
+        seed: 13,
+        sites: 3,
+        days: 3,
+        files_per_day: 2,
+        min_transactions: 5,
+        max_transactions: 10,
+        duplicate_file_rate: 0.0,
+        duplicate_transaction_rate: 0.0,
+        malformed_rate: 0.0,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let mut files: Vec<_> = walkdir(&corpus)
+        .into_iter()
+        .filter(|p| !p.file_name().and_then(|n| n.to_str()).unwrap_or_default().starts_with("manifest."))
+        .collect();
+    files.sort();
+    assert_eq!(files.len() as u64, report.files);
+    let third = files.len() / 3;
+    let (staging, lake) = (dir.path().join("staging"), dir.path().join("lake"));
+    let run = || async {
+        ingest(
+            &IngestSetup::new(IngestPaths { staging: staging.clone(), lake: lake.clone() }),
+            pipeline(),
+            Arc::new(Progress::default()),
+        )
+        .await
+        .expect("ingest")
+    };
+    let mut landed = 0u64;
+    for (i, upto) in [third, 2 * third, files.len()].into_iter().enumerate() {
+        let before = if i == 0 { 0 } else { [third, 2 * third][i - 1] };
+        for f in &files[before..upto] {
+            let to = staging.join(f.strip_prefix(&corpus).expect("under the corpus"));
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(f, &to).expect("copy");
+        }
+        let summary = run().await;
+        assert_eq!((summary.already_ingested, summary.files), (before as u64, (upto - before) as u64), "run {i}");
+        landed += summary.new_transactions;
+    }
+    assert_eq!(landed, report.unique_keys);
+
+    // A store whose record of the ledger is gone reads the whole ledger again.
+    std::fs::remove_dir_all(lake.join("dedup/store")).expect("lose the store");
+    let again = run().await;
+    assert_eq!((again.already_ingested, again.files, again.new_transactions), (report.files, 0, 0));
+}
+
 /// Ingests copies of every generated file under new names into a lake that already holds them: nothing new lands,
 /// every transaction is a duplicate, and `sales_header` still holds each key once.
 async fn resent_files_land_nothing(

@@ -20,6 +20,8 @@ const CACHE_BYTES: u64 = 8 << 20;
 const MEMTABLE_BYTES: u64 = 4 << 20;
 /// The journal is the smallest fjall allows; memtables flush long before it fills.
 const JOURNAL_BYTES: u64 = 64 << 20;
+/// The file index's record of the ledger snapshot it holds: not 16 bytes long, so never a file id.
+const LEDGER_MARK: &[u8] = b"ledger-synced-to-snapshot";
 /// Adds of at least this many keys (an ingest's commit: up to 2,000 files' keys) are written as a table of their
 /// own (see [`ingest_sorted`]); smaller ones go through the memtable, so that many small adds (a trickle of small
 /// commits) do not leave a table each.
@@ -46,6 +48,8 @@ pub struct EmbeddedDedup {
     db: Database,
     keys: Keyspace,
     applied: Keyspace,
+    /// The ledger's files, as the ingest's 128-bit file ids, and [`LEDGER_MARK`]: see [`EmbeddedDedup::files_add`].
+    files: Keyspace,
 }
 
 impl EmbeddedDedup {
@@ -81,6 +85,7 @@ impl EmbeddedDedup {
         };
         let keys = db.keyspace("keys", options).map_err(|e| fjall_err(&store, e))?;
         let applied = db.keyspace("applied", options).map_err(|e| fjall_err(&store, e))?;
+        let files = db.keyspace("files", options).map_err(|e| fjall_err(&store, e))?;
 
         let gen_path = dir.join("generation");
         let generation = match std::fs::read_to_string(&gen_path) {
@@ -91,7 +96,7 @@ impl EmbeddedDedup {
                 g
             }
         };
-        let store = EmbeddedDedup { dir: dir.to_path_buf(), generation, db, keys, applied };
+        let store = EmbeddedDedup { dir: dir.to_path_buf(), generation, db, keys, applied, files };
         store.import_legacy()?;
         Ok(store)
     }
@@ -107,6 +112,41 @@ impl EmbeddedDedup {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The ledger snapshot the file index was last brought up to (see [`Self::files_add`]), if any.
+    pub fn files_synced_to(&self) -> Result<Option<i64>, DedupError> {
+        let mark = self.files.get(LEDGER_MARK).map_err(|e| self.err(e))?;
+        Ok(mark.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(i64::from_le_bytes))
+    }
+
+    /// Adds files to the index of files the ledger holds (an exact set on disk, beside the keys: the ingest's
+    /// discovery asks it instead of holding every file ever ingested in memory), then records that the index
+    /// holds the ledger up to `synced_to`. Both are durable before it returns, the files first.
+    pub async fn files_add(&self, ids: Vec<u128>, synced_to: Option<i64>) -> Result<(), DedupError> {
+        let files = self.files.clone();
+        let digests: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+        self.blocking(move |db, _, _| {
+            if digests.len() >= INGEST_MIN_KEYS {
+                ingest_sorted(&files, digests)?;
+            } else if !digests.is_empty() {
+                insert_durably(db, &files, digests)?;
+            }
+            match synced_to {
+                Some(snapshot) => {
+                    files.insert(LEDGER_MARK, snapshot.to_le_bytes())?;
+                    db.persist(PersistMode::SyncData)
+                }
+                None => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// Which of these files the index holds.
+    pub async fn files_contain(&self, ids: Vec<u128>) -> Result<Vec<bool>, DedupError> {
+        let files = self.files.clone();
+        self.blocking(move |_, _, _| ids.iter().map(|id| files.contains_key(id.to_be_bytes())).collect()).await
     }
 
     /// The LSM tree's shape and what it holds in memory now: for `examples/dedup_memory` and diagnostics.

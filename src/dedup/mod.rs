@@ -177,10 +177,10 @@ impl Dedup {
         }
     }
 
-    /// The embedded store's LSM shape (`None` for Redis): for `poslake dedup stats`.
-    pub fn embedded_internals(&self) -> Option<embedded::StoreInternals> {
+    /// The embedded store, when it is the one in use.
+    pub fn as_embedded(&self) -> Option<&EmbeddedDedup> {
         match self {
-            Dedup::Embedded(d) => Some(d.internals()),
+            Dedup::Embedded(d) => Some(d),
             _ => None,
         }
     }

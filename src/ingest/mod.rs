@@ -205,7 +205,7 @@ impl PosStages {
         tracing::info!(backend = %dedup.describe(), "dedup store");
         let committer = Committer::new(warehouse.clone(), dedup);
         let recovery = committer.recover(None).await?;
-        let ledger = LedgerIndex::load(&warehouse).await?;
+        let ledger = LedgerIndex::load(&warehouse, committer.dedup()).await?;
         let open = Uncommitted {
             writer: LakeWriter::new(warehouse.clone()),
             keys: Vec::new(),
@@ -424,11 +424,23 @@ impl PosStages {
     }
 }
 
-/// The files the ledger holds, as 128-bit digests of (path, size): 16 bytes a file in a hash set instead of the path
-/// itself (about 100 bytes with a `String` and its allocation). Two files collide with a chance of 2^-128 per pair.
-/// It still grows with every file ever ingested; see docs/architecture.md ("Memory that grows with history").
-#[derive(Default)]
-struct LedgerIndex(HashSet<u128, foldhash::fast::RandomState>);
+/// The files the ledger holds, known by a 128-bit digest of (path, size) (two files collide with a chance of 2^-128
+/// per pair), so that discovery skips them.
+///
+/// With the embedded dedup store the index is on disk, beside the keys: memory does not grow with the files ever
+/// ingested. It is brought up to the ledger's current snapshot at start, reading only the ledger files added since
+/// the snapshot it last recorded (all of the ledger if it has none, or that snapshot is gone). With Redis, where
+/// several workers share the lake and no local store is theirs alone, it is a hash set in memory (16 bytes and a
+/// little more per file); see docs/architecture.md ("Memory that grows with history").
+enum LedgerIndex {
+    Memory(HashSet<u128, foldhash::fast::RandomState>),
+    Store(Arc<Dedup>),
+}
+
+/// File ids per add when bringing the on-disk index up to date.
+const LEDGER_CHUNK: usize = 100_000;
+/// Listed files looked up in the on-disk index at a time.
+const LOOKUP_CHUNK: usize = 512;
 
 impl LedgerIndex {
     fn id(path: &str, size: u64) -> u128 {
@@ -440,29 +452,92 @@ impl LedgerIndex {
         u128::from_le_bytes(id)
     }
 
-    fn insert(&mut self, path: &str, size: u64) {
-        self.0.insert(Self::id(path, size));
-    }
-
-    fn contains(&self, path: &str, size: u64) -> bool {
-        self.0.contains(&Self::id(path, size))
-    }
-
-    /// Reads the ledger's `path` and `bytes` columns a batch at a time.
-    async fn load(warehouse: &Warehouse) -> Result<Self, LakeError> {
-        let mut out = LedgerIndex::default();
-        let mut batches = warehouse.scan_columns("file_ledger", &["path", "bytes"]).await?;
-        while let Some(batch) = batches.next().await {
-            let batch = batch?;
-            let paths = batch.column_by_name("path").and_then(|c| c.as_any().downcast_ref::<StringArray>());
-            let sizes = batch.column_by_name("bytes").and_then(|c| c.as_any().downcast_ref::<Int64Array>());
-            if let (Some(paths), Some(sizes)) = (paths, sizes) {
-                for i in 0..paths.len() {
-                    out.insert(paths.value(i), sizes.value(i) as u64);
+    async fn load(warehouse: &Warehouse, dedup: &Arc<Dedup>) -> Result<Self, IngestError> {
+        let Some(store) = dedup.as_embedded() else {
+            let mut set = HashSet::default();
+            let mut batches = warehouse.scan_columns("file_ledger", &["path", "bytes"]).await?;
+            while let Some(batch) = batches.next().await {
+                set.extend(Self::ids_of(&batch?));
+            }
+            return Ok(LedgerIndex::Memory(set));
+        };
+        let ledger = warehouse.load("file_ledger").await?;
+        let Some(current) = ledger.metadata().current_snapshot().map(|s| s.snapshot_id()) else {
+            return Ok(LedgerIndex::Store(dedup.clone()));
+        };
+        let synced = store.files_synced_to()?;
+        if synced != Some(current) {
+            let mut snaps: Vec<_> = ledger.metadata().snapshots().cloned().collect();
+            snaps.sort_by_key(|s| s.sequence_number());
+            let mut pending = Vec::new();
+            match synced.and_then(|id| snaps.iter().position(|s| s.snapshot_id() == id)) {
+                // The ledger files each later snapshot added (a file rewritten by compaction is added again: harmless).
+                Some(at) => {
+                    for snap in &snaps[at + 1..] {
+                        for path in warehouse.files_added_by("file_ledger", snap.snapshot_id()).await? {
+                            for batch in warehouse.read_data_file("file_ledger", &path, &["path", "bytes"]).await? {
+                                pending.extend(Self::ids_of(&batch));
+                            }
+                            if pending.len() >= LEDGER_CHUNK {
+                                store.files_add(std::mem::take(&mut pending), None).await?;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let mut batches = warehouse.scan_columns("file_ledger", &["path", "bytes"]).await?;
+                    while let Some(batch) = batches.next().await {
+                        pending.extend(Self::ids_of(&batch?));
+                        if pending.len() >= LEDGER_CHUNK {
+                            store.files_add(std::mem::take(&mut pending), None).await?;
+                        }
+                    }
                 }
             }
+            store.files_add(pending, Some(current)).await?;
         }
-        Ok(out)
+        Ok(LedgerIndex::Store(dedup.clone()))
+    }
+
+    fn ids_of(batch: &arrow_array::RecordBatch) -> Vec<u128> {
+        let paths = batch.column_by_name("path").and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        let sizes = batch.column_by_name("bytes").and_then(|c| c.as_any().downcast_ref::<Int64Array>());
+        match (paths, sizes) {
+            (Some(paths), Some(sizes)) => {
+                (0..paths.len()).map(|i| Self::id(paths.value(i), sizes.value(i) as u64)).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The listed files the ledger does not hold, in listing order; `skipped` counts the others.
+    async fn keep_new(
+        &self,
+        listed: Vec<Result<StagedFile, StagingError>>,
+        skipped: &AtomicU64,
+    ) -> Vec<Result<StagedFile, IngestError>> {
+        let ids: Vec<u128> = listed.iter().flatten().map(|f| Self::id(&f.path, f.size)).collect();
+        let known = match self {
+            LedgerIndex::Memory(set) => ids.iter().map(|id| set.contains(id)).collect(),
+            LedgerIndex::Store(dedup) => match dedup.as_embedded() {
+                Some(store) => match store.files_contain(ids).await {
+                    Ok(known) => known,
+                    Err(e) => return vec![Err(IngestError::Dedup(e))],
+                },
+                None => vec![false; listed.len()],
+            },
+        };
+        let mut known = known.into_iter();
+        let mut out = Vec::with_capacity(listed.len());
+        for f in listed {
+            match f {
+                Ok(_) if known.next().unwrap_or(false) => {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                f => out.push(f.map_err(IngestError::from)),
+            }
+        }
+        out
     }
 }
 
@@ -485,18 +560,15 @@ impl Stages for PosStages {
     fn discover(&self) -> BoxStream<'static, Result<StagedFile, IngestError>> {
         let ledger = self.ledger.clone();
         let skipped = self.skipped.clone();
+        // Looked up a page at a time: whatever the listing has ready, up to LOOKUP_CHUNK files.
         self.staging
             .list()
-            .filter_map(move |f| {
-                let keep = match &f {
-                    Ok(file) if ledger.contains(&file.path, file.size) => {
-                        skipped.fetch_add(1, Ordering::Relaxed);
-                        false
-                    }
-                    _ => true,
-                };
-                std::future::ready(keep.then(|| f.map_err(IngestError::from)))
+            .ready_chunks(LOOKUP_CHUNK)
+            .then(move |listed| {
+                let (ledger, skipped) = (ledger.clone(), skipped.clone());
+                async move { futures::stream::iter(ledger.keep_new(listed, &skipped).await) }
             })
+            .flatten()
             .boxed()
     }
 
@@ -799,17 +871,42 @@ pub enum IngestRunError {
 
 #[cfg(test)]
 mod tests {
-    use super::LedgerIndex;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    #[test]
-    fn the_ledger_index_knows_a_file_by_path_and_size() {
-        let mut ledger = LedgerIndex::default();
-        ledger.insert("site=1/2026-11-26/a.xml", 1_000);
-        assert!(ledger.contains("site=1/2026-11-26/a.xml", 1_000));
-        assert!(!ledger.contains("site=1/2026-11-26/a.xml", 1_001), "a file re-sent with other contents is new");
-        assert!(!ledger.contains("site=1/2026-11-26/b.xml", 1_000));
-        // The size is hashed apart from the path: digits moved between them make another file.
-        ledger.insert("x1", 23);
-        assert!(!ledger.contains("x12", 3));
+    use super::{LedgerIndex, StagedFile};
+    use crate::dedup::{Dedup, EmbeddedDedup};
+
+    fn file(path: &str, size: u64) -> StagedFile {
+        StagedFile { path: path.into(), size }
+    }
+
+    /// The same answers from the in-memory index and the one on disk: a file is known by its path and size.
+    #[tokio::test]
+    async fn the_ledger_index_knows_a_file_by_path_and_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedDedup::open(dir.path()).expect("open");
+        let held = [("site=1/2026-11-26/a.xml", 1_000), ("x1", 23)];
+        let ids: Vec<u128> = held.iter().map(|(p, s)| LedgerIndex::id(p, *s)).collect();
+        store.files_add(ids.clone(), Some(7)).await.expect("add");
+        assert_eq!(store.files_synced_to().expect("mark"), Some(7));
+        let indexes =
+            [LedgerIndex::Memory(ids.into_iter().collect()), LedgerIndex::Store(Arc::new(Dedup::Embedded(store)))];
+        for index in indexes {
+            let listed = vec![
+                Ok(file("site=1/2026-11-26/a.xml", 1_000)),
+                // A file re-sent with other contents is new.
+                Ok(file("site=1/2026-11-26/a.xml", 1_001)),
+                Ok(file("site=1/2026-11-26/b.xml", 1_000)),
+                // The size is hashed apart from the path: digits moved between them make another file.
+                Ok(file("x12", 3)),
+                Ok(file("x1", 23)),
+            ];
+            let skipped = AtomicU64::new(0);
+            let kept: Vec<String> =
+                index.keep_new(listed, &skipped).await.into_iter().map(|f| f.expect("listed").path).collect();
+            assert_eq!(kept, ["site=1/2026-11-26/a.xml", "site=1/2026-11-26/b.xml", "x12"]);
+            assert_eq!(skipped.load(Ordering::Relaxed), 2);
+        }
     }
 }
