@@ -1,6 +1,6 @@
-//! Exactly once under SIGKILL: a real `poslake ingest` process with the Redis filter is killed again and again —
-//! at every named kill point of the pipeline and the commit protocol (`poslake::failpoint::POINTS`), and at random
-//! moments — and restarted each time. The lake it ends with equals that of an uninterrupted run: the same rows in
+//! Exactly once under SIGKILL: a real `poslake ingest` process, with the Redis filter or the embedded store, is
+//! killed again and again (at every named kill point of the pipeline and the commit protocol,
+//! `poslake::failpoint::POINTS`, and at random moments) and restarted each time. The lake it ends with equals that of an uninterrupted run: the same rows in
 //! every table, each key once, each file once in the ledger.
 #![cfg(feature = "lake")]
 
@@ -18,14 +18,18 @@ use poslake::generate::{FileKind, GenerateArgs, generate, read_manifest};
 use poslake::lake::Warehouse;
 use rand::{Rng, SeedableRng};
 
-fn config_file(dir: &Path, redis: &RedisServer, prefix: &str) -> std::path::PathBuf {
+/// Small batches and commits, so that kills land between many of them; the Redis filter when `redis` is given,
+/// else the embedded store (in the lake).
+fn config_file(dir: &Path, redis: Option<&RedisServer>, prefix: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{prefix}.toml"));
-    let text = format!(
-        "batch_files = 2\nmax_files_in_flight = 4\ncommit_files = 4\nflush_interval_ms = 20\n\n[dedup]\n\
-         backend = \"redis-bitmap\"\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n\
-         expected_keys_per_period = 200000\nmax_shard_mib = 1\n",
-        redis.url()
-    );
+    let mut text = "batch_files = 2\nmax_files_in_flight = 4\ncommit_files = 4\nflush_interval_ms = 20\n".to_owned();
+    if let Some(redis) = redis {
+        text += &format!(
+            "\n[dedup]\nbackend = \"redis-bitmap\"\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n\
+             expected_keys_per_period = 200000\nmax_shard_mib = 1\n",
+            redis.url()
+        );
+    }
     std::fs::write(&path, text).expect("write config");
     path
 }
@@ -55,6 +59,17 @@ async fn counts(lake: &Path) -> Vec<(&'static str, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_every_kill_point_and_at_random_moments_ends_like_an_uninterrupted_run() {
     let redis = RedisServer::start();
+    sigkill_again_and_again(Some(&redis)).await;
+}
+
+/// The same with the embedded store, whose keys and index of ingested files are restored at each start from what
+/// the killed runs committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_again_and_again_with_the_embedded_store_ends_like_an_uninterrupted_run() {
+    sigkill_again_and_again(None).await;
+}
+
+async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     let report = generate(&GenerateArgs {
@@ -76,13 +91,13 @@ async fn sigkill_at_every_kill_point_and_at_random_moments_ends_like_an_uninterr
 
     // The uninterrupted run, into its own lake and its own filter.
     let reference = dir.path().join("reference");
-    let out = ingest(&staging, &reference, &config_file(dir.path(), &redis, "reference"), None)
+    let out = ingest(&staging, &reference, &config_file(dir.path(), redis, "reference"), None)
         .output()
         .expect("reference run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let lake = dir.path().join("lake");
-    let config = config_file(dir.path(), &redis, "crashed");
+    let config = config_file(dir.path(), redis, "crashed");
     // Every kill point; commit points at several commits; recover-intent right after a kill that leaves an intent.
     let mut specs: Vec<String> = [
         "commit-intent:1",
