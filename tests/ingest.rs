@@ -12,8 +12,8 @@ mod common;
 
 use arrow_array::{Array, StringArray};
 use common::{column, header_keys, ledger_paths, pipeline};
-use poslake::generate::{FileKind, GenerateArgs, generate, read_manifest};
-use poslake::ingest::{IngestPaths, IngestSetup, ingest};
+use poslake::generate::{FileKind, GenerateArgs, Report, generate, read_manifest};
+use poslake::ingest::{IngestPaths, IngestSetup, IngestSummary, ingest};
 use poslake::lake::Warehouse;
 use poslake_actors::Progress;
 
@@ -326,28 +326,9 @@ async fn a_value_the_tables_cannot_hold_dead_letters_only_its_file() {
 async fn a_lost_embedded_store_is_refilled_and_re_sent_files_land_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
-        seed: 11,
-        sites: 3,
-        days: 2,
-        files_per_day: 2,
-        min_transactions: 10,
-        max_transactions: 20,
-        duplicate_file_rate: 0.0,
-        duplicate_transaction_rate: 0.0,
-        malformed_rate: 0.0,
-        ..GenerateArgs::default()
-    })
-    .expect("generate");
+    let report = clean_corpus(&staging, 11, (3, 2, 2), (10, 20));
     let lake = dir.path().join("lake");
-    let first = ingest(
-        &IngestSetup::new(IngestPaths { staging: staging.clone(), lake: lake.clone() }),
-        pipeline(),
-        Arc::new(Progress::default()),
-    )
-    .await
-    .expect("first ingest");
+    let first = run_ingest(&staging, &lake).await;
     assert_eq!(first.new_transactions, report.unique_keys);
 
     std::fs::remove_dir_all(lake.join("dedup/store")).expect("lose the store");
@@ -360,29 +341,10 @@ async fn a_lost_embedded_store_is_refilled_and_re_sent_files_land_nothing() {
 async fn a_large_commit_is_added_as_a_table_and_the_next_run_lands_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
-        seed: 12,
-        sites: 5,
-        days: 3,
-        files_per_day: 10,
-        min_transactions: 75,
-        max_transactions: 80,
-        duplicate_file_rate: 0.0,
-        duplicate_transaction_rate: 0.0,
-        malformed_rate: 0.0,
-        ..GenerateArgs::default()
-    })
-    .expect("generate");
+    let report = clean_corpus(&staging, 12, (5, 3, 10), (75, 80));
     assert!(report.unique_keys >= 10_000, "{} keys: too few for a table add", report.unique_keys);
     let lake = dir.path().join("lake");
-    let first = ingest(
-        &IngestSetup::new(IngestPaths { staging: staging.clone(), lake: lake.clone() }),
-        pipeline(),
-        Arc::new(Progress::default()),
-    )
-    .await
-    .expect("first ingest");
+    let first = run_ingest(&staging, &lake).await;
     assert_eq!(first.new_transactions, report.unique_keys);
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
@@ -415,20 +377,7 @@ async fn a_large_commit_is_added_as_a_table_and_the_next_run_lands_nothing() {
 async fn each_run_skips_exactly_the_files_earlier_runs_ingested() {
     let dir = tempfile::tempdir().expect("tempdir");
     let corpus = dir.path().join("corpus");
-    let report = generate(&GenerateArgs {
-        out: corpus.clone(),
-        seed: 13,
-        sites: 3,
-        days: 3,
-        files_per_day: 2,
-        min_transactions: 5,
-        max_transactions: 10,
-        duplicate_file_rate: 0.0,
-        duplicate_transaction_rate: 0.0,
-        malformed_rate: 0.0,
-        ..GenerateArgs::default()
-    })
-    .expect("generate");
+    let report = clean_corpus(&corpus, 13, (3, 3, 2), (5, 10));
     let mut files: Vec<_> = walkdir(&corpus)
         .into_iter()
         .filter(|p| !p.file_name().and_then(|n| n.to_str()).unwrap_or_default().starts_with("manifest."))
@@ -437,15 +386,6 @@ async fn each_run_skips_exactly_the_files_earlier_runs_ingested() {
     assert_eq!(files.len() as u64, report.files);
     let third = files.len() / 3;
     let (staging, lake) = (dir.path().join("staging"), dir.path().join("lake"));
-    let run = || async {
-        ingest(
-            &IngestSetup::new(IngestPaths { staging: staging.clone(), lake: lake.clone() }),
-            pipeline(),
-            Arc::new(Progress::default()),
-        )
-        .await
-        .expect("ingest")
-    };
     let mut landed = 0u64;
     for (i, upto) in [third, 2 * third, files.len()].into_iter().enumerate() {
         let before = if i == 0 { 0 } else { [third, 2 * third][i - 1] };
@@ -454,7 +394,7 @@ async fn each_run_skips_exactly_the_files_earlier_runs_ingested() {
             std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
             std::fs::copy(f, &to).expect("copy");
         }
-        let summary = run().await;
+        let summary = run_ingest(&staging, &lake).await;
         assert_eq!((summary.already_ingested, summary.files), (before as u64, (upto - before) as u64), "run {i}");
         landed += summary.new_transactions;
     }
@@ -462,7 +402,7 @@ async fn each_run_skips_exactly_the_files_earlier_runs_ingested() {
 
     // A store whose record of the ledger is gone reads the whole ledger again.
     std::fs::remove_dir_all(lake.join("dedup/store")).expect("lose the store");
-    let again = run().await;
+    let again = run_ingest(&staging, &lake).await;
     assert_eq!((again.already_ingested, again.files, again.new_transactions), (report.files, 0, 0));
 }
 
@@ -472,15 +412,9 @@ async fn resent_files_land_nothing(
     staging: &std::path::Path,
     dir: &std::path::Path,
     lake: &std::path::Path,
-    report: &poslake::generate::Report,
+    report: &Report,
 ) {
-    let second = ingest(
-        &IngestSetup::new(IngestPaths { staging: resend(staging, dir), lake: lake.to_path_buf() }),
-        pipeline(),
-        Arc::new(Progress::default()),
-    )
-    .await
-    .expect("second ingest");
+    let second = run_ingest(&resend(staging, dir), lake).await;
     assert_eq!(second.files, report.files);
     assert_eq!(second.new_transactions, 0, "{second:?}");
     assert_eq!(second.duplicate_transactions, report.unique_keys);
@@ -504,6 +438,31 @@ fn resend(staging: &std::path::Path, dir: &std::path::Path) -> std::path::PathBu
     }
     assert!(copied > 0, "nothing to re-send in {}", staging.display());
     resent
+}
+
+/// One ingest of `staging` into `lake` on embedded defaults.
+async fn run_ingest(staging: &std::path::Path, lake: &std::path::Path) -> IngestSummary {
+    let paths = IngestPaths { staging: staging.to_path_buf(), lake: lake.to_path_buf() };
+    ingest(&IngestSetup::new(paths), pipeline(), Arc::new(Progress::default())).await.expect("ingest")
+}
+
+/// A corpus with no planted duplicates or malformed files.
+fn clean_corpus(out: &std::path::Path, seed: u64, files: (u32, u32, u32), transactions: (u32, u32)) -> Report {
+    let (sites, days, files_per_day) = files;
+    generate(&GenerateArgs {
+        out: out.to_path_buf(),
+        seed,
+        sites,
+        days,
+        files_per_day,
+        min_transactions: transactions.0,
+        max_transactions: transactions.1,
+        duplicate_file_rate: 0.0,
+        duplicate_transaction_rate: 0.0,
+        malformed_rate: 0.0,
+        ..GenerateArgs::default()
+    })
+    .expect("generate")
 }
 
 fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
