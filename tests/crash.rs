@@ -1,7 +1,7 @@
 //! Exactly once under SIGKILL: a real `poslake ingest` process, with the Redis filter or the embedded store, is
 //! killed again and again (at every named kill point of the pipeline and the commit protocol,
-//! `poslake::failpoint::POINTS`, and at random moments) and restarted each time. The lake it ends with equals that of an uninterrupted run: the same rows in
-//! every table, each key once, each file once in the ledger.
+//! `poslake::failpoint::POINTS`, and at random moments) and restarted each time. The lake it ends with equals that
+//! of an uninterrupted run: the same rows in every table, each key once, each file once in the ledger.
 #![cfg(feature = "lake")]
 
 mod common;

@@ -1,10 +1,12 @@
 //! The embedded dedup store: the exact set of committed keys, as 128-bit digests in an LSM tree on local disk
-//! (fjall, under `<lake>/dedup/store/`), with the applied commits beside it in the same database.
+//! (fjall, under `<lake>/dedup/store/`), with the applied commits and the index of the ledger's files beside it in
+//! the same database.
 //!
-//! Exact: a positive answer is certain. Memory is bounded whatever the history: each add (one commit's keys) is
-//! written straight to disk as a sorted table, compactions merge the tables, and a lookup touches memory only
-//! through per-table Bloom filters and a fixed block cache. (The store held every digest in a hash set before: ~40 bytes of RAM per key ingested.)
-//! One process opens it at a time; a fleet of workers shares the Redis filter instead.
+//! Exact: a positive answer is certain. Memory is bounded whatever the history: a commit's keys are written
+//! straight to disk as a sorted table (a small add goes through a small memtable), compactions merge the tables,
+//! and a lookup touches memory only through per-table Bloom filters and a fixed block cache. (The store held every
+//! digest in a hash set before: ~40 bytes of RAM per key ingested.) One process opens it at a time; a fleet of
+//! workers shares the Redis filter instead.
 
 use std::path::{Path, PathBuf};
 
