@@ -467,20 +467,20 @@ impl LedgerIndex {
         };
         let synced = store.files_synced_to()?;
         if synced != Some(current) {
-            let mut snaps: Vec<_> = ledger.metadata().snapshots().cloned().collect();
-            snaps.sort_by_key(|s| s.sequence_number());
+            let added = match synced {
+                Some(id) => warehouse.files_added_after("file_ledger", id).await?,
+                None => None,
+            };
             let mut pending = Vec::new();
-            match synced.and_then(|id| snaps.iter().position(|s| s.snapshot_id() == id)) {
+            match added {
                 // The ledger files each later snapshot added (a file rewritten by compaction is added again: harmless).
-                Some(at) => {
-                    for snap in &snaps[at + 1..] {
-                        for path in warehouse.files_added_by("file_ledger", snap.snapshot_id()).await? {
-                            for batch in warehouse.read_data_file("file_ledger", &path, &["path", "bytes"]).await? {
-                                pending.extend(Self::ids_of(&batch));
-                            }
-                            if pending.len() >= LEDGER_CHUNK {
-                                store.files_add(std::mem::take(&mut pending), None).await?;
-                            }
+                Some(paths) => {
+                    for path in paths {
+                        for batch in Warehouse::read_table_file(&ledger, &path, &["path", "bytes"]).await? {
+                            pending.extend(Self::ids_of(&batch));
+                        }
+                        if pending.len() >= LEDGER_CHUNK {
+                            store.files_add(std::mem::take(&mut pending), None).await?;
                         }
                     }
                 }

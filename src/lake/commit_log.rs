@@ -200,23 +200,48 @@ impl Warehouse {
     /// Paths of the data files a snapshot added to the table.
     pub async fn files_added_by(&self, table: &str, snapshot_id: i64) -> Result<Vec<String>, LakeError> {
         let table = self.load(table).await?;
-        let Some(snapshot) = table.metadata().snapshot_by_id(snapshot_id).cloned() else {
-            return Ok(Vec::new());
+        match table.metadata().snapshot_by_id(snapshot_id).cloned() {
+            Some(snapshot) => added_files(&table, &snapshot).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Paths of the data files every snapshot after `snapshot_id` (in sequence order) added to the table, loading
+    /// the table once; `None` when that snapshot is no longer in the table's history (expired).
+    pub async fn files_added_after(&self, table: &str, snapshot_id: i64) -> Result<Option<Vec<String>>, LakeError> {
+        let table = self.load(table).await?;
+        let Some(after) = table.metadata().snapshot_by_id(snapshot_id).map(|s| s.sequence_number()) else {
+            return Ok(None);
         };
-        let list = table.manifest_list_reader(&snapshot).load().await?;
+        let mut later: Vec<_> = table.metadata().snapshots().filter(|s| s.sequence_number() > after).cloned().collect();
+        later.sort_by_key(|s| s.sequence_number());
         let mut out = Vec::new();
-        for manifest in list.entries() {
-            if manifest.added_snapshot_id != snapshot_id {
-                continue;
-            }
-            for entry in manifest.load_manifest(table.file_io()).await?.entries() {
-                if entry.status() == iceberg::spec::ManifestStatus::Added && entry.snapshot_id() == Some(snapshot_id) {
-                    out.push(entry.file_path().to_owned());
-                }
+        for snapshot in &later {
+            out.extend(added_files(&table, snapshot).await?);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Paths of the data files `snapshot` added to `table`.
+async fn added_files(
+    table: &iceberg::table::Table,
+    snapshot: &iceberg::spec::SnapshotRef,
+) -> Result<Vec<String>, LakeError> {
+    let snapshot_id = snapshot.snapshot_id();
+    let list = table.manifest_list_reader(snapshot).load().await?;
+    let mut out = Vec::new();
+    for manifest in list.entries() {
+        if manifest.added_snapshot_id != snapshot_id {
+            continue;
+        }
+        for entry in manifest.load_manifest(table.file_io()).await?.entries() {
+            if entry.status() == iceberg::spec::ManifestStatus::Added && entry.snapshot_id() == Some(snapshot_id) {
+                out.push(entry.file_path().to_owned());
             }
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 impl Warehouse {
@@ -227,9 +252,17 @@ impl Warehouse {
         path: &str,
         columns: &[&str],
     ) -> Result<Vec<arrow_array::RecordBatch>, LakeError> {
+        Self::read_table_file(&self.load(table).await?, path, columns).await
+    }
+
+    /// [`Self::read_data_file`] for a table already loaded (no catalog round trip per file).
+    pub async fn read_table_file(
+        table: &iceberg::table::Table,
+        path: &str,
+        columns: &[&str],
+    ) -> Result<Vec<arrow_array::RecordBatch>, LakeError> {
         use parquet::arrow::ProjectionMask;
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-        let table = self.load(table).await?;
         let bytes = table.file_io().new_input(path)?.read().await?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
