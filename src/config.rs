@@ -67,6 +67,9 @@ pub struct DedupConfig {
     pub false_positive_rate: f64,
     /// Largest Redis string of a filter shard, MiB. Default 128.
     pub max_shard_mib: u64,
+    /// Files the Redis file index (the files already ingested, shared by the workers) is sized for when it is
+    /// created. Default 100,000,000.
+    pub expected_files: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -100,19 +103,21 @@ impl Default for DedupConfig {
             expected_keys_per_period: 100_000_000,
             false_positive_rate: 0.001,
             max_shard_mib: 128,
+            expected_files: 100_000_000,
         }
     }
 }
 
 impl DedupConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let counts: [(&str, u64); 6] = [
+        let counts: [(&str, u64); 7] = [
             ("dedup.pool_size", self.pool_size as u64),
             ("dedup.keys_per_round_trip", self.keys_per_round_trip as u64),
             ("dedup.timeout_ms", self.timeout_ms),
             ("dedup.expected_keys_per_period", self.expected_keys_per_period),
             ("dedup.max_shard_mib", self.max_shard_mib),
             ("dedup.unavailable_limit_secs", self.unavailable_limit_secs),
+            ("dedup.expected_files", self.expected_files),
         ];
         if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

@@ -500,7 +500,7 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
         DedupCommand::Stats { store } => {
             let c = store.config()?;
             let wh = poslake::lake::Warehouse::open(&c.lake).await?;
-            let d = poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?;
+            let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
             println!("{}", d.describe());
             if let Some(i) = d.as_embedded().map(|e| e.internals()) {
                 println!(
@@ -531,6 +531,17 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
                     s.fp_now,
                     s.memory_bytes as f64 / (1 << 20) as f64,
                     if s.over_capacity { "  OVER CAPACITY" } else { "" }
+                );
+            }
+            let files = poslake::dedup::FileIndex::open(d.clone(), c.dedup.expected_files).await?;
+            if let Some(f) = files.stats().await? {
+                println!(
+                    "file index: about {} files in {} buckets, design capacity {}{}; holds the ledger to snapshot {}",
+                    f.files,
+                    f.buckets,
+                    f.capacity,
+                    if f.files > f.capacity { " (OVER CAPACITY: buckets leave the compact encoding)" } else { "" },
+                    f.synced_to.map_or("(none: the next ingest reads the whole ledger)".to_owned(), |s| s.to_string())
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -580,6 +591,14 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
             println!(
                 "false positives: {:.5} measured on {} fresh keys (target {})",
                 r.fp_measured, r.fp_probes, r.fp_target
+            );
+            let f = &r.file_index;
+            println!(
+                "file index: {} files added at {:.0}/s, looked up at {:.0}/s (512 per round trip); {}",
+                f.files,
+                f.adds_per_second,
+                f.lookups_per_second,
+                f.bytes_per_file.map_or("memory not reported".to_owned(), |b| format!("{b:.1} bytes/file in Redis"))
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -14,7 +14,7 @@ use common::redis::RedisServer;
 use common::{header_keys, keys_of_table, pipeline};
 use poslake::config::{DedupBackend, DedupConfig};
 use poslake::dedup::bench::random_keys;
-use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore};
+use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, LedgerMark};
 use poslake::generate::{
     FileKind, GenerateArgs, ManifestFile as ManifestEntry, Report as GenerateReport, generate, read_manifest,
 };
@@ -303,6 +303,99 @@ async fn a_flushed_filter_is_rebuilt_from_sales_header() {
     resend(&staging, &manifest, &again, 2);
     let second = run(&setup(&again, &lake, config)).await;
     assert_eq!(second.new_transactions, 0, "the rebuilt filter knows every key");
+    assert_exact(&lake, &unique_keys(&manifest)).await;
+}
+
+/// The file index in Redis is exact past its design capacity (buckets leave the compact encoding, nothing is
+/// lost), keeps the bucket count it was created with, moves its ledger mark only forward, and forgets the mark when
+/// the store's generation changes (a Redis that lost its data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = bitmap(&server);
+    let store = Arc::new(Dedup::open(&config, dir.path()).await.expect("open"));
+    store.generation().await.expect("generation");
+    // Sized for 1,000 files: 16 buckets; 5,000 files overflow them.
+    let files = FileIndex::open(store.clone(), 1_000).await.expect("index");
+    let ids: Vec<u128> = random_keys(10_000, 5).iter().map(|k| k.digest).collect();
+    let (held, other) = ids.split_at(5_000);
+    files.add(held.to_vec(), None).await.expect("add");
+    files.add(held[..100].to_vec(), None).await.expect("add again");
+    let found = files.contain(ids.clone()).await.expect("contain");
+    assert!(found[..5_000].iter().all(|&f| f), "every added file is held");
+    assert!(found[5_000..].iter().all(|&f| !f), "no other file is: {}", found[5_000..].iter().filter(|&&f| f).count());
+    assert_eq!(other.len(), 5_000);
+    let stats = files.stats().await.expect("stats").expect("a Redis index has stats");
+    assert_eq!((stats.files, stats.buckets, stats.capacity, stats.synced_to), (5_000, 16, 1_600, None));
+
+    let mark = |snapshot_id, sequence| Some(LedgerMark { snapshot_id, sequence });
+    files.add(Vec::new(), mark(11, 5)).await.expect("mark");
+    assert_eq!(files.synced_to().await.expect("mark"), Some(11));
+    // A worker that finishes an older sync later does not move the mark back.
+    files.add(Vec::new(), mark(-9, 3)).await.expect("older mark");
+    assert_eq!(files.synced_to().await.expect("mark"), Some(11));
+    files.add(Vec::new(), mark(-12, 6)).await.expect("later mark");
+    assert_eq!(files.synced_to().await.expect("mark"), Some(-12));
+
+    // Another worker configured for more files uses the layout the index was created with.
+    let other_worker = FileIndex::open(store.clone(), 1_000_000).await.expect("index");
+    assert_eq!(other_worker.stats().await.expect("stats").expect("stats").buckets, 16);
+    assert!(other_worker.contain(held[..10].to_vec()).await.expect("contain").iter().all(|&f| f));
+
+    // A store with a new generation (it lost its data) has no mark the index may trust.
+    assert!(server.command(&["DEL", "poslake:{dedup}:generation"]).starts_with(":1"));
+    let reopened = Arc::new(Dedup::open(&config, dir.path()).await.expect("open"));
+    reopened.generation().await.expect("generation");
+    let files = FileIndex::open(reopened, 1_000).await.expect("index");
+    assert_eq!(files.synced_to().await.expect("mark"), None);
+}
+
+/// Workers that share a lake and Redis share the file index: a run skips the files earlier runs ingested, reading
+/// only the ledger's new snapshots, and a Redis that lost everything is brought back from the whole ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_sharing_redis_skip_exactly_the_files_the_ledger_holds() {
+    let server = RedisServer::start();
+    let config = bitmap(&server);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 21, 2);
+    let first = run(&setup(&staging, &lake, config.clone())).await;
+    assert_eq!((first.already_ingested, first.files), (0, report.files));
+
+    let index = |config: DedupConfig| {
+        let lake = lake.clone();
+        async move {
+            let store = Arc::new(Dedup::open(&config, &lake).await.expect("open"));
+            store.generation().await.expect("generation");
+            let files = FileIndex::open(store, config.expected_files).await.expect("index");
+            files.stats().await.expect("stats").expect("a Redis index has stats")
+        }
+    };
+    // The index is brought up to date at the start of a run: the second run's start holds the first run's files.
+    let picked = resend(&staging, &manifest, &staging.join("resent"), 3);
+    let second = run(&setup(&staging, &lake, config.clone())).await;
+    assert_eq!(
+        (second.already_ingested, second.files, second.new_transactions),
+        (report.files, picked.len() as u64, 0)
+    );
+    let stats = index(config.clone()).await;
+    assert_eq!(stats.files, report.files, "the first run's files, added at the second run's start");
+    assert!(stats.synced_to.is_some());
+
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let ledger_rows = wh.row_count("file_ledger").await.expect("count");
+    assert_eq!(ledger_rows, report.files + picked.len() as u64);
+    drop(wh);
+    let third = run(&setup(&staging, &lake, config.clone())).await;
+    assert_eq!((third.already_ingested, third.files), (ledger_rows, 0));
+    assert_eq!(index(config.clone()).await.files, ledger_rows);
+
+    // Redis lost everything: the keys come back from the commits, the file index from the whole ledger.
+    assert!(server.command(&["FLUSHALL"]).starts_with("+OK"));
+    let fourth = run(&setup(&staging, &lake, config.clone())).await;
+    assert_eq!((fourth.already_ingested, fourth.files, fourth.new_transactions), (ledger_rows, 0, 0));
+    assert_eq!(index(config).await.files, ledger_rows);
     assert_exact(&lake, &unique_keys(&manifest)).await;
 }
 

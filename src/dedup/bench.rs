@@ -35,6 +35,17 @@ pub struct BenchReport {
     /// Positives among keys never added.
     pub fp_measured: f64,
     pub fp_probes: u64,
+    /// The file index, sized for as many files as `keys`: that many file ids added, then looked up.
+    pub file_index: FileIndexBench,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileIndexBench {
+    pub files: u64,
+    pub adds_per_second: f64,
+    pub lookups_per_second: f64,
+    /// Growth of the server's `used_memory` over the adds, per file.
+    pub bytes_per_file: Option<f64>,
 }
 
 /// `n` random keys of one business date, the same for the same seed (for the bench and the tests).
@@ -66,8 +77,8 @@ pub async fn run(
         ..config.clone()
     };
     let scratch = std::env::temp_dir().join(&prefix);
-    let store = Dedup::open(&config, &scratch).await?;
-    let pool = match &store {
+    let store = std::sync::Arc::new(Dedup::open(&config, &scratch).await?);
+    let pool = match &*store {
         Dedup::RedisBitmap(d) => d.pool(),
         Dedup::RedisBloom(d) => d.pool(),
         Dedup::Embedded(_) => return Err(DedupError::Config("the bench measures a Redis store".into())),
@@ -95,7 +106,7 @@ pub async fn run(
         cmds.iter().map(|c| usec_after.get(*c).unwrap_or(&0.0) - usec_before.get(*c).unwrap_or(&0.0)).sum::<f64>()
             / keys.max(1) as f64
     };
-    let (check_cmds, add_cmds): (&[&str], &[&str]) = match &store {
+    let (check_cmds, add_cmds): (&[&str], &[&str]) = match &*store {
         Dedup::RedisBloom(_) => (&["bf.mexists"], &["bf.madd"]),
         _ => (&["getrange"], &["bitfield"]),
     };
@@ -108,6 +119,7 @@ pub async fn run(
     for chunk in fresh.chunks(keys_per_call.max(1)) {
         positives += store.contains(chunk).await?.into_iter().filter(|s| *s).count() as u64;
     }
+    let file_index = file_index(store.clone(), pool, keys).await?;
     pool.delete_prefix().await?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(BenchReport {
@@ -129,5 +141,42 @@ pub async fn run(
         fp_target: config.false_positive_rate,
         fp_measured: positives as f64 / probes as f64,
         fp_probes: probes,
+        file_index,
+    })
+}
+
+/// Adds `files` random file ids to a file index sized for them, as a full sync from the ledger does, then looks
+/// them up as discovery does.
+async fn file_index(
+    store: std::sync::Arc<Dedup>,
+    pool: &super::RedisPool,
+    files: u64,
+) -> Result<FileIndexBench, DedupError> {
+    let index = super::FileIndex::open(store, files).await?;
+    let ids: Vec<u128> = random_keys(files, 3).iter().map(|k| k.digest).collect();
+    let before = pool.used_memory().await?;
+    let started = Instant::now();
+    for chunk in ids.chunks(100_000) {
+        index.add(chunk.to_vec(), None).await?;
+    }
+    let add_seconds = started.elapsed().as_secs_f64();
+    let after = pool.used_memory().await?;
+    let started = Instant::now();
+    let mut held = 0u64;
+    for chunk in ids.chunks(512) {
+        held += index.contain(chunk.to_vec()).await?.into_iter().filter(|h| *h).count() as u64;
+    }
+    let lookup_seconds = started.elapsed().as_secs_f64();
+    if held != files {
+        return Err(DedupError::Config(format!("the file index holds {held} of the {files} files added")));
+    }
+    Ok(FileIndexBench {
+        files,
+        adds_per_second: files as f64 / add_seconds.max(1e-9),
+        lookups_per_second: files as f64 / lookup_seconds.max(1e-9),
+        bytes_per_file: match (before, after) {
+            (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / files.max(1) as f64),
+            _ => None,
+        },
     })
 }

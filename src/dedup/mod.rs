@@ -14,8 +14,10 @@
 pub mod bench;
 pub mod bloom;
 pub mod embedded;
+mod file_index;
 pub mod redis_bitmap;
 pub mod redis_bloom;
+mod redis_files;
 mod redis_pool;
 
 use std::future::Future;
@@ -28,8 +30,10 @@ use crate::config::{DedupBackend, DedupConfig, DedupPeriod};
 use crate::model::TransactionKey;
 pub use bloom::Plan;
 pub use embedded::EmbeddedDedup;
+pub use file_index::FileIndex;
 pub use redis_bitmap::RedisBitmap;
 pub use redis_bloom::RedisBloom;
+pub use redis_files::{FileIndexStats, LedgerMark};
 use redis_pool::RedisPool;
 
 /// Digest of a transaction key: the first 16 bytes of BLAKE3 over its canonical text.
@@ -182,6 +186,15 @@ impl Dedup {
         match self {
             Dedup::Embedded(d) => Some(d),
             _ => None,
+        }
+    }
+
+    /// The Redis connection pool, when the store is a Redis one.
+    fn redis_pool(&self) -> Option<&RedisPool> {
+        match self {
+            Dedup::Embedded(_) => None,
+            Dedup::RedisBitmap(d) => Some(d.pool()),
+            Dedup::RedisBloom(d) => Some(d.pool()),
         }
     }
 

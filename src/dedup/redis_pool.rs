@@ -224,6 +224,14 @@ impl RedisPool {
         })
     }
 
+    /// Bytes the server's data takes (`used_memory` of `INFO memory`).
+    pub async fn used_memory(&self) -> Result<Option<u64>, DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("memory");
+        let (info,): (String,) = self.query(&pipe).await?;
+        Ok(info.lines().find_map(|l| l.strip_prefix("used_memory:").and_then(|v| v.trim().parse().ok())))
+    }
+
     /// Microseconds the server spent in each command so far (`INFO commandstats`), by command name.
     pub async fn command_usec(&self) -> Result<std::collections::HashMap<String, f64>, DedupError> {
         let mut pipe = redis::pipe();

@@ -25,7 +25,7 @@ use poslake_actors::{Stages, WriteReport};
 use tracing::Instrument;
 
 use crate::config::DedupConfig;
-use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, KeyDigest};
+use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, KeyDigest, LedgerMark};
 use crate::failpoint;
 use crate::lake::rows::{FileRows, Quarantine, Source};
 use crate::lake::{
@@ -205,7 +205,7 @@ impl PosStages {
         tracing::info!(backend = %dedup.describe(), "dedup store");
         let committer = Committer::new(warehouse.clone(), dedup);
         let recovery = committer.recover(None).await?;
-        let ledger = LedgerIndex::load(&warehouse, committer.dedup()).await?;
+        let ledger = LedgerIndex::load(&warehouse, committer.dedup(), setup.dedup.expected_files).await?;
         let open = Uncommitted {
             writer: LakeWriter::new(warehouse.clone()),
             keys: Vec::new(),
@@ -427,19 +427,18 @@ impl PosStages {
 /// The files the ledger holds, known by a 128-bit digest of (path, size) (two files collide with a chance of 2^-128
 /// per pair), so that discovery skips them.
 ///
-/// With the embedded dedup store the index is on disk, beside the keys: memory does not grow with the files ever
-/// ingested. It is brought up to the ledger's current snapshot at start, reading only the ledger files added since
-/// the snapshot it last recorded (all of the ledger if it has none, or that snapshot is gone). With Redis, where
-/// several workers share the lake and no local store is theirs alone, it is a hash set in memory (16 bytes and a
-/// little more per file); see docs/architecture.md ("Memory that grows with history").
-enum LedgerIndex {
-    Memory(HashSet<u128, foldhash::fast::RandomState>),
-    Store(Arc<Dedup>),
+/// The index lives beside the keys ([`FileIndex`]): on disk in the embedded store, in Redis for a Redis store (where
+/// the workers that share the lake share it), so that memory does not grow with the files ever ingested. It is
+/// brought up to the ledger's current snapshot at start, reading only the ledger files added since the snapshot it
+/// last recorded (all of the ledger if it has none, or that snapshot is gone); see docs/architecture.md ("Memory
+/// that grows with history").
+struct LedgerIndex {
+    files: FileIndex,
 }
 
-/// File ids per add when bringing the on-disk index up to date.
+/// File ids per add when bringing the index up to date.
 const LEDGER_CHUNK: usize = 100_000;
-/// Listed files looked up in the on-disk index at a time.
+/// Listed files looked up in the index at a time.
 const LOOKUP_CHUNK: usize = 512;
 
 impl LedgerIndex {
@@ -452,25 +451,26 @@ impl LedgerIndex {
         u128::from_le_bytes(id)
     }
 
-    async fn load(warehouse: &Warehouse, dedup: &Arc<Dedup>) -> Result<Self, IngestError> {
-        let Some(store) = dedup.as_embedded() else {
-            let mut set = HashSet::default();
-            let mut batches = warehouse.scan_columns("file_ledger", &["path", "bytes"]).await?;
-            while let Some(batch) = batches.next().await {
-                set.extend(Self::ids_of(&batch?));
-            }
-            return Ok(LedgerIndex::Memory(set));
-        };
+    async fn load(warehouse: &Warehouse, dedup: &Arc<Dedup>, expected_files: u64) -> Result<Self, IngestError> {
+        let files = FileIndex::open(dedup.clone(), expected_files).await?;
         let ledger = warehouse.load("file_ledger").await?;
-        let Some(current) = ledger.metadata().current_snapshot().map(|s| s.snapshot_id()) else {
-            return Ok(LedgerIndex::Store(dedup.clone()));
+        let Some(current) = ledger
+            .metadata()
+            .current_snapshot()
+            .map(|s| LedgerMark { snapshot_id: s.snapshot_id(), sequence: s.sequence_number() })
+        else {
+            return Ok(LedgerIndex { files });
         };
-        let synced = store.files_synced_to()?;
-        if synced != Some(current) {
+        let synced = files.synced_to().await?;
+        if synced != Some(current.snapshot_id) {
             let added = match synced {
                 Some(id) => warehouse.files_added_after("file_ledger", id).await?,
                 None => None,
             };
+            tracing::info!(
+                incremental = added.is_some(),
+                "bringing the file index up to the ledger's current snapshot"
+            );
             let mut pending = Vec::new();
             match added {
                 // The ledger files each later snapshot added (a file rewritten by compaction is added again: harmless).
@@ -480,7 +480,7 @@ impl LedgerIndex {
                             pending.extend(Self::ids_of(&batch));
                         }
                         if pending.len() >= LEDGER_CHUNK {
-                            store.files_add(std::mem::take(&mut pending), None).await?;
+                            files.add(std::mem::take(&mut pending), None).await?;
                         }
                     }
                 }
@@ -489,14 +489,24 @@ impl LedgerIndex {
                     while let Some(batch) = batches.next().await {
                         pending.extend(Self::ids_of(&batch?));
                         if pending.len() >= LEDGER_CHUNK {
-                            store.files_add(std::mem::take(&mut pending), None).await?;
+                            files.add(std::mem::take(&mut pending), None).await?;
                         }
                     }
                 }
             }
-            store.files_add(pending, Some(current)).await?;
+            files.add(pending, Some(current)).await?;
         }
-        Ok(LedgerIndex::Store(dedup.clone()))
+        if let Some(stats) = files.stats().await?
+            && stats.files > stats.capacity
+        {
+            tracing::warn!(
+                files = stats.files,
+                capacity = stats.capacity,
+                "the Redis file index holds more files than it was sized for: its buckets leave Redis's compact \
+                 encoding and take several times the memory (see docs/dedup.md, \"The file index\")"
+            );
+        }
+        Ok(LedgerIndex { files })
     }
 
     fn ids_of(batch: &arrow_array::RecordBatch) -> Vec<u128> {
@@ -517,15 +527,9 @@ impl LedgerIndex {
         skipped: &AtomicU64,
     ) -> Vec<Result<StagedFile, IngestError>> {
         let ids: Vec<u128> = listed.iter().flatten().map(|f| Self::id(&f.path, f.size)).collect();
-        let known = match self {
-            LedgerIndex::Memory(set) => ids.iter().map(|id| set.contains(id)).collect(),
-            LedgerIndex::Store(dedup) => match dedup.as_embedded() {
-                Some(store) => match store.files_contain(ids).await {
-                    Ok(known) => known,
-                    Err(e) => return vec![Err(IngestError::Dedup(e))],
-                },
-                None => vec![false; listed.len()],
-            },
+        let known = match self.files.contain(ids).await {
+            Ok(known) => known,
+            Err(e) => return vec![Err(IngestError::Dedup(e))],
         };
         let mut known = known.into_iter();
         let mut out = Vec::with_capacity(listed.len());
@@ -875,24 +879,24 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::{LedgerIndex, StagedFile};
-    use crate::dedup::{Dedup, EmbeddedDedup};
+    use crate::dedup::{Dedup, EmbeddedDedup, FileIndex, LedgerMark};
 
     fn file(path: &str, size: u64) -> StagedFile {
         StagedFile { path: path.into(), size }
     }
 
-    /// The same answers from the in-memory index and the one on disk: a file is known by its path and size.
+    /// A file is known by its path and size.
     #[tokio::test]
     async fn the_ledger_index_knows_a_file_by_path_and_size() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedDedup::open(dir.path()).expect("open");
         let held = [("site=1/2026-11-26/a.xml", 1_000), ("x1", 23)];
         let ids: Vec<u128> = held.iter().map(|(p, s)| LedgerIndex::id(p, *s)).collect();
-        store.files_add(ids.clone(), Some(7)).await.expect("add");
-        assert_eq!(store.files_synced_to().expect("mark"), Some(7));
-        let indexes =
-            [LedgerIndex::Memory(ids.into_iter().collect()), LedgerIndex::Store(Arc::new(Dedup::Embedded(store)))];
-        for index in indexes {
+        let files = FileIndex::open(Arc::new(Dedup::Embedded(store)), 1).await.expect("index");
+        files.add(ids, Some(LedgerMark { snapshot_id: 7, sequence: 1 })).await.expect("add");
+        assert_eq!(files.synced_to().await.expect("mark"), Some(7));
+        let index = LedgerIndex { files };
+        {
             let listed = vec![
                 Ok(file("site=1/2026-11-26/a.xml", 1_000)),
                 // A file re-sent with other contents is new.

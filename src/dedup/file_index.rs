@@ -1,0 +1,71 @@
+//! The index of files the ledger holds, so that discovery skips files already ingested without holding every file
+//! ever ingested in memory. It lives beside the keys: a keyspace of the embedded store's database, or hashes in
+//! the Redis store's server ([`super::redis_files`]), where the workers that share a lake share it too.
+//!
+//! The ingest brings it up to the ledger's current snapshot at start (`ingest::LedgerIndex`); the index records
+//! the snapshot it holds every ledger file of, so that the next start reads only what later snapshots added.
+
+use std::sync::Arc;
+
+use super::redis_files::{FileIndexStats, LedgerMark, RedisFiles};
+use super::{Dedup, DedupError};
+
+pub struct FileIndex {
+    dedup: Arc<Dedup>,
+    /// The Redis layout, when the store is a Redis one.
+    redis: Option<RedisFiles>,
+}
+
+impl FileIndex {
+    /// The index of the store's kind; `expected_files` sizes a Redis index when it is created.
+    pub async fn open(dedup: Arc<Dedup>, expected_files: u64) -> Result<Self, DedupError> {
+        let redis = match dedup.redis_pool() {
+            Some(pool) => Some(RedisFiles::open(pool, expected_files).await?),
+            None => None,
+        };
+        Ok(FileIndex { dedup, redis })
+    }
+
+    /// The ledger snapshot the index holds every file of, if it knows one.
+    pub async fn synced_to(&self) -> Result<Option<i64>, DedupError> {
+        match (&self.redis, self.dedup.redis_pool(), self.dedup.as_embedded()) {
+            (Some(files), Some(pool), _) => files.synced_to(pool).await,
+            (_, _, Some(store)) => store.files_synced_to(),
+            _ => Ok(None),
+        }
+    }
+
+    /// Adds files, then records that the index holds every ledger file up to `synced_to`, if given.
+    pub async fn add(&self, ids: Vec<u128>, synced_to: Option<LedgerMark>) -> Result<(), DedupError> {
+        match (&self.redis, self.dedup.redis_pool(), self.dedup.as_embedded()) {
+            (Some(files), Some(pool), _) => {
+                // The mark carries the generation the files were added under: a store that lost them since has
+                // another, and the mark is not made.
+                let generation = match pool.expected_generation() {
+                    Some(g) => g,
+                    None => pool.generation().await?,
+                };
+                files.add(pool, &ids, synced_to.map(|m| (m, generation.as_str()))).await
+            }
+            (_, _, Some(store)) => store.files_add(ids, synced_to.map(|m| m.snapshot_id)).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Which of these files the index holds.
+    pub async fn contain(&self, ids: Vec<u128>) -> Result<Vec<bool>, DedupError> {
+        match (&self.redis, self.dedup.redis_pool(), self.dedup.as_embedded()) {
+            (Some(files), Some(pool), _) => files.contain(pool, &ids).await,
+            (_, _, Some(store)) => store.files_contain(ids).await,
+            _ => Ok(vec![false; ids.len()]),
+        }
+    }
+
+    /// The Redis index's size and design capacity (the embedded one is on disk and has none).
+    pub async fn stats(&self) -> Result<Option<FileIndexStats>, DedupError> {
+        match (&self.redis, self.dedup.redis_pool()) {
+            (Some(files), Some(pool)) => Ok(Some(files.stats(pool).await?)),
+            _ => Ok(None),
+        }
+    }
+}
