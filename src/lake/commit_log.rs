@@ -113,7 +113,14 @@ impl Warehouse {
             }
             let n_files = t.files.len();
             let tx = Transaction::new(&table);
-            let action = tx.fast_append().add_data_files(t.files).set_snapshot_properties(commit.properties.clone());
+            // No duplicate-file check: iceberg-rust's loads every manifest of the table on each commit, work that
+            // grows with history (every commit ever made), and it cannot fire here: data file names are fresh
+            // UUIDs, and `holds_commit` above is what keeps a commit from being applied twice.
+            let action = tx
+                .fast_append()
+                .with_check_duplicate(false)
+                .add_data_files(t.files)
+                .set_snapshot_properties(commit.properties.clone());
             let table = action.apply(tx)?.commit(self.catalog_ref()).await?;
             let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
             out.push(Commit { table: t.table, snapshot_id, data_files: n_files, rows: t.rows });
