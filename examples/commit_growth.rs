@@ -1,0 +1,53 @@
+//! How the cost of one commit grows with the commits before it: the same small commit (one generated file's rows
+//! in every table) made again and again into a fresh warehouse. Prints, every `EVERY` commits, the median time
+//! of the last ones and the size of `sales_header`'s table metadata and newest manifest list, which Iceberg
+//! rewrites whole on each commit.
+//!
+//! Usage: commit_growth [COMMITS] [EVERY] (default 1000 and 100).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use poslake::lake::Warehouse;
+use poslake::{Dialect, ParseOptions, parse_file};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let commits: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let every: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100).max(1);
+    let dir = tempfile::tempdir()?;
+    let wh = Arc::new(Warehouse::open(dir.path()).await?);
+    let (xml, _) = poslake::generate::generate_file(Dialect::ArtsPoslog, 7, 5);
+    let parsed = parse_file("growth.xml", xml.as_bytes(), &ParseOptions::default())?;
+    println!("{:>8} {:>14} {:>16} {:>20}", "commits", "median ms", "metadata KiB", "manifest list KiB");
+    let mut times = Vec::with_capacity(every);
+    for i in 1..=commits {
+        let mut rows = wh.rows();
+        rows.add_file(&parsed)?;
+        let props = HashMap::from([("poslake.batch-id".to_owned(), format!("growth/{i}"))]);
+        let started = Instant::now();
+        wh.append(rows, &props).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        if i % every == 0 {
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            times.clear();
+            let table = wh.load("sales_header").await?;
+            let metadata = table.metadata_location().map_or(0, file_size);
+            let list = table.metadata().current_snapshot().map_or(0, |s| file_size(s.manifest_list()));
+            println!("{i:>8} {median:>14.1} {:>16.1} {:>20.1}", kib(metadata), kib(list));
+        }
+    }
+    Ok(())
+}
+
+fn file_size(location: &str) -> u64 {
+    let path = location.strip_prefix("file://").unwrap_or(location);
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn kib(bytes: u64) -> f64 {
+    bytes as f64 / 1024.0
+}
