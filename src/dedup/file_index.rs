@@ -8,12 +8,19 @@
 use std::sync::Arc;
 
 use super::redis_files::{FileIndexStats, LedgerMark, RedisFiles};
-use super::{Dedup, DedupError};
+use super::redis_pool::RedisPool;
+use super::{Dedup, DedupError, EmbeddedDedup};
 
 pub struct FileIndex {
     dedup: Arc<Dedup>,
     /// The Redis layout, when the store is a Redis one.
     redis: Option<RedisFiles>,
+}
+
+/// Where the index lives.
+enum Backing<'a> {
+    Embedded(&'a EmbeddedDedup),
+    Redis(&'a RedisFiles, &'a RedisPool),
 }
 
 impl FileIndex {
@@ -26,19 +33,27 @@ impl FileIndex {
         Ok(FileIndex { dedup, redis })
     }
 
+    fn backing(&self) -> Result<Backing<'_>, DedupError> {
+        match (&self.redis, self.dedup.redis_pool(), &*self.dedup) {
+            (Some(files), Some(pool), _) => Ok(Backing::Redis(files, pool)),
+            (_, _, Dedup::Embedded(store)) => Ok(Backing::Embedded(store)),
+            // `open` makes the Redis layout for every Redis store.
+            _ => Err(DedupError::Config("a Redis store without its file index layout".into())),
+        }
+    }
+
     /// The ledger snapshot the index holds every file of, if it knows one.
     pub async fn synced_to(&self) -> Result<Option<i64>, DedupError> {
-        match (&self.redis, self.dedup.redis_pool(), self.dedup.as_embedded()) {
-            (Some(files), Some(pool), _) => files.synced_to(pool).await,
-            (_, _, Some(store)) => store.files_synced_to(),
-            _ => Ok(None),
+        match self.backing()? {
+            Backing::Redis(files, pool) => files.synced_to(pool).await,
+            Backing::Embedded(store) => store.files_synced_to(),
         }
     }
 
     /// Adds files, then records that the index holds every ledger file up to `synced_to`, if given.
     pub async fn add(&self, ids: Vec<u128>, synced_to: Option<LedgerMark>) -> Result<(), DedupError> {
-        match (&self.redis, self.dedup.redis_pool(), self.dedup.as_embedded()) {
-            (Some(files), Some(pool), _) => {
+        match self.backing()? {
+            Backing::Redis(files, pool) => {
                 // The mark carries the generation the files were added under: a store that lost them since has
                 // another, and the mark is not made.
                 let generation = match pool.expected_generation() {
@@ -47,25 +62,23 @@ impl FileIndex {
                 };
                 files.add(pool, &ids, synced_to.map(|m| (m, generation.as_str()))).await
             }
-            (_, _, Some(store)) => store.files_add(ids, synced_to.map(|m| m.snapshot_id)).await,
-            _ => Ok(()),
+            Backing::Embedded(store) => store.files_add(ids, synced_to.map(|m| m.snapshot_id)).await,
         }
     }
 
     /// Which of these files the index holds.
     pub async fn contain(&self, ids: Vec<u128>) -> Result<Vec<bool>, DedupError> {
-        match (&self.redis, self.dedup.redis_pool(), self.dedup.as_embedded()) {
-            (Some(files), Some(pool), _) => files.contain(pool, &ids).await,
-            (_, _, Some(store)) => store.files_contain(ids).await,
-            _ => Ok(vec![false; ids.len()]),
+        match self.backing()? {
+            Backing::Redis(files, pool) => files.contain(pool, &ids).await,
+            Backing::Embedded(store) => store.files_contain(ids).await,
         }
     }
 
     /// The Redis index's size and design capacity (the embedded one is on disk and has none).
     pub async fn stats(&self) -> Result<Option<FileIndexStats>, DedupError> {
-        match (&self.redis, self.dedup.redis_pool()) {
-            (Some(files), Some(pool)) => Ok(Some(files.stats(pool).await?)),
-            _ => Ok(None),
+        match self.backing()? {
+            Backing::Redis(files, pool) => Ok(Some(files.stats(pool).await?)),
+            Backing::Embedded(_) => Ok(None),
         }
     }
 }

@@ -71,11 +71,17 @@ impl RedisFiles {
         self.buckets * FILES_PER_BUCKET
     }
 
-    fn place(&self, pool: &RedisPool, id: u128) -> (String, [u8; 12]) {
+    /// The bucket key (under `prefix`, [`Self::bucket_prefix`]) and the field of a file id.
+    fn place(&self, prefix: &str, id: u128) -> (String, [u8; 12]) {
         let bucket = (id as u64) & (self.buckets - 1);
         let mut field = [0u8; 12];
         field.copy_from_slice(&id.to_be_bytes()[..12]);
-        (pool.key(&format!("files:{bucket:x}")), field)
+        (format!("{prefix}{bucket:x}"), field)
+    }
+
+    /// What every bucket key starts with: made once per call, not once per id.
+    fn bucket_prefix(pool: &RedisPool) -> String {
+        pool.key("files:")
     }
 
     /// The snapshot the index holds every ledger file of, if it holds such a mark for the store's current
@@ -98,11 +104,12 @@ impl RedisFiles {
         ids: &[u128],
         synced_to: Option<(LedgerMark, &str)>,
     ) -> Result<(), DedupError> {
+        let prefix = &Self::bucket_prefix(pool);
         let added: Vec<u64> = futures::stream::iter(ids.chunks(IDS_PER_ROUND_TRIP))
             .map(|chunk| async move {
                 let mut pipe = redis::pipe();
                 for &id in chunk {
-                    let (key, field) = self.place(pool, id);
+                    let (key, field) = self.place(prefix, id);
                     pipe.cmd("HSET").arg(key).arg(&field[..]).arg("");
                 }
                 let new: Vec<u64> = pool.query(&pipe).await?;
@@ -128,11 +135,12 @@ impl RedisFiles {
 
     /// Which of these files the index holds.
     pub async fn contain(&self, pool: &RedisPool, ids: &[u128]) -> Result<Vec<bool>, DedupError> {
+        let prefix = Self::bucket_prefix(pool);
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(IDS_PER_ROUND_TRIP) {
             let mut pipe = redis::pipe();
             for &id in chunk {
-                let (key, field) = self.place(pool, id);
+                let (key, field) = self.place(&prefix, id);
                 pipe.cmd("HEXISTS").arg(key).arg(&field[..]);
             }
             let found: Vec<bool> = pool.query(&pipe).await?;

@@ -464,7 +464,7 @@ impl LedgerIndex {
         let synced = files.synced_to().await?;
         if synced != Some(current.snapshot_id) {
             let added = match synced {
-                Some(id) => warehouse.files_added_after("file_ledger", id).await?,
+                Some(id) => Warehouse::files_added_after(&ledger, id).await?,
                 None => None,
             };
             tracing::info!(

@@ -213,10 +213,12 @@ impl Warehouse {
         }
     }
 
-    /// Paths of the data files every snapshot after `snapshot_id` (in sequence order) added to the table, loading
-    /// the table once; `None` when that snapshot is no longer in the table's history (expired).
-    pub async fn files_added_after(&self, table: &str, snapshot_id: i64) -> Result<Option<Vec<String>>, LakeError> {
-        let table = self.load(table).await?;
+    /// Paths of the data files every snapshot after `snapshot_id` (in sequence order) added to a table already
+    /// loaded; `None` when that snapshot is no longer in the table's history (expired).
+    pub async fn files_added_after(
+        table: &iceberg::table::Table,
+        snapshot_id: i64,
+    ) -> Result<Option<Vec<String>>, LakeError> {
         let Some(after) = table.metadata().snapshot_by_id(snapshot_id).map(|s| s.sequence_number()) else {
             return Ok(None);
         };
@@ -224,7 +226,7 @@ impl Warehouse {
         later.sort_by_key(|s| s.sequence_number());
         let mut out = Vec::new();
         for snapshot in &later {
-            out.extend(added_files(&table, snapshot).await?);
+            out.extend(added_files(table, snapshot).await?);
         }
         Ok(Some(out))
     }
