@@ -35,6 +35,9 @@ pub struct IngestConfig {
     pub commit_interval_secs: u64,
     /// Tries per file before it is dead-lettered. Default 3.
     pub max_attempts: u32,
+    /// Snapshots kept per table: older ones are expired once their commits are complete, so that each commit's
+    /// cost stays bounded. 0 keeps every snapshot. Default 100.
+    pub keep_snapshots: usize,
     /// Which transactions are new: the `[dedup]` section.
     pub dedup: DedupConfig,
 }
@@ -153,6 +156,7 @@ impl Default for IngestConfig {
             commit_files: 2000,
             commit_interval_secs: 10,
             max_attempts: 3,
+            keep_snapshots: 100,
             dedup: DedupConfig::default(),
         }
     }
@@ -222,6 +226,7 @@ impl IngestConfig {
         crate::ingest::CommitPolicy {
             files: self.commit_files,
             interval: std::time::Duration::from_secs(self.commit_interval_secs),
+            keep_snapshots: self.keep_snapshots,
         }
     }
 }

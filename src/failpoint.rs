@@ -18,6 +18,8 @@ pub const POINTS: &[&str] = &[
     "commit-keys",
     "commit-applied",
     "recover-intent",
+    "expire-marker",
+    "expire-table",
 ];
 
 struct Target {

@@ -73,6 +73,18 @@ enum Command {
         #[command(subcommand)]
         command: DedupCommand,
     },
+    /// Expire old snapshots of every table: keeps the newest N, and every snapshot whose commit is not yet complete
+    /// (an ingest runs this itself every N/4 commits; see docs/lake.md).
+    Expire {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Snapshots to keep per table. [default: keep_snapshots of the configuration, 100]
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the quarantine (`sales_duplicates`) exactly against `sales_header` and promote the false positives.
     Reconcile {
         #[command(flatten)]
@@ -321,6 +333,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Query { sql, lake } => query(sql, lake).await,
         Command::Dedup { command } => dedup(command).await,
         Command::Reconcile { store, json } => reconcile(store, json).await,
+        Command::Expire { store, keep, json } => expire(store, keep, json).await,
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -462,6 +475,27 @@ async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
         let rows = wh.row_count(def.name).await?;
         println!("{:<20} {:>20} {:>10} {:>12}", def.name, snapshot, meta.snapshots().count(), rows);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn expire(store: StoreArgs, keep: Option<usize>, json: bool) -> anyhow::Result<ExitCode> {
+    let c = store.config()?;
+    let keep = keep.unwrap_or(c.keep_snapshots);
+    anyhow::ensure!(keep > 0, "--keep must be at least 1 (keep_snapshots = 0 means never expire)");
+    let started = std::time::Instant::now();
+    let report = poslake::ingest::expire(&c.lake, &c.dedup, keep).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (table, e) in &report.tables {
+        println!("{table:<20} {:>8} snapshots expired, {:>8} files deleted", e.snapshots, e.files_deleted);
+    }
+    println!(
+        "expired {} snapshots in {:.1}s, keeping the newest {keep} per table and every commit not yet complete",
+        report.snapshots(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

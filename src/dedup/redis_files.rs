@@ -105,10 +105,12 @@ impl RedisFiles {
         synced_to: Option<(LedgerMark, &str)>,
     ) -> Result<(), DedupError> {
         let prefix = &Self::bucket_prefix(pool);
-        let added: Vec<u64> = futures::stream::iter(ids.chunks(IDS_PER_ROUND_TRIP))
+        // Owned chunks: a closure over borrowed ones makes a future that is not `Send` for every lifetime, which
+        // the pipeline's stages require.
+        let added: Vec<u64> = futures::stream::iter(ids.chunks(IDS_PER_ROUND_TRIP).map(<[u128]>::to_vec))
             .map(|chunk| async move {
                 let mut pipe = redis::pipe();
-                for &id in chunk {
+                for id in chunk {
                     let (key, field) = self.place(prefix, id);
                     pipe.cmd("HSET").arg(key).arg(&field[..]).arg("");
                 }

@@ -19,6 +19,7 @@ use arrow_array::{Array, Date32Array, RecordBatch, StringArray};
 use chrono::NaiveDate;
 
 use super::IngestError;
+use super::maintain::history_marker;
 use crate::dedup::{Dedup, DedupKey, DedupStore};
 use crate::failpoint;
 use crate::lake::tables::SALES_HEADER;
@@ -54,6 +55,10 @@ impl Committer {
         &self.dedup
     }
 
+    pub fn warehouse(&self) -> &Arc<Warehouse> {
+        &self.warehouse
+    }
+
     /// Commits the prepared tables and then adds `keys` (the keys of the new `sales_header` rows).
     pub async fn commit(&self, commit: PreparedCommit, keys: &[DedupKey]) -> Result<Vec<Commit>, IngestError> {
         if commit.tables.is_empty() {
@@ -85,10 +90,29 @@ impl Committer {
             finished.push(id);
             report.intents_finished += 1;
         }
-        let mut commits = self.warehouse.commits_of(SALES_HEADER.name).await?;
-        if let Some(prefix) = only_prefix {
-            commits.retain(|(id, _)| id.starts_with(prefix));
+        let history = self.warehouse.history(SALES_HEADER.name).await?;
+        // Older snapshots were expired: only a store holding the marker of where the history now starts has their
+        // keys. Any other (lost, restored from an older copy, new to this lake) is reloaded from every row.
+        if only_prefix.is_none()
+            && let Some(start) = history.starts_at()
+            && !self.dedup.applied(&[history_marker(start)]).await?.first().copied().unwrap_or(false)
+        {
+            tracing::warn!(
+                "the dedup store does not hold the keys of the expired part of sales_header's history: \
+                 reloading it from every sales_header row"
+            );
+            report.keys_readded += self.reload_keys().await?;
+            let mut ids: Vec<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
+            report.commits_readded += ids.len() as u64;
+            ids.push(history_marker(start));
+            self.dedup.mark_applied(&ids).await?;
         }
+        let commits: Vec<(String, i64)> = history
+            .snapshots
+            .into_iter()
+            .filter_map(|s| s.commit.map(|c| (c, s.id)))
+            .filter(|(id, _)| only_prefix.is_none_or(|prefix| id.starts_with(prefix)))
+            .collect();
         let ids: Vec<String> = commits.iter().map(|(id, _)| id.clone()).collect();
         let applied = self.dedup.applied(&ids).await?;
         for ((id, snapshot), done) in commits.into_iter().zip(applied) {
@@ -125,6 +149,16 @@ impl Committer {
     /// applied. Returns the keys added.
     pub async fn rebuild(&self) -> Result<u64, IngestError> {
         self.recover(Some("\u{0}")).await?; // finish intents only: no commit id starts with NUL
+        let added = self.reload_keys().await?;
+        let history = self.warehouse.history(SALES_HEADER.name).await?;
+        let mut ids: Vec<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
+        ids.extend(history.starts_at().map(history_marker));
+        self.dedup.mark_applied(&ids).await?;
+        Ok(added)
+    }
+
+    /// Adds the key of every `sales_header` row to the store. Returns the keys added.
+    async fn reload_keys(&self) -> Result<u64, IngestError> {
         let table = self.warehouse.load(SALES_HEADER.name).await?;
         let mut added = 0u64;
         if table.metadata().current_snapshot().is_some() {
@@ -153,9 +187,6 @@ impl Committer {
                 added += pending.len() as u64;
             }
         }
-        let ids: Vec<String> =
-            self.warehouse.commits_of(SALES_HEADER.name).await?.into_iter().map(|(id, _)| id).collect();
-        self.dedup.mark_applied(&ids).await?;
         Ok(added)
     }
 }

@@ -5,10 +5,12 @@
 //! - [`staging`]: listing and reading the staging area (object_store; local by default);
 //! - [`archive`]: the immutable bronze archive of raw files;
 //! - [`reconcile`]: verifying the quarantine exactly and promoting false positives;
-//! - [`commit`]: the exactly-once protocol between the lake and the dedup store, and recovery.
+//! - [`commit`]: the exactly-once protocol between the lake and the dedup store, and recovery;
+//! - [`maintain`]: expiring old snapshots without breaking that protocol.
 
 pub mod archive;
 pub mod commit;
+pub mod maintain;
 pub mod reconcile;
 pub mod staging;
 
@@ -154,11 +156,13 @@ pub struct CommitPolicy {
     pub files: u64,
     /// Default 10 s.
     pub interval: std::time::Duration,
+    /// Snapshots kept per table (0: all). Default 100.
+    pub keep_snapshots: usize,
 }
 
 impl Default for CommitPolicy {
     fn default() -> Self {
-        CommitPolicy { files: 2000, interval: std::time::Duration::from_secs(10) }
+        CommitPolicy { files: 2000, interval: std::time::Duration::from_secs(10), keep_snapshots: 100 }
     }
 }
 
@@ -292,7 +296,31 @@ impl PosStages {
         }
         open.files = 0;
         open.since = std::time::Instant::now();
+        self.maybe_expire(seq + 1).await;
         Ok(())
+    }
+
+    /// Every quarter of `keep_snapshots` commits, expires the snapshots beyond it (see [`maintain`]). Maintenance
+    /// never fails the run: what it leaves, the next expiry takes.
+    async fn maybe_expire(&self, commits: u64) {
+        let keep = self.policy.keep_snapshots;
+        if keep == 0 || !commits.is_multiple_of((keep as u64 / 4).max(1)) {
+            return;
+        }
+        let mark = match self.ledger.sync(&self.warehouse).await {
+            Ok(mark) => mark,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot expiry skipped: the file index could not be brought up to date");
+                return;
+            }
+        };
+        let span = tracing::info_span!("expire_snapshots", keep, snapshots = tracing::field::Empty);
+        match self.committer.expire(keep, mark).instrument(span.clone()).await {
+            Ok(report) => {
+                span.record("snapshots", report.snapshots());
+            }
+            Err(e) => tracing::warn!(error = %e, "snapshot expiry failed; the next one retries"),
+        }
     }
 
     /// Drops every uncommitted data file and releases the keys it carried (plus `also`).
@@ -452,14 +480,32 @@ impl LedgerIndex {
     }
 
     async fn load(warehouse: &Warehouse, dedup: &Arc<Dedup>, expected_files: u64) -> Result<Self, IngestError> {
-        let files = FileIndex::open(dedup.clone(), expected_files).await?;
+        let index = LedgerIndex { files: FileIndex::open(dedup.clone(), expected_files).await? };
+        index.sync(warehouse).await?;
+        if let Some(stats) = index.files.stats().await?
+            && stats.files > stats.capacity
+        {
+            tracing::warn!(
+                files = stats.files,
+                capacity = stats.capacity,
+                "the Redis file index holds more files than it was sized for: its buckets leave Redis's compact \
+                 encoding and take several times the memory (see docs/dedup.md, \"The file index\")"
+            );
+        }
+        Ok(index)
+    }
+
+    /// Brings the index up to the ledger's current snapshot (at start, and before snapshots are expired, so that
+    /// its mark stays in the kept history), and returns that snapshot.
+    async fn sync(&self, warehouse: &Warehouse) -> Result<Option<i64>, IngestError> {
+        let files = &self.files;
         let ledger = warehouse.load("file_ledger").await?;
         let Some(current) = ledger
             .metadata()
             .current_snapshot()
             .map(|s| LedgerMark { snapshot_id: s.snapshot_id(), sequence: s.sequence_number() })
         else {
-            return Ok(LedgerIndex { files });
+            return Ok(None);
         };
         let synced = files.synced_to().await?;
         if synced != Some(current.snapshot_id) {
@@ -467,10 +513,9 @@ impl LedgerIndex {
                 Some(id) => Warehouse::files_added_after(&ledger, id).await?,
                 None => None,
             };
-            tracing::info!(
-                incremental = added.is_some(),
-                "bringing the file index up to the ledger's current snapshot"
-            );
+            if added.is_none() {
+                tracing::info!("bringing the file index up to the ledger's current snapshot: reading the whole ledger");
+            }
             let mut pending = Vec::new();
             match added {
                 // The ledger files each later snapshot added (a file rewritten by compaction is added again: harmless).
@@ -496,17 +541,7 @@ impl LedgerIndex {
             }
             files.add(pending, Some(current)).await?;
         }
-        if let Some(stats) = files.stats().await?
-            && stats.files > stats.capacity
-        {
-            tracing::warn!(
-                files = stats.files,
-                capacity = stats.capacity,
-                "the Redis file index holds more files than it was sized for: its buckets leave Redis's compact \
-                 encoding and take several times the memory (see docs/dedup.md, \"The file index\")"
-            );
-        }
-        Ok(LedgerIndex { files })
+        Ok(Some(current.snapshot_id))
     }
 
     fn ids_of(batch: &arrow_array::RecordBatch) -> Vec<u128> {
@@ -834,6 +869,17 @@ impl IngestSummary {
     pub fn megabytes_per_second(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
     }
+}
+
+/// `poslake expire`: brings the file index up to the ledger, then expires every table's snapshots beyond the newest
+/// `keep` whose commits are complete (see [`maintain`]). Safe beside running ingests: it passes over commits they
+/// have in progress.
+pub async fn expire(lake: &Path, config: &DedupConfig, keep: usize) -> Result<maintain::Expiry, IngestError> {
+    let warehouse = Arc::new(Warehouse::open(lake).await?);
+    let dedup = Arc::new(Dedup::open(config, warehouse.root()).await?);
+    let ledger = LedgerIndex { files: FileIndex::open(dedup.clone(), config.expected_files).await? };
+    let mark = ledger.sync(&warehouse).await?;
+    Committer::new(warehouse, dedup).expire(keep, mark).await
 }
 
 /// Runs one ingest of everything in staging not yet in the ledger. `progress` may be watched meanwhile.

@@ -191,17 +191,37 @@ impl Warehouse {
         Ok(out)
     }
 
-    /// Every commit id in the table's snapshot history, with its snapshot id, oldest first.
-    pub async fn commits_of(&self, table: &str) -> Result<Vec<(String, i64)>, LakeError> {
-        let table = self.load(table).await?;
-        let mut snaps: Vec<_> = table.metadata().snapshots().cloned().collect();
-        snaps.sort_by_key(|s| s.sequence_number());
-        Ok(snaps
-            .iter()
-            .filter_map(|s| {
-                s.summary().additional_properties.get(COMMIT_PROPERTY).map(|id| (id.clone(), s.snapshot_id()))
-            })
-            .collect())
+    /// The commit ids of the intents pending now (reads only their ids, not their data files).
+    pub fn pending_intent_ids(&self) -> Result<Vec<String>, LakeError> {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            id: String,
+        }
+        let dir = self.intents_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(LakeError::Io { path: dir, source }),
+        };
+        let mut ids = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".json")) {
+                continue;
+            }
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                // Removed since the listing: its commit is complete.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(LakeError::Io { path, source }),
+            };
+            let intent: IdOnly = serde_json::from_slice(&bytes).map_err(|e| LakeError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
+            ids.push(intent.id);
+        }
+        Ok(ids)
     }
 
     /// Paths of the data files a snapshot added to the table.
