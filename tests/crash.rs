@@ -19,10 +19,13 @@ use poslake::lake::Warehouse;
 use rand::{Rng, SeedableRng};
 
 /// Small batches and commits, so that kills land between many of them; the Redis filter when `redis` is given,
-/// else the embedded store (in the lake).
-fn config_file(dir: &Path, redis: Option<&RedisServer>, prefix: &str) -> std::path::PathBuf {
+/// else the embedded store (in the lake). `keep_snapshots` 0 expires nothing; 2 expires at every commit.
+fn config_file(dir: &Path, redis: Option<&RedisServer>, prefix: &str, keep_snapshots: usize) -> std::path::PathBuf {
     let path = dir.join(format!("{prefix}.toml"));
-    let mut text = "batch_files = 2\nmax_files_in_flight = 4\ncommit_files = 4\nflush_interval_ms = 20\n".to_owned();
+    let mut text = format!(
+        "batch_files = 2\nmax_files_in_flight = 4\ncommit_files = 4\nflush_interval_ms = 20\n\
+         keep_snapshots = {keep_snapshots}\n"
+    );
     if let Some(redis) = redis {
         text += &format!(
             "\n[dedup]\nbackend = \"redis-bitmap\"\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n\
@@ -89,15 +92,17 @@ async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
     .expect("generate");
     let manifest = read_manifest(&staging).expect("manifest");
 
-    // The uninterrupted run, into its own lake and its own filter.
+    // The uninterrupted run, into its own lake and its own filter, expiring nothing.
     let reference = dir.path().join("reference");
-    let out = ingest(&staging, &reference, &config_file(dir.path(), redis, "reference"), None)
+    let out = ingest(&staging, &reference, &config_file(dir.path(), redis, "reference", 0), None)
         .output()
         .expect("reference run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let lake = dir.path().join("lake");
-    let config = config_file(dir.path(), redis, "crashed");
+    // The killed runs expire snapshots after every commit, so kills also land mid-expiry and recovery reads
+    // truncated histories.
+    let config = config_file(dir.path(), redis, "crashed", 2);
     // Every kill point; commit points at several commits; recover-intent right after a kill that leaves an intent.
     let mut specs: Vec<String> = [
         "commit-intent:1",
@@ -118,6 +123,10 @@ async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
         "commit-keys:2",
         "commit-applied:2",
         "write:5",
+        "expire-marker:1",
+        "expire-table:2",
+        "expire-marker:3",
+        "expire-table:9",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -170,4 +179,18 @@ async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
     // Nothing half-made is left behind.
     let pending = std::fs::read_dir(lake.join("commits")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(pending, 0, "no intent left");
+    // The crashed lake's history was expired as it went (a kill may have left a few more than 2 since; `poslake
+    // expire` takes them); the reference kept all of it.
+    let out = Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["expire", "--keep", "2", "--config"])
+        .arg(&config)
+        .arg("--lake")
+        .arg(&lake)
+        .output()
+        .expect("expire");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kept = wh.history("sales_header").await.expect("history");
+    assert!(kept.truncated && kept.snapshots.len() == 2, "{} snapshots kept", kept.snapshots.len());
+    let full = Warehouse::open(&reference).await.expect("open").history("sales_header").await.expect("history");
+    assert!(!full.truncated && full.snapshots.len() > 10, "{} snapshots in the reference", full.snapshots.len());
 }

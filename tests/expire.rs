@@ -3,31 +3,18 @@
 //! it, no row is lost, and a store that lost its state is reloaded from every row once the history is truncated.
 #![cfg(feature = "lake")]
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
+use common::dialect_fixtures;
+use poslake::ParsedFile;
 use poslake::config::DedupConfig;
 use poslake::dedup::{Dedup, DedupStore};
 use poslake::ingest::commit::Committer;
 use poslake::ingest::maintain::history_marker;
 use poslake::lake::{COMMIT_PROPERTY, LakeWriter, PreparedCommit, Warehouse};
-use poslake::{ParseOptions, ParsedFile, parse_file};
-
-fn fixtures() -> Vec<ParsedFile> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dialects");
-    let mut out = Vec::new();
-    for d in poslake::Dialect::ALL {
-        let mut paths: Vec<_> =
-            std::fs::read_dir(root.join(d.id())).expect("dir").flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for p in paths {
-            let bytes = std::fs::read(&p).expect("read");
-            out.push(parse_file(&p.display().to_string(), &bytes, &ParseOptions::default()).expect("parses"));
-        }
-    }
-    out
-}
 
 /// One file's rows, written and closed, as commit `id`.
 async fn prepared(wh: &Arc<Warehouse>, file: &ParsedFile, id: &str) -> PreparedCommit {
@@ -56,7 +43,7 @@ async fn expiry_takes_only_complete_commits_and_a_lost_store_is_reloaded_from_ev
     let wh = Arc::new(Warehouse::open(dir.path()).await.expect("open"));
     let dedup = Arc::new(Dedup::open(&DedupConfig::default(), wh.root()).await.expect("store"));
     let committer = Committer::new(wh.clone(), dedup.clone());
-    let files = fixtures();
+    let files = dialect_fixtures();
     let id = |i: usize| format!("run/w/{i}");
 
     // Commits 0-1 complete; 2 committed to every table but its keys never added (a crash before the keys); 3-5

@@ -3,27 +3,13 @@
 //! from poslake's definition is refused.
 #![cfg(feature = "lake")]
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 
 use arrow_array::{Array, StringArray};
+use common::dialect_fixtures;
 use poslake::lake::{DeadLetter, LakeError, LedgerEntry, Outcome, Warehouse};
-use poslake::{ParseOptions, ParsedFile, parse_file};
-
-fn fixtures() -> Vec<ParsedFile> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dialects");
-    let mut out = Vec::new();
-    for d in poslake::Dialect::ALL {
-        let mut paths: Vec<_> =
-            std::fs::read_dir(root.join(d.id())).expect("dir").flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for p in paths {
-            let bytes = std::fs::read(&p).expect("read");
-            out.push(parse_file(&p.display().to_string(), &bytes, &ParseOptions::default()).expect("parses"));
-        }
-    }
-    out
-}
 
 fn strings(batches: &[arrow_array::RecordBatch], column: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -39,7 +25,7 @@ fn strings(batches: &[arrow_array::RecordBatch], column: &str) -> Vec<String> {
 async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
-    let files = fixtures();
+    let files = dialect_fixtures();
     let mut rows = wh.rows();
     for f in &files {
         rows.add_file(f).expect("rows");
@@ -160,7 +146,7 @@ async fn bronze_map_values_skip_dictionary_and_statistics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
     let mut rows = wh.rows();
-    for f in &fixtures() {
+    for f in &dialect_fixtures() {
         rows.add_file(f).expect("rows");
     }
     wh.append(rows, &HashMap::new()).await.expect("append");

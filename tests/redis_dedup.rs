@@ -306,6 +306,43 @@ async fn a_flushed_filter_is_rebuilt_from_sales_header() {
     assert_exact(&lake, &unique_keys(&manifest)).await;
 }
 
+/// With the history expired as the run goes, a wiped Redis cannot be refilled from the commits still in the
+/// history: the next start finds no history marker and reloads every row of `sales_header`, so re-sends of files
+/// whose snapshots are long gone are still caught. A Redis that kept its data is not reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_filter_under_an_expired_history_is_reloaded_from_every_row() {
+    let server = RedisServer::start();
+    let config = bitmap(&server);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 17, 3);
+    let expiring = |staging: &Path| {
+        let mut s = setup(staging, &lake, config.clone());
+        s.policy.keep_snapshots = 2;
+        s
+    };
+    let first = run(&expiring(&staging)).await;
+    assert_eq!(first.new_transactions, report.unique_keys);
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let history = wh.history("sales_header").await.expect("history");
+    assert!(history.truncated && history.snapshots.len() <= 2, "{} snapshots", history.snapshots.len());
+    drop(wh);
+
+    // Redis kept its data: nothing to reload.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    assert_eq!(run(&expiring(&empty)).await.recovery.keys_readded, 0);
+
+    assert!(server.command(&["FLUSHALL"]).starts_with("+OK"));
+    let again = dir.path().join("resent");
+    let picked = resend(&staging, &manifest, &again, 2);
+    let second = run(&expiring(&again)).await;
+    assert_eq!(second.recovery.keys_readded, report.unique_keys, "every row's key, not only the kept commits'");
+    assert_eq!(second.files, picked.len() as u64);
+    assert_eq!(second.new_transactions, 0, "a re-send adds nothing");
+    assert_exact(&lake, &unique_keys(&manifest)).await;
+}
+
 /// The file index in Redis is exact past its design capacity (buckets leave the compact encoding, nothing is
 /// lost), keeps the bucket count it was created with, moves its ledger mark only forward, and forgets the mark when
 /// the store's generation changes (a Redis that lost its data).

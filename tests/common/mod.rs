@@ -70,3 +70,20 @@ pub fn pipeline() -> PipelineConfig {
         ..PipelineConfig::default()
     }
 }
+
+/// Every hand-written dialect fixture (`tests/fixtures/dialects/<dialect>/`), parsed, in dialect and name order.
+pub fn dialect_fixtures() -> Vec<poslake::ParsedFile> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dialects");
+    let mut out = Vec::new();
+    for d in poslake::Dialect::ALL {
+        let mut paths: Vec<_> =
+            std::fs::read_dir(root.join(d.id())).expect("dir").flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            let bytes = std::fs::read(&p).expect("read");
+            let options = poslake::ParseOptions::default();
+            out.push(poslake::parse_file(&p.display().to_string(), &bytes, &options).expect("parses"));
+        }
+    }
+    out
+}
