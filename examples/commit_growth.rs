@@ -1,15 +1,20 @@
 //! How the cost of one commit grows with the commits before it: the same small commit (one generated file's rows
 //! in every table) made again and again into a fresh warehouse. Prints, every `EVERY` commits, the median time
 //! of the last ones and the size of `sales_header`'s table metadata and newest manifest list, which Iceberg
-//! rewrites whole on each commit.
+//! rewrites whole on each commit. Commits go through the exactly-once protocol (intent, tables, keys in an embedded
+//! store); with KEEP > 0 old snapshots are expired every KEEP/4 commits as an ingest does, and the mean includes
+//! that work.
 //!
-//! Usage: commit_growth [COMMITS] [EVERY] (default 1000 and 100).
+//! Usage: commit_growth [COMMITS] [EVERY] [KEEP] (default 1000, 100 and 0: no expiry).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use poslake::lake::Warehouse;
+use poslake::config::DedupConfig;
+use poslake::dedup::Dedup;
+use poslake::ingest::commit::Committer;
+use poslake::lake::{COMMIT_PROPERTY, LakeWriter, PreparedCommit, Warehouse};
 use poslake::{Dialect, ParseOptions, parse_file};
 
 #[tokio::main]
@@ -17,27 +22,42 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let commits: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let every: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100).max(1);
+    let keep: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let dir = tempfile::tempdir()?;
     let wh = Arc::new(Warehouse::open(dir.path()).await?);
+    let dedup = Arc::new(Dedup::open(&DedupConfig::default(), wh.root()).await?);
+    let committer = Committer::new(wh.clone(), dedup);
     let (xml, _) = poslake::generate::generate_file(Dialect::ArtsPoslog, 7, 5);
     let parsed = parse_file("growth.xml", xml.as_bytes(), &ParseOptions::default())?;
-    println!("{:>8} {:>14} {:>16} {:>20}", "commits", "median ms", "metadata KiB", "manifest list KiB");
+    println!(
+        "{:>8} {:>14} {:>12} {:>10} {:>16} {:>20}",
+        "commits", "median ms", "mean ms", "snapshots", "metadata KiB", "manifest list KiB"
+    );
     let mut times = Vec::with_capacity(every);
     for i in 1..=commits {
         let mut rows = wh.rows();
         rows.add_file(&parsed)?;
-        let props = HashMap::from([("poslake.batch-id".to_owned(), format!("growth/{i}"))]);
+        let mut writer = LakeWriter::new(wh.clone());
+        writer.write(rows).await?;
+        let id = format!("growth/{i}");
+        let properties = HashMap::from([(COMMIT_PROPERTY.to_owned(), id.clone())]);
+        let commit = PreparedCommit { id, properties, tables: writer.prepare().await? };
         let started = Instant::now();
-        wh.append(rows, &props).await?;
+        committer.commit(commit, &[]).await?;
+        if keep > 0 && i % (keep / 4).max(1) == 0 {
+            committer.expire(keep, None).await?;
+        }
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         if i % every == 0 {
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
             times.clear();
             let table = wh.load("sales_header").await?;
             let metadata = table.metadata_location().map_or(0, file_size);
             let list = table.metadata().current_snapshot().map_or(0, |s| file_size(s.manifest_list()));
-            println!("{i:>8} {median:>14.1} {:>16.1} {:>20.1}", kib(metadata), kib(list));
+            let snapshots = table.metadata().snapshots().count();
+            println!("{i:>8} {median:>14.1} {mean:>12.1} {snapshots:>10} {:>16.1} {:>20.1}", kib(metadata), kib(list));
         }
     }
     Ok(())
