@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         committer.commit(commit, &[]).await?;
         if keep > 0 && i % (keep / 4).max(1) == 0 {
-            committer.expire(keep, None).await?;
+            committer.maintain(keep, 100, None).await?;
         }
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         if i % every == 0 {

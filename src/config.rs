@@ -38,6 +38,9 @@ pub struct IngestConfig {
     /// Snapshots kept per table: older ones are expired once their commits are complete, so that each commit's
     /// cost stays bounded. 0 keeps every snapshot. Default 100.
     pub keep_snapshots: usize,
+    /// Small manifests (under 8 MiB) a table may gather before they are merged into one, at the same times as the
+    /// expiry (like Java Iceberg's `commit.manifest.min-count-to-merge`). 0 never merges. Default 100.
+    pub min_manifests_to_merge: usize,
     /// Which transactions are new: the `[dedup]` section.
     pub dedup: DedupConfig,
 }
@@ -157,6 +160,7 @@ impl Default for IngestConfig {
             commit_interval_secs: 10,
             max_attempts: 3,
             keep_snapshots: 100,
+            min_manifests_to_merge: 100,
             dedup: DedupConfig::default(),
         }
     }
@@ -227,6 +231,7 @@ impl IngestConfig {
             files: self.commit_files,
             interval: std::time::Duration::from_secs(self.commit_interval_secs),
             keep_snapshots: self.keep_snapshots,
+            min_manifests_to_merge: self.min_manifests_to_merge,
         }
     }
 }

@@ -18,6 +18,7 @@ pub const POINTS: &[&str] = &[
     "commit-keys",
     "commit-applied",
     "recover-intent",
+    "merge",
     "expire-marker",
     "expire-table",
 ];

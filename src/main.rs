@@ -73,9 +73,9 @@ enum Command {
         #[command(subcommand)]
         command: DedupCommand,
     },
-    /// Expire old snapshots of every table: keeps the newest N, and every snapshot whose commit is not yet complete
-    /// (an ingest runs this itself every N/4 commits; see docs/lake.md).
-    Expire {
+    /// Table maintenance: merge small manifests, and expire old snapshots of every table, keeping the newest N and
+    /// every snapshot whose commit is not yet complete (an ingest does this every N/4 commits; see docs/lake.md).
+    Maintain {
         #[command(flatten)]
         store: StoreArgs,
         /// Snapshots to keep per table. [default: keep_snapshots of the configuration, 100]
@@ -333,7 +333,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Query { sql, lake } => query(sql, lake).await,
         Command::Dedup { command } => dedup(command).await,
         Command::Reconcile { store, json } => reconcile(store, json).await,
-        Command::Expire { store, keep, json } => expire(store, keep, json).await,
+        Command::Maintain { store, keep, json } => maintain(store, keep, json).await,
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -478,17 +478,20 @@ async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn expire(store: StoreArgs, keep: Option<usize>, json: bool) -> anyhow::Result<ExitCode> {
+async fn maintain(store: StoreArgs, keep: Option<usize>, json: bool) -> anyhow::Result<ExitCode> {
     let c = store.config()?;
     let keep = keep.unwrap_or(c.keep_snapshots);
     anyhow::ensure!(keep > 0, "--keep must be at least 1 (keep_snapshots = 0 means never expire)");
     let started = std::time::Instant::now();
-    let report = poslake::ingest::expire(&c.lake, &c.dedup, keep).await?;
+    let report = poslake::ingest::maintain(&c.lake, &c.dedup, keep, c.min_manifests_to_merge).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for (table, e) in &report.tables {
+    for (table, m) in &report.merged {
+        println!("{table:<20} {:>8} manifests merged ({} data files)", m.manifests, m.data_files);
+    }
+    for (table, e) in &report.expired {
         println!("{table:<20} {:>8} snapshots expired, {:>8} files deleted", e.snapshots, e.files_deleted);
     }
     println!(

@@ -19,12 +19,14 @@ use poslake::lake::Warehouse;
 use rand::{Rng, SeedableRng};
 
 /// Small batches and commits, so that kills land between many of them; the Redis filter when `redis` is given,
-/// else the embedded store (in the lake). `keep_snapshots` 0 expires nothing; 2 expires at every commit.
-fn config_file(dir: &Path, redis: Option<&RedisServer>, prefix: &str, keep_snapshots: usize) -> std::path::PathBuf {
+/// else the embedded store (in the lake). `maintained` expires snapshots after every commit and merges manifests
+/// once a table has 4; else neither happens.
+fn config_file(dir: &Path, redis: Option<&RedisServer>, prefix: &str, maintained: bool) -> std::path::PathBuf {
     let path = dir.join(format!("{prefix}.toml"));
+    let (keep, merge) = if maintained { (2, 4) } else { (0, 0) };
     let mut text = format!(
         "batch_files = 2\nmax_files_in_flight = 4\ncommit_files = 4\nflush_interval_ms = 20\n\
-         keep_snapshots = {keep_snapshots}\n"
+         keep_snapshots = {keep}\nmin_manifests_to_merge = {merge}\n"
     );
     if let Some(redis) = redis {
         text += &format!(
@@ -92,17 +94,17 @@ async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
     .expect("generate");
     let manifest = read_manifest(&staging).expect("manifest");
 
-    // The uninterrupted run, into its own lake and its own filter, expiring nothing.
+    // The uninterrupted run, into its own lake and its own filter, with no table maintenance.
     let reference = dir.path().join("reference");
-    let out = ingest(&staging, &reference, &config_file(dir.path(), redis, "reference", 0), None)
+    let out = ingest(&staging, &reference, &config_file(dir.path(), redis, "reference", false), None)
         .output()
         .expect("reference run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let lake = dir.path().join("lake");
-    // The killed runs expire snapshots after every commit, so kills also land mid-expiry and recovery reads
-    // truncated histories.
-    let config = config_file(dir.path(), redis, "crashed", 2);
+    // The killed runs merge manifests and expire snapshots as they go, so kills also land mid-merge and mid-expiry,
+    // and recovery reads truncated histories with merge snapshots in them.
+    let config = config_file(dir.path(), redis, "crashed", true);
     // Every kill point; commit points at several commits; recover-intent right after a kill that leaves an intent.
     let mut specs: Vec<String> = [
         "commit-intent:1",
@@ -123,6 +125,8 @@ async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
         "commit-keys:2",
         "commit-applied:2",
         "write:5",
+        "merge:1",
+        "merge:3",
         "expire-marker:1",
         "expire-table:2",
         "expire-marker:3",
@@ -182,7 +186,7 @@ async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
     // The crashed lake's history was expired as it went (a kill may have left a few more than 2 since; `poslake
     // expire` takes them); the reference kept all of it.
     let out = Command::new(env!("CARGO_BIN_EXE_poslake"))
-        .args(["expire", "--keep", "2", "--config"])
+        .args(["maintain", "--keep", "2", "--config"])
         .arg(&config)
         .arg("--lake")
         .arg(&lake)

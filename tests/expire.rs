@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use common::dialect_fixtures;
@@ -64,9 +64,9 @@ async fn expiry_takes_only_complete_commits_and_a_lost_store_is_reloaded_from_ev
     assert!(local(&first_list).exists());
 
     // Keeping 2 would take 0-3, but 2 is not applied: the prefix stops there.
-    let report = committer.expire(2, None).await.expect("expire");
+    let report = committer.maintain(2, 0, None).await.expect("expire");
     assert_eq!(commits_in(&wh, "sales_header").await, ids(2..6));
-    let header = report.tables.iter().find(|(t, _)| *t == "sales_header").map(|(_, e)| e.snapshots);
+    let header = report.expired.iter().find(|(t, _)| *t == "sales_header").map(|(_, e)| e.snapshots);
     assert_eq!(header, Some(2), "{report:?}");
     let history = wh.history("sales_header").await.expect("history");
     assert!(history.truncated);
@@ -87,11 +87,11 @@ async fn expiry_takes_only_complete_commits_and_a_lost_store_is_reloaded_from_ev
     for i in 7..9 {
         committer.commit(prepared(&wh, &files[i % files.len()], &id(i)).await, &[]).await.expect("commit");
     }
-    committer.expire(1, None).await.expect("expire");
+    committer.maintain(1, 0, None).await.expect("expire");
     assert_eq!(commits_in(&wh, "sales_header").await, ids(6..9));
     // Recovery removes the finished intent; then only the newest stays.
     committer.recover(None).await.expect("recover");
-    committer.expire(1, None).await.expect("expire");
+    committer.maintain(1, 0, None).await.expect("expire");
     assert_eq!(commits_in(&wh, "sales_header").await, ids(8..9));
     let rows = wh.row_count("sales_header").await.expect("rows");
 
@@ -106,4 +106,80 @@ async fn expiry_takes_only_complete_commits_and_a_lost_store_is_reloaded_from_ev
     // With the marker back, the next start re-adds nothing.
     let again = committer.recover(None).await.expect("recover again");
     assert_eq!(again.keys_readded, 0);
+}
+
+/// The data files a table's current snapshot holds, by scan planning.
+async fn data_files(wh: &Warehouse, table: &str) -> BTreeSet<String> {
+    use futures::TryStreamExt;
+    let t = wh.load(table).await.expect("load");
+    let tasks = t.scan().build().expect("scan").plan_files().await.expect("plan");
+    tasks.map_ok(|task| task.data_file_path).try_collect().await.expect("tasks")
+}
+
+/// Manifest files in the table's metadata folder, and those its current snapshot lists.
+async fn manifests(wh: &Warehouse, table: &str) -> (usize, usize) {
+    let t = wh.load(table).await.expect("load");
+    let listed = match t.metadata().current_snapshot() {
+        Some(s) => t.manifest_list_reader(s).load().await.expect("list").entries().len(),
+        None => 0,
+    };
+    let dir = t.metadata().location().strip_prefix("file://").expect("local").to_owned() + "/metadata";
+    let on_disk = std::fs::read_dir(dir)
+        .expect("metadata dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".avro"))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("snap-"))
+        .count();
+    (listed, on_disk)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merging_manifests_keeps_every_data_file_and_expiry_then_deletes_the_merged_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = Arc::new(Warehouse::open(dir.path()).await.expect("open"));
+    let dedup = Arc::new(Dedup::open(&DedupConfig::default(), wh.root()).await.expect("store"));
+    let committer = Committer::new(wh.clone(), dedup.clone());
+    let files = dialect_fixtures();
+    for i in 0..12 {
+        committer
+            .commit(prepared(&wh, &files[i % files.len()], &format!("run/w/{i}")).await, &[])
+            .await
+            .expect("commit");
+    }
+    let tables = ["sales_header", "sales_line", "bronze_transaction"];
+    let mut before = Vec::new();
+    for t in tables {
+        assert_eq!(manifests(&wh, t).await.0, 12, "{t}: one manifest per commit");
+        before.push((wh.row_count(t).await.expect("rows"), data_files(&wh, t).await));
+    }
+
+    // Nothing expires (keep 100); every table with 8 or more small manifests gets them merged into one.
+    let report = committer.maintain(100, 8, None).await.expect("maintain");
+    for (t, (rows, files)) in tables.iter().zip(&before) {
+        let merged = report.merged.iter().find(|(name, _)| name == t).map(|(_, m)| *m).expect("merged");
+        assert_eq!(merged.manifests, 12);
+        assert_eq!(merged.data_files as usize, files.len());
+        assert_eq!(manifests(&wh, t).await.0, 1, "{t}: one manifest now");
+        assert_eq!(&data_files(&wh, t).await, files, "{t}: the same data files");
+        assert_eq!(wh.row_count(t).await.expect("rows"), *rows);
+    }
+    assert_eq!(report.snapshots(), 0);
+    let keys_before = common::header_keys(&wh).await;
+
+    // Appends go on on top of the merge, and recovery reads a history with merge snapshots in it.
+    committer.commit(prepared(&wh, &files[0], "run/w/12").await, &[]).await.expect("commit after merge");
+    assert_eq!(manifests(&wh, "sales_header").await.0, 2);
+    let recovery = committer.recover(None).await.expect("recover");
+    assert_eq!(recovery.commits_readded, 0);
+    assert_eq!(common::header_keys(&wh).await.len(), keys_before.len() + files[0].transactions.len());
+
+    // Expiring the history takes the merged-away manifests with it: only listed ones stay on disk.
+    let report = committer.maintain(1, 0, None).await.expect("maintain");
+    assert!(report.snapshots() > 0);
+    for t in tables {
+        let (listed, on_disk) = manifests(&wh, t).await;
+        assert_eq!(on_disk, listed, "{t}: no manifest left that no snapshot lists");
+    }
+    assert_eq!(wh.history("sales_header").await.expect("history").snapshots.len(), 1);
+    assert_eq!(common::header_keys(&wh).await.len(), keys_before.len() + files[0].transactions.len());
 }

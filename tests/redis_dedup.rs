@@ -306,7 +306,7 @@ async fn a_flushed_filter_is_rebuilt_from_sales_header() {
     assert_exact(&lake, &unique_keys(&manifest)).await;
 }
 
-/// With the history expired as the run goes, a wiped Redis cannot be refilled from the commits still in the
+/// With the history expired (and manifests merged) as the run goes, a wiped Redis cannot be refilled from the commits still in the
 /// history: the next start finds no history marker and reloads every row of `sales_header`, so re-sends of files
 /// whose snapshots are long gone are still caught. A Redis that kept its data is not reloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,6 +319,7 @@ async fn a_wiped_filter_under_an_expired_history_is_reloaded_from_every_row() {
     let expiring = |staging: &Path| {
         let mut s = setup(staging, &lake, config.clone());
         s.policy.keep_snapshots = 2;
+        s.policy.min_manifests_to_merge = 3;
         s
     };
     let first = run(&expiring(&staging)).await;

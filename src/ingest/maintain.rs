@@ -1,4 +1,5 @@
-//! Table maintenance inside the exactly-once protocol: which snapshots may be expired, and when.
+//! Table maintenance inside the exactly-once protocol: merging small manifests (`lake::merge`, which changes no
+//! data and names no commit), and which snapshots may be expired.
 //!
 //! Recovery reads the snapshot history (`commit`): an intent is rolled forward only into tables whose history lacks
 //! its commit, and a commit the dedup store has not marked applied gets its keys re-added from the `sales_header`
@@ -19,6 +20,7 @@ use super::commit::Committer;
 use crate::dedup::DedupStore;
 use crate::failpoint;
 use crate::lake::expire::{Expired, History};
+use crate::lake::merge::Merged;
 use crate::lake::tables::{SALES_HEADER, TABLES};
 
 /// The store's record that it holds the keys of every `sales_header` commit before snapshot `start`.
@@ -26,22 +28,44 @@ pub fn history_marker(start: i64) -> String {
     format!("poslake/history-from/{start}")
 }
 
-/// What one expiry did, per table.
+/// What one maintenance did, per table.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Expiry {
-    pub tables: Vec<(&'static str, Expired)>,
+pub struct Maintenance {
+    pub merged: Vec<(&'static str, Merged)>,
+    pub expired: Vec<(&'static str, Expired)>,
 }
 
-impl Expiry {
+impl Maintenance {
+    /// Snapshots expired, over every table.
     pub fn snapshots(&self) -> u64 {
-        self.tables.iter().map(|(_, e)| e.snapshots).sum()
+        self.expired.iter().map(|(_, e)| e.snapshots).sum()
     }
 }
 
 impl Committer {
-    /// Expires, in every table, the snapshots older than the newest `keep` whose commits are complete (see the
-    /// module docs). `ledger_mark` is the ledger snapshot the file index holds every file of.
-    pub async fn expire(&self, keep: usize, ledger_mark: Option<i64>) -> Result<Expiry, IngestError> {
+    /// Merges each table's small manifests once there are `merge_at` of them (0: never), then expires the snapshots
+    /// older than the newest `keep` whose commits are complete (see the module docs). `ledger_mark` is the ledger
+    /// snapshot the file index holds every file of.
+    pub async fn maintain(
+        &self,
+        keep: usize,
+        merge_at: usize,
+        ledger_mark: Option<i64>,
+    ) -> Result<Maintenance, IngestError> {
+        let mut report = Maintenance::default();
+        for def in TABLES {
+            if merge_at == 0 {
+                break;
+            }
+            if let Some(merged) = self.warehouse().merge_manifests(def.name, merge_at).await? {
+                report.merged.push((def.name, merged));
+            }
+        }
+        self.expire(keep, ledger_mark, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn expire(&self, keep: usize, ledger_mark: Option<i64>, report: &mut Maintenance) -> Result<(), IngestError> {
         let keep = keep.max(1);
         // Histories first, intents second: a commit still in progress when its snapshot was read had written its
         // intent before committing any table, and removes it only once complete, so the listing below sees it.
@@ -76,7 +100,6 @@ impl Committer {
             asked.into_iter().zip(marks).filter_map(|(id, done)| done.then_some(id)).collect()
         };
 
-        let mut report = Expiry::default();
         for (name, h) in &histories {
             let ids: Vec<i64> = candidates(name, h)
                 .into_iter()
@@ -93,11 +116,16 @@ impl Committer {
             }
             let expired = self.warehouse().expire_snapshots(name, &ids).await?;
             failpoint::hit("expire-table");
-            report.tables.push((name, expired));
+            report.expired.push((name, expired));
         }
         if report.snapshots() > 0 {
-            tracing::info!(snapshots = report.snapshots(), keep, "expired old snapshots whose commits are complete");
+            tracing::info!(
+                snapshots = report.snapshots(),
+                manifests_merged = report.merged.iter().map(|(_, m)| m.manifests).sum::<u64>(),
+                keep,
+                "expired old snapshots whose commits are complete"
+            );
         }
-        Ok(report)
+        Ok(())
     }
 }

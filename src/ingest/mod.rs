@@ -158,11 +158,18 @@ pub struct CommitPolicy {
     pub interval: std::time::Duration,
     /// Snapshots kept per table (0: all). Default 100.
     pub keep_snapshots: usize,
+    /// Small manifests a table gathers before they are merged (0: never). Default 100.
+    pub min_manifests_to_merge: usize,
 }
 
 impl Default for CommitPolicy {
     fn default() -> Self {
-        CommitPolicy { files: 2000, interval: std::time::Duration::from_secs(10), keep_snapshots: 100 }
+        CommitPolicy {
+            files: 2000,
+            interval: std::time::Duration::from_secs(10),
+            keep_snapshots: 100,
+            min_manifests_to_merge: 100,
+        }
     }
 }
 
@@ -296,13 +303,13 @@ impl PosStages {
         }
         open.files = 0;
         open.since = std::time::Instant::now();
-        self.maybe_expire(seq + 1).await;
+        self.maybe_maintain(seq + 1).await;
         Ok(())
     }
 
-    /// Every quarter of `keep_snapshots` commits, expires the snapshots beyond it (see [`maintain`]). Maintenance
-    /// never fails the run: what it leaves, the next expiry takes.
-    async fn maybe_expire(&self, commits: u64) {
+    /// Every quarter of `keep_snapshots` commits, merges small manifests and expires the snapshots beyond it (see
+    /// [`maintain`]). Maintenance never fails the run: what it leaves, the next one takes.
+    async fn maybe_maintain(&self, commits: u64) {
         let keep = self.policy.keep_snapshots;
         if keep == 0 || !commits.is_multiple_of((keep as u64 / 4).max(1)) {
             return;
@@ -310,16 +317,17 @@ impl PosStages {
         let mark = match self.ledger.sync(&self.warehouse).await {
             Ok(mark) => mark,
             Err(e) => {
-                tracing::warn!(error = %e, "snapshot expiry skipped: the file index could not be brought up to date");
+                tracing::warn!(error = %e, "table maintenance skipped: the file index could not be brought up to date");
                 return;
             }
         };
-        let span = tracing::info_span!("expire_snapshots", keep, snapshots = tracing::field::Empty);
-        match self.committer.expire(keep, mark).instrument(span.clone()).await {
+        let span = tracing::info_span!("maintain", keep, snapshots = tracing::field::Empty);
+        let merge_at = self.policy.min_manifests_to_merge;
+        match self.committer.maintain(keep, merge_at, mark).instrument(span.clone()).await {
             Ok(report) => {
                 span.record("snapshots", report.snapshots());
             }
-            Err(e) => tracing::warn!(error = %e, "snapshot expiry failed; the next one retries"),
+            Err(e) => tracing::warn!(error = %e, "table maintenance failed; the next one retries"),
         }
     }
 
@@ -871,15 +879,20 @@ impl IngestSummary {
     }
 }
 
-/// `poslake expire`: brings the file index up to the ledger, then expires every table's snapshots beyond the newest
-/// `keep` whose commits are complete (see [`maintain`]). Safe beside running ingests: it passes over commits they
-/// have in progress.
-pub async fn expire(lake: &Path, config: &DedupConfig, keep: usize) -> Result<maintain::Expiry, IngestError> {
+/// `poslake maintain`: brings the file index up to the ledger, merges small manifests, and expires every table's
+/// snapshots beyond the newest `keep` whose commits are complete (see [`maintain`]). Safe beside running ingests:
+/// it passes over commits they have in progress, and a merge that loses a race with a commit is dropped.
+pub async fn maintain(
+    lake: &Path,
+    config: &DedupConfig,
+    keep: usize,
+    merge_at: usize,
+) -> Result<maintain::Maintenance, IngestError> {
     let warehouse = Arc::new(Warehouse::open(lake).await?);
     let dedup = Arc::new(Dedup::open(config, warehouse.root()).await?);
     let ledger = LedgerIndex { files: FileIndex::open(dedup.clone(), config.expected_files).await? };
     let mark = ledger.sync(&warehouse).await?;
-    Committer::new(warehouse, dedup).expire(keep, mark).await
+    Committer::new(warehouse, dedup).maintain(keep, merge_at, mark).await
 }
 
 /// Runs one ingest of everything in staging not yet in the ledger. `progress` may be watched meanwhile.

@@ -5,6 +5,7 @@
 //! exactly-once protocol (`ingest::maintain`); this module reads a table's history and removes the snapshots it is
 //! given, then deletes the files only they referenced.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -42,7 +43,8 @@ impl History {
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Expired {
     pub snapshots: u64,
-    /// Manifest lists of the expired snapshots and metadata files older than the table's metadata log.
+    /// Manifest lists of the expired snapshots, manifests no kept snapshot lists, and metadata files older than
+    /// the table's metadata log.
     pub files_deleted: u64,
 }
 
@@ -69,8 +71,9 @@ impl Warehouse {
     }
 
     /// Removes these snapshots from the table (the current one and ids it no longer has are passed over), then
-    /// deletes their manifest lists and the metadata files older than every file in the table's metadata log.
-    /// Data files and manifests stay: every later snapshot still lists them (appends never remove data).
+    /// deletes their manifest lists, the manifests that no kept snapshot lists (merged away, see `merge`), and the
+    /// metadata files older than every file in the table's metadata log. Data files stay: appends and merges never
+    /// remove data, so every data file of an expired snapshot is in the current one.
     pub async fn expire_snapshots(&self, table: &str, ids: &[i64]) -> Result<Expired, LakeError> {
         let loaded = self.load(table).await?;
         let meta = loaded.metadata();
@@ -82,6 +85,13 @@ impl Warehouse {
         }
         let lists: Vec<String> =
             ids.iter().filter_map(|id| meta.snapshot_by_id(*id)).map(|s| s.manifest_list().to_owned()).collect();
+        // Manifests the expired snapshots list: those no kept snapshot lists (merged away) go with them.
+        let mut manifests = HashSet::new();
+        for id in &ids {
+            if let Some(snapshot) = meta.snapshot_by_id(*id) {
+                manifests.extend(manifest_paths(&loaded, snapshot).await?);
+            }
+        }
         let tx = Transaction::new(&loaded);
         // Only the named snapshots: without a pinned cutoff iceberg-rust also expires by age (5 days by default),
         // which would take snapshots the protocol still needs.
@@ -98,9 +108,34 @@ impl Warehouse {
                 report.files_deleted += 1;
             }
         }
+        if !manifests.is_empty() {
+            for snapshot in after.metadata().snapshots() {
+                for path in manifest_paths(&after, snapshot).await? {
+                    manifests.remove(&path);
+                }
+            }
+            for path in manifests {
+                if io.exists(&path).await? {
+                    io.delete(&path).await?;
+                    report.files_deleted += 1;
+                }
+            }
+        }
         report.files_deleted += delete_old_metadata_files(&after)?;
         Ok(report)
     }
+}
+
+/// The manifests a snapshot's manifest list names (none if the list is gone).
+async fn manifest_paths(
+    table: &iceberg::table::Table,
+    snapshot: &iceberg::spec::SnapshotRef,
+) -> Result<Vec<String>, LakeError> {
+    if !table.file_io().exists(snapshot.manifest_list()).await? {
+        return Ok(Vec::new());
+    }
+    let list = table.manifest_list_reader(snapshot).load().await?;
+    Ok(list.entries().iter().map(|m| m.manifest_path.clone()).collect())
 }
 
 /// Deletes the table's metadata files older than the oldest one its metadata log still names (iceberg-rust keeps

@@ -6,12 +6,14 @@
 //! - [`rows`]: parsed files → rows per table and business date;
 //! - [`commit_log`]: commits across tables made atomic by rolling forward a durable intent;
 //! - [`expire`]: snapshot histories, and expiring old snapshots so that metadata stays bounded;
+//! - [`merge`]: merging small manifests so that manifest lists stay short;
 //! - [`warehouse`]: the catalog, table creation and checking, appends with snapshot properties, reads;
 //! - [`query`]: SQL over the tables (DataFusion).
 
 pub mod columns;
 pub mod commit_log;
 pub mod expire;
+pub mod merge;
 pub mod query;
 pub mod rows;
 pub mod tables;

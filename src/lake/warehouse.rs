@@ -28,6 +28,8 @@ use super::tables::{TABLES, TableDef};
 
 /// The namespace poslake's tables live in.
 pub const NAMESPACE: &str = "poslake";
+/// The SQL catalog's name (its rows in `catalog.db` carry it).
+pub const CATALOG_NAME: &str = "poslake";
 
 /// Default target size of one data file: large files keep scans cheap, since iceberg-rust has no compaction.
 pub const DEFAULT_TARGET_FILE_BYTES: usize = 128 << 20;
@@ -62,7 +64,7 @@ impl Warehouse {
             .warehouse_location(format!("file://{}", root.join("warehouse").display()))
             .sql_bind_style(SqlBindStyle::QMark)
             .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
-            .load("poslake", HashMap::new())
+            .load(CATALOG_NAME, HashMap::new())
             .await?;
         let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
         if !catalog.namespace_exists(&namespace).await? {

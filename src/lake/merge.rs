@@ -1,0 +1,175 @@
+//! Merging a table's small manifests, so that each commit's manifest list stays short.
+//!
+//! A fast append writes one manifest and a manifest list naming every manifest of the table, so the list grows by one
+//! entry per commit ever made, and each commit rewrites it whole. Java Iceberg's merge append bins small manifests
+//! together; iceberg-rust 0.10 has no such action and keeps the means to add one private (`TransactionAction`,
+//! `TableCommit`'s builder). So the merge is made here from its public parts: the small manifests' live entries are
+//! rewritten as *existing* entries (their snapshot ids and sequence numbers kept) into one manifest, a `replace`
+//! snapshot lists it beside the large manifests, and the new metadata is swapped in with the same conditional
+//! `UPDATE` of the catalog row that iceberg-catalog-sql's own commit runs: it fails if any other commit landed first.
+//! No data changes: every data file of the current snapshot is in exactly one manifest of the new one.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use iceberg::MetadataLocation;
+use iceberg::spec::{
+    MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
+    Summary, TableMetadataBuilder,
+};
+
+use super::LakeError;
+use super::warehouse::Warehouse;
+
+/// Manifests of at most this size are merged (Java Iceberg's `commit.manifest.target-size-bytes` default).
+pub const MANIFEST_TARGET_BYTES: i64 = 8 << 20;
+
+/// What one table's merge did.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Merged {
+    /// Small manifests merged into one.
+    pub manifests: u64,
+    /// Data files they listed.
+    pub data_files: u64,
+}
+
+/// The snapshot-summary property of a merge snapshot: how many manifests it merged.
+pub const MERGED_PROPERTY: &str = "poslake.merged-manifests";
+
+impl Warehouse {
+    /// Merges the table's small manifests into one if it has at least `min` of them. `None` when there was nothing
+    /// to merge or another commit landed first (the next merge tries again).
+    pub async fn merge_manifests(&self, table: &str, min: usize) -> Result<Option<Merged>, LakeError> {
+        let loaded = self.load(table).await?;
+        let meta = loaded.metadata();
+        let (Some(current), Some(location)) = (meta.current_snapshot(), loaded.metadata_location()) else {
+            return Ok(None);
+        };
+        let io = loaded.file_io();
+        let list = loaded.manifest_list_reader(current).load().await?;
+        // poslake writes no delete files; a table with delete manifests is left as it is.
+        if list.entries().iter().any(|m| m.content != ManifestContentType::Data) {
+            return Ok(None);
+        }
+        let (small, large): (Vec<&ManifestFile>, Vec<&ManifestFile>) =
+            list.entries().iter().partition(|m| m.manifest_length < MANIFEST_TARGET_BYTES);
+        if small.len() < min.max(2) {
+            return Ok(None);
+        }
+
+        let snapshot_id = new_snapshot_id(meta);
+        let sequence = meta.next_sequence_number();
+        let commit = uuid::Uuid::new_v4();
+        let manifest_path = format!("{}/metadata/{commit}-m0.avro", meta.location());
+        let mut writer = ManifestWriterBuilder::new(
+            io.new_output(&manifest_path)?,
+            Some(snapshot_id),
+            meta.current_schema().clone(),
+            meta.default_partition_spec().as_ref().clone(),
+        )
+        .build_v2_data();
+        let mut report = Merged { manifests: small.len() as u64, data_files: 0 };
+        for manifest in &small {
+            for entry in manifest.load_manifest(io).await?.entries() {
+                if !entry.is_alive() {
+                    continue;
+                }
+                // Loading fills in inherited sequence numbers; an entry without one cannot be carried over exactly.
+                let (Some(snapshot), Some(seq)) = (entry.snapshot_id(), entry.sequence_number()) else {
+                    return Err(LakeError::Schema {
+                        table: "manifests",
+                        reason: format!("{table}: an entry of {} has no snapshot or sequence", manifest.manifest_path),
+                    });
+                };
+                writer.add_existing_file(entry.data_file().clone(), snapshot, seq, entry.file_sequence_number)?;
+                report.data_files += 1;
+            }
+        }
+        let merged = writer.write_manifest_file().await?;
+
+        let list_path = format!("{}/metadata/snap-{snapshot_id}-0-{commit}.avro", meta.location());
+        let mut lists = ManifestListWriter::v2(
+            io.new_output(&list_path)?.writer().await?,
+            snapshot_id,
+            Some(current.snapshot_id()),
+            sequence,
+        );
+        lists.add_manifests(large.into_iter().cloned().chain(std::iter::once(merged)))?;
+        lists.close().await?;
+
+        // The totals stay those of the current snapshot: no data was added or removed.
+        let mut properties: HashMap<String, String> = current
+            .summary()
+            .additional_properties
+            .iter()
+            .filter(|(k, _)| k.starts_with("total-"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        properties.insert(MERGED_PROPERTY.to_owned(), report.manifests.to_string());
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(snapshot_id)
+            .with_parent_snapshot_id(Some(current.snapshot_id()))
+            .with_sequence_number(sequence)
+            .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+            .with_manifest_list(list_path.clone())
+            .with_summary(Summary { operation: Operation::Replace, additional_properties: properties })
+            .with_schema_id(meta.current_schema_id())
+            .build();
+        let built = TableMetadataBuilder::new_from_metadata(meta.clone(), Some(location.to_owned()))
+            .set_branch_snapshot(snapshot, MAIN_BRANCH)?
+            .build()?;
+        let next = MetadataLocation::from_str(location)?.with_next_version();
+        built.metadata.write_to(io, &next).await?;
+        // A kill here leaves three files nothing references; the next merge writes its own.
+        crate::failpoint::hit("merge");
+        if self.swap_metadata(table, location, &next.to_string()).await? {
+            Ok(Some(report))
+        } else {
+            // Another commit landed first: nothing of this merge is referenced.
+            for path in [next.to_string(), list_path, manifest_path] {
+                let _ = io.delete(&path).await;
+            }
+            Ok(None)
+        }
+    }
+
+    /// Points the catalog's row for `table` at `next` if it still points at `current` (the same conditional update
+    /// iceberg-catalog-sql's commit makes). Whether it did.
+    async fn swap_metadata(&self, table: &str, current: &str, next: &str) -> Result<bool, LakeError> {
+        use sqlx::ConnectOptions;
+        let db = self.root().join("catalog.db");
+        let io = |e: sqlx::Error| LakeError::Io { path: db.clone(), source: std::io::Error::other(e) };
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db)
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(io)?;
+        let done = sqlx::query(
+            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
+             AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = ?",
+        )
+        .bind(next)
+        .bind(current)
+        .bind(super::warehouse::CATALOG_NAME)
+        .bind(super::warehouse::NAMESPACE)
+        .bind(table)
+        .bind(current)
+        .execute(&mut conn)
+        .await
+        .map_err(io)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// A positive snapshot id the table does not have yet (iceberg-rust draws them the same way).
+fn new_snapshot_id(meta: &iceberg::spec::TableMetadata) -> i64 {
+    loop {
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) & (i64::MAX as u64)) as i64;
+        if id != 0 && meta.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
