@@ -30,8 +30,15 @@ async fn main() -> anyhow::Result<()> {
     let (xml, _) = poslake::generate::generate_file(Dialect::ArtsPoslog, 7, 5);
     let parsed = parse_file("growth.xml", xml.as_bytes(), &ParseOptions::default())?;
     println!(
-        "{:>8} {:>14} {:>12} {:>10} {:>16} {:>20}",
-        "commits", "median ms", "mean ms", "snapshots", "metadata KiB", "manifest list KiB"
+        "{:>8} {:>10} {:>10} {:>10} {:>14} {:>18} {:>10} {:>20}",
+        "commits",
+        "median ms",
+        "mean ms",
+        "snapshots",
+        "metadata KiB",
+        "manifest list KiB",
+        "manifests",
+        "largest manifest KiB"
     );
     let mut times = Vec::with_capacity(every);
     for i in 1..=commits {
@@ -57,7 +64,20 @@ async fn main() -> anyhow::Result<()> {
             let metadata = table.metadata_location().map_or(0, file_size);
             let list = table.metadata().current_snapshot().map_or(0, |s| file_size(s.manifest_list()));
             let snapshots = table.metadata().snapshots().count();
-            println!("{i:>8} {median:>14.1} {mean:>12.1} {snapshots:>10} {:>16.1} {:>20.1}", kib(metadata), kib(list));
+            let (manifests, largest) = match table.metadata().current_snapshot() {
+                Some(s) => {
+                    let list = table.manifest_list_reader(s).load().await?;
+                    let largest = list.entries().iter().map(|m| m.manifest_length).max().unwrap_or(0);
+                    (list.entries().len(), largest as u64)
+                }
+                None => (0, 0),
+            };
+            println!(
+                "{i:>8} {median:>10.1} {mean:>10.1} {snapshots:>10} {:>14.1} {:>18.1} {manifests:>10} {:>20.1}",
+                kib(metadata),
+                kib(list),
+                kib(largest)
+            );
         }
     }
     Ok(())
