@@ -21,8 +21,8 @@ use iceberg::spec::{
 use super::LakeError;
 use super::warehouse::Warehouse;
 
-/// Manifests of at most this size are merged (Java Iceberg's `commit.manifest.target-size-bytes` default).
-pub const MANIFEST_TARGET_BYTES: i64 = 8 << 20;
+/// Manifests smaller than this are merged by default (Java Iceberg's `commit.manifest.target-size-bytes` default).
+pub const DEFAULT_MANIFEST_TARGET_BYTES: i64 = 8 << 20;
 
 /// What one table's merge did.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -52,7 +52,7 @@ impl Warehouse {
             return Ok(None);
         }
         let (small, large): (Vec<&ManifestFile>, Vec<&ManifestFile>) =
-            list.entries().iter().partition(|m| m.manifest_length < MANIFEST_TARGET_BYTES);
+            list.entries().iter().partition(|m| m.manifest_length < self.manifest_target_bytes());
         if small.len() < min.max(2) {
             return Ok(None);
         }

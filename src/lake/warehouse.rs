@@ -41,6 +41,8 @@ pub struct Warehouse {
     /// Arrow schemas of [`TABLES`], taken from the tables themselves (field ids included).
     schemas: Vec<SchemaRef>,
     target_file_bytes: usize,
+    /// Manifests smaller than this are merged (see `merge`).
+    manifest_target_bytes: i64,
 }
 
 /// One table's commit.
@@ -81,6 +83,7 @@ impl Warehouse {
             root,
             schemas,
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
+            manifest_target_bytes: super::merge::DEFAULT_MANIFEST_TARGET_BYTES,
         })
     }
 
@@ -91,6 +94,15 @@ impl Warehouse {
     /// The Iceberg catalog (for SQL engines and other readers).
     pub fn catalog(&self) -> Arc<dyn Catalog> {
         self.catalog.clone()
+    }
+
+    /// Sets the size under which manifests are merged (default [`super::merge::DEFAULT_MANIFEST_TARGET_BYTES`]).
+    pub fn set_manifest_target_bytes(&mut self, bytes: i64) {
+        self.manifest_target_bytes = bytes;
+    }
+
+    pub fn manifest_target_bytes(&self) -> i64 {
+        self.manifest_target_bytes
     }
 
     pub fn root(&self) -> &Path {
