@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use iceberg::spec::Operation;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 
 use super::LakeError;
@@ -85,10 +86,19 @@ impl Warehouse {
         }
         let lists: Vec<String> =
             ids.iter().filter_map(|id| meta.snapshot_by_id(*id)).map(|s| s.manifest_list().to_owned()).collect();
-        // Manifests the expired snapshots list: those no kept snapshot lists (merged away) go with them.
+        // Manifests the expired snapshots list: those no kept snapshot lists (merged away) go with them. Appends only
+        // add manifests, so only a snapshot older than a merge can list one that the current snapshot does not:
+        // the lists of the others are not read.
+        let before_merge = |meta: &iceberg::spec::TableMetadata, snapshot: &iceberg::spec::Snapshot| {
+            meta.snapshots().any(|s| {
+                s.summary().operation == Operation::Replace && s.sequence_number() > snapshot.sequence_number()
+            })
+        };
         let mut manifests = HashSet::new();
         for id in &ids {
-            if let Some(snapshot) = meta.snapshot_by_id(*id) {
+            if let Some(snapshot) = meta.snapshot_by_id(*id)
+                && before_merge(meta, snapshot)
+            {
                 manifests.extend(manifest_paths(&loaded, snapshot).await?);
             }
         }
@@ -108,8 +118,17 @@ impl Warehouse {
                 report.files_deleted += 1;
             }
         }
-        if !manifests.is_empty() {
-            for snapshot in after.metadata().snapshots() {
+        if let Some(current) = after.metadata().current_snapshot()
+            && !manifests.is_empty()
+        {
+            for path in manifest_paths(&after, current).await? {
+                manifests.remove(&path);
+            }
+            // What the current snapshot no longer lists, a kept snapshot older than a merge may still list.
+            for snapshot in after.metadata().snapshots().filter(|s| before_merge(after.metadata(), s)) {
+                if manifests.is_empty() {
+                    break;
+                }
                 for path in manifest_paths(&after, snapshot).await? {
                     manifests.remove(&path);
                 }
