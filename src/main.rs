@@ -81,6 +81,10 @@ enum Command {
         /// Snapshots to keep per table. [default: keep_snapshots of the configuration, 100]
         #[arg(long)]
         keep: Option<usize>,
+        /// Also delete files no snapshot references (left by failed or killed runs) that are older than this many
+        /// hours. Younger ones may belong to an ingest still running. Iceberg's usual choice is 72.
+        #[arg(long)]
+        remove_orphans_older_than_hours: Option<u64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -333,7 +337,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Query { sql, lake } => query(sql, lake).await,
         Command::Dedup { command } => dedup(command).await,
         Command::Reconcile { store, json } => reconcile(store, json).await,
-        Command::Maintain { store, keep, json } => maintain(store, keep, json).await,
+        Command::Maintain { store, keep, remove_orphans_older_than_hours, json } => {
+            maintain(store, keep, remove_orphans_older_than_hours, json).await
+        }
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -478,15 +484,38 @@ async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn maintain(store: StoreArgs, keep: Option<usize>, json: bool) -> anyhow::Result<ExitCode> {
+async fn maintain(
+    store: StoreArgs,
+    keep: Option<usize>,
+    orphan_hours: Option<u64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let c = store.config()?;
     let keep = keep.unwrap_or(c.keep_snapshots);
     anyhow::ensure!(keep > 0, "--keep must be at least 1 (keep_snapshots = 0 means never expire)");
     let started = std::time::Instant::now();
     let report = poslake::ingest::maintain(&c.lake, &c.dedup, keep, c.min_manifests_to_merge).await?;
+    let orphans = match orphan_hours {
+        Some(hours) => {
+            let older_than = std::time::SystemTime::now()
+                .checked_sub(std::time::Duration::from_secs(hours.saturating_mul(3600)))
+                .unwrap_or(std::time::UNIX_EPOCH);
+            poslake::ingest::remove_orphans(&c.lake, &c.dedup, older_than).await?
+        }
+        None => Vec::new(),
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let out = serde_json::json!({ "maintenance": report, "orphans": orphans });
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    for (table, o) in &orphans {
+        println!(
+            "{table:<20} {:>8} orphan files removed ({:.1} MB), {} younger ones kept",
+            o.removed,
+            o.removed_bytes as f64 / 1e6,
+            o.kept
+        );
     }
     for (table, m) in &report.merged {
         println!("{table:<20} {:>8} manifests merged ({} data files)", m.manifests, m.data_files);

@@ -186,7 +186,7 @@ async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
     // The crashed lake's history was expired as it went (a kill may have left a few more than 2 since; `poslake
     // expire` takes them); the reference kept all of it.
     let out = Command::new(env!("CARGO_BIN_EXE_poslake"))
-        .args(["maintain", "--keep", "2", "--config"])
+        .args(["maintain", "--keep", "2", "--remove-orphans-older-than-hours", "0", "--config"])
         .arg(&config)
         .arg("--lake")
         .arg(&lake)
@@ -195,6 +195,18 @@ async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let kept = wh.history("sales_header").await.expect("history");
     assert!(kept.truncated && kept.snapshots.len() == 2, "{} snapshots kept", kept.snapshots.len());
+    // The files the killed runs left unreferenced are gone (no grace: nothing runs now), and every table still
+    // reads as the reference does.
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let removed: u64 = report
+        .lines()
+        .filter(|l| l.contains("orphan files removed"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    assert!(removed > 0, "the kills mid-write left files no snapshot names: {report}");
+    assert_eq!(counts(&lake).await, counts(&reference).await, "every table as in the uninterrupted run");
+    let after: BTreeSet<String> = header_keys(&wh).await.into_iter().collect();
+    assert_eq!(after, want, "every key still reads");
     let full = Warehouse::open(&reference).await.expect("open").history("sales_header").await.expect("history");
     assert!(!full.truncated && full.snapshots.len() > 10, "{} snapshots in the reference", full.snapshots.len());
 }

@@ -196,3 +196,62 @@ async fn merging_manifests_keeps_every_data_file_and_expiry_then_deletes_the_mer
     assert_eq!(wh.history("sales_header").await.expect("history").snapshots.len(), 1);
     assert_eq!(common::header_keys(&wh).await.len(), keys_before.len() + files[0].transactions.len());
 }
+
+/// Sets the modification time of every file under `dir` back by `by`.
+fn age(dir: &std::path::Path, by: std::time::Duration) {
+    let when = std::time::SystemTime::now() - by;
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            age(&path, by);
+        } else {
+            std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(when)).expect("age");
+        }
+    }
+}
+
+fn paths_of(commit: &PreparedCommit) -> Vec<std::path::PathBuf> {
+    let local = |p: &str| std::path::PathBuf::from(p.strip_prefix("file://").unwrap_or(p));
+    commit.tables.iter().flat_map(|t| t.files.iter().map(move |f| local(f.file_path()))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_past_the_grace_period_are_removed_and_nothing_referenced_or_pending_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = Arc::new(Warehouse::open(dir.path()).await.expect("open"));
+    let dedup = Arc::new(Dedup::open(&DedupConfig::default(), wh.root()).await.expect("store"));
+    let committer = Committer::new(wh.clone(), dedup.clone());
+    let files = dialect_fixtures();
+    for (i, file) in files.iter().take(2).enumerate() {
+        committer.commit(prepared(&wh, file, &format!("run/w/{i}")).await, &[]).await.expect("commit");
+    }
+    // Data files of a run that failed before its commit, and of a commit in progress (its intent written).
+    let orphan = paths_of(&prepared(&wh, &files[2], "run/w/orphan").await);
+    let pending = prepared(&wh, &files[3], "run/w/pending").await;
+    wh.write_intent(&pending).await.expect("intent");
+    let pending_paths = paths_of(&pending);
+    drop(pending);
+    age(&dir.path().join("warehouse"), std::time::Duration::from_secs(7200));
+    // Data files written just now by a run still going: young, so kept.
+    let young = paths_of(&prepared(&wh, &files[4], "run/w/young").await);
+    let rows = wh.row_count("sales_header").await.expect("rows");
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let keys = sorted(common::header_keys(&wh).await);
+
+    let older_than = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let report = committer.remove_orphans(older_than).await.expect("sweep");
+    let removed: u64 = report.iter().map(|(_, o)| o.removed).sum();
+    assert_eq!(removed as usize, orphan.len(), "{report:?}");
+    assert!(orphan.iter().all(|p| !p.exists()), "the failed run's files are gone");
+    assert!(pending_paths.iter().chain(&young).all(|p| p.exists()), "pending and young files stay");
+    assert_eq!(wh.row_count("sales_header").await.expect("rows"), rows);
+    assert_eq!(sorted(common::header_keys(&wh).await), keys, "every committed row still reads");
+
+    // The pending commit still finishes from its intent.
+    let recovery = committer.recover(None).await.expect("recover");
+    assert_eq!(recovery.intents_finished, 1);
+    assert_eq!(wh.row_count("sales_header").await.expect("rows"), rows + files[3].transactions.len() as u64);
+}

@@ -21,6 +21,7 @@ use crate::dedup::DedupStore;
 use crate::failpoint;
 use crate::lake::expire::{Expired, History};
 use crate::lake::merge::Merged;
+use crate::lake::orphans::Orphans;
 use crate::lake::tables::{SALES_HEADER, TABLES};
 
 /// The store's record that it holds the keys of every `sales_header` commit before snapshot `start`.
@@ -127,5 +128,24 @@ impl Committer {
             );
         }
         Ok(())
+    }
+
+    /// Deletes, in every table, the files no snapshot references that were last modified before `older_than`,
+    /// except the data files of pending intents (see `lake::orphans`).
+    pub async fn remove_orphans(
+        &self,
+        older_than: std::time::SystemTime,
+    ) -> Result<Vec<(&'static str, Orphans)>, IngestError> {
+        let mut protected = HashSet::new();
+        for intent in self.warehouse().pending_intents().await? {
+            for t in &intent.tables {
+                protected.extend(t.files.iter().map(|f| f.file_path().to_owned()));
+            }
+        }
+        let mut out = Vec::new();
+        for def in TABLES {
+            out.push((def.name, self.warehouse().remove_orphans(def.name, older_than, &protected).await?));
+        }
+        Ok(out)
     }
 }

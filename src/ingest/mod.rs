@@ -895,6 +895,18 @@ pub async fn maintain(
     Committer::new(warehouse, dedup).maintain(keep, merge_at, mark).await
 }
 
+/// `poslake maintain --remove-orphans-older-than-hours H`: deletes the files under the tables' folders that no
+/// snapshot references and that are older than `older_than` (see `lake::orphans`).
+pub async fn remove_orphans(
+    lake: &Path,
+    config: &DedupConfig,
+    older_than: std::time::SystemTime,
+) -> Result<Vec<(&'static str, crate::lake::orphans::Orphans)>, IngestError> {
+    let warehouse = Arc::new(Warehouse::open(lake).await?);
+    let dedup = Arc::new(Dedup::open(config, warehouse.root()).await?);
+    Committer::new(warehouse, dedup).remove_orphans(older_than).await
+}
+
 /// Runs one ingest of everything in staging not yet in the ledger. `progress` may be watched meanwhile.
 pub async fn ingest(
     setup: &IngestSetup,

@@ -7,6 +7,7 @@
 //! - [`commit_log`]: commits across tables made atomic by rolling forward a durable intent;
 //! - [`expire`]: snapshot histories, and expiring old snapshots so that metadata stays bounded;
 //! - [`merge`]: merging small manifests so that manifest lists stay short;
+//! - [`orphans`]: deleting files no snapshot references (left by failed runs);
 //! - [`warehouse`]: the catalog, table creation and checking, appends with snapshot properties, reads;
 //! - [`query`]: SQL over the tables (DataFusion).
 
@@ -14,6 +15,7 @@ pub mod columns;
 pub mod commit_log;
 pub mod expire;
 pub mod merge;
+pub mod orphans;
 pub mod query;
 pub mod rows;
 pub mod tables;
