@@ -16,6 +16,15 @@ use poslake::ingest::commit::Committer;
 use poslake::ingest::maintain::history_marker;
 use poslake::lake::{COMMIT_PROPERTY, LakeWriter, PreparedCommit, Warehouse};
 
+/// A fresh warehouse with the embedded store, and the committer over both.
+async fn lake() -> (tempfile::TempDir, Arc<Warehouse>, Arc<Dedup>, Committer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = Arc::new(Warehouse::open(dir.path()).await.expect("open"));
+    let dedup = Arc::new(Dedup::open(&DedupConfig::default(), wh.root()).await.expect("store"));
+    let committer = Committer::new(wh.clone(), dedup.clone());
+    (dir, wh, dedup, committer)
+}
+
 /// One file's rows, written and closed, as commit `id`.
 async fn prepared(wh: &Arc<Warehouse>, file: &ParsedFile, id: &str) -> PreparedCommit {
     let mut rows = wh.rows();
@@ -39,10 +48,7 @@ fn ids(range: std::ops::Range<usize>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_takes_only_complete_commits_and_a_lost_store_is_reloaded_from_every_row() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wh = Arc::new(Warehouse::open(dir.path()).await.expect("open"));
-    let dedup = Arc::new(Dedup::open(&DedupConfig::default(), wh.root()).await.expect("store"));
-    let committer = Committer::new(wh.clone(), dedup.clone());
+    let (dir, wh, dedup, committer) = lake().await;
     let files = dialect_fixtures();
     let id = |i: usize| format!("run/w/{i}");
 
@@ -135,10 +141,7 @@ async fn manifests(wh: &Warehouse, table: &str) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merging_manifests_keeps_every_data_file_and_expiry_then_deletes_the_merged_ones() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wh = Arc::new(Warehouse::open(dir.path()).await.expect("open"));
-    let dedup = Arc::new(Dedup::open(&DedupConfig::default(), wh.root()).await.expect("store"));
-    let committer = Committer::new(wh.clone(), dedup.clone());
+    let (_dir, wh, _dedup, committer) = lake().await;
     let files = dialect_fixtures();
     for i in 0..12 {
         committer
@@ -217,10 +220,7 @@ fn paths_of(commit: &PreparedCommit) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_past_the_grace_period_are_removed_and_nothing_referenced_or_pending_is() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wh = Arc::new(Warehouse::open(dir.path()).await.expect("open"));
-    let dedup = Arc::new(Dedup::open(&DedupConfig::default(), wh.root()).await.expect("store"));
-    let committer = Committer::new(wh.clone(), dedup.clone());
+    let (dir, wh, _dedup, committer) = lake().await;
     let files = dialect_fixtures();
     for (i, file) in files.iter().take(2).enumerate() {
         committer.commit(prepared(&wh, file, &format!("run/w/{i}")).await, &[]).await.expect("commit");
