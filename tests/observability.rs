@@ -233,7 +233,8 @@ async fn the_metrics_endpoint_counts_what_the_run_reports() {
     assert!(text.contains("poslake_in_flight_files"), "{text}");
 }
 
-/// The compose file runs poslake with flags the binary accepts, and mounts the configuration the image expects.
+/// The compose file runs poslake (the ingest, and the maintenance loop) with flags the binary accepts, and mounts
+/// the configuration the image expects.
 #[test]
 fn the_compose_file_matches_the_command_line() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -247,6 +248,19 @@ fn the_compose_file_matches_the_command_line() {
     assert!(flags.len() >= 5, "{flags:?}");
     for flag in flags {
         assert!(help.contains(&format!("--{flag}")), "poslake ingest has no --{flag}");
+    }
+    // The maintenance service's shell loop passes flags that `poslake maintain` takes.
+    let maintain = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["maintain", "--help"])
+        .output()
+        .expect("poslake maintain --help");
+    let maintain = String::from_utf8_lossy(&maintain.stdout);
+    let service = compose.split("\n  maintain:\n").nth(1).expect("a maintain service");
+    let service = service.split("\nvolumes:").next().unwrap_or(service);
+    let flags: Vec<&str> = service.split_whitespace().filter(|w| w.starts_with("--")).collect();
+    assert!(flags.contains(&"--remove-orphans-older-than-hours"), "{flags:?}");
+    for flag in flags {
+        assert!(maintain.contains(flag.trim_end_matches(';')), "poslake maintain has no {flag}");
     }
     let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
     assert!(dockerfile.contains("/etc/poslake/poslake.toml") && compose.contains(":/etc/poslake/poslake.toml:ro"));

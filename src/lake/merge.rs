@@ -23,7 +23,7 @@ use super::warehouse::Warehouse;
 
 /// Manifests smaller than this are merged by default. Java Iceberg's default is 8 MiB, but a merge rewrites the
 /// growing merged manifest until it passes the target, and iceberg-rust's Avro runs at a few MB/s here: with 8 MiB the
-/// maintenance cost climbed to 35 ms per commit by the 5,000th commit, with 1 MiB it stays near 15 ms
+/// maintenance cost climbed to 35 ms per commit by the 5,000th commit, with 1 MiB it stays near 10 ms
 /// (`examples/commit_growth`; docs/lake.md). A list of 1 MiB manifests is still short.
 pub const DEFAULT_MANIFEST_TARGET_BYTES: i64 = 1 << 20;
 
