@@ -473,13 +473,17 @@ async fn show_progress(progress: std::sync::Arc<poslake_actors::Progress>) {
 
 async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
     let wh = poslake::lake::Warehouse::open(&args.lake).await?;
-    println!("{:<20} {:>20} {:>10} {:>12}", "table", "snapshot", "snapshots", "rows");
+    println!("{:<20} {:>20} {:>10} {:>10} {:>12}", "table", "snapshot", "snapshots", "manifests", "rows");
     for def in poslake::lake::tables::TABLES {
         let table = wh.load(def.name).await?;
         let meta = table.metadata();
         let snapshot = meta.current_snapshot().map_or("-".to_owned(), |s| s.snapshot_id().to_string());
+        let manifests = match meta.current_snapshot() {
+            Some(s) => table.manifest_list_reader(s).load().await?.entries().len(),
+            None => 0,
+        };
         let rows = wh.row_count(def.name).await?;
-        println!("{:<20} {:>20} {:>10} {:>12}", def.name, snapshot, meta.snapshots().count(), rows);
+        println!("{:<20} {:>20} {:>10} {:>10} {:>12}", def.name, snapshot, meta.snapshots().count(), manifests, rows);
     }
     Ok(ExitCode::SUCCESS)
 }
