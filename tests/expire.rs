@@ -156,8 +156,8 @@ async fn merging_manifests_keeps_every_data_file_and_expiry_then_deletes_the_mer
         before.push((wh.row_count(t).await.expect("rows"), data_files(&wh, t).await));
     }
 
-    // Nothing expires (keep 100); every table with 8 or more small manifests gets them merged into one.
-    let report = committer.maintain(100, 8, None).await.expect("maintain");
+    // Keep 0 expires nothing; every table with 8 or more small manifests gets them merged into one.
+    let report = committer.maintain(0, 8, None).await.expect("maintain");
     for (t, (rows, files)) in tables.iter().zip(&before) {
         let merged = report.merged.iter().find(|(name, _)| name == t).map(|(_, m)| *m).expect("merged");
         assert_eq!(merged.manifests, 12);

@@ -45,8 +45,8 @@ impl Maintenance {
 
 impl Committer {
     /// Merges each table's small manifests once there are `merge_at` of them (0: never), then expires the snapshots
-    /// older than the newest `keep` whose commits are complete (see the module docs). `ledger_mark` is the ledger
-    /// snapshot the file index holds every file of.
+    /// older than the newest `keep` whose commits are complete (0: none; see the module docs). `ledger_mark` is the
+    /// ledger snapshot the file index holds every file of.
     pub async fn maintain(
         &self,
         keep: usize,
@@ -62,12 +62,13 @@ impl Committer {
                 report.merged.push((def.name, merged));
             }
         }
-        self.expire(keep, ledger_mark, &mut report).await?;
+        if keep > 0 {
+            self.expire(keep, ledger_mark, &mut report).await?;
+        }
         Ok(report)
     }
 
     async fn expire(&self, keep: usize, ledger_mark: Option<i64>, report: &mut Maintenance) -> Result<(), IngestError> {
-        let keep = keep.max(1);
         // Histories first, intents second: a commit still in progress when its snapshot was read had written its
         // intent before committing any table, and removes it only once complete, so the listing below sees it.
         let mut histories: Vec<(&'static str, History)> = Vec::new();

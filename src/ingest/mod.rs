@@ -6,7 +6,7 @@
 //! - [`archive`]: the immutable bronze archive of raw files;
 //! - [`reconcile`]: verifying the quarantine exactly and promoting false positives;
 //! - [`commit`]: the exactly-once protocol between the lake and the dedup store, and recovery;
-//! - [`maintain`]: expiring old snapshots without breaking that protocol.
+//! - [`maintain`]: table maintenance (merging manifests, expiring snapshots, removing orphans) within that protocol.
 
 pub mod archive;
 pub mod commit;
@@ -307,22 +307,28 @@ impl PosStages {
         Ok(())
     }
 
-    /// Every quarter of `keep_snapshots` commits, merges small manifests and expires the snapshots beyond it (see
-    /// [`maintain`]). Maintenance never fails the run: what it leaves, the next one takes.
+    /// Every quarter of `keep_snapshots` commits (every 25 when snapshots are all kept), merges small manifests and
+    /// expires the snapshots beyond `keep_snapshots` (see [`maintain`]). Maintenance never fails the run: what it
+    /// leaves, the next one takes.
     async fn maybe_maintain(&self, commits: u64) {
-        let keep = self.policy.keep_snapshots;
-        if keep == 0 || !commits.is_multiple_of((keep as u64 / 4).max(1)) {
+        let (keep, merge_at) = (self.policy.keep_snapshots, self.policy.min_manifests_to_merge);
+        let every = if keep > 0 { (keep as u64 / 4).max(1) } else { 25 };
+        if (keep == 0 && merge_at == 0) || !commits.is_multiple_of(every) {
             return;
         }
-        let mark = match self.ledger.sync(&self.warehouse).await {
-            Ok(mark) => mark,
-            Err(e) => {
-                tracing::warn!(error = %e, "table maintenance skipped: the file index could not be brought up to date");
-                return;
+        // The file index's mark bounds what the ledger's expiry may take; merging alone does not need it.
+        let mark = if keep == 0 {
+            None
+        } else {
+            match self.ledger.sync(&self.warehouse).await {
+                Ok(mark) => mark,
+                Err(e) => {
+                    tracing::warn!(error = %e, "table maintenance skipped: the file index could not be brought up to date");
+                    return;
+                }
             }
         };
         let span = tracing::info_span!("maintain", keep, snapshots = tracing::field::Empty);
-        let merge_at = self.policy.min_manifests_to_merge;
         match self.committer.maintain(keep, merge_at, mark).instrument(span.clone()).await {
             Ok(report) => {
                 span.record("snapshots", report.snapshots());

@@ -139,17 +139,22 @@ impl Warehouse {
         }
     }
 
+    /// The entries of the intents folder (none if it does not exist yet).
+    fn intent_entries(&self) -> Result<Vec<std::fs::DirEntry>, LakeError> {
+        let dir = self.intents_dir();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => Ok(entries.flatten().collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(LakeError::Io { path: dir, source }),
+        }
+    }
+
     /// Intents left by a process that stopped mid-commit, oldest first. A temporary file that never got renamed
     /// is an intent that was never made: nothing of it was committed, so it is deleted.
     pub async fn pending_intents(&self) -> Result<Vec<PreparedCommit>, LakeError> {
-        let dir = self.intents_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(LakeError::Io { path: dir, source }),
-        };
+        let entries = self.intent_entries()?;
         let mut found = Vec::new();
-        for entry in entries.flatten() {
+        for entry in entries {
             let path = entry.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
             if name.ends_with(".json.tmp") {
@@ -197,14 +202,9 @@ impl Warehouse {
         struct IdOnly {
             id: String,
         }
-        let dir = self.intents_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(LakeError::Io { path: dir, source }),
-        };
+        let entries = self.intent_entries()?;
         let mut ids = Vec::new();
-        for entry in entries.flatten() {
+        for entry in entries {
             let path = entry.path();
             if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".json")) {
                 continue;
