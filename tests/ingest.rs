@@ -367,6 +367,29 @@ async fn a_large_commit_is_added_as_a_table_and_the_next_run_lands_nothing() {
         .unwrap_or_else(|| panic!("no partition row in:\n{text}"));
     assert_eq!(adds, report.unique_keys, "{text}");
 
+    // `poslake tables`: sales_header's row count, snapshots and manifests, as the lake has them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["tables", "--lake"])
+        .arg(&lake)
+        .output()
+        .expect("tables");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let row: Vec<u64> = text
+        .lines()
+        .find(|l| l.starts_with("sales_header "))
+        .map(|l| l.split_whitespace().skip(2).filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| panic!("no sales_header row in:\n{text}"));
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let table = wh.load("sales_header").await.expect("load");
+    let snapshots = table.metadata().snapshots().count() as u64;
+    assert_eq!(
+        row,
+        vec![snapshots, snapshots, report.unique_keys],
+        "snapshots, manifests (one per commit), rows: {text}"
+    );
+    drop(wh);
+
     resent_files_land_nothing(&staging, dir.path(), &lake, &report).await;
 }
 
