@@ -306,9 +306,9 @@ async fn a_flushed_filter_is_rebuilt_from_sales_header() {
     assert_exact(&lake, &unique_keys(&manifest)).await;
 }
 
-/// With the history expired (and manifests merged) as the run goes, a wiped Redis cannot be refilled from the commits still in the
-/// history: the next start finds no history marker and reloads every row of `sales_header`, so re-sends of files
-/// whose snapshots are long gone are still caught. A Redis that kept its data is not reloaded.
+/// With the history expired (and manifests merged) as the run goes, a wiped Redis cannot be refilled from the
+/// commits still in the history: the next start finds no history marker and reloads every row of `sales_header`, so
+/// re-sends of files whose snapshots are long gone are still caught. A Redis that kept its data is not reloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_filter_under_an_expired_history_is_reloaded_from_every_row() {
     let server = RedisServer::start();

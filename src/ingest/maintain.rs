@@ -54,10 +54,7 @@ impl Committer {
         ledger_mark: Option<i64>,
     ) -> Result<Maintenance, IngestError> {
         let mut report = Maintenance::default();
-        for def in TABLES {
-            if merge_at == 0 {
-                break;
-            }
+        for def in TABLES.iter().filter(|_| merge_at > 0) {
             if let Some(merged) = self.warehouse().merge_manifests(def.name, merge_at).await? {
                 report.merged.push((def.name, merged));
             }

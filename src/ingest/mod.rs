@@ -323,7 +323,7 @@ impl PosStages {
             match self.ledger.sync(&self.warehouse).await {
                 Ok(mark) => mark,
                 Err(e) => {
-                    tracing::warn!(error = %e, "table maintenance skipped: the file index could not be brought up to date");
+                    tracing::warn!(error = %e, "table maintenance skipped: the file index is not up to date");
                     return;
                 }
             }

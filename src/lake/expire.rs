@@ -28,7 +28,6 @@ pub struct SnapshotEntry {
 #[derive(Debug, Clone, Default)]
 pub struct History {
     pub snapshots: Vec<SnapshotEntry>,
-    pub current: Option<i64>,
     /// Whether older snapshots were expired: the oldest one kept names a parent the table no longer has.
     pub truncated: bool,
 }
@@ -68,7 +67,7 @@ impl Warehouse {
             .and_then(|s| meta.snapshot_by_id(s.id))
             .and_then(|s| s.parent_snapshot_id())
             .is_some_and(|parent| meta.snapshot_by_id(parent).is_none());
-        Ok(History { snapshots, current: meta.current_snapshot_id(), truncated })
+        Ok(History { snapshots, truncated })
     }
 
     /// Removes these snapshots from the table (the current one and ids it no longer has are passed over), then
@@ -107,8 +106,8 @@ impl Warehouse {
         // which would take snapshots the protocol still needs.
         let action = tx.expire_snapshots().expire_snapshot_ids(ids.iter().copied()).expire_older_than_ms(i64::MIN);
         let after = action.apply(tx)?.commit(self.catalog_ref()).await?;
-        let mut report = Expired { snapshots: 0, files_deleted: 0 };
-        report.snapshots = ids.iter().filter(|id| after.metadata().snapshot_by_id(**id).is_none()).count() as u64;
+        let gone = ids.iter().filter(|id| after.metadata().snapshot_by_id(**id).is_none()).count();
+        let mut report = Expired { snapshots: gone as u64, files_deleted: 0 };
         let io = after.file_io();
         for list in lists {
             // A list whose snapshot is still there (another process's expiry failed over ours) is kept.
