@@ -977,3 +977,21 @@ fn repeated_siblings_get_distinct_bronze_keys() {
     assert_eq!(bronze.get("Transaction/RetailTransaction/LineItem[2]/Sale/ItemID"), Some("2"));
     assert_eq!(bronze.get("Transaction/RetailTransaction/LineItem[3]/Sale/ItemID"), Some("3"));
 }
+
+#[test]
+fn whitespace_inside_a_value_is_kept_and_only_its_ends_are_trimmed() {
+    // Leading whitespace is skipped before the reader makes an event of it; once a value has begun, whitespace
+    // is content: after a reference, after CDATA, and around a child element (the parent's `_tagvalue`).
+    let doc = arts_doc(&[arts_tx(1, "\n   x &amp;  y\t<![CDATA[ z ]]>  w  \n", "1.00")]);
+    let parsed = parse("spaces.xml", doc.as_bytes()).expect("parses");
+    assert_eq!(descriptions(&parsed), vec!["x &  y\t z   w".to_owned()]);
+
+    let doc = arts_doc(&["<Transaction><RetailStoreID>1</RetailStoreID><WorkstationID>2</WorkstationID>\
+         <SequenceNumber>3</SequenceNumber><BusinessDayDate>2026-01-02</BusinessDayDate>\
+         <Note>\n  a <Tag>t</Tag> b\n</Note></Transaction>"
+        .to_string()]);
+    let parsed = parse("mixed.xml", doc.as_bytes()).expect("parses");
+    let bronze = &parsed.transactions[0].bronze;
+    assert_eq!(bronze.get("Transaction/Note_tagvalue"), Some("a  b"));
+    assert_eq!(bronze.get("Transaction/Note/Tag"), Some("t"));
+}

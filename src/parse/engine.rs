@@ -97,6 +97,10 @@ impl<'a> Engine<'a> {
         config.trim_text(false);
 
         loop {
+            // Whitespace before an element's first text is formatting (values are trimmed): let quick-xml skip it
+            // before it makes and UTF-8-checks an event of it. Once the element has text, whitespace is content,
+            // as in `A &amp; B`, where the space after the reference belongs to the value.
+            reader.config_mut().trim_text_start = !self.has_text();
             let event = reader.read_event().map_err(|e| self.xml_error(e, reader.error_position()))?;
             let pos = reader.buffer_position();
             match event {
