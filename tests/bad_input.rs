@@ -995,3 +995,16 @@ fn whitespace_inside_a_value_is_kept_and_only_its_ends_are_trimmed() {
     assert_eq!(bronze.get("Transaction/Note_tagvalue"), Some("a  b"));
     assert_eq!(bronze.get("Transaction/Note/Tag"), Some("t"));
 }
+
+#[test]
+fn an_attribute_given_twice_is_malformed() {
+    let doc = arts_valid().replacen("<Transaction>", "<Transaction Kind=\"a\" Other=\"b\" Kind=\"c\">", 1);
+    assert_ne!(doc, arts_valid(), "the fixture has a Transaction start tag");
+    match parse_err("twice.xml", doc.as_bytes()) {
+        ParseError::Malformed { reason, position, .. } => {
+            assert!(reason.contains("Kind") && reason.contains("twice"), "{reason}");
+            assert_eq!(position.line, line_of(&doc, find(&doc, "Kind=\"a\"")));
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+}

@@ -186,8 +186,7 @@ impl<'a> Engine<'a> {
     }
 
     fn start(&mut self, e: &BytesStart<'_>, pos: u64) -> Result<(), ParseError> {
-        let local = e.local_name();
-        let name: &str = local.as_ref();
+        let name = local_name(e.name().into_inner());
         if self.frames.len() >= self.opts.max_depth {
             return Err(ParseError::TooDeep {
                 file: self.file.to_owned(),
@@ -269,14 +268,18 @@ impl<'a> Engine<'a> {
         let actions: &[Action] = node.map_or(&[], |n| &plan.nodes[n as usize].actions);
         // Bit i: the predicate of action i holds (actions per element are few).
         let mut preds_held: u64 = 0;
-        for attr in e.attributes() {
+        let mut names = AttrNames::default();
+        // quick-xml's own duplicate check allocates a list per element; `names` does it on the stack.
+        for attr in e.attributes().with_checks(false) {
             let attr = attr.map_err(|err| self.malformed(pos, format!("bad attribute: {err}")))?;
-            let key = attr.key;
-            if key.as_ref() == "xmlns" || key.prefix().is_some_and(|p| p.as_ref() == "xmlns") {
+            let raw = attr.key.into_inner();
+            if !names.insert(raw) {
+                return Err(self.malformed(pos, format!("attribute {raw} appears twice")));
+            }
+            if raw.strip_prefix("xmlns").is_some_and(|rest| rest.is_empty() || rest.starts_with(':')) {
                 continue;
             }
-            let attr_local = key.local_name();
-            let attr_name: &str = attr_local.as_ref();
+            let attr_name = local_name(raw);
             let value = attr.normalized_value(XmlVersion::Implicit1_0).map_err(|err| self.xml_error(err, pos))?;
             let value = value.trim();
             let (bronze, key_start) = bronze_target(&mut self.tx, &mut self.envelope);
@@ -531,6 +534,42 @@ fn bronze_target<'b>(tx: &'b mut Option<TxBuilder>, envelope: &'b mut BronzeReco
     }
 }
 
+/// The name after its prefix, if any. Names are short: a byte loop beats `str::find`'s searcher here.
+fn local_name(qname: &str) -> &str {
+    match qname.bytes().position(|b| b == b':') {
+        Some(i) => &qname[i + 1..],
+        None => qname,
+    }
+}
+
+/// The raw attribute names of one start tag, to refuse a name given twice (not well-formed XML). Tags have a few
+/// attributes: the first [`AttrNames::INLINE`] stay on the stack.
+#[derive(Default)]
+struct AttrNames<'a> {
+    inline: [&'a str; AttrNames::INLINE],
+    len: usize,
+    more: Vec<&'a str>,
+}
+
+impl<'a> AttrNames<'a> {
+    const INLINE: usize = 8;
+
+    /// False if `name` was inserted before.
+    fn insert(&mut self, name: &'a str) -> bool {
+        let known = &self.inline[..self.len.min(Self::INLINE)];
+        if known.contains(&name) || self.more.contains(&name) {
+            return false;
+        }
+        if self.len < Self::INLINE {
+            self.inline[self.len] = name;
+        } else {
+            self.more.push(name);
+        }
+        self.len += 1;
+        true
+    }
+}
+
 /// Appends `[n]` without the formatting machinery (this runs for every repeated sibling).
 fn push_index(path: &mut String, n: u32) {
     let mut digits = [0u8; 10];
@@ -553,6 +592,25 @@ fn push_index(path: &mut String, n: u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn local_names() {
+        assert_eq!(super::local_name("dtv:Total"), "Total");
+        assert_eq!(super::local_name("Total"), "Total");
+        assert_eq!(super::local_name("a:b:c"), "b:c");
+    }
+
+    #[test]
+    fn attribute_names_given_twice_are_found_past_the_inline_ones() {
+        let names: Vec<String> = (0..12).map(|i| format!("a{i}")).collect();
+        let mut set = super::AttrNames::default();
+        for n in &names {
+            assert!(set.insert(n));
+        }
+        assert!(!set.insert("a3"));
+        assert!(!set.insert("a10"));
+        assert!(set.insert("a12"));
+    }
+
     #[test]
     fn index_suffix() {
         let mut s = String::from("a");
