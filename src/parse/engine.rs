@@ -101,29 +101,26 @@ impl<'a> Engine<'a> {
             // before it makes and UTF-8-checks an event of it. Once the element has text, whitespace is content,
             // as in `A &amp; B`, where the space after the reference belongs to the value.
             reader.config_mut().trim_text_start = !self.has_text();
-            let event = reader.read_event().map_err(|e| self.xml_error(e, reader.error_position()))?;
+            let result = reader.read_event();
             let pos = reader.buffer_position();
-            match event {
-                Event::Start(e) => self.start(&e, pos)?,
-                Event::Empty(e) => {
+            // Matched where it lies: moving the event out of its `Result` first (`?`) stalled on reading it back.
+            match result {
+                Ok(Event::Start(e)) => self.start(&e, pos)?,
+                Ok(Event::Empty(e)) => {
                     self.start(&e, pos)?;
                     self.end(pos)?;
                 }
-                Event::End(_) => self.end(pos)?,
-                Event::Text(t) => {
-                    // Most text events are the indentation between tags: skip them before any copying.
-                    if !t.bytes().all(|b| b.is_ascii_whitespace()) || self.has_text() {
-                        self.push_text(&t.xml10_content(), pos)?;
-                    }
-                }
-                Event::CData(t) => {
+                Ok(Event::End(_)) => self.end(pos)?,
+                // Indentation never arrives here: quick-xml skipped it (above).
+                Ok(Event::Text(t)) => self.push_text(&t.xml10_content(), pos)?,
+                Ok(Event::CData(t)) => {
                     let raw = t.xml10_content();
                     if self.frames.is_empty() {
                         return Err(self.malformed(pos, "character data outside the root element".into()));
                     }
                     self.append_text(&raw, pos)?;
                 }
-                Event::GeneralRef(r) => {
+                Ok(Event::GeneralRef(r)) => {
                     let mut buf = [0u8; 4];
                     let resolved: &str = if r.is_char_ref() {
                         match r.resolve_char_ref() {
@@ -153,7 +150,7 @@ impl<'a> Engine<'a> {
                     }
                     self.append_text(resolved, pos)?;
                 }
-                Event::DocType(d) => {
+                Ok(Event::DocType(d)) => {
                     if d.contains("<!ENTITY") {
                         return Err(ParseError::EntityDeclaration {
                             file: self.file.to_owned(),
@@ -161,8 +158,9 @@ impl<'a> Engine<'a> {
                         });
                     }
                 }
-                Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
-                Event::Eof => break,
+                Ok(Event::Decl(_) | Event::PI(_) | Event::Comment(_)) => {}
+                Ok(Event::Eof) => break,
+                Err(e) => return Err(self.xml_error(e, reader.error_position())),
             }
         }
         let end = self.text.len() as u64;
