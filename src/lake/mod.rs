@@ -39,13 +39,18 @@ pub enum LakeError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The orphan sweep found a referenced file outside the table's folder: a layout it does not understand.
+    #[error("{table}: {path} is referenced but not under {root}; not sweeping")]
+    UnsafeSweep { table: String, path: PathBuf, root: PathBuf },
 }
 
 impl LakeError {
     /// Commit conflicts and I/O may pass on retry; a schema mismatch will not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            LakeError::Schema { .. } | LakeError::Arrow(_) | LakeError::Parquet(_) => false,
+            LakeError::Schema { .. } | LakeError::Arrow(_) | LakeError::Parquet(_) | LakeError::UnsafeSweep { .. } => {
+                false
+            }
             LakeError::Iceberg(e) => e.retryable(),
             LakeError::Io { .. } => true,
         }

@@ -60,14 +60,7 @@ impl Warehouse {
         // A referenced path outside the table's folder means a layout this sweep does not understand: deleting by
         // it could take live data, so nothing is deleted.
         if let Some(outside) = referenced.iter().find(|p| !p.starts_with(&root)) {
-            return Err(LakeError::Schema {
-                table: "orphans",
-                reason: format!(
-                    "{table}: {} is referenced but not under {}; not sweeping",
-                    outside.display(),
-                    root.display()
-                ),
-            });
+            return Err(LakeError::UnsafeSweep { table: table.to_owned(), path: outside.clone(), root });
         }
         let protected: HashSet<PathBuf> = protected.iter().map(|p| local(p)).collect();
         let mut report = Orphans { referenced: referenced.len() as u64, ..Orphans::default() };
