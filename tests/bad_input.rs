@@ -507,6 +507,29 @@ fn undeclared_entity_in_attribute_is_unknown() {
 }
 
 #[test]
+fn attribute_values_are_normalized_and_kept_whole() {
+    // XML 1.0 §3.3.3: references expand, and tab, CR, LF and CRLF each become one space; a value without them is
+    // taken as it stands, multi-byte characters included.
+    let doc = verifone_doc().replace(
+        "<trLine type=\"plu\">",
+        "<trLine type=\"plu\" note=\"Tea &amp; cake\tfor\r\ntwo\" libellé=\"crème brûlée\" ref=\"&#233;t&#xE9;\">",
+    );
+    let parsed = parse("attrs.xml", doc.as_bytes()).expect("attributes parse");
+    let tx = &parsed.transactions[0];
+    let value = |suffix: &str| {
+        tx.bronze
+            .iter()
+            .find(|(k, _)| k.ends_with(suffix))
+            .map(|(_, v)| v.to_owned())
+            .unwrap_or_else(|| panic!("no bronze key ends with {suffix}"))
+    };
+    assert_eq!(value("_attr_note"), "Tea & cake for two");
+    assert_eq!(value("_attr_libellé"), "crème brûlée");
+    assert_eq!(value("_attr_ref"), "été");
+    assert_eq!(value("trLine_attr_type"), "plu");
+}
+
+#[test]
 fn predefined_and_character_references_are_expanded() {
     let doc = arts_valid().replace("Coffee", "Tea &amp; cake &lt;3 &#233;&#xE9; &quot;&apos;&gt;");
     let parsed = parse("refs.xml", doc.as_bytes()).expect("predefined entities parse");

@@ -3,6 +3,8 @@
 //! Per element the engine does one trie lookup, keeps a path buffer for bronze keys, counts repeated siblings
 //! and gathers the element's own text. Nothing is allocated per element except the values it keeps.
 
+use std::borrow::Cow;
+
 use quick_xml::XmlVersion;
 use quick_xml::errors::Error as XmlError;
 use quick_xml::escape::EscapeError;
@@ -112,9 +114,12 @@ impl<'a> Engine<'a> {
                 }
                 Ok(Event::End(_)) => self.end(pos)?,
                 // Indentation never arrives here: quick-xml skipped it (above).
-                Ok(Event::Text(t)) => self.push_text(&t.xml10_content(), pos)?,
+                Ok(Event::Text(t)) => {
+                    let text = self.content(&t, || t.xml10_content(), pos)?;
+                    self.push_text(&text, pos)?;
+                }
                 Ok(Event::CData(t)) => {
-                    let raw = t.xml10_content();
+                    let raw = self.content(&t, || t.xml10_content(), pos)?;
                     if self.frames.is_empty() {
                         return Err(self.malformed(pos, "character data outside the root element".into()));
                     }
@@ -126,21 +131,22 @@ impl<'a> Engine<'a> {
                         match r.resolve_char_ref() {
                             Ok(Some(c)) => c.encode_utf8(&mut buf),
                             _ => {
-                                return Err(self.malformed(pos, format!("invalid character reference &{};", &*r)));
+                                let name = String::from_utf8_lossy(&r);
+                                return Err(self.malformed(pos, format!("invalid character reference &{name};")));
                             }
                         }
                     } else {
                         match &*r {
-                            "lt" => "<",
-                            "gt" => ">",
-                            "amp" => "&",
-                            "apos" => "'",
-                            "quot" => "\"",
+                            b"lt" => "<",
+                            b"gt" => ">",
+                            b"amp" => "&",
+                            b"apos" => "'",
+                            b"quot" => "\"",
                             other => {
                                 return Err(ParseError::UnknownEntity {
                                     file: self.file.to_owned(),
                                     position: self.locate(pos),
-                                    name: other.to_owned(),
+                                    name: String::from_utf8_lossy(other).into_owned(),
                                 });
                             }
                         }
@@ -151,7 +157,7 @@ impl<'a> Engine<'a> {
                     self.append_text(resolved, pos)?;
                 }
                 Ok(Event::DocType(d)) => {
-                    if d.contains("<!ENTITY") {
+                    if d.windows(8).any(|w| w == b"<!ENTITY") {
                         return Err(ParseError::EntityDeclaration {
                             file: self.file.to_owned(),
                             position: self.locate(pos),
@@ -184,7 +190,7 @@ impl<'a> Engine<'a> {
     }
 
     fn start(&mut self, e: &BytesStart<'_>, pos: u64) -> Result<(), ParseError> {
-        let name = local_name(e.name().into_inner());
+        let name = self.str_of(local_name(e.name().into_inner()), pos)?;
         if self.frames.len() >= self.opts.max_depth {
             return Err(ParseError::TooDeep {
                 file: self.file.to_owned(),
@@ -272,13 +278,21 @@ impl<'a> Engine<'a> {
             let attr = attr.map_err(|err| self.malformed(pos, format!("bad attribute: {err}")))?;
             let raw = attr.key.into_inner();
             if !names.insert(raw) {
+                let raw = String::from_utf8_lossy(raw);
                 return Err(self.malformed(pos, format!("attribute {raw} appears twice")));
             }
-            if raw.strip_prefix("xmlns").is_some_and(|rest| rest.is_empty() || rest.starts_with(':')) {
+            if raw.strip_prefix(b"xmlns").is_some_and(|rest| rest.is_empty() || rest.starts_with(b":")) {
                 continue;
             }
-            let attr_name = local_name(raw);
-            let value = attr.normalized_value(XmlVersion::Implicit1_0).map_err(|err| self.xml_error(err, pos))?;
+            let attr_name = self.str_of(local_name(raw), pos)?;
+            // Normalization (XML 1.0, 3.3.3) only replaces references and tab, CR and LF: without them the value
+            // is the input's own text.
+            let value = match &attr.value {
+                Cow::Borrowed(v) if !v.iter().any(|b| matches!(b, b'&' | b'\t' | b'\n' | b'\r')) => {
+                    Cow::Borrowed(self.str_of(v, pos)?)
+                }
+                _ => attr.normalized_value(XmlVersion::Implicit1_0).map_err(|err| self.xml_error(err, pos))?,
+            };
             let value = value.trim();
             let (bronze, key_start) = bronze_target(&mut self.tx, &mut self.envelope);
             bronze.push3(&self.path[key_start..], "_attr_", attr_name, value);
@@ -432,14 +446,14 @@ impl<'a> Engine<'a> {
         let attrs: Vec<_> = e.attributes().filter_map(Result::ok).collect();
         for a in &attrs {
             let key = a.key;
-            let v: &str = &a.value;
-            if key.as_ref() == "xmlns" {
+            let v = self.str_of(&a.value, pos)?;
+            if key.as_ref() == b"xmlns" {
                 default_ns = Some(v);
                 info.namespaces.push(v);
-            } else if key.prefix().is_some_and(|p| p.as_ref() == "xmlns") {
+            } else if key.prefix().is_some_and(|p| p.as_ref() == b"xmlns") {
                 info.namespaces.push(v);
             } else {
-                info.attributes.push((key.local_name().into_inner(), v));
+                info.attributes.push((self.str_of(key.local_name().into_inner(), pos)?, v));
             }
         }
         let dialect = match self.opts.dialect {
@@ -461,10 +475,42 @@ impl<'a> Engine<'a> {
                 namespace: default_ns.map(str::to_owned),
             })?,
         };
-        let _ = pos;
         let plan = Plan::for_dialect(dialect);
         self.plan = Some(plan);
         Ok(plan)
+    }
+
+    /// `bytes` as text. quick-xml hands out bytes; the whole file was checked (or transcoded) to UTF-8 once, in
+    /// `input`, and quick-xml cuts the input only at ASCII delimiters, so bytes it borrowed from the input are
+    /// taken as the input's own text (`str::get` still refuses a cut off a character boundary) with no second
+    /// UTF-8 check. quick-xml 0.42 checked every event's bytes again: about a tenth of a parse.
+    fn str_of<'b>(&self, bytes: &'b [u8], pos: u64) -> Result<&'b str, ParseError>
+    where
+        'a: 'b,
+    {
+        let within = (bytes.as_ptr() as usize).checked_sub(self.text.as_ptr() as usize);
+        match within.and_then(|start| self.text.get(start..start.checked_add(bytes.len())?)) {
+            Some(s) => Ok(s),
+            // Not the input's bytes (a copy quick-xml made): check them.
+            None => std::str::from_utf8(bytes).map_err(|e| self.malformed(pos, format!("not UTF-8: {e}"))),
+        }
+    }
+
+    /// Text or CDATA content with XML 1.0 line ends: the input's own text unless it holds a carriage return,
+    /// which quick-xml's `normalized` turns into line feeds.
+    fn content<'b>(
+        &self,
+        raw: &'b [u8],
+        normalized: impl FnOnce() -> Result<Cow<'b, str>, quick_xml::encoding::EncodingError>,
+        pos: u64,
+    ) -> Result<Cow<'b, str>, ParseError>
+    where
+        'a: 'b,
+    {
+        if raw.contains(&b'\r') {
+            return normalized().map_err(|e| self.malformed(pos, format!("not UTF-8: {e}")));
+        }
+        self.str_of(raw, pos).map(Cow::Borrowed)
     }
 
     fn apply(&mut self, field: Field, value: &str) -> Result<(), ValueError> {
@@ -532,9 +578,9 @@ fn bronze_target<'b>(tx: &'b mut Option<TxBuilder>, envelope: &'b mut BronzeReco
     }
 }
 
-/// The name after its prefix, if any. Names are short: a byte loop beats `str::find`'s searcher here.
-fn local_name(qname: &str) -> &str {
-    match qname.bytes().position(|b| b == b':') {
+/// The name after its prefix, if any. Names are short: a byte loop beats `memchr`'s setup here.
+fn local_name(qname: &[u8]) -> &[u8] {
+    match qname.iter().position(|&b| b == b':') {
         Some(i) => &qname[i + 1..],
         None => qname,
     }
@@ -544,16 +590,16 @@ fn local_name(qname: &str) -> &str {
 /// attributes: the first [`AttrNames::INLINE`] stay on the stack.
 #[derive(Default)]
 struct AttrNames<'a> {
-    inline: [&'a str; AttrNames::INLINE],
+    inline: [&'a [u8]; AttrNames::INLINE],
     len: usize,
-    more: Vec<&'a str>,
+    more: Vec<&'a [u8]>,
 }
 
 impl<'a> AttrNames<'a> {
     const INLINE: usize = 8;
 
     /// False if `name` was inserted before.
-    fn insert(&mut self, name: &'a str) -> bool {
+    fn insert(&mut self, name: &'a [u8]) -> bool {
         let known = &self.inline[..self.len.min(Self::INLINE)];
         if known.contains(&name) || self.more.contains(&name) {
             return false;
@@ -592,9 +638,9 @@ fn push_index(path: &mut String, n: u32) {
 mod tests {
     #[test]
     fn local_names() {
-        assert_eq!(super::local_name("dtv:Total"), "Total");
-        assert_eq!(super::local_name("Total"), "Total");
-        assert_eq!(super::local_name("a:b:c"), "b:c");
+        assert_eq!(super::local_name(b"dtv:Total"), b"Total");
+        assert_eq!(super::local_name(b"Total"), b"Total");
+        assert_eq!(super::local_name(b"a:b:c"), b"b:c");
     }
 
     #[test]
@@ -602,11 +648,11 @@ mod tests {
         let names: Vec<String> = (0..12).map(|i| format!("a{i}")).collect();
         let mut set = super::AttrNames::default();
         for n in &names {
-            assert!(set.insert(n));
+            assert!(set.insert(n.as_bytes()));
         }
-        assert!(!set.insert("a3"));
-        assert!(!set.insert("a10"));
-        assert!(set.insert("a12"));
+        assert!(!set.insert(b"a3"));
+        assert!(!set.insert(b"a10"));
+        assert!(set.insert(b"a12"));
     }
 
     #[test]
