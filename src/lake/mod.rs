@@ -42,6 +42,9 @@ pub enum LakeError {
     /// The orphan sweep found a referenced file outside the table's folder: a layout it does not understand.
     #[error("{table}: {path} is referenced but not under {root}; not sweeping")]
     UnsafeSweep { table: String, path: PathBuf, root: PathBuf },
+    /// A table's write task was cancelled (the runtime is shutting down); nothing of the batch is committed.
+    #[error("table {table}: its write was cancelled")]
+    Cancelled { table: &'static str },
 }
 
 impl LakeError {
@@ -52,7 +55,7 @@ impl LakeError {
                 false
             }
             LakeError::Iceberg(e) => e.retryable(),
-            LakeError::Io { .. } => true,
+            LakeError::Io { .. } | LakeError::Cancelled { .. } => true,
         }
     }
 }

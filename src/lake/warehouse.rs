@@ -233,6 +233,46 @@ struct TableWriter {
     rows: u64,
 }
 
+impl TableWriter {
+    /// Writes one table's batches, one data file per business date; hands itself back with the outcome so that
+    /// it can run on a task of its own.
+    async fn write(mut self, batches: Vec<(Option<chrono::NaiveDate>, RecordBatch)>) -> (Self, Result<(), LakeError>) {
+        let result = self.write_batches(batches).await;
+        (self, result)
+    }
+
+    async fn write_batches(&mut self, batches: Vec<(Option<chrono::NaiveDate>, RecordBatch)>) -> Result<(), LakeError> {
+        for (date, batch) in batches {
+            self.rows += batch.num_rows() as u64;
+            if !self.open.contains_key(&date) && self.open.len() >= MAX_OPEN_PARTITIONS {
+                // Each open writer buffers a row group: close the coldest partition's file (it joins the next
+                // commit) so that memory does not grow with the number of business dates in flight.
+                let coldest = self.recent.remove(0);
+                if let Some(mut w) = self.open.remove(&coldest) {
+                    self.closed.extend(w.close().await?);
+                }
+            }
+            self.recent.retain(|d| *d != date);
+            self.recent.push(date);
+            if !self.open.contains_key(&date) {
+                let key = match date {
+                    Some(date) if !self.spec.is_unpartitioned() => {
+                        let days = (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days();
+                        let data = Struct::from_iter([Some(Literal::date(days as i32))]);
+                        Some(PartitionKey::new(self.spec.clone(), self.schema.clone(), data))
+                    }
+                    _ => None,
+                };
+                self.open.insert(date, self.builder.build(key).await?);
+            }
+            if let Some(w) = self.open.get_mut(&date) {
+                w.write(batch).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes rows into Parquet data files that stay open across batches (so files are large however small the
 /// batches), and commits them all at once. Nothing written is visible until [`LakeWriter::commit`]; dropping the
 /// writer abandons uncommitted files (they stay orphaned on disk, never referenced by a snapshot).
@@ -253,45 +293,37 @@ impl LakeWriter {
     }
 
     pub async fn write(&mut self, rows: Rows) -> Result<(), LakeError> {
+        // Each table encodes on a task of its own: Parquet encoding is most of a write's CPU and the tables are
+        // independent, so a batch's write uses every core instead of one, and the pipeline behind it waits less.
+        let mut tasks = Vec::new();
         for (i, (def, batches)) in rows.finish()?.into_iter().enumerate() {
             if batches.is_empty() {
                 continue;
             }
-            if self.tables[i].is_none() {
-                let warehouse = self.warehouse.clone();
-                self.tables[i] = Some(open_table(&warehouse, def).await?);
-            }
-            let Some(tw) = self.tables[i].as_mut() else { continue };
-            for (date, batch) in batches {
-                tw.rows += batch.num_rows() as u64;
-                if !tw.open.contains_key(&date) && tw.open.len() >= MAX_OPEN_PARTITIONS {
-                    // Each open writer buffers a row group: close the coldest partition's file (it joins the next
-                    // commit) so that memory does not grow with the number of business dates in flight.
-                    let coldest = tw.recent.remove(0);
-                    if let Some(mut w) = tw.open.remove(&coldest) {
-                        tw.closed.extend(w.close().await?);
+            let tw = match self.tables[i].take() {
+                Some(tw) => tw,
+                None => {
+                    let warehouse = self.warehouse.clone();
+                    open_table(&warehouse, def).await?
+                }
+            };
+            tasks.push((i, def.name, tokio::spawn(tw.write(batches))));
+        }
+        let mut result = Ok(());
+        for (i, table, task) in tasks {
+            match task.await {
+                Ok((tw, written)) => {
+                    self.tables[i] = Some(tw);
+                    if let Err(e) = written {
+                        result = result.and(Err(e));
                     }
                 }
-                tw.recent.retain(|d| *d != date);
-                tw.recent.push(date);
-                if !tw.open.contains_key(&date) {
-                    let key = match date {
-                        Some(date) if !tw.spec.is_unpartitioned() => {
-                            let days =
-                                (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days();
-                            let data = Struct::from_iter([Some(Literal::date(days as i32))]);
-                            Some(PartitionKey::new(tw.spec.clone(), tw.schema.clone(), data))
-                        }
-                        _ => None,
-                    };
-                    tw.open.insert(date, tw.builder.build(key).await?);
-                }
-                if let Some(w) = tw.open.get_mut(&date) {
-                    w.write(batch).await?;
-                }
+                // A panic stays a panic, for the supervisor to see, as if the write had run on this task.
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Err(_) => result = result.and(Err(LakeError::Cancelled { table })),
             }
         }
-        Ok(())
+        result
     }
 
     /// Closes every open data file and commits each table that has any with a fast append carrying `properties`
