@@ -295,19 +295,23 @@ impl LakeWriter {
     pub async fn write(&mut self, rows: Rows) -> Result<(), LakeError> {
         // Each table encodes on a task of its own: Parquet encoding is most of a write's CPU and the tables are
         // independent, so a batch's write uses every core instead of one, and the pipeline behind it waits less.
-        let mut tasks = Vec::new();
+        // Tables are opened first, so that a failure to open one leaves no task of another running.
+        let mut work = Vec::new();
         for (i, (def, batches)) in rows.finish()?.into_iter().enumerate() {
             if batches.is_empty() {
                 continue;
             }
-            let tw = match self.tables[i].take() {
-                Some(tw) => tw,
-                None => {
-                    let warehouse = self.warehouse.clone();
-                    open_table(&warehouse, def).await?
-                }
-            };
-            tasks.push((i, def.name, tokio::spawn(tw.write(batches))));
+            if self.tables[i].is_none() {
+                let warehouse = self.warehouse.clone();
+                self.tables[i] = Some(open_table(&warehouse, def).await?);
+            }
+            work.push((i, def.name, batches));
+        }
+        let mut tasks = Vec::new();
+        for (i, table, batches) in work {
+            if let Some(tw) = self.tables[i].take() {
+                tasks.push((i, table, tokio::spawn(tw.write(batches))));
+            }
         }
         let mut result = Ok(());
         for (i, table, task) in tasks {

@@ -578,7 +578,7 @@ fn bronze_target<'b>(tx: &'b mut Option<TxBuilder>, envelope: &'b mut BronzeReco
     }
 }
 
-/// The name after its prefix, if any. Names are short: a byte loop beats `memchr`'s setup here.
+/// The name after its prefix, if any. Names are short: a byte loop beat `str::find`'s searcher here (session 11).
 fn local_name(qname: &[u8]) -> &[u8] {
     match qname.iter().position(|&b| b == b':') {
         Some(i) => &qname[i + 1..],
