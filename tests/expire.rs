@@ -255,3 +255,51 @@ async fn orphans_past_the_grace_period_are_removed_and_nothing_referenced_or_pen
     assert_eq!(recovery.intents_finished, 1);
     assert_eq!(wh.row_count("sales_header").await.expect("rows"), rows + files[3].transactions.len() as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orphan_sweep_deletes_nothing_in_a_table_that_references_a_file_outside_its_folder() {
+    use iceberg::spec::DataFileBuilder;
+    use poslake::ingest::IngestError;
+    use poslake::lake::LakeError;
+
+    let (dir, wh, _dedup, committer) = lake().await;
+    let files = dialect_fixtures();
+    committer.commit(prepared(&wh, &files[0], "run/w/0").await, &[]).await.expect("commit");
+    // A commit whose first `sales_header` data file was moved out of the table's folder: a layout the sweep does
+    // not understand, where deleting by folder could take live data.
+    let mut commit = prepared(&wh, &files[1], "run/w/1").await;
+    let header = commit.tables.iter_mut().find(|t| t.table == "sales_header").expect("header files");
+    let file = header.files[0].clone();
+    let local = |p: &str| std::path::PathBuf::from(p.strip_prefix("file://").unwrap_or(p));
+    let outside = dir.path().join("elsewhere.parquet");
+    std::fs::rename(local(file.file_path()), &outside).expect("move the data file");
+    let scheme = if file.file_path().starts_with("file://") { "file://" } else { "" };
+    header.files[0] = DataFileBuilder::default()
+        .content(file.content_type())
+        .file_path(format!("{scheme}{}", outside.display()))
+        .file_format(file.file_format())
+        .partition(file.partition().clone())
+        .record_count(file.record_count())
+        .file_size_in_bytes(file.file_size_in_bytes())
+        .build()
+        .expect("data file");
+    committer.commit(commit, &[]).await.expect("commit");
+    // Unreferenced files in the table's folder, old enough to be swept.
+    let orphans: Vec<_> = paths_of(&prepared(&wh, &files[2], "run/w/orphan").await)
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "sales_header"))
+        .collect();
+    assert!(!orphans.is_empty(), "the failed run left sales_header files");
+    age(&dir.path().join("warehouse"), std::time::Duration::from_secs(7200));
+
+    let older_than = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    match committer.remove_orphans(older_than).await {
+        Err(IngestError::Lake(LakeError::UnsafeSweep { table, path, .. })) => {
+            assert_eq!(table, "sales_header");
+            assert_eq!(path, outside);
+        }
+        other => panic!("the sweep must refuse, got {other:?}"),
+    }
+    assert!(orphans.iter().all(|p| p.exists()), "nothing was deleted");
+    assert!(outside.exists());
+}
