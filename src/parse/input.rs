@@ -29,8 +29,8 @@ pub fn decode<'a>(file: &str, bytes: &'a [u8], max_bytes: u64) -> Result<Decoded
     }
     if bytes.starts_with(&GZIP_MAGIC) {
         let raw = gunzip(file, bytes, max_bytes)?;
-        let (text, encoding) = transcode(file, &raw)?;
-        return Ok(Decoded { text: Cow::Owned(text.into_owned()), compression: Compression::Gzip, encoding });
+        let (text, encoding) = transcode_owned(file, raw)?;
+        return Ok(Decoded { text: Cow::Owned(text), compression: Compression::Gzip, encoding });
     }
     if bytes.len() as u64 > max_bytes {
         return Err(ParseError::TooLarge { file: file.to_owned(), limit: max_bytes });
@@ -41,7 +41,7 @@ pub fn decode<'a>(file: &str, bytes: &'a [u8], max_bytes: u64) -> Result<Decoded
 
 fn gunzip(file: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<u8>, ParseError> {
     // MultiGzDecoder: some exporters concatenate gzip members.
-    let mut out = Vec::with_capacity(bytes.len().saturating_mul(6).min(max_bytes as usize));
+    let mut out = Vec::with_capacity(gzip_size_hint(bytes, max_bytes));
     let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(max_bytes + 1);
     reader.read_to_end(&mut out).map_err(|e| ParseError::Decompress {
         file: file.to_owned(),
@@ -57,44 +57,70 @@ fn gunzip(file: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<u8>, ParseErro
     Ok(out)
 }
 
-/// Decodes to UTF-8: a BOM decides first, then the XML declaration's `encoding`; text with neither that is not
-/// valid UTF-8 is refused with the position of the first bad byte.
+/// How much to reserve for a gzip stream's text: the size its trailer declares (the last four bytes: the last
+/// member's size modulo 4 GiB), within what deflate can expand to (about 1,032 to 1) and the limit. Only a hint, as
+/// the trailer is the sender's word: a wrong one costs a regrowth, never a wrong result. A right one saves the
+/// doublings (about five buffers of growing size per file) that a guess costs.
+fn gzip_size_hint(bytes: &[u8], max_bytes: u64) -> usize {
+    let declared = bytes.last_chunk::<4>().map_or(0, |t| u32::from_le_bytes(*t)) as u64;
+    let most = (bytes.len() as u64).saturating_mul(1032);
+    let hint = if declared == 0 || declared > most { (bytes.len() as u64).saturating_mul(6) } else { declared };
+    usize::try_from(hint.min(max_bytes)).unwrap_or(usize::MAX)
+}
+
+/// Which encoding the text is in, and the length of its byte order mark: a BOM decides first, then the XML
+/// declaration's `encoding`; with neither, UTF-8.
+fn encoding_of(file: &str, bytes: &[u8]) -> Result<(&'static Encoding, usize), ParseError> {
+    if let Some(found) = Encoding::for_bom(bytes) {
+        return Ok(found);
+    }
+    let Some(label) = declared_encoding(bytes) else { return Ok((encoding_rs::UTF_8, 0)) };
+    let unsupported = || ParseError::UnsupportedEncoding { file: file.to_owned(), label: label.to_owned() };
+    let encoding = Encoding::for_label(label.as_bytes()).ok_or_else(unsupported)?;
+    if encoding == encoding_rs::UTF_16LE || encoding == encoding_rs::UTF_16BE {
+        // A declaration we could read as ASCII cannot be UTF-16 text without a BOM.
+        return Err(unsupported());
+    }
+    Ok((encoding, 0))
+}
+
+/// Decodes to UTF-8 (see [`encoding_of`]); text that should be UTF-8 and is not is refused with the position of
+/// the first bad byte.
 fn transcode<'a>(file: &str, bytes: &'a [u8]) -> Result<(Cow<'a, str>, &'static str), ParseError> {
-    if let Some((encoding, bom_len)) = Encoding::for_bom(bytes) {
-        let body = &bytes[bom_len..];
-        if encoding == encoding_rs::UTF_8 {
-            return utf8(file, body).map(|t| (Cow::Borrowed(t), "UTF-8"));
-        }
-        return decode_with(file, encoding, body).map(|t| (t, encoding.name()));
+    let (encoding, bom_len) = encoding_of(file, bytes)?;
+    let body = &bytes[bom_len..];
+    if encoding == encoding_rs::UTF_8 {
+        return utf8(file, body).map(|t| (Cow::Borrowed(t), "UTF-8"));
     }
-    match declared_encoding(bytes) {
-        Some(label) => {
-            let encoding = Encoding::for_label(label.as_bytes())
-                .ok_or_else(|| ParseError::UnsupportedEncoding { file: file.to_owned(), label: label.to_owned() })?;
-            if encoding == encoding_rs::UTF_8 {
-                utf8(file, bytes).map(|t| (Cow::Borrowed(t), "UTF-8"))
-            } else if encoding == encoding_rs::UTF_16LE || encoding == encoding_rs::UTF_16BE {
-                // A declaration we could read as ASCII cannot be UTF-16 text without a BOM.
-                Err(ParseError::UnsupportedEncoding { file: file.to_owned(), label: label.to_owned() })
-            } else {
-                decode_with(file, encoding, bytes).map(|t| (t, encoding.name()))
-            }
-        }
-        None => utf8(file, bytes).map(|t| (Cow::Borrowed(t), "UTF-8")),
+    decode_with(file, encoding, body).map(|t| (t, encoding.name()))
+}
+
+/// [`transcode`] for text already in a buffer of its own (decompressed): UTF-8 stays in that buffer instead of
+/// being copied to a new one.
+fn transcode_owned(file: &str, mut raw: Vec<u8>) -> Result<(String, &'static str), ParseError> {
+    let (encoding, bom_len) = encoding_of(file, &raw)?;
+    if encoding == encoding_rs::UTF_8 {
+        raw.drain(..bom_len);
+        return String::from_utf8(raw)
+            .map(|t| (t, "UTF-8"))
+            .map_err(|e| invalid_utf8(file, e.as_bytes(), e.utf8_error()));
     }
+    decode_with(file, encoding, &raw[bom_len..]).map(|t| (t.into_owned(), encoding.name()))
 }
 
 fn utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, ParseError> {
-    std::str::from_utf8(bytes).map_err(|e| {
-        let valid = &bytes[..e.valid_up_to()];
-        // The valid prefix is UTF-8, so it can be located as text.
-        let prefix = std::str::from_utf8(valid).unwrap_or_default();
-        ParseError::InvalidEncoding {
-            file: file.to_owned(),
-            encoding: "UTF-8",
-            position: Position::locate(prefix, e.valid_up_to() as u64),
-        }
-    })
+    std::str::from_utf8(bytes).map_err(|e| invalid_utf8(file, bytes, e))
+}
+
+fn invalid_utf8(file: &str, bytes: &[u8], e: std::str::Utf8Error) -> ParseError {
+    let valid = &bytes[..e.valid_up_to()];
+    // The valid prefix is UTF-8, so it can be located as text.
+    let prefix = std::str::from_utf8(valid).unwrap_or_default();
+    ParseError::InvalidEncoding {
+        file: file.to_owned(),
+        encoding: "UTF-8",
+        position: Position::locate(prefix, e.valid_up_to() as u64),
+    }
 }
 
 fn decode_with<'a>(file: &str, encoding: &'static Encoding, bytes: &'a [u8]) -> Result<Cow<'a, str>, ParseError> {
@@ -178,6 +204,55 @@ mod tests {
         enc.write_all(&vec![b' '; 1 << 20]).expect("write");
         let gz = enc.finish().expect("finish");
         assert!(matches!(decode("f.gz", &gz, 1000), Err(ParseError::TooLarge { limit: 1000, .. })));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).expect("write");
+        enc.finish().expect("finish")
+    }
+
+    /// Gzipped text goes through the owned path: the same answers as plain text, BOM, encodings and errors alike.
+    #[test]
+    fn gzipped_text_decodes_like_plain_text() {
+        let mut bom = UTF8_BOM.to_vec();
+        bom.extend_from_slice("<a>café</a>".as_bytes());
+        let latin1 = b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a>caf\xe9</a>".to_vec();
+        for plain in [bom, latin1, b"<a>plain</a>".to_vec()] {
+            let want = decode("f.xml", &plain, 1 << 20).expect("plain");
+            let gz = gzip(&plain);
+            let got = decode("f.gz", &gz, 1 << 20).expect("gzipped");
+            assert_eq!((got.text.as_ref(), got.encoding), (want.text.as_ref(), want.encoding));
+            assert_eq!(got.compression, Compression::Gzip);
+        }
+        let err = decode("f.gz", &gzip(b"<a>\n ok \xff</a>"), 100).err().expect("fails");
+        match err {
+            ParseError::InvalidEncoding { position, .. } => {
+                assert_eq!((position.line, position.column, position.offset), (2, 5, 8));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The trailer's size is a hint only: a lying one changes nothing but the first reservation.
+    #[test]
+    fn a_gzip_trailer_that_lies_about_the_size_changes_nothing() {
+        let text = "<a>".to_owned() + &"x".repeat(10_000) + "</a>";
+        let honest = gzip(text.as_bytes());
+        assert_eq!(gzip_size_hint(&honest, 1 << 20), text.len());
+        assert_eq!(gzip_size_hint(&honest, 100), 100, "never past the limit");
+        let n = honest.len();
+        for declared in [0u32, 1, 5_000, u32::MAX] {
+            let mut lying = honest.clone();
+            lying[n - 4..].copy_from_slice(&declared.to_le_bytes());
+            assert!(gzip_size_hint(&lying, 1 << 30) <= n * 1032, "within what deflate can expand to");
+            // The trailer's size is checked by the decoder itself, so a lie is a decompression error, not bad text.
+            match decode("f.gz", &lying, 1 << 20) {
+                Ok(d) => assert_eq!(d.text, text),
+                Err(e) => assert!(matches!(e, ParseError::Decompress { .. }), "{e:?}"),
+            }
+        }
     }
 
     #[test]
