@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use poslake::generate::{FileKind, GenerateArgs, generate, generate_file, read_manifest};
+use poslake::generate::{FileKind, GenerateArgs, generate, generate_file, generate_file_as, read_manifest};
 use poslake::model::{ParsedFile, TransactionType};
 use poslake::{Dialect, ParseError, ParseOptions, parse_file};
 use proptest::prelude::*;
@@ -43,6 +43,26 @@ fn assert_amounts_add_up(parsed: &ParsedFile) {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Real exports come both ways: the whitespace between elements changes nothing the parser yields.
+    #[test]
+    fn compact_files_parse_like_pretty_printed_ones(
+        dialect in prop::sample::select(Dialect::ALL.to_vec()),
+        seed in any::<u64>(),
+        transactions in 1u32..40,
+    ) {
+        let (pretty, keys) = generate_file_as(dialect, seed, transactions, false);
+        let (compact, same_keys) = generate_file_as(dialect, seed, transactions, true);
+        prop_assert_eq!(keys, same_keys);
+        prop_assert!(compact.len() < pretty.len(), "compact is smaller: {} against {}", compact.len(), pretty.len());
+        let body = compact.trim_end();
+        prop_assert!(!body.contains(">\n") && !body.contains("> <"), "no whitespace left between tags");
+        let opts = ParseOptions::default();
+        let a = parse_file("gen.xml", pretty.as_bytes(), &opts).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let b = parse_file("gen.xml", compact.as_bytes(), &opts).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let json = |p: &ParsedFile| serde_json::to_value(&p.transactions).expect("serializes");
+        prop_assert_eq!(json(&a), json(&b));
+    }
 
     #[test]
     fn generated_files_yield_their_keys_and_amounts_add_up(

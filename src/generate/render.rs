@@ -20,6 +20,23 @@ pub(crate) fn render(dialect: Dialect, site: &str, date: NaiveDate, file_no: u32
     out
 }
 
+/// The same XML without the whitespace between tags (line breaks and indentation), as many POS exports write it
+/// (the public NCR ACS POSLog sample is one line): about half the bytes. Text inside elements is kept as it is.
+pub(crate) fn compact(xml: &str) -> String {
+    let mut out = String::with_capacity(xml.len() / 2);
+    let mut rest = xml;
+    while let Some(at) = rest.find('>') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let trimmed = rest.trim_start_matches([' ', '\t', '\r', '\n']);
+        if trimmed.starts_with('<') {
+            rest = trimmed;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn ts(t: &chrono::NaiveDateTime) -> String {
     t.format("%Y-%m-%dT%H:%M:%S").to_string()
 }
