@@ -248,13 +248,17 @@ impl IngestArgs {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read before `main`: two arenas instead of four per core. An ingest allocates on many threads
-/// (parsers on tokio's blocking pool, the writer, fjall's flush thread), and each arena keeps its own freed pages.
-/// Measured on the 10,000 × 75 bench, three alternated runs: peak RSS 193-202 MiB against 222-241 MiB, files/s
-/// within the host's noise; on 40,000 files, 214 against 252 MiB. `_RJEM_MALLOC_CONF` overrides it at run time.
+/// jemalloc's options, read before `main`: one arena instead of four per core. An ingest allocates on many threads
+/// (parsers on tokio's blocking pool, the writer, fjall's flush thread), and each arena keeps its own freed pages
+/// (about 40-58 MB of an ingest's 120 MB held by jemalloc are freed pages waiting for its 10-second decay); the
+/// per-thread caches keep the shared arena's lock cheap. Measured on gzipped corpora of 75 transactions a file, lake
+/// on tmpfs, alternated: 10,233 files peaked at 155-159 MiB against 167-173 with two arenas (4 runs each) and
+/// 102,062 files at 173/176 against 189/193 MiB, CPU within the host's noise (17.5-18.9 against 16.8-18.7 s).
+/// Two arenas had in turn taken the 10,000-file bench from 222-241 to 193-202 MiB against the default.
+/// `_RJEM_MALLOC_CONF` overrides it at run time.
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"narenas:2".as_ptr() });
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"narenas:1".as_ptr() });
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
