@@ -1,5 +1,5 @@
-//! The DedupBatcher: gathers parsed files into batches (by count, or after the flush interval), has the dedup
-//! store check and reserve their keys, and hands each batch to the writer.
+//! The DedupBatcher: gathers parsed files into batches (by count, after the flush interval, or when the run's last
+//! file has come), has the dedup store check and reserve their keys, and hands each batch to the writer.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -69,7 +69,9 @@ impl<S: Stages> Actor for DedupBatcher<S> {
             BatcherMsg::Add(work) => {
                 state.shared.start(me.get_id(), work.ticket);
                 state.pending.push(work);
-                if state.pending.len() >= state.shared.config.batch_files {
+                // The last files of a run go at once rather than at the next tick: nothing more will join them.
+                let last = state.shared.progress.reached_batcher();
+                if state.pending.len() >= state.shared.config.batch_files || last {
                     flush(&me, state).await;
                 }
             }

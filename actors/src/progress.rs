@@ -14,6 +14,8 @@ pub struct Progress {
     discovered: AtomicU64,
     discovered_bytes: AtomicU64,
     discovery_done: AtomicBool,
+    /// Files (parsed or dead letters) handed to the batcher, retries counted again.
+    reached_batcher: AtomicU64,
     done: AtomicU64,
     retries: AtomicU64,
     restarts: AtomicU64,
@@ -44,6 +46,14 @@ impl Progress {
     pub(crate) fn discovery_finished(&self) {
         self.discovery_done.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
+    }
+
+    /// Counts one more file reaching the batcher. True when no file may be left to come: discovery is finished and
+    /// as many files have reached the batcher as were discovered. A retried file counts again, so this can be true
+    /// early, which only makes a smaller batch.
+    pub(crate) fn reached_batcher(&self) -> bool {
+        let reached = self.reached_batcher.fetch_add(1, Ordering::SeqCst) + 1;
+        self.discovery_done.load(Ordering::SeqCst) && reached >= self.discovered.load(Ordering::SeqCst)
     }
 
     pub(crate) fn committed(&self, files: u64, report: &WriteReport) {

@@ -156,6 +156,21 @@ async fn an_empty_staging_area_finishes_at_once() {
     assert_eq!((snapshot.discovered, snapshot.done), (0, 0));
 }
 
+/// The last partial batch goes as soon as the run's last file reaches the batcher, not at the flush timer's next
+/// tick: with a timer of an hour the run still ends (the timeout fails the test if it waits for the tick).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_partial_batch_is_written_without_waiting_for_the_timer() {
+    let stages = Arc::new(Memory { files: 5, ..Memory::default() });
+    let config = PipelineConfig { flush_interval: Duration::from_secs(3600), ..config() };
+    let snapshot =
+        tokio::time::timeout(Duration::from_secs(60), run(stages.clone(), config, Arc::new(Progress::default())))
+            .await
+            .expect("ends without waiting for the flush timer")
+            .expect("succeeds");
+    assert_eq!((snapshot.discovered, snapshot.done), (5, 5));
+    assert_eq!(stages.committed.lock().expect("lock").len(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_request_drains_what_is_in_flight_and_ends_cleanly() {
     let stages = Arc::new(Memory { files: 100_000, ..Memory::default() });
