@@ -8,6 +8,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::credits::Grant;
+use crate::dedup_batcher::BatcherMsg;
 use crate::downloader::DownloaderMsg;
 use crate::shared::{InFlight, Shared, Spans, Ticket, Work};
 use crate::stages::Stages;
@@ -77,6 +78,13 @@ impl<S: Stages> Actor for Discoverer<S> {
                     send(shared, file, 0, grant, spans).await;
                 }
                 shared.progress.discovery_finished();
+                // The last files may have reached the batcher before discovery was marked finished, so the batcher
+                // could not tell they were the last: have it write them now rather than at its next tick.
+                if shared.progress.all_reached_batcher() {
+                    for batcher in shared.batcher.all() {
+                        let _ = batcher.cast(BatcherMsg::Flush);
+                    }
+                }
             }
             DiscovererMsg::Retry(ticket, file, attempts) => {
                 let size = S::size(&file);

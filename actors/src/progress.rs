@@ -52,8 +52,14 @@ impl Progress {
     /// as many files have reached the batcher as were discovered. A retried file counts again, so this can be true
     /// early, which only makes a smaller batch.
     pub(crate) fn reached_batcher(&self) -> bool {
-        let reached = self.reached_batcher.fetch_add(1, Ordering::SeqCst) + 1;
-        self.discovery_done.load(Ordering::SeqCst) && reached >= self.discovered.load(Ordering::SeqCst)
+        self.reached_batcher.fetch_add(1, Ordering::SeqCst);
+        self.all_reached_batcher()
+    }
+
+    /// Whether discovery is finished and as many files have reached the batcher as were discovered.
+    pub(crate) fn all_reached_batcher(&self) -> bool {
+        self.discovery_done.load(Ordering::SeqCst)
+            && self.reached_batcher.load(Ordering::SeqCst) >= self.discovered.load(Ordering::SeqCst)
     }
 
     pub(crate) fn committed(&self, files: u64, report: &WriteReport) {

@@ -25,6 +25,8 @@ struct Memory {
     write_calls: AtomicU32,
     /// Files whose download always fails (not retryable).
     broken: HashSet<u32>,
+    /// The listing ends this long after its last file (a slow last page).
+    listing_tail: Duration,
     committed: Mutex<Vec<(u32, bool)>>,
     abandoned: AtomicU32,
     in_flight: AtomicU64,
@@ -44,7 +46,9 @@ impl Stages for Memory {
     }
 
     fn discover(&self) -> BoxStream<'static, Result<u32, Fail>> {
-        stream::iter((0..self.files).map(Ok)).boxed()
+        let tail = self.listing_tail;
+        let end = stream::once(tokio::time::sleep(tail)).filter_map(|_| async { None });
+        stream::iter((0..self.files).map(Ok)).chain(end).boxed()
     }
 
     async fn fetch(&self, file: &u32) -> Result<u32, Fail> {
@@ -160,15 +164,19 @@ async fn an_empty_staging_area_finishes_at_once() {
 /// tick: with a timer of an hour the run still ends (the timeout fails the test if it waits for the tick).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_partial_batch_is_written_without_waiting_for_the_timer() {
-    let stages = Arc::new(Memory { files: 5, ..Memory::default() });
-    let config = PipelineConfig { flush_interval: Duration::from_secs(3600), ..config() };
-    let snapshot =
-        tokio::time::timeout(Duration::from_secs(60), run(stages.clone(), config, Arc::new(Progress::default())))
-            .await
-            .expect("ends without waiting for the flush timer")
-            .expect("succeeds");
-    assert_eq!((snapshot.discovered, snapshot.done), (5, 5));
-    assert_eq!(stages.committed.lock().expect("lock").len(), 5);
+    // Then with the listing ending 300 ms after its last file: the files all reach the batcher while it is still
+    // open, so only the discoverer, once it ends, can tell the batcher they were the last.
+    for listing_tail in [Duration::ZERO, Duration::from_millis(300)] {
+        let stages = Arc::new(Memory { files: 5, listing_tail, ..Memory::default() });
+        let hourly = PipelineConfig { flush_interval: Duration::from_secs(3600), ..config() };
+        let snapshot =
+            tokio::time::timeout(Duration::from_secs(60), run(stages.clone(), hourly, Arc::new(Progress::default())))
+                .await
+                .unwrap_or_else(|_| panic!("waited for the flush timer (listing tail {listing_tail:?})"))
+                .expect("succeeds");
+        assert_eq!((snapshot.discovered, snapshot.done), (5, 5));
+        assert_eq!(stages.committed.lock().expect("lock").len(), 5);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
