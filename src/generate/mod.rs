@@ -68,8 +68,8 @@ pub struct GenerateArgs {
     /// Share of Verifone sales followed by a rollback mirror record (same register and sequence, by design).
     #[arg(long, default_value_t = 0.01)]
     pub rollback_rate: f64,
-    /// Write files without line breaks or indentation between elements, as many POS exports do: about half the
-    /// bytes for the same transactions.
+    /// Write files without line breaks or indentation between elements, as many POS exports do: about a quarter
+    /// fewer bytes for the same transactions.
     #[arg(long)]
     #[serde(default)]
     pub compact: bool,
