@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// The staging folder files arrive in. Default `poslake-data/staging`.
+    /// Where files arrive: a local folder, or an Azure Blob Storage / ADLS Gen2 URL (`az://container/prefix`,
+    /// `abfss://…`, `https://…`). Default `poslake-data/staging`.
     pub staging: PathBuf,
     /// The lake root (catalog, warehouse, raw archive, dedup store). Default `poslake-data/lake`.
     pub lake: PathBuf,

@@ -27,5 +27,13 @@ pub mod parse;
 pub mod telemetry;
 
 pub use dialect::Dialect;
+
+/// Installs rustls's process-wide crypto provider (ring), which TLS to Redis (`rediss://`), to Azure and to an
+/// OTLP collector over HTTPS all use; a second call is harmless. Every client that may speak TLS calls it first:
+/// without it, building an HTTPS client panics.
+#[cfg(feature = "lake")]
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 pub use model::ParsedFile;
 pub use parse::{ParseError, ParseOptions, parse_file};

@@ -200,7 +200,9 @@ struct IngestArgs {
     /// The configuration file, the lake and the dedup store.
     #[command(flatten)]
     store: StoreArgs,
-    /// The staging folder files arrive in. [default: poslake-data/staging]
+    /// Where files arrive: a local folder, or Azure Blob Storage / ADLS Gen2 as az://CONTAINER/PREFIX,
+    /// abfss://FILESYSTEM@ACCOUNT.dfs.core.windows.net/PREFIX or https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX
+    /// (credentials from AZURE_* variables). [default: poslake-data/staging]
     #[arg(long, env = "POSLAKE_STAGING")]
     staging: Option<PathBuf>,
     /// Print the run summary as JSON (and no progress line).
@@ -262,6 +264,8 @@ pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"na
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any client is built: whichever speaks TLS (Redis, Azure, OTLP over HTTPS) needs it.
+    poslake::install_tls_provider();
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             // Notable events (recoveries, an unreachable Redis, capacity warnings) on stderr; RUST_LOG refines

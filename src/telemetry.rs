@@ -123,6 +123,8 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let exporter = match protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&endpoint).build(),
         OtlpProtocol::Http => {
+            // Its reqwest client speaks TLS for https:// endpoints, with the process's provider.
+            crate::install_tls_provider();
             // The HTTP exporter wants the full path; accept the base URL Jaeger documents (…:4318) too.
             let url = if endpoint.ends_with("/v1/traces") {
                 endpoint.clone()

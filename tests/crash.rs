@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{header_keys, ledger_paths};
+use common::{counts, header_keys, ledger_paths};
 use poslake::generate::{FileKind, GenerateArgs, generate, read_manifest};
 use poslake::lake::Warehouse;
 use rand::{Rng, SeedableRng};
@@ -48,17 +48,6 @@ fn ingest(staging: &Path, lake: &Path, config: &Path, kill_at: Option<&str>) -> 
         None => cmd.env_remove("POSLAKE_KILL_AT"),
     };
     cmd
-}
-
-/// Row counts of every table but the quarantine (which of the duplicates meet the filter rather than the exact
-/// in-flight set depends on commit timing; the silver tables do not).
-async fn counts(lake: &Path) -> Vec<(&'static str, u64)> {
-    let wh = Warehouse::open(lake).await.expect("open");
-    let mut out = Vec::new();
-    for t in ["sales_header", "sales_line", "sales_discount", "bronze_transaction", "dead_letters", "file_ledger"] {
-        out.push((t, wh.row_count(t).await.expect("count")));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

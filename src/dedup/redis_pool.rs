@@ -39,8 +39,7 @@ impl RedisPool {
     pub fn connect(config: &DedupConfig) -> Result<Self, DedupError> {
         let url = redact(&config.redis_url);
         let cfg_err = |e: &dyn std::fmt::Display| DedupError::Config(format!("Redis URL {url}: {e}"));
-        // rustls needs one process-wide crypto provider for rediss://; installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_tls_provider();
         let timeout = Duration::from_millis(config.timeout_ms);
         let conn =
             AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));

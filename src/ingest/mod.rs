@@ -209,7 +209,7 @@ impl PosStages {
     /// Opens staging, the lake and the dedup store, and recovers whatever a stopped run left half done.
     pub async fn open(setup: &IngestSetup, run_id: String) -> Result<Self, IngestError> {
         let paths = &setup.paths;
-        let staging = Staging::local(&paths.staging)?;
+        let staging = Staging::open(&paths.staging)?;
         let warehouse = Arc::new(Warehouse::open(&paths.lake).await?);
         let archive = Archive::local(warehouse.root())?;
         let dedup = Arc::new(Dedup::open(&setup.dedup, warehouse.root()).await?);
@@ -944,7 +944,8 @@ pub async fn ingest(
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestRunError {
-    #[error("opening the ingest: {0}")]
+    /// The cause is the error's source: `{:#}` (anyhow, the binary) prints it after the colon once.
+    #[error("opening the ingest")]
     Open(#[from] IngestError),
     #[error(transparent)]
     Pipeline(#[from] poslake_actors::PipelineError),

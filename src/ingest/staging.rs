@@ -1,14 +1,15 @@
-//! Staging storage: where POS files arrive. Local folders by default, through `object_store` so that Azure Blob /
-//! ADLS slot in behind the same interface. Listing is a stream (paged by the store): the whole listing is never
-//! held in memory.
+//! Staging storage: where POS files arrive. A local folder by default, or Azure Blob Storage / ADLS Gen2 named by
+//! URL, both through `object_store`. Listing is a stream (paged by the store): the whole listing is never held in
+//! memory.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
 
 /// A file found in staging.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +23,21 @@ pub struct StagedFile {
 pub enum StagingError {
     #[error("staging {location}: {source}")]
     Store { location: String, source: object_store::Error },
+    #[error(
+        "staging {location}: {reason} (staging is a local folder, or Azure Blob Storage / ADLS Gen2 as \
+         az://CONTAINER/PREFIX, abfss://FILESYSTEM@ACCOUNT.dfs.core.windows.net/PREFIX or \
+         https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX)"
+    )]
+    Location { location: String, reason: String },
 }
 
 impl StagingError {
     /// Storage errors are worth a retry (a network blip, a throttled request) except a missing object.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, StagingError::Store { source: object_store::Error::NotFound { .. }, .. })
+        !matches!(
+            self,
+            StagingError::Store { source: object_store::Error::NotFound { .. }, .. } | StagingError::Location { .. }
+        )
     }
 }
 
@@ -41,9 +51,45 @@ fn is_pos_file(path: &str) -> bool {
 pub struct Staging {
     store: Arc<dyn ObjectStore>,
     prefix: Option<StorePath>,
+    /// The location as the operator gave it, for messages.
+    name: Arc<str>,
 }
 
 impl Staging {
+    /// Staging as the operator names it: a URL with a scheme (`az://`, `abfss://`, `https://…windows.net/…`,
+    /// `file://`) or else a local folder.
+    pub fn open(location: &std::path::Path) -> Result<Self, StagingError> {
+        match location.to_str().filter(|l| l.contains("://")) {
+            Some(url) => Self::from_url(url),
+            None => Self::local(location),
+        }
+    }
+
+    /// Azure Blob Storage or ADLS Gen2 (credentials from the `AZURE_*` environment variables `object_store`
+    /// reads: an account key, a SAS token, a service principal, a managed identity or the Azure CLI; Azurite with
+    /// `AZURE_STORAGE_USE_EMULATOR=true`), or a `file://` folder. The URL's path is the prefix listed.
+    pub fn from_url(location: &str) -> Result<Self, StagingError> {
+        let refuse = |reason: String| StagingError::Location { location: location.to_owned(), reason };
+        let url = url::Url::parse(location).map_err(|e| refuse(format!("not a URL: {e}")))?;
+        let (scheme, prefix) = ObjectStoreScheme::parse(&url).map_err(|e| refuse(e.to_string()))?;
+        match scheme {
+            ObjectStoreScheme::Local => {
+                let dir = url.to_file_path().map_err(|()| refuse("not a local path".into()))?;
+                Self::local(&dir)
+            }
+            ObjectStoreScheme::MicrosoftAzure => {
+                crate::install_tls_provider();
+                let store = MicrosoftAzureBuilder::from_env()
+                    .with_url(location)
+                    .build()
+                    .map_err(|source| StagingError::Store { location: location.to_owned(), source })?;
+                let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+                Ok(Staging { store: Arc::new(store), prefix, name: location.into() })
+            }
+            other => Err(refuse(format!("{other:?} storage is not supported"))),
+        }
+    }
+
     /// A local folder (created if absent).
     pub fn local(root: &std::path::Path) -> Result<Self, StagingError> {
         std::fs::create_dir_all(root).map_err(|e| StagingError::Store {
@@ -52,23 +98,28 @@ impl Staging {
         })?;
         let store = LocalFileSystem::new_with_prefix(root)
             .map_err(|source| StagingError::Store { location: root.display().to_string(), source })?;
-        Ok(Staging { store: Arc::new(store), prefix: None })
+        Ok(Staging { store: Arc::new(store), prefix: None, name: root.display().to_string().into() })
     }
 
     /// Any object store (Azure, S3, memory), under an optional prefix.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> Self {
-        Staging { store, prefix: prefix.map(StorePath::from) }
+        let name = format!("{store}/{}", prefix.unwrap_or_default()).into();
+        Staging { store, prefix: prefix.map(StorePath::from), name }
     }
 
     /// Every POS file under the prefix, as the store lists them.
     pub fn list(&self) -> impl Stream<Item = Result<StagedFile, StagingError>> + Send + 'static {
-        self.store.list(self.prefix.as_ref()).filter_map(|meta| async move {
-            match meta {
-                Ok(m) if is_pos_file(m.location.as_ref()) => {
-                    Some(Ok(StagedFile { path: m.location.to_string(), size: m.size }))
+        let name = self.name.clone();
+        self.store.list(self.prefix.as_ref()).filter_map(move |meta| {
+            let name = name.clone();
+            async move {
+                match meta {
+                    Ok(m) if is_pos_file(m.location.as_ref()) => {
+                        Some(Ok(StagedFile { path: m.location.to_string(), size: m.size }))
+                    }
+                    Ok(_) => None,
+                    Err(source) => Some(Err(StagingError::Store { location: format!("listing {name}"), source })),
                 }
-                Ok(_) => None,
-                Err(source) => Some(Err(StagingError::Store { location: "listing".into(), source })),
             }
         })
     }

@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests: reading keys back from the lake, a small pipeline, and a real
-//! `redis-server` started on a free port.
+//! `redis-server` and Azurite started on free ports.
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod redis;
 
 use std::collections::BTreeSet;
@@ -44,6 +45,32 @@ pub async fn keys_of_table(wh: &Warehouse, table: &str) -> Vec<String> {
 }
 
 /// Canonical keys of every sales_header row.
+/// Row counts of every table but the quarantine (which of the duplicates meet the filter rather than the exact
+/// in-flight set depends on commit timing; the silver tables do not).
+pub async fn counts(lake: &std::path::Path) -> Vec<(&'static str, u64)> {
+    let wh = Warehouse::open(lake).await.expect("open");
+    let mut out = Vec::new();
+    for t in ["sales_header", "sales_line", "sales_discount", "bronze_transaction", "dead_letters", "file_ledger"] {
+        out.push((t, wh.row_count(t).await.expect("count")));
+    }
+    out
+}
+
+/// A program the tests run: `$env_var` if set, else the first `name` on PATH or in the usual folders.
+pub fn find_program(name: &str, env_var: &str, install_hint: &str) -> std::path::PathBuf {
+    if let Ok(p) = std::env::var(env_var) {
+        return p.into();
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    for dir in path.split(':').chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"]) {
+        let p = std::path::Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: install it ({install_hint}) or run scripts/test, which does");
+}
+
 pub async fn header_keys(wh: &Warehouse) -> Vec<String> {
     keys_of_table(wh, "sales_header").await
 }

@@ -14,16 +14,7 @@ pub struct RedisServer {
 }
 
 fn binary() -> PathBuf {
-    if let Ok(p) = std::env::var("POSLAKE_REDIS_SERVER") {
-        return PathBuf::from(p);
-    }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/sbin"]) {
-        let p = PathBuf::from(dir).join("redis-server");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("redis-server not found: install it (apt-get install redis-server) or run scripts/test, which does");
+    super::find_program("redis-server", "POSLAKE_REDIS_SERVER", "apt-get install redis-server")
 }
 
 impl RedisServer {

@@ -1,0 +1,111 @@
+//! Staging on Azure Blob Storage, against a real Azurite: a corpus ingested from a container lands exactly as the
+//! same corpus ingested from a folder; a second run from the container adds nothing; staging poslake cannot read
+//! fails at once with the reason.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::azurite::Azurite;
+use common::{counts, header_keys};
+use poslake::generate::{GenerateArgs, generate};
+use poslake::lake::Warehouse;
+
+fn ingest(staging: &str, lake: &Path, env: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_poslake"));
+    cmd.args(["ingest", "--json", "--staging", staging, "--lake"]).arg(lake).env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run poslake")
+}
+
+fn summary(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON summary")
+}
+
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corpus_in_azure_blob_storage_lands_like_the_same_corpus_in_a_folder() {
+    let azurite = Azurite::start();
+    azurite.create_container("landing");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    // Every dialect, gzipped and malformed files, resent files and repeated transactions.
+    let report = generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 17,
+        sites: 6,
+        days: 2,
+        files_per_day: 3,
+        min_transactions: 4,
+        max_transactions: 12,
+        duplicate_file_rate: 0.1,
+        duplicate_transaction_rate: 0.05,
+        malformed_rate: 0.05,
+        gzip_rate: 0.2,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    assert!(report.malformed_files > 0 && report.resent_files > 0, "the corpus has the cases it is meant to");
+    // The manifest files go up too: staging skips them in a container as in a folder.
+    let uploaded = azurite.upload_dir(&staging, "landing", "pos/incoming").await;
+    assert!(uploaded as u64 > report.files);
+
+    let local_lake = dir.path().join("local");
+    let local = summary(&ingest(staging.to_str().expect("utf-8"), &local_lake, &[]));
+    let azure_lake = dir.path().join("azure");
+    let url = "az://landing/pos/incoming";
+    let azure = summary(&ingest(url, &azure_lake, &azurite.env()));
+
+    assert_eq!(azure["files"], report.files, "every POS file listed, nothing else");
+    for field in ["files", "bytes", "transactions", "new_transactions", "duplicate_transactions", "dead_letters"] {
+        assert_eq!(azure[field], local[field], "{field}");
+    }
+    assert!(azure["dead_letters"].as_u64() > Some(0));
+    assert_eq!(counts(&azure_lake).await, counts(&local_lake).await, "every table as from the folder");
+    assert_eq!(counts(&azure_lake).await[0].1, report.unique_keys, "each transaction once");
+    let mut from_azure = header_keys(&Warehouse::open(&azure_lake).await.expect("open")).await;
+    let mut from_folder = header_keys(&Warehouse::open(&local_lake).await.expect("open")).await;
+    // The two listings come in different orders, and so do the rows.
+    from_azure.sort();
+    from_folder.sort();
+    assert_eq!(from_azure, from_folder, "the same transactions");
+    // The ledger names files by their path in the container; the raw archive holds each one.
+    let paths = common::ledger_paths(&Warehouse::open(&azure_lake).await.expect("open")).await;
+    assert_eq!(paths.len() as u64, report.files);
+    assert!(paths.iter().all(|p| p.starts_with("pos/incoming/")), "{paths:?}");
+    assert_eq!(files_under(&azure_lake.join("bronze/raw")), files_under(&local_lake.join("bronze/raw")));
+    assert!(files_under(&azure_lake.join("bronze/raw")) > 0);
+
+    // A second run from the container finds everything ingested.
+    let again = summary(&ingest(url, &azure_lake, &azurite.env()));
+    assert_eq!(again["already_ingested"], report.files);
+    assert_eq!(again["new_transactions"], 0);
+    assert_eq!(counts(&azure_lake).await, counts(&local_lake).await, "nothing added");
+}
+
+#[test]
+fn staging_that_cannot_be_read_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let out = ingest("s3://bucket/pos", &lake, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("s3://bucket/pos") && err.contains("not supported") && err.contains("az://"), "{err}");
+    assert_eq!(err.matches("not supported").count(), 1, "the reason said once: {err}");
+
+    // A container that does not exist: the listing's error, not an empty run.
+    let azurite = Azurite::start();
+    let out = ingest("az://nowhere/pos", &lake, &azurite.env());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unreadable container is not an empty one");
+    assert!(err.contains("ContainerNotFound") || err.contains("not found"), "{err}");
+}
