@@ -6,10 +6,13 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use common::azurite::Azurite;
+use common::proxy::Proxy;
 use common::{counts, header_keys};
-use poslake::generate::{GenerateArgs, generate};
+use poslake::generate::{GenerateArgs, Report, generate};
 use poslake::lake::Warehouse;
 
 fn ingest(staging: &str, lake: &Path, env: &[(&str, String)]) -> std::process::Output {
@@ -32,21 +35,20 @@ fn files_under(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corpus_in_azure_blob_storage_lands_like_the_same_corpus_in_a_folder() {
+/// A corpus of every dialect with malformed, resent and gzipped files and repeated transactions, generated into
+/// `dir/staging`, and an Azurite with an empty `landing` container.
+fn corpus(dir: &Path, seed: u64, transactions: (u32, u32)) -> (Azurite, std::path::PathBuf, Report) {
     let azurite = Azurite::start();
     azurite.create_container("landing");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let staging = dir.path().join("staging");
-    // Every dialect, gzipped and malformed files, resent files and repeated transactions.
+    let staging = dir.join("staging");
     let report = generate(&GenerateArgs {
         out: staging.clone(),
-        seed: 17,
+        seed,
         sites: 6,
         days: 2,
         files_per_day: 3,
-        min_transactions: 4,
-        max_transactions: 12,
+        min_transactions: transactions.0,
+        max_transactions: transactions.1,
         duplicate_file_rate: 0.1,
         duplicate_transaction_rate: 0.05,
         malformed_rate: 0.05,
@@ -54,6 +56,13 @@ async fn a_corpus_in_azure_blob_storage_lands_like_the_same_corpus_in_a_folder()
         ..GenerateArgs::default()
     })
     .expect("generate");
+    (azurite, staging, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corpus_in_azure_blob_storage_lands_like_the_same_corpus_in_a_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (azurite, staging, report) = corpus(dir.path(), 17, (4, 12));
     assert!(report.malformed_files > 0 && report.resent_files > 0, "the corpus has the cases it is meant to");
     // The manifest files go up too: staging skips them in a container as in a folder.
     let uploaded = azurite.upload_dir(&staging, "landing", "pos/incoming").await;
@@ -90,6 +99,38 @@ async fn a_corpus_in_azure_blob_storage_lands_like_the_same_corpus_in_a_folder()
     assert_eq!(again["already_ingested"], report.files);
     assert_eq!(again["new_transactions"], 0);
     assert_eq!(counts(&azure_lake).await, counts(&local_lake).await, "nothing added");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_cut_mid_run_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (azurite, staging, report) = corpus(dir.path(), 23, (20, 40));
+    azurite.upload_dir(&staging, "landing", "pos").await;
+    let local_lake = dir.path().join("local");
+    let local = summary(&ingest(staging.to_str().expect("utf-8"), &local_lake, &[]));
+
+    // Every connection to Azurite is closed once a third of the corpus has come back, and none is let through
+    // for two seconds.
+    let proxy = Proxy::start(azurite.port, report.bytes / 3, Duration::from_secs(2)).await;
+    let env = [
+        ("AZURE_STORAGE_USE_EMULATOR", "true".to_owned()),
+        ("AZURITE_BLOB_STORAGE_URL", format!("http://127.0.0.1:{}", proxy.port)),
+    ];
+    let lake = dir.path().join("azure");
+    let run = {
+        let lake = lake.clone();
+        tokio::task::spawn_blocking(move || ingest("az://landing/pos", &lake, &env)).await.expect("ingest")
+    };
+    let azure = summary(&run);
+    let stats = &proxy.stats;
+    assert!(proxy.cut_happened(), "the cut came");
+    assert!(stats.reset.load(Ordering::SeqCst) > 0, "it closed connections in use");
+    assert!(stats.bytes_after_cut.load(Ordering::SeqCst) > 0, "and the run went on after it");
+    for field in ["files", "transactions", "new_transactions", "duplicate_transactions", "dead_letters"] {
+        assert_eq!(azure[field], local[field], "{field}");
+    }
+    assert_eq!(counts(&lake).await, counts(&local_lake).await, "every table as without the cut");
+    assert_eq!(counts(&lake).await[0].1, report.unique_keys);
 }
 
 #[test]

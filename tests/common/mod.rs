@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod proxy;
 pub mod redis;
 
 use std::collections::BTreeSet;
