@@ -17,17 +17,18 @@ pub struct IngestConfig {
     pub lake: PathBuf,
     /// Parser actors (CPU bound). Default: one per core.
     pub parsers: Option<usize>,
-    /// Downloader actors (I/O bound). Default 16.
-    pub downloaders: usize,
+    /// Downloader actors (I/O bound): the GETs in flight at once. Default 16 for a local folder, 64 for Azure,
+    /// where each GET waits on the network (see `downloaders()`).
+    pub downloaders: Option<usize>,
     /// Archiver actors (I/O bound). Default 8.
     pub archivers: usize,
     /// Files per write batch. Default 16.
     pub batch_files: usize,
     /// A partial batch is written after this many milliseconds. Default 500.
     pub flush_interval_ms: u64,
-    /// Files in flight at most; bounds memory. Default 32 (raise it for remote storage, whose latency needs more
-    /// downloads in flight).
-    pub max_files_in_flight: u32,
+    /// Files in flight at most; bounds memory. Default 32 for a local folder, 128 for Azure (enough for its
+    /// downloaders and the stages after them).
+    pub max_files_in_flight: Option<u32>,
     /// Raw MiB in flight at most; bounds memory (parsed files take several times their raw size). Default 32.
     pub max_mib_in_flight: u64,
     /// Files per Iceberg commit. Default 2000.
@@ -152,11 +153,11 @@ impl Default for IngestConfig {
             staging: PathBuf::from("poslake-data/staging"),
             lake: PathBuf::from("poslake-data/lake"),
             parsers: None,
-            downloaders: 16,
+            downloaders: None,
             archivers: 8,
             batch_files: 16,
             flush_interval_ms: 500,
-            max_files_in_flight: 32,
+            max_files_in_flight: None,
             max_mib_in_flight: 32,
             commit_files: 2000,
             commit_interval_secs: 10,
@@ -188,15 +189,33 @@ impl IngestConfig {
         Ok(config)
     }
 
+    /// Whether staging is a remote store (a URL other than `file://`): each GET then waits on the network, and
+    /// more of them must be in flight. With 20 ms added to each response (a proxy in front of Azurite, 1,015 files
+    /// of 206 KB, 2 cores), 64 downloaders and 128 files in flight ran 637-690 files/s against 402-453 with the
+    /// folder defaults; without the added latency, 756-766 against 730-735 (peak RSS 158-181 MiB against 123-130).
+    pub fn staging_is_remote(&self) -> bool {
+        self.staging.to_str().is_some_and(|s| s.contains("://") && !s.starts_with("file://"))
+    }
+
+    /// Downloaders, resolved: the setting, else 16 for a folder and 64 for a remote store.
+    pub fn downloaders(&self) -> usize {
+        self.downloaders.unwrap_or(if self.staging_is_remote() { 64 } else { 16 })
+    }
+
+    /// Files in flight at most, resolved: the setting, else 32 for a folder and 128 for a remote store.
+    pub fn max_files_in_flight(&self) -> u32 {
+        self.max_files_in_flight.unwrap_or(if self.staging_is_remote() { 128 } else { 32 })
+    }
+
     /// Every count and bound must be at least 1.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let checks: [(&str, u64); 9] = [
             ("parsers", self.parsers.map_or(1, |p| p as u64)),
-            ("downloaders", self.downloaders as u64),
+            ("downloaders", self.downloaders() as u64),
             ("archivers", self.archivers as u64),
             ("batch_files", self.batch_files as u64),
             ("flush_interval_ms", self.flush_interval_ms),
-            ("max_files_in_flight", u64::from(self.max_files_in_flight)),
+            ("max_files_in_flight", u64::from(self.max_files_in_flight())),
             ("max_mib_in_flight", self.max_mib_in_flight),
             ("commit_files", self.commit_files),
             ("max_attempts", u64::from(self.max_attempts)),
@@ -210,12 +229,12 @@ impl IngestConfig {
     #[cfg(feature = "lake")]
     pub fn pipeline(&self) -> poslake_actors::PipelineConfig {
         let mut p = poslake_actors::PipelineConfig {
-            downloaders: self.downloaders,
+            downloaders: self.downloaders(),
             archivers: self.archivers,
             batch_files: self.batch_files,
             flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
             limits: poslake_actors::FlowLimits {
-                max_files: self.max_files_in_flight,
+                max_files: self.max_files_in_flight(),
                 max_bytes: self.max_mib_in_flight << 20,
             },
             max_attempts: self.max_attempts,
@@ -256,5 +275,21 @@ mod tests {
         assert!(toml::from_str::<IngestConfig>("batchfiles = 3").is_err(), "a misspelt key is an error");
         let zero = IngestConfig { batch_files: 0, ..IngestConfig::default() };
         assert!(matches!(zero.validate(), Err(ConfigError::Invalid(m)) if m.contains("batch_files")));
+        let zero = IngestConfig { downloaders: Some(0), ..IngestConfig::default() };
+        assert!(matches!(zero.validate(), Err(ConfigError::Invalid(m)) if m.contains("downloaders")));
+    }
+
+    #[test]
+    fn remote_staging_gets_more_downloads_in_flight_unless_told_otherwise() {
+        let folder = IngestConfig::default();
+        assert_eq!((folder.downloaders(), folder.max_files_in_flight()), (16, 32));
+        let file_url = IngestConfig { staging: "file:///data/pos".into(), ..IngestConfig::default() };
+        assert_eq!((file_url.downloaders(), file_url.max_files_in_flight()), (16, 32));
+        let azure = IngestConfig { staging: "az://landing/pos".into(), ..IngestConfig::default() };
+        assert_eq!((azure.downloaders(), azure.max_files_in_flight()), (64, 128));
+        let p = azure.pipeline();
+        assert_eq!((p.downloaders, p.limits.max_files), (64, 128));
+        let set = IngestConfig { downloaders: Some(8), max_files_in_flight: Some(16), ..azure };
+        assert_eq!((set.downloaders(), set.max_files_in_flight()), (8, 16));
     }
 }

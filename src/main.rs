@@ -211,13 +211,13 @@ struct IngestArgs {
     /// Parser actors (CPU bound). [default: one per core]
     #[arg(long)]
     parsers: Option<usize>,
-    /// Downloader actors (I/O bound). [default: 16]
+    /// Downloader actors (I/O bound): GETs in flight at once. [default: 16 for a folder, 64 for Azure]
     #[arg(long)]
     downloaders: Option<usize>,
     /// Files per write batch. [default: 16]
     #[arg(long)]
     batch_files: Option<usize>,
-    /// Files in flight at most (bounds memory; raise it for remote storage). [default: 32]
+    /// Files in flight at most (bounds memory). [default: 32 for a folder, 128 for Azure]
     #[arg(long)]
     max_files_in_flight: Option<u32>,
     /// Raw MiB in flight at most (bounds memory; parsed files take several times their raw size). [default: 32]
@@ -235,9 +235,15 @@ impl IngestArgs {
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        over!(staging, downloaders, batch_files, max_files_in_flight, max_mib_in_flight, commit_files);
-        if self.parsers.is_some() {
-            c.parsers = self.parsers;
+        over!(staging, batch_files, max_mib_in_flight, commit_files);
+        // Unset, these follow the staging kind (a folder or a remote store): see `IngestConfig::downloaders`.
+        for (flag, setting) in [(self.parsers, &mut c.parsers), (self.downloaders, &mut c.downloaders)] {
+            if flag.is_some() {
+                *setting = flag;
+            }
+        }
+        if self.max_files_in_flight.is_some() {
+            c.max_files_in_flight = self.max_files_in_flight;
         }
         c.validate()?;
         Ok(c)
