@@ -94,10 +94,16 @@ async fn a_corpus_in_azure_blob_storage_lands_like_the_same_corpus_in_a_folder()
     assert_eq!(files_under(&azure_lake.join("bronze/raw")), files_under(&local_lake.join("bronze/raw")));
     assert!(files_under(&azure_lake.join("bronze/raw")) > 0);
 
-    // A second run from the container finds everything ingested.
-    let again = summary(&ingest(url, &azure_lake, &azurite.env()));
-    assert_eq!(again["already_ingested"], report.files);
-    assert_eq!(again["new_transactions"], 0);
+    // A second run from the container finds everything ingested, whichever form of URL names it.
+    for url in [
+        url,
+        "abfss://landing@devstoreaccount1.dfs.core.windows.net/pos/incoming",
+        "https://devstoreaccount1.blob.core.windows.net/landing/pos/incoming",
+    ] {
+        let again = summary(&ingest(url, &azure_lake, &azurite.env()));
+        assert_eq!(again["already_ingested"], report.files, "{url}");
+        assert_eq!(again["new_transactions"], 0, "{url}");
+    }
     assert_eq!(counts(&azure_lake).await, counts(&local_lake).await, "nothing added");
 }
 
