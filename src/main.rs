@@ -236,15 +236,11 @@ impl IngestArgs {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
         over!(staging, batch_files, max_mib_in_flight, commit_files);
-        // Unset, these follow the staging kind (a folder or a remote store): see `IngestConfig::downloaders`.
-        for (flag, setting) in [(self.parsers, &mut c.parsers), (self.downloaders, &mut c.downloaders)] {
-            if flag.is_some() {
-                *setting = flag;
-            }
+        // Settings that stay optional: unset, they follow the cores or the staging kind (`IngestConfig::downloaders`).
+        macro_rules! over_optional {
+            ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
         }
-        if self.max_files_in_flight.is_some() {
-            c.max_files_in_flight = self.max_files_in_flight;
-        }
+        over_optional!(parsers, downloaders, max_files_in_flight);
         c.validate()?;
         Ok(c)
     }

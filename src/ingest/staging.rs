@@ -111,16 +111,13 @@ impl Staging {
     pub fn list(&self) -> impl Stream<Item = Result<StagedFile, StagingError>> + Send + 'static {
         let name = self.name.clone();
         self.store.list(self.prefix.as_ref()).filter_map(move |meta| {
-            let name = name.clone();
-            async move {
-                match meta {
-                    Ok(m) if is_pos_file(m.location.as_ref()) => {
-                        Some(Ok(StagedFile { path: m.location.to_string(), size: m.size }))
-                    }
-                    Ok(_) => None,
-                    Err(source) => Some(Err(StagingError::Store { location: format!("listing {name}"), source })),
+            futures::future::ready(match meta {
+                Ok(m) if is_pos_file(m.location.as_ref()) => {
+                    Some(Ok(StagedFile { path: m.location.to_string(), size: m.size }))
                 }
-            }
+                Ok(_) => None,
+                Err(source) => Some(Err(StagingError::Store { location: format!("listing {name}"), source })),
+            })
         })
     }
 
