@@ -18,6 +18,10 @@ use poslake::lake::Warehouse;
 fn ingest(staging: &str, lake: &Path, env: &[(&str, String)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_poslake"));
     cmd.args(["ingest", "--json", "--staging", staging, "--lake"]).arg(lake).env("RUST_LOG", "warn");
+    // Only the Azure settings the test gives: none from the machine running it.
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AZURE") || k.starts_with("AZURITE")) {
+        cmd.env_remove(k);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -148,6 +152,12 @@ fn staging_that_cannot_be_read_is_refused_with_the_reason() {
     assert!(!out.status.success());
     assert!(err.contains("s3://bucket/pos") && err.contains("not supported") && err.contains("az://"), "{err}");
     assert_eq!(err.matches("not supported").count(), 1, "the reason said once: {err}");
+
+    // No account named anywhere: refused at start, the reason said once.
+    let out = ingest("az://landing/pos", &lake, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("Account must be specified").count(), 1, "{err}");
 
     // A container that does not exist: the listing's error, not an empty run.
     let azurite = Azurite::start();
