@@ -147,6 +147,12 @@ impl DedupConfig {
     }
 }
 
+/// The staging location as a URL, if it is written as one (`az://…`, `file://…`); else it is a folder path. The one
+/// rule both the staging store (`ingest::staging::Staging::open`) and the remote defaults follow.
+pub fn staging_url(staging: &Path) -> Option<&str> {
+    staging.to_str().filter(|s| s.contains("://"))
+}
+
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
@@ -194,7 +200,7 @@ impl IngestConfig {
     /// of 206 KB, 2 cores), 64 downloaders and 128 files in flight ran 637-690 files/s against 402-453 with the
     /// folder defaults; without the added latency, 756-766 against 730-735 (peak RSS 158-181 MiB against 123-130).
     pub fn staging_is_remote(&self) -> bool {
-        self.staging.to_str().is_some_and(|s| s.contains("://") && !s.starts_with("file://"))
+        staging_url(&self.staging).is_some_and(|url| !url.starts_with("file://"))
     }
 
     /// Downloaders, resolved: the setting, else 16 for a folder and 64 for a remote store.

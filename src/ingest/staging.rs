@@ -59,7 +59,7 @@ impl Staging {
     /// Staging as the operator names it: a URL with a scheme (`az://`, `abfss://`, `https://…windows.net/…`,
     /// `file://`) or else a local folder.
     pub fn open(location: &std::path::Path) -> Result<Self, StagingError> {
-        match location.to_str().filter(|l| l.contains("://")) {
+        match crate::config::staging_url(location) {
             Some(url) => Self::from_url(url),
             None => Self::local(location),
         }
