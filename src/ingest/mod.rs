@@ -296,11 +296,7 @@ impl PosStages {
                 return Err(e);
             }
         }
-        if let Ok(mut f) = self.in_flight.lock() {
-            for k in &keys {
-                f.remove(&k.digest);
-            }
-        }
+        self.release(&keys);
         open.files = 0;
         open.since = std::time::Instant::now();
         self.maybe_maintain(seq + 1).await;
@@ -346,11 +342,17 @@ impl PosStages {
         open.keys.clear();
     }
 
+    /// Takes keys out of the in-flight set: a commit's, once the store holds them, or an abandoned batch's.
     fn release(&self, keys: &[DedupKey]) {
         if let Ok(mut f) = self.in_flight.lock() {
             for k in keys {
                 f.remove(&k.digest);
             }
+            // A removal leaves a tombstone, and a table full of them grows instead of rehashing in place when it is
+            // more than half live at that moment: after 5 to 10 commits it doubled (5 to 10 MB at 2,000 files a
+            // commit) though it never held more keys. Rebuilt now, it holds only the keys still in flight and
+            // grows back to the size they need, so its peak follows the commit size, not the length of the run.
+            f.shrink_to(0);
         }
     }
 
