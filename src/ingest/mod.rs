@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod commit;
+mod in_flight;
 pub mod maintain;
 pub mod reconcile;
 pub mod staging;
@@ -27,7 +28,7 @@ use poslake_actors::{Stages, WriteReport};
 use tracing::Instrument;
 
 use crate::config::DedupConfig;
-use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, KeyDigest, LedgerMark};
+use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, LedgerMark};
 use crate::failpoint;
 use crate::lake::rows::{FileRows, Quarantine, Source};
 use crate::lake::{
@@ -37,6 +38,7 @@ use crate::model::{FileFacts, ParsedFile};
 use crate::parse::{ParseOptions, parse_file};
 use archive::{Archive, ArchiveError};
 use commit::{Committer, Recovery};
+use in_flight::InFlightKeys;
 use staging::{StagedFile, Staging, StagingError};
 
 /// Where an ingest reads and writes.
@@ -190,8 +192,8 @@ pub struct PosStages {
     committer: Committer,
     open: tokio::sync::Mutex<Uncommitted>,
     policy: CommitPolicy,
-    /// Keys of this run not yet in the store (reserved by a batch, or committed and being added): exact.
-    in_flight: Mutex<HashSet<KeyDigest>>,
+    /// Keys of this run not yet in the store: exact.
+    in_flight: Mutex<InFlightKeys>,
     /// Serialises recoveries from a store that lost its state or reconnected.
     healing: tokio::sync::Mutex<()>,
     /// Files the ledger already holds: skipped by discovery.
@@ -234,7 +236,7 @@ impl PosStages {
             policy: setup.policy,
             warehouse,
             committer,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(InFlightKeys::default()),
             healing: tokio::sync::Mutex::new(()),
             ledger: Arc::new(ledger),
             skipped: Arc::new(AtomicU64::new(0)),
@@ -342,17 +344,9 @@ impl PosStages {
         open.keys.clear();
     }
 
-    /// Takes keys out of the in-flight set: a commit's, once the store holds them, or an abandoned batch's.
     fn release(&self, keys: &[DedupKey]) {
         if let Ok(mut f) = self.in_flight.lock() {
-            for k in keys {
-                f.remove(&k.digest);
-            }
-            // A removal leaves a tombstone, and a table full of them grows instead of rehashing in place when it is
-            // more than half live at that moment: after 5 to 10 commits it doubled (5 to 10 MB at 2,000 files a
-            // commit) though it never held more keys. Rebuilt now, it holds only the keys still in flight and
-            // grows back to the size they need, so its peak follows the commit size, not the length of the run.
-            f.shrink_to(0);
+            f.release(keys);
         }
     }
 
@@ -711,7 +705,7 @@ impl Stages for PosStages {
         for ((key, (i, j)), seen) in ask.into_iter().zip(asked_at).zip(seen) {
             if seen {
                 verdicts[i][j] = if exact { Verdict::Duplicate } else { Verdict::Quarantined };
-            } else if in_flight.insert(key.digest) {
+            } else if in_flight.reserve(key.digest) {
                 reserved.push(key);
             } else {
                 verdicts[i][j] = Verdict::Duplicate;
