@@ -20,6 +20,9 @@ impl InFlightKeys {
 
     /// Takes keys out: a commit's, once the store holds them, or an abandoned batch's.
     pub(crate) fn release(&mut self, keys: &[DedupKey]) {
+        if keys.is_empty() {
+            return; // nothing removed, nothing to rebuild (an abandon with no extra keys)
+        }
         for k in keys {
             self.0.remove(&k.digest);
         }
