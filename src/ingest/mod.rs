@@ -11,6 +11,7 @@
 pub mod archive;
 pub mod commit;
 mod in_flight;
+mod ledger_index;
 pub mod maintain;
 pub mod reconcile;
 pub mod staging;
@@ -20,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow_array::{Array, Int64Array, StringArray};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -28,7 +28,7 @@ use poslake_actors::{Stages, WriteReport};
 use tracing::Instrument;
 
 use crate::config::DedupConfig;
-use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, LedgerMark};
+use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex};
 use crate::failpoint;
 use crate::lake::rows::{FileRows, Quarantine, Source};
 use crate::lake::{
@@ -39,6 +39,7 @@ use crate::parse::{ParseOptions, parse_file};
 use archive::{Archive, ArchiveError};
 use commit::{Committer, Recovery};
 use in_flight::InFlightKeys;
+use ledger_index::{LOOKUP_CHUNK, LedgerIndex};
 use staging::{StagedFile, Staging, StagingError};
 
 /// Where an ingest reads and writes.
@@ -462,134 +463,6 @@ impl PosStages {
     }
 }
 
-/// The files the ledger holds, known by a 128-bit digest of (path, size) (two files collide with a chance of 2^-128
-/// per pair), so that discovery skips them.
-///
-/// The index lives beside the keys ([`FileIndex`]): on disk in the embedded store, in Redis for a Redis store (where
-/// the workers that share the lake share it), so that memory does not grow with the files ever ingested. It is
-/// brought up to the ledger's current snapshot at start, reading only the ledger files added since the snapshot it
-/// last recorded (all of the ledger if it has none, or that snapshot is gone); see docs/architecture.md ("Memory
-/// that grows with history").
-struct LedgerIndex {
-    files: FileIndex,
-}
-
-/// File ids per add when bringing the index up to date.
-const LEDGER_CHUNK: usize = 100_000;
-/// Listed files looked up in the index at a time.
-const LOOKUP_CHUNK: usize = 512;
-
-impl LedgerIndex {
-    fn id(path: &str, size: u64) -> u128 {
-        let mut h = blake3::Hasher::new();
-        h.update(&size.to_le_bytes());
-        h.update(path.as_bytes());
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        u128::from_le_bytes(id)
-    }
-
-    async fn load(warehouse: &Warehouse, dedup: &Arc<Dedup>, expected_files: u64) -> Result<Self, IngestError> {
-        let index = LedgerIndex { files: FileIndex::open(dedup.clone(), expected_files).await? };
-        index.sync(warehouse).await?;
-        if let Some(stats) = index.files.stats().await?
-            && stats.files > stats.capacity
-        {
-            tracing::warn!(
-                files = stats.files,
-                capacity = stats.capacity,
-                "the Redis file index holds more files than it was sized for: its buckets leave Redis's compact \
-                 encoding and take several times the memory (see docs/dedup.md, \"The file index\")"
-            );
-        }
-        Ok(index)
-    }
-
-    /// Brings the index up to the ledger's current snapshot (at start, and before snapshots are expired, so that
-    /// its mark stays in the kept history), and returns that snapshot.
-    async fn sync(&self, warehouse: &Warehouse) -> Result<Option<i64>, IngestError> {
-        let files = &self.files;
-        let ledger = warehouse.load("file_ledger").await?;
-        let Some(current) = ledger
-            .metadata()
-            .current_snapshot()
-            .map(|s| LedgerMark { snapshot_id: s.snapshot_id(), sequence: s.sequence_number() })
-        else {
-            return Ok(None);
-        };
-        let synced = files.synced_to().await?;
-        if synced != Some(current.snapshot_id) {
-            let added = match synced {
-                Some(id) => Warehouse::files_added_after(&ledger, id).await?,
-                None => None,
-            };
-            if added.is_none() {
-                tracing::info!("bringing the file index up to the ledger's current snapshot: reading the whole ledger");
-            }
-            let mut pending = Vec::new();
-            match added {
-                // The ledger files each later snapshot added (a file rewritten by compaction is added again: harmless).
-                Some(paths) => {
-                    for path in paths {
-                        for batch in Warehouse::read_table_file(&ledger, &path, &["path", "bytes"]).await? {
-                            pending.extend(Self::ids_of(&batch));
-                        }
-                        if pending.len() >= LEDGER_CHUNK {
-                            files.add(std::mem::take(&mut pending), None).await?;
-                        }
-                    }
-                }
-                None => {
-                    let mut batches = warehouse.scan_columns("file_ledger", &["path", "bytes"]).await?;
-                    while let Some(batch) = batches.next().await {
-                        pending.extend(Self::ids_of(&batch?));
-                        if pending.len() >= LEDGER_CHUNK {
-                            files.add(std::mem::take(&mut pending), None).await?;
-                        }
-                    }
-                }
-            }
-            files.add(pending, Some(current)).await?;
-        }
-        Ok(Some(current.snapshot_id))
-    }
-
-    fn ids_of(batch: &arrow_array::RecordBatch) -> Vec<u128> {
-        let paths = batch.column_by_name("path").and_then(|c| c.as_any().downcast_ref::<StringArray>());
-        let sizes = batch.column_by_name("bytes").and_then(|c| c.as_any().downcast_ref::<Int64Array>());
-        match (paths, sizes) {
-            (Some(paths), Some(sizes)) => {
-                (0..paths.len()).map(|i| Self::id(paths.value(i), sizes.value(i) as u64)).collect()
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// The listed files the ledger does not hold, in listing order; `skipped` counts the others.
-    async fn keep_new(
-        &self,
-        listed: Vec<Result<StagedFile, StagingError>>,
-        skipped: &AtomicU64,
-    ) -> Vec<Result<StagedFile, IngestError>> {
-        let ids: Vec<u128> = listed.iter().flatten().map(|f| Self::id(&f.path, f.size)).collect();
-        let known = match self.files.contain(ids).await {
-            Ok(known) => known,
-            Err(e) => return vec![Err(IngestError::Dedup(e))],
-        };
-        let mut known = known.into_iter();
-        let mut out = Vec::with_capacity(listed.len());
-        for f in listed {
-            match f {
-                Ok(_) if known.next().unwrap_or(false) => {
-                    skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                f => out.push(f.map_err(IngestError::from)),
-            }
-        }
-        out
-    }
-}
-
 fn now() -> chrono::NaiveDateTime {
     chrono::Utc::now().naive_utc()
 }
@@ -945,46 +818,4 @@ pub enum IngestRunError {
     Open(#[from] IngestError),
     #[error(transparent)]
     Pipeline(#[from] poslake_actors::PipelineError),
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    use super::{LedgerIndex, StagedFile};
-    use crate::dedup::{Dedup, EmbeddedDedup, FileIndex, LedgerMark};
-
-    fn file(path: &str, size: u64) -> StagedFile {
-        StagedFile { path: path.into(), size }
-    }
-
-    /// A file is known by its path and size.
-    #[tokio::test]
-    async fn the_ledger_index_knows_a_file_by_path_and_size() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedDedup::open(dir.path()).expect("open");
-        let held = [("site=1/2026-11-26/a.xml", 1_000), ("x1", 23)];
-        let ids: Vec<u128> = held.iter().map(|(p, s)| LedgerIndex::id(p, *s)).collect();
-        let files = FileIndex::open(Arc::new(Dedup::Embedded(store)), 1).await.expect("index");
-        files.add(ids, Some(LedgerMark { snapshot_id: 7, sequence: 1 })).await.expect("add");
-        assert_eq!(files.synced_to().await.expect("mark"), Some(7));
-        let index = LedgerIndex { files };
-        {
-            let listed = vec![
-                Ok(file("site=1/2026-11-26/a.xml", 1_000)),
-                // A file re-sent with other contents is new.
-                Ok(file("site=1/2026-11-26/a.xml", 1_001)),
-                Ok(file("site=1/2026-11-26/b.xml", 1_000)),
-                // The size is hashed apart from the path: digits moved between them make another file.
-                Ok(file("x12", 3)),
-                Ok(file("x1", 23)),
-            ];
-            let skipped = AtomicU64::new(0);
-            let kept: Vec<String> =
-                index.keep_new(listed, &skipped).await.into_iter().map(|f| f.expect("listed").path).collect();
-            assert_eq!(kept, ["site=1/2026-11-26/a.xml", "site=1/2026-11-26/b.xml", "x12"]);
-            assert_eq!(skipped.load(Ordering::Relaxed), 2);
-        }
-    }
 }
