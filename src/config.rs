@@ -215,7 +215,7 @@ impl IngestConfig {
 
     /// Every count and bound must be at least 1.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, u64); 9] = [
+        let checks: [(&str, u64); 10] = [
             ("parsers", self.parsers.map_or(1, |p| p as u64)),
             ("downloaders", self.downloaders() as u64),
             ("archivers", self.archivers as u64),
@@ -224,6 +224,7 @@ impl IngestConfig {
             ("max_files_in_flight", u64::from(self.max_files_in_flight())),
             ("max_mib_in_flight", self.max_mib_in_flight),
             ("commit_files", self.commit_files),
+            ("commit_interval_secs", self.commit_interval_secs),
             ("max_attempts", u64::from(self.max_attempts)),
         ];
         match checks.iter().find(|(_, v)| *v == 0) {
@@ -283,6 +284,8 @@ mod tests {
         assert!(matches!(zero.validate(), Err(ConfigError::Invalid(m)) if m.contains("batch_files")));
         let zero = IngestConfig { downloaders: Some(0), ..IngestConfig::default() };
         assert!(matches!(zero.validate(), Err(ConfigError::Invalid(m)) if m.contains("downloaders")));
+        let zero = IngestConfig { commit_interval_secs: 0, ..IngestConfig::default() };
+        assert!(matches!(zero.validate(), Err(ConfigError::Invalid(m)) if m.contains("commit_interval_secs")));
     }
 
     #[test]

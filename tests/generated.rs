@@ -162,6 +162,48 @@ fn the_generator_is_deterministic() {
     assert_ne!(ma.iter().map(|m| &m.keys).collect::<Vec<_>>(), mc.iter().map(|m| &m.keys).collect::<Vec<_>>());
 }
 
+/// Every file under `dir` (manifests included), relative to it.
+fn files_under(dir: &std::path::Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.strip_prefix(dir).expect("under").to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// A second corpus in the same folder replaces the first, so that no file of the first is left to be ingested with
+/// it; a folder holding anything else is refused and left as it was.
+#[test]
+fn a_corpus_replaces_an_earlier_one_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate(&small_corpus(dir.path(), 5)).expect("first");
+    let smaller = GenerateArgs { sites: 2, days: 1, ..small_corpus(dir.path(), 6) };
+    generate(&smaller).expect("second");
+    let mut expected: BTreeSet<String> =
+        read_manifest(dir.path()).expect("manifest").into_iter().map(|m| m.path).collect();
+    expected.extend(["manifest.json".to_owned(), "manifest.jsonl".to_owned()]);
+    assert_eq!(files_under(dir.path()), expected);
+
+    std::fs::write(dir.path().join("notes.txt"), "mine").expect("write");
+    let before = files_under(dir.path());
+    let err = generate(&small_corpus(dir.path(), 7)).expect_err("a foreign file");
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+    assert_eq!(files_under(dir.path()), before, "nothing removed");
+
+    let foreign = tempfile::tempdir().expect("tempdir");
+    std::fs::write(foreign.path().join("a.xml"), "<x/>").expect("write");
+    let err = generate(&small_corpus(foreign.path(), 7)).expect_err("no manifest");
+    assert!(err.to_string().contains("no manifest.jsonl"), "{err}");
+}
+
 #[test]
 fn invalid_generator_arguments_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

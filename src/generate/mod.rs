@@ -23,7 +23,8 @@ use model::{GenKind, GenTx};
 /// What to generate. Every field has a default; see `poslake generate --help`.
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct GenerateArgs {
-    /// Folder to write the corpus into (created; files already there are overwritten).
+    /// Folder to write the corpus into: a new or empty one, or one holding an earlier generated corpus, which is
+    /// replaced (its files are removed first). A folder with other files is refused.
     #[arg(long, default_value = "poslake-data/staging")]
     pub out: PathBuf,
     /// Seed: the same seed and arguments give the same bytes.
@@ -149,6 +150,7 @@ pub fn generate(args: &GenerateArgs) -> Result<Report, GenerateError> {
         let path = path.to_path_buf();
         move |source| GenerateError::Io { path, source }
     };
+    clear_earlier_corpus(&args.out)?;
     fs::create_dir_all(&args.out).map_err(io(&args.out))?;
     let manifest_path = args.out.join("manifest.jsonl");
     let mut manifest = BufWriter::new(fs::File::create(&manifest_path).map_err(io(&manifest_path))?);
@@ -259,6 +261,70 @@ pub fn generate(args: &GenerateArgs) -> Result<Report, GenerateError> {
         .map_err(|e| GenerateError::Io { path: summary.clone(), source: e.into() })?;
     fs::write(&summary, json).map_err(io(&summary))?;
     Ok(report)
+}
+
+/// Makes room for a corpus in `out`: nothing to do if it is missing or empty; an earlier corpus there (the files its
+/// `manifest.jsonl` lists, and its manifests) is removed, so that none of its files is ingested with the new one. A
+/// folder holding anything else is refused, and then nothing is removed.
+fn clear_earlier_corpus(out: &Path) -> Result<(), GenerateError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GenerateError::Io { path, source }
+    };
+    let mut present = Vec::new();
+    let mut folders = vec![out.to_path_buf()];
+    while let Some(dir) = folders.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir == out => return Ok(()),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io(&dir))?.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                present.push(path);
+            }
+        }
+    }
+    if present.is_empty() {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        GenerateError::Invalid(format!(
+            "{} {why}: generate into a new or empty folder, or one holding only an earlier generated corpus",
+            out.display()
+        ))
+    };
+    if !out.join("manifest.jsonl").is_file() {
+        return Err(refuse("is not empty and holds no earlier generated corpus (no manifest.jsonl)".into()));
+    }
+    let mut ours: BTreeSet<PathBuf> = BTreeSet::new();
+    for file in read_manifest(out)? {
+        let rel = Path::new(&file.path);
+        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(refuse(format!("has a manifest naming {} outside it", file.path)));
+        }
+        ours.insert(out.join(rel));
+    }
+    ours.insert(out.join("manifest.jsonl"));
+    ours.insert(out.join("manifest.json"));
+    if let Some(other) = present.iter().find(|p| !ours.contains(*p)) {
+        return Err(refuse(format!("holds {}, which the earlier corpus's manifest does not list", other.display())));
+    }
+    for path in &present {
+        fs::remove_file(path).map_err(io(path))?;
+        // Folders the removal emptied go too, up to `out` (a folder still holding something stays).
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d == out || fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+    Ok(())
 }
 
 /// Reads `manifest.jsonl` back.

@@ -41,10 +41,15 @@ impl StagingError {
     }
 }
 
-/// Names the generator and operators leave beside the data; never POS files.
-fn is_pos_file(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    !name.starts_with('.') && !name.starts_with("manifest.")
+/// Leaves out what the generator and operators put beside the data: `manifest.*` files, and anything hidden (a
+/// name or a folder under the prefix starting with `.`, such as an upload tool's `.tmp/` or a `.git/`).
+fn is_pos_file(path: &str, prefix: Option<&StorePath>) -> bool {
+    let below = match prefix {
+        Some(p) => path.strip_prefix(p.as_ref()).unwrap_or(path),
+        None => path,
+    };
+    let name = below.rsplit('/').next().unwrap_or(below);
+    !name.starts_with("manifest.") && !below.split('/').any(|segment| segment.starts_with('.'))
 }
 
 #[derive(Clone, Debug)]
@@ -110,9 +115,10 @@ impl Staging {
     /// Every POS file under the prefix, as the store lists them.
     pub fn list(&self) -> impl Stream<Item = Result<StagedFile, StagingError>> + Send + 'static {
         let name = self.name.clone();
+        let prefix = self.prefix.clone();
         self.store.list(self.prefix.as_ref()).filter_map(move |meta| {
             futures::future::ready(match meta {
-                Ok(m) if is_pos_file(m.location.as_ref()) => {
+                Ok(m) if is_pos_file(m.location.as_ref(), prefix.as_ref()) => {
                     Some(Ok(StagedFile { path: m.location.to_string(), size: m.size }))
                 }
                 Ok(_) => None,
@@ -143,10 +149,25 @@ mod tests {
         std::fs::write(dir.path().join("a/b/one.xml"), b"<x/>").expect("write");
         std::fs::write(dir.path().join("two.xml.gz"), b"gz").expect("write");
         std::fs::write(dir.path().join("manifest.json"), b"{}").expect("write");
+        // Hidden files and everything in hidden folders (uploads in progress, tools' state) are not POS files.
+        std::fs::write(dir.path().join("a/.partial.xml"), b"<x/>").expect("write");
+        std::fs::create_dir_all(dir.path().join(".tmp/c")).expect("mkdir");
+        std::fs::write(dir.path().join(".tmp/c/three.xml"), b"<x/>").expect("write");
         let staging = Staging::local(dir.path()).expect("staging");
         let mut files: Vec<StagedFile> = staging.list().map(|r| r.expect("listed")).collect().await;
         files.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a/b/one.xml", "two.xml.gz"]);
         assert_eq!(staging.get(&files[0]).await.expect("get").as_ref(), b"<x/>");
+    }
+
+    /// Under a prefix, only the part below it counts: a prefix of its own may have any name.
+    #[test]
+    fn hidden_is_judged_below_the_prefix() {
+        let prefix = StorePath::from(".incoming/pos");
+        assert!(is_pos_file(".incoming/pos/site=1/a.xml", Some(&prefix)));
+        assert!(!is_pos_file(".incoming/pos/.tmp/a.xml", Some(&prefix)));
+        assert!(!is_pos_file(".incoming/pos/site=1/manifest.json", Some(&prefix)));
+        assert!(!is_pos_file("site=1/.a.xml", None));
+        assert!(is_pos_file("site=1/a.manifest.xml", None));
     }
 }
