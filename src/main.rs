@@ -8,12 +8,28 @@ use clap::{Parser, Subcommand};
 
 use poslake::{Dialect, ParseOptions, parse_file};
 
+/// Stdout was closed by its reader (`poslake tables | head -1`): the command ends quietly, as Unix tools do.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout closed")]
+struct StdoutClosed;
+
+/// `println!` that returns an error instead of panicking when stdout fails.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("writing to stdout"),
+        })?
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "poslake", version, about = "Lands POS transaction-log XML in an Iceberg lakehouse")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Logs, traces and metrics")]
     telemetry: TelemetryArgs,
 }
 
@@ -290,6 +306,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        Err(err) if err.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", error_chain(&err));
             ExitCode::FAILURE
@@ -322,14 +339,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (mut failed, mut bytes_total, mut transactions) = (0usize, 0u64, 0u64);
             let started = std::time::Instant::now();
             for path in &files {
-                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let bytes = match std::fs::read(path) {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        failed += 1;
+                        eprintln!("read: {}: {err}", path.display());
+                        continue;
+                    }
+                };
                 bytes_total += bytes.len() as u64;
                 let name = path.display().to_string();
                 match parse_file(&name, &bytes, &opts) {
                     Ok(parsed) if summary => {
                         let f = &parsed.facts;
                         transactions += u64::from(f.transaction_count);
-                        println!(
+                        say!(
                             "{name}: {} site={} transactions={} lines={} discounts={} bytes={}",
                             f.dialect,
                             f.site.as_deref().unwrap_or("-"),
@@ -339,7 +363,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                             f.bytes
                         );
                     }
-                    Ok(parsed) => println!("{}", serde_json::to_string_pretty(&parsed)?),
+                    Ok(parsed) => say!("{}", serde_json::to_string_pretty(&parsed)?),
                     Err(err) => {
                         failed += 1;
                         eprintln!("{}: {err}", err.kind());
@@ -348,7 +372,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             if summary {
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
-                println!(
+                say!(
                     "total: {} files ({failed} failed), {transactions} transactions, {:.1} MB in {secs:.2}s: \
                      {:.0} files/s, {:.1} MB/s on one core",
                     files.len(),
@@ -369,7 +393,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            say!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -424,10 +448,14 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         dedup: config.dedup.clone(),
     };
     let progress = Arc::new(Progress::default());
-    let show = !args.json && std::io::stderr().is_terminal();
-    let display = show.then(|| tokio::spawn(show_progress(progress.clone())));
-    // Ctrl-C drains: no new files are taken in, those in flight are committed, then the run ends. A second Ctrl-C
-    // exits at once; nothing uncommitted becomes visible, and the next run redoes it.
+    // A bar on a terminal; otherwise (a service, a pipe, --json) a log line every half minute.
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(progress_bar);
+    let display = match &bar {
+        Some(bar) => tokio::spawn(show_progress(bar.clone(), progress.clone())),
+        None => tokio::spawn(log_progress(progress.clone())),
+    };
+    // Ctrl-C drains: no new files are taken in, those in flight are committed, then the run ends (exit 130). A
+    // second Ctrl-C exits at once; nothing uncommitted becomes visible, and the next run redoes it.
     let stopper = {
         let progress = progress.clone();
         tokio::spawn(async move {
@@ -442,17 +470,17 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     };
     let result = poslake::ingest::ingest(&setup, config.pipeline(), progress).await;
     stopper.abort();
-    if let Some(d) = display {
-        d.abort();
-        eprintln!();
+    display.abort();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     let summary = result?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        say!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!(
+        say!(
             "ingested {} files ({:.1} MB) in {:.2}s: {:.0} files/s, {:.1} MB/s; {} transactions, {} new, {} duplicates \
-             ({} quarantined); {} dead letters; {} files already ingested; {} retries, {} actor restarts",
+             ({} quarantined); {} dead letters; {} files already ingested; {} retries, {} actor restarts{}",
             summary.files,
             summary.bytes as f64 / 1e6,
             summary.seconds,
@@ -465,42 +493,93 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             summary.dead_letters,
             summary.already_ingested,
             summary.retries,
-            summary.actor_restarts
+            summary.actor_restarts,
+            if summary.interrupted { "; stopped by Ctrl-C: files not yet taken are left for the next run" } else { "" }
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
 }
 
-/// A progress bar on stderr (a terminal only), refreshed five times a second: files done of files found, files/s,
-/// MB/s, duplicates, dead letters and the ETA once the listing is complete.
-async fn show_progress(progress: std::sync::Arc<poslake_actors::Progress>) {
+fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
-    let style = indicatif::ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files, {per_sec}, {msg}, ETA {eta}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files, {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
+    bar.set_message("starting…");
+    bar
+}
+
+/// What the run has done so far, in words: rates, duplicates, dead letters, and the time left once the listing is
+/// complete (until then the total is not known).
+fn progress_message(s: &poslake_actors::Snapshot, secs: f64) -> String {
+    let files_per_sec = s.done as f64 / secs;
+    let left = if !s.discovery_done {
+        "listing…".to_owned()
+    } else if files_per_sec > 0.0 {
+        let eta = s.discovered.saturating_sub(s.done) as f64 / files_per_sec;
+        format!("ETA {}", indicatif::HumanDuration(std::time::Duration::from_secs_f64(eta)))
+    } else {
+        "ETA unknown".to_owned()
+    };
+    format!(
+        "{files_per_sec:.0} files/s, {:.1} MB/s, {} duplicates ({} quarantined), {} dead letters, {left}",
+        s.totals.bytes as f64 / 1e6 / secs,
+        s.totals.duplicates,
+        s.totals.quarantined,
+        s.totals.dead_letters,
+    )
+}
+
+/// Refreshes the bar five times a second: files done of files found, then [`progress_message`].
+async fn show_progress(bar: indicatif::ProgressBar, progress: std::sync::Arc<poslake_actors::Progress>) {
     let started = std::time::Instant::now();
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let s = progress.snapshot();
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
         bar.set_length(s.discovered);
         bar.set_position(s.done);
-        bar.set_message(format!(
-            "{:.1} MB/s, {} duplicates ({} quarantined), {} dead letters{}",
-            s.totals.bytes as f64 / 1e6 / secs,
-            s.totals.duplicates,
-            s.totals.quarantined,
-            s.totals.dead_letters,
-            if s.discovery_done { "" } else { ", listing…" }
-        ));
+        bar.set_message(progress_message(&s, started.elapsed().as_secs_f64().max(1e-9)));
+        bar.tick();
     }
 }
 
+/// Off a terminal: one log line every 30 s with the same figures, for a long run's log.
+async fn log_progress(progress: std::sync::Arc<poslake_actors::Progress>) {
+    let started = std::time::Instant::now();
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let s = progress.snapshot();
+        tracing::info!(
+            files_done = s.done,
+            files_found = s.discovered,
+            listing_done = s.discovery_done,
+            "progress: {} of {} files, {}",
+            s.done,
+            s.discovered,
+            progress_message(&s, started.elapsed().as_secs_f64().max(1e-9))
+        );
+    }
+}
+
+/// Commands that read a lake refuse a path that holds none, rather than create an empty one and report nothing
+/// (a mistyped `--lake` would otherwise look like an empty lake).
+fn existing_lake(lake: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        lake.join("catalog.db").is_file(),
+        "no lake at {}: nothing has been ingested there (run `poslake ingest`, or give the lake with --lake or \
+         POSLAKE_LAKE)",
+        lake.display()
+    );
+    Ok(())
+}
+
 async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
+    existing_lake(&args.lake)?;
     let wh = poslake::lake::Warehouse::open(&args.lake).await?;
-    println!("{:<20} {:>20} {:>10} {:>10} {:>12}", "table", "snapshot", "snapshots", "manifests", "rows");
+    say!("{:<20} {:>20} {:>10} {:>10} {:>12}", "table", "snapshot", "snapshots", "manifests", "rows");
     for def in poslake::lake::tables::TABLES {
         let table = wh.load(def.name).await?;
         let meta = table.metadata();
@@ -510,7 +589,7 @@ async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
             None => 0,
         };
         let rows = wh.row_count(def.name).await?;
-        println!("{:<20} {:>20} {:>10} {:>10} {:>12}", def.name, snapshot, meta.snapshots().count(), manifests, rows);
+        say!("{:<20} {:>20} {:>10} {:>10} {:>12}", def.name, snapshot, meta.snapshots().count(), manifests, rows);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -522,8 +601,9 @@ async fn maintain(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let c = store.config()?;
+    // 0 keeps every snapshot, as `keep_snapshots = 0` does for an ingest; manifests are still merged.
     let keep = keep.unwrap_or(c.keep_snapshots);
-    anyhow::ensure!(keep > 0, "--keep must be at least 1 (keep_snapshots = 0 means never expire)");
+    existing_lake(&c.lake)?;
     let started = std::time::Instant::now();
     let report = poslake::ingest::maintain(&c.lake, &c.dedup, keep, c.min_manifests_to_merge).await?;
     let orphans = match orphan_hours {
@@ -537,11 +617,11 @@ async fn maintain(
     };
     if json {
         let out = serde_json::json!({ "maintenance": report, "orphans": orphans });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        say!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     for (table, o) in &orphans {
-        println!(
+        say!(
             "{table:<20} {:>8} orphan files removed ({:.1} MB), {} younger ones kept",
             o.removed,
             o.removed_bytes as f64 / 1e6,
@@ -549,23 +629,29 @@ async fn maintain(
         );
     }
     for (table, m) in &report.merged {
-        println!("{table:<20} {:>8} manifests merged ({} data files)", m.manifests, m.data_files);
+        say!("{table:<20} {:>8} manifests merged ({} data files)", m.manifests, m.data_files);
     }
     for (table, e) in &report.expired {
-        println!("{table:<20} {:>8} snapshots expired, {:>8} files deleted", e.snapshots, e.files_deleted);
+        say!("{table:<20} {:>8} snapshots expired, {:>8} files deleted", e.snapshots, e.files_deleted);
     }
-    println!(
-        "expired {} snapshots in {:.1}s, keeping the newest {keep} per table and every commit not yet complete",
-        report.snapshots(),
-        started.elapsed().as_secs_f64()
-    );
+    if keep == 0 {
+        say!("no snapshots expired (keep 0: every snapshot is kept) in {:.1}s", started.elapsed().as_secs_f64());
+    } else {
+        say!(
+            "expired {} snapshots in {:.1}s, keeping the newest {keep} per table and every commit not yet complete",
+            report.snapshots(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 async fn query(sql: String, args: LakeArgs) -> anyhow::Result<ExitCode> {
+    existing_lake(&args.lake)?;
     let wh = poslake::lake::Warehouse::open(&args.lake).await?;
-    let batches = poslake::lake::query::sql(&wh, &sql).await?;
-    println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&batches)?);
+    let (schema, batches) = poslake::lake::query::sql_with_schema(&wh, &sql).await?;
+    // With the schema, an empty result still shows its column names.
+    say!("{}", datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -574,33 +660,36 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
     match command {
         DedupCommand::Plan { expected_keys, fp, max_shard_mib } => {
             anyhow::ensure!(fp > 0.0 && fp < 0.5, "--fp must be between 0 and 0.5");
+            anyhow::ensure!(expected_keys > 0, "--expected-keys must be at least 1");
+            anyhow::ensure!(max_shard_mib > 0, "--max-shard-mib must be at least 1");
             let p = poslake::dedup::Plan::new(expected_keys, fp, max_shard_mib << 20);
-            println!("keys per period        {}", p.expected_keys);
-            println!("target false positives {}", p.fp_target);
-            println!(
+            say!("keys per period        {}", p.expected_keys);
+            say!("target false positives {}", p.fp_target);
+            say!(
                 "bits per key           {:.2} (textbook Bloom formula {:.2}; +{:.1}% for 512-bit blocks)",
                 p.bits_per_key,
                 p.formula_bits_per_key(),
                 (p.bits_per_key / p.formula_bits_per_key() - 1.0) * 100.0
             );
-            println!("hash functions         {}", p.hashes);
-            println!(
+            say!("hash functions         {}", p.hashes);
+            say!(
                 "memory                 {:.1} MiB ({} bytes)",
                 p.total_bytes() as f64 / (1 << 20) as f64,
                 p.total_bytes()
             );
-            println!("shards                 {} of {:.1} MiB", p.shards, p.shard_bytes() as f64 / (1 << 20) as f64);
-            println!("false positives at capacity {:.5} (model)", p.fp_at_capacity);
-            println!("false positives at 2x capacity {:.5} (model)", p.fp_at(2.0 * p.expected_keys as f64));
+            say!("shards                 {} of {:.1} MiB", p.shards, p.shard_bytes() as f64 / (1 << 20) as f64);
+            say!("false positives at capacity {:.5} (model)", p.fp_at_capacity);
+            say!("false positives at 2x capacity {:.5} (model)", p.fp_at(2.0 * p.expected_keys as f64));
             Ok(ExitCode::SUCCESS)
         }
         DedupCommand::Stats { store } => {
             let c = store.config()?;
+            existing_lake(&c.lake)?;
             let wh = poslake::lake::Warehouse::open(&c.lake).await?;
             let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
-            println!("{}", d.describe());
+            say!("{}", d.describe());
             if let Some(i) = d.as_embedded().map(|e| e.internals()) {
-                println!(
+                say!(
                     "sorted tables: {} ({} in the newest level), {:.1} MiB on disk; in memory: {:.1} MiB of \
                      memtables ({} waiting to be written), {:.1} MiB of cached blocks",
                     i.tables,
@@ -611,14 +700,20 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
                     i.cache_bytes as f64 / (1 << 20) as f64
                 );
             }
-            println!(
+            say!(
                 "{:<12} {:>14} {:>14} {:>14} {:>8} {:>10} {:>12}",
-                "partition", "adds", "est. keys", "capacity", "fill", "fp now", "memory MiB"
+                "partition",
+                "adds",
+                "est. keys",
+                "capacity",
+                "fill",
+                "fp now",
+                "memory MiB"
             );
             for s in d.stats().await? {
                 // The embedded store is exact and has no design capacity.
                 let capacity = if s.capacity == u64::MAX { "none".to_owned() } else { s.capacity.to_string() };
-                println!(
+                say!(
                     "{:<12} {:>14} {:>14.0} {:>14} {:>7.2}% {:>10.6} {:>12.1}{}",
                     s.partition,
                     s.adds,
@@ -632,7 +727,7 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
             }
             let files = poslake::dedup::FileIndex::open(d.clone(), c.dedup.expected_files).await?;
             if let Some(f) = files.stats().await? {
-                println!(
+                say!(
                     "file index: about {} files in {} buckets, design capacity {}{}; holds the ledger to snapshot {}",
                     f.files,
                     f.buckets,
@@ -645,39 +740,40 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
         }
         DedupCommand::Rebuild { store } => {
             let c = store.config()?;
+            existing_lake(&c.lake)?;
             let wh = std::sync::Arc::new(poslake::lake::Warehouse::open(&c.lake).await?);
             let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
             let started = std::time::Instant::now();
             let added = poslake::ingest::commit::Committer::new(wh, d.clone()).rebuild().await?;
-            println!(
-                "rebuilt {}: {added} keys from sales_header in {:.1}s",
-                d.describe(),
-                started.elapsed().as_secs_f64()
-            );
+            say!("rebuilt {}: {added} keys from sales_header in {:.1}s", d.describe(), started.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
         DedupCommand::Bench { store, keys, keys_per_call, callers, json } => {
             let c = store.config()?;
             let r = poslake::dedup::bench::run(&c.dedup, keys, keys_per_call, callers).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                say!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{}", r.backend);
-            println!(
+            say!("{}", r.backend);
+            say!(
                 "{} keys checked and added in {:.2}s: {:.0} keys/s ({} keys per call, {} calls in flight)",
-                r.keys, r.seconds, r.keys_per_second, r.keys_per_call, r.callers
+                r.keys,
+                r.seconds,
+                r.keys_per_second,
+                r.keys_per_call,
+                r.callers
             );
             match r.redis_cpu {
-                Some(cpu) => println!(
+                Some(cpu) => say!(
                     "Redis server CPU: {:.0}% of one core; {:.2} µs/key checking, {:.2} µs/key adding",
                     cpu * 100.0,
                     r.redis_usec_per_key_check,
                     r.redis_usec_per_key_add
                 ),
-                None => println!("Redis server CPU: not reported"),
+                None => say!("Redis server CPU: not reported"),
             }
-            println!(
+            say!(
                 "memory: {:.1} MiB, {:.3} bytes/key (Bloom formula {:.3} bytes/key at {}: {:+.1}%)",
                 r.memory_bytes as f64 / (1 << 20) as f64,
                 r.bytes_per_key,
@@ -685,12 +781,14 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
                 r.fp_target,
                 (r.bytes_per_key / r.formula_bytes_per_key - 1.0) * 100.0
             );
-            println!(
+            say!(
                 "false positives: {:.5} measured on {} fresh keys (target {})",
-                r.fp_measured, r.fp_probes, r.fp_target
+                r.fp_measured,
+                r.fp_probes,
+                r.fp_target
             );
             let f = &r.file_index;
-            println!(
+            say!(
                 "file index: {} files added at {:.0}/s, looked up at {:.0}/s (512 per round trip); {}",
                 f.files,
                 f.adds_per_second,
@@ -704,11 +802,12 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
 
 async fn reconcile(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     let c = store.config()?;
+    existing_lake(&c.lake)?;
     let report = poslake::ingest::reconcile::reconcile(&c.lake, &c.dedup).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        say!(
             "quarantine: {} rows; {} keys confirmed as duplicates; {} false positives promoted{}",
             report.quarantined,
             report.confirmed_duplicates,

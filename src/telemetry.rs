@@ -93,7 +93,11 @@ impl Drop for Telemetry {
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,poslake=info"));
     let logs = match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        // Colours on a terminal only: in a file or a pipe they are escape codes in the text.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(false)
@@ -108,15 +112,28 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         tracing_subscriber::registry().with(logs).try_init().map_err(|e| TelemetryError::Config(e.to_string()))?;
         return Ok(Telemetry { provider: None, exporting_to: None });
     };
-    let protocol =
-        config.otlp_protocol.unwrap_or_else(|| match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+    // The standard variables are checked as strictly as the flags: a typo is an error, not a silent default.
+    let protocol = match config.otlp_protocol {
+        Some(p) => p,
+        None => match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
             Ok("http/protobuf") | Ok("http") => OtlpProtocol::Http,
-            _ => OtlpProtocol::Grpc,
-        });
-    let ratio = config
-        .sample_ratio
-        .or_else(|| std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().and_then(|v| v.parse().ok()))
-        .unwrap_or(1.0);
+            Ok("grpc") | Ok("") | Err(_) => OtlpProtocol::Grpc,
+            Ok(other) => {
+                return Err(TelemetryError::Config(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported: use grpc or http/protobuf"
+                )));
+            }
+        },
+    };
+    let ratio = match config.sample_ratio {
+        Some(r) => r,
+        None => match std::env::var("OTEL_TRACES_SAMPLER_ARG") {
+            Ok(v) if !v.is_empty() => v.parse().map_err(|_| {
+                TelemetryError::Config(format!("OTEL_TRACES_SAMPLER_ARG={v:?} is not a number within 0..=1"))
+            })?,
+            _ => 1.0,
+        },
+    };
     if !(0.0..=1.0).contains(&ratio) {
         return Err(TelemetryError::Config(format!("the sampling ratio must be within 0..=1, not {ratio}")));
     }

@@ -142,8 +142,10 @@ async fn sigint_drains_and_the_next_run_completes() {
     let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
     let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "an interrupted run drains and exits cleanly: {:?}", out.status);
+    // It drains and exits with 130, the code of an interrupted command, and its summary says it stopped early.
+    assert_eq!(out.status.code(), Some(130), "an interrupted run drains and exits with 130: {:?}", out.status);
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json summary");
+    assert_eq!(first["interrupted"], true);
     eprintln!("first run ingested {} of {} files before the interrupt", first["files"], report.files);
 
     let wh = Warehouse::open(&lake).await.expect("open");
@@ -157,6 +159,8 @@ async fn sigint_drains_and_the_next_run_completes() {
 
     let second = run(&[]).wait_with_output().expect("second run");
     assert!(second.status.success());
+    let summary: serde_json::Value = serde_json::from_slice(&second.stdout).expect("json summary");
+    assert_eq!(summary["interrupted"], false);
     let wh = Warehouse::open(&lake).await.expect("reopen");
     let got = header_keys(&wh).await;
     let all: BTreeSet<String> = manifest.iter().flat_map(|m| m.keys.iter().cloned()).collect();

@@ -74,6 +74,8 @@ pub async fn run(
         key_prefix: prefix.clone(),
         expected_keys_per_period: keys.max(1),
         backend: if config.backend == DedupBackend::Embedded { DedupBackend::Redis } else { config.backend },
+        // A measurement need not wait minutes for a server that is not there.
+        unavailable_limit_secs: config.unavailable_limit_secs.min(10),
         ..config.clone()
     };
     let scratch = std::env::temp_dir().join(&prefix);

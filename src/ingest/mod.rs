@@ -742,6 +742,8 @@ pub struct IngestSummary {
     /// What recovery finished of earlier runs (and of this one, after a dedup store outage).
     pub recovery: Recovery,
     pub seconds: f64,
+    /// The run was asked to stop (Ctrl-C) and drained: files not yet taken are left for the next run.
+    pub interrupted: bool,
 }
 
 impl IngestSummary {
@@ -791,7 +793,7 @@ pub async fn ingest(
     let started = std::time::Instant::now();
     let run_id = uuid::Uuid::new_v4().to_string();
     let stages = Arc::new(PosStages::open(setup, run_id.clone()).await?);
-    let snapshot = poslake_actors::run(stages.clone(), pipeline, progress).await?;
+    let snapshot = poslake_actors::run(stages.clone(), pipeline, progress.clone()).await?;
     let t = snapshot.totals;
     Ok(IngestSummary {
         run_id,
@@ -808,6 +810,7 @@ pub async fn ingest(
         dedup: stages.dedup_backend(),
         recovery: stages.recovery(),
         seconds: started.elapsed().as_secs_f64(),
+        interrupted: progress.stop_requested(),
     })
 }
 

@@ -32,6 +32,16 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
 
 /// Runs one SQL statement and collects its result.
 pub async fn sql(warehouse: &Warehouse, statement: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    Ok(sql_with_schema(warehouse, statement).await?.1)
+}
+
+/// [`sql`], with the result's schema: known even when no row comes back.
+pub async fn sql_with_schema(
+    warehouse: &Warehouse,
+    statement: &str,
+) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>), QueryError> {
     let ctx = session(warehouse).await?;
-    Ok(ctx.sql(statement).await?.collect().await?)
+    let frame = ctx.sql(statement).await?;
+    let schema = frame.schema().inner().clone();
+    Ok((schema, frame.collect().await?))
 }
