@@ -1001,6 +1001,76 @@ fn repeated_siblings_get_distinct_bronze_keys() {
     assert_eq!(bronze.get("Transaction/RetailTransaction/LineItem[3]/Sale/ItemID"), Some("3"));
 }
 
+/// A transaction with the given XML inside it (after its key fields), as the only transaction of an ARTS file.
+fn arts_with(inner: &str) -> String {
+    arts_doc(&[format!(
+        "<Transaction><RetailStoreID>1</RetailStoreID><WorkstationID>2</WorkstationID>\
+         <SequenceNumber>3</SequenceNumber><BusinessDayDate>2026-01-02</BusinessDayDate>{inner}</Transaction>"
+    )])
+}
+
+/// Past the few names a linear scan serves, children are counted through an index: every name still gets its
+/// own count, a name first seen late among many keeps counting, and a wide element nested in a wide element
+/// counts apart from it.
+#[test]
+fn wide_elements_count_each_child_name_apart() {
+    let mut inner = String::from("<Wide>");
+    for i in 0..100 {
+        inner.push_str(&format!("<e{i}>{i}</e{i}>"));
+    }
+    inner.push_str("<e7>again</e7><e99>again</e99><Inner>");
+    for i in 0..40 {
+        inner.push_str(&format!("<e{i}>in{i}</e{i}>"));
+    }
+    inner.push_str("<e0>in-again</e0></Inner><e0>third</e0><e0>fourth</e0></Wide>");
+    let parsed = parse("wide.xml", arts_with(&inner).as_bytes()).expect("parses");
+    let bronze = &parsed.transactions[0].bronze;
+    assert_eq!(bronze.get("Transaction/Wide/e0"), Some("0"));
+    assert_eq!(bronze.get("Transaction/Wide/e99"), Some("99"));
+    assert_eq!(bronze.get("Transaction/Wide/e7[2]"), Some("again"));
+    assert_eq!(bronze.get("Transaction/Wide/e99[2]"), Some("again"));
+    assert_eq!(bronze.get("Transaction/Wide/Inner/e39"), Some("in39"));
+    assert_eq!(bronze.get("Transaction/Wide/Inner/e0[2]"), Some("in-again"));
+    assert_eq!(bronze.get("Transaction/Wide/e0[2]"), Some("third"));
+    assert_eq!(bronze.get("Transaction/Wide/e0[3]"), Some("fourth"));
+}
+
+/// Past the few attribute names a list serves, they go in a set: a repeat is still caught, and every attribute
+/// still lands in bronze.
+#[test]
+fn a_repeat_among_many_attributes_is_malformed() {
+    let attrs: String = (0..200).map(|i| format!(" a{i}=\"{i}\"")).collect();
+    let parsed = parse("many.xml", arts_with(&format!("<Many{attrs}/>")).as_bytes()).expect("parses");
+    let bronze = &parsed.transactions[0].bronze;
+    assert_eq!(bronze.get("Transaction/Many_attr_a0"), Some("0"));
+    assert_eq!(bronze.get("Transaction/Many_attr_a199"), Some("199"));
+    let doc = arts_with(&format!("<Many{attrs} a150=\"again\"/>"));
+    match parse_err("many.xml", doc.as_bytes()) {
+        ParseError::Malformed { reason, .. } => {
+            assert!(reason.contains("a150") && reason.contains("twice"), "{reason}")
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+}
+
+/// Long names repeated down a deep path for every value would make a flat record thousands of times the file:
+/// refused with its own kind before memory runs out. An attribute value is held to the limit element text is.
+#[test]
+fn a_flat_record_out_of_proportion_to_the_file_is_refused() {
+    let names: Vec<String> = (0..10).map(|k| format!("N{k}{}", "x".repeat(10_000))).collect();
+    let mut inner: String = names.iter().map(|n| format!("<{n}>")).collect();
+    inner.push_str(&"<L>1</L>".repeat(2_000));
+    inner.extend(names.iter().rev().map(|n| format!("</{n}>")));
+    let doc = arts_with(&inner);
+    let err = parse_err("long-names.xml", doc.as_bytes());
+    assert!(matches!(err, ParseError::RecordTooLarge { .. }), "{err:?}");
+    assert_eq!(err.kind(), "record_too_large");
+
+    let opts = ParseOptions { max_text_bytes: 100, ..ParseOptions::default() };
+    let doc = arts_with(&format!("<Note text=\"{}\"/>", "y".repeat(101)));
+    assert!(matches!(parse_with_err("attr.xml", doc.as_bytes(), &opts), ParseError::TextTooLarge { .. }));
+}
+
 #[test]
 fn whitespace_inside_a_value_is_kept_and_only_its_ends_are_trimmed() {
     // Leading whitespace is skipped before the reader makes an event of it; once a value has begun, whitespace

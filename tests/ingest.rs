@@ -202,8 +202,15 @@ impl poslake_actors::Stages for Flaky {
     async fn archive(&self, parsed: &Self::Parsed) -> Result<(), Self::Error> {
         self.inner.archive(parsed).await
     }
-    fn failed(&self, file: &Self::File, stage: &'static str, attempts: u32, reason: String) -> Self::Parsed {
-        self.inner.failed(file, stage, attempts, reason)
+    fn failed(
+        &self,
+        file: &Self::File,
+        stage: &'static str,
+        attempts: u32,
+        kind: &'static str,
+        reason: String,
+    ) -> Self::Parsed {
+        self.inner.failed(file, stage, attempts, kind, reason)
     }
     async fn dedup(&self, items: Vec<Self::Parsed>) -> Result<Self::Batch, Self::Error> {
         self.inner.dedup(items).await

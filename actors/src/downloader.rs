@@ -61,7 +61,8 @@ impl<S: Stages> Actor for Downloader<S> {
             }
             Err(e) => {
                 // A download that keeps failing is dead-lettered with its reason; the run goes on.
-                let parsed = shared.stages.failed(&work.file, "download", work.attempts + tries, e.to_string());
+                let kind = S::failure_kind(&e);
+                let parsed = shared.stages.failed(&work.file, "download", work.attempts + tries, kind, e.to_string());
                 work.spans.file.record("error.kind", "download");
                 shared.send_to_batcher(work.file, work.attempts, parsed, work.grant, work.spans).await;
             }

@@ -313,7 +313,7 @@ impl<S: Stages> Shared<S> {
         self.progress.retried();
         metrics::counter!(crate::metric::RETRIES, "stage" => stage).increment(1);
         if attempts >= self.config.max_attempts {
-            let parsed = self.stages.failed(&file, stage, attempts, reason);
+            let parsed = self.stages.failed(&file, stage, attempts, "gave_up", reason);
             self.send_to_batcher(file, attempts, parsed, None, Spans::none()).await;
         } else {
             let ticket = self.ticket();
@@ -355,6 +355,7 @@ impl<S: Stages> Shared<S> {
             match op().await {
                 Err(e) if S::is_retryable(&e) && tries < limit => {
                     tracing::warn!(error = %e, stage, attempt = tries, "retrying");
+                    self.progress.retried();
                     metrics::counter!(crate::metric::RETRIES, "stage" => stage).increment(1);
                     tokio::time::sleep(self.backoff(tries)).await;
                 }

@@ -37,8 +37,21 @@ pub trait Stages: Send + Sync + Sized + 'static {
     /// Records what the parsed file says about itself (vendor, site, transactions, error kind) on its span.
     fn annotate(_parsed: &Self::Parsed, _span: &tracing::Span) {}
 
-    /// A file that a stage gave up on, as a dead letter that flows on to be recorded.
-    fn failed(&self, file: &Self::File, stage: &'static str, attempts: u32, reason: String) -> Self::Parsed;
+    /// A file that a stage gave up on, as a dead letter of `kind` that flows on to be recorded.
+    fn failed(
+        &self,
+        file: &Self::File,
+        stage: &'static str,
+        attempts: u32,
+        kind: &'static str,
+        reason: String,
+    ) -> Self::Parsed;
+
+    /// The dead-letter kind of an error a stage gave up on: `gave_up` (tries exhausted) unless the domain knows the
+    /// error's own kind (a file refused before it was read, say).
+    fn failure_kind(_error: &Self::Error) -> &'static str {
+        "gave_up"
+    }
 
     /// Checks the batch's keys against the dedup store and reserves the new ones. May wait (a dedup server that
     /// is unreachable holds the pipeline here); an error ends the run, with nothing of the batch reserved.

@@ -70,7 +70,7 @@ impl Stages for Memory {
         Ok(())
     }
 
-    fn failed(&self, file: &u32, _: &'static str, _: u32, _: String) -> (u32, bool) {
+    fn failed(&self, file: &u32, _: &'static str, _: u32, _: &'static str, _: String) -> (u32, bool) {
         (*file, true)
     }
 

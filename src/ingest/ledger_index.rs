@@ -158,7 +158,7 @@ mod tests {
     use crate::ingest::staging::StagedFile;
 
     fn file(path: &str, size: u64) -> StagedFile {
-        StagedFile { path: path.into(), size }
+        StagedFile::new(path, size)
     }
 
     /// A file is known by its path and size.

@@ -495,7 +495,8 @@ impl Stages for PosStages {
     }
 
     async fn fetch(&self, file: &StagedFile) -> Result<Bytes, IngestError> {
-        let bytes = self.staging.get(file).await?;
+        // Over the parser's limit is refused from the listed size, before a byte is read.
+        let bytes = self.staging.get(file, self.parse.max_decompressed_bytes).await?;
         failpoint::hit("download");
         Ok(bytes)
     }
@@ -531,8 +532,15 @@ impl Stages for PosStages {
         Ok(())
     }
 
-    fn failed(&self, file: &StagedFile, stage: &'static str, attempts: u32, reason: String) -> ParsedItem {
-        let failure = Failure { stage, kind: "gave_up", reason, line: None, column: None, attempts };
+    fn failed(
+        &self,
+        file: &StagedFile,
+        stage: &'static str,
+        attempts: u32,
+        kind: &'static str,
+        reason: String,
+    ) -> ParsedItem {
+        let failure = Failure { stage, kind, reason, line: None, column: None, attempts };
         ParsedItem {
             file: file.clone(),
             content_hash: String::new(),
@@ -717,6 +725,13 @@ impl Stages for PosStages {
 
     fn is_retryable(error: &IngestError) -> bool {
         error.is_retryable()
+    }
+
+    fn failure_kind(error: &IngestError) -> &'static str {
+        match error {
+            IngestError::Staging(e) => e.refusal_kind().unwrap_or("gave_up"),
+            _ => "gave_up",
+        }
     }
 }
 

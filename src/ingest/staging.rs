@@ -1,13 +1,15 @@
-//! Staging storage: where POS files arrive. A local folder by default, or Azure Blob Storage / ADLS Gen2 named by
-//! URL, both through `object_store`. Listing is a stream (paged by the store): the whole listing is never held in
-//! memory.
+//! Staging storage: where POS files arrive. A local folder by default (walked here, see [`local`]), or Azure Blob
+//! Storage / ADLS Gen2 named by URL, through `object_store`. Listing is a stream (paged by the store, or walked a
+//! folder at a time): the whole listing is never held in memory.
 
+mod local;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use object_store::azure::MicrosoftAzureBuilder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
 
@@ -17,6 +19,24 @@ pub struct StagedFile {
     /// Path within the staging store.
     pub path: String,
     pub size: u64,
+    /// Why the listing already knows this entry cannot be ingested (a name that is not UTF-8, a link out of
+    /// staging, a FIFO): it is dead-lettered with this reason instead of being read.
+    pub refused: Option<Refusal>,
+}
+
+impl StagedFile {
+    pub fn new(path: impl Into<String>, size: u64) -> Self {
+        StagedFile { path: path.into(), size, refused: None }
+    }
+}
+
+/// An entry of the listing that is not a file poslake may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The dead letter's kind: `unusable_name`, `outside_staging`, `dangling_link`, `not_a_file`,
+    /// `unreadable_folder`.
+    pub kind: &'static str,
+    pub reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,15 +49,34 @@ pub enum StagingError {
          https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX)"
     )]
     Location { location: String, reason: String },
+    #[error("staging {path}: {reason}")]
+    Refused { path: String, kind: &'static str, reason: String },
+    #[error("staging {path}: {size} bytes, over the limit of {limit} bytes; not read")]
+    TooLarge { path: String, size: u64, limit: u64 },
+    #[error("staging {path}: {source}")]
+    Io { path: String, source: std::io::Error },
 }
 
 impl StagingError {
-    /// Storage errors are worth a retry (a network blip, a throttled request) except a missing object.
+    /// Storage errors are worth a retry (a network blip, a throttled request, a file still being written) except a
+    /// missing object and what the listing or the size already ruled out.
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            StagingError::Store { source: object_store::Error::NotFound { .. }, .. } | StagingError::Location { .. }
-        )
+            StagingError::Store { source: object_store::Error::NotFound { .. }, .. }
+                | StagingError::Location { .. }
+                | StagingError::Refused { .. }
+                | StagingError::TooLarge { .. }
+        ) && !matches!(self, StagingError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// The dead letter's kind for a file refused before it was read; `None` for a failure worth retrying.
+    pub fn refusal_kind(&self) -> Option<&'static str> {
+        match self {
+            StagingError::Refused { kind, .. } => Some(kind),
+            StagingError::TooLarge { .. } => Some("too_large"),
+            _ => None,
+        }
     }
 }
 
@@ -54,10 +93,18 @@ fn is_pos_file(path: &str, prefix: Option<&StorePath>) -> bool {
 
 #[derive(Clone, Debug)]
 pub struct Staging {
-    store: Arc<dyn ObjectStore>,
-    prefix: Option<StorePath>,
+    source: Source,
     /// The location as the operator gave it, for messages.
     name: Arc<str>,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    /// A local folder, walked and read with the file system's own calls: any file name works, links are not
+    /// followed out of the folder, and a bad entry is refused alone instead of failing the listing.
+    Local { root: PathBuf },
+    /// Any object store (Azure), under an optional prefix.
+    Store { store: Arc<dyn ObjectStore>, prefix: Option<StorePath> },
 }
 
 impl Staging {
@@ -89,52 +136,88 @@ impl Staging {
                     .build()
                     .map_err(|source| StagingError::Store { location: location.to_owned(), source })?;
                 let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
-                Ok(Staging { store: Arc::new(store), prefix, name: location.into() })
+                Ok(Staging { source: Source::Store { store: Arc::new(store), prefix }, name: location.into() })
             }
             other => Err(refuse(format!("{other:?} storage is not supported"))),
         }
     }
 
-    /// A local folder (created if absent).
+    /// A local folder, which must exist: a missing one is more likely a typo or an unmounted volume than an
+    /// empty staging area.
     pub fn local(root: &std::path::Path) -> Result<Self, StagingError> {
-        std::fs::create_dir_all(root).map_err(|e| StagingError::Store {
-            location: root.display().to_string(),
-            source: object_store::Error::Generic { store: "local", source: Box::new(e) },
-        })?;
-        let store = LocalFileSystem::new_with_prefix(root)
-            .map_err(|source| StagingError::Store { location: root.display().to_string(), source })?;
-        Ok(Staging { store: Arc::new(store), prefix: None, name: root.display().to_string().into() })
+        let name = root.display().to_string();
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StagingError::Location { location: name, reason: "not a folder".into() });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StagingError::Location { location: name, reason: "no such folder".into() });
+            }
+            Err(source) => return Err(StagingError::Io { path: name, source }),
+        }
+        // Canonical, so that a link's target can be checked against it.
+        let root = std::fs::canonicalize(root).map_err(|source| StagingError::Io { path: name.clone(), source })?;
+        Ok(Staging { source: Source::Local { root }, name: name.into() })
     }
 
     /// Any object store (Azure, S3, memory), under an optional prefix.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> Self {
         let name = format!("{store}/{}", prefix.unwrap_or_default()).into();
-        Staging { store, prefix: prefix.map(StorePath::from), name }
+        Staging { source: Source::Store { store, prefix: prefix.map(StorePath::from) }, name }
     }
 
     /// Every POS file under the prefix, as the store lists them.
-    pub fn list(&self) -> impl Stream<Item = Result<StagedFile, StagingError>> + Send + 'static {
-        let name = self.name.clone();
-        let prefix = self.prefix.clone();
-        self.store.list(self.prefix.as_ref()).filter_map(move |meta| {
-            futures::future::ready(match meta {
-                Ok(m) if is_pos_file(m.location.as_ref(), prefix.as_ref()) => {
-                    Some(Ok(StagedFile { path: m.location.to_string(), size: m.size }))
-                }
-                Ok(_) => None,
-                Err(source) => Some(Err(StagingError::Store { location: format!("listing {name}"), source })),
-            })
-        })
+    pub fn list(&self) -> futures::stream::BoxStream<'static, Result<StagedFile, StagingError>> {
+        match &self.source {
+            Source::Local { root } => local::list(root.clone()).map(Ok).boxed(),
+            Source::Store { store, prefix } => {
+                let name = self.name.clone();
+                let prefix = prefix.clone();
+                store
+                    .list(prefix.as_ref())
+                    .filter_map(move |meta| {
+                        futures::future::ready(match meta {
+                            Ok(m) if is_pos_file(m.location.as_ref(), prefix.as_ref()) => {
+                                Some(Ok(StagedFile::new(m.location.to_string(), m.size)))
+                            }
+                            Ok(_) => None,
+                            Err(source) => {
+                                Some(Err(StagingError::Store { location: format!("listing {name}"), source }))
+                            }
+                        })
+                    })
+                    .boxed()
+            }
+        }
     }
 
-    pub async fn get(&self, file: &StagedFile) -> Result<Bytes, StagingError> {
-        let path = StorePath::from(file.path.as_str());
-        let get = self
-            .store
-            .get(&path)
-            .await
-            .map_err(|source| StagingError::Store { location: file.path.clone(), source })?;
-        get.bytes().await.map_err(|source| StagingError::Store { location: file.path.clone(), source })
+    /// The file's bytes, refusing (without reading it) a file the listing refused or one larger than `limit`.
+    pub async fn get(&self, file: &StagedFile, limit: u64) -> Result<Bytes, StagingError> {
+        if let Some(r) = &file.refused {
+            return Err(StagingError::Refused { path: file.path.clone(), kind: r.kind, reason: r.reason.clone() });
+        }
+        if file.size > limit {
+            return Err(StagingError::TooLarge { path: file.path.clone(), size: file.size, limit });
+        }
+        match &self.source {
+            Source::Local { root } => local::read(root, &file.path, limit).await,
+            Source::Store { store, .. } => {
+                // The listing's location string is already encoded: parse it as it is, never encode it again.
+                let path = StorePath::parse(&file.path)
+                    .map_err(|e| StagingError::Store { location: file.path.clone(), source: e.into() })?;
+                let get = store
+                    .get(&path)
+                    .await
+                    .map_err(|source| StagingError::Store { location: file.path.clone(), source })?;
+                let bytes =
+                    get.bytes().await.map_err(|source| StagingError::Store { location: file.path.clone(), source })?;
+                match bytes.len() as u64 {
+                    n if n > limit => Err(StagingError::TooLarge { path: file.path.clone(), size: n, limit }),
+                    _ => Ok(bytes),
+                }
+            }
+        }
     }
 }
 
@@ -157,7 +240,79 @@ mod tests {
         let mut files: Vec<StagedFile> = staging.list().map(|r| r.expect("listed")).collect().await;
         files.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a/b/one.xml", "two.xml.gz"]);
-        assert_eq!(staging.get(&files[0]).await.expect("get").as_ref(), b"<x/>");
+        assert_eq!(staging.get(&files[0], 1 << 20).await.expect("get").as_ref(), b"<x/>");
+    }
+
+    /// Names an object store cannot hold are files like any other here; what must not be read is refused alone,
+    /// with a reason, and the rest is listed and read.
+    #[tokio::test]
+    async fn odd_names_links_and_fifos_are_judged_one_by_one() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("dïr")).expect("mkdir");
+        for name in ["ünïcødé 日本 €.xml", "a%b#c?[1]~.xml", "new\nline.xml", "dïr/plain.xml"] {
+            std::fs::write(root.join(name), name).expect("write");
+        }
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff\xfe.xml")), "x").expect("write");
+        std::fs::write(outside.path().join("secret.xml"), "secret").expect("write");
+        std::os::unix::fs::symlink(outside.path().join("secret.xml"), root.join("out.xml")).expect("link");
+        std::os::unix::fs::symlink(root.join("dïr/plain.xml"), root.join("in.xml")).expect("link");
+        std::os::unix::fs::symlink(root.join("gone.xml"), root.join("dangling.xml")).expect("link");
+        std::os::unix::fs::symlink("..", root.join("dïr/loop")).expect("link");
+        let fifo = std::ffi::CString::new(root.join("pipe.xml").as_os_str().as_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+
+        let staging = Staging::local(root).expect("staging");
+        let mut files: Vec<StagedFile> = staging.list().map(|r| r.expect("listed")).collect().await;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let judged: Vec<(&str, Option<&str>)> =
+            files.iter().map(|f| (f.path.as_str(), f.refused.as_ref().map(|r| r.kind))).collect();
+        assert_eq!(
+            judged,
+            [
+                ("a%b#c?[1]~.xml", None),
+                ("bad\u{fffd}\u{fffd}.xml", Some("unusable_name")),
+                ("dangling.xml", Some("dangling_link")),
+                ("dïr/plain.xml", None),
+                ("in.xml", None),
+                ("new\nline.xml", None),
+                ("out.xml", Some("outside_staging")),
+                ("pipe.xml", Some("not_a_file")),
+                ("ünïcødé 日本 €.xml", None),
+            ]
+        );
+        for f in &files {
+            let got = staging.get(f, 1 << 20).await;
+            match &f.refused {
+                None => {
+                    let want = if f.path == "in.xml" { "dïr/plain.xml" } else { f.path.as_str() };
+                    assert_eq!(got.expect("read").as_ref(), want.as_bytes(), "{}", f.path);
+                }
+                Some(r) => {
+                    let err = got.expect_err("refused");
+                    assert_eq!(err.refusal_kind(), Some(r.kind));
+                    assert!(!err.is_retryable());
+                }
+            }
+        }
+        // Over the limit is refused from the listed size, without reading.
+        let plain = files.iter().find(|f| f.path == "dïr/plain.xml").expect("listed");
+        let err = staging.get(plain, 3).await.expect_err("over the limit");
+        assert_eq!(err.refusal_kind(), Some("too_large"));
+    }
+
+    /// A missing folder is an error (a typo, an unmounted volume), not an empty staging area.
+    #[test]
+    fn a_missing_folder_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = Staging::local(&dir.path().join("typo")).expect_err("missing");
+        assert!(err.to_string().contains("no such folder"), "{err}");
+        std::fs::write(dir.path().join("file"), "x").expect("write");
+        let err = Staging::local(&dir.path().join("file")).expect_err("a file");
+        assert!(err.to_string().contains("not a folder"), "{err}");
     }
 
     /// Under a prefix, only the part below it counts: a prefix of its own may have any name.

@@ -4,6 +4,7 @@
 //! and gathers the element's own text. Nothing is allocated per element except the values it keeps.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use quick_xml::XmlVersion;
 use quick_xml::errors::Error as XmlError;
@@ -65,6 +66,11 @@ pub(crate) struct Engine<'a> {
     tx_count: u32,
     /// Sizes of the largest bronze record so far: the next one reserves that much at once.
     bronze_hint: (usize, usize),
+    /// Bytes the file's bronze records may still take (see [`bronze_limit`]).
+    bronze_left: usize,
+    /// Child-name counters of elements with many distinct child names, by depth: name → index into `counters`.
+    /// A linear scan is fastest for the few names real elements have, but would make N distinct names cost N².
+    wide: Vec<(usize, HashMap<Box<[u8]>, usize>)>,
     done: Vec<Transaction>,
 }
 
@@ -87,6 +93,8 @@ impl<'a> Engine<'a> {
             tx: None,
             tx_count: 0,
             bronze_hint: (0, 0),
+            bronze_left: bronze_limit(text.len()),
+            wide: Vec::new(),
             done: Vec::with_capacity(64),
         }
     }
@@ -294,6 +302,14 @@ impl<'a> Engine<'a> {
                 _ => attr.normalized_value(XmlVersion::Implicit1_0).map_err(|err| self.xml_error(err, pos))?,
             };
             let value = value.trim();
+            if value.len() > self.opts.max_text_bytes {
+                return Err(ParseError::TextTooLarge {
+                    file: self.file.to_owned(),
+                    position: self.locate(pos),
+                    limit: self.opts.max_text_bytes,
+                });
+            }
+            self.charge(self.path.len() + "_attr_".len() + attr_name.len() + value.len(), pos)?;
             let (bronze, key_start) = bronze_target(&mut self.tx, &mut self.envelope);
             bronze.push3(&self.path[key_start..], "_attr_", attr_name, value);
             for (i, action) in actions.iter().enumerate() {
@@ -336,6 +352,10 @@ impl<'a> Engine<'a> {
         let value = text[frame.text_start..].trim();
         let mut result = Ok(());
         if !value.is_empty() {
+            if let Err(e) = self.charge(self.path.len() + "_tagvalue".len() + value.len(), pos) {
+                self.text_buf = text;
+                return Err(e);
+            }
             let (bronze, key_start) = bronze_target(&mut self.tx, &mut self.envelope);
             let key = &self.path[key_start..];
             if frame.has_children {
@@ -358,6 +378,10 @@ impl<'a> Engine<'a> {
         self.path.truncate(frame.path_len);
         self.counters.truncate(frame.counters_len);
         self.names.truncate(frame.names_len);
+        // The closed element's children were counted at the depth it leaves.
+        if self.wide.last().is_some_and(|(depth, _)| *depth == self.frames.len() + 1) {
+            self.wide.pop();
+        }
 
         let Some(plan) = self.plan else { return Ok(()) };
         match frame.role {
@@ -426,18 +450,51 @@ impl<'a> Engine<'a> {
     /// Counts `name` among the current element's children; returns its occurrence number (1 for the first).
     fn count_child(&mut self, name: &str) -> u32 {
         let from = self.frames.last().map_or(0, |f| f.counters_len);
-        // Counters of the current element are those pushed since it opened, at its depth only: the children's
-        // own counters were truncated when they closed.
-        for c in &mut self.counters[from..] {
-            if &self.names[c.0 as usize..c.1 as usize] == name.as_bytes() {
-                c.2 += 1;
-                return c.2;
+        let depth = self.frames.len();
+        if let Some((_, index)) = self.wide.last_mut().filter(|(d, _)| *d == depth) {
+            if let Some(&i) = index.get(name.as_bytes()) {
+                self.counters[i].2 += 1;
+                return self.counters[i].2;
+            }
+            index.insert(name.as_bytes().into(), self.counters.len());
+        } else {
+            // Counters of the current element are those pushed since it opened, at its depth only: the children's
+            // own counters were truncated when they closed.
+            for c in &mut self.counters[from..] {
+                if &self.names[c.0 as usize..c.1 as usize] == name.as_bytes() {
+                    c.2 += 1;
+                    return c.2;
+                }
             }
         }
         let s = self.names.len() as u32;
         self.names.extend_from_slice(name.as_bytes());
         self.counters.push((s, self.names.len() as u32, 1));
+        if self.counters.len() - from == WIDE && self.wide.last().is_none_or(|(d, _)| *d != depth) {
+            let index = (from..self.counters.len())
+                .map(|i| {
+                    let (a, b, _) = self.counters[i];
+                    (self.names[a as usize..b as usize].into(), i)
+                })
+                .collect();
+            self.wide.push((depth, index));
+        }
         1
+    }
+
+    /// Takes `bytes` of bronze from what the file may still use.
+    fn charge(&mut self, bytes: usize, pos: u64) -> Result<(), ParseError> {
+        match self.bronze_left.checked_sub(bytes) {
+            Some(left) => {
+                self.bronze_left = left;
+                Ok(())
+            }
+            None => Err(ParseError::RecordTooLarge {
+                file: self.file.to_owned(),
+                position: self.locate(pos),
+                limit: bronze_limit(self.text.len()),
+            }),
+        }
     }
 
     fn choose_dialect(&mut self, e: &BytesStart<'_>, name: &str, pos: u64) -> Result<&'static Plan, ParseError> {
@@ -586,20 +643,41 @@ fn local_name(qname: &[u8]) -> &[u8] {
     }
 }
 
+/// Distinct child names past which an element's counters are indexed by a hash map.
+const WIDE: usize = 32;
+
+/// The most bronze a file may make: 32 times its text (real files make about as much bronze as text; a
+/// pathological but valid one a few times more), plus 1 MiB, and never over 1 GiB (a record's offsets are 32-bit,
+/// and one file must not take the memory of a whole pipeline).
+fn bronze_limit(text_bytes: usize) -> usize {
+    text_bytes.saturating_mul(32).saturating_add(1 << 20).min(1 << 30)
+}
+
 /// The raw attribute names of one start tag, to refuse a name given twice (not well-formed XML). Tags have a few
-/// attributes: the first [`AttrNames::INLINE`] stay on the stack.
+/// attributes: the first [`AttrNames::INLINE`] stay on the stack, and past [`AttrNames::LISTED`] they go in a
+/// hash set (a list would make a tag of N attributes cost N²).
 #[derive(Default)]
 struct AttrNames<'a> {
     inline: [&'a [u8]; AttrNames::INLINE],
     len: usize,
     more: Vec<&'a [u8]>,
+    /// Made only for a tag with many attributes: most tags never pay for a hasher.
+    many: Option<HashSet<&'a [u8]>>,
 }
 
 impl<'a> AttrNames<'a> {
     const INLINE: usize = 8;
+    const LISTED: usize = 32;
 
     /// False if `name` was inserted before.
     fn insert(&mut self, name: &'a [u8]) -> bool {
+        if self.len >= Self::LISTED {
+            let many =
+                self.many.get_or_insert_with(|| self.inline.iter().copied().chain(self.more.drain(..)).collect());
+            let new = many.insert(name);
+            self.len += usize::from(new);
+            return new;
+        }
         let known = &self.inline[..self.len.min(Self::INLINE)];
         if known.contains(&name) || self.more.contains(&name) {
             return false;

@@ -73,6 +73,11 @@ pub enum ParseError {
     #[error("{file}: text of one element larger than {limit} bytes at {position}")]
     TextTooLarge { file: String, position: Position, limit: usize },
 
+    /// The flat bronze record would be out of all proportion to the file (long names repeated down deep paths
+    /// for every value): refused before it exhausts memory.
+    #[error("{file}: its flat record would exceed {limit} bytes (at {position}), far more than the file's size")]
+    RecordTooLarge { file: String, position: Position, limit: usize },
+
     #[error("{file}: unknown dialect: root element <{root}>{}", namespace.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
     UnknownDialect { file: String, root: String, namespace: Option<String> },
 
@@ -102,6 +107,7 @@ impl ParseError {
             ParseError::UnknownEntity { .. } => "unknown_entity",
             ParseError::TooDeep { .. } => "too_deep",
             ParseError::TextTooLarge { .. } => "text_too_large",
+            ParseError::RecordTooLarge { .. } => "record_too_large",
             ParseError::UnknownDialect { .. } => "unknown_dialect",
             ParseError::DialectMismatch { .. } => "dialect_mismatch",
             ParseError::MissingField { .. } => "missing_field",
@@ -124,6 +130,7 @@ impl ParseError {
             | ParseError::UnknownEntity { position, .. }
             | ParseError::TooDeep { position, .. }
             | ParseError::TextTooLarge { position, .. }
+            | ParseError::RecordTooLarge { position, .. }
             | ParseError::MissingField { position, .. }
             | ParseError::InvalidValue { position, .. } => Some(*position),
             _ => None,
