@@ -174,6 +174,8 @@ struct Flaky {
     inner: poslake::ingest::PosStages,
     parse_panics: std::sync::Mutex<BTreeSet<String>>,
     write_panicked: std::sync::atomic::AtomicBool,
+    /// Files whose every read fails, as a file still being written or not yet readable would.
+    unreadable: BTreeSet<String>,
 }
 
 impl poslake_actors::Stages for Flaky {
@@ -191,6 +193,10 @@ impl poslake_actors::Stages for Flaky {
         self.inner.discover()
     }
     async fn fetch(&self, file: &Self::File) -> Result<Self::Fetched, Self::Error> {
+        if self.unreadable.contains(&file.path) {
+            let source = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+            return Err(poslake::ingest::staging::StagingError::Io { path: file.path.clone(), source }.into());
+        }
         self.inner.fetch(file).await
     }
     fn parse(&self, file: &Self::File, fetched: Self::Fetched) -> Self::Parsed {
@@ -234,6 +240,9 @@ impl poslake_actors::Stages for Flaky {
     fn is_retryable(error: &Self::Error) -> bool {
         error.is_retryable()
     }
+    fn failure_kind(error: &Self::Error) -> &'static str {
+        <poslake::ingest::PosStages as poslake_actors::Stages>::failure_kind(error)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,6 +269,7 @@ async fn injected_parser_and_writer_panics_lose_nothing() {
         inner,
         parse_panics: std::sync::Mutex::new(victims.clone()),
         write_panicked: std::sync::atomic::AtomicBool::new(false),
+        unreadable: BTreeSet::new(),
     });
     let snapshot = poslake_actors::run(stages.clone(), pipeline(), Arc::new(Progress::default())).await.expect("run");
     assert!(snapshot.restarts as usize > victims.len(), "each panic restarted an actor: {snapshot:?}");
@@ -292,6 +302,75 @@ async fn injected_parser_and_writer_panics_lose_nothing() {
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), all);
     assert_eq!(wh.row_count("file_ledger").await.expect("count"), report.files);
     assert_eq!(wh.row_count("dead_letters").await.expect("count"), 0);
+}
+
+/// A file whose reads keep failing is dead-lettered with the reason, and its ledger row defers it: the next run
+/// lists it again and lands it, while a file refused for what it is stays done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_could_not_be_read_is_tried_again_by_the_next_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 23,
+        sites: 3,
+        days: 1,
+        files_per_day: 3,
+        min_transactions: 5,
+        max_transactions: 10,
+        duplicate_file_rate: 0.0,
+        malformed_rate: 0.0,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let manifest = read_manifest(&staging).expect("manifest");
+    // A FIFO is refused for what it is: a dead letter that stays done.
+    let fifo = std::ffi::CString::new(staging.join("pipe.xml").into_os_string().into_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    let paths = IngestPaths { staging, lake: dir.path().join("lake") };
+    let inner =
+        poslake::ingest::PosStages::open(&IngestSetup::new(paths.clone()), "unreadable".into()).await.expect("open");
+    let victim = manifest[2].path.clone();
+    let stages = Arc::new(Flaky {
+        inner,
+        parse_panics: std::sync::Mutex::new(BTreeSet::new()),
+        write_panicked: std::sync::atomic::AtomicBool::new(true),
+        unreadable: BTreeSet::from([victim.clone()]),
+    });
+    let snapshot = poslake_actors::run(stages, pipeline(), Arc::new(Progress::default())).await.expect("run");
+    assert_eq!(snapshot.totals.dead_letters, 2, "{snapshot:?}");
+    assert!(snapshot.retries >= 2, "the reads were retried before giving up: {snapshot:?}");
+    let wh = Warehouse::open(&paths.lake).await.expect("open");
+    let mut dead = Vec::new();
+    for b in wh.scan("dead_letters").await.expect("scan") {
+        let (path, stage, kind) =
+            (column::<StringArray>(&b, "path"), column::<StringArray>(&b, "stage"), column::<StringArray>(&b, "kind"));
+        dead.extend(
+            (0..b.num_rows()).map(|i| (path.value(i).to_owned(), stage.value(i).to_owned(), kind.value(i).to_owned())),
+        );
+    }
+    dead.sort();
+    assert_eq!(
+        dead,
+        [
+            ("pipe.xml".to_owned(), "download".to_owned(), "not_a_file".to_owned()),
+            (victim.clone(), "download".to_owned(), "gave_up".to_owned()),
+        ]
+    );
+    let without: BTreeSet<String> =
+        manifest.iter().filter(|m| m.path != victim).flat_map(|m| m.keys.iter().cloned()).collect();
+    assert_eq!(header_keys(&wh).await.into_iter().collect::<BTreeSet<_>>(), without);
+    drop(wh);
+
+    let second =
+        ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("second");
+    assert_eq!((second.files, second.dead_letters), (1, 0), "only the deferred file is taken again: {second:?}");
+    let wh = Warehouse::open(&paths.lake).await.expect("reopen");
+    let all: BTreeSet<String> = manifest.iter().flat_map(|m| m.keys.iter().cloned()).collect();
+    let got = header_keys(&wh).await;
+    assert_eq!(got.len(), all.len(), "each key once");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), all);
 }
 
 /// A file whose values parse but do not fit the tables (a total beyond decimal(18, 4)) is a dead letter with the

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use super::IngestError;
 use super::staging::{StagedFile, StagingError};
 use crate::dedup::{Dedup, FileIndex, LedgerMark};
-use crate::lake::Warehouse;
+use crate::lake::{Outcome, Warehouse};
 
 /// The files the ledger holds, known by a 128-bit digest of (path, size) (two files collide with a chance of 2^-128
 /// per pair), so that discovery skips them.
@@ -22,6 +22,9 @@ use crate::lake::Warehouse;
 pub(super) struct LedgerIndex {
     pub(super) files: FileIndex,
 }
+
+/// The ledger columns the index is built from.
+const COLUMNS: [&str; 3] = ["path", "bytes", "outcome"];
 
 /// File ids per add when bringing the index up to date.
 const LEDGER_CHUNK: usize = 100_000;
@@ -84,7 +87,7 @@ impl LedgerIndex {
                 // The ledger files each later snapshot added (a file rewritten by compaction is added again: harmless).
                 Some(paths) => {
                     for path in paths {
-                        for batch in Warehouse::read_table_file(&ledger, &path, &["path", "bytes"]).await? {
+                        for batch in Warehouse::read_table_file(&ledger, &path, &COLUMNS).await? {
                             pending.extend(Self::ids_of(&batch)?);
                         }
                         if pending.len() >= LEDGER_CHUNK {
@@ -93,7 +96,7 @@ impl LedgerIndex {
                     }
                 }
                 None => {
-                    let mut batches = warehouse.scan_columns("file_ledger", &["path", "bytes"]).await?;
+                    let mut batches = warehouse.scan_columns("file_ledger", &COLUMNS).await?;
                     while let Some(batch) = batches.next().await {
                         pending.extend(Self::ids_of(&batch?)?);
                         if pending.len() >= LEDGER_CHUNK {
@@ -107,18 +110,23 @@ impl LedgerIndex {
         Ok(Some(current.snapshot_id))
     }
 
-    /// The ids of a batch of ledger rows. The ledger is poslake's own table, so columns that are missing or of
-    /// another type mean it was altered outside poslake: an error, rather than files silently read as new.
+    /// The ids of the files a batch of ledger rows holds as done: all but those deferred to a later run. The
+    /// ledger is poslake's own table, so columns that are missing or of another type mean it was altered outside
+    /// poslake: an error, rather than files silently read as new.
     fn ids_of(batch: &arrow_array::RecordBatch) -> Result<Vec<u128>, IngestError> {
-        let paths = batch.column_by_name("path").and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        let string = |name| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>());
         let sizes = batch.column_by_name("bytes").and_then(|c| c.as_any().downcast_ref::<Int64Array>());
-        match (paths, sizes) {
-            (Some(paths), Some(sizes)) => {
-                Ok((0..paths.len()).map(|i| Self::id(paths.value(i), sizes.value(i) as u64)).collect())
-            }
+        match (string("path"), sizes, string("outcome")) {
+            (Some(paths), Some(sizes), Some(outcomes)) => Ok((0..paths.len())
+                .filter(|&i| outcomes.value(i) != Outcome::Deferred.as_str())
+                .map(|i| Self::id(paths.value(i), sizes.value(i) as u64))
+                .collect()),
             _ => Err(IngestError::Lake(crate::lake::LakeError::Schema {
                 table: "file_ledger",
-                reason: format!("expected a string column `path` and a long column `bytes`, found {}", batch.schema()),
+                reason: format!(
+                    "expected string columns `path` and `outcome` and a long column `bytes`, found {}",
+                    batch.schema()
+                ),
             })),
         }
     }
@@ -195,14 +203,20 @@ mod tests {
     fn a_ledger_without_its_columns_is_an_error() {
         use arrow_array::{Int32Array, RecordBatch, StringArray};
         let good = RecordBatch::try_from_iter([
-            ("path", Arc::new(StringArray::from(vec!["a.xml"])) as arrow_array::ArrayRef),
-            ("bytes", Arc::new(arrow_array::Int64Array::from(vec![5_i64])) as _),
+            ("path", Arc::new(StringArray::from(vec!["a.xml", "b.xml", "c.xml"])) as arrow_array::ArrayRef),
+            ("bytes", Arc::new(arrow_array::Int64Array::from(vec![5_i64, 6, 7])) as _),
+            ("outcome", Arc::new(StringArray::from(vec!["ingested", "deferred", "dead_letter"])) as _),
         ])
         .expect("batch");
-        assert_eq!(LedgerIndex::ids_of(&good).expect("ids"), [LedgerIndex::id("a.xml", 5)]);
+        // A file deferred to a later run is not held as done.
+        assert_eq!(
+            LedgerIndex::ids_of(&good).expect("ids"),
+            [LedgerIndex::id("a.xml", 5), LedgerIndex::id("c.xml", 7)]
+        );
         let altered = RecordBatch::try_from_iter([
             ("path", Arc::new(StringArray::from(vec!["a.xml"])) as arrow_array::ArrayRef),
             ("bytes", Arc::new(Int32Array::from(vec![5])) as _),
+            ("outcome", Arc::new(StringArray::from(vec!["ingested"])) as _),
         ])
         .expect("batch");
         let err = LedgerIndex::ids_of(&altered).expect_err("an Int32 `bytes` column");

@@ -675,7 +675,13 @@ impl Stages for PosStages {
                         content_hash: item.content_hash.clone(),
                         dialect: None,
                         site: None,
-                        outcome: Outcome::DeadLetter,
+                        // A read that kept failing may work next time (a file still being written, a permission
+                        // fixed); what the file holds or what the listing ruled out will not change.
+                        outcome: if f.stage == "download" && f.kind == "gave_up" {
+                            Outcome::Deferred
+                        } else {
+                            Outcome::DeadLetter
+                        },
                         transactions: 0,
                         new_transactions: 0,
                         duplicate_transactions: 0,

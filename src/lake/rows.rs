@@ -356,6 +356,9 @@ pub enum Outcome {
     Ingested,
     /// It could not be ingested; see the dead letters.
     DeadLetter,
+    /// It could not be read this run, though it may be later (tries at a failing read exhausted): dead-lettered
+    /// with the reason, and listed again by the next run rather than held as done.
+    Deferred,
 }
 
 impl Outcome {
@@ -363,6 +366,7 @@ impl Outcome {
         match self {
             Outcome::Ingested => "ingested",
             Outcome::DeadLetter => "dead_letter",
+            Outcome::Deferred => "deferred",
         }
     }
 }
