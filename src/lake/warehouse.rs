@@ -69,8 +69,12 @@ impl Warehouse {
             .load(CATALOG_NAME, HashMap::new())
             .await?;
         let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
-        if !catalog.namespace_exists(&namespace).await? {
-            catalog.create_namespace(&namespace, HashMap::new()).await?;
+        // Two processes opening a new lake at once both see it empty: the loser of a create finds the winner's.
+        if !catalog.namespace_exists(&namespace).await?
+            && let Err(e) = catalog.create_namespace(&namespace, HashMap::new()).await
+            && !catalog.namespace_exists(&namespace).await?
+        {
+            return Err(e.into());
         }
         let mut schemas = Vec::new();
         for def in TABLES {
@@ -183,7 +187,12 @@ async fn ensure_table(catalog: &SqlCatalog, ns: &NamespaceIdent, def: &TableDef)
             .schema(want.clone())
             .partition_spec(def.partition_spec()?)
             .build();
-        catalog.create_table(ns, creation).await?
+        match catalog.create_table(ns, creation).await {
+            Ok(table) => table,
+            // Another process created it meanwhile (see `Warehouse::open`).
+            Err(_) if catalog.table_exists(&ident).await? => catalog.load_table(&ident).await?,
+            Err(e) => return Err(e.into()),
+        }
     };
     let have = table.metadata().current_schema();
     let shape = |s: &iceberg::spec::Schema| {

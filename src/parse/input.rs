@@ -30,13 +30,28 @@ pub fn decode<'a>(file: &str, bytes: &'a [u8], max_bytes: u64) -> Result<Decoded
     if bytes.starts_with(&GZIP_MAGIC) {
         let raw = gunzip(file, bytes, max_bytes)?;
         let (text, encoding) = transcode_owned(file, raw)?;
+        refuse_nul(file, &text)?;
         return Ok(Decoded { text: Cow::Owned(text), compression: Compression::Gzip, encoding });
     }
     if bytes.len() as u64 > max_bytes {
         return Err(ParseError::TooLarge { file: file.to_owned(), limit: max_bytes });
     }
     let (text, encoding) = transcode(file, bytes)?;
+    refuse_nul(file, &text)?;
     Ok(Decoded { text, compression: Compression::None, encoding })
+}
+
+/// XML 1.0 allows no NUL character anywhere, and quick-xml does not look for one (a record holding one would break
+/// consumers that treat text as C strings).
+fn refuse_nul(file: &str, text: &str) -> Result<(), ParseError> {
+    match memchr::memchr(0, text.as_bytes()) {
+        Some(at) => Err(ParseError::Malformed {
+            file: file.to_owned(),
+            position: Position::locate(text, at as u64),
+            reason: "a NUL character, which XML does not allow".into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn gunzip(file: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<u8>, ParseError> {
@@ -77,6 +92,12 @@ fn gzip_size_hint(bytes: &[u8], max_bytes: u64) -> usize {
 fn encoding_of(file: &str, bytes: &[u8]) -> Result<(&'static Encoding, usize), ParseError> {
     if let Some(found) = Encoding::for_bom(bytes) {
         return Ok(found);
+    }
+    // UTF-16 without a BOM still shows itself in its first character, `<` (XML 1.0, appendix F).
+    match bytes {
+        [0x3c, 0, _, 0, ..] => return Ok((encoding_rs::UTF_16LE, 0)),
+        [0, 0x3c, 0, _, ..] => return Ok((encoding_rs::UTF_16BE, 0)),
+        _ => {}
     }
     let Some(label) = declared_encoding(bytes) else { return Ok((encoding_rs::UTF_8, 0)) };
     let unsupported = || ParseError::UnsupportedEncoding { file: file.to_owned(), label: label.to_owned() };
@@ -281,6 +302,27 @@ mod tests {
         assert_eq!(d.text, text);
         let Cow::Owned(owned) = d.text else { panic!("gzipped text is owned") };
         assert!(owned.capacity() <= 2 * owned.len(), "{} reserved for {} bytes", owned.capacity(), owned.len());
+    }
+
+    /// UTF-16 without a BOM is known by its first character; a NUL anywhere is refused with its position.
+    #[test]
+    fn utf16_without_a_bom_decodes_and_nul_is_refused() {
+        let doc = "<?xml version=\"1.0\" encoding=\"UTF-16\"?><a>é</a>";
+        let le: Vec<u8> = doc.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = doc.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for (bytes, name) in [(le, "UTF-16LE"), (be, "UTF-16BE")] {
+            let d = decode("u.xml", &bytes, 1 << 20).expect("decodes");
+            assert_eq!((d.text.as_ref(), d.encoding), (doc, name));
+        }
+        let err = decode("nul.xml", b"<a>\n x\0</a>", 1 << 20).map(|_| ()).expect_err("NUL");
+        match err {
+            ParseError::Malformed { position, reason, .. } => {
+                assert_eq!((position.line, position.column), (2, 3));
+                assert!(reason.contains("NUL"), "{reason}");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        assert!(decode("nul.gz", &gzip(b"<a>\0</a>"), 1 << 20).is_err(), "gzipped text is checked too");
     }
 
     #[test]
