@@ -451,49 +451,78 @@ impl<'a> Engine<'a> {
     fn count_child(&mut self, name: &str) -> u32 {
         let from = self.frames.last().map_or(0, |f| f.counters_len);
         let depth = self.frames.len();
-        if let Some((_, index)) = self.wide.last_mut().filter(|(d, _)| *d == depth) {
-            if let Some(&i) = index.get(name.as_bytes()) {
-                self.counters[i].2 += 1;
-                return self.counters[i].2;
-            }
-            index.insert(name.as_bytes().into(), self.counters.len());
-        } else {
-            // Counters of the current element are those pushed since it opened, at its depth only: the children's
-            // own counters were truncated when they closed.
-            for c in &mut self.counters[from..] {
-                if &self.names[c.0 as usize..c.1 as usize] == name.as_bytes() {
-                    c.2 += 1;
-                    return c.2;
-                }
+        if self.wide.last().is_some_and(|(d, _)| *d == depth) {
+            return self.count_wide_child(name);
+        }
+        // Counters of the current element are those pushed since it opened, at its depth only: the children's
+        // own counters were truncated when they closed.
+        for c in &mut self.counters[from..] {
+            if &self.names[c.0 as usize..c.1 as usize] == name.as_bytes() {
+                c.2 += 1;
+                return c.2;
             }
         }
-        let s = self.names.len() as u32;
-        self.names.extend_from_slice(name.as_bytes());
-        self.counters.push((s, self.names.len() as u32, 1));
-        if self.counters.len() - from == WIDE && self.wide.last().is_none_or(|(d, _)| *d != depth) {
-            let index = (from..self.counters.len())
-                .map(|i| {
-                    let (a, b, _) = self.counters[i];
-                    (self.names[a as usize..b as usize].into(), i)
-                })
-                .collect();
-            self.wide.push((depth, index));
+        self.push_counter(name);
+        if self.counters.len() - from == WIDE {
+            self.index_children(from, depth);
         }
         1
     }
 
+    fn push_counter(&mut self, name: &str) {
+        let s = self.names.len() as u32;
+        self.names.extend_from_slice(name.as_bytes());
+        self.counters.push((s, self.names.len() as u32, 1));
+    }
+
+    /// [`Self::count_child`] for an element with many distinct child names (out of line: real files rarely come
+    /// here, and the parser's hot loop stays small).
+    #[inline(never)]
+    fn count_wide_child(&mut self, name: &str) -> u32 {
+        let at = self.counters.len();
+        if let Some((_, index)) = self.wide.last_mut() {
+            if let Some(&i) = index.get(name.as_bytes()) {
+                self.counters[i].2 += 1;
+                return self.counters[i].2;
+            }
+            index.insert(name.as_bytes().into(), at);
+        }
+        self.push_counter(name);
+        1
+    }
+
+    /// Indexes the current element's child counters (from `from`) by name, at `depth`.
+    #[cold]
+    #[inline(never)]
+    fn index_children(&mut self, from: usize, depth: usize) {
+        let index = (from..self.counters.len())
+            .map(|i| {
+                let (a, b, _) = self.counters[i];
+                (self.names[a as usize..b as usize].into(), i)
+            })
+            .collect();
+        self.wide.push((depth, index));
+    }
+
     /// Takes `bytes` of bronze from what the file may still use.
+    #[inline]
     fn charge(&mut self, bytes: usize, pos: u64) -> Result<(), ParseError> {
         match self.bronze_left.checked_sub(bytes) {
             Some(left) => {
                 self.bronze_left = left;
                 Ok(())
             }
-            None => Err(ParseError::RecordTooLarge {
-                file: self.file.to_owned(),
-                position: self.locate(pos),
-                limit: bronze_limit(self.text.len()),
-            }),
+            None => Err(self.record_too_large(pos)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_too_large(&self, pos: u64) -> ParseError {
+        ParseError::RecordTooLarge {
+            file: self.file.to_owned(),
+            position: self.locate(pos),
+            limit: bronze_limit(self.text.len()),
         }
     }
 
@@ -672,11 +701,7 @@ impl<'a> AttrNames<'a> {
     /// False if `name` was inserted before.
     fn insert(&mut self, name: &'a [u8]) -> bool {
         if self.len >= Self::LISTED {
-            let many =
-                self.many.get_or_insert_with(|| self.inline.iter().copied().chain(self.more.drain(..)).collect());
-            let new = many.insert(name);
-            self.len += usize::from(new);
-            return new;
+            return self.insert_many(name);
         }
         let known = &self.inline[..self.len.min(Self::INLINE)];
         if known.contains(&name) || self.more.contains(&name) {
@@ -689,6 +714,14 @@ impl<'a> AttrNames<'a> {
         }
         self.len += 1;
         true
+    }
+
+    #[inline(never)]
+    fn insert_many(&mut self, name: &'a [u8]) -> bool {
+        let many = self.many.get_or_insert_with(|| self.inline.iter().copied().chain(self.more.drain(..)).collect());
+        let new = many.insert(name);
+        self.len += usize::from(new);
+        new
     }
 }
 
