@@ -41,8 +41,8 @@ pub struct IngestConfig {
     /// cost stays bounded. 0 keeps every snapshot. Default 100.
     pub keep_snapshots: usize,
     /// Small manifests (under 1 MiB) a table may gather before they are merged into one, checked at the expiry's
-    /// times, or every 25 commits when `keep_snapshots` is 0 (like Java Iceberg's `commit.manifest.min-count-to-merge`).
-    /// 0 never merges. Default 100.
+    /// times, or every 25 commits when `keep_snapshots` is 0 (like Java Iceberg's
+    /// `commit.manifest.min-count-to-merge`). 0 never merges. Default 100.
     pub min_manifests_to_merge: usize,
     /// Which transactions are new: the `[dedup]` section.
     pub dedup: DedupConfig,

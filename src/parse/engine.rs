@@ -70,7 +70,7 @@ pub(crate) struct Engine<'a> {
     bronze_left: usize,
     /// Child-name counters of elements with many distinct child names, by depth: name → index into `counters`.
     /// A linear scan is fastest for the few names real elements have, but would make N distinct names cost N².
-    wide: Vec<(usize, HashMap<Box<[u8]>, usize>)>,
+    wide: Vec<(usize, ChildIndex)>,
     done: Vec<Transaction>,
 }
 
@@ -671,6 +671,9 @@ fn local_name(qname: &[u8]) -> &[u8] {
         None => qname,
     }
 }
+
+/// An element's child names → their counters' index in `Engine::counters`.
+type ChildIndex = HashMap<Box<[u8]>, usize>;
 
 /// Distinct child names past which an element's counters are indexed by a hash map.
 const WIDE: usize = 32;
