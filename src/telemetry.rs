@@ -9,10 +9,13 @@
 //! - **Metrics**: Prometheus text at `--metrics-addr` (the `metrics` facade; names in [`metric`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -69,6 +72,8 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     /// Where spans go, for the log.
     pub exporting_to: Option<String>,
+    /// Spans the endpoint did not take (see [`Reporting`]).
+    dropped: Arc<AtomicU64>,
 }
 
 impl Telemetry {
@@ -78,6 +83,11 @@ impl Telemetry {
             && let Err(e) = p.shutdown()
         {
             eprintln!("warning: flushing spans to the OTLP endpoint failed: {e}");
+        }
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let to = self.exporting_to.as_deref().unwrap_or("the OTLP endpoint");
+            eprintln!("warning: {dropped} spans could not be exported to {to}");
         }
     }
 }
@@ -110,7 +120,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let endpoint = config.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
     let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) else {
         tracing_subscriber::registry().with(logs).try_init().map_err(|e| TelemetryError::Config(e.to_string()))?;
-        return Ok(Telemetry { provider: None, exporting_to: None });
+        return Ok(Telemetry { provider: None, exporting_to: None, dropped: Arc::default() });
     };
     // The standard variables are checked as strictly as the flags: a typo is an error, not a silent default.
     let protocol = match config.otlp_protocol {
@@ -157,6 +167,8 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     }
     .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "poslake".into());
+    let dropped = Arc::new(AtomicU64::new(0));
+    let exporter = Reporting { inner: exporter, endpoint: endpoint.clone(), dropped: dropped.clone() };
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
@@ -174,7 +186,46 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .map_err(|e| TelemetryError::Config(e.to_string()))?;
     let exporting_to = format!("{endpoint} ({protocol:?}, sampling {ratio})");
     tracing::info!(endpoint = %exporting_to, "exporting traces over OTLP");
-    Ok(Telemetry { provider: Some(provider), exporting_to: Some(exporting_to) })
+    Ok(Telemetry { provider: Some(provider), exporting_to: Some(exporting_to), dropped })
+}
+
+/// The OTLP exporter, reporting what it could not deliver: the SDK drops a failed batch without a word, so a
+/// collector that is down would go unnoticed. The first failure is logged as it happens; the count of dropped spans
+/// is printed when the pipeline shuts down.
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    endpoint: String,
+    dropped: Arc<AtomicU64>,
+}
+
+impl<E: SpanExporter> SpanExporter for Reporting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        if let Err(e) = &result
+            && self.dropped.fetch_add(spans, Ordering::Relaxed) == 0
+        {
+            tracing::warn!(
+                endpoint = %self.endpoint,
+                error = %e,
+                "exporting spans over OTLP failed, and they are dropped (is the collector up?)"
+            );
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// Serves Prometheus text metrics at `addr` (`GET /metrics`, or any path) and installs the global recorder. Call

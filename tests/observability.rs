@@ -65,6 +65,29 @@ fn small_corpus(out: &std::path::Path, seed: u64) -> poslake::generate::Report {
     .expect("generate")
 }
 
+/// A collector that is down does not fail the run, and is not silent either: the first failed export is logged,
+/// and the spans dropped are counted at the end.
+#[test]
+fn spans_that_cannot_be_exported_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    small_corpus(&staging, 33);
+    let nobody = free_addr();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["ingest", "--json", "--otlp-endpoint", &format!("http://{nobody}")])
+        .arg("--staging")
+        .arg(&staging)
+        .arg("--lake")
+        .arg(dir.path().join("lake"))
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("run poslake");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("exporting spans over OTLP failed"), "{stderr}");
+    assert!(stderr.contains("spans could not be exported to"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_exports_one_trace_per_batch_with_file_and_stage_spans() {
     let receiver = Receiver::default();
