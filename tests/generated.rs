@@ -198,6 +198,20 @@ fn a_corpus_replaces_an_earlier_one_and_nothing_else() {
     assert!(err.to_string().contains("notes.txt"), "{err}");
     assert_eq!(files_under(dir.path()), before, "nothing removed");
 
+    // A link in the folder is never followed: a manifest naming a file behind it cannot remove that file.
+    std::fs::remove_file(dir.path().join("notes.txt")).expect("rm");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    std::fs::write(elsewhere.path().join("precious.xml"), "keep").expect("write");
+    std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("vd")).expect("link");
+    let mut manifest = std::fs::read_to_string(dir.path().join("manifest.jsonl")).expect("manifest");
+    let line = manifest.lines().next().expect("a line").to_owned();
+    let first = read_manifest(dir.path()).expect("manifest")[0].path.clone();
+    manifest.push_str(&line.replace(&first, "vd/precious.xml"));
+    manifest.push('\n');
+    std::fs::write(dir.path().join("manifest.jsonl"), manifest).expect("write");
+    assert!(generate(&small_corpus(dir.path(), 7)).is_err(), "the link is not the corpus's");
+    assert_eq!(std::fs::read_to_string(elsewhere.path().join("precious.xml")).expect("kept"), "keep");
+
     let foreign = tempfile::tempdir().expect("tempdir");
     std::fs::write(foreign.path().join("a.xml"), "<x/>").expect("write");
     let err = generate(&small_corpus(foreign.path(), 7)).expect_err("no manifest");

@@ -280,8 +280,10 @@ fn clear_earlier_corpus(out: &Path) -> Result<(), GenerateError> {
             Err(e) => return Err(io(&dir)(e)),
         };
         for entry in entries {
-            let path = entry.map_err(io(&dir))?.path();
-            if path.is_dir() {
+            let entry = entry.map_err(io(&dir))?;
+            let path = entry.path();
+            // A link is an entry of its own, never followed: nothing outside `out` is ever removed.
+            if entry.file_type().map_err(io(&path))?.is_dir() {
                 folders.push(path);
             } else {
                 present.push(path);

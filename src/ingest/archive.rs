@@ -29,6 +29,38 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
 }
 
+/// Longest archived file name once encoded: the store percent-encodes `%`, `#`, non-ASCII and more (`é` takes 6
+/// bytes, a CJK character 9) and writes through a temporary name a few bytes longer, within a file system's 255.
+const MAX_NAME_BYTES: usize = 200;
+
+/// The name a file is archived under: its own, or, when that would be too long once encoded, as much of it as fits
+/// followed by `~` and the content hash (which keeps it apart from any other cut the same way) and its extension.
+fn archived_name(base: &str, hash: &str) -> String {
+    let encoded = |s: &str| object_store::path::PathPart::from(s).as_ref().len();
+    if encoded(base) <= MAX_NAME_BYTES {
+        return base.to_owned();
+    }
+    // The extension, double ones (`.xml.gz`) included.
+    let (stem, ext) = match base.match_indices('.').map(|(i, _)| i).find(|&dot| dot > 0 && base.len() - dot <= 12) {
+        Some(dot) => base.split_at(dot),
+        None => (base, ""),
+    };
+    let suffix = format!("~{}{ext}", &hash[..hash.len().min(16)]);
+    let room = MAX_NAME_BYTES.saturating_sub(encoded(&suffix));
+    let mut cut = String::new();
+    let mut used = 0;
+    for c in stem.chars() {
+        let mut buf = [0u8; 4];
+        let n = encoded(c.encode_utf8(&mut buf));
+        if used + n > room {
+            break;
+        }
+        cut.push(c);
+        used += n;
+    }
+    cut + &suffix
+}
+
 impl Archive {
     pub fn local(root: &std::path::Path) -> Result<Self, ArchiveError> {
         let err = |source| ArchiveError::Store { location: root.display().to_string(), source };
@@ -53,14 +85,14 @@ impl Archive {
         let date = business_date.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
         let base = name.rsplit('/').next().unwrap_or(name);
         let dir = format!("bronze/raw/vendor={vendor}/business_date={date}");
-        let primary = format!("{dir}/{base}");
+        let primary = format!("{dir}/{}", archived_name(base, hash));
         match self.create(&primary, bytes.clone()).await? {
             true => return Ok(Archived::Written(primary)),
             false if self.same_content(&primary, hash).await? => return Ok(Archived::AlreadyThere(primary)),
             false => {}
         }
         // Same name, other content: keep both, the second under its hash.
-        let alternate = format!("{dir}/{}.{base}", &hash[..hash.len().min(16)]);
+        let alternate = format!("{dir}/{}", archived_name(&format!("{}.{base}", &hash[..hash.len().min(16)]), hash));
         match self.create(&alternate, bytes).await? {
             true => Ok(Archived::Written(alternate)),
             false => Ok(Archived::AlreadyThere(alternate)),
@@ -108,5 +140,34 @@ mod tests {
             .expect("read");
         assert_eq!(kept, b"first");
         assert_eq!(std::fs::read(dir.path().join(&path)).expect("read"), b"second");
+    }
+
+    /// Names that grow past a file system's 255 bytes once encoded are cut and carry the content hash: they are
+    /// archived, each content under a name of its own.
+    #[tokio::test]
+    async fn long_encoded_names_are_cut_and_kept_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = Archive::local(dir.path()).expect("archive");
+        let d = NaiveDate::from_ymd_opt(2026, 1, 5);
+        for name in ["売上日報".repeat(7) + ".xml", "é".repeat(120) + ".xml", "#".repeat(240) + ".xml.gz"] {
+            let mut written = Vec::new();
+            for content in [&b"one"[..], &b"two"[..]] {
+                let hash = blake3::hash(content).to_hex().to_string();
+                let got = archive.put("arts-poslog", d, &name, &hash, bytes::Bytes::copy_from_slice(content)).await;
+                let Ok(Archived::Written(path)) = got else { panic!("{name}: {got:?}") };
+                let on_disk = std::fs::read_dir(dir.path().join(&path).parent().expect("dir"))
+                    .expect("list")
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().len())
+                    .max()
+                    .unwrap_or(0);
+                assert!(on_disk <= MAX_NAME_BYTES + 16, "{name}: a {on_disk}-byte file name");
+                written.push(path);
+            }
+            assert_ne!(written[0], written[1], "{name}");
+            let ext = if name.ends_with(".gz") { ".xml.gz" } else { ".xml" };
+            assert!(written[0].ends_with(ext), "{name}: keeps its extension");
+        }
+        assert_eq!(archived_name("short.xml", "abc"), "short.xml");
     }
 }

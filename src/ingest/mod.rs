@@ -214,6 +214,8 @@ impl PosStages {
         let paths = &setup.paths;
         let staging = Staging::open(&paths.staging)?;
         let warehouse = Arc::new(Warehouse::open(&paths.lake).await?);
+        // A lake kept inside its own staging folder must not ingest its own files.
+        let staging = staging.excluding(warehouse.root());
         let archive = Archive::local(warehouse.root())?;
         let dedup = Arc::new(Dedup::open(&setup.dedup, warehouse.root()).await?);
         tracing::info!(backend = %dedup.describe(), "dedup store");

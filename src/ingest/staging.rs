@@ -102,7 +102,7 @@ pub struct Staging {
 enum Source {
     /// A local folder, walked and read with the file system's own calls: any file name works, links are not
     /// followed out of the folder, and a bad entry is refused alone instead of failing the listing.
-    Local { root: PathBuf },
+    Local { root: PathBuf, exclude: Option<PathBuf> },
     /// Any object store (Azure), under an optional prefix.
     Store { store: Arc<dyn ObjectStore>, prefix: Option<StorePath> },
 }
@@ -158,7 +158,7 @@ impl Staging {
         }
         // Canonical, so that a link's target can be checked against it.
         let root = std::fs::canonicalize(root).map_err(|source| StagingError::Io { path: name.clone(), source })?;
-        Ok(Staging { source: Source::Local { root }, name: name.into() })
+        Ok(Staging { source: Source::Local { root, exclude: None }, name: name.into() })
     }
 
     /// Any object store (Azure, S3, memory), under an optional prefix.
@@ -167,10 +167,18 @@ impl Staging {
         Staging { source: Source::Store { store, prefix: prefix.map(StorePath::from) }, name }
     }
 
+    /// Leaves `folder` (canonical) out of a local listing: the lake, when it lies inside staging.
+    pub fn excluding(mut self, folder: &std::path::Path) -> Self {
+        if let Source::Local { exclude, .. } = &mut self.source {
+            *exclude = Some(folder.to_path_buf());
+        }
+        self
+    }
+
     /// Every POS file under the prefix, as the store lists them.
     pub fn list(&self) -> futures::stream::BoxStream<'static, Result<StagedFile, StagingError>> {
         match &self.source {
-            Source::Local { root } => local::list(root.clone()).map(Ok).boxed(),
+            Source::Local { root, exclude } => local::list(root.clone(), exclude.clone()).map(Ok).boxed(),
             Source::Store { store, prefix } => {
                 let name = self.name.clone();
                 let prefix = prefix.clone();
@@ -201,7 +209,7 @@ impl Staging {
             return Err(StagingError::TooLarge { path: file.path.clone(), size: file.size, limit });
         }
         match &self.source {
-            Source::Local { root } => local::read(root, &file.path, limit).await,
+            Source::Local { root, .. } => local::read(root, &file.path, limit).await,
             Source::Store { store, .. } => {
                 // The listing's location string is already encoded: parse it as it is, never encode it again.
                 let path = StorePath::parse(&file.path)
@@ -302,6 +310,19 @@ mod tests {
         let plain = files.iter().find(|f| f.path == "dïr/plain.xml").expect("listed");
         let err = staging.get(plain, 3).await.expect_err("over the limit");
         assert_eq!(err.refusal_kind(), Some("too_large"));
+    }
+
+    /// A lake kept inside its staging folder is left out of the listing.
+    #[tokio::test]
+    async fn the_excluded_folder_is_not_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("lake/bronze")).expect("mkdir");
+        std::fs::write(dir.path().join("lake/bronze/a.xml"), "<x/>").expect("write");
+        std::fs::write(dir.path().join("b.xml"), "<x/>").expect("write");
+        let lake = std::fs::canonicalize(dir.path().join("lake")).expect("canonical");
+        let staging = Staging::local(dir.path()).expect("staging").excluding(&lake);
+        let files: Vec<String> = staging.list().map(|r| r.expect("listed").path).collect().await;
+        assert_eq!(files, ["b.xml"]);
     }
 
     /// A missing folder is an error (a typo, an unmounted volume), not an empty staging area.

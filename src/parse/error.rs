@@ -70,7 +70,7 @@ pub enum ParseError {
     #[error("{file}: elements nested deeper than {limit} at {position}")]
     TooDeep { file: String, position: Position, limit: usize },
 
-    #[error("{file}: text of one element larger than {limit} bytes at {position}")]
+    #[error("{file}: text of one element, or value of one attribute, larger than {limit} bytes at {position}")]
     TextTooLarge { file: String, position: Position, limit: usize },
 
     /// The flat bronze record would be out of all proportion to the file (long names repeated down deep paths

@@ -18,20 +18,20 @@ use super::{Refusal, StagedFile, StagingError};
 /// folder of millions of files is never held in memory.
 const AHEAD: usize = 1024;
 
-/// Every entry under `root` (canonical) that is not hidden, as the walk finds them.
-pub(super) fn list(root: PathBuf) -> impl Stream<Item = StagedFile> + Send + 'static {
+/// Every entry under `root` (canonical) that is not hidden nor under `exclude`, as the walk finds them.
+pub(super) fn list(root: PathBuf, exclude: Option<PathBuf>) -> impl Stream<Item = StagedFile> + Send + 'static {
     let (tx, rx) = mpsc::channel(AHEAD);
-    tokio::task::spawn_blocking(move || walk(&root, &tx));
+    tokio::task::spawn_blocking(move || walk(&root, exclude.as_deref(), &tx));
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|file| (file, rx)) })
 }
 
-fn walk(root: &Path, tx: &mpsc::Sender<StagedFile>) {
+fn walk(root: &Path, exclude: Option<&Path>, tx: &mpsc::Sender<StagedFile>) {
     let entries = WalkDir::new(root)
         .follow_links(false)
         .min_depth(1)
         .into_iter()
-        // Hidden names are not descended into: an upload tool's `.tmp/`, a `.git/`.
-        .filter_entry(|e| !e.file_name().as_encoded_bytes().starts_with(b"."));
+        // Hidden names are not descended into (an upload tool's `.tmp/`, a `.git/`), nor the excluded folder.
+        .filter_entry(|e| !e.file_name().as_encoded_bytes().starts_with(b".") && Some(e.path()) != exclude);
     for entry in entries {
         let file = match entry {
             Ok(e) => match judge(root, &e) {
@@ -129,7 +129,7 @@ pub(super) async fn read(root: &Path, path: &str, limit: u64) -> Result<Bytes, S
         };
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
-            return Err(refuse("not_a_file", "a FIFO, socket or device, not a file"));
+            return Err(refuse("not_a_file", "not a regular file (a folder, FIFO, socket or device) when read"));
         }
         let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize + 1);
         file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(io)?;
