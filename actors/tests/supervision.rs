@@ -179,6 +179,26 @@ async fn the_last_partial_batch_is_written_without_waiting_for_the_timer() {
     }
 }
 
+/// When the credits let in fewer files than a batch holds, a batch goes as soon as every file in flight has reached
+/// the batcher: nothing else can join it until it is written. With a timer of an hour the run still ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_cannot_grow_is_written_without_waiting_for_the_timer() {
+    let stages = Arc::new(Memory { files: 40, ..Memory::default() });
+    let narrow = PipelineConfig {
+        flush_interval: Duration::from_secs(3600),
+        limits: FlowLimits { max_files: 3, max_bytes: 1 << 20 },
+        ..config()
+    };
+    let snapshot =
+        tokio::time::timeout(Duration::from_secs(60), run(stages.clone(), narrow, Arc::new(Progress::default())))
+            .await
+            .expect("waited for the flush timer")
+            .expect("succeeds");
+    assert_eq!((snapshot.discovered, snapshot.done), (40, 40));
+    assert_eq!(stages.committed.lock().expect("lock").len(), 40);
+    assert!(stages.peak_in_flight.load(Ordering::SeqCst) <= 3, "credits bound the files in flight");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_request_drains_what_is_in_flight_and_ends_cleanly() {
     let stages = Arc::new(Memory { files: 100_000, ..Memory::default() });
