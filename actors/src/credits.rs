@@ -3,6 +3,7 @@
 //! instead of queueing, peak memory is bounded by the limits whatever the size of the backlog.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
@@ -30,6 +31,8 @@ pub struct Credits {
     files: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     byte_units: u32,
+    /// Whole grants out now (a waiter holding a file slot while it waits for bytes is not one).
+    granted: Arc<AtomicU32>,
 }
 
 /// Credits for one file in flight; returned when dropped.
@@ -38,6 +41,13 @@ pub struct Grant {
     _file: OwnedSemaphorePermit,
     _bytes: OwnedSemaphorePermit,
     bytes: u64,
+    granted: Arc<AtomicU32>,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.granted.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Grant {
@@ -55,6 +65,7 @@ impl Credits {
             files: Arc::new(Semaphore::new(limits.max_files.max(1) as usize)),
             bytes: Arc::new(Semaphore::new(byte_units as usize)),
             byte_units,
+            granted: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -68,7 +79,7 @@ impl Credits {
         let file = self.files.clone().acquire_owned().await.map_err(|_| CreditsClosed)?;
         let units = self.units(bytes);
         let bytes_permit = self.bytes.clone().acquire_many_owned(units).await.map_err(|_| CreditsClosed)?;
-        Ok(Grant { _file: file, _bytes: bytes_permit, bytes })
+        Ok(self.grant(file, bytes_permit, bytes))
     }
 
     /// Takes credit for one file if it is available now.
@@ -79,10 +90,20 @@ impl Credits {
             Err(TryAcquireError::Closed) => return Err(CreditsClosed),
         };
         match self.bytes.clone().try_acquire_many_owned(self.units(bytes)) {
-            Ok(b) => Ok(Some(Grant { _file: file, _bytes: b, bytes })),
+            Ok(b) => Ok(Some(self.grant(file, b, bytes))),
             Err(TryAcquireError::NoPermits) => Ok(None),
             Err(TryAcquireError::Closed) => Err(CreditsClosed),
         }
+    }
+
+    fn grant(&self, file: OwnedSemaphorePermit, bytes_permit: OwnedSemaphorePermit, bytes: u64) -> Grant {
+        self.granted.fetch_add(1, Ordering::SeqCst);
+        Grant { _file: file, _bytes: bytes_permit, bytes, granted: self.granted.clone() }
+    }
+
+    /// Files holding a whole grant now: every file let into the pipeline and not yet written.
+    pub fn granted(&self) -> u32 {
+        self.granted.load(Ordering::SeqCst)
     }
 
     /// Files and bytes (rounded up to the accounting unit) in flight now.

@@ -74,8 +74,8 @@ impl<S: Stages> Actor for DedupBatcher<S> {
                 // Nor can anything join while every file the credits let in is here: more are let in only once
                 // this batch is written (the in-flight bound is below the batch size, or large files used up the
                 // bytes). Waiting for the tick would stall each such batch by the flush interval.
-                let (in_flight, _) = state.shared.credits.in_flight();
-                let all_here = state.pending.len() >= in_flight as usize;
+                let here = state.pending.iter().filter(|w| w.grant.is_some()).count();
+                let all_here = here >= state.shared.credits.granted() as usize;
                 if state.pending.len() >= state.shared.config.batch_files || last || all_here {
                     flush(&me, state).await;
                 }

@@ -183,20 +183,20 @@ async fn the_last_partial_batch_is_written_without_waiting_for_the_timer() {
 /// the batcher: nothing else can join it until it is written. With a timer of an hour the run still ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_cannot_grow_is_written_without_waiting_for_the_timer() {
-    let stages = Arc::new(Memory { files: 40, ..Memory::default() });
-    let narrow = PipelineConfig {
-        flush_interval: Duration::from_secs(3600),
-        limits: FlowLimits { max_files: 3, max_bytes: 1 << 20 },
-        ..config()
-    };
-    let snapshot =
-        tokio::time::timeout(Duration::from_secs(60), run(stages.clone(), narrow, Arc::new(Progress::default())))
-            .await
-            .expect("waited for the flush timer")
-            .expect("succeeds");
-    assert_eq!((snapshot.discovered, snapshot.done), (40, 40));
-    assert_eq!(stages.committed.lock().expect("lock").len(), 40);
-    assert!(stages.peak_in_flight.load(Ordering::SeqCst) <= 3, "credits bound the files in flight");
+    // Bounded by files, then by bytes (files of 1,000 bytes, 3 KiB: the next file holds a file slot while it
+    // waits for bytes, and must not count as on its way).
+    for limits in [FlowLimits { max_files: 3, max_bytes: 1 << 20 }, FlowLimits { max_files: 32, max_bytes: 3 << 10 }] {
+        let stages = Arc::new(Memory { files: 40, ..Memory::default() });
+        let narrow = PipelineConfig { flush_interval: Duration::from_secs(3600), limits, ..config() };
+        let snapshot =
+            tokio::time::timeout(Duration::from_secs(60), run(stages.clone(), narrow, Arc::new(Progress::default())))
+                .await
+                .unwrap_or_else(|_| panic!("waited for the flush timer ({limits:?})"))
+                .expect("succeeds");
+        assert_eq!((snapshot.discovered, snapshot.done), (40, 40));
+        assert_eq!(stages.committed.lock().expect("lock").len(), 40);
+        assert!(stages.peak_in_flight.load(Ordering::SeqCst) <= 3, "credits bound the files in flight");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
