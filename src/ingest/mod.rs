@@ -111,6 +111,18 @@ pub struct Failure {
     pub attempts: u32,
 }
 
+impl Failure {
+    /// How the ledger records the file. Tries exhausted at reading it or at archiving it may work next time (a file
+    /// still being written, a permission fixed, the lake's disk freed): deferred, so that the next run takes it
+    /// again. What the file holds, or what the listing ruled out, will not change: a dead letter, done.
+    pub fn outcome(&self) -> Outcome {
+        match (self.stage, self.kind) {
+            ("download" | "archive", "gave_up") => Outcome::Deferred,
+            _ => Outcome::DeadLetter,
+        }
+    }
+}
+
 /// One file after parsing.
 pub struct ParsedItem {
     pub file: StagedFile,
@@ -677,13 +689,7 @@ impl Stages for PosStages {
                         content_hash: item.content_hash.clone(),
                         dialect: None,
                         site: None,
-                        // A read that kept failing may work next time (a file still being written, a permission
-                        // fixed); what the file holds or what the listing ruled out will not change.
-                        outcome: if f.stage == "download" && f.kind == "gave_up" {
-                            Outcome::Deferred
-                        } else {
-                            Outcome::DeadLetter
-                        },
+                        outcome: f.outcome(),
                         transactions: 0,
                         new_transactions: 0,
                         duplicate_transactions: 0,
@@ -844,4 +850,25 @@ pub enum IngestRunError {
     Open(#[from] IngestError),
     #[error(transparent)]
     Pipeline(#[from] poslake_actors::PipelineError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Failure, Outcome};
+
+    fn failure(stage: &'static str, kind: &'static str) -> Failure {
+        Failure { stage, kind, reason: String::new(), line: None, column: None, attempts: 3 }
+    }
+
+    /// Failures of the lake's side or of a read are tried again by the next run; failures of the file are final.
+    #[test]
+    fn only_reads_and_archives_that_gave_up_are_deferred() {
+        assert_eq!(failure("download", "gave_up").outcome(), Outcome::Deferred);
+        assert_eq!(failure("archive", "gave_up").outcome(), Outcome::Deferred);
+        for (stage, kind) in
+            [("download", "too_large"), ("download", "not_a_file"), ("parse", "malformed"), ("parse", "gave_up")]
+        {
+            assert_eq!(failure(stage, kind).outcome(), Outcome::DeadLetter, "{stage}/{kind}");
+        }
+    }
 }
