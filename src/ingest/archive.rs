@@ -45,7 +45,7 @@ fn archived_name(base: &str, hash: &str) -> String {
         Some(dot) => base.split_at(dot),
         None => (base, ""),
     };
-    let suffix = format!("~{}{ext}", &hash[..hash.len().min(16)]);
+    let suffix = format!("~{}{ext}", short(hash));
     let room = MAX_NAME_BYTES.saturating_sub(encoded(&suffix));
     let mut cut = String::new();
     let mut used = 0;
@@ -59,6 +59,11 @@ fn archived_name(base: &str, hash: &str) -> String {
         used += n;
     }
     cut + &suffix
+}
+
+/// The content hash as archived names carry it: its first 16 hex digits.
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(16)]
 }
 
 impl Archive {
@@ -92,7 +97,7 @@ impl Archive {
             false => {}
         }
         // Same name, other content: keep both, the second under its hash.
-        let alternate = format!("{dir}/{}", archived_name(&format!("{}.{base}", &hash[..hash.len().min(16)]), hash));
+        let alternate = format!("{dir}/{}", archived_name(&format!("{}.{base}", short(hash)), hash));
         match self.create(&alternate, bytes).await? {
             true => Ok(Archived::Written(alternate)),
             false => Ok(Archived::AlreadyThere(alternate)),

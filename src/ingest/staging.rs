@@ -61,13 +61,14 @@ impl StagingError {
     /// Storage errors are worth a retry (a network blip, a throttled request, a file still being written) except a
     /// missing object and what the listing or the size already ruled out.
     pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
+        match self {
             StagingError::Store { source: object_store::Error::NotFound { .. }, .. }
-                | StagingError::Location { .. }
-                | StagingError::Refused { .. }
-                | StagingError::TooLarge { .. }
-        ) && !matches!(self, StagingError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+            | StagingError::Location { .. }
+            | StagingError::Refused { .. }
+            | StagingError::TooLarge { .. } => false,
+            StagingError::Io { source, .. } => source.kind() != std::io::ErrorKind::NotFound,
+            StagingError::Store { .. } => true,
+        }
     }
 
     /// The dead letter's kind for a file refused before it was read; `None` for a failure worth retrying.
