@@ -72,6 +72,15 @@ enum Command {
     Generate(poslake::generate::GenerateArgs),
     /// Ingest every new file in staging into the lake (the main job).
     Ingest(IngestArgs),
+    /// Take dead-lettered files again, once what refused them is fixed (a newer poslake, a raised limit, a corrected
+    /// file re-sent under the same name and size, which `ingest` skips as seen). Each is read from staging, or from
+    /// the bronze archive when staging no longer holds it; one that lands is not taken again.
+    Replay {
+        #[command(flatten)]
+        ingest: IngestArgs,
+        #[command(flatten)]
+        filter: ReplayArgs,
+    },
     /// Run SQL over the lake's tables (DataFusion) and print the result as a table.
     Query {
         /// One SQL statement, e.g. "SELECT transaction_type, count(*) FROM sales_header GROUP BY 1".
@@ -158,6 +167,34 @@ enum DedupCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which dead letters `poslake replay` takes (all by default).
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Only files refused at this stage: download, parse or archive (repeatable).
+    #[arg(long = "stage", value_name = "STAGE")]
+    stages: Vec<String>,
+    /// Only files refused for this reason, as `dead_letters.kind` has it: malformed, truncated, schema, too_large,
+    /// unknown_dialect, ... (repeatable).
+    #[arg(long = "kind", value_name = "KIND")]
+    kinds: Vec<String>,
+    /// Only files whose staging path starts with this.
+    #[arg(long)]
+    path_prefix: Option<String>,
+    /// List the files a replay would take (path, size, stage, kind, reason) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl ReplayArgs {
+    fn filter(&self) -> poslake::ingest::replay::ReplayFilter {
+        poslake::ingest::replay::ReplayFilter {
+            stages: self.stages.clone(),
+            kinds: self.kinds.clone(),
+            path_prefix: self.path_prefix.clone(),
+        }
+    }
 }
 
 /// The lake and the dedup store, for commands that need both (flags override the configuration file).
@@ -383,7 +420,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
-        Command::Ingest(args) => ingest(args).await,
+        Command::Ingest(args) => ingest(args, None).await,
+        Command::Replay { ingest: args, filter } if filter.dry_run => dry_run(args, filter).await,
+        Command::Replay { ingest: args, filter } => ingest(args, Some(filter.filter())).await,
         Command::Tables { lake } => tables(lake).await,
         Command::Query { sql, lake } => query(sql, lake).await,
         Command::Dedup { command } => dedup(command).await,
@@ -433,7 +472,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+/// An ingest of what staging holds that is new, or (`replay`) a replay of the dead letters it selects.
+async fn ingest(
+    args: IngestArgs,
+    replay: Option<poslake::ingest::replay::ReplayFilter>,
+) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     use std::sync::Arc;
 
@@ -468,7 +511,13 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             }
         })
     };
-    let result = poslake::ingest::ingest(&setup, config.pipeline(), progress).await;
+    let result = match &replay {
+        Some(filter) => {
+            existing_lake(&config.lake)?;
+            poslake::ingest::replay(&setup, filter, config.pipeline(), progress).await
+        }
+        None => poslake::ingest::ingest(&setup, config.pipeline(), progress).await,
+    };
     stopper.abort();
     display.abort();
     if let Some(bar) = bar {
@@ -477,6 +526,21 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let summary = result?;
     if args.json {
         say!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if let Some(selected) = summary.replayed {
+        say!(
+            "replayed {} of {selected} dead-lettered files ({:.1} MB) in {:.2}s: {} landed, {} dead letters again; \
+             {} transactions, {} new, {} duplicates ({} quarantined){}",
+            summary.files,
+            summary.bytes as f64 / 1e6,
+            summary.seconds,
+            summary.files - summary.dead_letters,
+            summary.dead_letters,
+            summary.transactions,
+            summary.new_transactions,
+            summary.duplicate_transactions,
+            summary.quarantined_transactions,
+            if summary.interrupted { "; stopped by Ctrl-C: the rest are left for the next replay" } else { "" }
+        );
     } else {
         say!(
             "ingested {} files ({:.1} MB) in {:.2}s: {:.0} files/s, {:.1} MB/s; {} transactions, {} new, {} duplicates \
@@ -498,6 +562,25 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+}
+
+/// `poslake replay --dry-run`: what a replay would take.
+async fn dry_run(args: IngestArgs, filter: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    existing_lake(&config.lake)?;
+    let files = poslake::ingest::dead_letters(&config.lake, &filter.filter()).await?;
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&files)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &files {
+        // One line a file: the reason's own line breaks (quick-xml quotes the text) are flattened.
+        let reason: String = f.reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        say!("{}\t{}\t{}/{}\t{}", f.path, f.bytes, f.stage, f.kind, reason);
+    }
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    say!("{} dead-lettered files ({:.1} MB) would be replayed", files.len(), bytes as f64 / 1e6);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn progress_bar() -> indicatif::ProgressBar {

@@ -373,6 +373,100 @@ async fn a_file_that_could_not_be_read_is_tried_again_by_the_next_run() {
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), all);
 }
 
+/// Dead letters are done for `ingest`, but `replay` takes them again once what refused them is fixed: a corrected
+/// file re-sent under the same name and size (read from staging, which `ingest` skips as seen), and a file refused
+/// under a lower limit and gone from staging since (read from the bronze archive). A file that lands is not taken
+/// again; one that can be read from nowhere is a dead letter again, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
+    use poslake::ingest::replay::ReplayFilter;
+    use poslake::ingest::{dead_letters, replay};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let (fixed, fixed_keys) = poslake::generate::generate_file(poslake::Dialect::ArtsPoslog, 31, 4);
+    let (gone, gone_keys) = poslake::generate::generate_file(poslake::Dialect::VerifoneCommander, 32, 4);
+    // Broken at the same size: the root's closing `>` overwritten.
+    let end = fixed.rfind('>').expect("a closing tag");
+    let broken = format!("{}!{}", &fixed[..end], &fixed[end + 1..]);
+    assert_eq!(broken.len(), fixed.len());
+    std::fs::write(staging.join("fixed.xml"), &broken).expect("write");
+    std::fs::write(staging.join("gone.xml"), &gone).expect("write");
+    let fifo = std::ffi::CString::new(staging.join("pipe.xml").into_os_string().into_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake") };
+    let defaults = IngestSetup::new(paths.clone());
+    // Every value longer than 8 bytes refused: both XML files are dead letters of the parser.
+    let mut strict = defaults.clone();
+    strict.parse.max_text_bytes = 8;
+    let first = ingest(&strict, pipeline(), Arc::new(Progress::default())).await.expect("first");
+    assert_eq!((first.files, first.dead_letters, first.new_transactions), (3, 3, 0), "{first:?}");
+
+    std::fs::write(staging.join("fixed.xml"), &fixed).expect("rewrite");
+    std::fs::remove_file(staging.join("gone.xml")).expect("remove");
+    std::fs::remove_file(staging.join("pipe.xml")).expect("remove");
+    let second = ingest(&defaults, pipeline(), Arc::new(Progress::default())).await.expect("second");
+    assert_eq!((second.files, second.already_ingested), (0, 1), "ingest skips the corrected file: {second:?}");
+
+    // What a replay would take, narrowed by stage and by path.
+    let parse_only = ReplayFilter { stages: vec!["parse".into()], ..ReplayFilter::default() };
+    let selected = dead_letters(&paths.lake, &parse_only).await.expect("select");
+    let names: Vec<&str> = selected.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(names, ["fixed.xml", "gone.xml"]);
+    assert!(selected.iter().all(|f| f.kind == "text_too_large" && f.content_hash.len() == 64), "{selected:?}");
+    assert_eq!(selected[1].bytes, gone.len() as u64);
+    // The command line says the same, and changes nothing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["replay", "--dry-run", "--stage", "parse", "--staging"])
+        .arg(&staging)
+        .arg("--lake")
+        .arg(&paths.lake)
+        .output()
+        .expect("replay --dry-run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Vec<&str> = text.lines().filter_map(|l| l.split('\t').next().filter(|_| l.contains('\t'))).collect();
+    assert_eq!(listed, ["fixed.xml", "gone.xml"], "{text}");
+    assert!(text.contains("parse/text_too_large"), "{text}");
+    assert!(text.contains("2 dead-lettered files"), "{text}");
+    let by_path = ReplayFilter { path_prefix: Some("pipe".into()), ..ReplayFilter::default() };
+    let selected = dead_letters(&paths.lake, &by_path).await.expect("select");
+    assert_eq!(selected.len(), 1, "{selected:?}");
+    assert_eq!((selected[0].stage.as_str(), selected[0].kind.as_str()), ("download", "not_a_file"));
+
+    let third = replay(&defaults, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default()))
+        .await
+        .expect("replay");
+    assert_eq!(third.replayed, Some(3), "{third:?}");
+    assert_eq!((third.files, third.dead_letters), (3, 1), "{third:?}");
+    let wh = Warehouse::open(&paths.lake).await.expect("open");
+    let want: BTreeSet<String> = fixed_keys.iter().chain(&gone_keys).cloned().collect();
+    let got = header_keys(&wh).await;
+    assert_eq!(got.len(), want.len(), "each key once");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+    let mut dead = Vec::new();
+    for b in wh.scan("dead_letters").await.expect("scan") {
+        let (path, kind, reason) =
+            (column::<StringArray>(&b, "path"), column::<StringArray>(&b, "kind"), column::<StringArray>(&b, "reason"));
+        dead.extend((0..b.num_rows()).filter(|&i| kind.value(i) == "missing").map(|i| {
+            (path.value(i).to_owned(), reason.value(i).to_owned())
+        }));
+    }
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "pipe.xml");
+    assert!(dead[0].1.contains("no longer in staging"), "{dead:?}");
+    drop(wh);
+
+    // Only the file that is still a dead letter is taken again, and lands nothing.
+    let fourth = replay(&defaults, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default()))
+        .await
+        .expect("replay again");
+    assert_eq!((fourth.replayed, fourth.files, fourth.dead_letters, fourth.new_transactions), (Some(1), 1, 1, 0));
+    let wh = Warehouse::open(&paths.lake).await.expect("reopen");
+    assert_eq!(wh.row_count("sales_header").await.expect("count"), want.len() as u64);
+}
+
 /// A file whose values parse but do not fit the tables (a total beyond decimal(18, 4)) is a dead letter with the
 /// reason, found while its rows are built on the parser pool; the other files of the run land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,6 +61,17 @@ fn archived_name(base: &str, hash: &str) -> String {
     cut + &suffix
 }
 
+/// Where a file is archived: under its own name, or, when another file holds that name, under its hash.
+fn locations(vendor: &str, business_date: Option<NaiveDate>, name: &str, hash: &str) -> [String; 2] {
+    let date = business_date.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let dir = format!("bronze/raw/vendor={vendor}/business_date={date}");
+    [
+        format!("{dir}/{}", archived_name(base, hash)),
+        format!("{dir}/{}", archived_name(&format!("{}.{base}", short(hash)), hash)),
+    ]
+}
+
 /// The content hash as archived names carry it: its first 16 hex digits.
 fn short(hash: &str) -> &str {
     &hash[..hash.len().min(16)]
@@ -87,21 +98,38 @@ impl Archive {
         hash: &str,
         bytes: bytes::Bytes,
     ) -> Result<Archived, ArchiveError> {
-        let date = business_date.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
-        let base = name.rsplit('/').next().unwrap_or(name);
-        let dir = format!("bronze/raw/vendor={vendor}/business_date={date}");
-        let primary = format!("{dir}/{}", archived_name(base, hash));
+        let [primary, alternate] = locations(vendor, business_date, name, hash);
         match self.create(&primary, bytes.clone()).await? {
             true => return Ok(Archived::Written(primary)),
             false if self.same_content(&primary, hash).await? => return Ok(Archived::AlreadyThere(primary)),
             false => {}
         }
         // Same name, other content: keep both, the second under its hash.
-        let alternate = format!("{dir}/{}", archived_name(&format!("{}.{base}", short(hash)), hash));
         match self.create(&alternate, bytes).await? {
             true => Ok(Archived::Written(alternate)),
             false => Ok(Archived::AlreadyThere(alternate)),
         }
+    }
+
+    /// The archived copy of a file the parser refused (those are archived with vendor and date `unknown`), if the
+    /// archive holds one with this content hash.
+    pub async fn find_refused(&self, name: &str, hash: &str) -> Result<Option<bytes::Bytes>, ArchiveError> {
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        for location in locations("unknown", None, name, hash) {
+            let err = |source| ArchiveError::Store { location: location.clone(), source };
+            let got = match self.store.get(&StorePath::from(location.as_str())).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(err(e)),
+            };
+            let bytes = got.bytes().await.map_err(err)?;
+            if blake3::hash(&bytes).to_hex().as_str() == hash {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
     }
 
     /// Creates the object if absent; false if something is already there.
@@ -145,6 +173,23 @@ mod tests {
             .expect("read");
         assert_eq!(kept, b"first");
         assert_eq!(std::fs::read(dir.path().join(&path)).expect("read"), b"second");
+    }
+
+    /// A refused file is found again by its name and content hash, whichever of the two names it went under.
+    #[tokio::test]
+    async fn a_refused_file_is_found_by_name_and_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = Archive::local(dir.path()).expect("archive");
+        let (a, b) = (bytes::Bytes::from_static(b"<broken"), bytes::Bytes::from_static(b"<broken too"));
+        let (ha, hb) = (blake3::hash(&a).to_hex().to_string(), blake3::hash(&b).to_hex().to_string());
+        archive.put("unknown", None, "s1/t.xml", &ha, a.clone()).await.expect("put");
+        archive.put("unknown", None, "s2/t.xml", &hb, b.clone()).await.expect("put");
+        assert_eq!(archive.find_refused("s1/t.xml", &ha).await.expect("find"), Some(a));
+        assert_eq!(archive.find_refused("s2/t.xml", &hb).await.expect("find"), Some(b));
+        let other = blake3::hash(b"other").to_hex().to_string();
+        assert_eq!(archive.find_refused("s1/t.xml", &other).await.expect("find"), None);
+        assert_eq!(archive.find_refused("s1/t.xml", "").await.expect("find"), None);
+        assert_eq!(archive.find_refused("s1/u.xml", &ha).await.expect("find"), None);
     }
 
     /// Names that grow past a file system's 255 bytes once encoded are cut and carry the content hash: they are

@@ -5,6 +5,7 @@
 //! - [`staging`]: listing and reading the staging area (object_store; local by default);
 //! - [`archive`]: the immutable bronze archive of raw files;
 //! - [`reconcile`]: verifying the quarantine exactly and promoting false positives;
+//! - [`replay`]: taking dead-lettered files again, once what refused them was fixed;
 //! - [`commit`]: the exactly-once protocol between the lake and the dedup store, and recovery;
 //! - [`maintain`]: table maintenance (merging manifests, expiring snapshots, removing orphans) within that protocol.
 
@@ -14,6 +15,7 @@ mod in_flight;
 mod ledger_index;
 pub mod maintain;
 pub mod reconcile;
+pub mod replay;
 pub mod staging;
 
 use std::collections::{HashMap, HashSet};
@@ -218,6 +220,8 @@ pub struct PosStages {
     batches: AtomicU64,
     parse: ParseOptions,
     recovery: Mutex<Recovery>,
+    /// Dead letters to take again instead of listing staging (`poslake replay`).
+    replay: Option<Arc<Vec<StagedFile>>>,
 }
 
 impl PosStages {
@@ -260,7 +264,39 @@ impl PosStages {
             batches: AtomicU64::new(0),
             parse: setup.parse.clone(),
             recovery: Mutex::new(recovery),
+            replay: None,
         })
+    }
+
+    /// Takes these dead letters again (see [`replay`]) instead of what staging lists.
+    pub fn replaying(mut self, files: &[replay::DeadFile]) -> Self {
+        self.replay = Some(Arc::new(files.iter().map(replay::DeadFile::staged).collect()));
+        self
+    }
+
+    /// A replayed file's bytes: from staging while it holds the same file (the same size: a corrected file re-sent
+    /// under the same name and size is taken as it is now), else from the bronze archive.
+    async fn replayed_bytes(&self, file: &StagedFile, hash: &str) -> Result<Bytes, IngestError> {
+        let now = match self.staging.get(file, self.parse.max_decompressed_bytes).await {
+            Ok(bytes) if bytes.len() as u64 == file.size => return Ok(bytes),
+            Ok(bytes) => Some(bytes.len()),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(bytes) = self.archive.find_refused(&file.path, hash).await? {
+            return Ok(bytes);
+        }
+        let reason = match now {
+            Some(n) => format!(
+                "staging holds another file under this name now ({n} bytes, not {}), which `poslake ingest` takes as \
+                 new; the bronze archive has no copy of this one",
+                file.size
+            ),
+            None => "no longer in staging, and the bronze archive has no copy of it (only files that reached the \
+                     parser are archived)"
+                .to_owned(),
+        };
+        Err(StagingError::Refused { path: file.path.clone(), kind: "missing", reason }.into())
     }
 
     /// Commits everything written since the last commit, then adds its keys to the store (see [`commit`]).
@@ -494,6 +530,10 @@ impl Stages for PosStages {
     }
 
     fn discover(&self) -> BoxStream<'static, Result<StagedFile, IngestError>> {
+        if let Some(files) = &self.replay {
+            let files = files.clone();
+            return futures::stream::iter((0..files.len()).map(move |i| Ok(files[i].clone()))).boxed();
+        }
         let ledger = self.ledger.clone();
         let skipped = self.skipped.clone();
         // Looked up a page at a time: whatever the listing has ready, up to LOOKUP_CHUNK files.
@@ -510,7 +550,10 @@ impl Stages for PosStages {
 
     async fn fetch(&self, file: &StagedFile) -> Result<Bytes, IngestError> {
         // Over the parser's limit is refused from the listed size, before a byte is read.
-        let bytes = self.staging.get(file, self.parse.max_decompressed_bytes).await?;
+        let bytes = match &file.replay_of {
+            Some(hash) => self.replayed_bytes(file, hash).await?,
+            None => self.staging.get(file, self.parse.max_decompressed_bytes).await?,
+        };
         failpoint::hit("download");
         Ok(bytes)
     }
@@ -773,6 +816,9 @@ pub struct IngestSummary {
     pub seconds: f64,
     /// The run was asked to stop (Ctrl-C) and drained: files not yet taken are left for the next run.
     pub interrupted: bool,
+    /// For `poslake replay`: the dead letters selected (`files` counts those taken before any Ctrl-C).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<u64>,
 }
 
 impl IngestSummary {
@@ -822,6 +868,43 @@ pub async fn ingest(
     let started = std::time::Instant::now();
     let run_id = uuid::Uuid::new_v4().to_string();
     let stages = Arc::new(PosStages::open(setup, run_id.clone()).await?);
+    run(stages, run_id, started, pipeline, progress, None).await
+}
+
+/// Runs a replay of the dead letters `filter` selects (see [`replay`]): those whose newest ledger row is still a
+/// dead letter, read from staging or else from the bronze archive. `progress` may be watched meanwhile.
+pub async fn replay(
+    setup: &IngestSetup,
+    filter: &replay::ReplayFilter,
+    pipeline: poslake_actors::PipelineConfig,
+    progress: Arc<poslake_actors::Progress>,
+) -> Result<IngestSummary, IngestRunError> {
+    let started = std::time::Instant::now();
+    let run_id = uuid::Uuid::new_v4().to_string();
+    // Opened first: recovery finishes any commit a stopped run left, so that the ledger is whole when read.
+    let stages = PosStages::open(setup, run_id.clone()).await?;
+    let files = replay::select(stages.warehouse(), filter).await?;
+    tracing::info!(files = files.len(), "dead letters selected for replay");
+    let selected = files.len() as u64;
+    let stages = Arc::new(stages.replaying(&files));
+    drop(files);
+    run(stages, run_id, started, pipeline, progress, Some(selected)).await
+}
+
+/// The dead letters a replay with `filter` would take, without taking them (`poslake replay --dry-run`).
+pub async fn dead_letters(lake: &Path, filter: &replay::ReplayFilter) -> Result<Vec<replay::DeadFile>, IngestError> {
+    let warehouse = Warehouse::open(lake).await?;
+    replay::select(&warehouse, filter).await
+}
+
+async fn run(
+    stages: Arc<PosStages>,
+    run_id: String,
+    started: std::time::Instant,
+    pipeline: poslake_actors::PipelineConfig,
+    progress: Arc<poslake_actors::Progress>,
+    replayed: Option<u64>,
+) -> Result<IngestSummary, IngestRunError> {
     let snapshot = poslake_actors::run(stages.clone(), pipeline, progress.clone()).await?;
     let t = snapshot.totals;
     Ok(IngestSummary {
@@ -840,6 +923,7 @@ pub async fn ingest(
         recovery: stages.recovery(),
         seconds: started.elapsed().as_secs_f64(),
         interrupted: progress.stop_requested(),
+        replayed,
     })
 }
 

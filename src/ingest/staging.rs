@@ -22,11 +22,14 @@ pub struct StagedFile {
     /// Why the listing already knows this entry cannot be ingested (a name that is not UTF-8, a link out of
     /// staging, a FIFO): it is dead-lettered with this reason instead of being read.
     pub refused: Option<Refusal>,
+    /// A dead letter taken again (`poslake replay`): the content hash it failed with, under which the bronze
+    /// archive may hold it when staging no longer does (empty if it was refused before it was read).
+    pub replay_of: Option<String>,
 }
 
 impl StagedFile {
     pub fn new(path: impl Into<String>, size: u64) -> Self {
-        StagedFile { path: path.into(), size, refused: None }
+        StagedFile { path: path.into(), size, refused: None, replay_of: None }
     }
 }
 
@@ -58,16 +61,21 @@ pub enum StagingError {
 }
 
 impl StagingError {
+    /// Nothing is there under that name (any more).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            StagingError::Store { source: object_store::Error::NotFound { .. }, .. } => true,
+            StagingError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+
     /// Storage errors are worth a retry (a network blip, a throttled request, a file still being written) except a
     /// missing object and what the listing or the size already ruled out.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StagingError::Store { source: object_store::Error::NotFound { .. }, .. }
-            | StagingError::Location { .. }
-            | StagingError::Refused { .. }
-            | StagingError::TooLarge { .. } => false,
-            StagingError::Io { source, .. } => source.kind() != std::io::ErrorKind::NotFound,
-            StagingError::Store { .. } => true,
+            StagingError::Location { .. } | StagingError::Refused { .. } | StagingError::TooLarge { .. } => false,
+            StagingError::Io { .. } | StagingError::Store { .. } => !self.is_not_found(),
         }
     }
 

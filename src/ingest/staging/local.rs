@@ -97,7 +97,7 @@ fn judge(root: &Path, e: &DirEntry) -> Option<StagedFile> {
 }
 
 fn refused(path: String, size: u64, kind: &'static str, reason: String) -> StagedFile {
-    StagedFile { path, size, refused: Some(Refusal { kind, reason }) }
+    StagedFile { path, size, refused: Some(Refusal { kind, reason }), replay_of: None }
 }
 
 /// The path below `root`, with `/` between folders (a name that is not UTF-8 shown with replacement characters).

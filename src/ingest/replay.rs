@@ -1,0 +1,213 @@
+//! Replaying dead letters (`poslake replay`). A file the ledger holds as a dead letter is done: the ingest never
+//! lists it again, and rightly so, since the same bytes fail the same way. But what refused it may have changed: a
+//! newer poslake reads a dialect variant it did not, a limit was raised, or the station re-sent a corrected file
+//! under the same name and size (which the ingest skips as already seen). Replay takes such files again, through
+//! the same pipeline and the same exactly-once protocol as an ingest.
+//!
+//! A file is selected when its newest ledger row (per path and size) is a dead letter or deferred, and a dead
+//! letter of it matches the filter. Once a replay lands it, its newest row is `ingested`, so replaying again does
+//! not take it twice. Each file is read from staging; if staging no longer holds it (or holds another file under
+//! its name), from the bronze archive, which keeps every file that reached the parser.
+
+use std::collections::{HashMap, HashSet};
+
+use arrow_array::{Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use futures::StreamExt;
+
+use super::IngestError;
+use super::staging::StagedFile;
+use crate::lake::{LakeError, Outcome, Warehouse};
+
+/// Which dead letters to take again; empty lists match everything.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    /// Stages that refused the file (`download`, `parse`, `archive`).
+    pub stages: Vec<String>,
+    /// Kinds of refusal (`malformed`, `schema`, `too_large`, ...).
+    pub kinds: Vec<String>,
+    /// Staging paths starting with this.
+    pub path_prefix: Option<String>,
+}
+
+impl ReplayFilter {
+    fn matches(&self, path: &str, stage: &str, kind: &str) -> bool {
+        (self.stages.is_empty() || self.stages.iter().any(|s| s == stage))
+            && (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
+            && self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+    }
+}
+
+/// A dead-lettered file selected for replay, with its latest refusal.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadFile {
+    pub path: String,
+    pub bytes: u64,
+    /// BLAKE3 of the bytes that failed; empty when the file was refused before it was read.
+    pub content_hash: String,
+    pub stage: String,
+    pub kind: String,
+    pub reason: String,
+}
+
+impl DeadFile {
+    /// The file as the pipeline takes it: read from staging, or from the archive under its content hash.
+    pub(super) fn staged(&self) -> StagedFile {
+        let mut file = StagedFile::new(self.path.clone(), self.bytes);
+        file.replay_of = Some(self.content_hash.clone());
+        file
+    }
+}
+
+/// The latest refusal of one (path, content hash), from `dead_letters`.
+struct Refusal {
+    stage: String,
+    kind: String,
+    reason: String,
+    at: i64,
+}
+
+/// The newest ledger row of one (path, size).
+struct Newest {
+    at: i64,
+    outcome: String,
+    content_hash: String,
+}
+
+/// The dead letters to replay, in path order. Reads `dead_letters` (for the filter), then the ledger's rows of
+/// those paths (for what became of each file since); memory grows with the matching dead letters, not the ledger.
+pub async fn select(warehouse: &Warehouse, filter: &ReplayFilter) -> Result<Vec<DeadFile>, IngestError> {
+    let mut refusals: HashMap<(String, String), Refusal> = HashMap::new();
+    let mut batches =
+        warehouse.scan_columns("dead_letters", &["path", "content_hash", "stage", "kind", "reason", "failed_at"]).await?;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        let (path, hash, stage, kind, reason) = (
+            strings(&batch, "dead_letters", "path")?,
+            strings(&batch, "dead_letters", "content_hash")?,
+            strings(&batch, "dead_letters", "stage")?,
+            strings(&batch, "dead_letters", "kind")?,
+            strings(&batch, "dead_letters", "reason")?,
+        );
+        let at = timestamps(&batch, "dead_letters", "failed_at")?;
+        for i in 0..batch.num_rows() {
+            if !filter.matches(path.value(i), stage.value(i), kind.value(i)) {
+                continue;
+            }
+            let key = (path.value(i).to_owned(), hash.value(i).to_owned());
+            if refusals.get(&key).is_some_and(|r| r.at > at.value(i)) {
+                continue;
+            }
+            let refusal = Refusal {
+                stage: stage.value(i).to_owned(),
+                kind: kind.value(i).to_owned(),
+                reason: reason.value(i).to_owned(),
+                at: at.value(i),
+            };
+            refusals.insert(key, refusal);
+        }
+    }
+    if refusals.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let paths: HashSet<&str> = refusals.keys().map(|(p, _)| p.as_str()).collect();
+    let mut newest: HashMap<(String, u64), Newest> = HashMap::new();
+    let mut batches =
+        warehouse.scan_columns("file_ledger", &["path", "bytes", "content_hash", "outcome", "ingested_at"]).await?;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        let (path, hash, outcome) = (
+            strings(&batch, "file_ledger", "path")?,
+            strings(&batch, "file_ledger", "content_hash")?,
+            strings(&batch, "file_ledger", "outcome")?,
+        );
+        let size = batch
+            .column_by_name("bytes")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .ok_or_else(|| schema("file_ledger", "bytes", &batch))?;
+        let at = timestamps(&batch, "file_ledger", "ingested_at")?;
+        for i in 0..batch.num_rows() {
+            if !paths.contains(path.value(i)) {
+                continue;
+            }
+            let row = Newest {
+                at: at.value(i),
+                outcome: outcome.value(i).to_owned(),
+                content_hash: hash.value(i).to_owned(),
+            };
+            let key = (path.value(i).to_owned(), size.value(i) as u64);
+            match newest.get(&key) {
+                // At the same instant, a landed row wins: a file is never taken twice.
+                Some(n) if n.at > row.at || (n.at == row.at && !still_dead(&n.outcome)) => {}
+                _ => {
+                    newest.insert(key, row);
+                }
+            }
+        }
+    }
+
+    let mut out: Vec<DeadFile> = newest
+        .into_iter()
+        .filter(|(_, n)| still_dead(&n.outcome))
+        .filter_map(|((path, bytes), n)| {
+            let r = refusals.get(&(path.clone(), n.content_hash.clone()))?;
+            Some(DeadFile {
+                path,
+                bytes,
+                content_hash: n.content_hash,
+                stage: r.stage.clone(),
+                kind: r.kind.clone(),
+                reason: r.reason.clone(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.path, a.bytes).cmp(&(&b.path, b.bytes)));
+    Ok(out)
+}
+
+fn still_dead(outcome: &str) -> bool {
+    outcome == Outcome::DeadLetter.as_str() || outcome == Outcome::Deferred.as_str()
+}
+
+fn strings<'a>(batch: &'a RecordBatch, table: &'static str, name: &str) -> Result<&'a StringArray, LakeError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| schema(table, name, batch))
+}
+
+fn timestamps<'a>(
+    batch: &'a RecordBatch,
+    table: &'static str,
+    name: &str,
+) -> Result<&'a TimestampMicrosecondArray, LakeError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .ok_or_else(|| schema(table, name, batch))
+}
+
+/// poslake's own tables altered outside it: an error, never a silently empty selection.
+fn schema(table: &'static str, column: &str, batch: &RecordBatch) -> LakeError {
+    LakeError::Schema { table, reason: format!("column `{column}` is missing or of another type in {}", batch.schema()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplayFilter;
+
+    #[test]
+    fn an_empty_filter_matches_every_dead_letter_and_each_part_narrows_it() {
+        let all = ReplayFilter::default();
+        assert!(all.matches("a/b.xml", "parse", "malformed"));
+        let parse = ReplayFilter { stages: vec!["parse".into()], ..ReplayFilter::default() };
+        assert!(parse.matches("a/b.xml", "parse", "schema"));
+        assert!(!parse.matches("a/b.xml", "download", "too_large"));
+        let kinds = ReplayFilter { kinds: vec!["schema".into(), "malformed".into()], ..ReplayFilter::default() };
+        assert!(kinds.matches("x", "parse", "malformed"));
+        assert!(!kinds.matches("x", "parse", "truncated"));
+        let prefix = ReplayFilter { path_prefix: Some("site=7/".into()), ..ReplayFilter::default() };
+        assert!(prefix.matches("site=7/2026-11-26.xml", "parse", "malformed"));
+        assert!(!prefix.matches("site=70/2026-11-26.xml", "parse", "malformed"));
+    }
+}
