@@ -130,6 +130,23 @@ fn baseline_documents_parse() {
 // ---------------------------------------------------------------------------------------------------------------
 // Malformed XML.
 
+/// A reference to NUL is refused like NUL itself; references to other control characters (a printer escape in a
+/// receipt line) are kept as the characters they name, so that the sale is not lost over them.
+#[test]
+fn character_references_to_nul_are_malformed_and_other_controls_kept() {
+    let doc = arts_valid().replace("<Description>Tea</Description>", "<Description>T&#0;ea</Description>");
+    match parse_err("nul-ref.xml", doc.as_bytes()) {
+        ParseError::Malformed { position, reason, .. } => {
+            assert_eq!(position.line, 4);
+            assert!(reason.contains("&#0;"), "{reason}");
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+    let doc = arts_valid().replace("<Description>Tea</Description>", "<Description>T&#x1B;e&#7;a</Description>");
+    let parsed = parse("escape.xml", doc.as_bytes()).expect("parses");
+    assert_eq!(descriptions(&parsed), ["Coffee", "T\u{1b}e\u{7}a"]);
+}
+
 #[test]
 fn mismatched_end_tag_is_malformed_at_the_end_tag() {
     let doc = arts_valid().replace("<Description>Tea</Description>", "<Description>Tea</Descripton>");
