@@ -44,6 +44,12 @@ pub struct IngestConfig {
     /// times, or every 25 commits when `keep_snapshots` is 0 (like Java Iceberg's
     /// `commit.manifest.min-count-to-merge`). 0 never merges. Default 100.
     pub min_manifests_to_merge: usize,
+    /// Run as a service: ingest again every this many seconds (files arrive all day), until SIGTERM or Ctrl-C. 0
+    /// runs once and exits. Default 0.
+    pub every_secs: u64,
+    /// As a service, consecutive failed runs after which the process gives up (exit 1), so that an orchestrator
+    /// sees it; each failed run is logged and the next one tries again. Default 3.
+    pub max_failed_runs: u32,
     /// Which transactions are new: the `[dedup]` section.
     pub dedup: DedupConfig,
 }
@@ -170,6 +176,8 @@ impl Default for IngestConfig {
             max_attempts: 3,
             keep_snapshots: 100,
             min_manifests_to_merge: 100,
+            every_secs: 0,
+            max_failed_runs: 3,
             dedup: DedupConfig::default(),
         }
     }
@@ -215,7 +223,7 @@ impl IngestConfig {
 
     /// Every count and bound must be at least 1.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, u64); 10] = [
+        let checks: [(&str, u64); 11] = [
             ("parsers", self.parsers.map_or(1, |p| p as u64)),
             ("downloaders", self.downloaders() as u64),
             ("archivers", self.archivers as u64),
@@ -226,6 +234,7 @@ impl IngestConfig {
             ("commit_files", self.commit_files),
             ("commit_interval_secs", self.commit_interval_secs),
             ("max_attempts", u64::from(self.max_attempts)),
+            ("max_failed_runs", u64::from(self.max_failed_runs)),
         ];
         match checks.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),

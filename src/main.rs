@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 
 use poslake::{Dialect, ParseOptions, parse_file};
 
+mod cli;
+use cli::stop::Stopper;
+
 /// Stdout was closed by its reader (`poslake tables | head -1`): the command ends quietly, as Unix tools do.
 #[derive(Debug, thiserror::Error)]
 #[error("stdout closed")]
@@ -279,6 +282,10 @@ struct IngestArgs {
     /// Files per Iceberg commit (also committed every commit_interval_secs and at the end). [default: 2000]
     #[arg(long)]
     commit_files: Option<u64>,
+    /// Run as a service: ingest again every DURATION (e.g. 10m, 90s) until SIGTERM or Ctrl-C, which drain the run
+    /// in progress. [default: every_secs of the configuration; 0, run once]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    every: Option<std::time::Duration>,
 }
 
 impl IngestArgs {
@@ -294,6 +301,10 @@ impl IngestArgs {
             ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
         }
         over_optional!(parsers, downloaders, max_files_in_flight);
+        if let Some(every) = self.every {
+            anyhow::ensure!(every.as_secs() >= 1, "--every must be at least 1s (got {every:?})");
+            c.every_secs = every.as_secs();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -472,60 +483,111 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// An ingest of what staging holds that is new, or (`replay`) a replay of the dead letters it selects.
-async fn ingest(
-    args: IngestArgs,
-    replay: Option<poslake::ingest::replay::ReplayFilter>,
-) -> anyhow::Result<ExitCode> {
-    use std::io::IsTerminal;
-    use std::sync::Arc;
-
-    use poslake_actors::Progress;
-
+/// An ingest of what staging holds that is new, once or (`--every`) again and again as a service; or (`replay`) a
+/// replay of the dead letters the filter selects.
+async fn ingest(args: IngestArgs, replay: Option<poslake::ingest::replay::ReplayFilter>) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
-    let paths = poslake::ingest::IngestPaths { staging: config.staging.clone(), lake: config.lake.clone() };
+    if replay.is_some() {
+        anyhow::ensure!(args.every.is_none(), "--every is for `poslake ingest`: a replay runs once");
+        existing_lake(&config.lake)?;
+    }
     let setup = poslake::ingest::IngestSetup {
-        paths,
+        paths: poslake::ingest::IngestPaths { staging: config.staging.clone(), lake: config.lake.clone() },
         parse: ParseOptions::default(),
         policy: config.commit_policy(),
         dedup: config.dedup.clone(),
     };
-    let progress = Arc::new(Progress::default());
+    let stopper = Stopper::install().context("listening for SIGINT and SIGTERM")?;
+    let every = match (&replay, config.every_secs) {
+        (None, secs) if secs > 0 => std::time::Duration::from_secs(secs),
+        _ => {
+            let summary = run_once(&args, &config, &setup, replay.as_ref(), &stopper).await?;
+            print_summary(&summary, args.json, false, &stopper)?;
+            return Ok(match stopper.signal() {
+                Some(signal) if summary.interrupted => ExitCode::from(signal.exit_code()),
+                _ => ExitCode::SUCCESS,
+            });
+        }
+    };
+
+    // As a service: a run every `every` (at once if one took longer), until a signal. A failed run is logged and the
+    // next one tries again; `max_failed_runs` in a row end the process, so that an orchestrator sees it.
+    tracing::info!(every = %humantime::format_duration(every), "running as a service: an ingest every interval");
+    let mut failed = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        match run_once(&args, &config, &setup, None, &stopper).await {
+            Ok(summary) => {
+                failed = 0;
+                metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "completed").increment(1);
+                print_summary(&summary, args.json, true, &stopper)?;
+            }
+            Err(e) => {
+                failed += 1;
+                metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "failed").increment(1);
+                if failed >= config.max_failed_runs {
+                    return Err(e.context(format!("{failed} runs in a row failed (max_failed_runs)")));
+                }
+                tracing::error!(error = %error_chain(&e), failed, "the run failed; the next one tries again");
+            }
+        }
+        let next = started + every;
+        if stopper.signal().is_none() {
+            let wait = next.saturating_duration_since(tokio::time::Instant::now());
+            tracing::info!(in_secs = wait.as_secs_f64().ceil() as u64, "next run");
+        }
+        if stopper.sleep_until(next).await.is_some() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// One ingest (or replay), with its progress on a terminal or in the log.
+async fn run_once(
+    args: &IngestArgs,
+    config: &poslake::config::IngestConfig,
+    setup: &poslake::ingest::IngestSetup,
+    replay: Option<&poslake::ingest::replay::ReplayFilter>,
+    stopper: &Stopper,
+) -> anyhow::Result<poslake::ingest::IngestSummary> {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+
+    let progress = Arc::new(poslake_actors::Progress::default());
+    stopper.watch(&progress);
     // A bar on a terminal; otherwise (a service, a pipe, --json) a log line every half minute.
     let bar = (!args.json && std::io::stderr().is_terminal()).then(progress_bar);
     let display = match &bar {
         Some(bar) => tokio::spawn(show_progress(bar.clone(), progress.clone())),
         None => tokio::spawn(log_progress(progress.clone())),
     };
-    // Ctrl-C drains: no new files are taken in, those in flight are committed, then the run ends (exit 130). A
-    // second Ctrl-C exits at once; nothing uncommitted becomes visible, and the next run redoes it.
-    let stopper = {
-        let progress = progress.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\nstopping: finishing the files in flight (Ctrl-C again to quit now)");
-                progress.request_stop();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
-                }
-            }
-        })
+    let result = match replay {
+        Some(filter) => poslake::ingest::replay(setup, filter, config.pipeline(), progress).await,
+        None => poslake::ingest::ingest(setup, config.pipeline(), progress).await,
     };
-    let result = match &replay {
-        Some(filter) => {
-            existing_lake(&config.lake)?;
-            poslake::ingest::replay(&setup, filter, config.pipeline(), progress).await
-        }
-        None => poslake::ingest::ingest(&setup, config.pipeline(), progress).await,
-    };
-    stopper.abort();
     display.abort();
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let summary = result?;
-    if args.json {
-        say!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(result?)
+}
+
+/// The run's summary: a line of text, or JSON (one line a run for a service, so that its output is JSON Lines).
+fn print_summary(
+    summary: &poslake::ingest::IngestSummary,
+    json: bool,
+    service: bool,
+    stopper: &Stopper,
+) -> anyhow::Result<()> {
+    let stopped = match stopper.signal() {
+        Some(signal) if summary.interrupted => format!("; stopped by {}: ", signal.name()),
+        _ => String::new(),
+    };
+    if json {
+        match service {
+            true => say!("{}", serde_json::to_string(summary)?),
+            false => say!("{}", serde_json::to_string_pretty(summary)?),
+        }
     } else if let Some(selected) = summary.replayed {
         say!(
             "replayed {} of {selected} dead-lettered files ({:.1} MB) in {:.2}s: {} landed, {} dead letters again; \
@@ -539,7 +601,7 @@ async fn ingest(
             summary.new_transactions,
             summary.duplicate_transactions,
             summary.quarantined_transactions,
-            if summary.interrupted { "; stopped by Ctrl-C: the rest are left for the next replay" } else { "" }
+            if stopped.is_empty() { String::new() } else { stopped + "the rest are left for the next replay" }
         );
     } else {
         say!(
@@ -558,10 +620,10 @@ async fn ingest(
             summary.already_ingested,
             summary.retries,
             summary.actor_restarts,
-            if summary.interrupted { "; stopped by Ctrl-C: files not yet taken are left for the next run" } else { "" }
+            if stopped.is_empty() { String::new() } else { stopped + "files not yet taken are left for the next run" }
         );
     }
-    Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+    Ok(())
 }
 
 /// `poslake replay --dry-run`: what a replay would take.

@@ -30,6 +30,8 @@ pub mod metric {
     /// Commits across the tables, seconds (histogram).
     pub const COMMIT_SECONDS: &str = "poslake_commit_seconds";
     pub const COMMITS: &str = "poslake_commits_total";
+    /// Runs of a service (`ingest --every`), by outcome (completed, failed).
+    pub const RUNS: &str = "poslake_runs_total";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -258,6 +260,7 @@ fn describe() {
     describe_counter!(REDIS_RETRIES, "Redis round trips retried after a connection error or timeout");
     describe_histogram!(COMMIT_SECONDS, "Commit latency across the tables, seconds");
     describe_counter!(COMMITS, "Commits made");
+    describe_counter!(RUNS, "Runs of a service (ingest --every), by outcome (completed, failed)");
 }
 
 /// The trace id of the current span, if it is being exported (for the file ledger).

@@ -435,9 +435,8 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     assert_eq!(selected.len(), 1, "{selected:?}");
     assert_eq!((selected[0].stage.as_str(), selected[0].kind.as_str()), ("download", "not_a_file"));
 
-    let third = replay(&defaults, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default()))
-        .await
-        .expect("replay");
+    let third =
+        replay(&defaults, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default())).await.expect("replay");
     assert_eq!(third.replayed, Some(3), "{third:?}");
     assert_eq!((third.files, third.dead_letters), (3, 1), "{third:?}");
     let wh = Warehouse::open(&paths.lake).await.expect("open");
@@ -449,9 +448,11 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     for b in wh.scan("dead_letters").await.expect("scan") {
         let (path, kind, reason) =
             (column::<StringArray>(&b, "path"), column::<StringArray>(&b, "kind"), column::<StringArray>(&b, "reason"));
-        dead.extend((0..b.num_rows()).filter(|&i| kind.value(i) == "missing").map(|i| {
-            (path.value(i).to_owned(), reason.value(i).to_owned())
-        }));
+        dead.extend(
+            (0..b.num_rows())
+                .filter(|&i| kind.value(i) == "missing")
+                .map(|i| (path.value(i).to_owned(), reason.value(i).to_owned())),
+        );
     }
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].0, "pipe.xml");
@@ -465,6 +466,86 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     assert_eq!((fourth.replayed, fourth.files, fourth.dead_letters, fourth.new_transactions), (Some(1), 1, 1, 0));
     let wh = Warehouse::open(&paths.lake).await.expect("reopen");
     assert_eq!(wh.row_count("sales_header").await.expect("count"), want.len() as u64);
+}
+
+/// As a service (`ingest --every 1s`), poslake takes each file as it arrives, printing one JSON line a run, and
+/// SIGTERM (what `docker stop` sends) ends it cleanly: exit 0, every file landed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_a_service_each_run_takes_what_arrived_and_sigterm_ends_it() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, lake) = (dir.path().join("staging"), dir.path().join("lake"));
+    std::fs::create_dir_all(&staging).expect("staging");
+    let mut keys = BTreeSet::new();
+    // Written under a hidden name, then renamed: a run never sees half a file.
+    let mut arrive = |seeds: std::ops::Range<u64>| {
+        for seed in seeds {
+            let (xml, k) = poslake::generate::generate_file(poslake::Dialect::NaxmlPassport, seed, 3);
+            std::fs::write(staging.join(".partial"), xml).expect("write");
+            std::fs::rename(staging.join(".partial"), staging.join(format!("{seed}.xml"))).expect("rename");
+            keys.extend(k);
+        }
+    };
+    arrive(0..3);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["ingest", "--every", "1s", "--json", "--staging"])
+        .arg(&staging)
+        .arg("--lake")
+        .arg(&lake)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn poslake");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let run = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object a line: {e}: {line}"));
+            if tx.send(run).is_err() {
+                break;
+            }
+        }
+    });
+    let next_run_with_files = || loop {
+        let run = rx.recv_timeout(Duration::from_secs(120)).expect("a run's summary");
+        if run["files"] != 0 {
+            return run;
+        }
+    };
+    let first = next_run_with_files();
+    assert_eq!((first["files"].as_u64(), first["new_transactions"].as_u64()), (Some(3), Some(9)), "{first}");
+    arrive(3..5);
+    let later = next_run_with_files();
+    assert_eq!((later["files"].as_u64(), later["already_ingested"].as_u64()), (Some(2), Some(3)), "{later}");
+    assert_eq!(later["new_transactions"].as_u64(), Some(6), "{later}");
+
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "SIGTERM ends a service cleanly: {status:?}");
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let got = header_keys(&wh).await;
+    assert_eq!(got.len(), keys.len(), "each key once");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), keys);
+    assert_eq!(ledger_paths(&wh).await.len(), 5);
+}
+
+/// A service whose runs keep failing (here, its staging folder is gone) gives up after `max_failed_runs` in a row,
+/// with the cause, so that an orchestrator sees it.
+#[test]
+fn a_service_whose_runs_keep_failing_exits_with_the_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["ingest", "--every", "1s", "--staging"])
+        .arg(dir.path().join("gone"))
+        .arg("--lake")
+        .arg(dir.path().join("lake"))
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run poslake");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("3 runs in a row failed") && stderr.contains("no such folder"), "{stderr}");
+    assert_eq!(stderr.matches("the run failed; the next one tries again").count(), 2, "{stderr}");
 }
 
 /// A file whose values parse but do not fit the tables (a total beyond decimal(18, 4)) is a dead letter with the

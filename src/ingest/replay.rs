@@ -77,8 +77,9 @@ struct Newest {
 /// those paths (for what became of each file since); memory grows with the matching dead letters, not the ledger.
 pub async fn select(warehouse: &Warehouse, filter: &ReplayFilter) -> Result<Vec<DeadFile>, IngestError> {
     let mut refusals: HashMap<(String, String), Refusal> = HashMap::new();
-    let mut batches =
-        warehouse.scan_columns("dead_letters", &["path", "content_hash", "stage", "kind", "reason", "failed_at"]).await?;
+    let mut batches = warehouse
+        .scan_columns("dead_letters", &["path", "content_hash", "stage", "kind", "reason", "failed_at"])
+        .await?;
     while let Some(batch) = batches.next().await {
         let batch = batch?;
         let (path, hash, stage, kind, reason) = (
@@ -189,7 +190,10 @@ fn timestamps<'a>(
 
 /// poslake's own tables altered outside it: an error, never a silently empty selection.
 fn schema(table: &'static str, column: &str, batch: &RecordBatch) -> LakeError {
-    LakeError::Schema { table, reason: format!("column `{column}` is missing or of another type in {}", batch.schema()) }
+    LakeError::Schema {
+        table,
+        reason: format!("column `{column}` is missing or of another type in {}", batch.schema()),
+    }
 }
 
 #[cfg(test)]

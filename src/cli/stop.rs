@@ -1,0 +1,110 @@
+//! Stopping the main job on a signal. The first SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and Kubernetes send)
+//! drains the run in progress: no new file is taken, the files in flight are committed, and a service waiting for
+//! its next run ends at once. A second signal exits at once: nothing uncommitted becomes visible, and the next run
+//! redoes it.
+
+use std::sync::{Arc, Mutex};
+
+use poslake_actors::Progress;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "Ctrl-C",
+            Signal::Terminate => "SIGTERM",
+        }
+    }
+
+    /// 128 + the signal's number, as shells report a process a signal ended.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+}
+
+pub struct Stopper {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Wakes a service sleeping between runs (a permit is kept if none is sleeping yet).
+    stopped: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    signal: Option<Signal>,
+    /// The run in progress, asked to drain when the signal comes.
+    current: Option<Arc<Progress>>,
+}
+
+impl Stopper {
+    /// Takes over SIGINT and SIGTERM for the rest of the process.
+    pub fn install() -> std::io::Result<Self> {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let inner = Arc::new(Inner { state: Mutex::new(State::default()), stopped: Notify::new() });
+        let shared = inner.clone();
+        tokio::spawn(async move {
+            let first = tokio::select! {
+                Some(()) = interrupt.recv() => Signal::Interrupt,
+                Some(()) = terminate.recv() => Signal::Terminate,
+                else => return,
+            };
+            eprintln!(
+                "\nstopping on {}: no new file is taken, those in flight are finished (again to quit now)",
+                first.name()
+            );
+            if let Ok(mut state) = shared.state.lock() {
+                state.signal = Some(first);
+                if let Some(progress) = &state.current {
+                    progress.request_stop();
+                }
+            }
+            shared.stopped.notify_one();
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            std::process::exit(i32::from(first.exit_code()));
+        });
+        Ok(Stopper { inner })
+    }
+
+    /// Makes `progress` the run a signal drains; if a signal came already, it is drained from the start.
+    pub fn watch(&self, progress: &Arc<Progress>) {
+        if let Ok(mut state) = self.inner.state.lock() {
+            if state.signal.is_some() {
+                progress.request_stop();
+            }
+            state.current = Some(progress.clone());
+        }
+    }
+
+    /// The signal received, if any.
+    pub fn signal(&self) -> Option<Signal> {
+        self.inner.state.lock().ok().and_then(|s| s.signal)
+    }
+
+    /// Sleeps until `deadline`, or until a signal: then returns it.
+    pub async fn sleep_until(&self, deadline: tokio::time::Instant) -> Option<Signal> {
+        if let Some(signal) = self.signal() {
+            return Some(signal);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = self.inner.stopped.notified() => self.signal(),
+        }
+    }
+}
