@@ -303,3 +303,34 @@ async fn the_orphan_sweep_deletes_nothing_in_a_table_that_references_a_file_outs
     assert!(orphans.iter().all(|p| p.exists()), "nothing was deleted");
     assert!(outside.exists());
 }
+
+/// Workers share a lake's intents: recovery leaves alone an intent whose commit another process still holds (its
+/// lock), and finishes it once that process is gone (the lock released, as the kernel does when a process dies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_leaves_a_live_commits_intent_to_it_and_finishes_an_abandoned_one() {
+    let (_dir, wh, dedup, committer) = lake().await;
+    let files = dialect_fixtures();
+    let live = prepared(&wh, &files[0], "run/w/live").await;
+    let names: Vec<&str> = live.tables.iter().map(|t| t.table).collect();
+    let held = wh.write_intent(&live).await.expect("intent");
+    // Half committed: the first table only.
+    let mut first = live;
+    first.tables.truncate(1);
+    let first_table = first.tables[0].table;
+    wh.apply(first).await.expect("apply one table");
+    let recovery = committer.recover(None).await.expect("recover");
+    assert_eq!(recovery.intents_finished, 0, "a live process's commit is left to it");
+    assert_eq!(wh.pending_intent_ids().expect("ids"), ["run/w/live"]);
+    assert_eq!(commits_in(&wh, "file_ledger").await, Vec::<String>::new(), "no table committed behind its back");
+
+    drop(held);
+    let recovery = committer.recover(None).await.expect("recover");
+    assert_eq!(recovery.intents_finished, 1, "an abandoned intent is finished");
+    assert!(wh.pending_intent_ids().expect("ids").is_empty());
+    for def in poslake::lake::tables::TABLES {
+        let want: &[&str] = if names.contains(&def.name) { &["run/w/live"] } else { &[] };
+        assert_eq!(commits_in(&wh, def.name).await, want, "{}: the commit once, where it has files", def.name);
+    }
+    assert!(names.len() > 1 && names.contains(&first_table));
+    assert_eq!(dedup.applied(&["run/w/live".to_owned()]).await.expect("applied"), [true]);
+}

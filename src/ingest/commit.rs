@@ -65,7 +65,8 @@ impl Committer {
             return Ok(Vec::new());
         }
         let id = commit.id.clone();
-        self.warehouse.write_intent(&commit).await?;
+        // Held until the intent is removed (or this returns early): no other worker recovers it meanwhile.
+        let _intent = self.warehouse.write_intent(&commit).await?;
         failpoint::hit("commit-intent");
         let commits = self.warehouse.apply_with(commit, || failpoint::hit("commit-table")).await?;
         self.dedup.add(keys).await?;
@@ -81,13 +82,13 @@ impl Committer {
     /// after a reconnect); `None` looks at the whole history.
     pub async fn recover(&self, only_prefix: Option<&str>) -> Result<Recovery, IngestError> {
         let mut report = Recovery::default();
-        let intents = self.warehouse.pending_intents().await?;
+        let intents = self.warehouse.abandoned_intents().await?;
         let mut finished = Vec::new();
-        for intent in intents {
+        for (intent, lock) in intents {
             let id = intent.id.clone();
             self.warehouse.apply(intent).await?;
             failpoint::hit("recover-intent");
-            finished.push(id);
+            finished.push((id, lock));
             report.intents_finished += 1;
         }
         let history = self.warehouse.history(SALES_HEADER.name).await?;
@@ -130,8 +131,10 @@ impl Committer {
             report.keys_readded += keys.len() as u64;
         }
         // Intents of commits without sales rows have no keys; they are complete once their tables are.
-        self.dedup.mark_applied(&finished).await?;
-        for id in &finished {
+        let ids: Vec<String> = finished.iter().map(|(id, _)| id.clone()).collect();
+        self.dedup.mark_applied(&ids).await?;
+        // Each removed while still locked: no other process takes it up meanwhile.
+        for (id, _lock) in &finished {
             self.warehouse.remove_intent(id)?;
         }
         if report.intents_finished + report.commits_readded > 0 {

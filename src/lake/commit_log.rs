@@ -6,6 +6,11 @@
 //! committed with the commit id in its snapshot summary (`poslake.commit`). A process that starts and finds an
 //! intent finishes it: every table whose snapshot history lacks the id gets the listed files, none gets them twice.
 //! The intent is removed once every table holds the commit and the dedup store has its keys.
+//!
+//! Workers that share a lake share its intents, so an intent is locked (`flock`, through `File::lock`) by the
+//! process committing it, from before it appears under its name until it is removed. Recovery takes only intents
+//! it can lock: those of a process that died (the kernel releases its locks, SIGKILL included), never one a live
+//! worker is still committing, which two processes appending the same files at once would land twice.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +25,23 @@ use super::warehouse::{Commit, Warehouse};
 
 /// The snapshot-summary property naming the commit a snapshot belongs to.
 pub const COMMIT_PROPERTY: &str = "poslake.commit";
+
+/// An intent's lock, held by the process committing (or recovering) it; released when dropped or when the process
+/// dies.
+#[derive(Debug)]
+pub struct IntentLock(#[allow(dead_code)] std::fs::File);
+
+impl IntentLock {
+    /// The intent's lock if no other process holds it; `None` if one does.
+    fn try_take(path: &Path) -> std::io::Result<Option<IntentLock>> {
+        let f = std::fs::File::open(path)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(IntentLock(f))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
 
 /// One table's share of a commit: data files written and closed, not yet committed.
 pub struct PreparedTable {
@@ -59,8 +81,10 @@ impl Warehouse {
         self.intents_dir().join(format!("{}.json", id.replace(['/', '\\'], "_")))
     }
 
-    /// Records the commit durably (fsync, rename, fsync of the directory) before any table is committed.
-    pub async fn write_intent(&self, commit: &PreparedCommit) -> Result<(), LakeError> {
+    /// Records the commit durably (fsync, rename, fsync of the directory) before any table is committed. The intent
+    /// stays locked, so that no other process recovers it, until the returned lock is dropped (after
+    /// [`Warehouse::remove_intent`], or when the process dies).
+    pub async fn write_intent(&self, commit: &PreparedCommit) -> Result<IntentLock, LakeError> {
         let mut tables = Vec::new();
         for t in &commit.tables {
             let table = self.load(t.table).await?;
@@ -83,15 +107,17 @@ impl Warehouse {
         let path = self.intent_path(&commit.id);
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec(&intent).map_err(|e| io(&tmp)(std::io::Error::other(e)))?;
+        // Locked before it is written: the lock goes with the file through the rename.
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.lock().map_err(io(&tmp))?;
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
             f.write_all(&bytes).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
         }
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
-        Ok(())
+        Ok(IntentLock(f))
     }
 
     /// Commits each table of the commit whose snapshot history does not already hold it, in [`TABLES`] order.
@@ -149,25 +175,56 @@ impl Warehouse {
         }
     }
 
-    /// Intents left by a process that stopped mid-commit, oldest first. A temporary file that never got renamed
-    /// is an intent that was never made: nothing of it was committed, so it is deleted.
+    /// Every pending intent, those of live processes included (their data files must not be taken for orphans).
     pub async fn pending_intents(&self) -> Result<Vec<PreparedCommit>, LakeError> {
+        Ok(self.intents(false).await?.into_iter().map(|(commit, _)| commit).collect())
+    }
+
+    /// Intents left by a process that stopped mid-commit, oldest first, each locked for its recovery; intents
+    /// another live process holds are left to it. A temporary file that never got renamed is an intent that was
+    /// never made: nothing of it was committed, so it is deleted, once unlocked and a minute old (a writer creates
+    /// it an instant before it locks it).
+    pub async fn abandoned_intents(&self) -> Result<Vec<(PreparedCommit, IntentLock)>, LakeError> {
+        Ok(self.intents(true).await?.into_iter().filter_map(|(c, lock)| Some((c, lock?))).collect())
+    }
+
+    async fn intents(&self, claim: bool) -> Result<Vec<(PreparedCommit, Option<IntentLock>)>, LakeError> {
         let entries = self.intent_entries()?;
         let mut found = Vec::new();
         for entry in entries {
             let path = entry.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let modified = entry.metadata().and_then(|m| m.modified()).ok();
             if name.ends_with(".json.tmp") {
-                let _ = std::fs::remove_file(&path);
+                let old = modified.and_then(|m| m.elapsed().ok()).is_some_and(|age| age.as_secs() >= 60);
+                if claim && old && let Ok(Some(_lock)) = IntentLock::try_take(&path) {
+                    let _ = std::fs::remove_file(&path);
+                }
             } else if name.ends_with(".json") {
-                let modified = entry.metadata().and_then(|m| m.modified()).ok();
                 found.push((modified, path));
             }
         }
         found.sort();
         let mut out = Vec::new();
         for (_, path) in found {
-            let bytes = std::fs::read(&path).map_err(|source| LakeError::Io { path: path.clone(), source })?;
+            let lock = match claim {
+                true => match IntentLock::try_take(&path) {
+                    Ok(Some(lock)) => Some(lock),
+                    Ok(None) => {
+                        tracing::info!(intent = %path.display(), "a commit in progress in another process: left to it");
+                        continue;
+                    }
+                    // Removed since the listing: its commit is complete.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(source) => return Err(LakeError::Io { path, source }),
+                },
+                false => None,
+            };
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(LakeError::Io { path, source }),
+            };
             let intent: IntentFile = serde_json::from_slice(&bytes).map_err(|e| LakeError::Io {
                 path: path.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
@@ -191,7 +248,7 @@ impl Warehouse {
                     .collect::<Result<Vec<_>, _>>()?;
                 tables.push(PreparedTable { table: def.name, files, rows: t.rows });
             }
-            out.push(PreparedCommit { id: intent.id, properties: intent.properties, tables });
+            out.push((PreparedCommit { id: intent.id, properties: intent.properties, tables }, lock));
         }
         Ok(out)
     }
