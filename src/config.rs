@@ -50,6 +50,14 @@ pub struct IngestConfig {
     /// As a service, consecutive failed runs after which the process gives up (exit 1), so that an orchestrator
     /// sees it; each failed run is logged and the next one tries again. Default 3.
     pub max_failed_runs: u32,
+    /// Workers sharing one staging area and one lake (with a Redis dedup store): each takes only the files routed
+    /// to it. Default 1.
+    pub workers: u32,
+    /// This worker's index, from 0 to `workers` - 1. Default 0.
+    pub worker_index: u32,
+    /// A regular expression whose first capture group, found in a file's staging path, routes the file to a worker
+    /// (e.g. `site=([^/]+)`); absent or not matching, the file's folder does. Default: absent.
+    pub route_by: Option<String>,
     /// Which transactions are new: the `[dedup]` section.
     pub dedup: DedupConfig,
 }
@@ -178,6 +186,9 @@ impl Default for IngestConfig {
             min_manifests_to_merge: 100,
             every_secs: 0,
             max_failed_runs: 3,
+            workers: 1,
+            worker_index: 0,
+            route_by: None,
             dedup: DedupConfig::default(),
         }
     }
@@ -223,7 +234,7 @@ impl IngestConfig {
 
     /// Every count and bound must be at least 1.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, u64); 11] = [
+        let checks: [(&str, u64); 12] = [
             ("parsers", self.parsers.map_or(1, |p| p as u64)),
             ("downloaders", self.downloaders() as u64),
             ("archivers", self.archivers as u64),
@@ -235,11 +246,27 @@ impl IngestConfig {
             ("commit_interval_secs", self.commit_interval_secs),
             ("max_attempts", u64::from(self.max_attempts)),
             ("max_failed_runs", u64::from(self.max_failed_runs)),
+            ("workers", u64::from(self.workers)),
         ];
-        match checks.iter().find(|(_, v)| *v == 0) {
-            Some((name, _)) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
-            None => self.dedup.validate(),
+        if let Some((name, _)) = checks.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
         }
+        #[cfg(feature = "lake")]
+        self.route().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.workers > 1 && self.dedup.backend == DedupBackend::Embedded {
+            return Err(ConfigError::Invalid(
+                "workers > 1 share one lake and need a shared dedup store (redis-bitmap, redis-bloom or redis): the \
+                 embedded store is open to one process at a time"
+                    .into(),
+            ));
+        }
+        self.dedup.validate()
+    }
+
+    /// Which staging files this worker takes.
+    #[cfg(feature = "lake")]
+    pub fn route(&self) -> Result<crate::ingest::route::Route, crate::ingest::route::RouteError> {
+        crate::ingest::route::Route::new(self.workers, self.worker_index, self.route_by.as_deref())
     }
 
     #[cfg(feature = "lake")]

@@ -286,6 +286,17 @@ struct IngestArgs {
     /// in progress. [default: every_secs of the configuration; 0, run once]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     every: Option<std::time::Duration>,
+    /// Workers sharing this staging area and lake (with a Redis dedup store); each takes the files routed to it.
+    /// [default: 1]
+    #[arg(long, env = "POSLAKE_WORKERS")]
+    workers: Option<u32>,
+    /// This worker's index, 0 to workers - 1. [default: 0]
+    #[arg(long, env = "POSLAKE_WORKER_INDEX")]
+    worker_index: Option<u32>,
+    /// Route files to workers by this regular expression's first capture group in the staging path, e.g.
+    /// 'site=([^/]+)'. [default: by the file's folder]
+    #[arg(long, value_name = "REGEX")]
+    route_by: Option<String>,
 }
 
 impl IngestArgs {
@@ -295,7 +306,10 @@ impl IngestArgs {
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        over!(staging, batch_files, max_mib_in_flight, commit_files);
+        over!(staging, batch_files, max_mib_in_flight, commit_files, workers, worker_index);
+        if self.route_by.is_some() {
+            c.route_by = self.route_by.clone();
+        }
         // Settings that stay optional: unset, they follow the cores or the staging kind (`IngestConfig::downloaders`).
         macro_rules! over_optional {
             ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
@@ -496,6 +510,11 @@ async fn ingest(args: IngestArgs, replay: Option<poslake::ingest::replay::Replay
         parse: ParseOptions::default(),
         policy: config.commit_policy(),
         dedup: config.dedup.clone(),
+        // A replay takes the dead letters it selects, whichever worker refused them.
+        route: match replay {
+            Some(_) => poslake::ingest::route::Route::all(),
+            None => config.route()?,
+        },
     };
     let stopper = Stopper::install().context("listening for SIGINT and SIGTERM")?;
     let every = match (&replay, config.every_secs) {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{header_keys, keys_of_table, pipeline};
+use common::{header_keys, keys_of_table, ledger_paths, pipeline};
 use poslake::config::{DedupBackend, DedupConfig};
 use poslake::dedup::bench::random_keys;
 use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, LedgerMark};
@@ -504,4 +504,52 @@ async fn redis_bloom_lands_exact_keys() {
     let second = run(&setup(&again, &lake, config)).await;
     assert_eq!(second.new_transactions, 0);
     assert_exact(&lake, &want).await;
+}
+
+/// Two worker processes share one staging area, one lake and one Redis, each taking the files routed to it, and run
+/// at the same time: every file is ingested by exactly one of them, every key lands once, and their commits to the
+/// shared catalog never collide into a lost or doubled table commit.
+#[test]
+fn two_worker_processes_split_the_staging_area_and_land_every_key_once() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, report, manifest) = corpus(dir.path(), 91, 6);
+    let lake = dir.path().join("lake");
+    // A filter sized for the corpus, as `bitmap()` sizes the others.
+    let config = dir.path().join("poslake.toml");
+    std::fs::write(&config, "[dedup]\nexpected_keys_per_period = 200000\nmax_shard_mib = 1\n").expect("config");
+    let spawn = |index: u32| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+            .args(["ingest", "--json", "--dedup", "redis-bitmap", "--redis-url", &server.url(), "--config"])
+            .arg(&config)
+            .args(["--workers", "2", "--worker-index", &index.to_string(), "--commit-files", "4"])
+            .arg("--staging")
+            .arg(&staging)
+            .arg("--lake")
+            .arg(&lake)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn poslake")
+    };
+    let workers = [spawn(0), spawn(1)];
+    let mut files = 0;
+    for child in workers {
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+        let (mine, others) = (summary["files"].as_u64().expect("files"), summary["other_workers_files"].as_u64());
+        assert!(mine > 0, "each worker takes a share: {summary}");
+        assert_eq!(Some(report.files - mine), others, "what a worker leaves, the other takes: {summary}");
+        files += mine;
+    }
+    assert_eq!(files, report.files, "every file taken by exactly one worker");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        assert_exact(&lake, &unique_keys(&manifest)).await;
+        let wh = Warehouse::open(&lake).await.expect("open");
+        assert_eq!(wh.row_count("file_ledger").await.expect("count"), report.files, "one ledger row a file");
+        assert_eq!(ledger_paths(&wh).await.len() as u64, report.files);
+    });
 }

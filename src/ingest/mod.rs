@@ -16,6 +16,7 @@ mod ledger_index;
 pub mod maintain;
 pub mod reconcile;
 pub mod replay;
+pub mod route;
 pub mod staging;
 
 use std::collections::{HashMap, HashSet};
@@ -60,6 +61,8 @@ pub struct IngestSetup {
     pub parse: ParseOptions,
     pub policy: CommitPolicy,
     pub dedup: DedupConfig,
+    /// Which staging files this worker takes (all by default).
+    pub route: route::Route,
 }
 
 impl IngestSetup {
@@ -70,6 +73,7 @@ impl IngestSetup {
             parse: ParseOptions::default(),
             policy: CommitPolicy::default(),
             dedup: DedupConfig::default(),
+            route: route::Route::all(),
         }
     }
 }
@@ -214,6 +218,9 @@ pub struct PosStages {
     /// Files the ledger already holds: skipped by discovery.
     ledger: Arc<LedgerIndex>,
     skipped: Arc<AtomicU64>,
+    route: Arc<route::Route>,
+    /// Files listed that other workers take.
+    elsewhere: Arc<AtomicU64>,
     run_id: String,
     /// `run/worker`: the prefix of this process's commit ids.
     commit_prefix: String,
@@ -259,6 +266,8 @@ impl PosStages {
             healing: tokio::sync::Mutex::new(()),
             ledger: Arc::new(ledger),
             skipped: Arc::new(AtomicU64::new(0)),
+            route: Arc::new(setup.route.clone()),
+            elsewhere: Arc::new(AtomicU64::new(0)),
             commit_prefix: format!("{run_id}/{worker}-{}", std::process::id()),
             run_id,
             batches: AtomicU64::new(0),
@@ -495,6 +504,11 @@ impl PosStages {
         self.skipped.load(Ordering::Relaxed)
     }
 
+    /// Files discovery left to other workers (see [`route`]).
+    pub fn routed_elsewhere(&self) -> u64 {
+        self.elsewhere.load(Ordering::Relaxed)
+    }
+
     /// What recovery did at start-up and during the run.
     pub fn recovery(&self) -> Recovery {
         self.recovery.lock().map(|r| r.clone()).unwrap_or_default()
@@ -536,9 +550,20 @@ impl Stages for PosStages {
         }
         let ledger = self.ledger.clone();
         let skipped = self.skipped.clone();
+        let (route, elsewhere) = (self.route.clone(), self.elsewhere.clone());
         // Looked up a page at a time: whatever the listing has ready, up to LOOKUP_CHUNK files.
         self.staging
             .list()
+            .filter(move |file| {
+                let ours = match file {
+                    Ok(f) => route.takes(&f.path),
+                    Err(_) => true,
+                };
+                if !ours {
+                    elsewhere.fetch_add(1, Ordering::Relaxed);
+                }
+                futures::future::ready(ours)
+            })
             .ready_chunks(LOOKUP_CHUNK)
             .then(move |listed| {
                 let (ledger, skipped) = (ledger.clone(), skipped.clone());
@@ -801,6 +826,8 @@ pub struct IngestSummary {
     pub bytes: u64,
     /// Files skipped because an earlier run already ingested them.
     pub already_ingested: u64,
+    /// Files listed that other workers take (`workers` > 1).
+    pub other_workers_files: u64,
     pub transactions: u64,
     pub new_transactions: u64,
     pub duplicate_transactions: u64,
@@ -912,6 +939,7 @@ async fn run(
         files: t.files,
         bytes: t.bytes,
         already_ingested: stages.skipped(),
+        other_workers_files: stages.routed_elsewhere(),
         transactions: t.transactions,
         new_transactions: t.new_transactions,
         duplicate_transactions: t.duplicates,

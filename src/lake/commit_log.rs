@@ -197,7 +197,10 @@ impl Warehouse {
             let modified = entry.metadata().and_then(|m| m.modified()).ok();
             if name.ends_with(".json.tmp") {
                 let old = modified.and_then(|m| m.elapsed().ok()).is_some_and(|age| age.as_secs() >= 60);
-                if claim && old && let Ok(Some(_lock)) = IntentLock::try_take(&path) {
+                if claim
+                    && old
+                    && let Ok(Some(_lock)) = IntentLock::try_take(&path)
+                {
                     let _ = std::fs::remove_file(&path);
                 }
             } else if name.ends_with(".json") {
