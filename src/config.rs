@@ -305,6 +305,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn several_workers_need_a_shared_store_and_a_valid_route() {
+        let invalid = |c: IngestConfig, says: &str| match c.validate() {
+            Err(ConfigError::Invalid(m)) => assert!(m.contains(says), "{m}"),
+            other => panic!("expected an error about {says}: {other:?}"),
+        };
+        invalid(IngestConfig { workers: 2, ..IngestConfig::default() }, "shared dedup store");
+        let redis = DedupConfig { backend: DedupBackend::RedisBitmap, ..DedupConfig::default() };
+        let two = IngestConfig { workers: 2, worker_index: 1, dedup: redis, ..IngestConfig::default() };
+        assert!(two.validate().is_ok());
+        invalid(IngestConfig { worker_index: 2, ..two.clone() }, "worker_index 2");
+        invalid(IngestConfig { workers: 0, ..two.clone() }, "workers must be at least 1");
+        invalid(IngestConfig { route_by: Some("site=(".into()), ..two.clone() }, "route_by");
+        invalid(IngestConfig { route_by: Some("site=[0-9]+".into()), ..two }, "capture group");
+    }
+
+    #[test]
     fn the_shipped_example_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/poslake.toml");
         assert_eq!(IngestConfig::load(&path).expect("example loads"), IngestConfig::default());
