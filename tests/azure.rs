@@ -109,6 +109,38 @@ async fn a_corpus_in_azure_blob_storage_lands_like_the_same_corpus_in_a_folder()
         assert_eq!(again["new_transactions"], 0, "{url}");
     }
     assert_eq!(counts(&azure_lake).await, counts(&local_lake).await, "nothing added");
+
+    // A replay reads its dead letters from the container, or from the bronze archive once one was deleted there:
+    // the malformed files fail again as they did (none is `missing`), and nothing lands.
+    let wh = Warehouse::open(&azure_lake).await.expect("open");
+    let mut dead = Vec::new();
+    for b in wh.scan("dead_letters").await.expect("scan") {
+        let path = common::column::<arrow_array::StringArray>(&b, "path");
+        dead.extend((0..b.num_rows()).map(|i| path.value(i).to_owned()));
+    }
+    drop(wh);
+    assert_eq!(dead.len() as u64, report.malformed_files, "{dead:?}");
+    object_store::ObjectStoreExt::delete(
+        azurite.store("landing").as_ref(),
+        &object_store::path::Path::from(dead[0].as_str()),
+    )
+    .await
+    .expect("delete");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_poslake"));
+    cmd.args(["replay", "--json", "--staging", url, "--lake"]).arg(&azure_lake).env("RUST_LOG", "warn");
+    let replay = summary(&cmd.envs(azurite.env()).output().expect("replay"));
+    assert_eq!(replay["replayed"], report.malformed_files, "{replay}");
+    assert_eq!(
+        (replay["files"].clone(), replay["dead_letters"].clone()),
+        (replay["replayed"].clone(), replay["replayed"].clone())
+    );
+    let wh = Warehouse::open(&azure_lake).await.expect("open");
+    for b in wh.scan("dead_letters").await.expect("scan") {
+        let kind = common::column::<arrow_array::StringArray>(&b, "kind");
+        assert!((0..b.num_rows()).all(|i| kind.value(i) != "missing"), "a dead letter read from nowhere");
+    }
+    assert_eq!(wh.row_count("dead_letters").await.expect("count"), 2 * report.malformed_files);
+    assert_eq!(counts(&azure_lake).await[0], counts(&local_lake).await[0], "no transaction added");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
