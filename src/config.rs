@@ -161,6 +161,9 @@ impl DedupConfig {
     }
 }
 
+/// The longest interval of a service (`every_secs`): a week.
+pub const MAX_EVERY_SECS: u64 = 7 * 24 * 3600;
+
 /// The staging location as a URL, if it is written as one (`az://…`, `file://…`); else it is a folder path. The one
 /// rule both the staging store (`ingest::staging::Staging::open`) and the remote defaults follow.
 pub fn staging_url(staging: &Path) -> Option<&str> {
@@ -251,6 +254,12 @@ impl IngestConfig {
         if let Some((name, _)) = checks.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
         }
+        if self.every_secs > MAX_EVERY_SECS {
+            return Err(ConfigError::Invalid(format!(
+                "every_secs {} is over a week ({MAX_EVERY_SECS}): run the ingest from a scheduler instead",
+                self.every_secs
+            )));
+        }
         #[cfg(feature = "lake")]
         self.route().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.workers > 1 && self.dedup.backend == DedupBackend::Embedded {
@@ -318,6 +327,7 @@ mod tests {
         invalid(IngestConfig { workers: 0, ..two.clone() }, "workers must be at least 1");
         invalid(IngestConfig { route_by: Some("site=(".into()), ..two.clone() }, "route_by");
         invalid(IngestConfig { route_by: Some("site=[0-9]+".into()), ..two }, "capture group");
+        invalid(IngestConfig { every_secs: u64::MAX, ..IngestConfig::default() }, "over a week");
     }
 
     #[test]

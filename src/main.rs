@@ -316,7 +316,11 @@ impl IngestArgs {
         }
         over_optional!(parsers, downloaders, max_files_in_flight);
         if let Some(every) = self.every {
-            anyhow::ensure!(every.as_secs() >= 1, "--every must be at least 1s (got {every:?})");
+            anyhow::ensure!(
+                every.as_secs() >= 1 && every.subsec_nanos() == 0,
+                "--every takes whole seconds, at least 1s (got {})",
+                humantime::format_duration(every)
+            );
             c.every_secs = every.as_secs();
         }
         c.validate()?;
@@ -647,6 +651,7 @@ fn print_summary(
 
 /// `poslake replay --dry-run`: what a replay would take.
 async fn dry_run(args: IngestArgs, filter: ReplayArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.every.is_none(), "--every is for `poslake ingest`: a replay runs once");
     let config = args.config()?;
     existing_lake(&config.lake)?;
     let files = poslake::ingest::dead_letters(&config.lake, &filter.filter()).await?;

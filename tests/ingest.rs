@@ -386,36 +386,47 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     std::fs::create_dir_all(&staging).expect("staging");
     let (fixed, fixed_keys) = poslake::generate::generate_file(poslake::Dialect::ArtsPoslog, 31, 4);
     let (gone, gone_keys) = poslake::generate::generate_file(poslake::Dialect::VerifoneCommander, 32, 4);
+    let (folder, folder_keys) = poslake::generate::generate_file(poslake::Dialect::XstorePoslog, 33, 3);
+    let (resized, _) = poslake::generate::generate_file(poslake::Dialect::NaxmlPassport, 34, 3);
+    let (resized_again, resized_keys) = poslake::generate::generate_file(poslake::Dialect::NaxmlPassport, 35, 5);
+    assert_ne!(resized.len(), resized_again.len());
     // Broken at the same size: the root's closing `>` overwritten.
     let end = fixed.rfind('>').expect("a closing tag");
     let broken = format!("{}!{}", &fixed[..end], &fixed[end + 1..]);
     assert_eq!(broken.len(), fixed.len());
     std::fs::write(staging.join("fixed.xml"), &broken).expect("write");
     std::fs::write(staging.join("gone.xml"), &gone).expect("write");
+    std::fs::write(staging.join("folder.xml"), &folder).expect("write");
+    std::fs::write(staging.join("resized.xml"), &resized).expect("write");
     let fifo = std::ffi::CString::new(staging.join("pipe.xml").into_os_string().into_encoded_bytes()).expect("path");
     // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
     let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake") };
     let defaults = IngestSetup::new(paths.clone());
-    // Every value longer than 8 bytes refused: both XML files are dead letters of the parser.
+    // Every value longer than 8 bytes refused: every XML file is a dead letter of the parser.
     let mut strict = defaults.clone();
     strict.parse.max_text_bytes = 8;
     let first = ingest(&strict, pipeline(), Arc::new(Progress::default())).await.expect("first");
-    assert_eq!((first.files, first.dead_letters, first.new_transactions), (3, 3, 0), "{first:?}");
+    assert_eq!((first.files, first.dead_letters, first.new_transactions), (5, 5, 0), "{first:?}");
 
     std::fs::write(staging.join("fixed.xml"), &fixed).expect("rewrite");
     std::fs::remove_file(staging.join("gone.xml")).expect("remove");
     std::fs::remove_file(staging.join("pipe.xml")).expect("remove");
+    // A folder now where the file was: the archive still has the file.
+    std::fs::remove_file(staging.join("folder.xml")).expect("remove");
+    std::fs::create_dir(staging.join("folder.xml")).expect("mkdir");
+    // Re-sent corrected at another size: a new file, which the ingest takes, and which retires the old one.
+    std::fs::write(staging.join("resized.xml"), &resized_again).expect("rewrite");
     let second = ingest(&defaults, pipeline(), Arc::new(Progress::default())).await.expect("second");
-    assert_eq!((second.files, second.already_ingested), (0, 1), "ingest skips the corrected file: {second:?}");
+    assert_eq!((second.files, second.already_ingested), (1, 1), "ingest skips the corrected file: {second:?}");
 
     // What a replay would take, narrowed by stage and by path.
     let parse_only = ReplayFilter { stages: vec!["parse".into()], ..ReplayFilter::default() };
     let selected = dead_letters(&paths.lake, &parse_only).await.expect("select");
     let names: Vec<&str> = selected.iter().map(|f| f.path.as_str()).collect();
-    assert_eq!(names, ["fixed.xml", "gone.xml"]);
+    assert_eq!(names, ["fixed.xml", "folder.xml", "gone.xml"], "resized.xml is retired by its corrected copy");
     assert!(selected.iter().all(|f| f.kind == "text_too_large" && f.content_hash.len() == 64), "{selected:?}");
-    assert_eq!(selected[1].bytes, gone.len() as u64);
+    assert_eq!(selected[2].bytes, gone.len() as u64);
     // The command line says the same, and changes nothing.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
         .args(["replay", "--dry-run", "--stage", "parse", "--staging"])
@@ -427,9 +438,9 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let listed: Vec<&str> = text.lines().filter_map(|l| l.split('\t').next().filter(|_| l.contains('\t'))).collect();
-    assert_eq!(listed, ["fixed.xml", "gone.xml"], "{text}");
+    assert_eq!(listed, ["fixed.xml", "folder.xml", "gone.xml"], "{text}");
     assert!(text.contains("parse/text_too_large"), "{text}");
-    assert!(text.contains("2 dead-lettered files"), "{text}");
+    assert!(text.contains("3 dead-lettered files"), "{text}");
     let by_path = ReplayFilter { path_prefix: Some("pipe".into()), ..ReplayFilter::default() };
     let selected = dead_letters(&paths.lake, &by_path).await.expect("select");
     assert_eq!(selected.len(), 1, "{selected:?}");
@@ -437,10 +448,11 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
 
     let third =
         replay(&defaults, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default())).await.expect("replay");
-    assert_eq!(third.replayed, Some(3), "{third:?}");
-    assert_eq!((third.files, third.dead_letters), (3, 1), "{third:?}");
+    assert_eq!(third.replayed, Some(4), "{third:?}");
+    assert_eq!((third.files, third.dead_letters), (4, 1), "{third:?}");
     let wh = Warehouse::open(&paths.lake).await.expect("open");
-    let want: BTreeSet<String> = fixed_keys.iter().chain(&gone_keys).cloned().collect();
+    let want: BTreeSet<String> =
+        fixed_keys.iter().chain(&gone_keys).chain(&folder_keys).chain(&resized_keys).cloned().collect();
     let got = header_keys(&wh).await;
     assert_eq!(got.len(), want.len(), "each key once");
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
@@ -458,6 +470,21 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     assert_eq!(dead[0].0, "pipe.xml");
     assert!(dead[0].1.contains("no longer in staging"), "{dead:?}");
     drop(wh);
+
+    // One replay of a lake at a time: a second one is refused while the first holds its lock.
+    let held = std::fs::File::open(paths.lake.join("replay.lock")).expect("the replay's lock file");
+    held.lock().expect("lock");
+    let refused = replay(&defaults, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default())).await;
+    let refused = refused.map(|s| s.files).expect_err("a second replay at once");
+    assert!(
+        matches!(
+            &refused,
+            poslake::ingest::IngestRunError::Open(poslake::ingest::IngestError::ReplayRunning(lake))
+                if lake.ends_with("lake")
+        ),
+        "{refused:?}"
+    );
+    drop(held);
 
     // Only the file that is still a dead letter is taken again, and lands nothing.
     let fourth = replay(&defaults, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default()))

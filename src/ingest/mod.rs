@@ -92,6 +92,8 @@ pub enum IngestError {
     /// redoes those files), and this run cannot go on.
     #[error("uncommitted data abandoned after a failed write: {0}")]
     Abandoned(String),
+    #[error("another `poslake replay` is running on {0}: one at a time, since each would take the same dead letters")]
+    ReplayRunning(PathBuf),
 }
 
 impl IngestError {
@@ -101,7 +103,7 @@ impl IngestError {
             IngestError::Archive(_) => true,
             IngestError::Lake(e) => e.is_retryable(),
             // The Redis pool already retried with backoff up to its limit.
-            IngestError::Dedup(_) | IngestError::Abandoned(_) => false,
+            IngestError::Dedup(_) | IngestError::Abandoned(_) | IngestError::ReplayRunning(_) => false,
         }
     }
 }
@@ -284,28 +286,31 @@ impl PosStages {
     }
 
     /// A replayed file's bytes: from staging while it holds the same file (the same size: a corrected file re-sent
-    /// under the same name and size is taken as it is now), else from the bronze archive.
+    /// under the same name and size is taken as it is now), else from the bronze archive. A read that may pass on
+    /// retry (a network error) is retried rather than answered from the archive.
     async fn replayed_bytes(&self, file: &StagedFile, hash: &str) -> Result<Bytes, IngestError> {
-        let now = match self.staging.get(file, self.parse.max_decompressed_bytes).await {
+        let unread = match self.staging.get(file, self.parse.max_decompressed_bytes).await {
             Ok(bytes) if bytes.len() as u64 == file.size => return Ok(bytes),
-            Ok(bytes) => Some(bytes.len()),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e.into()),
+            Ok(bytes) => Err(format!(
+                "staging holds another file under this name now ({} bytes, not {}), which `poslake ingest` takes as \
+                 new; the bronze archive has no copy of this one",
+                bytes.len(),
+                file.size
+            )),
+            Err(e) if e.is_retryable() => return Err(e.into()),
+            Err(e) if e.is_not_found() => Err("no longer in staging, and the bronze archive has no copy of it (only \
+                                               files that reached the parser are archived)"
+                .to_owned()),
+            // Not a regular file now, or a link out of staging: refused as such, unless the archive has it.
+            Err(e) => Ok(e),
         };
         if let Some(bytes) = self.archive.find_refused(&file.path, hash).await? {
             return Ok(bytes);
         }
-        let reason = match now {
-            Some(n) => format!(
-                "staging holds another file under this name now ({n} bytes, not {}), which `poslake ingest` takes as \
-                 new; the bronze archive has no copy of this one",
-                file.size
-            ),
-            None => "no longer in staging, and the bronze archive has no copy of it (only files that reached the \
-                     parser are archived)"
-                .to_owned(),
-        };
-        Err(StagingError::Refused { path: file.path.clone(), kind: "missing", reason }.into())
+        Err(match unread {
+            Ok(refused) => refused.into(),
+            Err(reason) => StagingError::Refused { path: file.path.clone(), kind: "missing", reason }.into(),
+        })
     }
 
     /// Commits everything written since the last commit, then adds its keys to the store (see [`commit`]).
@@ -910,6 +915,7 @@ pub async fn replay(
     let run_id = uuid::Uuid::new_v4().to_string();
     // Opened first: recovery finishes any commit a stopped run left, so that the ledger is whole when read.
     let stages = PosStages::open(setup, run_id.clone()).await?;
+    let _one = replay::lock(stages.lake_root())?;
     let files = replay::select(stages.warehouse(), filter).await?;
     tracing::info!(files = files.len(), "dead letters selected for replay");
     let selected = files.len() as u64;

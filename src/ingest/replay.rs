@@ -42,7 +42,7 @@ impl ReplayFilter {
 pub struct DeadFile {
     pub path: String,
     pub bytes: u64,
-    /// BLAKE3 of the bytes that failed; empty when the file was refused before it was read.
+    /// BLAKE3 of the bytes that failed, under which the archive holds them; empty if they were never read.
     pub content_hash: String,
     pub stage: String,
     pub kind: String,
@@ -66,15 +66,28 @@ struct Refusal {
     at: i64,
 }
 
-/// The newest ledger row of one (path, size).
-struct Newest {
+/// What the ledger says of one (path, size).
+#[derive(Default)]
+struct FileState {
+    /// The newest row's time, outcome and content hash.
     at: i64,
     outcome: String,
     content_hash: String,
+    /// The newest non-empty content hash: the bytes the archive holds, even after a replay that could not read
+    /// the file recorded none.
+    archived_hash: String,
+    archived_at: i64,
+    /// A row of it is a dead letter: the ingest's file index holds it as done, so only a replay takes it again.
+    dead_lettered: bool,
 }
 
-/// The dead letters to replay, in path order. Reads `dead_letters` (for the filter), then the ledger's rows of
-/// those paths (for what became of each file since); memory grows with the matching dead letters, not the ledger.
+/// The dead letters to replay, in path order. Reads `dead_letters` (the latest refusal of each file), then the
+/// ledger's rows of those paths (what became of each file since); memory grows with the dead letters, not the
+/// ledger.
+///
+/// A file (path and size) is taken when its newest ledger row is a dead letter, or deferred after being one (a
+/// deferred file never dead-lettered is the ingest's to retry), when its latest refusal matches the filter, and
+/// unless a file of the same path but another size landed after it: a corrected file re-sent under its name.
 pub async fn select(warehouse: &Warehouse, filter: &ReplayFilter) -> Result<Vec<DeadFile>, IngestError> {
     let mut refusals: HashMap<(String, String), Refusal> = HashMap::new();
     let mut batches = warehouse
@@ -91,7 +104,7 @@ pub async fn select(warehouse: &Warehouse, filter: &ReplayFilter) -> Result<Vec<
         );
         let at = timestamps(&batch, "dead_letters", "failed_at")?;
         for i in 0..batch.num_rows() {
-            if !filter.matches(path.value(i), stage.value(i), kind.value(i)) {
+            if !filter.path_prefix.as_deref().is_none_or(|p| path.value(i).starts_with(p)) {
                 continue;
             }
             let key = (path.value(i).to_owned(), hash.value(i).to_owned());
@@ -112,7 +125,9 @@ pub async fn select(warehouse: &Warehouse, filter: &ReplayFilter) -> Result<Vec<
     }
 
     let paths: HashSet<&str> = refusals.keys().map(|(p, _)| p.as_str()).collect();
-    let mut newest: HashMap<(String, u64), Newest> = HashMap::new();
+    let mut files: HashMap<(String, u64), FileState> = HashMap::new();
+    // Per path, when a file under it last landed (whatever its size).
+    let mut landed: HashMap<String, i64> = HashMap::new();
     let mut batches =
         warehouse.scan_columns("file_ledger", &["path", "bytes", "content_hash", "outcome", "ingested_at"]).await?;
     while let Some(batch) = batches.next().await {
@@ -128,34 +143,36 @@ pub async fn select(warehouse: &Warehouse, filter: &ReplayFilter) -> Result<Vec<
             .ok_or_else(|| schema("file_ledger", "bytes", &batch))?;
         let at = timestamps(&batch, "file_ledger", "ingested_at")?;
         for i in 0..batch.num_rows() {
-            if !paths.contains(path.value(i)) {
+            let (p, t, o, h) = (path.value(i), at.value(i), outcome.value(i), hash.value(i));
+            if !paths.contains(p) {
                 continue;
             }
-            let row = Newest {
-                at: at.value(i),
-                outcome: outcome.value(i).to_owned(),
-                content_hash: hash.value(i).to_owned(),
-            };
-            let key = (path.value(i).to_owned(), size.value(i) as u64);
-            match newest.get(&key) {
-                // At the same instant, a landed row wins: a file is never taken twice.
-                Some(n) if n.at > row.at || (n.at == row.at && !still_dead(&n.outcome)) => {}
-                _ => {
-                    newest.insert(key, row);
-                }
+            if !still_dead(o) {
+                let when = landed.entry(p.to_owned()).or_insert(t);
+                *when = (*when).max(t);
+            }
+            let f = files.entry((p.to_owned(), size.value(i) as u64)).or_default();
+            f.dead_lettered |= o == Outcome::DeadLetter.as_str();
+            if !h.is_empty() && (f.archived_hash.is_empty() || t >= f.archived_at) {
+                (f.archived_hash, f.archived_at) = (h.to_owned(), t);
+            }
+            // At the same instant, a landed row wins: a file is never taken twice.
+            if f.outcome.is_empty() || t > f.at || (t == f.at && !still_dead(o)) {
+                (f.at, f.outcome, f.content_hash) = (t, o.to_owned(), h.to_owned());
             }
         }
     }
 
-    let mut out: Vec<DeadFile> = newest
+    let mut out: Vec<DeadFile> = files
         .into_iter()
-        .filter(|(_, n)| still_dead(&n.outcome))
-        .filter_map(|((path, bytes), n)| {
-            let r = refusals.get(&(path.clone(), n.content_hash.clone()))?;
-            Some(DeadFile {
+        .filter(|(_, f)| f.outcome == Outcome::DeadLetter.as_str() || (still_dead(&f.outcome) && f.dead_lettered))
+        .filter(|((path, _), f)| landed.get(path).is_none_or(|&t| t < f.at))
+        .filter_map(|((path, bytes), f)| {
+            let r = refusals.get(&(path.clone(), f.content_hash.clone()))?;
+            filter.matches(&path, &r.stage, &r.kind).then(|| DeadFile {
                 path,
                 bytes,
-                content_hash: n.content_hash,
+                content_hash: f.archived_hash,
                 stage: r.stage.clone(),
                 kind: r.kind.clone(),
                 reason: r.reason.clone(),
@@ -164,6 +181,20 @@ pub async fn select(warehouse: &Warehouse, filter: &ReplayFilter) -> Result<Vec<
         .collect();
     out.sort_by(|a, b| (&a.path, a.bytes).cmp(&(&b.path, b.bytes)));
     Ok(out)
+}
+
+/// Held while a replay runs: two replays at once would each take the same dead letters, and with a shared store
+/// both would land them (neither has added its keys when the other checks them). Released when dropped, or when the
+/// process dies.
+pub(super) fn lock(lake: &std::path::Path) -> Result<std::fs::File, IngestError> {
+    let path = lake.join("replay.lock");
+    let io = |source| IngestError::Lake(LakeError::Io { path: path.clone(), source });
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(IngestError::ReplayRunning(lake.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 fn still_dead(outcome: &str) -> bool {
