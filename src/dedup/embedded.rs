@@ -70,11 +70,7 @@ impl EmbeddedDedup {
             .worker_threads(1)
             .open()
             .map_err(|e| match e {
-                fjall::Error::Locked => DedupError::Config(format!(
-                    "the embedded dedup store at {} is open in another process (an ingest still running?); \
-                     several workers on one lake share a Redis store instead",
-                    store.display()
-                )),
+                fjall::Error::Locked => DedupError::InUse(store.clone()),
                 e => fjall_err(&store, e),
             })?;
         // Filters and indexes are partitioned at every level, so a lookup loads through the cache only the small

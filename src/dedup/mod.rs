@@ -84,6 +84,11 @@ pub enum DedupError {
     StateLost { expected: String, found: String },
     #[error("dedup configuration: {0}")]
     Config(String),
+    #[error(
+        "the embedded dedup store at {0} is open in another process (an ingest still running?); several workers on \
+         one lake share a Redis store instead"
+    )]
+    InUse(std::path::PathBuf),
 }
 
 /// One filter partition's health, for `poslake dedup stats`.
