@@ -374,9 +374,10 @@ async fn a_file_that_could_not_be_read_is_tried_again_by_the_next_run() {
 }
 
 /// Dead letters are done for `ingest`, but `replay` takes them again once what refused them is fixed: a corrected
-/// file re-sent under the same name and size (read from staging, which `ingest` skips as seen), and a file refused
-/// under a lower limit and gone from staging since (read from the bronze archive). A file that lands is not taken
-/// again; one that can be read from nowhere is a dead letter again, with the reason.
+/// file re-sent under the same name and size (read from staging, which `ingest` skips as seen), and files refused
+/// under a lower limit and gone from staging since, or replaced there by a folder (read from the bronze archive). A
+/// dead letter retired by a corrected copy of another size is not taken; a file that lands is not taken again; one
+/// that can be read from nowhere is a dead letter again, with the reason; a second replay at once is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     use poslake::ingest::replay::ReplayFilter;
