@@ -186,3 +186,88 @@ async fn bronze_map_values_skip_dictionary_and_statistics() {
     }
     assert!(bronze > 0 && header > 0, "no bronze or header data files among {parquet_files:?}");
 }
+
+/// What `poslake replay` selects, from ledger and dead-letter rows written directly: the newest ledger row per
+/// path and size decides, the archived content hash survives a later failure that read nothing, a file only ever
+/// deferred is left to the ingest, a corrected copy of another size landing later retires a dead letter (one landing
+/// earlier does not), and the kind filter looks at a file's latest refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_selects_by_each_files_newest_ledger_row_and_latest_refusal() {
+    use poslake::ingest::replay::{ReplayFilter, select};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).expect("date");
+    let at = |minute: u32| day.and_hms_opt(0, minute, 0).expect("time");
+    let mut rows = wh.rows();
+    let mut row = |path: &str, bytes: u64, hash: &str, outcome: Outcome, minute: u32, kind: &'static str| {
+        if outcome != Outcome::Ingested {
+            let stage = if hash.is_empty() { "download" } else { "parse" };
+            let dead = DeadLetter {
+                run_id: format!("run{minute}"),
+                path: path.into(),
+                content_hash: hash.into(),
+                stage,
+                kind,
+                reason: format!("{kind} at {minute}"),
+                line: None,
+                column: None,
+                attempts: 1,
+                at: at(minute),
+            };
+            rows.add_dead_letter(&dead).expect("dead letter");
+        }
+        let entry = LedgerEntry {
+            run_id: format!("run{minute}"),
+            path: path.into(),
+            bytes,
+            content_hash: hash.into(),
+            dialect: None,
+            site: None,
+            outcome,
+            transactions: 0,
+            new_transactions: 0,
+            duplicate_transactions: 0,
+            quarantined_transactions: 0,
+            lines: 0,
+            discounts: 0,
+            at: at(minute),
+            trace_id: None,
+        };
+        rows.add_ledger(&entry).expect("ledger");
+    };
+    let (h1, h2) = ("a".repeat(64), "b".repeat(64));
+    // Refused by the parser, then a replay that could not read it: the archived hash is still the parser's.
+    row("kept.xml", 10, &h1, Outcome::DeadLetter, 1, "malformed");
+    row("kept.xml", 10, "", Outcome::DeadLetter, 2, "outside_staging");
+    // Only ever deferred: the ingest retries it.
+    row("deferred.xml", 11, "", Outcome::Deferred, 1, "gave_up");
+    // Dead, then deferred by a replay: only a replay takes it again.
+    row("stuck.xml", 12, &h2, Outcome::DeadLetter, 1, "truncated");
+    row("stuck.xml", 12, "", Outcome::Deferred, 3, "gave_up");
+    // A corrected copy of another size landed later: retired.
+    row("retired.xml", 13, &h1, Outcome::DeadLetter, 1, "malformed");
+    row("retired.xml", 14, &h2, Outcome::Ingested, 2, "");
+    // An older version landed before the file was refused: still a dead letter.
+    row("newer.xml", 15, &h1, Outcome::Ingested, 1, "");
+    row("newer.xml", 16, &h2, Outcome::DeadLetter, 2, "malformed");
+    // Landed by a replay.
+    row("landed.xml", 17, &h1, Outcome::DeadLetter, 1, "malformed");
+    row("landed.xml", 17, &h1, Outcome::Ingested, 2, "");
+    wh.append(rows, &HashMap::new()).await.expect("append");
+
+    let all = select(&wh, &ReplayFilter::default()).await.expect("select");
+    let got: Vec<(&str, u64, &str, &str)> =
+        all.iter().map(|f| (f.path.as_str(), f.bytes, f.content_hash.as_str(), f.kind.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ("kept.xml", 10, h1.as_str(), "outside_staging"),
+            ("newer.xml", 16, h2.as_str(), "malformed"),
+            ("stuck.xml", 12, h2.as_str(), "gave_up"),
+        ]
+    );
+    // The filter sees each file's latest refusal, not an older one.
+    let malformed = ReplayFilter { kinds: vec!["malformed".into()], ..ReplayFilter::default() };
+    let names: Vec<String> = select(&wh, &malformed).await.expect("select").into_iter().map(|f| f.path).collect();
+    assert_eq!(names, ["newer.xml"]);
+}
