@@ -494,6 +494,15 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     assert_eq!((fourth.replayed, fourth.files, fourth.dead_letters, fourth.new_transactions), (Some(1), 1, 1, 0));
     let wh = Warehouse::open(&paths.lake).await.expect("reopen");
     assert_eq!(wh.row_count("sales_header").await.expect("count"), want.len() as u64);
+    drop(wh);
+
+    // With the staging folder itself gone, a replay still runs (from the archive, which has no FIFO).
+    std::fs::remove_dir_all(&staging).expect("remove staging");
+    assert!(ingest(&defaults, pipeline(), Arc::new(Progress::default())).await.is_err(), "an ingest needs staging");
+    let fifth = replay(&defaults, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default()))
+        .await
+        .expect("replay without staging");
+    assert_eq!((fifth.replayed, fifth.files, fifth.dead_letters), (Some(1), 1, 1));
 }
 
 /// As a service (`ingest --every 1s`), poslake takes each file as it arrives, printing one JSON line a run, and

@@ -236,8 +236,12 @@ pub struct PosStages {
 impl PosStages {
     /// Opens staging, the lake and the dedup store, and recovers whatever a stopped run left half done.
     pub async fn open(setup: &IngestSetup, run_id: String) -> Result<Self, IngestError> {
+        Self::open_with(setup, run_id, Staging::open(&setup.paths.staging)?).await
+    }
+
+    /// [`PosStages::open`] over staging already opened.
+    async fn open_with(setup: &IngestSetup, run_id: String, staging: Staging) -> Result<Self, IngestError> {
         let paths = &setup.paths;
-        let staging = Staging::open(&paths.staging)?;
         let warehouse = Arc::new(Warehouse::open(&paths.lake).await?);
         // A lake kept inside its own staging folder must not ingest its own files.
         let staging = staging.excluding(warehouse.root());
@@ -913,8 +917,16 @@ pub async fn replay(
 ) -> Result<IngestSummary, IngestRunError> {
     let started = std::time::Instant::now();
     let run_id = uuid::Uuid::new_v4().to_string();
+    // A staging folder removed since (kept for a while, then cleaned up) leaves the archive to read from.
+    let staging = match Staging::open(&setup.paths.staging) {
+        Err(e) if e.is_missing_folder() => {
+            tracing::warn!(error = %e, "staging is gone: each dead letter is read from the bronze archive, if it has it");
+            Staging::gone(&setup.paths.staging)
+        }
+        other => other.map_err(IngestError::from)?,
+    };
     // Opened first: recovery finishes any commit a stopped run left, so that the ledger is whole when read.
-    let stages = PosStages::open(setup, run_id.clone()).await?;
+    let stages = PosStages::open_with(setup, run_id.clone(), staging).await?;
     let _one = replay::lock(stages.lake_root())?;
     let files = replay::select(stages.warehouse(), filter).await?;
     tracing::info!(files = files.len(), "dead letters selected for replay");

@@ -60,7 +60,15 @@ pub enum StagingError {
     Io { path: String, source: std::io::Error },
 }
 
+/// The reason a local staging folder that does not exist is refused for.
+const NO_SUCH_FOLDER: &str = "no such folder";
+
 impl StagingError {
+    /// A local staging folder that does not exist.
+    pub fn is_missing_folder(&self) -> bool {
+        matches!(self, StagingError::Location { reason, .. } if reason == NO_SUCH_FOLDER)
+    }
+
     /// Nothing is there under that name (any more).
     pub fn is_not_found(&self) -> bool {
         match self {
@@ -114,6 +122,8 @@ enum Source {
     Local { root: PathBuf, exclude: Option<PathBuf> },
     /// Any object store (Azure), under an optional prefix.
     Store { store: Arc<dyn ObjectStore>, prefix: Option<StorePath> },
+    /// A local folder that no longer exists (a replay reads from the archive): nothing listed, nothing found.
+    Gone,
 }
 
 impl Staging {
@@ -161,13 +171,18 @@ impl Staging {
                 return Err(StagingError::Location { location: name, reason: "not a folder".into() });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StagingError::Location { location: name, reason: "no such folder".into() });
+                return Err(StagingError::Location { location: name, reason: NO_SUCH_FOLDER.into() });
             }
             Err(source) => return Err(StagingError::Io { path: name, source }),
         }
         // Canonical, so that a link's target can be checked against it.
         let root = std::fs::canonicalize(root).map_err(|source| StagingError::Io { path: name.clone(), source })?;
         Ok(Staging { source: Source::Local { root, exclude: None }, name: name.into() })
+    }
+
+    /// A local staging folder that no longer exists, for a replay that may read every file from the archive.
+    pub fn gone(location: &std::path::Path) -> Self {
+        Staging { source: Source::Gone, name: location.display().to_string().into() }
     }
 
     /// Any object store (Azure, S3, memory), under an optional prefix.
@@ -188,6 +203,7 @@ impl Staging {
     pub fn list(&self) -> futures::stream::BoxStream<'static, Result<StagedFile, StagingError>> {
         match &self.source {
             Source::Local { root, exclude } => local::list(root.clone(), exclude.clone()).map(Ok).boxed(),
+            Source::Gone => futures::stream::empty().boxed(),
             Source::Store { store, prefix } => {
                 let name = self.name.clone();
                 let prefix = prefix.clone();
@@ -219,6 +235,10 @@ impl Staging {
         }
         match &self.source {
             Source::Local { root, .. } => local::read(root, &file.path, limit).await,
+            Source::Gone => Err(StagingError::Io {
+                path: file.path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} no longer exists", self.name)),
+            }),
             Source::Store { store, .. } => {
                 // The listing's location string is already encoded: parse it as it is, never encode it again.
                 let path = StorePath::parse(&file.path)
