@@ -216,23 +216,14 @@ async fn replay_selects_by_each_files_newest_ledger_row_and_latest_refusal() {
             };
             rows.add_dead_letter(&dead).expect("dead letter");
         }
-        let entry = LedgerEntry {
-            run_id: format!("run{minute}"),
-            path: path.into(),
+        let entry = LedgerEntry::without_transactions(
+            format!("run{minute}"),
+            path.into(),
             bytes,
-            content_hash: hash.into(),
-            dialect: None,
-            site: None,
+            hash.into(),
             outcome,
-            transactions: 0,
-            new_transactions: 0,
-            duplicate_transactions: 0,
-            quarantined_transactions: 0,
-            lines: 0,
-            discounts: 0,
-            at: at(minute),
-            trace_id: None,
-        };
+            at(minute),
+        );
         rows.add_ledger(&entry).expect("ledger");
     };
     let (h1, h2) = ("a".repeat(64), "b".repeat(64));

@@ -760,21 +760,15 @@ impl Stages for PosStages {
                         at,
                     })?;
                     rows.add_ledger(&LedgerEntry {
-                        run_id: self.run_id.clone(),
-                        path: item.file.path.clone(),
-                        bytes: item.file.size,
-                        content_hash: item.content_hash.clone(),
-                        dialect: None,
-                        site: None,
-                        outcome: f.outcome(),
-                        transactions: 0,
-                        new_transactions: 0,
-                        duplicate_transactions: 0,
-                        quarantined_transactions: 0,
-                        lines: 0,
-                        discounts: 0,
-                        at,
                         trace_id: item.trace_id.clone(),
+                        ..LedgerEntry::without_transactions(
+                            self.run_id.clone(),
+                            item.file.path.clone(),
+                            item.file.size,
+                            item.content_hash.clone(),
+                            f.outcome(),
+                            at,
+                        )
                     })?;
                 }
             }

@@ -393,6 +393,36 @@ pub struct LedgerEntry {
     pub trace_id: Option<String>,
 }
 
+impl LedgerEntry {
+    /// The row of a file none of whose transactions was read: a dead letter, or deferred.
+    pub fn without_transactions(
+        run_id: String,
+        path: String,
+        bytes: u64,
+        content_hash: String,
+        outcome: Outcome,
+        at: NaiveDateTime,
+    ) -> Self {
+        LedgerEntry {
+            run_id,
+            path,
+            bytes,
+            content_hash,
+            dialect: None,
+            site: None,
+            outcome,
+            transactions: 0,
+            new_transactions: 0,
+            duplicate_transactions: 0,
+            quarantined_transactions: 0,
+            lines: 0,
+            discounts: 0,
+            at,
+            trace_id: None,
+        }
+    }
+}
+
 /// A row of the dead letters.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
