@@ -51,15 +51,77 @@ pub struct IngestConfig {
     /// sees it; each failed run is logged and the next one tries again. Default 3.
     pub max_failed_runs: u32,
     /// Workers sharing one staging area and one lake (with a Redis dedup store): each takes only the files routed
-    /// to it. Default 1.
-    pub workers: u32,
-    /// This worker's index, from 0 to `workers` - 1. Default 0.
+    /// to it. A count (each worker given its `worker_index`), or `"auto"`: the live workers share the staging area
+    /// out among themselves through leases in Redis, and take over the share of one that stops. Default 1.
+    pub workers: Workers,
+    /// This worker's index, from 0 to `workers` - 1 (a count of workers only). Default 0.
     pub worker_index: u32,
+    /// With `workers = "auto"`: how long a worker's heartbeat and leases last unrenewed (they are renewed every third
+    /// of it), which is how long the share of a worker that was killed waits. Default 30.
+    pub route_lease_secs: u64,
     /// A regular expression whose first capture group, found in a file's staging path, routes the file to a worker
     /// (e.g. `site=([^/]+)`); absent or not matching, the file's folder does. Default: absent.
     pub route_by: Option<String>,
     /// Which transactions are new: the `[dedup]` section.
     pub dedup: DedupConfig,
+}
+
+/// How the workers sharing a staging area split it: a fixed count, or `auto` (leases in Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Count(u32),
+    Auto,
+}
+
+impl Workers {
+    /// More than one worker may be taking files.
+    pub fn is_shared(self) -> bool {
+        self != Workers::Count(1)
+    }
+}
+
+impl std::str::FromStr for Workers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Workers::Auto),
+            n => n.parse().map(Workers::Count).map_err(|_| format!("workers is a count or \"auto\", not {n:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workers::Count(n) => write!(f, "{n}"),
+            Workers::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Count(n) => s.serialize_u32(*n),
+            Workers::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Count(u32),
+            Word(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Count(n) => Ok(Workers::Count(n)),
+            Written::Word(w) => w.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// Where dedup keeps the keys already ingested (`[dedup]`).
@@ -189,8 +251,9 @@ impl Default for IngestConfig {
             min_manifests_to_merge: 100,
             every_secs: 0,
             max_failed_runs: 3,
-            workers: 1,
+            workers: Workers::Count(1),
             worker_index: 0,
+            route_lease_secs: 30,
             route_by: None,
             dedup: DedupConfig::default(),
         }
@@ -210,11 +273,16 @@ pub enum ConfigError {
 impl IngestConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.into(), error })?;
-        let config: IngestConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), error: Box::new(e) })?;
+        let config = Self::read(path)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads a configuration file without validating it: for flags to be applied over it first (a file may leave
+    /// to a flag what makes it valid, e.g. `workers = "auto"` with `--dedup redis`).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.into(), error })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), error: Box::new(e) })
     }
 
     /// Whether staging is a remote store (a URL other than `file://`): each GET then waits on the network, and
@@ -249,7 +317,7 @@ impl IngestConfig {
             ("commit_interval_secs", self.commit_interval_secs),
             ("max_attempts", u64::from(self.max_attempts)),
             ("max_failed_runs", u64::from(self.max_failed_runs)),
-            ("workers", u64::from(self.workers)),
+            ("workers", if let Workers::Count(n) = self.workers { u64::from(n) } else { 1 }),
         ];
         if let Some((name, _)) = checks.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -260,22 +328,36 @@ impl IngestConfig {
                 self.every_secs
             )));
         }
-        #[cfg(feature = "lake")]
-        self.route().map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if self.workers > 1 && self.dedup.backend == DedupBackend::Embedded {
+        if self.workers == Workers::Auto && self.worker_index != 0 {
             return Err(ConfigError::Invalid(
-                "workers > 1 share one lake and need a shared dedup store (redis-bitmap, redis-bloom or redis): the \
-                 embedded store is open to one process at a time"
+                "worker_index is for a count of workers: with workers = auto each worker claims its share itself"
                     .into(),
             ));
+        }
+        #[cfg(feature = "lake")]
+        self.route().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.workers.is_shared() && self.dedup.backend == DedupBackend::Embedded {
+            return Err(ConfigError::Invalid(format!(
+                "workers = {} share one lake and need a shared dedup store (redis-bitmap, redis-bloom or redis): the \
+                 embedded store is open to one process at a time",
+                self.workers
+            )));
+        }
+        if !(3..=3600).contains(&self.route_lease_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "route_lease_secs must be between 3 and 3600, not {}",
+                self.route_lease_secs
+            )));
         }
         self.dedup.validate()
     }
 
-    /// Which staging files this worker takes.
+    /// Which staging files this worker takes, with a count of workers (with `auto`, the route this worker's
+    /// leases make: [`crate::ingest::route::Route::leased`]; this checks its pattern).
     #[cfg(feature = "lake")]
     pub fn route(&self) -> Result<crate::ingest::route::Route, crate::ingest::route::RouteError> {
-        crate::ingest::route::Route::new(self.workers, self.worker_index, self.route_by.as_deref())
+        let workers = if let Workers::Count(n) = self.workers { n } else { 1 };
+        crate::ingest::route::Route::new(workers, self.worker_index, self.route_by.as_deref())
     }
 
     #[cfg(feature = "lake")]
@@ -319,12 +401,22 @@ mod tests {
             Err(ConfigError::Invalid(m)) => assert!(m.contains(says), "{m}"),
             other => panic!("expected an error about {says}: {other:?}"),
         };
-        invalid(IngestConfig { workers: 2, ..IngestConfig::default() }, "shared dedup store");
+        invalid(IngestConfig { workers: Workers::Count(2), ..IngestConfig::default() }, "shared dedup store");
+        invalid(IngestConfig { workers: Workers::Auto, ..IngestConfig::default() }, "workers = auto share");
         let redis = DedupConfig { backend: DedupBackend::RedisBitmap, ..DedupConfig::default() };
-        let two = IngestConfig { workers: 2, worker_index: 1, dedup: redis, ..IngestConfig::default() };
+        let two = IngestConfig { workers: Workers::Count(2), worker_index: 1, dedup: redis, ..IngestConfig::default() };
         assert!(two.validate().is_ok());
         invalid(IngestConfig { worker_index: 2, ..two.clone() }, "worker_index 2");
-        invalid(IngestConfig { workers: 0, ..two.clone() }, "workers must be at least 1");
+        invalid(IngestConfig { workers: Workers::Count(0), ..two.clone() }, "workers must be at least 1");
+        let auto = IngestConfig { workers: Workers::Auto, worker_index: 0, ..two.clone() };
+        assert!(auto.validate().is_ok());
+        invalid(IngestConfig { worker_index: 1, ..auto.clone() }, "claims its share itself");
+        invalid(IngestConfig { route_lease_secs: 1, ..auto.clone() }, "route_lease_secs");
+        assert_eq!(toml::from_str::<IngestConfig>("workers = \"auto\"").expect("auto").workers, Workers::Auto);
+        assert_eq!(toml::from_str::<IngestConfig>("workers = 4").expect("4").workers, Workers::Count(4));
+        assert!(toml::from_str::<IngestConfig>("workers = \"many\"").is_err());
+        assert_eq!("auto".parse::<Workers>(), Ok(Workers::Auto));
+        assert!("-1".parse::<Workers>().is_err());
         invalid(IngestConfig { route_by: Some("site=(".into()), ..two.clone() }, "route_by");
         invalid(IngestConfig { route_by: Some("site=[0-9]+".into()), ..two }, "capture group");
         invalid(IngestConfig { every_secs: u64::MAX, ..IngestConfig::default() }, "over a week");

@@ -227,7 +227,7 @@ impl StoreArgs {
     /// The file (or the defaults) with these flags over it; the caller applies its own flags, then validates.
     fn unvalidated(&self) -> anyhow::Result<poslake::config::IngestConfig> {
         let mut c = match &self.config {
-            Some(path) => poslake::config::IngestConfig::load(path)?,
+            Some(path) => poslake::config::IngestConfig::read(path)?,
             None => poslake::config::IngestConfig::default(),
         };
         if let Some(lake) = &self.lake {
@@ -286,10 +286,11 @@ struct IngestArgs {
     /// in progress. [default: every_secs of the configuration; 0, run once]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     every: Option<std::time::Duration>,
-    /// Workers sharing this staging area and lake (with a Redis dedup store); each takes the files routed to it.
-    /// [default: 1]
-    #[arg(long, env = "POSLAKE_WORKERS")]
-    workers: Option<u32>,
+    /// Workers sharing this staging area and lake (with a Redis dedup store); each takes the files routed to it. A
+    /// count (each worker given --worker-index), or `auto`: the live workers share the files out through leases in
+    /// Redis. [default: 1]
+    #[arg(long, env = "POSLAKE_WORKERS", value_name = "N|auto")]
+    workers: Option<poslake::config::Workers>,
     /// This worker's index, 0 to workers - 1. [default: 0]
     #[arg(long, env = "POSLAKE_WORKER_INDEX")]
     worker_index: Option<u32>,
@@ -517,14 +518,38 @@ async fn ingest(args: IngestArgs, replay: Option<poslake::ingest::replay::Replay
         // A replay takes the dead letters it selects, whichever worker refused them.
         route: match replay {
             Some(_) => poslake::ingest::route::Route::all(),
+            None if config.workers == poslake::config::Workers::Auto => {
+                let ttl = std::time::Duration::from_secs(config.route_lease_secs);
+                let leases = poslake::ingest::slot_leases::SlotLeases::join(&config.dedup, ttl)
+                    .await
+                    .context("joining the workers that share staging (workers = auto)")?;
+                poslake::ingest::route::Route::leased(config.route_by.as_deref(), leases)?
+            }
             None => config.route()?,
         },
     };
+    let result = ingest_as_configured(&args, &config, &setup, replay).await;
+    // Its share goes to the other workers at once, rather than after its leases expire.
+    if let Some(leases) = setup.route.leases() {
+        let left = tokio::time::timeout(std::time::Duration::from_secs(5), leases.leave()).await;
+        if let Err(e) = left.map_err(|_| "no answer within 5 s".to_owned()).and_then(|r| r.map_err(|e| e.to_string())) {
+            tracing::warn!(error = %e, "could not leave the workers that share staging; its leases will expire");
+        }
+    }
+    result
+}
+
+async fn ingest_as_configured(
+    args: &IngestArgs,
+    config: &poslake::config::IngestConfig,
+    setup: &poslake::ingest::IngestSetup,
+    replay: Option<poslake::ingest::replay::ReplayFilter>,
+) -> anyhow::Result<ExitCode> {
     let stopper = Stopper::install().context("listening for SIGINT and SIGTERM")?;
     let every = match (&replay, config.every_secs) {
         (None, secs) if secs > 0 => std::time::Duration::from_secs(secs),
         _ => {
-            let summary = run_once(&args, &config, &setup, replay.as_ref(), &stopper).await?;
+            let summary = run_once(args, config, setup, replay.as_ref(), &stopper).await?;
             print_summary(&summary, args.json, false, &stopper)?;
             return Ok(match stopper.signal() {
                 Some(signal) if summary.interrupted => ExitCode::from(signal.exit_code()),
@@ -539,7 +564,7 @@ async fn ingest(args: IngestArgs, replay: Option<poslake::ingest::replay::Replay
     let mut failed = 0;
     loop {
         let started = tokio::time::Instant::now();
-        match run_once(&args, &config, &setup, None, &stopper).await {
+        match run_once(args, config, setup, None, &stopper).await {
             Ok(summary) => {
                 failed = 0;
                 metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "completed").increment(1);

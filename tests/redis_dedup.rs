@@ -553,3 +553,181 @@ fn two_worker_processes_split_the_staging_area_and_land_every_key_once() {
         assert_eq!(ledger_paths(&wh).await.len() as u64, report.files);
     });
 }
+
+/// `workers = "auto"`, in one process for a close look: two workers' claims split the slots with none shared; a
+/// lease taken from a worker behind its back is reported lost before its next commit and no longer routed to it;
+/// a worker that leaves hands its whole share to the other's next claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_route_slots_are_held_by_one_worker_each_and_a_lost_lease_is_noticed() {
+    use poslake::ingest::slot_leases::{SLOTS, SlotLeases};
+    let server = RedisServer::start();
+    let config = bitmap(&server);
+    let ttl = Duration::from_secs(3);
+    let a = SlotLeases::join(&config, ttl).await.expect("a joins");
+    let b = SlotLeases::join(&config, ttl).await.expect("b joins");
+    let (ca, cb) = (a.claim().await.expect("a claims"), b.claim().await.expect("b claims"));
+    assert_eq!((ca.workers, cb.workers), (2, 2));
+    assert_eq!((ca.held, cb.held), (ca.preferred, cb.preferred), "nothing was leased before");
+    assert_eq!(ca.held + cb.held, SLOTS, "every slot has a holder");
+    assert!(ca.held > 0 && cb.held > 0, "{ca:?} {cb:?}");
+    assert!((0..SLOTS).all(|s| a.holds(s) != b.holds(s)), "no slot held by both");
+
+    // b's claim under the same membership takes nothing of a's.
+    let mine = a.held();
+    assert!(b.claim().await.expect("b claims again").held == cb.held && mine == a.held());
+
+    // One of a's leases expires and another worker takes it: a finds out at its next commit's check.
+    let stolen = mine[0];
+    let key = format!("poslake:{{route}}:slot:{stolen}");
+    assert!(server.command(&["SET", &key, "someone-else"]).starts_with("+OK"));
+    assert_eq!(a.confirm().await.expect("confirm"), vec![stolen]);
+    assert!(!a.holds(stolen), "no more files of a lost slot are taken");
+    assert!(server.command(&["GET", &key]).contains("someone-else"), "a lost lease is not taken back mid-run");
+    assert_eq!(a.confirm().await.expect("confirm"), vec![stolen], "the run stays refused until the next claim");
+    server.command(&["DEL", &key]);
+
+    // a's run ends and a leaves: b's next claim takes every slot.
+    a.release().await.expect("release");
+    a.leave().await.expect("leave");
+    let all = b.claim().await.expect("b claims");
+    assert_eq!((all.held, all.workers), (SLOTS, 1), "{all:?}");
+    assert!(a.held().is_empty());
+    b.release().await.expect("release");
+}
+
+/// A worker whose leases are taken from it mid-run (here: every slot key overwritten as soon as it is claimed, as
+/// when a worker cut off from Redis has its leases expire and taken) commits nothing: its run ends with the cause,
+/// its uncommitted work abandoned. Once it holds its slots again, a run lands every key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_lost_its_leases_commits_nothing_and_the_next_run_lands_everything_once() {
+    use poslake::ingest::route::Route;
+    use poslake::ingest::slot_leases::{SLOTS, SlotLeases};
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, _, manifest) = corpus(dir.path(), 17, 3);
+    let lake = dir.path().join("lake");
+    let config = bitmap(&server);
+    // A long lease: this worker's own renewals (every 10 s) come after its run's commit.
+    let leases = SlotLeases::join(&config, Duration::from_secs(30)).await.expect("join");
+    let setup = IngestSetup {
+        route: Route::leased(Some("site=([^/]+)"), leases.clone()).expect("route"),
+        ..setup(&staging, &lake, config)
+    };
+    let stealing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let thief = {
+        let (stealing, port) = (stealing.clone(), server.port);
+        std::thread::spawn(move || {
+            let server = common::redis::Client { port };
+            while stealing.load(std::sync::atomic::Ordering::SeqCst) {
+                for slot in 0..SLOTS {
+                    server.command(&["SET", &format!("poslake:{{route}}:slot:{slot}"), "thief", "XX"]);
+                }
+            }
+        })
+    };
+    let err = ingest(&setup, pipeline(), Arc::new(Progress::default())).await.expect_err("the commit is refused");
+    stealing.store(false, std::sync::atomic::Ordering::SeqCst);
+    thief.join().expect("thief");
+    assert!(format!("{err:#}").contains("lost the leases of route slots"), "{err:#}");
+    let wh = Warehouse::open(&lake).await.expect("open");
+    assert!(header_keys(&wh).await.is_empty(), "nothing committed");
+    assert!(ledger_paths(&wh).await.is_empty(), "no file recorded");
+
+    for slot in 0..SLOTS {
+        server.command(&["DEL", &format!("poslake:{{route}}:slot:{slot}")]);
+    }
+    let summary = run(&setup).await;
+    assert_eq!(summary.route_slots, Some(SLOTS), "alone, this worker holds every slot");
+    assert_exact(&lake, &unique_keys(&manifest)).await;
+}
+
+/// `workers = "auto"` with real processes: two service workers share a staging area out among themselves (each
+/// taking some of it), one is killed with SIGKILL, and the other takes over its share once its leases expire.
+/// Every file lands once and every key once.
+#[test]
+fn auto_workers_share_staging_and_take_over_a_killed_workers_share() {
+    use std::io::BufRead;
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, lake) = (dir.path().join("staging"), dir.path().join("lake"));
+    let config = dir.path().join("poslake.toml");
+    std::fs::write(
+        &config,
+        "workers = \"auto\"\nroute_lease_secs = 3\n[dedup]\nexpected_keys_per_period = 200000\nmax_shard_mib = 1\n",
+    )
+    .expect("config");
+    let mut keys = BTreeSet::new();
+    // 32 stations' folders; written under a hidden name, then renamed.
+    let mut arrive = |seeds: std::ops::Range<u64>| {
+        for seed in seeds {
+            let site = staging.join(format!("site={}", seed % 32));
+            std::fs::create_dir_all(&site).expect("mkdir");
+            let (xml, k) = poslake::generate::generate_file(poslake::Dialect::NaxmlPassport, seed, 3);
+            std::fs::write(site.join(".partial"), xml).expect("write");
+            std::fs::rename(site.join(".partial"), site.join(format!("{seed}.xml"))).expect("rename");
+            keys.extend(k);
+        }
+    };
+    arrive(0..64);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, serde_json::Value)>();
+    let spawn = |worker: usize| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+            .args(["ingest", "--every", "1s", "--json", "--dedup", "redis-bitmap", "--redis-url", &server.url()])
+            .args(["--route-by", "site=([^/]+)", "--config"])
+            .arg(&config)
+            .arg("--staging")
+            .arg(&staging)
+            .arg("--lake")
+            .arg(&lake)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn poslake");
+        let (stdout, tx) = (child.stdout.take().expect("stdout"), tx.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let run = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
+                if tx.send((worker, run)).is_err() {
+                    break;
+                }
+            }
+        });
+        child
+    };
+    let mut workers = [spawn(0), spawn(1)];
+    let mut taken = [0u64; 2];
+    let wait_for = |total: u64, taken: &mut [u64; 2]| {
+        while taken.iter().sum::<u64>() < total {
+            let (worker, run) = rx.recv_timeout(Duration::from_secs(120)).expect("a run's summary");
+            assert!(run["route_slots"].as_u64().is_some(), "{run}");
+            taken[worker] += run["files"].as_u64().expect("files");
+        }
+        assert_eq!(taken.iter().sum::<u64>(), total, "no file taken twice: {taken:?}");
+    };
+    wait_for(64, &mut taken);
+    arrive(64..128);
+    wait_for(128, &mut taken);
+    arrive(128..160);
+    wait_for(160, &mut taken);
+    assert!(taken[0] > 0 && taken[1] > 0, "each worker took a share: {taken:?}");
+
+    workers[0].kill().expect("SIGKILL");
+    workers[0].wait().expect("wait");
+    let before = taken[1];
+    arrive(160..224);
+    wait_for(224, &mut taken);
+    assert_eq!(taken[1] - before, 64, "the live worker took every new file, the killed one's share too");
+
+    let status = std::process::Command::new("kill").args(["-TERM", &workers[1].id().to_string()]).status();
+    assert!(status.expect("kill").success());
+    assert_eq!(workers[1].wait().expect("wait").code(), Some(0));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let wh = Warehouse::open(&lake).await.expect("open");
+        let got = header_keys(&wh).await;
+        assert_eq!(got.len(), keys.len(), "each key once");
+        assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), keys);
+        assert_eq!(ledger_paths(&wh).await.len(), 224);
+        assert_eq!(wh.row_count("file_ledger").await.expect("count"), 224, "one ledger row a file");
+    });
+    assert!(server.command(&["ZCARD", "poslake:{route}:workers"]).contains(":0"), "the stopped worker left");
+}

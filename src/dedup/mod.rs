@@ -18,7 +18,7 @@ mod file_index;
 pub mod redis_bitmap;
 pub mod redis_bloom;
 mod redis_files;
-mod redis_pool;
+pub(crate) mod redis_pool;
 
 use std::future::Future;
 use std::path::Path;

@@ -17,6 +17,7 @@ pub mod maintain;
 pub mod reconcile;
 pub mod replay;
 pub mod route;
+pub mod slot_leases;
 pub mod staging;
 
 use std::collections::{HashMap, HashSet};
@@ -94,6 +95,13 @@ pub enum IngestError {
     Abandoned(String),
     #[error("another `poslake replay` is running on {0}: one at a time, since each would take the same dead letters")]
     ReplayRunning(PathBuf),
+    /// `workers = "auto"`: leases of these route slots were lost mid-run (cut off from Redis longer than a lease),
+    /// so another worker may be taking their files; everything uncommitted was abandoned.
+    #[error(
+        "lost the leases of route slots {0:?} mid-run (cut off from Redis longer than route_lease_secs?): uncommitted \
+         work abandoned, so that the worker holding them now does it"
+    )]
+    LeaseLost(Vec<u32>),
 }
 
 impl IngestError {
@@ -103,7 +111,10 @@ impl IngestError {
             IngestError::Archive(_) => true,
             IngestError::Lake(e) => e.is_retryable(),
             // The Redis pool already retried with backoff up to its limit.
-            IngestError::Dedup(_) | IngestError::Abandoned(_) | IngestError::ReplayRunning(_) => false,
+            IngestError::Dedup(_)
+            | IngestError::Abandoned(_)
+            | IngestError::ReplayRunning(_)
+            | IngestError::LeaseLost(_) => false,
         }
     }
 }
@@ -335,6 +346,20 @@ impl PosStages {
                 return Err(IngestError::Abandoned(e.to_string()));
             }
         };
+        // With leased routes: a slot lost since the claim may be another worker's now, and so may its files.
+        if let Some(leases) = self.route.leases() {
+            let lost = match leases.confirm().await {
+                Ok(lost) => lost,
+                Err(e) => {
+                    self.abandon_uncommitted(open, &[]);
+                    return Err(e.into());
+                }
+            };
+            if !lost.is_empty() {
+                self.abandon_uncommitted(open, &[]);
+                return Err(IngestError::LeaseLost(lost));
+            }
+        }
         let keys = std::mem::take(&mut open.keys);
         let span = tracing::info_span!(
             "commit",
@@ -849,6 +874,9 @@ pub struct IngestSummary {
     /// For `poslake replay`: the dead letters selected (`files` counts those taken before any Ctrl-C).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replayed: Option<u64>,
+    /// With `workers = "auto"`: the route slots this worker leased for the run (of `slot_leases::SLOTS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_slots: Option<u32>,
 }
 
 impl IngestSummary {
@@ -897,8 +925,22 @@ pub async fn ingest(
 ) -> Result<IngestSummary, IngestRunError> {
     let started = std::time::Instant::now();
     let run_id = uuid::Uuid::new_v4().to_string();
-    let stages = Arc::new(PosStages::open(setup, run_id.clone()).await?);
-    run(stages, run_id, started, pipeline, progress, None).await
+    let Some(leases) = setup.route.leases() else {
+        let stages = Arc::new(PosStages::open(setup, run_id.clone()).await?);
+        return run(stages, run_id, started, pipeline, progress, None).await;
+    };
+    // Claimed before the ledger is read, so that whatever a slot's previous holder committed is skipped.
+    let claim = leases.claim().await.map_err(IngestError::from)?;
+    let result = match PosStages::open(setup, run_id.clone()).await {
+        Ok(stages) => run(Arc::new(stages), run_id, started, pipeline, progress, None).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = leases.release().await {
+        tracing::warn!(error = %e, "could not release this run's route leases; they will expire");
+    }
+    let mut summary = result?;
+    summary.route_slots = Some(claim.held);
+    Ok(summary)
 }
 
 /// Runs a replay of the dead letters `filter` selects (see [`replay`]): those whose newest ledger row is still a
@@ -964,6 +1006,7 @@ async fn run(
         seconds: started.elapsed().as_secs_f64(),
         interrupted: progress.stop_requested(),
         replayed,
+        route_slots: None,
     })
 }
 

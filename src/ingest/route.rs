@@ -4,8 +4,15 @@
 //! from the file's staging path: the first capture group of `route_by` (e.g. `site=([^/]+)`), else the file's
 //! folder, where stations' uploads usually sit. The key is hashed with BLAKE3, so every worker and every version of
 //! poslake routes a path the same way.
+//!
+//! With a fixed count (`workers = N`) the hash modulo N names the worker. With `workers = "auto"` the hash names
+//! one of [`SLOTS`] slots, and a worker takes the slots it holds a lease on ([`super::slot_leases`]).
+
+use std::sync::Arc;
 
 use regex::Regex;
+
+use super::slot_leases::{SLOTS, SlotLeases};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -16,11 +23,24 @@ pub enum RouteError {
 }
 
 /// Which files this worker takes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Route {
     workers: u32,
     index: u32,
     by: Option<Regex>,
+    /// `workers = "auto"`: the slots this worker leases decide, not `workers` and `index`.
+    leases: Option<Arc<SlotLeases>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("workers", &self.workers)
+            .field("index", &self.index)
+            .field("by", &self.by.as_ref().map(Regex::as_str))
+            .field("leases", &self.leases.as_ref().map(|l| l.id()))
+            .finish()
+    }
 }
 
 impl Route {
@@ -29,46 +49,67 @@ impl Route {
         if index >= workers.max(1) {
             return Err(RouteError::Index { index, workers });
         }
-        let by = match by {
-            None => None,
-            Some(pattern) => {
-                let err = |reason: String| RouteError::Pattern { pattern: pattern.to_owned(), reason };
-                let re = Regex::new(pattern).map_err(|e| err(e.to_string()))?;
-                if re.captures_len() < 2 {
-                    return Err(err("needs a capture group, the part of the path that routes the file".into()));
-                }
-                Some(re)
-            }
-        };
-        Ok(Route { workers: workers.max(1), index, by })
+        Ok(Route { workers: workers.max(1), index, by: pattern(by)?, leases: None })
+    }
+
+    /// `workers = "auto"`: this worker takes the files of the slots it leases.
+    pub fn leased(by: Option<&str>, leases: Arc<SlotLeases>) -> Result<Self, RouteError> {
+        Ok(Route { workers: 1, index: 0, by: pattern(by)?, leases: Some(leases) })
     }
 
     /// One worker takes everything.
     pub fn all() -> Self {
-        Route { workers: 1, index: 0, by: None }
+        Route { workers: 1, index: 0, by: None, leases: None }
     }
 
     pub fn is_split(&self) -> bool {
-        self.workers > 1
+        self.workers > 1 || self.leases.is_some()
     }
 
-    /// The worker a staging path goes to.
-    pub fn worker_of(&self, path: &str) -> u32 {
-        if self.workers == 1 {
-            return 0;
-        }
+    pub fn leases(&self) -> Option<&Arc<SlotLeases>> {
+        self.leases.as_ref()
+    }
+
+    /// The hash of a staging path's route key.
+    fn hash(&self, path: &str) -> u64 {
         let captured = self.by.as_ref().and_then(|re| re.captures(path)).and_then(|c| c.get(1)).map(|m| m.as_str());
         let key = captured.unwrap_or_else(|| path.rsplit_once('/').map_or("", |(folder, _)| folder));
         let hash = blake3::hash(key.as_bytes());
         let mut first = [0u8; 8];
         first.copy_from_slice(&hash.as_bytes()[..8]);
-        (u64::from_le_bytes(first) % u64::from(self.workers)) as u32
+        u64::from_le_bytes(first)
+    }
+
+    /// The worker a staging path goes to (with a fixed count of workers).
+    pub fn worker_of(&self, path: &str) -> u32 {
+        if self.workers == 1 {
+            return 0;
+        }
+        (self.hash(path) % u64::from(self.workers)) as u32
+    }
+
+    /// The slot a staging path falls in (with `workers = "auto"`).
+    pub fn slot_of(&self, path: &str) -> u32 {
+        (self.hash(path) % u64::from(SLOTS)) as u32
     }
 
     /// Whether this worker takes the file at `path`.
     pub fn takes(&self, path: &str) -> bool {
-        self.worker_of(path) == self.index
+        match &self.leases {
+            Some(leases) => leases.holds(self.slot_of(path)),
+            None => self.worker_of(path) == self.index,
+        }
     }
+}
+
+fn pattern(by: Option<&str>) -> Result<Option<Regex>, RouteError> {
+    let Some(pattern) = by else { return Ok(None) };
+    let err = |reason: String| RouteError::Pattern { pattern: pattern.to_owned(), reason };
+    let re = Regex::new(pattern).map_err(|e| err(e.to_string()))?;
+    if re.captures_len() < 2 {
+        return Err(err("needs a capture group, the part of the path that routes the file".into()));
+    }
+    Ok(Some(re))
 }
 
 #[cfg(test)]

@@ -88,6 +88,18 @@ impl RedisServer {
 
     /// Runs one command with the redis-cli wire protocol and returns the raw reply text.
     pub fn command(&self, args: &[&str]) -> String {
+        Client { port: self.port }.command(args)
+    }
+}
+
+/// Commands to a server by its port, from any thread.
+pub struct Client {
+    pub port: u16,
+}
+
+impl Client {
+    /// Runs one command with the redis-cli wire protocol and returns the raw reply text.
+    pub fn command(&self, args: &[&str]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
