@@ -652,9 +652,20 @@ fn print_summary(
             if stopped.is_empty() { String::new() } else { stopped + "the rest are left for the next replay" }
         );
     } else {
+        let shared = match summary.route_slots {
+            Some(slots) => format!(
+                "; {} files left to other workers (this one held {slots} of {} route slots)",
+                summary.other_workers_files,
+                poslake::ingest::slot_leases::SLOTS
+            ),
+            None if summary.other_workers_files > 0 => {
+                format!("; {} files left to other workers", summary.other_workers_files)
+            }
+            None => String::new(),
+        };
         say!(
             "ingested {} files ({:.1} MB) in {:.2}s: {:.0} files/s, {:.1} MB/s; {} transactions, {} new, {} duplicates \
-             ({} quarantined); {} dead letters; {} files already ingested; {} retries, {} actor restarts{}",
+             ({} quarantined); {} dead letters; {} files already ingested{shared}; {} retries, {} actor restarts{}",
             summary.files,
             summary.bytes as f64 / 1e6,
             summary.seconds,
