@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::dialect_fixtures;
 use poslake::ParsedFile;
@@ -333,4 +334,37 @@ async fn recovery_leaves_a_live_commits_intent_to_it_and_finishes_an_abandoned_o
     }
     assert!(names.len() > 1 && names.contains(&first_table));
     assert_eq!(dedup.applied(&["run/w/live".to_owned()]).await.expect("applied"), [true]);
+}
+
+/// A worker taking over route slots waits for the commits in progress when it starts (their intents locked by live
+/// processes), so that its read of the ledger holds their files: the wait ends when such an intent is removed or
+/// when its process lets go of it (dies), and gives up after its limit naming the intents still in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_waits_for_commits_in_progress_and_no_longer() {
+    let (_dir, wh, _dedup, _committer) = lake().await;
+    let files = dialect_fixtures();
+    assert!(wh.live_intents().expect("live").is_empty());
+    let held = wh.write_intent(&prepared(&wh, &files[0], "run/w/a").await).await.expect("intent");
+    let left = wh.write_intent(&prepared(&wh, &files[1], "run/w/b").await).await.expect("intent");
+    drop(left); // its process died: recovery's, not a commit in progress
+    let live = wh.live_intents().expect("live");
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert!(live[0].to_string_lossy().contains("run"), "{live:?}");
+
+    let waited = wh.wait_for_live_intents(Duration::from_millis(300)).await.expect("wait");
+    assert_eq!(waited, live, "still in progress after the limit");
+
+    let committer = {
+        let wh = wh.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            wh.remove_intent("run/w/a").expect("remove");
+            drop(held);
+        })
+    };
+    let started = std::time::Instant::now();
+    let waited = wh.wait_for_live_intents(Duration::from_secs(30)).await.expect("wait");
+    assert!(waited.is_empty(), "{waited:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "it waited for the commit to end");
+    committer.await.expect("committer");
 }

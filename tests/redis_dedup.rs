@@ -641,93 +641,178 @@ async fn a_worker_that_lost_its_leases_commits_nothing_and_the_next_run_lands_ev
     assert_exact(&lake, &unique_keys(&manifest)).await;
 }
 
-/// `workers = "auto"` with real processes: two service workers share a staging area out among themselves (each
-/// taking some of it), one is killed with SIGKILL, and the other takes over its share once its leases expire.
-/// Every file lands once and every key once.
-#[test]
-fn auto_workers_share_staging_and_take_over_a_killed_workers_share() {
-    use std::io::BufRead;
-    let server = RedisServer::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (staging, lake) = (dir.path().join("staging"), dir.path().join("lake"));
-    let config = dir.path().join("poslake.toml");
-    std::fs::write(
-        &config,
-        "workers = \"auto\"\nroute_lease_secs = 3\n[dedup]\nexpected_keys_per_period = 200000\nmax_shard_mib = 1\n",
-    )
-    .expect("config");
-    let mut keys = BTreeSet::new();
-    // 32 stations' folders; written under a hidden name, then renamed.
-    let mut arrive = |seeds: std::ops::Range<u64>| {
-        for seed in seeds {
-            let site = staging.join(format!("site={}", seed % 32));
-            std::fs::create_dir_all(&site).expect("mkdir");
-            let (xml, k) = poslake::generate::generate_file(poslake::Dialect::NaxmlPassport, seed, 3);
-            std::fs::write(site.join(".partial"), xml).expect("write");
-            std::fs::rename(site.join(".partial"), site.join(format!("{seed}.xml"))).expect("rename");
-            keys.extend(k);
-        }
-    };
-    arrive(0..64);
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, serde_json::Value)>();
-    let spawn = |worker: usize| {
+/// Files of 32 stations' folders arriving in staging (written under a hidden name, then renamed), and the keys
+/// they carry.
+fn arrive(staging: &Path, seeds: std::ops::Range<u64>, keys: &mut BTreeSet<String>) {
+    for seed in seeds {
+        let site = staging.join(format!("site={}", seed % 32));
+        std::fs::create_dir_all(&site).expect("mkdir");
+        let (xml, k) = poslake::generate::generate_file(poslake::Dialect::NaxmlPassport, seed, 3);
+        std::fs::write(site.join(".partial"), xml).expect("write");
+        std::fs::rename(site.join(".partial"), site.join(format!("{seed}.xml"))).expect("rename");
+        keys.extend(k);
+    }
+}
+
+/// Service workers with `workers = "auto"` (3 s leases, a run every second) on one staging area, lake and Redis;
+/// each run's JSON summary is sent to `runs` with the worker's number.
+struct AutoWorkers {
+    dir: tempfile::TempDir,
+    url: String,
+    runs: std::sync::mpsc::Sender<(usize, serde_json::Value)>,
+}
+
+impl AutoWorkers {
+    fn new(server: &RedisServer, extra_config: &str) -> (Self, std::sync::mpsc::Receiver<(usize, serde_json::Value)>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("staging")).expect("staging");
+        std::fs::write(
+            dir.path().join("poslake.toml"),
+            format!(
+                "workers = \"auto\"\nroute_lease_secs = 3\n{extra_config}\n[dedup]\nexpected_keys_per_period = 200000\n\
+                 max_shard_mib = 1\n"
+            ),
+        )
+        .expect("config");
+        let (runs, rx) = std::sync::mpsc::channel();
+        (AutoWorkers { dir, url: server.url(), runs }, rx)
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.dir.path().join("staging")
+    }
+
+    fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+
+    fn log(&self, worker: usize) -> PathBuf {
+        self.dir.path().join(format!("worker-{worker}.log"))
+    }
+
+    fn spawn(&self, worker: usize, extra: &[&str]) -> std::process::Child {
+        use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
-            .args(["ingest", "--every", "1s", "--json", "--dedup", "redis-bitmap", "--redis-url", &server.url()])
+            .args(["ingest", "--every", "1s", "--json", "--dedup", "redis-bitmap", "--redis-url", &self.url])
             .args(["--route-by", "site=([^/]+)", "--config"])
-            .arg(&config)
+            .arg(self.dir.path().join("poslake.toml"))
             .arg("--staging")
-            .arg(&staging)
+            .arg(self.staging())
             .arg("--lake")
-            .arg(&lake)
+            .arg(self.lake())
+            .args(extra)
             .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(self.log(worker)).expect("log"))
             .spawn()
             .expect("spawn poslake");
-        let (stdout, tx) = (child.stdout.take().expect("stdout"), tx.clone());
+        let (stdout, runs) = (child.stdout.take().expect("stdout"), self.runs.clone());
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
                 let run = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
-                if tx.send((worker, run)).is_err() {
+                if runs.send((worker, run)).is_err() {
                     break;
                 }
             }
         });
         child
-    };
-    let mut workers = [spawn(0), spawn(1)];
+    }
+
+    /// Stops worker `worker` with SIGTERM: it drains and exits 0. Returns its log.
+    fn stop(&self, mut child: std::process::Child, worker: usize) -> String {
+        let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(status.expect("kill").success());
+        let code = child.wait().expect("wait").code();
+        let log = std::fs::read_to_string(self.log(worker)).expect("log");
+        assert_eq!(code, Some(0), "{log}");
+        log
+    }
+
+    /// Each key of `keys` once in `sales_header`, and one ledger row for each of `files` files.
+    fn assert_exact(&self, keys: &BTreeSet<String>, files: usize) {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let wh = Warehouse::open(&self.lake()).await.expect("open");
+            let got = header_keys(&wh).await;
+            assert_eq!(got.len(), keys.len(), "each key once");
+            assert_eq!(&got.into_iter().collect::<BTreeSet<_>>(), keys);
+            assert_eq!(ledger_paths(&wh).await.len(), files);
+            assert_eq!(wh.row_count("file_ledger").await.expect("count"), files as u64, "one ledger row a file");
+        });
+    }
+}
+
+/// Adds each summary's files to its worker's count until the counts reach `total`.
+fn count_runs(rx: &std::sync::mpsc::Receiver<(usize, serde_json::Value)>, taken: &mut [u64; 2], total: u64) {
+    while taken.iter().sum::<u64>() < total {
+        let (worker, run) = rx.recv_timeout(Duration::from_secs(120)).expect("a run's summary");
+        assert!(run["route_slots"].as_u64().is_some(), "{run}");
+        taken[worker] += run["files"].as_u64().expect("files");
+    }
+    assert_eq!(taken.iter().sum::<u64>(), total, "no file taken twice: {taken:?}");
+}
+
+/// `workers = "auto"` with real processes: two service workers share a staging area out among themselves (each
+/// taking some of it), one is killed with SIGKILL, and the other takes over its share once its leases expire.
+/// Every file lands once and every key once.
+#[test]
+fn auto_workers_share_staging_and_take_over_a_killed_workers_share() {
+    let server = RedisServer::start();
+    let (workers, rx) = AutoWorkers::new(&server, "");
+    let mut keys = BTreeSet::new();
+    arrive(&workers.staging(), 0..64, &mut keys);
+    let (mut first, second) = (workers.spawn(0, &[]), workers.spawn(1, &[]));
     let mut taken = [0u64; 2];
-    let wait_for = |total: u64, taken: &mut [u64; 2]| {
-        while taken.iter().sum::<u64>() < total {
-            let (worker, run) = rx.recv_timeout(Duration::from_secs(120)).expect("a run's summary");
-            assert!(run["route_slots"].as_u64().is_some(), "{run}");
-            taken[worker] += run["files"].as_u64().expect("files");
-        }
-        assert_eq!(taken.iter().sum::<u64>(), total, "no file taken twice: {taken:?}");
-    };
-    wait_for(64, &mut taken);
-    arrive(64..128);
-    wait_for(128, &mut taken);
-    arrive(128..160);
-    wait_for(160, &mut taken);
+    count_runs(&rx, &mut taken, 64);
+    arrive(&workers.staging(), 64..128, &mut keys);
+    count_runs(&rx, &mut taken, 128);
+    arrive(&workers.staging(), 128..160, &mut keys);
+    count_runs(&rx, &mut taken, 160);
     assert!(taken[0] > 0 && taken[1] > 0, "each worker took a share: {taken:?}");
 
-    workers[0].kill().expect("SIGKILL");
-    workers[0].wait().expect("wait");
+    first.kill().expect("SIGKILL");
+    first.wait().expect("wait");
     let before = taken[1];
-    arrive(160..224);
-    wait_for(224, &mut taken);
+    arrive(&workers.staging(), 160..224, &mut keys);
+    count_runs(&rx, &mut taken, 224);
     assert_eq!(taken[1] - before, 64, "the live worker took every new file, the killed one's share too");
 
-    let status = std::process::Command::new("kill").args(["-TERM", &workers[1].id().to_string()]).status();
-    assert!(status.expect("kill").success());
-    assert_eq!(workers[1].wait().expect("wait").code(), Some(0));
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let wh = Warehouse::open(&lake).await.expect("open");
-        let got = header_keys(&wh).await;
-        assert_eq!(got.len(), keys.len(), "each key once");
-        assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), keys);
-        assert_eq!(ledger_paths(&wh).await.len(), 224);
-        assert_eq!(wh.row_count("file_ledger").await.expect("count"), 224, "one ledger row a file");
-    });
+    workers.stop(second, 1);
+    workers.assert_exact(&keys, 224);
     assert!(server.command(&["ZCARD", "poslake:{route}:workers"]).contains(":0"), "the stopped worker left");
+}
+
+/// A worker paused (SIGSTOP, as a frozen VM) longer than its leases, at several moments of its runs, while the other
+/// takes over its share and the files keep arriving: whatever the paused worker had not committed it gives up when
+/// it resumes (its leases are gone), and a commit it was making when paused is waited for by the other. Every file
+/// lands once and every key once.
+#[test]
+fn a_worker_paused_past_its_leases_gives_up_its_uncommitted_files_and_nothing_lands_twice() {
+    let server = RedisServer::start();
+    // Runs long against the pause points: one file at a time, one commit at a run's end.
+    let (workers, rx) = AutoWorkers::new(&server, "max_files_in_flight = 2\ncommit_interval_secs = 600");
+    let slow = ["--parsers", "1", "--downloaders", "1", "--commit-files", "100000"];
+    let mut keys = BTreeSet::new();
+    let (paused, other) = (workers.spawn(0, &slow), workers.spawn(1, &slow));
+    let mut files = 0;
+    for (round, pause_after_ms) in [150u64, 400, 900].into_iter().enumerate() {
+        let wave = 96 * round as u64..96 * (round as u64 + 1);
+        files += 96;
+        arrive(&workers.staging(), wave, &mut keys);
+        std::thread::sleep(Duration::from_millis(pause_after_ms));
+        let pid = paused.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+        std::thread::sleep(Duration::from_secs(7));
+        assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+    }
+    // Every file lands: each JSON line is a run that completed, its files committed.
+    let mut taken = [0u64; 2];
+    count_runs(&rx, &mut taken, files as u64);
+    let paused_log = workers.stop(paused, 0);
+    workers.stop(other, 1);
+    while let Ok((worker, run)) = rx.try_recv() {
+        taken[worker] += run["files"].as_u64().expect("files");
+    }
+    assert_eq!(taken.iter().sum::<u64>(), files as u64, "no file taken twice: {taken:?}");
+    workers.assert_exact(&keys, files);
+    eprintln!("paused worker: {}", paused_log.lines().filter(|l| l.contains("lease")).collect::<Vec<_>>().join("\n"));
 }

@@ -61,6 +61,18 @@ impl Committer {
 
     /// Commits the prepared tables and then adds `keys` (the keys of the new `sales_header` rows).
     pub async fn commit(&self, commit: PreparedCommit, keys: &[DedupKey]) -> Result<Vec<Commit>, IngestError> {
+        self.commit_fenced(commit, keys, async { Ok(()) }).await
+    }
+
+    /// [`Committer::commit`], with `fence` checked once the intent is written and before any table is committed:
+    /// if it fails, the intent is removed and nothing is committed. (With leased route slots, the fence renews the
+    /// leases: another worker that takes a slot after that sees this commit's intent and waits for it.)
+    pub async fn commit_fenced(
+        &self,
+        commit: PreparedCommit,
+        keys: &[DedupKey],
+        fence: impl std::future::Future<Output = Result<(), IngestError>>,
+    ) -> Result<Vec<Commit>, IngestError> {
         if commit.tables.is_empty() {
             return Ok(Vec::new());
         }
@@ -68,6 +80,10 @@ impl Committer {
         // Held until the intent is removed (or this returns early): no other worker recovers it meanwhile.
         let _intent = self.warehouse.write_intent(&commit).await?;
         failpoint::hit("commit-intent");
+        if let Err(e) = fence.await {
+            self.warehouse.remove_intent(&id)?;
+            return Err(e);
+        }
         let commits = self.warehouse.apply_with(commit, || failpoint::hit("commit-table")).await?;
         self.dedup.add(keys).await?;
         failpoint::hit("commit-keys");

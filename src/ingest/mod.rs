@@ -102,6 +102,16 @@ pub enum IngestError {
          work abandoned, so that the worker holding them now does it"
     )]
     LeaseLost(Vec<u32>),
+    /// `workers = "auto"`: the leases could not be renewed before a commit (Redis unreachable past its limit).
+    #[error("could not renew the route leases before a commit ({0}): uncommitted work abandoned")]
+    LeaseUnconfirmed(String),
+    /// `workers = "auto"`: another worker's commit was still in progress after a whole lease, and its files may be
+    /// in the slots this worker just took.
+    #[error(
+        "commits by another worker still in progress after {secs} s ({intents}): a worker paused mid-commit? This \
+         run takes no files, since some may be that commit's; the next run looks again"
+    )]
+    CommitInProgress { intents: String, secs: u64 },
 }
 
 impl IngestError {
@@ -114,7 +124,9 @@ impl IngestError {
             IngestError::Dedup(_)
             | IngestError::Abandoned(_)
             | IngestError::ReplayRunning(_)
-            | IngestError::LeaseLost(_) => false,
+            | IngestError::LeaseLost(_)
+            | IngestError::LeaseUnconfirmed(_)
+            | IngestError::CommitInProgress { .. } => false,
         }
     }
 }
@@ -260,6 +272,15 @@ impl PosStages {
         let dedup = Arc::new(Dedup::open(&setup.dedup, warehouse.root()).await?);
         tracing::info!(backend = %dedup.describe(), "dedup store");
         let committer = Committer::new(warehouse.clone(), dedup);
+        if let Some(leases) = setup.route.leases() {
+            // A slot just taken over may have files in another worker's commit in progress: wait for it to end, so
+            // that the ledger read below holds them.
+            let waiting = warehouse.wait_for_live_intents(leases.lease_time()).await?;
+            if !waiting.is_empty() {
+                let intents = waiting.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+                return Err(IngestError::CommitInProgress { intents, secs: leases.lease_time().as_secs() });
+            }
+        }
         let recovery = committer.recover(None).await?;
         let ledger = LedgerIndex::load(&warehouse, committer.dedup(), setup.dedup.expected_files).await?;
         let open = Uncommitted {
@@ -346,20 +367,6 @@ impl PosStages {
                 return Err(IngestError::Abandoned(e.to_string()));
             }
         };
-        // With leased routes: a slot lost since the claim may be another worker's now, and so may its files.
-        if let Some(leases) = self.route.leases() {
-            let lost = match leases.confirm().await {
-                Ok(lost) => lost,
-                Err(e) => {
-                    self.abandon_uncommitted(open, &[]);
-                    return Err(e.into());
-                }
-            };
-            if !lost.is_empty() {
-                self.abandon_uncommitted(open, &[]);
-                return Err(IngestError::LeaseLost(lost));
-            }
-        }
         let keys = std::mem::take(&mut open.keys);
         let span = tracing::info_span!(
             "commit",
@@ -369,8 +376,22 @@ impl PosStages {
             iceberg.tables = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let result =
-            self.committer.commit(PreparedCommit { id, properties, tables }, &keys).instrument(span.clone()).await;
+        // With leased route slots: once the intent is written, the leases are renewed, and a slot lost since the
+        // claim (another worker's now, and maybe its files too) stops the commit (see `slot_leases`).
+        let leases = self.route.leases().cloned();
+        let fence = async move {
+            let Some(leases) = leases else { return Ok(()) };
+            match leases.confirm().await {
+                Ok(lost) if lost.is_empty() => Ok(()),
+                Ok(lost) => Err(IngestError::LeaseLost(lost)),
+                Err(e) => Err(IngestError::LeaseUnconfirmed(e.to_string())),
+            }
+        };
+        let result = self
+            .committer
+            .commit_fenced(PreparedCommit { id, properties, tables }, &keys, fence)
+            .instrument(span.clone())
+            .await;
         if let Ok(commits) = &result {
             // The snapshot of sales_header (or of the first table committed) names the commit in Iceberg.
             if let Some(c) = commits.iter().find(|c| c.table == "sales_header").or(commits.first()) {
@@ -386,6 +407,11 @@ impl PosStages {
             // The store lost its state between the table commits and the marks: recovery re-adds every
             // committed batch's keys, this one's included.
             Err(IngestError::Dedup(DedupError::StateLost { .. })) => self.heal_holding_open().await?,
+            // Nothing was committed: everything open is given up, for whoever holds the slots now.
+            Err(e @ (IngestError::LeaseLost(_) | IngestError::LeaseUnconfirmed(_))) => {
+                self.abandon_uncommitted(open, &keys);
+                return Err(e);
+            }
             Err(e) => {
                 // Whatever was committed is finished by the next start's recovery; nothing more is written now.
                 open.failed = true;

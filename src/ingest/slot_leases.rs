@@ -11,10 +11,13 @@
 //! - **Leases.** At the start of a run a worker takes the leases of its preferred slots (`SET NX PX`); a slot still
 //!   leased by another worker (finishing a run under an older membership) is left to it for this run. Leases are
 //!   renewed while the run lasts and released at its end. A worker killed mid-run leaves its leases to expire.
-//! - **A lease lost mid-run** (the worker was cut off from Redis for a whole lease) may already be another worker's,
-//!   so before every commit the worker renews its leases, and if any was lost it abandons everything uncommitted
-//!   and ends the run: the files are done by whoever holds their slots now. The commit's intent is written right
-//!   after that renewal, well inside the lease.
+//! - **A lease lost mid-run** (the worker was cut off from Redis, or paused, for a whole lease) may already be another
+//!   worker's, with its files. So each commit renews the leases after its intent is written and before any table
+//!   is committed; if one was lost, the intent is removed and everything uncommitted abandoned, and the run ends:
+//!   the files are done by whoever holds their slots now. A worker that takes slots waits, before it reads the
+//!   ledger, for the commits in progress at that moment (intents locked by live processes). Together: a commit whose
+//!   renewal succeeded has its intent in place before the slot can pass to another worker, which then waits for
+//!   it and sees its files in the ledger; a commit whose renewal failed commits nothing.
 //!
 //! Claims happen only when a run starts, so a membership change takes effect at each worker's next run: this suits
 //! a service whose runs are short against its interval. A long backload is split by a fixed count instead.
@@ -120,6 +123,11 @@ impl SlotLeases {
     /// This worker's id in Redis.
     pub fn id(&self) -> &str {
         &self.me
+    }
+
+    /// How long a lease lasts unrenewed.
+    pub fn lease_time(&self) -> Duration {
+        self.ttl
     }
 
     pub fn holds(&self, slot: u32) -> bool {

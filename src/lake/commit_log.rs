@@ -188,6 +188,41 @@ impl Warehouse {
         Ok(self.intents(true).await?.into_iter().filter_map(|(c, lock)| Some((c, lock?))).collect())
     }
 
+    /// Intents (made, or being written) that another live process holds locked now: commits in progress.
+    pub fn live_intents(&self) -> Result<Vec<PathBuf>, LakeError> {
+        let mut live = Vec::new();
+        for entry in self.intent_entries()? {
+            let path = entry.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if !(name.ends_with(".json") || name.ends_with(".json.tmp")) {
+                continue;
+            }
+            match IntentLock::try_take(&path) {
+                Ok(None) => live.push(path),
+                // Unlocked (abandoned: recovery's), or gone since the listing (complete).
+                Ok(Some(_)) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LakeError::Io { path, source }),
+            }
+        }
+        Ok(live)
+    }
+
+    /// Waits until each commit in progress now has ended (its intent gone, or unlocked by a process that died), for
+    /// at most `limit`; returns the intents still in progress then (none: all ended).
+    pub async fn wait_for_live_intents(&self, limit: std::time::Duration) -> Result<Vec<PathBuf>, LakeError> {
+        let started = std::time::Instant::now();
+        let mut waiting = self.live_intents()?;
+        while !waiting.is_empty() && started.elapsed() < limit {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            // An intent being written is renamed once written: the same commit under its final name.
+            let commit = |p: &PathBuf| p.to_string_lossy().trim_end_matches(".tmp").to_owned();
+            let live: Vec<String> = self.live_intents()?.iter().map(commit).collect();
+            waiting.retain(|path| live.contains(&commit(path)));
+        }
+        Ok(waiting)
+    }
+
     async fn intents(&self, claim: bool) -> Result<Vec<(PreparedCommit, Option<IntentLock>)>, LakeError> {
         let entries = self.intent_entries()?;
         let mut found = Vec::new();
