@@ -520,9 +520,10 @@ async fn ingest(args: IngestArgs, replay: Option<poslake::ingest::replay::Replay
             Some(_) => poslake::ingest::route::Route::all(),
             None if config.workers == poslake::config::Workers::Auto => {
                 let ttl = std::time::Duration::from_secs(config.route_lease_secs);
-                let leases = poslake::ingest::slot_leases::SlotLeases::join(&config.dedup, ttl)
-                    .await
-                    .context("joining the workers that share staging (workers = auto)")?;
+                let leases =
+                    poslake::ingest::slot_leases::SlotLeases::join(&config.dedup, ttl, config.route_by.as_deref())
+                        .await
+                        .context("joining the workers that share staging (workers = auto)")?;
                 poslake::ingest::route::Route::leased(config.route_by.as_deref(), leases)?
             }
             None => config.route()?,

@@ -563,8 +563,8 @@ async fn leased_route_slots_are_held_by_one_worker_each_and_a_lost_lease_is_noti
     let server = RedisServer::start();
     let config = bitmap(&server);
     let ttl = Duration::from_secs(3);
-    let a = SlotLeases::join(&config, ttl).await.expect("a joins");
-    let b = SlotLeases::join(&config, ttl).await.expect("b joins");
+    let a = SlotLeases::join(&config, ttl, None).await.expect("a joins");
+    let b = SlotLeases::join(&config, ttl, None).await.expect("b joins");
     let (ca, cb) = (a.claim().await.expect("a claims"), b.claim().await.expect("b claims"));
     assert_eq!((ca.workers, cb.workers), (2, 2));
     assert_eq!((ca.held, cb.held), (ca.preferred, cb.preferred), "nothing was leased before");
@@ -575,6 +575,17 @@ async fn leased_route_slots_are_held_by_one_worker_each_and_a_lost_lease_is_noti
     // b's claim under the same membership takes nothing of a's.
     let mine = a.held();
     assert!(b.claim().await.expect("b claims again").held == cb.held && mine == a.held());
+
+    // A worker that routes another way would take some of the same files: it is refused, and the others leave
+    // it out of their shares.
+    let odd = SlotLeases::join(&config, ttl, Some("site=([^/]+)")).await.expect("joins");
+    let refused = odd.claim().await.expect_err("another route").to_string();
+    assert!(refused.contains("route the same way") && refused.contains("site="), "{refused}");
+    assert!(odd.held().is_empty());
+    let again = b.claim().await.expect("b claims");
+    assert_eq!((again.held, again.workers), (cb.held, 2), "the odd worker is no member of the fleet");
+    odd.leave().await.expect("leave");
+    drop(odd);
 
     // One of a's leases expires and another worker takes it: a finds out at its next commit's check.
     let stolen = mine[0];
@@ -608,7 +619,7 @@ async fn a_worker_that_lost_its_leases_commits_nothing_and_the_next_run_lands_ev
     let lake = dir.path().join("lake");
     let config = bitmap(&server);
     // A long lease: this worker's own renewals (every 10 s) come after its run's commit.
-    let leases = SlotLeases::join(&config, Duration::from_secs(30)).await.expect("join");
+    let leases = SlotLeases::join(&config, Duration::from_secs(30), Some("site=([^/]+)")).await.expect("join");
     let setup = IngestSetup {
         route: Route::leased(Some("site=([^/]+)"), leases.clone()).expect("route"),
         ..setup(&staging, &lake, config)

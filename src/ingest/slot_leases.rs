@@ -33,8 +33,9 @@ use crate::dedup::redis_pool::RedisPool;
 /// Slots the route keys hash to. Every worker of one staging area must agree on it.
 pub const SLOTS: u32 = 256;
 
-/// Heartbeats, scored by expiry in the server's clock; returns the live workers. `TIME` makes the script
-/// non-deterministic, which Redis before 5 accepts only with effects replication, asked for where it exists.
+/// Heartbeats, scored by expiry in the server's clock, and records when the worker joined and how it routes
+/// (`joined_ms|ARGV[4]`) beside it; returns the live workers and those records, alternating. `TIME` makes the script non-deterministic, which Redis
+/// before 5 accepts only with effects replication, asked for where it exists.
 const HEARTBEAT: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -42,10 +43,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if ARGV[3] == '1' then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('HSETNX', KEYS[2], ARGV[1], now .. '|' .. ARGV[4])
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, w in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if not redis.call('ZSCORE', KEYS[1], w) then redis.call('HDEL', KEYS[2], w) end
+end
+local out = {}
+for _, w in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  out[#out + 1] = w
+  out[#out + 1] = redis.call('HGET', KEYS[2], w) or ''
+end
+return out
 ";
 
 /// Over slot keys: the first ARGV[3] are taken (free, or already ours) and the next ARGV[4] renewed (only if still
@@ -82,10 +92,20 @@ pub struct Claim {
     pub workers: u32,
 }
 
+/// A live worker, as its heartbeat records it.
+struct Member {
+    id: String,
+    /// When it joined, in the server's clock.
+    joined_ms: u64,
+    routing: String,
+}
+
 /// This worker's leases, and the task that keeps its heartbeat and leases alive.
 pub struct SlotLeases {
     pool: RedisPool,
     me: String,
+    /// How this worker routes paths to slots: every live worker must route the same way.
+    routing: String,
     ttl: Duration,
     held: [AtomicU64; (SLOTS / 64) as usize],
     /// Slots lost since the run's claim: the next commit must not go ahead.
@@ -98,8 +118,9 @@ pub struct SlotLeases {
 
 impl SlotLeases {
     /// Connects (a pool of two connections, the dedup store's URL, TLS and timeouts), joins the live workers, and
-    /// starts heartbeating every third of `ttl` for as long as the returned value lives.
-    pub async fn join(config: &DedupConfig, ttl: Duration) -> Result<Arc<Self>, DedupError> {
+    /// starts heartbeating every third of `ttl` for as long as the returned value lives. `route_by` is the pattern
+    /// the worker routes by (absent: by folder), which every live worker must share.
+    pub async fn join(config: &DedupConfig, ttl: Duration, route_by: Option<&str>) -> Result<Arc<Self>, DedupError> {
         let pool = RedisPool::connect(&DedupConfig { pool_size: 2, ..config.clone() })?;
         let host = std::env::var("POSLAKE_WORKER_ID")
             .or_else(|_| std::env::var("HOSTNAME"))
@@ -108,6 +129,10 @@ impl SlotLeases {
         let leases = Arc::new(SlotLeases {
             pool,
             me,
+            routing: format!(
+                "{SLOTS} slots, route_by {}",
+                route_by.map_or("absent (by folder)".into(), |p| format!("{p:?}"))
+            ),
             ttl,
             held: Default::default(),
             lost: Mutex::new(Vec::new()),
@@ -154,6 +179,18 @@ impl SlotLeases {
     pub async fn claim(&self) -> Result<Claim, DedupError> {
         let _one = self.busy.lock().await;
         let members = self.heartbeat(true).await?;
+        // Workers that route differently would each take some of the same files. The oldest live worker's routing
+        // is the fleet's: a worker that routes otherwise is refused, and the others leave it out.
+        let fleet = members.iter().min_by_key(|m| (m.joined_ms, &m.id)).map(|m| m.routing.clone());
+        if let Some(fleet) = fleet.filter(|f| *f != self.routing) {
+            let oldest = members.iter().min_by_key(|m| (m.joined_ms, &m.id)).map_or("", |m| m.id.as_str());
+            return Err(DedupError::Config(format!(
+                "the workers sharing this staging area route by {fleet} (as the longest-running, {oldest}, does), \
+                 this one by {}: every worker must route the same way, or a file may go to two of them",
+                self.routing
+            )));
+        }
+        let members: Vec<String> = members.into_iter().filter(|m| m.routing == self.routing).map(|m| m.id).collect();
         let preferred: Vec<u32> = (0..SLOTS).filter(|&s| owner(s, &members) == Some(self.me.as_str())).collect();
         let release: Vec<u32> = self.held().into_iter().filter(|s| !preferred.contains(s)).collect();
         let got = self.lease(&preferred, &[], &release).await?;
@@ -212,12 +249,27 @@ impl SlotLeases {
         Ok(())
     }
 
-    async fn heartbeat(&self, live: bool) -> Result<Vec<String>, DedupError> {
+    /// Heartbeats (or, not `live`, leaves); returns the live workers.
+    async fn heartbeat(&self, live: bool) -> Result<Vec<Member>, DedupError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL").arg(HEARTBEAT).arg(1).arg(self.pool.key("{route}:workers"));
-        pipe.arg(&self.me).arg(self.ttl.as_millis() as u64).arg(if live { "1" } else { "0" });
-        let (members,): (Vec<String>,) = self.pool.query(&pipe).await?;
-        Ok(members)
+        pipe.cmd("EVAL")
+            .arg(HEARTBEAT)
+            .arg(2)
+            .arg(self.pool.key("{route}:workers"))
+            .arg(self.pool.key("{route}:routing"));
+        pipe.arg(&self.me).arg(self.ttl.as_millis() as u64).arg(if live { "1" } else { "0" }).arg(&self.routing);
+        let (flat,): (Vec<String>,) = self.pool.query(&pipe).await?;
+        Ok(flat
+            .chunks_exact(2)
+            .map(|pair| {
+                let (joined, routing) = pair[1].split_once('|').unwrap_or(("", pair[1].as_str()));
+                Member {
+                    id: pair[0].clone(),
+                    joined_ms: joined.parse().unwrap_or(u64::MAX),
+                    routing: routing.to_owned(),
+                }
+            })
+            .collect())
     }
 
     /// Runs [`LEASE`]: takes `take`, renews `renew`, releases `release`; one flag for each taken or renewed slot.
