@@ -942,6 +942,22 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
                     f.synced_to.map_or("(none: the next ingest reads the whole ledger)".to_owned(), |s| s.to_string())
                 );
             }
+            if c.dedup.backend != poslake::config::DedupBackend::Embedded {
+                let (fleet, free) = poslake::ingest::slot_leases::fleet(&c.dedup).await?;
+                if !fleet.is_empty() {
+                    let live = fleet.iter().filter(|m| m.live).count();
+                    say!("workers sharing staging (workers = auto): {live} live; {free} slots leased by none now");
+                    for m in fleet {
+                        let state = match m.for_secs {
+                            Some(secs) => {
+                                format!("live for {}", humantime::format_duration(std::time::Duration::from_secs(secs)))
+                            }
+                            None => "stopped (its leases expire)".to_owned(),
+                        };
+                        say!("  {:<40} {state}; {} slots leased; {}", m.id, m.slots, m.routing);
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         DedupCommand::Rebuild { store } => {

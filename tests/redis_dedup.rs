@@ -572,6 +572,16 @@ async fn leased_route_slots_are_held_by_one_worker_each_and_a_lost_lease_is_noti
     assert!(ca.held > 0 && cb.held > 0, "{ca:?} {cb:?}");
     assert!((0..SLOTS).all(|s| a.holds(s) != b.holds(s)), "no slot held by both");
 
+    // What `poslake dedup stats` shows: both live, each with its slots.
+    let (fleet, free) = poslake::ingest::slot_leases::fleet(&config).await.expect("fleet");
+    assert_eq!(free, 0);
+    let slots: Vec<(bool, u32)> = fleet.iter().map(|m| (m.live, m.slots)).collect();
+    let mut want = vec![(true, ca.held), (true, cb.held)];
+    if fleet[0].id != a.id() {
+        want.reverse();
+    }
+    assert_eq!(slots, want, "{fleet:?}");
+
     // b's claim under the same membership takes nothing of a's.
     let mine = a.held();
     assert!(b.claim().await.expect("b claims again").held == cb.held && mine == a.held());

@@ -299,6 +299,57 @@ impl SlotLeases {
     }
 }
 
+/// One worker sharing the staging area, as `poslake dedup stats` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FleetMember {
+    pub id: String,
+    /// Still heartbeating (else it stopped, and its leases wait to expire).
+    pub live: bool,
+    pub routing: String,
+    /// Seconds it has been a member (server clock), if live.
+    pub for_secs: Option<u64>,
+    pub slots: u32,
+}
+
+/// The workers that share the staging area with `workers = "auto"` (none if no worker ever did), and the slots
+/// nobody leases now.
+pub async fn fleet(config: &DedupConfig) -> Result<(Vec<FleetMember>, u32), DedupError> {
+    let pool = RedisPool::connect(&DedupConfig { pool_size: 1, ..config.clone() })?;
+    let mut pipe = redis::pipe();
+    pipe.cmd("TIME");
+    pipe.cmd("ZRANGE").arg(pool.key("{route}:workers")).arg(0).arg(-1).arg("WITHSCORES");
+    pipe.cmd("HGETALL").arg(pool.key("{route}:routing"));
+    pipe.cmd("MGET");
+    for s in 0..SLOTS {
+        pipe.arg(pool.key(&format!("{{route}}:slot:{s}")));
+    }
+    type Reply = ((u64, u64), Vec<(String, f64)>, std::collections::HashMap<String, String>, Vec<Option<String>>);
+    let ((secs, micros), live, routing, holders): Reply = pool.query(&pipe).await?;
+    let now_ms = secs * 1000 + micros / 1000;
+    let live: Vec<String> = live.into_iter().filter(|(_, expiry)| *expiry as u64 > now_ms).map(|(id, _)| id).collect();
+    let mut ids: Vec<String> = live.clone();
+    ids.extend(holders.iter().flatten().filter(|h| !live.contains(h)).cloned());
+    ids.sort();
+    ids.dedup();
+    let members = ids
+        .into_iter()
+        .map(|id| {
+            let record = routing.get(&id).map(String::as_str).unwrap_or("");
+            let (joined, routing) = record.split_once('|').unwrap_or(("", record));
+            let is_live = live.contains(&id);
+            FleetMember {
+                live: is_live,
+                routing: routing.to_owned(),
+                for_secs: joined.parse::<u64>().ok().filter(|_| is_live).map(|j| now_ms.saturating_sub(j) / 1000),
+                slots: holders.iter().flatten().filter(|h| **h == id).count() as u32,
+                id,
+            }
+        })
+        .collect();
+    let free = holders.iter().filter(|h| h.is_none()).count() as u32;
+    Ok((members, free))
+}
+
 /// Heartbeats (and renews a run's leases) every `tick` while the leases are alive.
 async fn keep(leases: Weak<SlotLeases>, tick: Duration) {
     loop {
