@@ -32,6 +32,12 @@ pub mod metric {
     pub const COMMITS: &str = "poslake_commits_total";
     /// Runs of a service (`ingest --every`), by outcome (completed, failed).
     pub const RUNS: &str = "poslake_runs_total";
+    /// With `workers = "auto"`: route slots this worker leased at its last run's start (gauge).
+    pub const ROUTE_SLOTS: &str = "poslake_route_slots";
+    /// With `workers = "auto"`: live workers sharing the staging area at the last claim (gauge).
+    pub const ROUTE_WORKERS: &str = "poslake_route_workers";
+    /// With `workers = "auto"`: route slot leases lost mid-run (counter).
+    pub const ROUTE_LEASES_LOST: &str = "poslake_route_leases_lost_total";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -261,6 +267,9 @@ fn describe() {
     describe_histogram!(COMMIT_SECONDS, "Commit latency across the tables, seconds");
     describe_counter!(COMMITS, "Commits made");
     describe_counter!(RUNS, "Runs of a service (ingest --every), by outcome (completed, failed)");
+    describe_gauge!(ROUTE_SLOTS, "Route slots this worker leased at its last run's start (workers = auto)");
+    describe_gauge!(ROUTE_WORKERS, "Live workers sharing the staging area at the last claim (workers = auto)");
+    describe_counter!(ROUTE_LEASES_LOST, "Route slot leases lost mid-run (workers = auto)");
 }
 
 /// The trace id of the current span, if it is being exported (for the file ledger).

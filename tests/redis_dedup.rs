@@ -781,7 +781,8 @@ fn auto_workers_share_staging_and_take_over_a_killed_workers_share() {
     let (workers, rx) = AutoWorkers::new(&server, "");
     let mut keys = BTreeSet::new();
     arrive(&workers.staging(), 0..64, &mut keys);
-    let (mut first, second) = (workers.spawn(0, &[]), workers.spawn(1, &[]));
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
+    let (mut first, second) = (workers.spawn(0, &[]), workers.spawn(1, &["--metrics-addr", &metrics.to_string()]));
     let mut taken = [0u64; 2];
     count_runs(&rx, &mut taken, 64);
     arrive(&workers.staging(), 64..128, &mut keys);
@@ -796,6 +797,8 @@ fn auto_workers_share_staging_and_take_over_a_killed_workers_share() {
     arrive(&workers.staging(), 160..224, &mut keys);
     count_runs(&rx, &mut taken, 224);
     assert_eq!(taken[1] - before, 64, "the live worker took every new file, the killed one's share too");
+    let scraped = common::scrape(metrics).expect("metrics");
+    assert!(scraped.contains("poslake_route_workers 1") && scraped.contains("poslake_route_slots 256"), "{scraped}");
 
     workers.stop(second, 1);
     workers.assert_exact(&keys, 224);

@@ -199,6 +199,8 @@ impl SlotLeases {
         self.lost.lock().map_err(|_| poisoned())?.clear();
         self.in_run.store(true, Ordering::SeqCst);
         let claim = Claim { held: held.len() as u32, preferred: preferred.len() as u32, workers: members.len() as u32 };
+        metrics::gauge!(crate::telemetry::metric::ROUTE_SLOTS).set(f64::from(claim.held));
+        metrics::gauge!(crate::telemetry::metric::ROUTE_WORKERS).set(f64::from(claim.workers));
         tracing::info!(
             slots = claim.held,
             still_held_by_others = claim.preferred - claim.held,
@@ -244,6 +246,7 @@ impl SlotLeases {
             let still: Vec<u32> = held.iter().zip(&kept).filter(|(_, ok)| **ok).map(|(s, _)| *s).collect();
             self.set_held(&still);
             tracing::warn!(slots = ?lost, "lost the lease of route slots (cut off from Redis too long?)");
+            metrics::counter!(crate::telemetry::metric::ROUTE_LEASES_LOST).increment(lost.len() as u64);
             self.lost.lock().map_err(|_| poisoned())?.extend(lost);
         }
         Ok(())

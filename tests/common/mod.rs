@@ -115,3 +115,15 @@ pub fn dialect_fixtures() -> Vec<poslake::ParsedFile> {
     }
     out
 }
+
+/// `GET /metrics` over plain HTTP/1.1 from a poslake started with `--metrics-addr`.
+#[allow(dead_code)]
+pub fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
