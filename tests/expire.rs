@@ -336,35 +336,60 @@ async fn recovery_leaves_a_live_commits_intent_to_it_and_finishes_an_abandoned_o
     assert_eq!(dedup.applied(&["run/w/live".to_owned()]).await.expect("applied"), [true]);
 }
 
-/// A worker taking over route slots waits for the commits in progress when it starts (their intents locked by live
-/// processes), so that its read of the ledger holds their files: the wait ends when such an intent is removed or
-/// when its process lets go of it (dies), and gives up after its limit naming the intents still in progress.
+/// A worker taking over route slots waits for the commits in progress when it starts that may hold files of its
+/// slots (intents locked by live processes, fenced ones naming their slots): the wait ends when such an intent is
+/// removed or when its process lets go of it (dies), and gives up after its limit naming those still in progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_takeover_waits_for_commits_in_progress_and_no_longer() {
+async fn a_takeover_waits_for_commits_in_progress_on_its_slots_and_no_longer() {
     let (_dir, wh, _dedup, _committer) = lake().await;
     let files = dialect_fixtures();
     assert!(wh.live_intents().expect("live").is_empty());
-    let held = wh.write_intent(&prepared(&wh, &files[0], "run/w/a").await).await.expect("intent");
+    let held = wh.write_fenced_intent(&prepared(&wh, &files[0], "run/w/a").await, &[1, 2]).await.expect("intent");
     let left = wh.write_intent(&prepared(&wh, &files[1], "run/w/b").await).await.expect("intent");
     drop(left); // its process died: recovery's, not a commit in progress
     let live = wh.live_intents().expect("live");
     assert_eq!(live.len(), 1, "{live:?}");
-    assert!(live[0].to_string_lossy().contains("run"), "{live:?}");
+    assert_eq!(live[0].slots, Some(vec![1, 2]));
+    assert!(live[0].touches(&[2, 7]) && !live[0].touches(&[3, 4]));
 
-    let waited = wh.wait_for_live_intents(Duration::from_millis(300)).await.expect("wait");
+    let other_slots = wh.wait_for_live_intents(Duration::from_secs(30), &[3, 4]).await.expect("wait");
+    assert!(other_slots.is_empty(), "a commit on other slots is not waited for");
+    let waited = wh.wait_for_live_intents(Duration::from_millis(300), &[2, 5]).await.expect("wait");
     assert_eq!(waited, live, "still in progress after the limit");
 
     let committer = {
         let wh = wh.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
+            wh.pass_fence("run/w/a").expect("fence");
+            tokio::time::sleep(Duration::from_millis(100)).await;
             wh.remove_intent("run/w/a").expect("remove");
             drop(held);
         })
     };
     let started = std::time::Instant::now();
-    let waited = wh.wait_for_live_intents(Duration::from_secs(30)).await.expect("wait");
+    let waited = wh.wait_for_live_intents(Duration::from_secs(30), &[1]).await.expect("wait");
     assert!(waited.is_empty(), "{waited:?}");
-    assert!(started.elapsed() >= Duration::from_millis(250), "it waited for the commit to end");
+    assert!(started.elapsed() >= Duration::from_millis(350), "it waited for the commit to end, past its fence");
     committer.await.expect("committer");
+}
+
+/// A fenced intent (a commit by leased route slots) whose process died before the fence passed committed nothing
+/// and may hold files another worker now has: recovery drops it. One that passed its fence is finished as any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_drops_a_fenced_intent_that_never_passed_and_finishes_one_that_did() {
+    let (_dir, wh, _dedup, committer) = lake().await;
+    let files = dialect_fixtures();
+    let unchecked = wh.write_fenced_intent(&prepared(&wh, &files[0], "run/w/unchecked").await, &[1]).await;
+    let checked = wh.write_fenced_intent(&prepared(&wh, &files[1], "run/w/checked").await, &[2]).await;
+    wh.pass_fence("run/w/checked").expect("fence");
+    drop((unchecked.expect("intent"), checked.expect("intent"))); // the process died
+    let recovery = committer.recover(None).await.expect("recover");
+    assert_eq!(recovery.intents_finished, 1);
+    assert!(wh.pending_intent_ids().expect("ids").is_empty());
+    assert!(wh.live_intents().expect("live").is_empty());
+    let commits = commits_in(&wh, "sales_header").await;
+    assert_eq!(commits, ["run/w/checked"], "only the commit that passed its fence");
+    let dir = std::fs::read_dir(wh.root().join("commits")).expect("commits dir");
+    assert_eq!(dir.count(), 0, "the dropped intent is gone");
 }

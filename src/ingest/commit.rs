@@ -23,7 +23,7 @@ use super::maintain::history_marker;
 use crate::dedup::{Dedup, DedupKey, DedupStore};
 use crate::failpoint;
 use crate::lake::tables::SALES_HEADER;
-use crate::lake::{Commit, PreparedCommit, Warehouse};
+use crate::lake::{Commit, IntentLock, PreparedCommit, Warehouse};
 use crate::model::{KeyVariant, TransactionKey};
 
 /// What a recovery did.
@@ -61,29 +61,48 @@ impl Committer {
 
     /// Commits the prepared tables and then adds `keys` (the keys of the new `sales_header` rows).
     pub async fn commit(&self, commit: PreparedCommit, keys: &[DedupKey]) -> Result<Vec<Commit>, IngestError> {
-        self.commit_fenced(commit, keys, async { Ok(()) }).await
+        if commit.tables.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Held until the intent is removed (or this returns early): no other worker recovers it meanwhile.
+        let intent = self.warehouse.write_intent(&commit).await?;
+        failpoint::hit("commit-intent");
+        self.apply(commit, keys, intent).await
     }
 
-    /// [`Committer::commit`], with `fence` checked once the intent is written and before any table is committed:
-    /// if it fails, the intent is removed and nothing is committed. (With leased route slots, the fence renews the
-    /// leases: another worker that takes a slot after that sees this commit's intent and waits for it.)
+    /// [`Committer::commit`] by a worker that leases route `slots`, with `fence` (the renewal of its leases)
+    /// checked once the intent is written and before any table is committed. If the fence fails, the intent is
+    /// removed and nothing is committed; if the process dies before it passes, recovery drops the intent. Another
+    /// worker that takes one of `slots` over after the fence passed sees this commit's intent and waits for it.
     pub async fn commit_fenced(
         &self,
         commit: PreparedCommit,
         keys: &[DedupKey],
+        slots: &[u32],
         fence: impl std::future::Future<Output = Result<(), IngestError>>,
     ) -> Result<Vec<Commit>, IngestError> {
         if commit.tables.is_empty() {
             return Ok(Vec::new());
         }
-        let id = commit.id.clone();
-        // Held until the intent is removed (or this returns early): no other worker recovers it meanwhile.
-        let _intent = self.warehouse.write_intent(&commit).await?;
+        let intent = self.warehouse.write_fenced_intent(&commit, slots).await?;
         failpoint::hit("commit-intent");
         if let Err(e) = fence.await {
-            self.warehouse.remove_intent(&id)?;
+            self.warehouse.remove_intent(&commit.id)?;
             return Err(e);
         }
+        self.warehouse.pass_fence(&commit.id)?;
+        self.apply(commit, keys, intent).await
+    }
+
+    /// The rest of a commit once its intent is made: the tables, the keys, the applied mark; the intent (and its
+    /// lock, dropped at the end) last.
+    async fn apply(
+        &self,
+        commit: PreparedCommit,
+        keys: &[DedupKey],
+        _intent: IntentLock,
+    ) -> Result<Vec<Commit>, IngestError> {
+        let id = commit.id.clone();
         let commits = self.warehouse.apply_with(commit, || failpoint::hit("commit-table")).await?;
         self.dedup.add(keys).await?;
         failpoint::hit("commit-keys");

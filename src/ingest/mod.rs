@@ -95,23 +95,19 @@ pub enum IngestError {
     Abandoned(String),
     #[error("another `poslake replay` is running on {0}: one at a time, since each would take the same dead letters")]
     ReplayRunning(PathBuf),
-    /// `workers = "auto"`: leases of these route slots were lost mid-run (cut off from Redis longer than a lease),
-    /// so another worker may be taking their files; everything uncommitted was abandoned.
+    /// `workers = "auto"`: leases of these route slots were lost mid-run (Redis lost them, or this worker could not
+    /// renew them for a whole lease), so another worker may be taking their files; everything uncommitted was
+    /// abandoned.
     #[error(
-        "lost the leases of route slots {0:?} mid-run (cut off from Redis longer than route_lease_secs?): uncommitted \
-         work abandoned, so that the worker holding them now does it"
+        "lost the leases of {} route slots mid-run (first {:?}; Redis lost them, or this worker could not renew them \
+         for route_lease_secs): uncommitted work abandoned, for the worker that holds them next",
+        .0.len(),
+        &.0[..(.0.len().min(8))]
     )]
     LeaseLost(Vec<u32>),
     /// `workers = "auto"`: the leases could not be renewed before a commit (Redis unreachable past its limit).
     #[error("could not renew the route leases before a commit ({0}): uncommitted work abandoned")]
     LeaseUnconfirmed(String),
-    /// `workers = "auto"`: another worker's commit was still in progress after a whole lease, and its files may be
-    /// in the slots this worker just took.
-    #[error(
-        "commits by another worker still in progress after {secs} s ({intents}): a worker paused mid-commit? This \
-         run takes no files, since some may be that commit's; the next run looks again"
-    )]
-    CommitInProgress { intents: String, secs: u64 },
 }
 
 impl IngestError {
@@ -125,8 +121,7 @@ impl IngestError {
             | IngestError::Abandoned(_)
             | IngestError::ReplayRunning(_)
             | IngestError::LeaseLost(_)
-            | IngestError::LeaseUnconfirmed(_)
-            | IngestError::CommitInProgress { .. } => false,
+            | IngestError::LeaseUnconfirmed(_) => false,
         }
     }
 }
@@ -274,11 +269,17 @@ impl PosStages {
         let committer = Committer::new(warehouse.clone(), dedup);
         if let Some(leases) = setup.route.leases() {
             // A slot just taken over may have files in another worker's commit in progress: wait for it to end, so
-            // that the ledger read below holds them.
-            let waiting = warehouse.wait_for_live_intents(leases.lease_time()).await?;
+            // that the ledger read below holds them. One that does not end within a lease (its worker paused
+            // mid-commit) keeps its slots out of this run; the others go ahead.
+            let held = leases.held();
+            let waiting = warehouse.wait_for_live_intents(leases.lease_time(), &held).await?;
             if !waiting.is_empty() {
-                let intents = waiting.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-                return Err(IngestError::CommitInProgress { intents, secs: leases.lease_time().as_secs() });
+                let aside: Vec<u32> = held.into_iter().filter(|s| waiting.iter().any(|i| i.touches(&[*s]))).collect();
+                let intents: Vec<String> = waiting.iter().map(|i| i.path.display().to_string()).collect();
+                tracing::warn!(slots = aside.len(), intents = ?intents,
+                    "commits by another worker still in progress after a lease (a worker paused mid-commit?): their \
+                     slots are left out of this run");
+                leases.set_aside(&aside).await?;
             }
         }
         let recovery = committer.recover(None).await?;
@@ -378,20 +379,21 @@ impl PosStages {
         let started = std::time::Instant::now();
         // With leased route slots: once the intent is written, the leases are renewed, and a slot lost since the
         // claim (another worker's now, and maybe its files too) stops the commit (see `slot_leases`).
-        let leases = self.route.leases().cloned();
-        let fence = async move {
-            let Some(leases) = leases else { return Ok(()) };
-            match leases.confirm().await {
-                Ok(lost) if lost.is_empty() => Ok(()),
-                Ok(lost) => Err(IngestError::LeaseLost(lost)),
-                Err(e) => Err(IngestError::LeaseUnconfirmed(e.to_string())),
+        let commit = PreparedCommit { id, properties, tables };
+        let result = match self.route.leases() {
+            None => self.committer.commit(commit, &keys).instrument(span.clone()).await,
+            Some(leases) => {
+                let fence = async {
+                    match leases.confirm().await {
+                        Ok(lost) if lost.is_empty() => Ok(()),
+                        Ok(lost) => Err(IngestError::LeaseLost(lost)),
+                        Err(e) => Err(IngestError::LeaseUnconfirmed(e.to_string())),
+                    }
+                };
+                let slots = leases.held();
+                self.committer.commit_fenced(commit, &keys, &slots, fence).instrument(span.clone()).await
             }
         };
-        let result = self
-            .committer
-            .commit_fenced(PreparedCommit { id, properties, tables }, &keys, fence)
-            .instrument(span.clone())
-            .await;
         if let Ok(commits) = &result {
             // The snapshot of sales_header (or of the first table committed) names the commit in Iceberg.
             if let Some(c) = commits.iter().find(|c| c.table == "sales_header").or(commits.first()) {

@@ -12,12 +12,14 @@
 //!   leased by another worker (finishing a run under an older membership) is left to it for this run. Leases are
 //!   renewed while the run lasts and released at its end. A worker killed mid-run leaves its leases to expire.
 //! - **A lease lost mid-run** (the worker was cut off from Redis, or paused, for a whole lease) may already be another
-//!   worker's, with its files. So each commit renews the leases after its intent is written and before any table
-//!   is committed; if one was lost, the intent is removed and everything uncommitted abandoned, and the run ends:
-//!   the files are done by whoever holds their slots now. A worker that takes slots waits, before it reads the
-//!   ledger, for the commits in progress at that moment (intents locked by live processes). Together: a commit whose
-//!   renewal succeeded has its intent in place before the slot can pass to another worker, which then waits for
-//!   it and sees its files in the ledger; a commit whose renewal failed commits nothing.
+//!   worker's, with its files. So each commit renews the leases after its intent is written (fenced, naming the
+//!   slots) and before any table is committed; if one was lost, the intent is removed and everything uncommitted
+//!   abandoned, and the run ends: the files are done by whoever holds their slots now. Recovery drops a fenced
+//!   intent whose process died before the renewal. A worker that takes slots waits, before it reads the ledger, for
+//!   the commits in progress on them (intents locked by live processes), and leaves out of its run the slots of one
+//!   that outlasts a lease. Together: a commit whose renewal succeeded has its intent in place before a slot can
+//!   pass to another worker, which then waits for it and sees its files in the ledger; a commit whose renewal
+//!   failed, or never came, commits nothing.
 //!
 //! Claims happen only when a run starts, so a membership change takes effect at each worker's next run: this suits
 //! a service whose runs are short against its interval. A long backload is split by a fixed count instead.
@@ -114,6 +116,8 @@ pub struct SlotLeases {
     in_run: AtomicBool,
     /// One claim, renewal or release at a time, so that a renewal never writes back a stale set of held slots.
     busy: tokio::sync::Mutex<()>,
+    /// Left the live workers: the keeper must not heartbeat it back in.
+    left: AtomicBool,
 }
 
 impl SlotLeases {
@@ -138,6 +142,7 @@ impl SlotLeases {
             lost: Mutex::new(Vec::new()),
             in_run: AtomicBool::new(false),
             busy: tokio::sync::Mutex::new(()),
+            left: AtomicBool::new(false),
         });
         leases.heartbeat(true).await?;
         tokio::spawn(keep(Arc::downgrade(&leases), ttl / 3));
@@ -211,6 +216,14 @@ impl SlotLeases {
         Ok(claim)
     }
 
+    /// Leaves `slots` out of this run: their files are not taken, and their leases are released.
+    pub async fn set_aside(&self, slots: &[u32]) -> Result<(), DedupError> {
+        let _one = self.busy.lock().await;
+        let keep: Vec<u32> = self.held().into_iter().filter(|s| !slots.contains(s)).collect();
+        self.set_held(&keep);
+        self.lease(&[], &[], slots).await.map(drop)
+    }
+
     /// Before a commit: renews every lease of the run. Returns the slots lost since the claim (none: go ahead).
     pub async fn confirm(&self) -> Result<Vec<u32>, DedupError> {
         self.renew().await?;
@@ -230,7 +243,21 @@ impl SlotLeases {
     /// a lease to take its share.
     pub async fn leave(&self) -> Result<(), DedupError> {
         self.release().await?;
+        let _one = self.busy.lock().await;
+        self.left.store(true, Ordering::SeqCst);
         self.heartbeat(false).await.map(drop)
+    }
+
+    /// The keeper's beat: heartbeat (unless left), and renew a run's leases.
+    async fn beat(&self) -> Result<(), DedupError> {
+        {
+            let _one = self.busy.lock().await;
+            if self.left.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.heartbeat(true).await?;
+        }
+        self.renew().await
     }
 
     async fn renew(&self) -> Result<(), DedupError> {
@@ -245,7 +272,12 @@ impl SlotLeases {
             // Discovery stops taking files of these slots at once; the next commit abandons what it has.
             let still: Vec<u32> = held.iter().zip(&kept).filter(|(_, ok)| **ok).map(|(s, _)| *s).collect();
             self.set_held(&still);
-            tracing::warn!(slots = ?lost, "lost the lease of route slots (cut off from Redis too long?)");
+            tracing::warn!(
+                slots = lost.len(),
+                first = ?&lost[..lost.len().min(8)],
+                "lost route slot leases: Redis lost them (restarted, flushed) or this worker could not renew them for \
+                 a whole lease (cut off, paused)"
+            );
             metrics::counter!(crate::telemetry::metric::ROUTE_LEASES_LOST).increment(lost.len() as u64);
             self.lost.lock().map_err(|_| poisoned())?.extend(lost);
         }
@@ -358,11 +390,7 @@ async fn keep(leases: Weak<SlotLeases>, tick: Duration) {
     loop {
         tokio::time::sleep(tick).await;
         let Some(leases) = leases.upgrade() else { return };
-        let beat = async {
-            leases.heartbeat(true).await?;
-            leases.renew().await
-        };
-        if let Err(e) = beat.await {
+        if let Err(e) = leases.beat().await {
             tracing::warn!(error = %e, "could not renew this worker's heartbeat or leases");
         }
     }

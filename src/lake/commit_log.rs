@@ -62,6 +62,35 @@ struct IntentFile {
     id: String,
     properties: HashMap<String, String>,
     tables: Vec<IntentTable>,
+    /// With leased route slots: the slots the committing worker held (see [`Warehouse::write_fenced_intent`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slots: Option<Vec<u32>>,
+}
+
+/// What an intent that has yet to pass its fence is called: recovery drops it rather than finishing it.
+const FENCED: &str = ".json.fence";
+
+/// A commit in progress in another live process (see [`Warehouse::live_intents`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveIntent {
+    pub path: PathBuf,
+    /// The route slots its worker held; `None` if unknown (a commit not made by leased slots, or still being
+    /// written), which counts as every slot.
+    pub slots: Option<Vec<u32>>,
+}
+
+impl LiveIntent {
+    /// Whether the commit may hold files of any of `slots`.
+    pub fn touches(&self, slots: &[u32]) -> bool {
+        self.slots.as_ref().is_none_or(|mine| mine.iter().any(|s| slots.contains(s)))
+    }
+
+    /// The commit's file name without the suffix of its stage (being written, fenced, made).
+    fn commit(&self) -> String {
+        let name = self.path.to_string_lossy();
+        let name = name.strip_suffix(".tmp").unwrap_or(&name);
+        name.strip_suffix(FENCED).or_else(|| name.strip_suffix(".json")).unwrap_or(name).to_owned()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,6 +114,27 @@ impl Warehouse {
     /// stays locked, so that no other process recovers it, until the returned lock is dropped (after
     /// [`Warehouse::remove_intent`], or when the process dies).
     pub async fn write_intent(&self, commit: &PreparedCommit) -> Result<IntentLock, LakeError> {
+        self.write_intent_as(commit, None).await
+    }
+
+    /// [`Warehouse::write_intent`] for a commit that must pass a fence (a check that its worker still holds
+    /// `slots`) before any table is committed: until [`Warehouse::pass_fence`] renames it, recovery drops the intent
+    /// of a process that died rather than finish it, and [`Warehouse::live_intents`] shows its slots.
+    pub async fn write_fenced_intent(&self, commit: &PreparedCommit, slots: &[u32]) -> Result<IntentLock, LakeError> {
+        self.write_intent_as(commit, Some(slots.to_vec())).await
+    }
+
+    /// The fence passed: the intent becomes one that recovery finishes.
+    pub fn pass_fence(&self, id: &str) -> Result<(), LakeError> {
+        let path = self.intent_path(id);
+        let fenced = path.with_extension(&FENCED[1..]);
+        std::fs::rename(&fenced, &path).map_err(|source| LakeError::Io { path: path.clone(), source })?;
+        let dir = self.intents_dir();
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|source| LakeError::Io { path: dir, source })
+    }
+
+    async fn write_intent_as(&self, commit: &PreparedCommit, slots: Option<Vec<u32>>) -> Result<IntentLock, LakeError> {
+        let fenced = slots.is_some();
         let mut tables = Vec::new();
         for t in &commit.tables {
             let table = self.load(t.table).await?;
@@ -97,15 +147,18 @@ impl Warehouse {
                 .collect::<Result<Vec<_>, _>>()?;
             tables.push(IntentTable { table: t.table.to_owned(), rows: t.rows, files });
         }
-        let intent = IntentFile { id: commit.id.clone(), properties: commit.properties.clone(), tables };
+        let intent = IntentFile { id: commit.id.clone(), properties: commit.properties.clone(), tables, slots };
         let dir = self.intents_dir();
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| LakeError::Io { path, source }
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = self.intent_path(&commit.id);
-        let tmp = path.with_extension("json.tmp");
+        let path = match fenced {
+            true => self.intent_path(&commit.id).with_extension(&FENCED[1..]),
+            false => self.intent_path(&commit.id),
+        };
+        let tmp = self.intent_path(&commit.id).with_extension("json.tmp");
         let bytes = serde_json::to_vec(&intent).map_err(|e| io(&tmp)(std::io::Error::other(e)))?;
         // Locked before it is written: the lock goes with the file through the rename.
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
@@ -155,14 +208,17 @@ impl Warehouse {
         Ok(out)
     }
 
-    /// The commit is complete everywhere: forget its intent.
+    /// The commit is complete everywhere (or, fenced, given up before any table): forget its intent.
     pub fn remove_intent(&self, id: &str) -> Result<(), LakeError> {
         let path = self.intent_path(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LakeError::Io { path, source }),
+        for path in [path.with_extension(&FENCED[1..]), path] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LakeError::Io { path, source }),
+            }
         }
+        Ok(())
     }
 
     /// The entries of the intents folder (none if it does not exist yet).
@@ -188,37 +244,49 @@ impl Warehouse {
         Ok(self.intents(true).await?.into_iter().filter_map(|(c, lock)| Some((c, lock?))).collect())
     }
 
-    /// Intents (made, or being written) that another live process holds locked now: commits in progress.
-    pub fn live_intents(&self) -> Result<Vec<PathBuf>, LakeError> {
+    /// Intents (being written, fenced, or made) that another live process holds locked now: commits in progress.
+    pub fn live_intents(&self) -> Result<Vec<LiveIntent>, LakeError> {
         let mut live = Vec::new();
         for entry in self.intent_entries()? {
             let path = entry.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if !(name.ends_with(".json") || name.ends_with(".json.tmp")) {
+            if !(name.ends_with(".json") || name.ends_with(".json.tmp") || name.ends_with(FENCED)) {
                 continue;
             }
             match IntentLock::try_take(&path) {
-                Ok(None) => live.push(path),
+                Ok(None) => {}
                 // Unlocked (abandoned: recovery's), or gone since the listing (complete).
-                Ok(Some(_)) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Ok(Some(_)) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(LakeError::Io { path, source }),
             }
+            // Being written, it cannot be read whole yet: its slots are unknown.
+            let slots = match name.ends_with(".tmp") {
+                true => None,
+                false => std::fs::read(&path)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<IntentFile>(&bytes).ok())
+                    .and_then(|intent| intent.slots),
+            };
+            live.push(LiveIntent { path, slots });
         }
         Ok(live)
     }
 
-    /// Waits until each commit in progress now has ended (its intent gone, or unlocked by a process that died), for
-    /// at most `limit`; returns the intents still in progress then (none: all ended).
-    pub async fn wait_for_live_intents(&self, limit: std::time::Duration) -> Result<Vec<PathBuf>, LakeError> {
+    /// Waits until each commit in progress now that may hold files of `slots` has ended (its intent gone, or
+    /// unlocked by a process that died), for at most `limit`; returns those still in progress then (none: all ended).
+    pub async fn wait_for_live_intents(
+        &self,
+        limit: std::time::Duration,
+        slots: &[u32],
+    ) -> Result<Vec<LiveIntent>, LakeError> {
         let started = std::time::Instant::now();
-        let mut waiting = self.live_intents()?;
+        let mut waiting: Vec<LiveIntent> = self.live_intents()?.into_iter().filter(|i| i.touches(slots)).collect();
         while !waiting.is_empty() && started.elapsed() < limit {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            // An intent being written is renamed once written: the same commit under its final name.
-            let commit = |p: &PathBuf| p.to_string_lossy().trim_end_matches(".tmp").to_owned();
-            let live: Vec<String> = self.live_intents()?.iter().map(commit).collect();
-            waiting.retain(|path| live.contains(&commit(path)));
+            // An intent moves from being written to fenced to made under the same commit's name.
+            let live: Vec<String> = self.live_intents()?.iter().map(LiveIntent::commit).collect();
+            waiting.retain(|intent| live.contains(&intent.commit()));
         }
         Ok(waiting)
     }
@@ -230,7 +298,14 @@ impl Warehouse {
             let path = entry.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
             let modified = entry.metadata().and_then(|m| m.modified()).ok();
-            if name.ends_with(".json.tmp") {
+            if name.ends_with(FENCED) {
+                // Its fence never passed (the process died before or while checking its leases): no table holds
+                // any of it, and its worker's slots may be another's now, with its files. Dropped, not finished.
+                if claim && let Ok(Some(_lock)) = IntentLock::try_take(&path) {
+                    tracing::info!(intent = %path.display(), "a commit that never passed its lease check: dropped");
+                    let _ = std::fs::remove_file(&path);
+                }
+            } else if name.ends_with(".json.tmp") {
                 let old = modified.and_then(|m| m.elapsed().ok()).is_some_and(|age| age.as_secs() >= 60);
                 if claim
                     && old

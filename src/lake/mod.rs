@@ -23,7 +23,7 @@ pub mod warehouse;
 
 use std::path::PathBuf;
 
-pub use commit_log::{COMMIT_PROPERTY, IntentLock, PreparedCommit, PreparedTable};
+pub use commit_log::{COMMIT_PROPERTY, IntentLock, LiveIntent, PreparedCommit, PreparedTable};
 pub use rows::{DeadLetter, LedgerEntry, Outcome, Rows};
 pub use warehouse::{Commit, LakeWriter, Warehouse};
 
