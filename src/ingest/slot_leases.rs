@@ -36,8 +36,8 @@ use crate::dedup::redis_pool::RedisPool;
 pub const SLOTS: u32 = 256;
 
 /// Heartbeats, scored by expiry in the server's clock, and records when the worker joined and how it routes
-/// (`joined_ms|ARGV[4]`) beside it; returns the live workers and those records, alternating. `TIME` makes the script non-deterministic, which Redis
-/// before 5 accepts only with effects replication, asked for where it exists.
+/// (`joined_ms|ARGV[4]`) beside it; returns the live workers and those records, alternating. `TIME` makes the
+/// script non-deterministic, which Redis before 5 accepts only with effects replication, asked for where it exists.
 const HEARTBEAT: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
