@@ -902,7 +902,7 @@ pub struct IngestSummary {
     /// For `poslake replay`: the dead letters selected (`files` counts those taken before any Ctrl-C).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replayed: Option<u64>,
-    /// With `workers = "auto"`: the route slots this worker leased for the run (of `slot_leases::SLOTS`).
+    /// With `workers = "auto"`: the route slots this worker took files of in the run (of `slot_leases::SLOTS`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route_slots: Option<u32>,
 }
@@ -958,16 +958,18 @@ pub async fn ingest(
         return run(stages, run_id, started, pipeline, progress, None).await;
     };
     // Claimed before the ledger is read, so that whatever a slot's previous holder committed is skipped.
-    let claim = leases.claim().await.map_err(IngestError::from)?;
+    leases.claim().await.map_err(IngestError::from)?;
     let result = match PosStages::open(setup, run_id.clone()).await {
         Ok(stages) => run(Arc::new(stages), run_id, started, pipeline, progress, None).await,
         Err(e) => Err(e.into()),
     };
+    // What the run took files of: its claim, less any slot set aside or lost since.
+    let held = leases.held().len() as u32;
     if let Err(e) = leases.release().await {
         tracing::warn!(error = %e, "could not release this run's route leases; they will expire");
     }
     let mut summary = result?;
-    summary.route_slots = Some(claim.held);
+    summary.route_slots = Some(held);
     Ok(summary)
 }
 
