@@ -616,6 +616,27 @@ async fn leased_route_slots_are_held_by_one_worker_each_and_a_lost_lease_is_noti
     b.release().await.expect("release");
 }
 
+/// A worker alone at its first claim waits a beat, so that workers starting beside it share the first run instead of
+/// leaving it all to whichever claimed first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_starting_together_share_their_first_run() {
+    use poslake::ingest::slot_leases::{SLOTS, SlotLeases};
+    let server = RedisServer::start();
+    let config = bitmap(&server);
+    let ttl = Duration::from_secs(3);
+    let a = SlotLeases::join(&config, ttl, None).await.expect("a joins");
+    let first = {
+        let a = a.clone();
+        tokio::spawn(async move { a.claim().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = SlotLeases::join(&config, ttl, None).await.expect("b joins");
+    let ca = first.await.expect("task").expect("a claims");
+    let cb = b.claim().await.expect("b claims");
+    assert_eq!((ca.workers, cb.workers), (2, 2), "{ca:?} {cb:?}");
+    assert!(ca.held < SLOTS && ca.held + cb.held == SLOTS, "{ca:?} {cb:?}");
+}
+
 /// A worker whose leases are taken from it mid-run (here: every slot key overwritten as soon as it is claimed, as
 /// when a worker cut off from Redis has its leases expire and taken) commits nothing: its run ends with the cause,
 /// its uncommitted work abandoned. Once it holds its slots again, a run lands every key once.

@@ -24,7 +24,7 @@
 //! Claims happen only when a run starts, so a membership change takes effect at each worker's next run: this suits
 //! a service whose runs are short against its interval. A long backload is split by a fixed count instead.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -118,6 +118,8 @@ pub struct SlotLeases {
     busy: tokio::sync::Mutex<()>,
     /// Left the live workers: the keeper must not heartbeat it back in.
     left: AtomicBool,
+    /// Live workers at the last claim (0 before the first).
+    workers_seen: AtomicU32,
 }
 
 impl SlotLeases {
@@ -143,6 +145,7 @@ impl SlotLeases {
             in_run: AtomicBool::new(false),
             busy: tokio::sync::Mutex::new(()),
             left: AtomicBool::new(false),
+            workers_seen: AtomicU32::new(0),
         });
         leases.heartbeat(true).await?;
         tokio::spawn(keep(Arc::downgrade(&leases), ttl / 3));
@@ -182,6 +185,14 @@ impl SlotLeases {
     /// At a run's start: heartbeats, works out this worker's preferred slots among the live workers, takes their
     /// leases where free, and releases any other it still holds.
     pub async fn claim(&self) -> Result<Claim, DedupError> {
+        // Alone at its first claim, or seeing fewer workers than at its last (Redis restarted and lost the
+        // heartbeats, or a worker stopped), it waits one beat, so that workers starting beside it, or heartbeating
+        // again, are counted: else this run's share would be all of it.
+        let seen = self.heartbeat(true).await?.len() as u32;
+        let before = self.workers_seen.load(Ordering::SeqCst);
+        if (before == 0 && seen == 1) || seen < before {
+            tokio::time::sleep(self.ttl / 3 + Duration::from_millis(100)).await;
+        }
         let _one = self.busy.lock().await;
         let members = self.heartbeat(true).await?;
         // Workers that route differently would each take some of the same files. The oldest live worker's routing
@@ -204,6 +215,7 @@ impl SlotLeases {
         self.lost.lock().map_err(|_| poisoned())?.clear();
         self.in_run.store(true, Ordering::SeqCst);
         let claim = Claim { held: held.len() as u32, preferred: preferred.len() as u32, workers: members.len() as u32 };
+        self.workers_seen.store(claim.workers, Ordering::SeqCst);
         metrics::gauge!(crate::telemetry::metric::ROUTE_SLOTS).set(f64::from(claim.held));
         metrics::gauge!(crate::telemetry::metric::ROUTE_WORKERS).set(f64::from(claim.workers));
         tracing::info!(
