@@ -4,8 +4,8 @@
 //! so a round trip whose answer was lost is simply sent again.
 //!
 //! While Redis is down the caller waits here, which holds up the pipeline behind it (backpressure): nothing is
-//! lost or duplicated, one warning says so, one line says when it is back, and past the configured limit the
-//! caller gets [`DedupError::Unavailable`].
+//! lost or duplicated, a warning says so (again every 30 s while it lasts), one line says when it is back, and
+//! past the configured limit the caller gets [`DedupError::Unavailable`].
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +34,8 @@ pub struct RedisPool {
 /// First backoff; doubled per try up to [`BACKOFF_CAP`], each sleep drawn uniformly below it (full jitter).
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// While Redis stays unreachable, a log line this often.
+const STILL_DOWN_EVERY: Duration = Duration::from_secs(30);
 
 impl RedisPool {
     pub fn connect(config: &DedupConfig) -> Result<Self, DedupError> {
@@ -77,6 +79,7 @@ impl RedisPool {
     pub async fn query<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, DedupError> {
         let started = Instant::now();
         let mut tries: u32 = 0;
+        let mut reported = Duration::ZERO;
         loop {
             let attempt = async {
                 let mut conn = self.pool.get().await.map_err(|e| match e {
@@ -117,6 +120,11 @@ impl RedisPool {
             if tries == 1 {
                 tracing::warn!(url = %self.url, error = %failure.message, limit_secs = self.limit.as_secs(),
                     "Redis unreachable: the pipeline pauses and retries with backoff");
+            } else if waited >= reported + STILL_DOWN_EVERY {
+                // A long wait says so now and then, so that a paused pipeline is not mistaken for a hung one.
+                reported = waited;
+                tracing::warn!(url = %self.url, error = %failure.message, waited_secs = waited.as_secs(),
+                    limit_secs = self.limit.as_secs(), "Redis still unreachable; retrying");
             }
             tokio::time::sleep(backoff(tries).min(self.limit.saturating_sub(waited))).await;
         }
