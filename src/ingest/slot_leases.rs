@@ -21,8 +21,12 @@
 //!   pass to another worker, which then waits for it and sees its files in the ledger; a commit whose renewal
 //!   failed, or never came, commits nothing.
 //!
-//! Claims happen only when a run starts, so a membership change takes effect at each worker's next run: this suits
-//! a service whose runs are short against its interval. A long backload is split by a fixed count instead.
+//! - **One way to route.** Every live worker must map paths to slots alike: the fleet routes as its longest-running
+//!   worker does, and a worker that routes otherwise is refused and left out.
+//!
+//! Claims happen only when a run starts, so a membership change takes effect at each worker's next run (a worker
+//! alone at its first claim, or seeing fewer workers than before, first waits a beat for the others to show): this
+//! suits a service whose runs are short against its interval. A long backload is split by a fixed count instead.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
