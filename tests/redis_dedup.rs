@@ -623,7 +623,8 @@ async fn workers_starting_together_share_their_first_run() {
     use poslake::ingest::slot_leases::{SLOTS, SlotLeases};
     let server = RedisServer::start();
     let config = bitmap(&server);
-    let ttl = Duration::from_secs(3);
+    // A beat of 2 s: room for the second worker to join while the first waits, on a busy machine too.
+    let ttl = Duration::from_secs(6);
     let a = SlotLeases::join(&config, ttl, None).await.expect("a joins");
     let first = {
         let a = a.clone();
