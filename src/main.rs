@@ -141,10 +141,14 @@ enum DedupCommand {
         #[arg(long, default_value_t = 128)]
         max_shard_mib: u64,
     },
-    /// Per-partition fill, estimated keys and the false-positive rate now.
+    /// Per-partition fill, estimated keys and the false-positive rate now; the file index; the workers sharing
+    /// staging with `--workers auto`.
     Stats {
         #[command(flatten)]
         store: StoreArgs,
+        /// Print it all as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-add every key of `sales_header` to the store (a lost, flushed or new filter).
     Rebuild {
@@ -888,78 +892,7 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
             say!("false positives at 2x capacity {:.5} (model)", p.fp_at(2.0 * p.expected_keys as f64));
             Ok(ExitCode::SUCCESS)
         }
-        DedupCommand::Stats { store } => {
-            let c = store.config()?;
-            existing_lake(&c.lake)?;
-            let wh = poslake::lake::Warehouse::open(&c.lake).await?;
-            let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
-            say!("{}", d.describe());
-            if let Some(i) = d.as_embedded().map(|e| e.internals()) {
-                say!(
-                    "sorted tables: {} ({} in the newest level), {:.1} MiB on disk; in memory: {:.1} MiB of \
-                     memtables ({} waiting to be written), {:.1} MiB of cached blocks",
-                    i.tables,
-                    i.l0_tables,
-                    i.disk_bytes as f64 / (1 << 20) as f64,
-                    i.write_buffer_bytes as f64 / (1 << 20) as f64,
-                    i.sealed_memtables,
-                    i.cache_bytes as f64 / (1 << 20) as f64
-                );
-            }
-            say!(
-                "{:<12} {:>14} {:>14} {:>14} {:>8} {:>10} {:>12}",
-                "partition",
-                "adds",
-                "est. keys",
-                "capacity",
-                "fill",
-                "fp now",
-                "memory MiB"
-            );
-            for s in d.stats().await? {
-                // The embedded store is exact and has no design capacity.
-                let capacity = if s.capacity == u64::MAX { "none".to_owned() } else { s.capacity.to_string() };
-                say!(
-                    "{:<12} {:>14} {:>14.0} {:>14} {:>7.2}% {:>10.6} {:>12.1}{}",
-                    s.partition,
-                    s.adds,
-                    s.estimated_keys,
-                    capacity,
-                    s.fill * 100.0,
-                    s.fp_now,
-                    s.memory_bytes as f64 / (1 << 20) as f64,
-                    if s.over_capacity { "  OVER CAPACITY" } else { "" }
-                );
-            }
-            let files = poslake::dedup::FileIndex::open(d.clone(), c.dedup.expected_files).await?;
-            if let Some(f) = files.stats().await? {
-                say!(
-                    "file index: about {} files in {} buckets, design capacity {}{}; holds the ledger to snapshot {}",
-                    f.files,
-                    f.buckets,
-                    f.capacity,
-                    if f.files > f.capacity { " (OVER CAPACITY: buckets leave the compact encoding)" } else { "" },
-                    f.synced_to.map_or("(none: the next ingest reads the whole ledger)".to_owned(), |s| s.to_string())
-                );
-            }
-            if c.dedup.backend != poslake::config::DedupBackend::Embedded {
-                let (fleet, free) = poslake::ingest::slot_leases::fleet(&c.dedup).await?;
-                if !fleet.is_empty() {
-                    let live = fleet.iter().filter(|m| m.live).count();
-                    say!("workers sharing staging (workers = auto): {live} live; {free} slots leased by none now");
-                    for m in fleet {
-                        let state = match m.for_secs {
-                            Some(secs) => {
-                                format!("live for {}", humantime::format_duration(std::time::Duration::from_secs(secs)))
-                            }
-                            None => "stopped (its leases expire)".to_owned(),
-                        };
-                        say!("  {:<40} {state}; {} slots leased; {}", m.id, m.slots, m.routing);
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        DedupCommand::Stats { store, json } => dedup_stats(store, json).await,
         DedupCommand::Rebuild { store } => {
             let c = store.config()?;
             existing_lake(&c.lake)?;
@@ -1036,6 +969,105 @@ async fn reconcile(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
             report.promoted,
             report.commit.as_deref().map(|c| format!(" (commit {c})")).unwrap_or_default()
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `poslake dedup stats`: the store's partitions, the file index, and the workers sharing staging (with Redis).
+async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
+    use poslake::dedup::DedupStore;
+    let c = store.config()?;
+    existing_lake(&c.lake)?;
+    let wh = poslake::lake::Warehouse::open(&c.lake).await?;
+    let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
+    let partitions = d.stats().await?;
+    let file_index = poslake::dedup::FileIndex::open(d.clone(), c.dedup.expected_files).await?.stats().await?;
+    let (fleet, free) = match c.dedup.backend {
+        poslake::config::DedupBackend::Embedded => (Vec::new(), None),
+        _ => {
+            let (fleet, free) = poslake::ingest::slot_leases::fleet(&c.dedup).await?;
+            (fleet, Some(free))
+        }
+    };
+    if json {
+        // The embedded store is exact: no design capacity (null, not u64::MAX).
+        let mut partitions = serde_json::to_value(&partitions)?;
+        for p in partitions.as_array_mut().into_iter().flatten() {
+            if p["capacity"] == serde_json::json!(u64::MAX) {
+                p["capacity"] = serde_json::Value::Null;
+            }
+        }
+        let out = serde_json::json!({
+            "store": d.describe(),
+            "partitions": partitions,
+            "file_index": file_index,
+            "workers": fleet,
+            "slots_leased_by_none": free,
+        });
+        say!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    say!("{}", d.describe());
+    if let Some(i) = d.as_embedded().map(|e| e.internals()) {
+        say!(
+            "sorted tables: {} ({} in the newest level), {:.1} MiB on disk; in memory: {:.1} MiB of memtables ({} \
+             waiting to be written), {:.1} MiB of cached blocks",
+            i.tables,
+            i.l0_tables,
+            i.disk_bytes as f64 / (1 << 20) as f64,
+            i.write_buffer_bytes as f64 / (1 << 20) as f64,
+            i.sealed_memtables,
+            i.cache_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    say!(
+        "{:<12} {:>14} {:>14} {:>14} {:>8} {:>10} {:>12}",
+        "partition",
+        "adds",
+        "est. keys",
+        "capacity",
+        "fill",
+        "fp now",
+        "memory MiB"
+    );
+    for s in partitions {
+        // The embedded store is exact and has no design capacity.
+        let capacity = if s.capacity == u64::MAX { "none".to_owned() } else { s.capacity.to_string() };
+        say!(
+            "{:<12} {:>14} {:>14.0} {:>14} {:>7.2}% {:>10.6} {:>12.1}{}",
+            s.partition,
+            s.adds,
+            s.estimated_keys,
+            capacity,
+            s.fill * 100.0,
+            s.fp_now,
+            s.memory_bytes as f64 / (1 << 20) as f64,
+            if s.over_capacity { "  OVER CAPACITY" } else { "" }
+        );
+    }
+    if let Some(f) = file_index {
+        say!(
+            "file index: about {} files in {} buckets, design capacity {}{}; holds the ledger to snapshot {}",
+            f.files,
+            f.buckets,
+            f.capacity,
+            if f.files > f.capacity { " (OVER CAPACITY: buckets leave the compact encoding)" } else { "" },
+            f.synced_to.map_or("(none: the next ingest reads the whole ledger)".to_owned(), |s| s.to_string())
+        );
+    }
+    if !fleet.is_empty() {
+        let live = fleet.iter().filter(|m| m.live).count();
+        say!(
+            "workers sharing staging (workers = auto): {live} live; {} slots leased by none now",
+            free.unwrap_or_default()
+        );
+        for m in fleet {
+            let state = match m.for_secs {
+                Some(secs) => format!("live for {}", humantime::format_duration(std::time::Duration::from_secs(secs))),
+                None => "stopped (its leases expire)".to_owned(),
+            };
+            say!("  {:<40} {state}; {} slots leased; {}", m.id, m.slots, m.routing);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

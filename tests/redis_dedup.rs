@@ -821,6 +821,23 @@ fn auto_workers_share_staging_and_take_over_a_killed_workers_share() {
     assert_eq!(taken[1] - before, 64, "the live worker took every new file, the killed one's share too");
     let scraped = common::scrape(metrics).expect("metrics");
     assert!(scraped.contains("poslake_route_workers 1") && scraped.contains("poslake_route_slots 256"), "{scraped}");
+    // What an operator sees: one live worker (the killed one gone with its leases), and the filter's adds.
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["dedup", "stats", "--json", "--dedup", "redis-bitmap", "--redis-url", &workers.url, "--config"])
+        .arg(workers.dir.path().join("poslake.toml"))
+        .arg("--lake")
+        .arg(workers.lake())
+        .output()
+        .expect("dedup stats");
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("one JSON object");
+    let fleet = stats["workers"].as_array().expect("workers");
+    assert_eq!(fleet.iter().filter(|w| w["live"] == true).count(), 1, "{stats}");
+    let leased: u64 = fleet.iter().map(|w| w["slots"].as_u64().expect("slots")).sum();
+    assert_eq!(leased + stats["slots_leased_by_none"].as_u64().expect("free"), 256, "{stats}");
+    let adds: u64 =
+        stats["partitions"].as_array().expect("partitions").iter().map(|p| p["adds"].as_u64().unwrap_or(0)).sum();
+    assert!(adds >= keys.len() as u64, "every key added: {stats}");
 
     workers.stop(second, 1);
     workers.assert_exact(&keys, 224);
