@@ -192,13 +192,14 @@ impl SlotLeases {
         // Alone at its first claim, or seeing fewer workers than at its last (Redis restarted and lost the
         // heartbeats, or a worker stopped), it waits one beat, so that workers starting beside it, or heartbeating
         // again, are counted: else this run's share would be all of it.
-        let seen = self.heartbeat(true).await?.len() as u32;
-        let before = self.workers_seen.load(Ordering::SeqCst);
-        if (before == 0 && seen == 1) || seen < before {
+        let first = self.heartbeat(true).await?;
+        let (seen, before) = (first.len() as u32, self.workers_seen.load(Ordering::SeqCst));
+        let wait = (before == 0 && seen == 1) || seen < before;
+        if wait {
             tokio::time::sleep(self.ttl / 3 + Duration::from_millis(100)).await;
         }
         let _one = self.busy.lock().await;
-        let members = self.heartbeat(true).await?;
+        let members = if wait { self.heartbeat(true).await? } else { first };
         // Workers that route differently would each take some of the same files. The oldest live worker's routing
         // is the fleet's: a worker that routes otherwise is refused, and the others leave it out.
         let fleet = members.iter().min_by_key(|m| (m.joined_ms, &m.id)).map(|m| m.routing.clone());

@@ -84,13 +84,20 @@ impl LiveIntent {
     pub fn touches(&self, slots: &[u32]) -> bool {
         self.slots.as_ref().is_none_or(|mine| mine.iter().any(|s| slots.contains(s)))
     }
+}
 
-    /// The commit's file name without the suffix of its stage (being written, fenced, made).
-    fn commit(&self) -> String {
-        let name = self.path.to_string_lossy();
-        let name = name.strip_suffix(".tmp").unwrap_or(&name);
-        name.strip_suffix(FENCED).or_else(|| name.strip_suffix(".json")).unwrap_or(name).to_owned()
-    }
+/// An intent's file name without the suffix of its stage (being written, fenced, made): the commit's.
+fn commit_of(path: &Path) -> String {
+    let name = path.to_string_lossy();
+    let name = name.strip_suffix(".tmp").unwrap_or(&name);
+    name.strip_suffix(FENCED).or_else(|| name.strip_suffix(".json")).unwrap_or(name).to_owned()
+}
+
+/// Only the slots of an intent file: its data files are skipped, not built.
+#[derive(Deserialize)]
+struct IntentSlots {
+    #[serde(default)]
+    slots: Option<Vec<u32>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -246,6 +253,25 @@ impl Warehouse {
 
     /// Intents (being written, fenced, or made) that another live process holds locked now: commits in progress.
     pub fn live_intents(&self) -> Result<Vec<LiveIntent>, LakeError> {
+        let live = self.live_intent_paths()?;
+        Ok(live
+            .into_iter()
+            .map(|path| {
+                // Being written, it cannot be read whole yet: its slots are unknown.
+                let slots = match path.to_string_lossy().ends_with(".tmp") {
+                    true => None,
+                    false => std::fs::read(&path)
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice::<IntentSlots>(&bytes).ok())
+                        .and_then(|intent| intent.slots),
+                };
+                LiveIntent { path, slots }
+            })
+            .collect())
+    }
+
+    /// The paths of the intents another live process holds locked now.
+    fn live_intent_paths(&self) -> Result<Vec<PathBuf>, LakeError> {
         let mut live = Vec::new();
         for entry in self.intent_entries()? {
             let path = entry.path();
@@ -260,15 +286,7 @@ impl Warehouse {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(LakeError::Io { path, source }),
             }
-            // Being written, it cannot be read whole yet: its slots are unknown.
-            let slots = match name.ends_with(".tmp") {
-                true => None,
-                false => std::fs::read(&path)
-                    .ok()
-                    .and_then(|bytes| serde_json::from_slice::<IntentFile>(&bytes).ok())
-                    .and_then(|intent| intent.slots),
-            };
-            live.push(LiveIntent { path, slots });
+            live.push(path);
         }
         Ok(live)
     }
@@ -284,9 +302,10 @@ impl Warehouse {
         let mut waiting: Vec<LiveIntent> = self.live_intents()?.into_iter().filter(|i| i.touches(slots)).collect();
         while !waiting.is_empty() && started.elapsed() < limit {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            // An intent moves from being written to fenced to made under the same commit's name.
-            let live: Vec<String> = self.live_intents()?.iter().map(LiveIntent::commit).collect();
-            waiting.retain(|intent| live.contains(&intent.commit()));
+            // An intent moves from being written to fenced to made under the same commit's name; its slots were read
+            // once, above.
+            let live: Vec<String> = self.live_intent_paths()?.iter().map(|p| commit_of(p)).collect();
+            waiting.retain(|intent| live.contains(&commit_of(&intent.path)));
         }
         Ok(waiting)
     }
