@@ -265,6 +265,10 @@ struct IngestArgs {
     /// (credentials from AZURE_* variables). [default: poslake-data/staging]
     #[arg(long, env = "POSLAKE_STAGING")]
     staging: Option<PathBuf>,
+    /// Where raw files are archived (bronze/raw/... below it): a local folder, or an Azure URL as for --staging.
+    /// [default: in the lake]
+    #[arg(long, env = "POSLAKE_ARCHIVE", value_name = "DIR|URL")]
+    archive: Option<PathBuf>,
     /// Print the run summary as JSON (and no progress line).
     #[arg(long)]
     json: bool,
@@ -277,7 +281,7 @@ struct IngestArgs {
     /// Files per write batch. [default: 16]
     #[arg(long)]
     batch_files: Option<usize>,
-    /// Files in flight at most (bounds memory). [default: 32 for a folder, 128 for Azure]
+    /// Files in flight at most (bounds memory). [default: 32; 128 with Azure staging, 64 with an Azure archive]
     #[arg(long)]
     max_files_in_flight: Option<u32>,
     /// Raw MiB in flight at most (bounds memory; parsed files take several times their raw size). [default: 32]
@@ -320,6 +324,9 @@ impl IngestArgs {
             ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
         }
         over_optional!(parsers, downloaders, max_files_in_flight);
+        if self.archive.is_some() {
+            c.archive = self.archive.clone();
+        }
         if let Some(every) = self.every {
             anyhow::ensure!(
                 every.as_secs() >= 1 && every.subsec_nanos() == 0,
@@ -515,7 +522,11 @@ async fn ingest(args: IngestArgs, replay: Option<poslake::ingest::replay::Replay
         existing_lake(&config.lake)?;
     }
     let setup = poslake::ingest::IngestSetup {
-        paths: poslake::ingest::IngestPaths { staging: config.staging.clone(), lake: config.lake.clone() },
+        paths: poslake::ingest::IngestPaths {
+            staging: config.staging.clone(),
+            lake: config.lake.clone(),
+            archive: config.archive.clone(),
+        },
         parse: ParseOptions::default(),
         policy: config.commit_policy(),
         dedup: config.dedup.clone(),

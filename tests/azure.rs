@@ -1,9 +1,11 @@
-//! Staging on Azure Blob Storage, against a real Azurite: a corpus ingested from a container lands exactly as the
-//! same corpus ingested from a folder; a second run from the container adds nothing; staging poslake cannot read
-//! fails at once with the reason.
+//! Staging and the raw archive on Azure Blob Storage, against a real Azurite: a corpus ingested from a container
+//! lands exactly as the same corpus ingested from a folder; a second run from the container adds nothing; an archive
+//! in a container holds what the lake's own would, immutably, and feeds a replay; staging or an archive poslake
+//! cannot use fails at once with the reason.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -12,12 +14,20 @@ use std::time::Duration;
 use common::azurite::Azurite;
 use common::proxy::Proxy;
 use common::{counts, header_keys};
+use futures::StreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use poslake::generate::{GenerateArgs, Report, generate};
 use poslake::lake::Warehouse;
 
 fn ingest(staging: &str, lake: &Path, env: &[(&str, String)]) -> std::process::Output {
+    poslake(&["ingest", "--json", "--staging", staging], lake, env)
+}
+
+/// `poslake ARGS --lake LAKE` with only the Azure settings in `env`.
+fn poslake(args: &[&str], lake: &Path, env: &[(&str, String)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_poslake"));
-    cmd.args(["ingest", "--json", "--staging", staging, "--lake"]).arg(lake).env("RUST_LOG", "warn");
+    cmd.args(args).arg("--lake").arg(lake).env("RUST_LOG", "warn");
     // Only the Azure settings the test gives: none from the machine running it.
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AZURE") || k.starts_with("AZURITE")) {
         cmd.env_remove(k);
@@ -31,6 +41,36 @@ fn ingest(staging: &str, lake: &Path, env: &[(&str, String)]) -> std::process::O
 fn summary(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "ingest failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("JSON summary")
+}
+
+/// Every file under `dir`, by its path below it, with its bytes.
+fn folder_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(dir).expect("below").to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(e.path()).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+/// Every blob of `store` under `prefix`, by its path below it, with its bytes.
+async fn blob_contents(store: &dyn ObjectStore, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let listed: Vec<_> = store.list(Some(&StorePath::from(prefix))).collect().await;
+    let mut out = BTreeMap::new();
+    for meta in listed {
+        let meta = meta.expect("list");
+        let bytes = store.get(&meta.location).await.expect("get").bytes().await.expect("bytes");
+        let rel = meta.location.as_ref().strip_prefix(&format!("{prefix}/")).expect("below").to_owned();
+        out.insert(rel, bytes.to_vec());
+    }
+    out
 }
 
 fn files_under(dir: &Path) -> usize {
@@ -112,13 +152,7 @@ async fn a_corpus_in_azure_blob_storage_lands_like_the_same_corpus_in_a_folder()
 
     // A replay reads its dead letters from the container, or from the bronze archive once one was deleted there:
     // the malformed files fail again as they did (none is `missing`), and nothing lands.
-    let wh = Warehouse::open(&azure_lake).await.expect("open");
-    let mut dead = Vec::new();
-    for b in wh.scan("dead_letters").await.expect("scan") {
-        let path = common::column::<arrow_array::StringArray>(&b, "path");
-        dead.extend((0..b.num_rows()).map(|i| path.value(i).to_owned()));
-    }
-    drop(wh);
+    let dead = dead_letter_column(&azure_lake, "path").await;
     assert_eq!(dead.len() as u64, report.malformed_files, "{dead:?}");
     object_store::ObjectStoreExt::delete(
         azurite.store("landing").as_ref(),
@@ -134,11 +168,9 @@ async fn a_corpus_in_azure_blob_storage_lands_like_the_same_corpus_in_a_folder()
         (replay["files"].clone(), replay["dead_letters"].clone()),
         (replay["replayed"].clone(), replay["replayed"].clone())
     );
+    let kinds = dead_letter_column(&azure_lake, "kind").await;
+    assert!(kinds.iter().all(|k| k != "missing"), "a dead letter read from nowhere: {kinds:?}");
     let wh = Warehouse::open(&azure_lake).await.expect("open");
-    for b in wh.scan("dead_letters").await.expect("scan") {
-        let kind = common::column::<arrow_array::StringArray>(&b, "kind");
-        assert!((0..b.num_rows()).all(|i| kind.value(i) != "missing"), "a dead letter read from nowhere");
-    }
     assert_eq!(wh.row_count("dead_letters").await.expect("count"), 2 * report.malformed_files);
     assert_eq!(counts(&azure_lake).await[0], counts(&local_lake).await[0], "no transaction added");
 }
@@ -197,4 +229,127 @@ fn staging_that_cannot_be_read_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an unreadable container is not an empty one");
     assert!(err.contains("ContainerNotFound") || err.contains("not found"), "{err}");
+}
+
+/// `--archive az://…`: the raw archive in a container of its own holds exactly what the lake's archive holds for the
+/// same corpus, byte for byte, and nothing under the lake; a second run writes nothing; a different file of an
+/// archived name goes beside it, the first untouched; a replay of a dead letter gone from staging reads it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_in_azure_holds_every_raw_file_once_and_feeds_a_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (azurite, staging, report) = corpus(dir.path(), 29, (4, 12));
+    azurite.create_container("archive");
+    let staging_arg = staging.to_str().expect("utf-8").to_owned();
+    let reference_lake = dir.path().join("reference");
+    let reference = summary(&ingest(&staging_arg, &reference_lake, &[]));
+    let expected = folder_contents(&reference_lake.join("bronze/raw"));
+    assert!(expected.len() as u64 > report.malformed_files, "the corpus archives files");
+
+    let lake = dir.path().join("lake");
+    let archive = "az://archive/pos/raw";
+    let args = ["ingest", "--json", "--staging", &staging_arg, "--archive", archive];
+    let first = summary(&poslake(&args, &lake, &azurite.env()));
+    for field in ["files", "new_transactions", "duplicate_transactions", "dead_letters"] {
+        assert_eq!(first[field], reference[field], "{field}");
+    }
+    assert_eq!(counts(&lake).await, counts(&reference_lake).await, "every table as with the lake's archive");
+    assert!(!lake.join("bronze").exists(), "nothing archived in the lake");
+    let store = azurite.store("archive");
+    let archived = blob_contents(store.as_ref(), "pos/raw/bronze/raw").await;
+    assert_eq!(archived.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "the same names");
+    assert!(archived == expected, "the same bytes under each name");
+
+    // Again: everything already ingested, nothing written.
+    let again = summary(&poslake(&args, &lake, &azurite.env()));
+    assert_eq!((again["already_ingested"].clone(), again["new_transactions"].clone()), (report.files.into(), 0.into()));
+    assert_eq!(blob_contents(store.as_ref(), "pos/raw/bronze/raw").await, archived);
+
+    // Another file under a name already archived (same transactions, one more comment): kept beside the first.
+    let (name, original) = expected.iter().find(|(k, _)| !k.contains("unknown") && k.ends_with(".xml")).expect("one");
+    let base = name.rsplit('/').next().expect("name");
+    let source = walkdir_find(&staging, base);
+    let mut changed = std::fs::read(&source).expect("read");
+    changed.extend_from_slice(b"\n<!-- re-sent -->\n");
+    std::fs::create_dir_all(staging.join("resent")).expect("mkdir");
+    std::fs::write(staging.join("resent").join(base), &changed).expect("write");
+    let third = summary(&poslake(&args, &lake, &azurite.env()));
+    assert_eq!((third["files"].clone(), third["new_transactions"].clone()), (1.into(), 0.into()), "{third}");
+    let now = blob_contents(store.as_ref(), "pos/raw/bronze/raw").await;
+    assert_eq!(now.len(), archived.len() + 1, "one more blob");
+    assert_eq!(now.get(name), Some(original), "the first copy untouched");
+    assert!(now.iter().any(|(k, v)| k != name && k.ends_with(base) && *v == changed), "the second beside it");
+
+    // A malformed file gone from staging is replayed from the archive in Azure: refused again as malformed, not
+    // `missing`.
+    let dead = dead_letter_column(&lake, "path").await;
+    assert!(!dead.is_empty());
+    for path in &dead {
+        std::fs::remove_file(staging.join(path)).expect("remove from staging");
+    }
+    let replay = summary(&poslake(
+        &["replay", "--json", "--staging", &staging_arg, "--archive", archive],
+        &lake,
+        &azurite.env(),
+    ));
+    assert_eq!(replay["replayed"], dead.len(), "{replay}");
+    let kinds = dead_letter_column(&lake, "kind").await;
+    assert!(kinds.iter().all(|k| k != "missing"), "a dead letter the archive did not give back: {kinds:?}");
+    let wh = Warehouse::open(&lake).await.expect("open");
+    assert_eq!(wh.row_count("dead_letters").await.expect("count"), 2 * dead.len() as u64);
+}
+
+/// One string column of the lake's `dead_letters`, every row.
+async fn dead_letter_column(lake: &Path, name: &str) -> Vec<String> {
+    let wh = Warehouse::open(lake).await.expect("open");
+    let mut out = Vec::new();
+    for b in wh.scan("dead_letters").await.expect("scan") {
+        let column = common::column::<arrow_array::StringArray>(&b, name);
+        out.extend((0..b.num_rows()).map(|i| column.value(i).to_owned()));
+    }
+    out
+}
+
+/// The path of the file named `base` somewhere under `dir`.
+fn walkdir_find(dir: &Path, base: &str) -> std::path::PathBuf {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_str() == Some(base) {
+                return e.path();
+            }
+        }
+    }
+    panic!("{base} not under {}", dir.display())
+}
+
+/// An archive poslake cannot write to stops the run at its start, with the reason, before any file is taken.
+#[test]
+fn an_archive_that_cannot_be_used_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::fs::write(staging.join("a.xml"), "<POSLog/>").expect("write");
+    let staging_arg = staging.to_str().expect("utf-8");
+    let lake = dir.path().join("lake");
+    let out = poslake(&["ingest", "--json", "--staging", staging_arg, "--archive", "s3://bucket/raw"], &lake, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("archive s3://bucket/raw") && err.contains("not supported") && err.contains("az://"), "{err}");
+
+    let azurite = Azurite::start();
+    let out = poslake(
+        &["ingest", "--json", "--staging", staging_arg, "--archive", "az://nowhere/raw"],
+        &lake,
+        &azurite.env(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a container that does not exist is refused");
+    assert!(err.contains("archive az://nowhere/raw") && err.contains("ContainerNotFound"), "{err}");
+    // Refused before anything was taken: no ledger row, so the next run with a usable archive takes the file.
+    let ledger = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async { Warehouse::open(&lake).await.expect("open").row_count("file_ledger").await.expect("count") });
+    assert_eq!(ledger, 0);
 }

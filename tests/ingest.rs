@@ -39,7 +39,7 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     .expect("generate");
     assert!(report.resent_files > 0 && report.repeated_transactions > 0 && report.malformed_files > 0);
     let manifest = read_manifest(&staging).expect("manifest");
-    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake") };
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None };
 
     let summary =
         ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("ingest");
@@ -262,7 +262,7 @@ async fn injected_parser_and_writer_panics_lose_nothing() {
     })
     .expect("generate");
     let manifest = read_manifest(&staging).expect("manifest");
-    let paths = IngestPaths { staging, lake: dir.path().join("lake") };
+    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None };
     let inner = poslake::ingest::PosStages::open(&IngestSetup::new(paths.clone()), "flaky".into()).await.expect("open");
     let victims: BTreeSet<String> = manifest.iter().step_by(5).map(|m| m.path.clone()).collect();
     let stages = Arc::new(Flaky {
@@ -328,7 +328,7 @@ async fn a_file_that_could_not_be_read_is_tried_again_by_the_next_run() {
     let fifo = std::ffi::CString::new(staging.join("pipe.xml").into_os_string().into_encoded_bytes()).expect("path");
     // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
-    let paths = IngestPaths { staging, lake: dir.path().join("lake") };
+    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None };
     let inner =
         poslake::ingest::PosStages::open(&IngestSetup::new(paths.clone()), "unreadable".into()).await.expect("open");
     let victim = manifest[2].path.clone();
@@ -402,7 +402,7 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     let fifo = std::ffi::CString::new(staging.join("pipe.xml").into_os_string().into_encoded_bytes()).expect("path");
     // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
-    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake") };
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None };
     let defaults = IngestSetup::new(paths.clone());
     // Every value longer than 8 bytes refused: every XML file is a dead letter of the parser.
     let mut strict = defaults.clone();
@@ -599,7 +599,7 @@ async fn a_value_the_tables_cannot_hold_dead_letters_only_its_file() {
     let bad = format!("{}123456789012345678.5{}", &bad[..start], &bad[end..]);
     std::fs::write(staging.join("good.xml"), good).expect("write");
     std::fs::write(staging.join("bad.xml"), bad).expect("write");
-    let paths = IngestPaths { staging, lake: dir.path().join("lake") };
+    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None };
 
     let summary =
         ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("ingest");
@@ -731,6 +731,24 @@ async fn each_run_skips_exactly_the_files_earlier_runs_ingested() {
     assert_eq!((again.already_ingested, again.files, again.new_transactions), (report.files, 0, 0));
 }
 
+/// An archive folder of its own (`archive`), even inside staging: every file is archived there and none in the
+/// lake, and the next run lists nothing from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_folder_inside_staging_is_not_ingested_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = clean_corpus(&staging, 31, (2, 2, 2), (3, 6));
+    let archive = staging.join("archive");
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: Some(archive.clone()) };
+    let first = ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("run");
+    assert_eq!((first.files, first.new_transactions), (report.files, report.unique_keys));
+    let archived = walkdir(&archive.join("bronze/raw"));
+    assert_eq!(archived.len() as u64, report.files, "every file archived in the folder");
+    assert!(!paths.lake.join("bronze").exists(), "and none in the lake");
+    let second = ingest(&IngestSetup::new(paths), pipeline(), Arc::new(Progress::default())).await.expect("run");
+    assert_eq!((second.files, second.already_ingested), (0, report.files), "nothing listed from the archive");
+}
+
 /// Ingests copies of every generated file under new names into a lake that already holds them: nothing new lands,
 /// every transaction is a duplicate, and `sales_header` still holds each key once.
 async fn resent_files_land_nothing(
@@ -767,7 +785,7 @@ fn resend(staging: &std::path::Path, dir: &std::path::Path) -> std::path::PathBu
 
 /// One ingest of `staging` into `lake` on embedded defaults.
 async fn run_ingest(staging: &std::path::Path, lake: &std::path::Path) -> IngestSummary {
-    let paths = IngestPaths { staging: staging.to_path_buf(), lake: lake.to_path_buf() };
+    let paths = IngestPaths { staging: staging.to_path_buf(), lake: lake.to_path_buf(), archive: None };
     ingest(&IngestSetup::new(paths), pipeline(), Arc::new(Progress::default())).await.expect("ingest")
 }
 

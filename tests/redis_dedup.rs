@@ -63,7 +63,7 @@ fn setup(staging: &Path, lake: &Path, dedup: DedupConfig) -> IngestSetup {
     IngestSetup {
         dedup,
         policy: CommitPolicy { files: 8, interval: Duration::from_secs(10), ..CommitPolicy::default() },
-        ..IngestSetup::new(IngestPaths { staging: staging.to_path_buf(), lake: lake.to_path_buf() })
+        ..IngestSetup::new(IngestPaths { staging: staging.to_path_buf(), lake: lake.to_path_buf(), archive: None })
     }
 }
 

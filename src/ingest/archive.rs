@@ -1,18 +1,25 @@
 //! The bronze archive of raw files: every file is written unchanged to
 //! `bronze/raw/vendor=<dialect>/business_date=<date>/<name>`, atomically and only if absent. A different file of
-//! the same name never overwrites the first: it is stored beside it under its content hash.
+//! the same name never overwrites the first: it is stored beside it under its content hash. The archive is in the
+//! lake by default, or in a folder or an Azure container of its own (`archive`).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::location::{Location, LocationError, resolve};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("archive {location}: {source}")]
     Store { location: String, source: object_store::Error },
+    #[error("archive {location}: {reason} (the archive is {})", super::location::FORMS)]
+    Location { location: String, reason: String },
 }
 
 /// Where a file went.
@@ -27,6 +34,10 @@ pub enum Archived {
 #[derive(Clone, Debug)]
 pub struct Archive {
     store: Arc<dyn ObjectStore>,
+    /// The location as the operator gave it, for messages.
+    name: Arc<str>,
+    /// The local folder holding it, if it is one (for staging to leave it out of its listing).
+    folder: Option<PathBuf>,
 }
 
 /// Longest archived file name once encoded: the store percent-encodes `%`, `#`, non-ASCII and more (`é` takes 6
@@ -78,15 +89,60 @@ fn short(hash: &str) -> &str {
 }
 
 impl Archive {
-    pub fn local(root: &std::path::Path) -> Result<Self, ArchiveError> {
+    /// The archive at `location` (a folder, or a URL as for staging: `az://CONTAINER/PREFIX`, …), or in the lake
+    /// (`lake_root`) when none is given. A store is checked to be readable here, so that a missing container or a
+    /// refused credential stops the run at its start, not as every file's archive copy failing.
+    pub async fn open(location: Option<&Path>, lake_root: &Path) -> Result<Self, ArchiveError> {
+        let Some(location) = location else { return Self::local(lake_root) };
+        let name = location.display().to_string();
+        match resolve(location) {
+            Ok(Location::Folder(dir)) => Ok(Archive { name: name.into(), ..Self::local(&dir)? }),
+            Ok(Location::Store { store, prefix }) => {
+                let store: Arc<dyn ObjectStore> = match prefix {
+                    Some(prefix) => Arc::new(PrefixStore::new(store, prefix)),
+                    None => store,
+                };
+                // The top of the archive holds one folder (`bronze/`): one short page.
+                store
+                    .list_with_delimiter(None)
+                    .await
+                    .map_err(|source| ArchiveError::Store { location: name.clone(), source })?;
+                Ok(Archive { store, name: name.into(), folder: None })
+            }
+            Err(LocationError::Refused(reason)) => Err(ArchiveError::Location { location: name, reason }),
+            Err(LocationError::Store(source)) => Err(ArchiveError::Store { location: name, source }),
+        }
+    }
+
+    /// An archive in a local folder, created if missing.
+    pub fn local(root: &Path) -> Result<Self, ArchiveError> {
         let err = |source| ArchiveError::Store { location: root.display().to_string(), source };
         std::fs::create_dir_all(root)
             .map_err(|e| err(object_store::Error::Generic { store: "local", source: Box::new(e) }))?;
-        Ok(Archive { store: Arc::new(LocalFileSystem::new_with_prefix(root).map_err(err)?) })
+        // Canonical, as staging compares it with what it walks.
+        let folder = std::fs::canonicalize(root)
+            .map_err(|e| err(object_store::Error::Generic { store: "local", source: Box::new(e) }))?;
+        Ok(Archive {
+            store: Arc::new(LocalFileSystem::new_with_prefix(&folder).map_err(err)?),
+            name: root.display().to_string().into(),
+            folder: Some(folder),
+        })
     }
 
+    /// An archive in any object store (for tests: memory).
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Archive { store }
+        let name = store.to_string().into();
+        Archive { store, name, folder: None }
+    }
+
+    /// The location as the operator gave it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The local folder holding the archive, canonical, if it is one.
+    pub fn folder(&self) -> Option<&Path> {
+        self.folder.as_deref()
     }
 
     /// Archives `bytes` (with BLAKE3 `hash`) of the file at staging path `name`.

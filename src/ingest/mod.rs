@@ -13,6 +13,7 @@ pub mod archive;
 pub mod commit;
 mod in_flight;
 mod ledger_index;
+mod location;
 pub mod maintain;
 pub mod reconcile;
 pub mod replay;
@@ -51,8 +52,10 @@ use staging::{StagedFile, Staging, StagingError};
 pub struct IngestPaths {
     /// The staging folder.
     pub staging: PathBuf,
-    /// The lake root: `catalog.db`, `warehouse/`, `bronze/raw/`, `commits/`, `dedup/`.
+    /// The lake root: `catalog.db`, `warehouse/`, `bronze/raw/` (unless `archive` is given), `commits/`, `dedup/`.
     pub lake: PathBuf,
+    /// Where raw files are archived, if not in the lake: a folder, or an Azure URL.
+    pub archive: Option<PathBuf>,
 }
 
 /// Everything an ingest run needs besides the pipeline's shape.
@@ -261,9 +264,12 @@ impl PosStages {
     async fn open_with(setup: &IngestSetup, run_id: String, staging: Staging) -> Result<Self, IngestError> {
         let paths = &setup.paths;
         let warehouse = Arc::new(Warehouse::open(&paths.lake).await?);
-        // A lake kept inside its own staging folder must not ingest its own files.
-        let staging = staging.excluding(warehouse.root());
-        let archive = Archive::local(warehouse.root())?;
+        let archive = Archive::open(paths.archive.as_deref(), warehouse.root()).await?;
+        // A lake or an archive kept inside its own staging folder must not ingest its own files.
+        let mut staging = staging.excluding(warehouse.root());
+        if let Some(folder) = archive.folder() {
+            staging = staging.excluding(folder);
+        }
         let dedup = Arc::new(Dedup::open(&setup.dedup, warehouse.root()).await?);
         tracing::info!(backend = %dedup.describe(), "dedup store");
         let committer = Committer::new(warehouse.clone(), dedup);

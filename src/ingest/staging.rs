@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::location::{Location, LocationError};
 
 /// A file found in staging.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +120,7 @@ pub struct Staging {
 enum Source {
     /// A local folder, walked and read with the file system's own calls: any file name works, links are not
     /// followed out of the folder, and a bad entry is refused alone instead of failing the listing.
-    Local { root: PathBuf, exclude: Option<PathBuf> },
+    Local { root: PathBuf, exclude: Vec<PathBuf> },
     /// Any object store (Azure), under an optional prefix.
     Store { store: Arc<dyn ObjectStore>, prefix: Option<StorePath> },
     /// A local folder that no longer exists (a replay reads from the archive): nothing listed, nothing found.
@@ -140,24 +141,15 @@ impl Staging {
     /// reads: an account key, a SAS token, a service principal, a managed identity or the Azure CLI; Azurite with
     /// `AZURE_STORAGE_USE_EMULATOR=true`), or a `file://` folder. The URL's path is the prefix listed.
     pub fn from_url(location: &str) -> Result<Self, StagingError> {
-        let refuse = |reason: String| StagingError::Location { location: location.to_owned(), reason };
-        let url = url::Url::parse(location).map_err(|e| refuse(format!("not a URL: {e}")))?;
-        let (scheme, prefix) = ObjectStoreScheme::parse(&url).map_err(|e| refuse(e.to_string()))?;
-        match scheme {
-            ObjectStoreScheme::Local => {
-                let dir = url.to_file_path().map_err(|()| refuse("not a local path".into()))?;
-                Self::local(&dir)
+        match super::location::resolve(std::path::Path::new(location)) {
+            Ok(Location::Folder(dir)) => Self::local(&dir),
+            Ok(Location::Store { store, prefix }) => {
+                Ok(Staging { source: Source::Store { store, prefix }, name: location.into() })
             }
-            ObjectStoreScheme::MicrosoftAzure => {
-                crate::install_tls_provider();
-                let store = MicrosoftAzureBuilder::from_env()
-                    .with_url(location)
-                    .build()
-                    .map_err(|source| StagingError::Store { location: location.to_owned(), source })?;
-                let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
-                Ok(Staging { source: Source::Store { store: Arc::new(store), prefix }, name: location.into() })
+            Err(LocationError::Refused(reason)) => {
+                Err(StagingError::Location { location: location.to_owned(), reason })
             }
-            other => Err(refuse(format!("{other:?} storage is not supported"))),
+            Err(LocationError::Store(source)) => Err(StagingError::Store { location: location.to_owned(), source }),
         }
     }
 
@@ -177,7 +169,7 @@ impl Staging {
         }
         // Canonical, so that a link's target can be checked against it.
         let root = std::fs::canonicalize(root).map_err(|source| StagingError::Io { path: name.clone(), source })?;
-        Ok(Staging { source: Source::Local { root, exclude: None }, name: name.into() })
+        Ok(Staging { source: Source::Local { root, exclude: Vec::new() }, name: name.into() })
     }
 
     /// A local staging folder that no longer exists, for a replay that may read every file from the archive.
@@ -191,10 +183,10 @@ impl Staging {
         Staging { source: Source::Store { store, prefix: prefix.map(StorePath::from) }, name }
     }
 
-    /// Leaves `folder` (canonical) out of a local listing: the lake, when it lies inside staging.
+    /// Leaves `folder` (canonical) out of a local listing: the lake or the archive, when it lies inside staging.
     pub fn excluding(mut self, folder: &std::path::Path) -> Self {
         if let Source::Local { exclude, .. } = &mut self.source {
-            *exclude = Some(folder.to_path_buf());
+            exclude.push(folder.to_path_buf());
         }
         self
     }

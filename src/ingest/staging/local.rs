@@ -18,20 +18,23 @@ use super::{Refusal, StagedFile, StagingError};
 /// folder of millions of files is never held in memory.
 const AHEAD: usize = 1024;
 
-/// Every entry under `root` (canonical) that is not hidden nor under `exclude`, as the walk finds them.
-pub(super) fn list(root: PathBuf, exclude: Option<PathBuf>) -> impl Stream<Item = StagedFile> + Send + 'static {
+/// Every entry under `root` (canonical) that is not hidden nor under one of the `exclude` folders, as the walk
+/// finds them.
+pub(super) fn list(root: PathBuf, exclude: Vec<PathBuf>) -> impl Stream<Item = StagedFile> + Send + 'static {
     let (tx, rx) = mpsc::channel(AHEAD);
-    tokio::task::spawn_blocking(move || walk(&root, exclude.as_deref(), &tx));
+    tokio::task::spawn_blocking(move || walk(&root, &exclude, &tx));
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|file| (file, rx)) })
 }
 
-fn walk(root: &Path, exclude: Option<&Path>, tx: &mpsc::Sender<StagedFile>) {
+fn walk(root: &Path, exclude: &[PathBuf], tx: &mpsc::Sender<StagedFile>) {
     let entries = WalkDir::new(root)
         .follow_links(false)
         .min_depth(1)
         .into_iter()
-        // Hidden names are not descended into (an upload tool's `.tmp/`, a `.git/`), nor the excluded folder.
-        .filter_entry(|e| !e.file_name().as_encoded_bytes().starts_with(b".") && Some(e.path()) != exclude);
+        // Hidden names are not descended into (an upload tool's `.tmp/`, a `.git/`), nor the excluded folders.
+        .filter_entry(|e| {
+            !e.file_name().as_encoded_bytes().starts_with(b".") && !exclude.iter().any(|x| x == e.path())
+        });
     for entry in entries {
         let file = match entry {
             Ok(e) => match judge(root, &e) {

@@ -1,0 +1,54 @@
+//! Storage named by the operator: a local folder, or Azure Blob Storage / ADLS Gen2 by URL (`az://`, `abfss://`,
+//! `https://ACCOUNT.blob.core.windows.net/…`, or `file://` for a folder). Staging and the raw archive name theirs
+//! the same way.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreScheme};
+
+/// What a location names.
+pub enum Location {
+    Folder(PathBuf),
+    /// An object store, and the prefix under it (`None` for the container's root).
+    Store {
+        store: Arc<dyn ObjectStore>,
+        prefix: Option<StorePath>,
+    },
+}
+
+/// Why a location cannot be used: a reason for the operator, or the store's own error when building it.
+pub enum LocationError {
+    Refused(String),
+    Store(object_store::Error),
+}
+
+/// The forms a location may take, for error messages.
+pub const FORMS: &str = "a local folder, or Azure Blob Storage / ADLS Gen2 as az://CONTAINER/PREFIX, \
+                         abfss://FILESYSTEM@ACCOUNT.dfs.core.windows.net/PREFIX or \
+                         https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX";
+
+/// A location as written: a URL if it has a scheme (credentials for Azure from the `AZURE_*` environment
+/// variables `object_store` reads: an account key, a SAS token, a service principal, a managed identity or the
+/// Azure CLI; Azurite with `AZURE_STORAGE_USE_EMULATOR=true`), else a folder path.
+pub fn resolve(location: &Path) -> Result<Location, LocationError> {
+    let Some(url_text) = crate::config::staging_url(location) else {
+        return Ok(Location::Folder(location.to_path_buf()));
+    };
+    let url = url::Url::parse(url_text).map_err(|e| LocationError::Refused(format!("not a URL: {e}")))?;
+    let (scheme, prefix) = ObjectStoreScheme::parse(&url).map_err(|e| LocationError::Refused(e.to_string()))?;
+    match scheme {
+        ObjectStoreScheme::Local => {
+            url.to_file_path().map(Location::Folder).map_err(|()| LocationError::Refused("not a local path".into()))
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            crate::install_tls_provider();
+            let store = MicrosoftAzureBuilder::from_env().with_url(url_text).build().map_err(LocationError::Store)?;
+            let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+            Ok(Location::Store { store: Arc::new(store), prefix })
+        }
+        other => Err(LocationError::Refused(format!("{other:?} storage is not supported"))),
+    }
+}
