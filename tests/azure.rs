@@ -298,6 +298,24 @@ async fn an_archive_in_azure_holds_every_raw_file_once_and_feeds_a_replay() {
     assert_eq!(wh.row_count("dead_letters").await.expect("count"), 2 * dead.len() as u64);
 }
 
+/// An archive in staging's own container, below its prefix and named in another URL form: the next run lists none
+/// of the archived copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_inside_the_staging_container_is_not_ingested_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (azurite, staging, report) = corpus(dir.path(), 31, (2, 4));
+    azurite.upload_dir(&staging, "landing", "pos").await;
+    let lake = dir.path().join("lake");
+    let archive = "https://devstoreaccount1.blob.core.windows.net/landing/pos";
+    let args = ["ingest", "--json", "--staging", "az://landing/pos", "--archive", archive];
+    let first = summary(&poslake(&args, &lake, &azurite.env()));
+    assert_eq!(first["files"], report.files);
+    let archived = blob_contents(azurite.store("landing").as_ref(), "pos/bronze/raw").await;
+    assert!(archived.len() as u64 > report.malformed_files, "archived below the staging prefix");
+    let again = summary(&poslake(&args, &lake, &azurite.env()));
+    assert_eq!((again["files"].clone(), again["already_ingested"].clone()), (0.into(), report.files.into()), "{again}");
+}
+
 /// One string column of the lake's `dead_letters`, every row.
 async fn dead_letter_column(lake: &Path, name: &str) -> Vec<String> {
     let wh = Warehouse::open(lake).await.expect("open");

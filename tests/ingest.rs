@@ -731,14 +731,14 @@ async fn each_run_skips_exactly_the_files_earlier_runs_ingested() {
     assert_eq!((again.already_ingested, again.files, again.new_transactions), (report.files, 0, 0));
 }
 
-/// An archive folder of its own (`archive`), even inside staging: every file is archived there and none in the
-/// lake, and the next run lists nothing from it.
+/// An archive folder of its own (`archive`), even staging's own folder: every file is archived there and none in
+/// the lake, and the next run lists nothing from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_folder_inside_staging_is_not_ingested_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     let report = clean_corpus(&staging, 31, (2, 2, 2), (3, 6));
-    let archive = staging.join("archive");
+    let archive = staging.clone();
     let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: Some(archive.clone()) };
     let first = ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("run");
     assert_eq!((first.files, first.new_transactions), (report.files, report.unique_keys));

@@ -36,9 +36,24 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
     /// The location as the operator gave it, for messages.
     name: Arc<str>,
-    /// The local folder holding it, if it is one (for staging to leave it out of its listing).
-    folder: Option<PathBuf>,
+    at: ArchivedAt,
 }
+
+/// Where archived files lie, for a staging listing to leave them out: an archive placed inside staging must not
+/// feed its own copies back in as new files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArchivedAt {
+    /// `bronze/raw` under a local archive folder (canonical).
+    Folder(PathBuf),
+    /// `bronze/raw` under a prefix of an object store's container, named by the store's `Display` (which names the
+    /// account and the container).
+    Container { store: String, prefix: StorePath },
+    /// A store no staging can share (a test's memory store).
+    Elsewhere,
+}
+
+/// The archive's files lie below this, under the archive's root.
+const RAW: &str = "bronze/raw";
 
 /// Longest archived file name once encoded: the store percent-encodes `%`, `#`, non-ASCII and more (`é` takes 6
 /// bytes, a CJK character 9) and writes through a temporary name a few bytes longer, within a file system's 255.
@@ -76,7 +91,7 @@ fn archived_name(base: &str, hash: &str) -> String {
 fn locations(vendor: &str, business_date: Option<NaiveDate>, name: &str, hash: &str) -> [String; 2] {
     let date = business_date.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
     let base = name.rsplit('/').next().unwrap_or(name);
-    let dir = format!("bronze/raw/vendor={vendor}/business_date={date}");
+    let dir = format!("{RAW}/vendor={vendor}/business_date={date}");
     [
         format!("{dir}/{}", archived_name(base, hash)),
         format!("{dir}/{}", archived_name(&format!("{}.{base}", short(hash)), hash)),
@@ -98,6 +113,11 @@ impl Archive {
         match resolve(location) {
             Ok(Location::Folder(dir)) => Ok(Archive { name: name.into(), ..Self::local(&dir)? }),
             Ok(Location::Store { store, prefix }) => {
+                let raw = match &prefix {
+                    Some(p) => StorePath::from(format!("{p}/{RAW}")),
+                    None => StorePath::from(RAW),
+                };
+                let at = ArchivedAt::Container { store: store.to_string(), prefix: raw };
                 let store: Arc<dyn ObjectStore> = match prefix {
                     Some(prefix) => Arc::new(PrefixStore::new(store, prefix)),
                     None => store,
@@ -107,7 +127,7 @@ impl Archive {
                     .list_with_delimiter(None)
                     .await
                     .map_err(|source| ArchiveError::Store { location: name.clone(), source })?;
-                Ok(Archive { store, name: name.into(), folder: None })
+                Ok(Archive { store, name: name.into(), at })
             }
             Err(LocationError::Refused(reason)) => Err(ArchiveError::Location { location: name, reason }),
             Err(LocationError::Store(source)) => Err(ArchiveError::Store { location: name, source }),
@@ -125,14 +145,14 @@ impl Archive {
         Ok(Archive {
             store: Arc::new(LocalFileSystem::new_with_prefix(&folder).map_err(err)?),
             name: root.display().to_string().into(),
-            folder: Some(folder),
+            at: ArchivedAt::Folder(folder.join(RAW)),
         })
     }
 
     /// An archive in any object store (for tests: memory).
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
         let name = store.to_string().into();
-        Archive { store, name, folder: None }
+        Archive { store, name, at: ArchivedAt::Elsewhere }
     }
 
     /// The location as the operator gave it.
@@ -140,9 +160,9 @@ impl Archive {
         &self.name
     }
 
-    /// The local folder holding the archive, canonical, if it is one.
-    pub fn folder(&self) -> Option<&Path> {
-        self.folder.as_deref()
+    /// Where the archived files lie.
+    pub fn archived_at(&self) -> &ArchivedAt {
+        &self.at
     }
 
     /// Archives `bytes` (with BLAKE3 `hash`) of the file at staging path `name`.

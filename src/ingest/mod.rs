@@ -265,11 +265,8 @@ impl PosStages {
         let paths = &setup.paths;
         let warehouse = Arc::new(Warehouse::open(&paths.lake).await?);
         let archive = Archive::open(paths.archive.as_deref(), warehouse.root()).await?;
-        // A lake or an archive kept inside its own staging folder must not ingest its own files.
-        let mut staging = staging.excluding(warehouse.root());
-        if let Some(folder) = archive.folder() {
-            staging = staging.excluding(folder);
-        }
+        // A lake or an archive kept inside its own staging area must not ingest its own files.
+        let staging = staging.excluding(warehouse.root()).excluding_archive(archive.archived_at());
         let dedup = Arc::new(Dedup::open(&setup.dedup, warehouse.root()).await?);
         tracing::info!(backend = %dedup.describe(), "dedup store");
         let committer = Committer::new(warehouse.clone(), dedup);

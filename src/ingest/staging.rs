@@ -121,8 +121,8 @@ enum Source {
     /// A local folder, walked and read with the file system's own calls: any file name works, links are not
     /// followed out of the folder, and a bad entry is refused alone instead of failing the listing.
     Local { root: PathBuf, exclude: Vec<PathBuf> },
-    /// Any object store (Azure), under an optional prefix.
-    Store { store: Arc<dyn ObjectStore>, prefix: Option<StorePath> },
+    /// Any object store (Azure), under an optional prefix, less the `exclude` prefixes.
+    Store { store: Arc<dyn ObjectStore>, prefix: Option<StorePath>, exclude: Vec<StorePath> },
     /// A local folder that no longer exists (a replay reads from the archive): nothing listed, nothing found.
     Gone,
 }
@@ -144,7 +144,7 @@ impl Staging {
         match super::location::resolve(std::path::Path::new(location)) {
             Ok(Location::Folder(dir)) => Self::local(&dir),
             Ok(Location::Store { store, prefix }) => {
-                Ok(Staging { source: Source::Store { store, prefix }, name: location.into() })
+                Ok(Staging { source: Source::Store { store, prefix, exclude: Vec::new() }, name: location.into() })
             }
             Err(LocationError::Refused(reason)) => {
                 Err(StagingError::Location { location: location.to_owned(), reason })
@@ -180,13 +180,29 @@ impl Staging {
     /// Any object store (Azure, S3, memory), under an optional prefix.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> Self {
         let name = format!("{store}/{}", prefix.unwrap_or_default()).into();
-        Staging { source: Source::Store { store, prefix: prefix.map(StorePath::from) }, name }
+        Staging { source: Source::Store { store, prefix: prefix.map(StorePath::from), exclude: Vec::new() }, name }
     }
 
-    /// Leaves `folder` (canonical) out of a local listing: the lake or the archive, when it lies inside staging.
+    /// Leaves `folder` (canonical) out of a local listing: the lake, when it lies inside staging.
     pub fn excluding(mut self, folder: &std::path::Path) -> Self {
         if let Source::Local { exclude, .. } = &mut self.source {
             exclude.push(folder.to_path_buf());
+        }
+        self
+    }
+
+    /// Leaves the archive's files out of the listing, when the archive lies inside staging (in the same folder, or
+    /// in the same container below the staging prefix).
+    pub fn excluding_archive(mut self, at: &super::archive::ArchivedAt) -> Self {
+        use super::archive::ArchivedAt;
+        match (&mut self.source, at) {
+            (Source::Local { exclude, .. }, ArchivedAt::Folder(folder)) => exclude.push(folder.clone()),
+            (Source::Store { store, exclude, .. }, ArchivedAt::Container { store: container, prefix })
+                if store.to_string() == *container =>
+            {
+                exclude.push(prefix.clone());
+            }
+            _ => {}
         }
         self
     }
@@ -196,14 +212,18 @@ impl Staging {
         match &self.source {
             Source::Local { root, exclude } => local::list(root.clone(), exclude.clone()).map(Ok).boxed(),
             Source::Gone => futures::stream::empty().boxed(),
-            Source::Store { store, prefix } => {
+            Source::Store { store, prefix, exclude } => {
                 let name = self.name.clone();
                 let prefix = prefix.clone();
+                let exclude = exclude.clone();
                 store
                     .list(prefix.as_ref())
                     .filter_map(move |meta| {
                         futures::future::ready(match meta {
-                            Ok(m) if is_pos_file(m.location.as_ref(), prefix.as_ref()) => {
+                            Ok(m)
+                                if is_pos_file(m.location.as_ref(), prefix.as_ref())
+                                    && !exclude.iter().any(|x| m.location.prefix_matches(x)) =>
+                            {
                                 Some(Ok(StagedFile::new(m.location.to_string(), m.size)))
                             }
                             Ok(_) => None,
