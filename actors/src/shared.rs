@@ -34,7 +34,7 @@ pub struct PipelineConfig {
     /// Files and bytes in flight across the whole pipeline: this, not the backlog, bounds memory. Parsed files
     /// take several times their raw size, so the defaults are small: 32 files and 32 MiB of raw bytes. On 2 cores
     /// and local storage that ingests within a few percent of 128 files, at 230 instead of 380 MiB peak RSS
-    /// (docs/architecture.md, "Measured"). Remote storage wants more files in flight to hide its latency.
+    /// (docs/performance.md). Remote storage wants more files in flight to hide its latency.
     pub limits: FlowLimits,
     /// Tries per file before it is dead-lettered. Default 3.
     pub max_attempts: u32,

@@ -17,7 +17,7 @@ use crate::lake::{Outcome, Warehouse};
 /// The index lives beside the keys ([`FileIndex`]): on disk in the embedded store, in Redis for a Redis store (where
 /// the workers that share the lake share it), so that memory does not grow with the files ever ingested. It is
 /// brought up to the ledger's current snapshot at start, reading only the ledger files added since the snapshot it
-/// last recorded (all of the ledger if it has none, or that snapshot is gone); see docs/architecture.md ("Memory
+/// last recorded (all of the ledger if it has none, or that snapshot is gone); see docs/performance.md ("Memory
 /// that grows with history").
 pub(super) struct LedgerIndex {
     pub(super) files: FileIndex,
