@@ -18,6 +18,9 @@ pub struct IngestConfig {
     /// Where raw files are archived (`bronze/raw/…` below it), if not in the lake: a local folder, or an Azure Blob
     /// Storage / ADLS Gen2 URL as for staging. Default: absent, the lake root.
     pub archive: Option<PathBuf>,
+    /// The Iceberg catalog's database, if not SQLite in the lake: a PostgreSQL URL (`postgres://USER@HOST/DB`),
+    /// which workers on several hosts sharing the lake's folder can all use. Default: absent, `<lake>/catalog.db`.
+    pub catalog: Option<String>,
     /// Parser actors (CPU bound). Default: one per core.
     pub parsers: Option<usize>,
     /// Downloader actors (I/O bound): the GETs in flight at once. Default 16 for a local folder, 64 for Azure,
@@ -243,6 +246,7 @@ impl Default for IngestConfig {
             staging: PathBuf::from("poslake-data/staging"),
             lake: PathBuf::from("poslake-data/lake"),
             archive: None,
+            catalog: None,
             parsers: None,
             downloaders: None,
             archivers: None,
@@ -355,6 +359,14 @@ impl IngestConfig {
                 "every_secs {} is over a week ({MAX_EVERY_SECS}): run the ingest from a scheduler instead",
                 self.every_secs
             )));
+        }
+        if let Some(url) = &self.catalog
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid(
+                "catalog must be a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE), or absent for SQLite in the lake"
+                    .into(),
+            ));
         }
         if self.workers == Workers::Auto && self.worker_index != 0 {
             return Err(ConfigError::Invalid(
@@ -482,6 +494,16 @@ mod tests {
         assert_eq!((p.downloaders, p.limits.max_files), (64, 128));
         let set = IngestConfig { downloaders: Some(8), max_files_in_flight: Some(16), ..azure };
         assert_eq!((set.downloaders(), set.max_files_in_flight()), (8, 16));
+    }
+
+    #[test]
+    fn a_catalog_must_be_postgres() {
+        let with = |url: &str| IngestConfig { catalog: Some(url.into()), ..IngestConfig::default() }.validate();
+        assert!(with("postgres://poslake@db:5432/lake").is_ok());
+        assert!(with("postgresql://poslake:secret@db/lake").is_ok());
+        let err = with("mysql://root@db/lake").expect_err("not PostgreSQL").to_string();
+        assert!(err.contains("PostgreSQL"), "{err}");
+        assert!(with("/var/lib/poslake/catalog.db").is_err());
     }
 
     #[test]

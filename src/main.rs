@@ -219,6 +219,10 @@ struct StoreArgs {
     /// Redis URL for the Redis stores (rediss:// for TLS). [default: redis://127.0.0.1:6379]
     #[arg(long, env = "POSLAKE_REDIS_URL")]
     redis_url: Option<String>,
+    /// The Iceberg catalog's PostgreSQL database (postgres://USER[:PASSWORD]@HOST:PORT/DATABASE), shared by workers on
+    /// several hosts. [default: SQLite in the lake]
+    #[arg(long, env = "POSLAKE_CATALOG", value_name = "URL")]
+    catalog: Option<String>,
 }
 
 impl StoreArgs {
@@ -243,6 +247,9 @@ impl StoreArgs {
         if let Some(url) = &self.redis_url {
             c.dedup.redis_url = url.clone();
         }
+        if self.catalog.is_some() {
+            c.catalog = self.catalog.clone();
+        }
         Ok(c)
     }
 }
@@ -252,6 +259,9 @@ struct LakeArgs {
     /// The lake root: Iceberg catalog (SQLite), warehouse files, bronze archive and dedup store.
     #[arg(long, env = "POSLAKE_LAKE", default_value = "poslake-data/lake")]
     lake: PathBuf,
+    /// The Iceberg catalog's PostgreSQL database, if the lake has one. [default: SQLite in the lake]
+    #[arg(long, env = "POSLAKE_CATALOG", value_name = "URL")]
+    catalog: Option<String>,
 }
 
 /// Flags override the configuration file, which overrides the defaults (see `deploy/poslake.toml`).
@@ -519,13 +529,14 @@ async fn ingest(args: IngestArgs, replay: Option<poslake::ingest::replay::Replay
     let config = args.config()?;
     if replay.is_some() {
         anyhow::ensure!(args.every.is_none(), "--every is for `poslake ingest`: a replay runs once");
-        existing_lake(&config.lake)?;
+        existing_lake(&config.lake, config.catalog.as_deref())?;
     }
     let setup = poslake::ingest::IngestSetup {
         paths: poslake::ingest::IngestPaths {
             staging: config.staging.clone(),
             lake: config.lake.clone(),
             archive: config.archive.clone(),
+            catalog: config.catalog.clone(),
         },
         parse: ParseOptions::default(),
         policy: config.commit_policy(),
@@ -705,8 +716,8 @@ fn print_summary(
 async fn dry_run(args: IngestArgs, filter: ReplayArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.every.is_none(), "--every is for `poslake ingest`: a replay runs once");
     let config = args.config()?;
-    existing_lake(&config.lake)?;
-    let files = poslake::ingest::dead_letters(&config.lake, &filter.filter()).await?;
+    existing_lake(&config.lake, config.catalog.as_deref())?;
+    let files = poslake::ingest::dead_letters(&config.lake, config.catalog.as_deref(), &filter.filter()).await?;
     if args.json {
         say!("{}", serde_json::to_string_pretty(&files)?);
         return Ok(ExitCode::SUCCESS);
@@ -787,9 +798,11 @@ async fn log_progress(progress: std::sync::Arc<poslake_actors::Progress>) {
 
 /// Commands that read a lake refuse a path that holds none, rather than create an empty one and report nothing
 /// (a mistyped `--lake` would otherwise look like an empty lake).
-fn existing_lake(lake: &std::path::Path) -> anyhow::Result<()> {
+fn existing_lake(lake: &std::path::Path, catalog: Option<&str>) -> anyhow::Result<()> {
+    // With a catalog of its own, the lake's warehouse folder is what an ingest leaves.
+    let mark = if catalog.is_some() { "warehouse" } else { "catalog.db" };
     anyhow::ensure!(
-        lake.join("catalog.db").is_file(),
+        lake.join(mark).exists(),
         "no lake at {}: nothing has been ingested there (run `poslake ingest`, or give the lake with --lake or \
          POSLAKE_LAKE)",
         lake.display()
@@ -798,8 +811,8 @@ fn existing_lake(lake: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
-    existing_lake(&args.lake)?;
-    let wh = poslake::lake::Warehouse::open(&args.lake).await?;
+    existing_lake(&args.lake, args.catalog.as_deref())?;
+    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog.as_deref()).await?;
     say!("{:<20} {:>20} {:>10} {:>10} {:>12}", "table", "snapshot", "snapshots", "manifests", "rows");
     for def in poslake::lake::tables::TABLES {
         let table = wh.load(def.name).await?;
@@ -824,15 +837,16 @@ async fn maintain(
     let c = store.config()?;
     // 0 keeps every snapshot, as `keep_snapshots = 0` does for an ingest; manifests are still merged.
     let keep = keep.unwrap_or(c.keep_snapshots);
-    existing_lake(&c.lake)?;
+    existing_lake(&c.lake, c.catalog.as_deref())?;
     let started = std::time::Instant::now();
-    let report = poslake::ingest::maintain(&c.lake, &c.dedup, keep, c.min_manifests_to_merge).await?;
+    let report =
+        poslake::ingest::maintain(&c.lake, c.catalog.as_deref(), &c.dedup, keep, c.min_manifests_to_merge).await?;
     let orphans = match orphan_hours {
         Some(hours) => {
             let older_than = std::time::SystemTime::now()
                 .checked_sub(std::time::Duration::from_secs(hours.saturating_mul(3600)))
                 .unwrap_or(std::time::UNIX_EPOCH);
-            poslake::ingest::remove_orphans(&c.lake, &c.dedup, older_than).await?
+            poslake::ingest::remove_orphans(&c.lake, c.catalog.as_deref(), &c.dedup, older_than).await?
         }
         None => Vec::new(),
     };
@@ -868,8 +882,8 @@ async fn maintain(
 }
 
 async fn query(sql: String, args: LakeArgs) -> anyhow::Result<ExitCode> {
-    existing_lake(&args.lake)?;
-    let wh = poslake::lake::Warehouse::open(&args.lake).await?;
+    existing_lake(&args.lake, args.catalog.as_deref())?;
+    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog.as_deref()).await?;
     let (schema, batches) = poslake::lake::query::sql_with_schema(&wh, &sql).await?;
     // With the schema, an empty result still shows its column names.
     say!("{}", datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?);
@@ -906,8 +920,8 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
         DedupCommand::Stats { store, json } => dedup_stats(store, json).await,
         DedupCommand::Rebuild { store } => {
             let c = store.config()?;
-            existing_lake(&c.lake)?;
-            let wh = std::sync::Arc::new(poslake::lake::Warehouse::open(&c.lake).await?);
+            existing_lake(&c.lake, c.catalog.as_deref())?;
+            let wh = std::sync::Arc::new(poslake::lake::Warehouse::open_with(&c.lake, c.catalog.as_deref()).await?);
             let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
             let started = std::time::Instant::now();
             let added = poslake::ingest::commit::Committer::new(wh, d.clone()).rebuild().await?;
@@ -968,8 +982,8 @@ async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
 
 async fn reconcile(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     let c = store.config()?;
-    existing_lake(&c.lake)?;
-    let report = poslake::ingest::reconcile::reconcile(&c.lake, &c.dedup).await?;
+    existing_lake(&c.lake, c.catalog.as_deref())?;
+    let report = poslake::ingest::reconcile::reconcile(&c.lake, c.catalog.as_deref(), &c.dedup).await?;
     if json {
         say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -988,8 +1002,8 @@ async fn reconcile(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
 async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     use poslake::dedup::DedupStore;
     let c = store.config()?;
-    existing_lake(&c.lake)?;
-    let wh = poslake::lake::Warehouse::open(&c.lake).await?;
+    existing_lake(&c.lake, c.catalog.as_deref())?;
+    let wh = poslake::lake::Warehouse::open_with(&c.lake, c.catalog.as_deref()).await?;
     let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
     let partitions = d.stats().await?;
     let file_index = poslake::dedup::FileIndex::open(d.clone(), c.dedup.expected_files).await?.stats().await?;

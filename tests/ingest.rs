@@ -39,7 +39,7 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     .expect("generate");
     assert!(report.resent_files > 0 && report.repeated_transactions > 0 && report.malformed_files > 0);
     let manifest = read_manifest(&staging).expect("manifest");
-    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None };
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None, catalog: None };
 
     let summary =
         ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("ingest");
@@ -262,7 +262,7 @@ async fn injected_parser_and_writer_panics_lose_nothing() {
     })
     .expect("generate");
     let manifest = read_manifest(&staging).expect("manifest");
-    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None };
+    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None, catalog: None };
     let inner = poslake::ingest::PosStages::open(&IngestSetup::new(paths.clone()), "flaky".into()).await.expect("open");
     let victims: BTreeSet<String> = manifest.iter().step_by(5).map(|m| m.path.clone()).collect();
     let stages = Arc::new(Flaky {
@@ -328,7 +328,7 @@ async fn a_file_that_could_not_be_read_is_tried_again_by_the_next_run() {
     let fifo = std::ffi::CString::new(staging.join("pipe.xml").into_os_string().into_encoded_bytes()).expect("path");
     // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
-    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None };
+    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None, catalog: None };
     let inner =
         poslake::ingest::PosStages::open(&IngestSetup::new(paths.clone()), "unreadable".into()).await.expect("open");
     let victim = manifest[2].path.clone();
@@ -402,7 +402,7 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     let fifo = std::ffi::CString::new(staging.join("pipe.xml").into_os_string().into_encoded_bytes()).expect("path");
     // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
-    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None };
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None, catalog: None };
     let defaults = IngestSetup::new(paths.clone());
     // Every value longer than 8 bytes refused: every XML file is a dead letter of the parser.
     let mut strict = defaults.clone();
@@ -423,7 +423,7 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
 
     // What a replay would take, narrowed by stage and by path.
     let parse_only = ReplayFilter { stages: vec!["parse".into()], ..ReplayFilter::default() };
-    let selected = dead_letters(&paths.lake, &parse_only).await.expect("select");
+    let selected = dead_letters(&paths.lake, None, &parse_only).await.expect("select");
     let names: Vec<&str> = selected.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(names, ["fixed.xml", "folder.xml", "gone.xml"], "resized.xml is retired by its corrected copy");
     assert!(selected.iter().all(|f| f.kind == "text_too_large" && f.content_hash.len() == 64), "{selected:?}");
@@ -443,7 +443,7 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     assert!(text.contains("parse/text_too_large"), "{text}");
     assert!(text.contains("3 dead-lettered files"), "{text}");
     let by_path = ReplayFilter { path_prefix: Some("pipe".into()), ..ReplayFilter::default() };
-    let selected = dead_letters(&paths.lake, &by_path).await.expect("select");
+    let selected = dead_letters(&paths.lake, None, &by_path).await.expect("select");
     assert_eq!(selected.len(), 1, "{selected:?}");
     assert_eq!((selected[0].stage.as_str(), selected[0].kind.as_str()), ("download", "not_a_file"));
 
@@ -599,7 +599,7 @@ async fn a_value_the_tables_cannot_hold_dead_letters_only_its_file() {
     let bad = format!("{}123456789012345678.5{}", &bad[..start], &bad[end..]);
     std::fs::write(staging.join("good.xml"), good).expect("write");
     std::fs::write(staging.join("bad.xml"), bad).expect("write");
-    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None };
+    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None, catalog: None };
 
     let summary =
         ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("ingest");
@@ -739,7 +739,12 @@ async fn an_archive_folder_inside_staging_is_not_ingested_again() {
     let staging = dir.path().join("staging");
     let report = clean_corpus(&staging, 31, (2, 2, 2), (3, 6));
     let archive = staging.clone();
-    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: Some(archive.clone()) };
+    let paths = IngestPaths {
+        staging: staging.clone(),
+        lake: dir.path().join("lake"),
+        archive: Some(archive.clone()),
+        catalog: None,
+    };
     let first = ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("run");
     assert_eq!((first.files, first.new_transactions), (report.files, report.unique_keys));
     let archived = walkdir(&archive.join("bronze/raw"));
@@ -785,7 +790,7 @@ fn resend(staging: &std::path::Path, dir: &std::path::Path) -> std::path::PathBu
 
 /// One ingest of `staging` into `lake` on embedded defaults.
 async fn run_ingest(staging: &std::path::Path, lake: &std::path::Path) -> IngestSummary {
-    let paths = IngestPaths { staging: staging.to_path_buf(), lake: lake.to_path_buf(), archive: None };
+    let paths = IngestPaths { staging: staging.to_path_buf(), lake: lake.to_path_buf(), archive: None, catalog: None };
     ingest(&IngestSetup::new(paths), pipeline(), Arc::new(Progress::default())).await.expect("ingest")
 }
 

@@ -198,7 +198,7 @@ async fn the_metrics_endpoint_counts_what_the_run_reports() {
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     small_corpus(&staging, 37);
-    let setup = IngestSetup::new(IngestPaths { staging, lake: dir.path().join("lake"), archive: None });
+    let setup = IngestSetup::new(IngestPaths { staging, lake: dir.path().join("lake"), archive: None, catalog: None });
     let pipeline = PipelineConfig {
         downloaders: 1,
         parsers: 1,

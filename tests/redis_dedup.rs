@@ -63,7 +63,12 @@ fn setup(staging: &Path, lake: &Path, dedup: DedupConfig) -> IngestSetup {
     IngestSetup {
         dedup,
         policy: CommitPolicy { files: 8, interval: Duration::from_secs(10), ..CommitPolicy::default() },
-        ..IngestSetup::new(IngestPaths { staging: staging.to_path_buf(), lake: lake.to_path_buf(), archive: None })
+        ..IngestSetup::new(IngestPaths {
+            staging: staging.to_path_buf(),
+            lake: lake.to_path_buf(),
+            archive: None,
+            catalog: None,
+        })
     }
 }
 
@@ -129,7 +134,7 @@ async fn redis_bitmap_lands_exact_keys_within_across_files_and_across_runs() {
     assert_exact(&lake, &want).await;
 
     // reconcile confirms them all as duplicates: none promoted, nothing changes.
-    let rec = poslake::ingest::reconcile::reconcile(&lake, &bitmap(&server)).await.expect("reconcile");
+    let rec = poslake::ingest::reconcile::reconcile(&lake, None, &bitmap(&server)).await.expect("reconcile");
     assert_eq!(rec.promoted, 0);
     assert_eq!(rec.quarantined, summary.quarantined_transactions + second.quarantined_transactions);
     assert!(rec.confirmed_duplicates > 0);
@@ -165,7 +170,7 @@ async fn a_saturated_filter_loses_nothing_and_reconcile_promotes_its_false_posit
     assert_eq!(landed.union(&quarantined).cloned().collect::<BTreeSet<_>>(), want);
     drop(wh);
 
-    let rec = poslake::ingest::reconcile::reconcile(&lake, &tiny).await.expect("reconcile");
+    let rec = poslake::ingest::reconcile::reconcile(&lake, None, &tiny).await.expect("reconcile");
     assert_eq!(rec.promoted, report.unique_keys - summary.new_transactions, "every false positive promoted");
     assert_exact(&lake, &want).await;
     let wh = Warehouse::open(&lake).await.expect("open");
@@ -176,7 +181,7 @@ async fn a_saturated_filter_loses_nothing_and_reconcile_promotes_its_false_posit
     drop(wh);
 
     // Exactly once: a second reconcile finds nothing more to promote.
-    let again = poslake::ingest::reconcile::reconcile(&lake, &tiny).await.expect("reconcile again");
+    let again = poslake::ingest::reconcile::reconcile(&lake, None, &tiny).await.expect("reconcile again");
     assert_eq!(again.promoted, 0);
     assert_eq!(again.confirmed_duplicates, quarantined.len() as u64);
     assert_exact(&lake, &want).await;

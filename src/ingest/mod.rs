@@ -56,6 +56,8 @@ pub struct IngestPaths {
     pub lake: PathBuf,
     /// Where raw files are archived, if not in the lake: a folder, or an Azure URL.
     pub archive: Option<PathBuf>,
+    /// The Iceberg catalog's PostgreSQL database, if not SQLite in the lake.
+    pub catalog: Option<String>,
 }
 
 /// Everything an ingest run needs besides the pipeline's shape.
@@ -263,7 +265,7 @@ impl PosStages {
     /// [`PosStages::open`] over staging already opened.
     async fn open_with(setup: &IngestSetup, run_id: String, staging: Staging) -> Result<Self, IngestError> {
         let paths = &setup.paths;
-        let warehouse = Arc::new(Warehouse::open(&paths.lake).await?);
+        let warehouse = Arc::new(Warehouse::open_with(&paths.lake, paths.catalog.as_deref()).await?);
         let archive = Archive::open(paths.archive.as_deref(), warehouse.root()).await?;
         // A lake or an archive kept inside its own staging area must not ingest its own files.
         let staging = staging.excluding(warehouse.root()).excluding_archive(archive.archived_at());
@@ -925,11 +927,12 @@ impl IngestSummary {
 /// it passes over commits they have in progress, and a merge that loses a race with a commit is dropped.
 pub async fn maintain(
     lake: &Path,
+    catalog: Option<&str>,
     config: &DedupConfig,
     keep: usize,
     merge_at: usize,
 ) -> Result<maintain::Maintenance, IngestError> {
-    let warehouse = Arc::new(Warehouse::open(lake).await?);
+    let warehouse = Arc::new(Warehouse::open_with(lake, catalog).await?);
     let dedup = Arc::new(Dedup::open(config, warehouse.root()).await?);
     let ledger = LedgerIndex { files: FileIndex::open(dedup.clone(), config.expected_files).await? };
     let mark = ledger.sync(&warehouse).await?;
@@ -940,10 +943,11 @@ pub async fn maintain(
 /// snapshot references and that are older than `older_than` (see `lake::orphans`).
 pub async fn remove_orphans(
     lake: &Path,
+    catalog: Option<&str>,
     config: &DedupConfig,
     older_than: std::time::SystemTime,
 ) -> Result<Vec<(&'static str, crate::lake::orphans::Orphans)>, IngestError> {
-    let warehouse = Arc::new(Warehouse::open(lake).await?);
+    let warehouse = Arc::new(Warehouse::open_with(lake, catalog).await?);
     let dedup = Arc::new(Dedup::open(config, warehouse.root()).await?);
     Committer::new(warehouse, dedup).remove_orphans(older_than).await
 }
@@ -1006,8 +1010,12 @@ pub async fn replay(
 }
 
 /// The dead letters a replay with `filter` would take, without taking them (`poslake replay --dry-run`).
-pub async fn dead_letters(lake: &Path, filter: &replay::ReplayFilter) -> Result<Vec<replay::DeadFile>, IngestError> {
-    let warehouse = Warehouse::open(lake).await?;
+pub async fn dead_letters(
+    lake: &Path,
+    catalog: Option<&str>,
+    filter: &replay::ReplayFilter,
+) -> Result<Vec<replay::DeadFile>, IngestError> {
+    let warehouse = Warehouse::open_with(lake, catalog).await?;
     replay::select(&warehouse, filter).await
 }
 

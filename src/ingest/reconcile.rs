@@ -50,8 +50,12 @@ WHERE NOT EXISTS (SELECT 1 FROM sales_header h WHERE h.site = q.site AND h.busin
   AND coalesce(h.register, '') = coalesce(q.register, '')) \
 ORDER BY q.detected_at, q.source_file";
 
-pub async fn reconcile(lake: &std::path::Path, dedup: &DedupConfig) -> Result<ReconcileReport, ReconcileError> {
-    let warehouse = Arc::new(Warehouse::open(lake).await.map_err(IngestError::from)?);
+pub async fn reconcile(
+    lake: &std::path::Path,
+    catalog: Option<&str>,
+    dedup: &DedupConfig,
+) -> Result<ReconcileReport, ReconcileError> {
+    let warehouse = Arc::new(Warehouse::open_with(lake, catalog).await.map_err(IngestError::from)?);
     let lock_path = warehouse.root().join("reconcile.lock");
     let lock = std::fs::File::create(&lock_path)
         .map_err(|source| IngestError::Lake(LakeError::Io { path: lock_path.clone(), source }))?;

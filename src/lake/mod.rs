@@ -45,15 +45,21 @@ pub enum LakeError {
     /// A table's write task was cancelled (the runtime is shutting down); nothing of the batch is committed.
     #[error("table {table}: its write was cancelled")]
     Cancelled { table: &'static str },
+    /// The catalog cannot be used: a URL of another kind, a database that refuses the connection, or one that holds
+    /// another lake's tables.
+    #[error("{0}")]
+    Catalog(String),
 }
 
 impl LakeError {
     /// Commit conflicts and I/O may pass on retry; a schema mismatch will not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            LakeError::Schema { .. } | LakeError::Arrow(_) | LakeError::Parquet(_) | LakeError::UnsafeSweep { .. } => {
-                false
-            }
+            LakeError::Schema { .. }
+            | LakeError::Arrow(_)
+            | LakeError::Parquet(_)
+            | LakeError::UnsafeSweep { .. }
+            | LakeError::Catalog(_) => false,
             LakeError::Iceberg(e) => e.retryable(),
             LakeError::Io { .. } | LakeError::Cancelled { .. } => true,
         }

@@ -1,5 +1,6 @@
-//! The local warehouse: an Iceberg SQL catalog on SQLite and data files on the local file system, with the
-//! silver and bronze tables created on first open and checked against their definitions on every open.
+//! The warehouse: an Iceberg SQL catalog (SQLite in the lake by default, or a PostgreSQL database shared by workers
+//! on several hosts) and data files on the lake's file system, with the silver and bronze tables created on first
+//! open and checked against their definitions on every open.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,8 @@ pub const DEFAULT_TARGET_FILE_BYTES: usize = 128 << 20;
 
 pub struct Warehouse {
     catalog: Arc<SqlCatalog>,
+    /// Where the catalog's tables are (for the conditional updates of `merge`).
+    catalog_db: CatalogDb,
     namespace: NamespaceIdent,
     root: PathBuf,
     /// Arrow schemas of [`TABLES`], taken from the tables themselves (field ids included).
@@ -54,20 +57,99 @@ pub struct Commit {
     pub rows: u64,
 }
 
+/// The database of a lake's SQL catalog.
+#[derive(Debug, Clone)]
+pub enum CatalogDb {
+    /// `<lake>/catalog.db`: one host.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://…`), which workers on several hosts can share.
+    Postgres(String),
+}
+
+impl CatalogDb {
+    /// The catalog named by `url` (`postgres://` or `postgresql://`), or SQLite in the lake at `root` when none is.
+    pub fn new(root: &Path, url: Option<&str>) -> Result<Self, LakeError> {
+        match url {
+            None => Ok(CatalogDb::Sqlite(root.join("catalog.db"))),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(CatalogDb::Postgres(u.to_owned()))
+            }
+            Some(u) => Err(LakeError::Catalog(format!(
+                "catalog {}: not a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE); leave it out for SQLite in \
+                 the lake",
+                redact(u)
+            ))),
+        }
+    }
+
+    /// The sqlx URI.
+    pub fn uri(&self) -> String {
+        match self {
+            CatalogDb::Sqlite(db) => format!("sqlite:{}?mode=rwc", db.display()),
+            CatalogDb::Postgres(url) => url.clone(),
+        }
+    }
+
+    /// For messages: the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            CatalogDb::Sqlite(db) => db.display().to_string(),
+            CatalogDb::Postgres(url) => redact(url),
+        }
+    }
+}
+
+/// A URL with its password (if any) replaced by `***`.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 impl Warehouse {
     /// Opens (creating if needed) the warehouse under `root`: `root/catalog.db` and `root/warehouse/`.
     pub async fn open(root: &Path) -> Result<Self, LakeError> {
+        Self::open_with(root, None).await
+    }
+
+    /// Opens (creating if needed) the warehouse under `root` with its catalog in `catalog` (a PostgreSQL URL), or in
+    /// `root/catalog.db` when that is `None`. A catalog shared by several hosts needs the lake mounted at the same
+    /// path on each (table metadata names its files by absolute path); a catalog whose tables lie under another
+    /// lake is refused.
+    pub async fn open_with(root: &Path, catalog: Option<&str>) -> Result<Self, LakeError> {
         std::fs::create_dir_all(root.join("warehouse"))
             .map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
         let root = root.canonicalize().map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
-        let db = root.join("catalog.db");
-        let catalog = SqlCatalogBuilder::default()
-            .uri(format!("sqlite:{}?mode=rwc", db.display()))
-            .warehouse_location(format!("file://{}", root.join("warehouse").display()))
-            .sql_bind_style(SqlBindStyle::QMark)
-            .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
-            .load(CATALOG_NAME, HashMap::new())
-            .await?;
+        let catalog_db = CatalogDb::new(&root, catalog)?;
+        let warehouse_location = format!("file://{}", root.join("warehouse").display());
+        // Loading creates the catalog's own tables if absent (`CREATE TABLE IF NOT EXISTS`), which PostgreSQL can
+        // refuse to one of two processes doing it at once (a duplicate row in its own type catalog): the retry finds
+        // them made.
+        let mut tries = 0;
+        let catalog = loop {
+            let loaded = SqlCatalogBuilder::default()
+                .uri(catalog_db.uri())
+                .warehouse_location(warehouse_location.clone())
+                .sql_bind_style(match catalog_db {
+                    CatalogDb::Sqlite(_) => SqlBindStyle::QMark,
+                    CatalogDb::Postgres(_) => SqlBindStyle::DollarNumeric,
+                })
+                .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+                .load(CATALOG_NAME, HashMap::new())
+                .await;
+            match loaded {
+                Ok(catalog) => break catalog,
+                Err(e) if tries < 3 && e.to_string().contains("duplicate key") => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => return Err(LakeError::Catalog(format!("catalog {}: {e}", catalog_db.describe()))),
+            }
+        };
         let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
         // Two processes opening a new lake at once both see it empty: the loser of a create finds the winner's.
         if !catalog.namespace_exists(&namespace).await?
@@ -79,10 +161,22 @@ impl Warehouse {
         let mut schemas = Vec::new();
         for def in TABLES {
             let table = ensure_table(&catalog, &namespace, def).await?;
+            // A shared catalog may hold another lake's tables (one database named for two lakes, or this lake
+            // mounted at another path on another host): writing beside them would mix the two.
+            let location = table.metadata().location();
+            if !location.starts_with(&format!("{warehouse_location}/")) {
+                return Err(LakeError::Catalog(format!(
+                    "catalog {}: table {} lies at {location}, not under this lake ({warehouse_location}); give each \
+                     lake its own catalog database, and mount a shared lake at the same path on every host",
+                    catalog_db.describe(),
+                    def.name
+                )));
+            }
             schemas.push(Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?));
         }
         Ok(Warehouse {
             catalog: Arc::new(catalog),
+            catalog_db,
             namespace,
             root,
             schemas,
@@ -111,6 +205,11 @@ impl Warehouse {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The catalog's database.
+    pub fn catalog_db(&self) -> &CatalogDb {
+        &self.catalog_db
     }
 
     /// An empty set of rows for [`Warehouse::append`].
@@ -425,4 +524,21 @@ fn map_columns(schema: &arrow_schema::Schema) -> Vec<(String, String, String, St
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_catalog_url_is_named_without_its_password() {
+        let root = Path::new("/lake");
+        let pg = CatalogDb::new(root, Some("postgres://poslake:s3cret@db:5432/lake")).expect("postgres");
+        assert_eq!(pg.uri(), "postgres://poslake:s3cret@db:5432/lake");
+        assert_eq!(pg.describe(), "postgres://poslake:***@db:5432/lake");
+        let err = CatalogDb::new(root, Some("mysql://root:s3cret@db/lake")).expect_err("not PostgreSQL").to_string();
+        assert!(err.contains("not a PostgreSQL URL") && !err.contains("s3cret"), "{err}");
+        let sqlite = CatalogDb::new(root, None).expect("sqlite");
+        assert_eq!(sqlite.uri(), "sqlite:/lake/catalog.db?mode=rwc");
+    }
 }

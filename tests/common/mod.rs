@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod postgres;
 pub mod proxy;
 pub mod redis;
 
@@ -49,7 +50,11 @@ pub async fn keys_of_table(wh: &Warehouse, table: &str) -> Vec<String> {
 /// Row counts of every table but the quarantine (which of the duplicates meet the filter rather than the exact
 /// in-flight set depends on commit timing; the silver tables do not).
 pub async fn counts(lake: &std::path::Path) -> Vec<(&'static str, u64)> {
-    let wh = Warehouse::open(lake).await.expect("open");
+    counts_of(&Warehouse::open(lake).await.expect("open")).await
+}
+
+/// Rows of each table of an open lake.
+pub async fn counts_of(wh: &Warehouse) -> Vec<(&'static str, u64)> {
     let mut out = Vec::new();
     for t in ["sales_header", "sales_line", "sales_discount", "bronze_transaction", "dead_letters", "file_ledger"] {
         out.push((t, wh.row_count(t).await.expect("count")));
