@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::azurite::Azurite;
 use common::proxy::Proxy;
-use common::{counts, header_keys};
+use common::{counts, header_keys, summary};
 use futures::StreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -38,10 +38,6 @@ fn poslake(args: &[&str], lake: &Path, env: &[(&str, String)]) -> std::process::
     cmd.output().expect("run poslake")
 }
 
-fn summary(out: &std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "ingest failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON summary")
-}
 
 /// Every file under `dir`, by its path below it, with its bytes.
 fn folder_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {

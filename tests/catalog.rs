@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::postgres::Postgres;
 use common::redis::RedisServer;
-use common::{counts, counts_of, header_keys};
+use common::{counts, counts_of, header_keys, summary};
 use poslake::generate::{GenerateArgs, Report, generate};
 use poslake::lake::Warehouse;
 
@@ -24,10 +24,6 @@ fn poslake(args: &[&str], lake: &Path, catalog: Option<&str>) -> std::process::O
     cmd.output().expect("run poslake")
 }
 
-fn summary(out: &std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "poslake failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON summary")
-}
 
 fn corpus(dir: &Path, seed: u64) -> (std::path::PathBuf, Report) {
     let staging = dir.join("staging");

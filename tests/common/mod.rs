@@ -62,6 +62,12 @@ pub async fn counts_of(wh: &Warehouse) -> Vec<(&'static str, u64)> {
     out
 }
 
+/// The JSON summary a successful `poslake` command printed; a failed one fails the test with its error output.
+pub fn summary(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "poslake failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON summary")
+}
+
 /// A program the tests run: `$env_var` if set, else the first `name` on PATH or in the usual folders.
 pub fn find_program(name: &str, env_var: &str, install_hint: &str) -> std::path::PathBuf {
     if let Ok(p) = std::env::var(env_var) {
