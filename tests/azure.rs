@@ -38,7 +38,6 @@ fn poslake(args: &[&str], lake: &Path, env: &[(&str, String)]) -> std::process::
     cmd.output().expect("run poslake")
 }
 
-
 /// Every file under `dir`, by its path below it, with its bytes.
 fn folder_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();

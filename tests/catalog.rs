@@ -24,7 +24,6 @@ fn poslake(args: &[&str], lake: &Path, catalog: Option<&str>) -> std::process::O
     cmd.output().expect("run poslake")
 }
 
-
 fn corpus(dir: &Path, seed: u64) -> (std::path::PathBuf, Report) {
     let staging = dir.join("staging");
     let report = generate(&GenerateArgs {
@@ -144,4 +143,30 @@ async fn two_workers_commit_through_one_postgres_catalog() {
     let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
     assert_eq!((keys.len() as u64, distinct.len() as u64), (report.unique_keys, report.unique_keys), "each key once");
     assert_eq!(wh.row_count("file_ledger").await.expect("count"), report.files, "each file once");
+}
+
+/// A catalog reached over TLS (what a managed PostgreSQL requires), verified against the server's CA: used; a plain
+/// connection to the same server is refused with the server's reason.
+#[test]
+fn a_catalog_over_tls_is_used_and_a_plain_connection_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, report) = corpus(dir.path(), 47);
+    let staging = staging.to_str().expect("utf-8").to_owned();
+    let pg = Postgres::start_tls();
+    let args = ["ingest", "--json", "--staging", &staging];
+    let tls = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        pg.port,
+        pg.ca().display()
+    );
+    let lake = dir.path().join("lake");
+    let run = summary(&poslake(&args, &lake, Some(&tls)));
+    assert_eq!(run["new_transactions"], report.unique_keys);
+    assert!(!lake.join("catalog.db").exists());
+
+    let plain = format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable", pg.port);
+    let out = poslake(&args, &dir.path().join("plain"), Some(&plain));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("pg_hba.conf") && err.contains("no encryption"), "{err}");
 }

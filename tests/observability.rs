@@ -280,6 +280,43 @@ fn the_compose_file_matches_the_command_line() {
     assert!(compose.contains("OTEL_EXPORTER_OTLP_ENDPOINT: http://jaeger:4317"));
 }
 
+/// The Kubernetes manifest runs the ingest and the maintenance job with flags and environment variables the binary
+/// takes, and mounts the configuration where the image reads it.
+#[test]
+fn the_kubernetes_manifest_matches_the_command_line() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("deploy/kubernetes.yaml")).expect("kubernetes.yaml");
+    let help = |command: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+            .args([command, "--help"])
+            .output()
+            .expect("poslake --help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let documents: Vec<&str> = manifest.split("\n---\n").collect();
+    let workload = |kind: &str| *documents.iter().find(|d| d.contains(&format!("kind: {kind}\n"))).expect(kind);
+    for (kind, command) in [("Deployment", "ingest"), ("CronJob", "maintain")] {
+        let doc = workload(kind);
+        let help = help(command);
+        assert!(doc.contains(&format!("- {command}\n")), "{kind} runs poslake {command}");
+        let flags: Vec<&str> = doc.lines().filter_map(|l| l.trim().strip_prefix("- --")).collect();
+        assert!(flags.len() >= 3, "{kind}: {flags:?}");
+        for flag in flags {
+            assert!(help.contains(&format!("--{flag}")), "poslake {command} has no --{flag}");
+        }
+        // Every POSLAKE_ variable set is one the command reads (POSLAKE_WORKER_ID is read by the ingest itself).
+        let vars =
+            doc.split("name: ").skip(1).filter_map(|r| r.split(|c: char| !(c.is_alphanumeric() || c == '_')).next());
+        for var in vars.filter(|v| v.starts_with("POSLAKE_") && *v != "POSLAKE_WORKER_ID") {
+            assert!(help.contains(&format!("env: {var}=")), "poslake {command} reads no {var}");
+        }
+        assert!(doc.contains("mountPath: /etc/poslake") && doc.contains("/etc/poslake/poslake.toml"), "{kind}");
+    }
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains("--uid 10001") && manifest.matches("runAsUser: 10001").count() == 2);
+    assert!(std::fs::read_to_string(root.join("src/ingest/mod.rs")).expect("source").contains("\"POSLAKE_WORKER_ID\""));
+}
+
 /// OTLP over HTTP/protobuf: a plain HTTP receiver (one POST per export) gets the same spans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_go_over_otlp_http_too() {

@@ -6,6 +6,7 @@ pub mod azurite;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

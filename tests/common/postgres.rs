@@ -1,6 +1,6 @@
 //! A real PostgreSQL server for a test (Debian's `postgresql` package): its own port and data folder, trust
-//! authentication on loopback, stopped when dropped. As root it runs as the `postgres` user, since PostgreSQL
-//! refuses to run as root.
+//! authentication on loopback (or TLS only, with a certificate the test makes), stopped when dropped. As root it
+//! runs as the `postgres` user, since PostgreSQL refuses to run as root.
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 pub struct Postgres {
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     child: Child,
 }
 
@@ -61,6 +61,20 @@ fn chown(path: &Path, user: Option<(u32, u32)>) {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// A server that accepts TLS connections only, with a certificate for localhost from a CA at [`Postgres::ca`].
+    pub fn start_tls() -> Self {
+        Self::launch(true)
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.pem")
+    }
+
+    fn launch(tls: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let dir = tempfile::tempdir().expect("tempdir");
         let user = run_as();
@@ -75,21 +89,41 @@ impl Postgres {
             .status()
             .expect("run initdb");
         assert!(status.success(), "initdb failed");
-        let child = command(bin.join("postgres"), user)
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "max_connections=200", "-c"])
-            .arg(format!("unix_socket_directories={}", dir.path().display()))
-            .spawn()
-            .expect("start postgres");
-        let server = Postgres { port, _dir: dir, child };
+        let mut settings = vec![
+            "listen_addresses=127.0.0.1".to_owned(),
+            "fsync=off".to_owned(),
+            "max_connections=200".to_owned(),
+            format!("unix_socket_directories={}", dir.path().display()),
+        ];
+        if tls {
+            let certs = dir.path().join("tls");
+            std::fs::create_dir(&certs).expect("mkdir");
+            super::tls::certificates(&certs);
+            for f in ["server.key", "server.pem", "ca.pem"] {
+                chown(&certs.join(f), user);
+            }
+            std::fs::set_permissions(certs.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            settings.push("ssl=on".into());
+            settings.push(format!("ssl_cert_file={}", certs.join("server.pem").display()));
+            settings.push(format!("ssl_key_file={}", certs.join("server.key").display()));
+            // TCP connections only over TLS (the local socket stays for pg_isready).
+            std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+                .expect("pg_hba.conf");
+        }
+        let mut cmd = command(bin.join("postgres"), user);
+        cmd.arg("-D").arg(&data).args(["-p", &port.to_string()]);
+        for setting in &settings {
+            cmd.args(["-c", setting]);
+        }
+        let child = cmd.spawn().expect("start postgres");
+        let server = Postgres { port, dir, child };
         // Listening is not enough: connections are refused while the server starts up.
         let started = Instant::now();
         let ready = || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && command(bin.join("pg_isready"), None)
-                    .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                    .args(["-q", "-h", &server.dir.path().display().to_string(), "-p", &port.to_string()])
                     .status()
                     .is_ok_and(|s| s.success())
         };
