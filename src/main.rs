@@ -691,8 +691,8 @@ fn print_summary(
             None => String::new(),
         };
         say!(
-            "ingested {} files ({:.1} MB) in {:.2}s: {:.0} files/s, {:.1} MB/s; {} transactions, {} new, {} duplicates \
-             ({} quarantined); {} dead letters; {} files already ingested{shared}; {} retries, {} actor restarts{}",
+            "took {} files ({:.1} MB) in {:.2}s: {:.0} files/s, {:.1} MB/s; {} transactions, {} new, {} duplicates \
+             ({} quarantined); {} dead letters{}; {} files already ingested{shared}; {} retries, {} actor restarts{}",
             summary.files,
             summary.bytes as f64 / 1e6,
             summary.seconds,
@@ -703,6 +703,12 @@ fn print_summary(
             summary.duplicate_transactions,
             summary.quarantined_transactions,
             summary.dead_letters,
+            match summary.deferred {
+                0 => String::new(),
+                n => format!(
+                    " ({n} deferred: their reads or archive writes kept failing, and the next run takes them again)"
+                ),
+            },
             summary.already_ingested,
             summary.retries,
             summary.actor_restarts,

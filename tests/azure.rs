@@ -57,7 +57,7 @@ fn folder_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// Every blob of `store` under `prefix`, by its path below it, with its bytes.
 async fn blob_contents(store: &dyn ObjectStore, prefix: &str) -> BTreeMap<String, Vec<u8>> {
-    let listed: Vec<_> = store.list(Some(&StorePath::from(prefix))).collect().await;
+    let listed: Vec<_> = store.list(Some(&StorePath::parse(prefix).expect("a valid prefix"))).collect().await;
     let mut out = BTreeMap::new();
     for meta in listed {
         let meta = meta.expect("list");
@@ -293,22 +293,28 @@ async fn an_archive_in_azure_holds_every_raw_file_once_and_feeds_a_replay() {
     assert_eq!(wh.row_count("dead_letters").await.expect("count"), 2 * dead.len() as u64);
 }
 
-/// An archive in staging's own container, below its prefix and named in another URL form: the next run lists none
-/// of the archived copies.
+/// An archive in staging's own container, below its prefix and named in another URL form (the prefix with a letter
+/// that paths encode): the next run lists none of the archived copies. And a lake rebuilt from that archive (staging
+/// inside the archive's files, the archive setting left as it was) takes every archived file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_inside_the_staging_container_is_not_ingested_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (azurite, staging, report) = corpus(dir.path(), 31, (2, 4));
-    azurite.upload_dir(&staging, "landing", "pos").await;
+    azurite.upload_dir(&staging, "landing", "pos-münchen").await;
     let lake = dir.path().join("lake");
-    let archive = "https://devstoreaccount1.blob.core.windows.net/landing/pos";
-    let args = ["ingest", "--json", "--staging", "az://landing/pos", "--archive", archive];
+    let archive = "https://devstoreaccount1.blob.core.windows.net/landing/pos-münchen";
+    let args = ["ingest", "--json", "--staging", "az://landing/pos-münchen", "--archive", archive];
     let first = summary(&poslake(&args, &lake, &azurite.env()));
     assert_eq!(first["files"], report.files);
-    let archived = blob_contents(azurite.store("landing").as_ref(), "pos/bronze/raw").await;
+    let archived = blob_contents(azurite.store("landing").as_ref(), "pos-münchen/bronze/raw").await;
     assert!(archived.len() as u64 > report.malformed_files, "archived below the staging prefix");
     let again = summary(&poslake(&args, &lake, &azurite.env()));
     assert_eq!((again["files"].clone(), again["already_ingested"].clone()), (0.into(), report.files.into()), "{again}");
+
+    let rebuild = ["ingest", "--json", "--staging", "az://landing/pos-münchen/bronze/raw", "--archive", archive];
+    let rebuilt = summary(&poslake(&rebuild, &dir.path().join("rebuilt"), &azurite.env()));
+    assert_eq!(rebuilt["files"], archived.len(), "every archived file taken: {rebuilt}");
+    assert_eq!(rebuilt["new_transactions"], first["new_transactions"], "{rebuilt}");
 }
 
 /// One string column of the lake's `dead_letters`, every row.

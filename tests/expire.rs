@@ -393,3 +393,25 @@ async fn recovery_drops_a_fenced_intent_that_never_passed_and_finishes_one_that_
     let dir = std::fs::read_dir(wh.root().join("commits")).expect("commits dir");
     assert_eq!(dir.count(), 0, "the dropped intent is gone");
 }
+
+/// An intent whose writer died while writing it (`<id>.json.tmp`, unlocked) is removed by the next recovery at once,
+/// while one another process is writing (locked) is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_removes_a_half_written_intent_but_not_one_being_written() {
+    let (_dir, wh, _dedup, committer) = lake().await;
+    let commits = wh.root().join("commits");
+    std::fs::create_dir_all(&commits).expect("mkdir");
+    let dead = commits.join("run_w_1.json.tmp");
+    let writing = commits.join("run_w_2.json.tmp");
+    std::fs::write(&dead, b"{\"id\":").expect("write");
+    std::fs::write(&writing, b"{\"id\":").expect("write");
+    // A lock on its own open file, as a writer in another process holds it.
+    let writer = std::fs::File::open(&writing).expect("open");
+    writer.lock().expect("lock");
+    committer.recover(None).await.expect("recover");
+    assert!(!dead.exists(), "the dead writer's intent is removed");
+    assert!(writing.exists(), "the live writer's is not");
+    drop(writer);
+    committer.recover(None).await.expect("recover");
+    assert!(!writing.exists(), "once its writer is gone, it is removed too");
+}

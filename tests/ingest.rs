@@ -340,6 +340,7 @@ async fn a_file_that_could_not_be_read_is_tried_again_by_the_next_run() {
     });
     let snapshot = poslake_actors::run(stages, pipeline(), Arc::new(Progress::default())).await.expect("run");
     assert_eq!(snapshot.totals.dead_letters, 2, "{snapshot:?}");
+    assert_eq!(snapshot.totals.deferred, 1, "the FIFO is final, the unreadable file deferred: {snapshot:?}");
     assert!(snapshot.retries >= 2, "the reads were retried before giving up: {snapshot:?}");
     let wh = Warehouse::open(&paths.lake).await.expect("open");
     let mut dead = Vec::new();

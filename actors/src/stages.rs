@@ -85,6 +85,8 @@ pub struct WriteReport {
     /// Of the duplicates, those only probably seen (a Bloom positive), kept in quarantine.
     pub quarantined: u64,
     pub dead_letters: u64,
+    /// Of the dead letters, files the next run takes again (their reads or archive writes kept failing).
+    pub deferred: u64,
 }
 
 impl WriteReport {
@@ -96,5 +98,6 @@ impl WriteReport {
         self.duplicates += other.duplicates;
         self.quarantined += other.quarantined;
         self.dead_letters += other.dead_letters;
+        self.deferred += other.deferred;
     }
 }

@@ -20,6 +20,9 @@ pub enum ArchiveError {
     Store { location: String, source: object_store::Error },
     #[error("archive {location}: {reason} (the archive is {})", super::location::FORMS)]
     Location { location: String, reason: String },
+    /// Every name the file could go under holds other bytes: only names made to collide could do this.
+    #[error("archive: {name} and the names made from its content hash all hold other files; not archived")]
+    NoFreeName { name: String },
 }
 
 /// Where a file went.
@@ -55,6 +58,9 @@ pub enum ArchivedAt {
 /// The archive's files lie below this, under the archive's root.
 const RAW: &str = "bronze/raw";
 
+/// What a store archive's first run writes to check that it may write (hidden from staging listings).
+const MARKER: &str = "bronze/.poslake";
+
 /// Longest archived file name once encoded: the store percent-encodes `%`, `#`, non-ASCII and more (`é` takes 6
 /// bytes, a CJK character 9) and writes through a temporary name a few bytes longer, within a file system's 255.
 const MAX_NAME_BYTES: usize = 200;
@@ -87,14 +93,16 @@ fn archived_name(base: &str, hash: &str) -> String {
     cut + &suffix
 }
 
-/// Where a file is archived: under its own name, or, when another file holds that name, under its hash.
-fn locations(vendor: &str, business_date: Option<NaiveDate>, name: &str, hash: &str) -> [String; 2] {
+/// Where a file may be archived, in order: under its own name; when another file holds that name, under its short
+/// hash and the name; and, should a file named so in staging hold that one too, under its whole hash and the name.
+fn locations(vendor: &str, business_date: Option<NaiveDate>, name: &str, hash: &str) -> [String; 3] {
     let date = business_date.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
     let base = name.rsplit('/').next().unwrap_or(name);
     let dir = format!("{RAW}/vendor={vendor}/business_date={date}");
     [
         format!("{dir}/{}", archived_name(base, hash)),
         format!("{dir}/{}", archived_name(&format!("{}.{base}", short(hash)), hash)),
+        format!("{dir}/{}", archived_name(&format!("{hash}.{base}"), hash)),
     ]
 }
 
@@ -113,20 +121,25 @@ impl Archive {
         match resolve(location) {
             Ok(Location::Folder(dir)) => Ok(Archive { name: name.into(), ..Self::local(&dir)? }),
             Ok(Location::Store { store, prefix }) => {
-                let raw = match &prefix {
-                    Some(p) => StorePath::from(format!("{p}/{RAW}")),
-                    None => StorePath::from(RAW),
-                };
+                // Parts appended to the prefix as it was parsed (`StorePath::from` would encode it again).
+                let raw = RAW.split('/').fold(prefix.clone().unwrap_or_default(), |p, part| p.join(part));
                 let at = ArchivedAt::Container { store: store.to_string(), prefix: raw };
                 let store: Arc<dyn ObjectStore> = match prefix {
                     Some(prefix) => Arc::new(PrefixStore::new(store, prefix)),
                     None => store,
                 };
+                let err = |source| ArchiveError::Store { location: name.clone(), source };
                 // The top of the archive holds one folder (`bronze/`): one short page.
-                store
-                    .list_with_delimiter(None)
-                    .await
-                    .map_err(|source| ArchiveError::Store { location: name.clone(), source })?;
+                store.list_with_delimiter(None).await.map_err(err)?;
+                // And it must take writes: a credential that may list but not write would otherwise fail every
+                // file's archive copy, one after another. A create-only marker, which a staging listing skips
+                // (hidden), and which a credential that may create but not overwrite still passes.
+                let marker = StorePath::from(MARKER);
+                let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+                match store.put_opts(&marker, PutPayload::from_static(b"poslake raw archive\n"), opts).await {
+                    Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                    Err(source) => return Err(err(source)),
+                }
                 Ok(Archive { store, name: name.into(), at })
             }
             Err(LocationError::Refused(reason)) => Err(ArchiveError::Location { location: name, reason }),
@@ -137,6 +150,10 @@ impl Archive {
     /// An archive in a local folder, created if missing.
     pub fn local(root: &Path) -> Result<Self, ArchiveError> {
         let err = |source| ArchiveError::Store { location: root.display().to_string(), source };
+        if root.as_os_str().is_empty() || root.exists() && !root.is_dir() {
+            let reason = if root.as_os_str().is_empty() { "an empty path" } else { "not a folder" };
+            return Err(ArchiveError::Location { location: root.display().to_string(), reason: reason.into() });
+        }
         std::fs::create_dir_all(root)
             .map_err(|e| err(object_store::Error::Generic { store: "local", source: Box::new(e) }))?;
         // Canonical, as staging compares it with what it walks.
@@ -174,17 +191,15 @@ impl Archive {
         hash: &str,
         bytes: bytes::Bytes,
     ) -> Result<Archived, ArchiveError> {
-        let [primary, alternate] = locations(vendor, business_date, name, hash);
-        match self.create(&primary, bytes.clone()).await? {
-            true => return Ok(Archived::Written(primary)),
-            false if self.same_content(&primary, hash).await? => return Ok(Archived::AlreadyThere(primary)),
-            false => {}
-        }
         // Same name, other content: keep both, the second under its hash.
-        match self.create(&alternate, bytes).await? {
-            true => Ok(Archived::Written(alternate)),
-            false => Ok(Archived::AlreadyThere(alternate)),
+        for location in locations(vendor, business_date, name, hash) {
+            match self.create(&location, bytes.clone()).await? {
+                true => return Ok(Archived::Written(location)),
+                false if self.same_content(&location, hash).await? => return Ok(Archived::AlreadyThere(location)),
+                false => {}
+            }
         }
+        Err(ArchiveError::NoFreeName { name: name.to_owned() })
     }
 
     /// The archived copy of a file the parser refused (those are archived with vendor and date `unknown`), if the
@@ -266,6 +281,39 @@ mod tests {
         assert_eq!(archive.find_refused("s1/t.xml", &other).await.expect("find"), None);
         assert_eq!(archive.find_refused("s1/t.xml", "").await.expect("find"), None);
         assert_eq!(archive.find_refused("s1/u.xml", &ha).await.expect("find"), None);
+    }
+
+    /// A file whose own name and short-hash name both hold other files (a staging file named after another's hash)
+    /// goes under its whole hash, and is found there again.
+    #[tokio::test]
+    async fn a_file_whose_hash_name_is_taken_goes_under_its_whole_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = Archive::local(dir.path()).expect("archive");
+        let (x, y, z) = (b"x".as_slice(), b"y".as_slice(), b"z".as_slice());
+        let h = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+        let put = |name: String, b: &'static [u8]| {
+            let archive = archive.clone();
+            async move { archive.put("unknown", None, &name, &h(b), bytes::Bytes::from_static(b)).await.expect("put") }
+        };
+        put("a/f.xml".into(), x).await;
+        // A staging file named as `y`'s short-hash name would be, holding other bytes.
+        put(format!("b/{}.f.xml", short(&h(y))), z).await;
+        let Archived::Written(at) = put("c/f.xml".into(), y).await else { panic!("y must be written") };
+        assert!(at.ends_with(&format!("/{}.f.xml", h(y))), "{at}");
+        assert_eq!(std::fs::read(dir.path().join(&at)).expect("read"), y);
+        assert!(matches!(put("c/f.xml".into(), y).await, Archived::AlreadyThere(p) if p == at));
+        assert_eq!(archive.find_refused("c/f.xml", &h(y)).await.expect("find"), Some(bytes::Bytes::from_static(y)));
+    }
+
+    #[test]
+    fn a_local_archive_must_be_a_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").expect("write");
+        for (path, reason) in [(file.as_path(), "not a folder"), (Path::new(""), "an empty path")] {
+            let err = Archive::local(path).expect_err("refused").to_string();
+            assert!(err.contains(reason), "{err}");
+        }
     }
 
     /// Names that grow past a file system's 255 bytes once encoded are cut and carry the content hash: they are

@@ -35,6 +35,12 @@ pub const FORMS: &str = "a local folder, or Azure Blob Storage / ADLS Gen2 as az
 /// Azure CLI; Azurite with `AZURE_STORAGE_USE_EMULATOR=true`), else a folder path.
 pub fn resolve(location: &Path) -> Result<Location, LocationError> {
     let Some(url_text) = crate::config::staging_url(location) else {
+        if let Some(scheme) = mistyped_scheme(location) {
+            return Err(LocationError::Refused(format!(
+                "starts like a URL ({scheme}:) without the // after its scheme; a folder of that name would be made \
+                 here instead"
+            )));
+        }
         return Ok(Location::Folder(location.to_path_buf()));
     };
     let url = url::Url::parse(url_text).map_err(|e| LocationError::Refused(format!("not a URL: {e}")))?;
@@ -50,5 +56,33 @@ pub fn resolve(location: &Path) -> Result<Location, LocationError> {
             Ok(Location::Store { store: Arc::new(store), prefix })
         }
         other => Err(LocationError::Refused(format!("{other:?} storage is not supported"))),
+    }
+}
+
+/// The scheme of a path that begins like a URL with a mistyped separator (`az:/c/p`, `https:acct…`), which would
+/// otherwise name a folder in the working directory.
+fn mistyped_scheme(location: &Path) -> Option<&str> {
+    let text = location.to_str()?;
+    let (scheme, _) = text.split_once(':')?;
+    let mut chars = scheme.chars();
+    let is_scheme = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !scheme.contains('.');
+    is_scheme.then_some(scheme)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_with_a_mistyped_separator_is_not_taken_for_a_folder() {
+        for typo in ["az:/archive/raw", "az:archive/raw", "https:/acct.blob.core.windows.net/c/p", "file:/data"] {
+            let Err(LocationError::Refused(reason)) = resolve(Path::new(typo)) else { panic!("{typo} was taken") };
+            assert!(reason.contains("without the //"), "{typo}: {reason}");
+        }
+        for folder in ["/data/archive", "archive", "./a:b", "/mnt/x:y", "2026-11-27T10:00"] {
+            assert!(matches!(resolve(Path::new(folder)), Ok(Location::Folder(_))), "{folder}");
+        }
     }
 }

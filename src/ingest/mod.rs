@@ -119,7 +119,8 @@ impl IngestError {
     pub fn is_retryable(&self) -> bool {
         match self {
             IngestError::Staging(e) => e.is_retryable(),
-            IngestError::Archive(_) => true,
+            // Every name a file could take holding other bytes will not change on retry.
+            IngestError::Archive(e) => !matches!(e, ArchiveError::NoFreeName { .. }),
             IngestError::Lake(e) => e.is_retryable(),
             // The Redis pool already retried with backoff up to its limit.
             IngestError::Dedup(_)
@@ -805,6 +806,7 @@ impl Stages for PosStages {
                 }
                 Err(f) => {
                     report.dead_letters += 1;
+                    report.deferred += u64::from(f.outcome() == Outcome::Deferred);
                     rows.add_dead_letter(&DeadLetter {
                         run_id: self.run_id.clone(),
                         path: item.file.path.clone(),
@@ -873,6 +875,7 @@ impl Stages for PosStages {
     fn failure_kind(error: &IngestError) -> &'static str {
         match error {
             IngestError::Staging(e) => e.refusal_kind().unwrap_or("gave_up"),
+            IngestError::Archive(ArchiveError::NoFreeName { .. }) => "name_taken",
             _ => "gave_up",
         }
     }
@@ -895,6 +898,9 @@ pub struct IngestSummary {
     /// Of the duplicates, the probable ones (a Bloom positive) kept in `sales_duplicates` for `reconcile`.
     pub quarantined_transactions: u64,
     pub dead_letters: u64,
+    /// Of the dead letters, files deferred to the next run (their reads or archive writes kept failing), which
+    /// that run takes again; the others are final until `poslake replay`.
+    pub deferred: u64,
     pub retries: u64,
     pub actor_restarts: u64,
     /// The dedup store that ran, and why.
@@ -1040,6 +1046,7 @@ async fn run(
         duplicate_transactions: t.duplicates,
         quarantined_transactions: t.quarantined,
         dead_letters: t.dead_letters,
+        deferred: t.deferred,
         retries: snapshot.retries,
         actor_restarts: snapshot.restarts,
         dedup: stages.dedup_backend(),

@@ -197,8 +197,10 @@ impl Staging {
         use super::archive::ArchivedAt;
         match (&mut self.source, at) {
             (Source::Local { exclude, .. }, ArchivedAt::Folder(folder)) => exclude.push(folder.clone()),
-            (Source::Store { store, exclude, .. }, ArchivedAt::Container { store: container, prefix })
-                if store.to_string() == *container =>
+            // Not when staging lies inside the archive's files (a lake rebuilt from its archive): that would leave
+            // out everything.
+            (Source::Store { store, exclude, prefix: staging }, ArchivedAt::Container { store: container, prefix })
+                if store.to_string() == *container && !staging.as_ref().is_some_and(|s| s.prefix_matches(prefix)) =>
             {
                 exclude.push(prefix.clone());
             }

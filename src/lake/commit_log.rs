@@ -167,9 +167,15 @@ impl Warehouse {
         };
         let tmp = self.intent_path(&commit.id).with_extension("json.tmp");
         let bytes = serde_json::to_vec(&intent).map_err(|e| io(&tmp)(std::io::Error::other(e)))?;
-        // Locked before it is written: the lock goes with the file through the rename.
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.lock().map_err(io(&tmp))?;
+        // Locked before it is written: the lock goes with the file through the rename. Recovery removes any
+        // unlocked `.json.tmp` (a writer that died), so one removed between our create and our lock is made again.
+        let mut f = loop {
+            let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.lock().map_err(io(&tmp))?;
+            if std::os::unix::fs::MetadataExt::nlink(&f.metadata().map_err(io(&tmp))?) > 0 {
+                break f;
+            }
+        };
         {
             use std::io::Write;
             f.write_all(&bytes).map_err(io(&tmp))?;
@@ -325,11 +331,8 @@ impl Warehouse {
                     let _ = std::fs::remove_file(&path);
                 }
             } else if name.ends_with(".json.tmp") {
-                let old = modified.and_then(|m| m.elapsed().ok()).is_some_and(|age| age.as_secs() >= 60);
-                if claim
-                    && old
-                    && let Ok(Some(_lock)) = IntentLock::try_take(&path)
-                {
+                // An intent whose writer died before it was whole: nothing refers to it. One being written is locked.
+                if claim && let Ok(Some(_lock)) = IntentLock::try_take(&path) {
                     let _ = std::fs::remove_file(&path);
                 }
             } else if name.ends_with(".json") {

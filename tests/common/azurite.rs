@@ -110,7 +110,9 @@ impl Azurite {
                 }
                 let rel = p.strip_prefix(dir).expect("relative").to_string_lossy().into_owned();
                 let bytes = std::fs::read(&p).expect("read");
-                store.put(&StorePath::from(format!("{prefix}/{rel}")), PutPayload::from(bytes)).await.expect("upload");
+                // Named as written (`parse`), as other tools upload them: `from` would percent-encode non-ASCII letters.
+                let name = StorePath::parse(format!("{prefix}/{rel}")).expect("a valid name");
+                store.put(&name, PutPayload::from(bytes)).await.expect("upload");
                 n += 1;
             }
         }
