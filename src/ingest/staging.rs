@@ -47,11 +47,7 @@ pub struct Refusal {
 pub enum StagingError {
     #[error("staging {location}: {source}")]
     Store { location: String, source: object_store::Error },
-    #[error(
-        "staging {location}: {reason} (staging is a local folder, or Azure Blob Storage / ADLS Gen2 as \
-         az://CONTAINER/PREFIX, abfss://FILESYSTEM@ACCOUNT.dfs.core.windows.net/PREFIX or \
-         https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX)"
-    )]
+    #[error("staging {location}: {reason} (staging is {})", super::location::FORMS)]
     Location { location: String, reason: String },
     #[error("staging {path}: {reason}")]
     Refused { path: String, kind: &'static str, reason: String },

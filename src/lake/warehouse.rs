@@ -99,6 +99,11 @@ impl CatalogDb {
     }
 }
 
+/// Whether a catalog error is PostgreSQL refusing a `CREATE TABLE IF NOT EXISTS` that another process won.
+fn lost_create_race(error: &str) -> bool {
+    error.contains("duplicate key value") || (error.contains("relation") && error.contains("already exists"))
+}
+
 /// A URL with its password (if any) replaced by `***`.
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
@@ -127,8 +132,8 @@ impl Warehouse {
         let catalog_db = CatalogDb::new(&root, catalog)?;
         let warehouse_location = format!("file://{}", root.join("warehouse").display());
         // Loading creates the catalog's own tables if absent (`CREATE TABLE IF NOT EXISTS`), which PostgreSQL can
-        // refuse to one of two processes doing it at once (a duplicate row in its own type catalog): the retry finds
-        // them made.
+        // refuse to one of two processes doing it at once (a duplicate row in its own type catalog, or the relation
+        // made meanwhile): the retry finds them made.
         let mut tries = 0;
         let catalog = loop {
             let loaded = SqlCatalogBuilder::default()
@@ -143,7 +148,7 @@ impl Warehouse {
                 .await;
             match loaded {
                 Ok(catalog) => break catalog,
-                Err(e) if tries < 3 && e.to_string().contains("duplicate key") => {
+                Err(e) if tries < 3 && lost_create_race(&e.to_string()) => {
                     tries += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await;
                 }
@@ -540,5 +545,20 @@ mod tests {
         assert!(err.contains("not a PostgreSQL URL") && !err.contains("s3cret"), "{err}");
         let sqlite = CatalogDb::new(root, None).expect("sqlite");
         assert_eq!(sqlite.uri(), "sqlite:/lake/catalog.db?mode=rwc");
+    }
+
+    /// The two ways PostgreSQL refuses one of two concurrent `CREATE TABLE IF NOT EXISTS` (both seen in tests).
+    #[test]
+    fn a_lost_create_race_is_told_from_other_errors() {
+        let prefix = "Unexpected => operation failed for hitting sqlx error, source: error returned from database: ";
+        for lost in [
+            "duplicate key value violates unique constraint \"pg_type_typname_nsp_index\"",
+            "relation \"iceberg_tables\" already exists",
+        ] {
+            assert!(lost_create_race(&format!("{prefix}{lost}")), "{lost}");
+        }
+        for other in ["password authentication failed for user \"poslake\"", "database \"lake\" does not exist"] {
+            assert!(!lost_create_race(&format!("{prefix}{other}")), "{other}");
+        }
     }
 }
