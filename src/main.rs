@@ -247,8 +247,9 @@ impl StoreArgs {
         if let Some(url) = &self.redis_url {
             c.dedup.redis_url = url.clone();
         }
-        if self.catalog.is_some() {
-            c.catalog = self.catalog.clone();
+        // An empty value (`POSLAKE_CATALOG=`) means none: SQLite in the lake.
+        if let Some(url) = &self.catalog {
+            c.catalog = Some(url.clone()).filter(|u| !u.is_empty());
         }
         Ok(c)
     }
@@ -817,8 +818,8 @@ fn existing_lake(lake: &std::path::Path, catalog: Option<&str>) -> anyhow::Resul
 }
 
 async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
-    existing_lake(&args.lake, args.catalog.as_deref())?;
-    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog.as_deref()).await?;
+    existing_lake(&args.lake, args.catalog.as_deref().filter(|u| !u.is_empty()))?;
+    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog.as_deref().filter(|u| !u.is_empty())).await?;
     say!("{:<20} {:>20} {:>10} {:>10} {:>12}", "table", "snapshot", "snapshots", "manifests", "rows");
     for def in poslake::lake::tables::TABLES {
         let table = wh.load(def.name).await?;
@@ -888,8 +889,8 @@ async fn maintain(
 }
 
 async fn query(sql: String, args: LakeArgs) -> anyhow::Result<ExitCode> {
-    existing_lake(&args.lake, args.catalog.as_deref())?;
-    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog.as_deref()).await?;
+    existing_lake(&args.lake, args.catalog.as_deref().filter(|u| !u.is_empty()))?;
+    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog.as_deref().filter(|u| !u.is_empty())).await?;
     let (schema, batches) = poslake::lake::query::sql_with_schema(&wh, &sql).await?;
     // With the schema, an empty result still shows its column names.
     say!("{}", datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?);

@@ -415,3 +415,35 @@ async fn recovery_removes_a_half_written_intent_but_not_one_being_written() {
     committer.recover(None).await.expect("recover");
     assert!(!writing.exists(), "once its writer is gone, it is removed too");
 }
+
+/// A worker that starts while another process is committing (or finishing the commit of a worker that was killed)
+/// reads the ledger only once that commit has ended, so that the ledger holds its files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_reads_the_ledger_after_commits_in_progress_end() {
+    let (dir, wh, dedup, committer) = lake().await;
+    drop((dedup, committer)); // the embedded store is open to one holder at a time: the ingest below takes it
+    let files = dialect_fixtures();
+    let commit = prepared(&wh, &files[0], "run/other/0").await;
+    let lock = wh.write_intent(&commit).await.expect("intent");
+    // The other process commits for 1.5 s, then removes its intent and lets go of its lock.
+    let other = {
+        let wh = wh.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            wh.apply(commit).await.expect("apply");
+            wh.remove_intent("run/other/0").expect("remove");
+            drop(lock);
+        })
+    };
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    let paths = poslake::ingest::IngestPaths { staging, lake: dir.path().to_path_buf(), archive: None, catalog: None };
+    let started = std::time::Instant::now();
+    let stages = poslake::ingest::PosStages::open(&poslake::ingest::IngestSetup::new(paths), "run-2".into())
+        .await
+        .expect("open");
+    assert!(started.elapsed() >= Duration::from_millis(1400), "opened after {:?}", started.elapsed());
+    assert!(other.is_finished(), "the other commit had ended");
+    drop(stages);
+    assert_eq!(commits_in(&wh, "sales_header").await, ["run/other/0"]);
+}

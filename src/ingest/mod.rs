@@ -289,6 +289,17 @@ impl PosStages {
             }
         }
         let recovery = committer.recover(None).await?;
+        if setup.route.leases().is_none() {
+            // Recovery passes over intents another live process holds: its own commit in progress, or its recovery
+            // of a commit a killed worker left, whose files may be this worker's. The ledger is read once they end,
+            // so that it holds those files; a commit still in progress after a minute (its process paused) is left,
+            // at the risk of its files being taken again (their keys are then duplicates: quarantined, not doubled).
+            let waiting = warehouse.wait_for_live_intents(std::time::Duration::from_secs(60), &[]).await?;
+            if !waiting.is_empty() {
+                let intents: Vec<String> = waiting.iter().map(|i| i.path.display().to_string()).collect();
+                tracing::warn!(intents = ?intents, "commits by another process still in progress after a minute");
+            }
+        }
         let ledger = LedgerIndex::load(&warehouse, committer.dedup(), setup.dedup.expected_files).await?;
         let open = Uncommitted {
             writer: LakeWriter::new(warehouse.clone()),

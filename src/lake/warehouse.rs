@@ -101,18 +101,28 @@ impl CatalogDb {
 
 /// Whether a catalog error is PostgreSQL refusing a `CREATE TABLE IF NOT EXISTS` that another process won.
 fn lost_create_race(error: &str) -> bool {
-    error.contains("duplicate key value") || (error.contains("relation") && error.contains("already exists"))
+    // A duplicate row in its type catalog, or the relation or its row type made meanwhile.
+    error.contains("duplicate key value") || error.contains("already exists")
 }
 
-/// A URL with its password (if any) replaced by `***`.
+/// A URL with its password (in its user part or a `password` parameter) replaced by `***`; one that does not parse
+/// is not shown at all, since where its password lies is unknown.
 fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
+    let Ok(mut u) = url::Url::parse(url) else { return "(a URL that does not parse)".to_owned() };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    if u.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" { "***".to_owned() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 impl Warehouse {
@@ -543,6 +553,11 @@ mod tests {
         assert_eq!(pg.describe(), "postgres://poslake:***@db:5432/lake");
         let err = CatalogDb::new(root, Some("mysql://root:s3cret@db/lake")).expect_err("not PostgreSQL").to_string();
         assert!(err.contains("not a PostgreSQL URL") && !err.contains("s3cret"), "{err}");
+        let query =
+            CatalogDb::new(root, Some("postgres://db/lake?user=p&password=s3cret&sslmode=require")).expect("pg");
+        assert_eq!(query.describe(), "postgres://db/lake?user=p&password=***&sslmode=require");
+        let broken = CatalogDb::new(root, Some("postgres://p:s3cret@db:notaport/lake")).expect("pg");
+        assert!(!broken.describe().contains("s3cret"), "{}", broken.describe());
         let sqlite = CatalogDb::new(root, None).expect("sqlite");
         assert_eq!(sqlite.uri(), "sqlite:/lake/catalog.db?mode=rwc");
     }
@@ -554,6 +569,7 @@ mod tests {
         for lost in [
             "duplicate key value violates unique constraint \"pg_type_typname_nsp_index\"",
             "relation \"iceberg_tables\" already exists",
+            "type \"iceberg_tables\" already exists",
         ] {
             assert!(lost_create_race(&format!("{prefix}{lost}")), "{lost}");
         }
