@@ -17,7 +17,7 @@ use common::{counts, header_keys, summary};
 use futures::StreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use poslake::generate::{GenerateArgs, Report, generate};
+use poslake::generate::Report;
 use poslake::lake::Warehouse;
 
 fn ingest(staging: &str, lake: &Path, env: &[(&str, String)]) -> std::process::Output {
@@ -79,22 +79,7 @@ fn files_under(dir: &Path) -> usize {
 fn corpus(dir: &Path, seed: u64, transactions: (u32, u32)) -> (Azurite, std::path::PathBuf, Report) {
     let azurite = Azurite::start();
     azurite.create_container("landing");
-    let staging = dir.join("staging");
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
-        seed,
-        sites: 6,
-        days: 2,
-        files_per_day: 3,
-        min_transactions: transactions.0,
-        max_transactions: transactions.1,
-        duplicate_file_rate: 0.1,
-        duplicate_transaction_rate: 0.05,
-        malformed_rate: 0.05,
-        gzip_rate: 0.2,
-        ..GenerateArgs::default()
-    })
-    .expect("generate");
+    let (staging, report) = common::mixed_corpus(dir, seed, transactions, 0.2);
     (azurite, staging, report)
 }
 

@@ -11,7 +11,6 @@ use std::process::Command;
 use common::postgres::Postgres;
 use common::redis::RedisServer;
 use common::{counts, counts_of, header_keys, summary};
-use poslake::generate::{GenerateArgs, Report, generate};
 use poslake::lake::Warehouse;
 
 /// `poslake ARGS --lake LAKE [--catalog URL]`.
@@ -24,23 +23,8 @@ fn poslake(args: &[&str], lake: &Path, catalog: Option<&str>) -> std::process::O
     cmd.output().expect("run poslake")
 }
 
-fn corpus(dir: &Path, seed: u64) -> (std::path::PathBuf, Report) {
-    let staging = dir.join("staging");
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
-        seed,
-        sites: 6,
-        days: 2,
-        files_per_day: 3,
-        min_transactions: 5,
-        max_transactions: 15,
-        duplicate_file_rate: 0.1,
-        duplicate_transaction_rate: 0.05,
-        malformed_rate: 0.05,
-        ..GenerateArgs::default()
-    })
-    .expect("generate");
-    (staging, report)
+fn corpus(dir: &Path, seed: u64) -> (std::path::PathBuf, poslake::generate::Report) {
+    common::mixed_corpus(dir, seed, (5, 15), 0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,33 @@ pub async fn counts_of(wh: &Warehouse) -> Vec<(&'static str, u64)> {
     out
 }
 
+/// A corpus of every dialect (6 sites, 2 days, 3 files a day) with re-sent and malformed files and repeated
+/// transactions, `gzip_rate` of the files gzipped, generated into `dir/staging`.
+pub fn mixed_corpus(
+    dir: &std::path::Path,
+    seed: u64,
+    transactions: (u32, u32),
+    gzip_rate: f64,
+) -> (std::path::PathBuf, poslake::generate::Report) {
+    let staging = dir.join("staging");
+    let report = poslake::generate::generate(&poslake::generate::GenerateArgs {
+        out: staging.clone(),
+        seed,
+        sites: 6,
+        days: 2,
+        files_per_day: 3,
+        min_transactions: transactions.0,
+        max_transactions: transactions.1,
+        duplicate_file_rate: 0.1,
+        duplicate_transaction_rate: 0.05,
+        malformed_rate: 0.05,
+        gzip_rate,
+        ..poslake::generate::GenerateArgs::default()
+    })
+    .expect("generate");
+    (staging, report)
+}
+
 /// The JSON summary a successful `poslake` command printed; a failed one fails the test with its error output.
 pub fn summary(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "poslake failed: {}", String::from_utf8_lossy(&out.stderr));
