@@ -87,6 +87,15 @@ async fn a_lake_with_its_catalog_in_postgres_lands_like_one_with_sqlite() {
     let wrong = poslake(&args, &dir.path().join("wrong"), Some("mysql://root@127.0.0.1/lake"));
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(!wrong.status.success() && err.contains("PostgreSQL"), "{err}");
+    // A server that refuses says why, not only that the catalog's pool timed out.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let out = poslake(&args, &dir.path().join("closed"), Some(&format!("postgres://postgres@127.0.0.1:{closed}/x")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot connect") && err.contains("refused"), "{err}");
+    let missing = url.rsplit_once('/').map(|(server, _)| format!("{server}/no_such_database")).expect("a path");
+    let out = poslake(&args, &dir.path().join("missing"), Some(&missing));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no_such_database") && err.contains("does not exist"), "{err}");
 }
 
 /// Two workers (processes) sharing staging, the lake's folder, Redis and a PostgreSQL catalog, committing to the

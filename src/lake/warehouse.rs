@@ -125,6 +125,26 @@ fn redact(url: &str) -> String {
     u.to_string()
 }
 
+/// Connects once to a PostgreSQL catalog, so that a server that refuses (a closed port, a wrong password, a missing
+/// database, TLS) is reported with its reason: the catalog's pool retries until its 30 s timeout and then says only
+/// "pool timed out".
+async fn probe_postgres(url: &str, db: &CatalogDb) -> Result<(), LakeError> {
+    use sqlx::{ConnectOptions, Connection};
+    let fail = |why: String| LakeError::Catalog(format!("catalog {}: cannot connect: {why}", db.describe()));
+    let options: sqlx::postgres::PgConnectOptions = url.parse().map_err(|e: sqlx::Error| fail(e.to_string()))?;
+    match tokio::time::timeout(PROBE_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(fail(e.to_string())),
+        Err(_) => Err(fail(format!("no answer within {} s", PROBE_TIMEOUT.as_secs()))),
+    }
+}
+
+/// How long the first connection to a PostgreSQL catalog may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Warehouse {
     /// Opens (creating if needed) the warehouse under `root`: `root/catalog.db` and `root/warehouse/`.
     pub async fn open(root: &Path) -> Result<Self, LakeError> {
@@ -141,6 +161,9 @@ impl Warehouse {
         let root = root.canonicalize().map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
         let catalog_db = CatalogDb::new(&root, catalog)?;
         let warehouse_location = format!("file://{}", root.join("warehouse").display());
+        if let CatalogDb::Postgres(url) = &catalog_db {
+            probe_postgres(url, &catalog_db).await?;
+        }
         // Loading creates the catalog's own tables if absent (`CREATE TABLE IF NOT EXISTS`), which PostgreSQL can
         // refuse to one of two processes doing it at once (a duplicate row in its own type catalog, or the relation
         // made meanwhile): the retry finds them made.
