@@ -1,0 +1,117 @@
+//! Commands that read or tend the lake: `tables`, `query`, `maintain`, `reconcile`.
+
+use std::process::ExitCode;
+
+use super::args::{LakeArgs, StoreArgs};
+
+/// Commands that read a lake refuse a path that holds none, rather than create an empty one and report nothing
+/// (a mistyped `--lake` would otherwise look like an empty lake).
+pub fn existing_lake(lake: &std::path::Path, catalog: Option<&str>) -> anyhow::Result<()> {
+    // With a catalog of its own, the lake's warehouse folder is what an ingest leaves.
+    let mark = if catalog.is_some() { "warehouse" } else { "catalog.db" };
+    anyhow::ensure!(
+        lake.join(mark).exists(),
+        "no lake at {}: nothing has been ingested there (run `poslake ingest`, or give the lake with --lake or \
+         POSLAKE_LAKE)",
+        lake.display()
+    );
+    Ok(())
+}
+
+pub async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
+    existing_lake(&args.lake, args.catalog())?;
+    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog()).await?;
+    say!("{:<20} {:>20} {:>10} {:>10} {:>12}", "table", "snapshot", "snapshots", "manifests", "rows");
+    for def in poslake::lake::tables::TABLES {
+        let table = wh.load(def.name).await?;
+        let meta = table.metadata();
+        let snapshot = meta.current_snapshot().map_or("-".to_owned(), |s| s.snapshot_id().to_string());
+        let manifests = match meta.current_snapshot() {
+            Some(s) => table.manifest_list_reader(s).load().await?.entries().len(),
+            None => 0,
+        };
+        let rows = wh.row_count(def.name).await?;
+        say!("{:<20} {:>20} {:>10} {:>10} {:>12}", def.name, snapshot, meta.snapshots().count(), manifests, rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn maintain(
+    store: StoreArgs,
+    keep: Option<usize>,
+    orphan_hours: Option<u64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let c = store.config()?;
+    // 0 keeps every snapshot, as `keep_snapshots = 0` does for an ingest; manifests are still merged.
+    let keep = keep.unwrap_or(c.keep_snapshots);
+    existing_lake(&c.lake, c.catalog.as_deref())?;
+    let started = std::time::Instant::now();
+    let report =
+        poslake::ingest::maintain(&c.lake, c.catalog.as_deref(), &c.dedup, keep, c.min_manifests_to_merge).await?;
+    let orphans = match orphan_hours {
+        Some(hours) => {
+            let older_than = std::time::SystemTime::now()
+                .checked_sub(std::time::Duration::from_secs(hours.saturating_mul(3600)))
+                .unwrap_or(std::time::UNIX_EPOCH);
+            poslake::ingest::remove_orphans(&c.lake, c.catalog.as_deref(), &c.dedup, older_than).await?
+        }
+        None => Vec::new(),
+    };
+    if json {
+        let out = serde_json::json!({ "maintenance": report, "orphans": orphans });
+        say!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (table, o) in &orphans {
+        say!(
+            "{table:<20} {:>8} orphan files removed ({:.1} MB), {} younger ones kept",
+            o.removed,
+            o.removed_bytes as f64 / 1e6,
+            o.kept
+        );
+    }
+    for (table, m) in &report.merged {
+        say!("{table:<20} {:>8} manifests merged ({} data files)", m.manifests, m.data_files);
+    }
+    for (table, e) in &report.expired {
+        say!("{table:<20} {:>8} snapshots expired, {:>8} files deleted", e.snapshots, e.files_deleted);
+    }
+    if keep == 0 {
+        say!("no snapshots expired (keep 0: every snapshot is kept) in {:.1}s", started.elapsed().as_secs_f64());
+    } else {
+        say!(
+            "expired {} snapshots in {:.1}s, keeping the newest {keep} per table and every commit not yet complete",
+            report.snapshots(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn query(sql: String, args: LakeArgs) -> anyhow::Result<ExitCode> {
+    existing_lake(&args.lake, args.catalog())?;
+    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog()).await?;
+    let (schema, batches) = poslake::lake::query::sql_with_schema(&wh, &sql).await?;
+    // With the schema, an empty result still shows its column names.
+    say!("{}", datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reconcile(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let c = store.config()?;
+    existing_lake(&c.lake, c.catalog.as_deref())?;
+    let report = poslake::ingest::reconcile::reconcile(&c.lake, c.catalog.as_deref(), &c.dedup).await?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        say!(
+            "quarantine: {} rows; {} keys confirmed as duplicates; {} false positives promoted{}",
+            report.quarantined,
+            report.confirmed_duplicates,
+            report.promoted,
+            report.commit.as_deref().map(|c| format!(" (commit {c})")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
