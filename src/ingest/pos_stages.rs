@@ -1,0 +1,701 @@
+//! [`PosStages`]: what each stage of the pipeline does to a POS file (list, fetch, archive, parse, dedup, write,
+//! commit), and the state one run keeps between them: the open lake writer, the keys in flight, the ledger's files.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use poslake_actors::{Stages, WriteReport};
+use tracing::Instrument;
+
+use super::archive::{Archive, ArchiveError};
+use super::commit::{Committer, Recovery};
+use super::in_flight::InFlightKeys;
+use super::ledger_index::{LOOKUP_CHUNK, LedgerIndex};
+use super::staging::{StagedFile, Staging, StagingError};
+use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore};
+use crate::failpoint;
+use crate::lake::rows::{FileRows, Quarantine, Source};
+use crate::lake::{COMMIT_PROPERTY, DeadLetter, LakeWriter, LedgerEntry, Outcome, PreparedCommit, Warehouse};
+use crate::model::ParsedFile;
+use crate::parse::{ParseOptions, parse_file};
+
+use super::{
+    CommitPolicy, Failure, IngestError, IngestSetup, ParsedItem, ParsedRows, PosBatch, Verdict, replay, route,
+};
+
+/// Data written but not yet committed, and the keys it carries.
+struct Uncommitted {
+    writer: LakeWriter,
+    keys: Vec<DedupKey>,
+    files: u64,
+    since: std::time::Instant,
+    /// A write failed: the run is over.
+    failed: bool,
+}
+
+pub struct PosStages {
+    staging: Staging,
+    archive: Archive,
+    warehouse: Arc<Warehouse>,
+    committer: Committer,
+    open: tokio::sync::Mutex<Uncommitted>,
+    policy: CommitPolicy,
+    /// Keys of this run not yet in the store: exact.
+    in_flight: Mutex<InFlightKeys>,
+    /// Serialises recoveries from a store that lost its state or reconnected.
+    healing: tokio::sync::Mutex<()>,
+    /// Files the ledger already holds: skipped by discovery.
+    ledger: Arc<LedgerIndex>,
+    skipped: Arc<AtomicU64>,
+    route: Arc<route::Route>,
+    /// Files listed that other workers take.
+    elsewhere: Arc<AtomicU64>,
+    run_id: String,
+    /// `run/worker`: the prefix of this process's commit ids.
+    commit_prefix: String,
+    batches: AtomicU64,
+    parse: ParseOptions,
+    recovery: Mutex<Recovery>,
+    /// Dead letters to take again instead of listing staging (`poslake replay`).
+    replay: Option<Arc<Vec<StagedFile>>>,
+}
+
+impl PosStages {
+    /// Opens staging, the lake and the dedup store, and recovers whatever a stopped run left half done.
+    pub async fn open(setup: &IngestSetup, run_id: String) -> Result<Self, IngestError> {
+        Self::open_with(setup, run_id, Staging::open(&setup.paths.staging)?).await
+    }
+
+    /// [`PosStages::open`] over staging already opened.
+    pub(super) async fn open_with(setup: &IngestSetup, run_id: String, staging: Staging) -> Result<Self, IngestError> {
+        let paths = &setup.paths;
+        let warehouse = Arc::new(Warehouse::open_with(&paths.lake, paths.catalog.as_deref()).await?);
+        let archive = Archive::open(paths.archive.as_deref(), warehouse.root()).await?;
+        // A lake or an archive kept inside its own staging area must not ingest its own files.
+        let staging = staging.excluding(warehouse.root()).excluding_archive(archive.archived_at());
+        let dedup = Arc::new(Dedup::open(&setup.dedup, warehouse.root()).await?);
+        tracing::info!(backend = %dedup.describe(), "dedup store");
+        let committer = Committer::new(warehouse.clone(), dedup);
+        if let Some(leases) = setup.route.leases() {
+            // A slot just taken over may have files in another worker's commit in progress: wait for it to end, so
+            // that the ledger read below holds them. One that does not end within a lease (its worker paused
+            // mid-commit) keeps its slots out of this run; the others go ahead.
+            let held = leases.held();
+            let waiting = warehouse.wait_for_live_intents(leases.lease_time(), &held).await?;
+            if !waiting.is_empty() {
+                let aside: Vec<u32> = held.into_iter().filter(|s| waiting.iter().any(|i| i.touches(&[*s]))).collect();
+                let intents: Vec<String> = waiting.iter().map(|i| i.path.display().to_string()).collect();
+                tracing::warn!(slots = aside.len(), intents = ?intents,
+                    "commits by another worker still in progress after a lease (a worker paused mid-commit?): their \
+                     slots are left out of this run");
+                leases.set_aside(&aside).await?;
+            }
+        }
+        let recovery = committer.recover(None).await?;
+        if setup.route.leases().is_none() {
+            // Recovery passes over intents another live process holds: its own commit in progress, or its recovery
+            // of a commit a killed worker left, whose files may be this worker's. The ledger is read once they end,
+            // so that it holds those files; a commit still in progress after a minute (its process paused) is left,
+            // at the risk of its files being taken again (their keys are then duplicates: quarantined, not doubled).
+            let waiting = warehouse.wait_for_live_intents(std::time::Duration::from_secs(60), &[]).await?;
+            if !waiting.is_empty() {
+                let intents: Vec<String> = waiting.iter().map(|i| i.path.display().to_string()).collect();
+                tracing::warn!(intents = ?intents, "commits by another process still in progress after a minute");
+            }
+        }
+        let ledger = LedgerIndex::load(&warehouse, committer.dedup(), setup.dedup.expected_files).await?;
+        let open = Uncommitted {
+            writer: LakeWriter::new(warehouse.clone()),
+            keys: Vec::new(),
+            files: 0,
+            since: std::time::Instant::now(),
+            failed: false,
+        };
+        let worker = std::env::var("POSLAKE_WORKER_ID")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "local".into());
+        Ok(PosStages {
+            staging,
+            archive,
+            open: tokio::sync::Mutex::new(open),
+            policy: setup.policy,
+            warehouse,
+            committer,
+            in_flight: Mutex::new(InFlightKeys::default()),
+            healing: tokio::sync::Mutex::new(()),
+            ledger: Arc::new(ledger),
+            skipped: Arc::new(AtomicU64::new(0)),
+            route: Arc::new(setup.route.clone()),
+            elsewhere: Arc::new(AtomicU64::new(0)),
+            commit_prefix: format!("{run_id}/{worker}-{}", std::process::id()),
+            run_id,
+            batches: AtomicU64::new(0),
+            parse: setup.parse.clone(),
+            recovery: Mutex::new(recovery),
+            replay: None,
+        })
+    }
+
+    /// Takes these dead letters again (see [`replay`]) instead of what staging lists.
+    pub fn replaying(mut self, files: &[replay::DeadFile]) -> Self {
+        self.replay = Some(Arc::new(files.iter().map(replay::DeadFile::staged).collect()));
+        self
+    }
+
+    /// A replayed file's bytes: from staging while it holds the same file (the same size: a corrected file re-sent
+    /// under the same name and size is taken as it is now), else from the bronze archive. A read that may pass on
+    /// retry (a network error) is retried rather than answered from the archive.
+    async fn replayed_bytes(&self, file: &StagedFile, hash: &str) -> Result<Bytes, IngestError> {
+        let unread = match self.staging.get(file, self.parse.max_decompressed_bytes).await {
+            Ok(bytes) if bytes.len() as u64 == file.size => return Ok(bytes),
+            Ok(bytes) => Err(format!(
+                "staging holds another file under this name now ({} bytes, not {}), which `poslake ingest` takes as \
+                 new; the bronze archive has no copy of this one",
+                bytes.len(),
+                file.size
+            )),
+            Err(e) if e.is_retryable() => return Err(e.into()),
+            Err(e) if e.is_not_found() => Err("no longer in staging, and the bronze archive has no copy of it (only \
+                                               files that reached the parser are archived)"
+                .to_owned()),
+            // Not a regular file now, or a link out of staging: refused as such, unless the archive has it.
+            Err(e) => Ok(e),
+        };
+        if let Some(bytes) = self.archive.find_refused(&file.path, hash).await? {
+            return Ok(bytes);
+        }
+        Err(match unread {
+            Ok(refused) => refused.into(),
+            Err(reason) => StagingError::Refused { path: file.path.clone(), kind: "missing", reason }.into(),
+        })
+    }
+
+    /// Commits everything written since the last commit, then adds its keys to the store (see [`commit`]).
+    async fn commit(&self, open: &mut Uncommitted) -> Result<(), IngestError> {
+        if open.files == 0 {
+            return Ok(());
+        }
+        let seq = self.batches.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}/{seq}", self.commit_prefix);
+        let properties = HashMap::from([
+            ("poslake.run-id".to_owned(), self.run_id.clone()),
+            (COMMIT_PROPERTY.to_owned(), id.clone()),
+        ]);
+        let tables = match open.writer.prepare().await {
+            Ok(t) => t,
+            Err(e) => {
+                self.abandon_uncommitted(open, &[]);
+                return Err(IngestError::Abandoned(e.to_string()));
+            }
+        };
+        let keys = std::mem::take(&mut open.keys);
+        let span = tracing::info_span!(
+            "commit",
+            commit.id = %id,
+            files = open.files as i64,
+            iceberg.snapshot_id = tracing::field::Empty,
+            iceberg.tables = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        // With leased route slots: once the intent is written, the leases are renewed, and a slot lost since the
+        // claim (another worker's now, and maybe its files too) stops the commit (see `slot_leases`).
+        let commit = PreparedCommit { id, properties, tables };
+        let result = match self.route.leases() {
+            None => self.committer.commit(commit, &keys).instrument(span.clone()).await,
+            Some(leases) => {
+                let fence = async {
+                    match leases.confirm().await {
+                        Ok(lost) if lost.is_empty() => Ok(()),
+                        Ok(lost) => Err(IngestError::LeaseLost(lost)),
+                        Err(e) => Err(IngestError::LeaseUnconfirmed(e.to_string())),
+                    }
+                };
+                let slots = leases.held();
+                self.committer.commit_fenced(commit, &keys, &slots, fence).instrument(span.clone()).await
+            }
+        };
+        if let Ok(commits) = &result {
+            // The snapshot of sales_header (or of the first table committed) names the commit in Iceberg.
+            if let Some(c) = commits.iter().find(|c| c.table == "sales_header").or(commits.first()) {
+                span.record("iceberg.snapshot_id", c.snapshot_id);
+            }
+            let tables: Vec<String> = commits.iter().map(|c| format!("{}={}", c.table, c.snapshot_id)).collect();
+            span.record("iceberg.tables", tables.join(",").as_str());
+            metrics::histogram!(crate::telemetry::metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::counter!(crate::telemetry::metric::COMMITS).increment(1);
+        }
+        match result {
+            Ok(_) => {}
+            // The store lost its state between the table commits and the marks: recovery re-adds every
+            // committed batch's keys, this one's included.
+            Err(IngestError::Dedup(DedupError::StateLost { .. })) => self.heal_holding_open().await?,
+            // Nothing was committed: everything open is given up, for whoever holds the slots now.
+            Err(e @ (IngestError::LeaseLost(_) | IngestError::LeaseUnconfirmed(_))) => {
+                self.abandon_uncommitted(open, &keys);
+                return Err(e);
+            }
+            Err(e) => {
+                // Whatever was committed is finished by the next start's recovery; nothing more is written now.
+                open.failed = true;
+                return Err(e);
+            }
+        }
+        self.release(&keys);
+        open.files = 0;
+        open.since = std::time::Instant::now();
+        self.maybe_maintain(seq + 1).await;
+        Ok(())
+    }
+
+    /// Every quarter of `keep_snapshots` commits (every 25 when snapshots are all kept), merges small manifests and
+    /// expires the snapshots beyond `keep_snapshots` (see [`maintain`]). Maintenance never fails the run: what it
+    /// leaves, the next one takes.
+    async fn maybe_maintain(&self, commits: u64) {
+        let (keep, merge_at) = (self.policy.keep_snapshots, self.policy.min_manifests_to_merge);
+        let every = if keep > 0 { (keep as u64 / 4).max(1) } else { 25 };
+        if (keep == 0 && merge_at == 0) || !commits.is_multiple_of(every) {
+            return;
+        }
+        // The file index's mark bounds what the ledger's expiry may take; merging alone does not need it.
+        let mark = if keep == 0 {
+            None
+        } else {
+            match self.ledger.sync(&self.warehouse).await {
+                Ok(mark) => mark,
+                Err(e) => {
+                    tracing::warn!(error = %e, "table maintenance skipped: the file index is not up to date");
+                    return;
+                }
+            }
+        };
+        let span = tracing::info_span!("maintain", keep, snapshots = tracing::field::Empty);
+        match self.committer.maintain(keep, merge_at, mark).instrument(span.clone()).await {
+            Ok(report) => {
+                span.record("snapshots", report.snapshots());
+            }
+            Err(e) => tracing::warn!(error = %e, "table maintenance failed; the next one retries"),
+        }
+    }
+
+    /// Drops every uncommitted data file and releases the keys it carried (plus `also`).
+    fn abandon_uncommitted(&self, open: &mut Uncommitted, also: &[DedupKey]) {
+        open.writer = LakeWriter::new(self.warehouse.clone());
+        open.failed = true;
+        self.release(&open.keys);
+        self.release(also);
+        open.keys.clear();
+    }
+
+    fn release(&self, keys: &[DedupKey]) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.release(keys);
+        }
+    }
+
+    /// The store lost its state (or came back after an outage, possibly without its last writes): adopt its
+    /// generation and re-add the keys of every committed batch it has not marked. Holds the uncommitted data's
+    /// lock, so that recovery never races a commit of this process for its intent.
+    async fn heal(&self) -> Result<(), IngestError> {
+        let _open = self.open.lock().await;
+        self.heal_holding_open().await
+    }
+
+    /// [`PosStages::heal`] for a caller that already holds the uncommitted data's lock.
+    async fn heal_holding_open(&self) -> Result<(), IngestError> {
+        let _one = self.healing.lock().await;
+        let dedup = self.committer.dedup();
+        let lost = match dedup.generation().await {
+            Ok(_) => false,
+            Err(DedupError::StateLost { expected, found }) => {
+                tracing::warn!(%expected, %found, "the dedup store lost its state: re-adding the keys of every committed batch");
+                dedup.renew_generation().await?;
+                true
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let prefix = (!lost).then_some(self.commit_prefix.as_str());
+        let report = self.committer.recover(prefix).await?;
+        if let Ok(mut r) = self.recovery.lock() {
+            r.commits_readded += report.commits_readded;
+            r.keys_readded += report.keys_readded;
+        }
+        Ok(())
+    }
+
+    /// Checks keys against the store, healing and asking again if it lost its state.
+    async fn contains(&self, keys: &[DedupKey]) -> Result<Vec<bool>, IngestError> {
+        for _ in 0..3 {
+            match self.committer.dedup().contains(keys).await {
+                Ok(found) => {
+                    if self.committer.dedup().take_reconnected() {
+                        // Back after an outage: the store may have lost its last writes before it stopped.
+                        self.heal().await?;
+                        continue;
+                    }
+                    return Ok(found);
+                }
+                Err(DedupError::StateLost { .. }) => self.heal().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IngestError::Abandoned("the dedup store kept losing its state while being checked".into()))
+    }
+
+    /// A parsed file's rows and keys, built here on the parser pool. Rows that do not fit the tables (say, an
+    /// amount beyond the decimal's precision) make the file a dead letter, like any other bad input.
+    fn rows_of(&self, parsed: ParsedFile) -> Result<ParsedRows, Failure> {
+        let rows = FileRows::build(self.warehouse.schemas(), &parsed).map_err(|e| Failure {
+            stage: "parse",
+            kind: "schema",
+            reason: e.to_string(),
+            line: None,
+            column: None,
+            attempts: 1,
+        })?;
+        Ok(ParsedRows {
+            keys: parsed.transactions.iter().map(|t| DedupKey::of(&t.header.key)).collect(),
+            first_date: parsed.transactions.first().map(|t| t.header.key.business_date),
+            facts: parsed.facts,
+            rows,
+        })
+    }
+
+    /// Quarantines a file's probable duplicates whole. The parsed transactions were dropped after the parse
+    /// (Bloom positives are rare), so the raw bytes are parsed again: the parse is deterministic.
+    fn add_quarantined(
+        &self,
+        rows: &mut crate::lake::Rows,
+        item: &ParsedItem,
+        verdicts: &[Verdict],
+        quarantine: &Quarantine,
+    ) -> Result<(), IngestError> {
+        let parsed = parse_file(&item.file.path, &item.bytes, &self.parse).map_err(|e| {
+            IngestError::Abandoned(format!("{} parsed once but not again, for its quarantine: {e}", item.file.path))
+        })?;
+        let source = Source::of(&parsed);
+        for (tx, verdict) in parsed.transactions.iter().zip(verdicts) {
+            if *verdict == Verdict::Quarantined {
+                rows.add_quarantine(&source, tx, quarantine)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Files discovery skipped because the ledger already holds them.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Files discovery left to other workers (see [`route`]).
+    pub fn routed_elsewhere(&self) -> u64 {
+        self.elsewhere.load(Ordering::Relaxed)
+    }
+
+    /// What recovery did at start-up and during the run.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    pub fn dedup_backend(&self) -> String {
+        self.committer.dedup().describe()
+    }
+
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    pub fn lake_root(&self) -> &Path {
+        self.warehouse.root()
+    }
+}
+
+fn now() -> chrono::NaiveDateTime {
+    chrono::Utc::now().naive_utc()
+}
+
+impl Stages for PosStages {
+    type File = StagedFile;
+    type Fetched = Bytes;
+    type Parsed = ParsedItem;
+    type Batch = PosBatch;
+    type BatchInfo = Arc<Vec<DedupKey>>;
+    type Error = IngestError;
+
+    fn size(file: &StagedFile) -> u64 {
+        file.size
+    }
+
+    fn discover(&self) -> BoxStream<'static, Result<StagedFile, IngestError>> {
+        if let Some(files) = &self.replay {
+            let files = files.clone();
+            return futures::stream::iter((0..files.len()).map(move |i| Ok(files[i].clone()))).boxed();
+        }
+        let ledger = self.ledger.clone();
+        let skipped = self.skipped.clone();
+        let (route, elsewhere) = (self.route.clone(), self.elsewhere.clone());
+        // Looked up a page at a time: whatever the listing has ready, up to LOOKUP_CHUNK files.
+        self.staging
+            .list()
+            .filter(move |file| {
+                let ours = match file {
+                    Ok(f) => route.takes(&f.path),
+                    Err(_) => true,
+                };
+                if !ours {
+                    elsewhere.fetch_add(1, Ordering::Relaxed);
+                }
+                futures::future::ready(ours)
+            })
+            .ready_chunks(LOOKUP_CHUNK)
+            .then(move |listed| {
+                let (ledger, skipped) = (ledger.clone(), skipped.clone());
+                async move { futures::stream::iter(ledger.keep_new(listed, &skipped).await) }
+            })
+            .flatten()
+            .boxed()
+    }
+
+    async fn fetch(&self, file: &StagedFile) -> Result<Bytes, IngestError> {
+        // Over the parser's limit is refused from the listed size, before a byte is read.
+        let bytes = match &file.replay_of {
+            Some(hash) => self.replayed_bytes(file, hash).await?,
+            None => self.staging.get(file, self.parse.max_decompressed_bytes).await?,
+        };
+        failpoint::hit("download");
+        Ok(bytes)
+    }
+
+    fn parse(&self, file: &StagedFile, bytes: Bytes) -> ParsedItem {
+        let result = parse_file(&file.path, &bytes, &self.parse)
+            .map_err(|e| Failure {
+                stage: "parse",
+                kind: e.kind(),
+                reason: e.to_string(),
+                line: e.position().map(|p| p.line),
+                column: e.position().map(|p| p.column),
+                attempts: 1,
+            })
+            .and_then(|parsed| self.rows_of(parsed));
+        // The parser hashes the bytes for its facts; only a file it refused needs hashing here.
+        let content_hash = match &result {
+            Ok(p) => p.facts.content_hash.clone(),
+            Err(_) => blake3::hash(&bytes).to_hex().to_string(),
+        };
+        failpoint::hit("parse");
+        let trace_id = crate::telemetry::current_trace_id();
+        ParsedItem { file: file.clone(), content_hash, bytes, result, trace_id }
+    }
+
+    async fn archive(&self, item: &ParsedItem) -> Result<(), IngestError> {
+        let (vendor, date) = match &item.result {
+            Ok(p) => (p.facts.dialect.id(), p.first_date),
+            Err(_) => ("unknown", None),
+        };
+        self.archive.put(vendor, date, &item.file.path, &item.content_hash, item.bytes.clone()).await?;
+        failpoint::hit("archive");
+        Ok(())
+    }
+
+    fn failed(
+        &self,
+        file: &StagedFile,
+        stage: &'static str,
+        attempts: u32,
+        kind: &'static str,
+        reason: String,
+    ) -> ParsedItem {
+        let failure = Failure { stage, kind, reason, line: None, column: None, attempts };
+        ParsedItem {
+            file: file.clone(),
+            content_hash: String::new(),
+            bytes: Bytes::new(),
+            result: Err(failure),
+            trace_id: None,
+        }
+    }
+
+    async fn dedup(&self, items: Vec<ParsedItem>) -> Result<PosBatch, IngestError> {
+        // Exact first: keys in flight in this run, and repeats within the batch. Only the rest go to the store.
+        let mut verdicts: Vec<Vec<Verdict>> = Vec::with_capacity(items.len());
+        let mut ask: Vec<DedupKey> = Vec::new();
+        let mut asked_at: Vec<(usize, usize)> = Vec::new();
+        {
+            let in_flight =
+                self.in_flight.lock().map_err(|_| IngestError::Abandoned("in-flight keys poisoned".into()))?;
+            let mut in_batch = HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                let Ok(p) = &item.result else {
+                    verdicts.push(Vec::new());
+                    continue;
+                };
+                let mut v = Vec::with_capacity(p.keys.len());
+                for (j, key) in p.keys.iter().enumerate() {
+                    if in_flight.contains(&key.digest) || !in_batch.insert(key.digest) {
+                        v.push(Verdict::Duplicate);
+                    } else {
+                        v.push(Verdict::New);
+                        ask.push(*key);
+                        asked_at.push((i, j));
+                    }
+                }
+                verdicts.push(v);
+            }
+        }
+        let seen = self.contains(&ask).await?;
+        failpoint::hit("dedup-check");
+        let exact = self.committer.dedup().exact();
+        let mut reserved = Vec::with_capacity(ask.len());
+        let mut in_flight =
+            self.in_flight.lock().map_err(|_| IngestError::Abandoned("in-flight keys poisoned".into()))?;
+        for ((key, (i, j)), seen) in ask.into_iter().zip(asked_at).zip(seen) {
+            if seen {
+                verdicts[i][j] = if exact { Verdict::Duplicate } else { Verdict::Quarantined };
+            } else if in_flight.reserve(key.digest) {
+                reserved.push(key);
+            } else {
+                verdicts[i][j] = Verdict::Duplicate;
+            }
+        }
+        Ok(PosBatch { items, verdicts, reserved: Arc::new(reserved) })
+    }
+
+    fn annotate(item: &ParsedItem, span: &tracing::Span) {
+        match &item.result {
+            Ok(p) => {
+                span.record("vendor", p.facts.dialect.id());
+                if let Some(site) = &p.facts.site {
+                    span.record("site", site.as_str());
+                }
+                span.record("transactions", i64::from(p.facts.transaction_count));
+            }
+            Err(f) => {
+                span.record("error.kind", f.kind);
+            }
+        }
+    }
+
+    fn batch_info(batch: &PosBatch) -> Arc<Vec<DedupKey>> {
+        batch.reserved.clone()
+    }
+
+    async fn write(&self, batch: &PosBatch) -> Result<WriteReport, IngestError> {
+        let mut rows = self.warehouse.rows();
+        let mut report = WriteReport::default();
+        let at = now();
+        let quarantine = Quarantine { run_id: &self.run_id, reason: "filter", at };
+        for (item, verdicts) in batch.items.iter().zip(&batch.verdicts) {
+            report.files += 1;
+            report.bytes += item.file.size;
+            match &item.result {
+                Ok(parsed) => {
+                    let keep: Vec<bool> = verdicts.iter().map(|v| *v == Verdict::New).collect();
+                    rows.add_built(parsed.rows.select(&keep)?);
+                    let fresh = keep.iter().filter(|k| **k).count() as u32;
+                    let quarantined = verdicts.iter().filter(|v| **v == Verdict::Quarantined).count() as u32;
+                    if quarantined > 0 {
+                        self.add_quarantined(&mut rows, item, verdicts, &quarantine)?;
+                    }
+                    let total = parsed.rows.transactions() as u32;
+                    report.transactions += u64::from(total);
+                    report.new_transactions += u64::from(fresh);
+                    report.duplicates += u64::from(total - fresh);
+                    report.quarantined += u64::from(quarantined);
+                    rows.add_ledger(&LedgerEntry {
+                        run_id: self.run_id.clone(),
+                        path: item.file.path.clone(),
+                        bytes: item.file.size,
+                        content_hash: item.content_hash.clone(),
+                        dialect: Some(parsed.facts.dialect.id().to_owned()),
+                        site: parsed.facts.site.clone(),
+                        outcome: Outcome::Ingested,
+                        transactions: total,
+                        new_transactions: fresh,
+                        duplicate_transactions: total - fresh,
+                        quarantined_transactions: quarantined,
+                        lines: parsed.facts.line_count,
+                        discounts: parsed.facts.discount_count,
+                        at,
+                        trace_id: item.trace_id.clone(),
+                    })?;
+                }
+                Err(f) => {
+                    report.dead_letters += 1;
+                    report.deferred += u64::from(f.outcome() == Outcome::Deferred);
+                    rows.add_dead_letter(&DeadLetter {
+                        run_id: self.run_id.clone(),
+                        path: item.file.path.clone(),
+                        content_hash: item.content_hash.clone(),
+                        stage: f.stage,
+                        kind: f.kind,
+                        reason: f.reason.clone(),
+                        line: f.line,
+                        column: f.column,
+                        attempts: f.attempts,
+                        at,
+                    })?;
+                    rows.add_ledger(&LedgerEntry {
+                        trace_id: item.trace_id.clone(),
+                        ..LedgerEntry::without_transactions(
+                            self.run_id.clone(),
+                            item.file.path.clone(),
+                            item.file.size,
+                            item.content_hash.clone(),
+                            f.outcome(),
+                            at,
+                        )
+                    })?;
+                }
+            }
+        }
+        let mut open = self.open.lock().await;
+        if open.failed {
+            return Err(IngestError::Abandoned("an earlier write of this run failed".into()));
+        }
+        if let Err(e) = open.writer.write(rows).await {
+            self.abandon_uncommitted(&mut open, &batch.reserved);
+            return Err(IngestError::Abandoned(e.to_string()));
+        }
+        failpoint::hit("write");
+        for item in &batch.items {
+            if let Err(f) = &item.result {
+                metrics::counter!(crate::telemetry::metric::DEAD_LETTERS, "stage" => f.stage, "reason" => f.kind)
+                    .increment(1);
+            }
+        }
+        open.keys.extend_from_slice(&batch.reserved);
+        open.files += batch.items.len() as u64;
+        if open.files >= self.policy.files || open.since.elapsed() >= self.policy.interval {
+            self.commit(&mut open).await?;
+        }
+        Ok(report)
+    }
+
+    async fn finish(&self) -> Result<(), IngestError> {
+        let mut open = self.open.lock().await;
+        if open.failed {
+            return Err(IngestError::Abandoned("an earlier write of this run failed".into()));
+        }
+        self.commit(&mut open).await
+    }
+
+    fn abandon(&self, reserved: &Arc<Vec<DedupKey>>) {
+        self.release(reserved);
+    }
+
+    fn is_retryable(error: &IngestError) -> bool {
+        error.is_retryable()
+    }
+
+    fn failure_kind(error: &IngestError) -> &'static str {
+        match error {
+            IngestError::Staging(e) => e.refusal_kind().unwrap_or("gave_up"),
+            IngestError::Archive(ArchiveError::NoFreeName { .. }) => "name_taken",
+            _ => "gave_up",
+        }
+    }
+}
