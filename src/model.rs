@@ -77,8 +77,11 @@ pub enum KeyVariant {
     RollbackMirror,
     FuelPrepay,
     FuelCompletion,
-    /// A record without a ticket number, keyed by its terminal message serial number instead.
+    /// A record without a ticket number, keyed by its terminal message serial number instead (or, for a journal
+    /// record with neither, by a digest of its content).
     TerminalMessage,
+    /// A record that voids an earlier ticket (a post-void), which may carry that ticket's number by design.
+    PostVoid,
 }
 
 impl KeyVariant {
@@ -89,6 +92,7 @@ impl KeyVariant {
             KeyVariant::FuelPrepay => "prepay",
             KeyVariant::FuelCompletion => "completion",
             KeyVariant::TerminalMessage => "message",
+            KeyVariant::PostVoid => "post_void",
         }
     }
 
@@ -100,6 +104,7 @@ impl KeyVariant {
             "prepay" => KeyVariant::FuelPrepay,
             "completion" => KeyVariant::FuelCompletion,
             "message" => KeyVariant::TerminalMessage,
+            "post_void" => KeyVariant::PostVoid,
             _ => return None,
         })
     }
@@ -183,9 +188,10 @@ pub struct TransactionFlags {
 }
 
 impl TransactionFlags {
-    /// True when sales figures should leave this record out.
+    /// True when sales figures should leave this record out. A fuel prepay ticket is left out because its
+    /// completion carries the fuel sold: counting both counts the fuel twice.
     pub fn excluded_from_sales(&self) -> bool {
-        self.training || self.suspended || self.voided || self.rollback || self.journal
+        self.training || self.suspended || self.voided || self.rollback || self.journal || self.fuel_prepay
     }
 }
 
@@ -315,6 +321,16 @@ impl BronzeRecord {
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
         self.spans.iter().map(|&(s, m, e)| (&self.buf[s as usize..m as usize], &self.buf[m as usize..e as usize]))
+    }
+
+    /// A digest of every entry, in order: the same record gives the same digest in any file.
+    pub fn digest(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        for (k, v) in self.iter() {
+            h.update(&(k.len() as u64).to_le_bytes()).update(k.as_bytes());
+            h.update(&(v.len() as u64).to_le_bytes()).update(v.as_bytes());
+        }
+        h.finalize()
     }
 
     /// The value of the first entry with this key.

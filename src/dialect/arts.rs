@@ -25,10 +25,13 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction_discount: "",
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
+    unit_price_from_amount: false,
 };
 
 pub(super) const LINE_ITEM: &str = "RetailTransaction/LineItem";
-pub(super) const LINE_DISCOUNTS: &str = "Sale|Return/RetailPriceModifier, LoyaltyReward";
+/// Price modifiers and rewards of a line; a `LineItem` holding only a `Discount` is a discount of the whole
+/// transaction.
+pub(super) const LINE_DISCOUNTS: &str = "Sale|Return|FuelSale/RetailPriceModifier, LoyaltyReward, Discount";
 
 pub(super) const HEADER: &[Rule] = &[
     text("RetailStoreID", Field::Site),
@@ -45,6 +48,18 @@ pub(super) const HEADER: &[Rule] = &[
     text("@CancelFlag", Field::Flag(Flag::Voided)),
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
     text("@OfflineFlag", Field::Flag(Flag::Offline)),
+    text("@OutsideSalesFlag, RetailTransaction/@OutsideSalesFlag", Field::Flag(Flag::OutsideSale)),
+    // `RetailTransaction@TransactionStatus` (default `Finished`): a parked or cancelled ticket is not a sale.
+    mark("RetailTransaction[@TransactionStatus=Suspended]", Field::Flag(Flag::Suspended), "true"),
+    mark("RetailTransaction[@TransactionStatus=Canceled]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=Cancelled]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=PostVoided]", Field::Flag(Flag::Voided), "true"),
+    // The record that voids an earlier ticket links to it.
+    mark(
+        "RetailTransaction|PostVoidTransaction/TransactionLink[@ReasonCode=PostVoid]",
+        Field::Flag(Flag::PostVoid),
+        "true",
+    ),
     text("RetailTransaction/Total[@TotalType=TransactionGrossAmount]", Field::Gross),
     text("RetailTransaction/Total[@TotalType=TransactionNetAmount]", Field::Net),
     text("RetailTransaction/Total[@TotalType=TransactionTaxAmount]", Field::Tax),
@@ -60,26 +75,39 @@ pub(super) const TYPES: &[TypeMap] = &[
 pub(super) const LINE: &[Rule] = &[
     mark("Sale", Field::LineKindRaw, "Sale"),
     mark("Return", Field::LineKindRaw, "Return"),
-    mark("Return", Field::LineRefund, "true"),
+    // ARTS writes a return's quantity and amounts positive; the parser makes them negative.
+    mark("Return", Field::LineReturn, "true"),
+    // v6 fuel (`FuelSale@TypeCode` Prepay / Sale / PrepayRefund): the prepay is a placeholder of fuel not yet sold.
+    mark("FuelSale[@TypeCode=Prepay]", Field::LineKindRaw, "FuelSale Prepay"),
+    mark("FuelSale", Field::LineKindRaw, "FuelSale"),
     mark("Tender", Field::LineKindRaw, "Tender"),
     mark("Tax", Field::LineKindRaw, "Tax"),
     mark("LoyaltyReward", Field::LineKindRaw, "LoyaltyReward"),
     text("@VoidFlag", Field::LineVoid),
     text("@CancelFlag", Field::LineVoid),
-    text("Sale|Return/ItemID", Field::ItemCode),
+    text("Sale|Return|FuelSale/ItemID", Field::ItemCode),
     text("Sale|Return/POSIdentity/POSItemID", Field::ItemCode),
-    text("Sale|Return/Description", Field::Description),
+    text("Sale|Return|FuelSale/Description", Field::Description),
     text("Sale|Return/MerchandiseHierarchy", Field::Department),
-    text("Sale|Return/Quantity", Field::Quantity),
-    text("Sale|Return/ActualSalesUnitPrice", Field::UnitPrice),
-    text("Sale|Return/RegularSalesUnitPrice", Field::UnitPrice),
-    text("Sale|Return/ExtendedAmount", Field::ExtendedAmount),
-    text("Sale|Return/Tax/Amount", Field::LineTax),
+    text("Sale|Return|FuelSale/Quantity", Field::Quantity),
+    text("Sale|Return|FuelSale/ActualSalesUnitPrice", Field::UnitPrice),
+    text("Sale|Return|FuelSale/RegularSalesUnitPrice", Field::UnitPrice),
+    text("Sale|Return|FuelSale/ExtendedAmount", Field::ExtendedAmount),
+    // Each tax element's void flag (Xstore `dtv:VoidFlag`) is read before its amount: a voided tax does not count.
+    mark("Sale|Return|FuelSale/Tax", Field::LineTaxVoid, "false"),
+    mark("Sale|Return|FuelSale/Tax[@VoidFlag=true]", Field::LineTaxVoid, "true"),
+    text("Sale|Return|FuelSale/Tax/Amount", Field::LineTax),
+    text("FuelSale/FuelGradeID", Field::FuelGrade),
+    text("FuelSale/FuelingPointID", Field::FuelPosition),
+    text("FuelSale/Quantity", Field::FuelVolume),
+    text("FuelSale/ActualSalesUnitPrice", Field::FuelUnitPrice),
 ];
 
 pub(super) const LINE_KINDS: &[LineKindMap] = &[
     line("Sale", Some(LineKind::Item), false),
     line("Return", Some(LineKind::Item), false),
+    line("FuelSale", Some(LineKind::Fuel), false),
+    line("FuelSale Prepay", Some(LineKind::FuelPrepay), false),
     line("Tender", None, false),
     line("Tax", None, false),
     line("LoyaltyReward", None, false),
@@ -91,6 +119,7 @@ pub(super) const DISCOUNT: &[Rule] = &[
     text("ReasonCode", Field::DiscountKind),
     text("RewardType", Field::DiscountKind),
     text("Amount", Field::DiscountAmount),
+    text("DiscountAmount", Field::DiscountAmount),
     text("ExtendedRewardAmount", Field::DiscountAmount),
     text("Description", Field::DiscountDescription),
     text("OperatorSequenceReference", Field::AppliesTo),

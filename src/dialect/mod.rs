@@ -150,6 +150,9 @@ pub enum Field {
     // Transaction header.
     Site,
     BusinessDate,
+    /// A business date only where the record has none of its own (e.g. the day a timestamp falls on), whatever the
+    /// order of the elements.
+    BusinessDateFallback,
     Sequence,
     Register,
     /// A record with no ticket number (e.g. a journal entry) is keyed by the terminal's message serial number
@@ -167,6 +170,8 @@ pub enum Field {
     Gross,
     Net,
     Tax,
+    /// A tax total only where the record has no [`Field::Tax`], whatever the order of the elements.
+    TaxFallback,
     Total,
     Flag(Flag),
     // Sales line.
@@ -178,8 +183,13 @@ pub enum Field {
     UnitPrice,
     ExtendedAmount,
     LineTax,
+    /// Whether the tax element being read is voided (its amount then does not count): set at each tax element.
+    LineTaxVoid,
     LineVoid,
     LineRefund,
+    /// A returned item written with positive amounts (ARTS `Return`): the line is a refund, and its positive
+    /// quantity, amount and tax are negated so that refunds are negative in every dialect.
+    LineReturn,
     FuelGrade,
     FuelPosition,
     FuelVolume,
@@ -205,6 +215,9 @@ pub enum Flag {
     OutsideSale,
     Offline,
     Journal,
+    /// The record voids an earlier ticket: it is a void, keyed apart from that ticket
+    /// ([`crate::model::KeyVariant::PostVoid`]) since it may carry the ticket's number.
+    PostVoid,
 }
 
 /// One path → field mapping.
@@ -291,6 +304,9 @@ pub struct DialectSpec {
     pub transaction_discount: &'static str,
     pub discount_rules: &'static [Rule],
     pub discount_sign: DiscountSign,
+    /// A line's unit price is its amount over its quantity when no rule gives one (NAXML: `ActualSalesPrice` may
+    /// hold the extended amount, so it is not read for items).
+    pub unit_price_from_amount: bool,
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction_discount: "",
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
+    unit_price_from_amount: true,
 };
 
 /// Shared with the Conexxus dialect, which is NAXML with other namespaces and date shapes.
@@ -32,7 +33,7 @@ pub(super) const EVENTS: &str = "JournalReport/SaleEvent|RefundEvent|VoidEvent|O
 pub(super) const LINES: &str = "TransactionDetailGroup/TransactionLine";
 pub(super) const DISCOUNTS: &str = "ItemLine|FuelLine|MerchandiseCodeLine/Promotion|Discount";
 
-pub(super) const HEADER: &[Rule] = &[
+const HEADER: &[Rule] = &[
     text("TransactionID", Field::Sequence),
     text("RegisterID", Field::Register),
     text("BusinessDate", Field::BusinessDate),
@@ -48,7 +49,7 @@ pub(super) const HEADER: &[Rule] = &[
     text("TransactionSummary/TransactionTotalGrossAmount", Field::Gross),
     text("TransactionSummary/TransactionTotalNetAmount", Field::Net),
     text("TransactionSummary/TransactionTotalTaxNetAmount", Field::Tax),
-    text("TransactionSummary/TransactionTotalTaxSalesAmount", Field::Tax),
+    text("TransactionSummary/TransactionTotalTaxSalesAmount", Field::TaxFallback),
     text("TransactionSummary/TransactionTotalGrandAmount", Field::Total),
 ];
 
@@ -72,7 +73,9 @@ pub(super) const LINE: &[Rule] = &[
     text("ItemLine|MerchandiseCodeLine|FuelLine|FuelPrepayLine/Description", Field::Description),
     text("ItemLine|MerchandiseCodeLine/MerchandiseCode", Field::Department),
     text("ItemLine|MerchandiseCodeLine|FuelLine/SalesQuantity", Field::Quantity),
-    text("ItemLine|MerchandiseCodeLine|FuelLine/ActualSalesPrice", Field::UnitPrice),
+    // An item's `ActualSalesPrice` can be the extended amount on multi-quantity deals: its unit price is its
+    // amount over its quantity (`unit_price_from_amount`). Fuel's is the price per unit.
+    text("FuelLine/ActualSalesPrice", Field::UnitPrice),
     text("ItemLine|MerchandiseCodeLine|FuelLine|FuelPrepayLine/SalesAmount", Field::ExtendedAmount),
     text("FuelLine/FuelGradeID", Field::FuelGrade),
     text("FuelLine/FuelPositionID", Field::FuelPosition),

@@ -26,6 +26,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction_discount: "",
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
+    unit_price_from_amount: false,
 };
 
 const HEADER: &[Rule] = &[

@@ -20,6 +20,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction_discount: "",
     discount_rules: arts::DISCOUNT,
     discount_sign: DiscountSign::Positive,
+    unit_price_from_amount: false,
 };
 
 const HEADER: &[Rule] = &[
@@ -27,8 +28,8 @@ const HEADER: &[Rule] = &[
     text("WorkstationID", Field::Register),
     text("SequenceNumber", Field::Sequence),
     text("BusinessDayDate", Field::BusinessDate),
-    // Visma receipts carry no business day: the day the receipt began is the only date there is.
-    text("BeginDateTime", Field::BusinessDate),
+    // Visma receipts often carry no business day: then the day the receipt began is the only date there is.
+    text("BeginDateTime", Field::BusinessDateFallback),
     text("BeginDateTime", Field::StartTime),
     text("EndDateTime", Field::EndTime),
     text("OperatorID", Field::Cashier),
@@ -36,7 +37,17 @@ const HEADER: &[Rule] = &[
     mark("ControlTransaction", Field::TypeRaw, "ControlTransaction"),
     text("@CancelFlag", Field::Flag(Flag::Voided)),
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
+    // `RetailTransaction@TransactionStatus` (default `Finished`): a parked or cancelled ticket is not a sale.
+    mark("RetailTransaction[@TransactionStatus=Suspended]", Field::Flag(Flag::Suspended), "true"),
     mark("RetailTransaction[@TransactionStatus=Canceled]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=Cancelled]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=PostVoided]", Field::Flag(Flag::Voided), "true"),
+    // The record that voids an earlier ticket links to it.
+    mark(
+        "RetailTransaction|PostVoidTransaction/TransactionLink[@ReasonCode=PostVoid]",
+        Field::Flag(Flag::PostVoid),
+        "true",
+    ),
     text("RetailTransaction/Total[@TotalType=TransactionGrossAmount]", Field::Gross),
     text("RetailTransaction/Total[@TotalType=TransactionNetAmount]", Field::Net),
     text("RetailTransaction/Total[@TotalType=TransactionTaxAmount]", Field::Tax),

@@ -1,6 +1,6 @@
 //! Oracle Xstore POSLog: ARTS POSLog with `dtv:` extensions. Sources and traps: docs/formats.md.
 
-use super::{Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, Rule, TypeMap, arts, text, ty};
+use super::{Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, Rule, TypeMap, arts, mark, text, ty};
 use crate::model::TransactionType as T;
 
 pub(super) static SPEC: DialectSpec = DialectSpec {
@@ -20,6 +20,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction_discount: "",
     discount_rules: arts::DISCOUNT,
     discount_sign: DiscountSign::Positive,
+    unit_price_from_amount: false,
 };
 
 /// `dtv:TransactionType` comes first so that it, not the ARTS element kind, names the type.
@@ -35,6 +36,19 @@ const HEADER: &[Rule] = &[
     text("@CancelFlag", Field::Flag(Flag::Voided)),
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
     text("@OfflineFlag", Field::Flag(Flag::Offline)),
+    // `RetailTransaction@TransactionStatus` (default `Finished`): a parked or cancelled ticket is not a sale.
+    mark("RetailTransaction[@TransactionStatus=Suspended]", Field::Flag(Flag::Suspended), "true"),
+    mark("RetailTransaction[@TransactionStatus=Canceled]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=Cancelled]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=PostVoided]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=dtv:CancelOrphaned]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=CancelOrphaned]", Field::Flag(Flag::Voided), "true"),
+    // The record that voids an earlier ticket links to it.
+    mark(
+        "RetailTransaction|PostVoidTransaction/TransactionLink[@ReasonCode=PostVoid]",
+        Field::Flag(Flag::PostVoid),
+        "true",
+    ),
     text("RetailTransaction/Total[@TotalType=TransactionGrossAmount]", Field::Gross),
     text("RetailTransaction/Total[@TotalType=TransactionNetAmount]", Field::Net),
     text("RetailTransaction/Total[@TotalType=TransactionTaxAmount]", Field::Tax),
@@ -43,7 +57,7 @@ const HEADER: &[Rule] = &[
 
 const TYPES: &[TypeMap] = &[
     ty("RETAIL_SALE", T::Sale, &[]),
-    ty("POST_VOID", T::Void, &[]),
+    ty("POST_VOID", T::Void, &[Flag::PostVoid]),
     ty("NO_SALE", T::NoSale, &[]),
     ty("TRAINING", T::Other, &[Flag::Training]),
     ty("SUSPENDED", T::Other, &[Flag::Suspended]),

@@ -11,6 +11,9 @@ use crate::model::{
     TransactionKey, TransactionType,
 };
 
+/// The scale of a derived unit price: the lake's decimal scale.
+const UNIT_PRICE_SCALE: u32 = 4;
+
 /// Why one value was refused: the field's name and the reason (the engine adds file and position).
 pub(crate) type ValueError = (&'static str, &'static str);
 
@@ -27,6 +30,7 @@ pub(crate) struct TxBuilder {
     pub bronze: BronzeRecord,
     site: Option<String>,
     business_date: Option<NaiveDate>,
+    business_date_fallback: Option<NaiveDate>,
     sequence: Option<String>,
     register: Option<String>,
     message_sequence: Option<String>,
@@ -41,7 +45,10 @@ pub(crate) struct TxBuilder {
     gross: Option<Decimal>,
     net: Option<Decimal>,
     tax: Option<Decimal>,
+    tax_fallback: Option<Decimal>,
     total: Option<Decimal>,
+    /// The record voids an earlier ticket (see [`Flag::PostVoid`]).
+    post_void: bool,
     lines: Vec<SalesLine>,
     discounts: Vec<SalesDiscount>,
     line_elements: u32,
@@ -53,6 +60,10 @@ struct LineBuilder {
     line: SalesLine,
     /// Index of the first discount read inside this line.
     discounts_from: usize,
+    /// The tax element being read is voided.
+    tax_void: bool,
+    /// A return written with positive amounts (see [`Field::LineReturn`]).
+    positive_return: bool,
 }
 
 /// The transaction could not be completed: a key field is missing.
@@ -67,6 +78,7 @@ impl TxBuilder {
             bronze: BronzeRecord::with_capacity(bronze_hint.0, bronze_hint.1),
             site: None,
             business_date: None,
+            business_date_fallback: None,
             sequence: None,
             register: None,
             message_sequence: None,
@@ -81,7 +93,9 @@ impl TxBuilder {
             gross: None,
             net: None,
             tax: None,
+            tax_fallback: None,
             total: None,
+            post_void: false,
             lines: Vec::new(),
             discounts: Vec::new(),
             line_elements: 0,
@@ -112,13 +126,15 @@ impl TxBuilder {
                 fuel_unit_price: None,
             },
             discounts_from: self.discounts.len(),
+            tax_void: false,
+            positive_return: false,
         });
     }
 
     /// Closes the current line: a line whose type names a sales line goes to silver; any other line (tender, tax,
     /// loyalty, no type at all) stays in bronze only, and discounts read inside it no longer point at it.
     pub fn end_line(&mut self, spec: &DialectSpec) {
-        let Some(LineBuilder { mut line, discounts_from }) = self.line.take() else {
+        let Some(LineBuilder { mut line, discounts_from, positive_return, .. }) = self.line.take() else {
             return;
         };
         let kind = match line.kind_raw.as_deref() {
@@ -131,6 +147,26 @@ impl TxBuilder {
                 None => Some(LineKind::Other),
             },
         };
+        if positive_return {
+            for v in [&mut line.quantity, &mut line.extended_amount, &mut line.tax_amount].into_iter().flatten() {
+                if v.is_sign_positive() {
+                    *v = -*v;
+                }
+            }
+        }
+        if spec.unit_price_from_amount
+            && line.unit_price.is_none()
+            && let (Some(amount), Some(quantity)) = (line.extended_amount, line.quantity)
+            && !quantity.is_zero()
+        {
+            line.unit_price = amount.checked_div(quantity).map(|u| u.round_dp(UNIT_PRICE_SCALE));
+        }
+        // What a voided line held was not sold: neither were its discounts.
+        if line.voided {
+            for d in &mut self.discounts[discounts_from..] {
+                d.voided = true;
+            }
+        }
         match kind {
             Some(kind) => {
                 line.kind = kind;
@@ -170,6 +206,9 @@ impl TxBuilder {
         match field {
             Field::Site => set_first(&mut self.site, value),
             Field::BusinessDate => self.business_date = Some(values::date(value).map_err(|r| ("business date", r))?),
+            Field::BusinessDateFallback => {
+                self.business_date_fallback = Some(values::date(value).map_err(|r| ("business date", r))?)
+            }
             Field::Sequence => set_first(&mut self.sequence, value),
             Field::Register => set_first(&mut self.register, value),
             Field::MessageSequence => set_first(&mut self.message_sequence, value),
@@ -183,9 +222,11 @@ impl TxBuilder {
             Field::Gross => self.gross = Some(amount(value, "gross amount")?),
             Field::Net => self.net = Some(amount(value, "net amount")?),
             Field::Tax => self.tax = Some(amount(value, "tax amount")?),
+            Field::TaxFallback => self.tax_fallback = Some(amount(value, "tax amount")?),
             Field::Total => self.total = Some(amount(value, "total amount")?),
             Field::Flag(flag) => {
                 if values::flag(value).map_err(|r| (flag_name(flag), r))? {
+                    self.post_void |= flag == Flag::PostVoid;
                     set_flag(&mut self.flags, flag);
                 }
             }
@@ -201,7 +242,7 @@ impl TxBuilder {
             }
             _ => {
                 if let Some(l) = self.line.as_mut() {
-                    apply_line(&mut l.line, field, value)?;
+                    apply_line(l, field, value)?;
                 }
             }
         }
@@ -211,13 +252,27 @@ impl TxBuilder {
     /// Completes the transaction: resolves its key (file defaults fill what it lacks), its type and flags.
     pub fn finish(mut self, spec: &DialectSpec, defaults: &FileDefaults) -> Result<Transaction, MissingField> {
         let site = self.site.take().or_else(|| defaults.site.clone()).ok_or(MissingField("site"))?;
-        let business_date = self.business_date.or(defaults.business_date).ok_or(MissingField("business date"))?;
+        let business_date = self
+            .business_date
+            .or(self.business_date_fallback)
+            .or(defaults.business_date)
+            .ok_or(MissingField("business date"))?;
+        self.tax = self.tax.or(self.tax_fallback);
+        let kind = self.kind_and_flags(spec);
+
         let mut by_message = false;
         let sequence = match (self.sequence.take(), self.message_sequence.take()) {
             (Some(seq), _) => seq,
             (None, Some(msg)) => {
                 by_message = true;
                 msg
+            }
+            // A journal record with no number at all (a system event) is keyed by its content, so that a re-sent
+            // file adds it once and it never costs the file's sales; a sale without a number is an error.
+            (None, None) if self.flags.journal => {
+                by_message = true;
+                self.message_register.get_or_insert_with(String::new);
+                format!("digest:{}", &self.bronze.digest().to_hex()[..32])
             }
             (None, None) => return Err(MissingField("transaction sequence")),
         };
@@ -228,37 +283,16 @@ impl TxBuilder {
         } else {
             Some(self.register.clone().ok_or(MissingField("register"))?)
         };
-
-        let mut kind = spec.default_type;
-        if let Some(raw) = self.type_raw.as_deref() {
-            match spec.types.iter().find(|t| t.raw == raw) {
-                Some(t) => {
-                    kind = t.kind;
-                    for &f in t.flags {
-                        set_flag(&mut self.flags, f);
-                    }
-                }
-                None => kind = TransactionType::Other,
-            }
-        }
-        // A sale whose every sales line is a return is a refund (ARTS writes returns as `Return` lines).
-        if kind == TransactionType::Sale && !self.lines.is_empty() && self.lines.iter().all(|l| l.refund) {
-            kind = TransactionType::Refund;
-        }
-        if kind == TransactionType::Void {
-            self.flags.voided = true;
-        } else if self.flags.voided && matches!(kind, TransactionType::Sale | TransactionType::Refund) {
-            kind = TransactionType::Void;
-        }
+        let variant = if by_message {
+            KeyVariant::TerminalMessage
+        } else if self.post_void {
+            KeyVariant::PostVoid
+        } else {
+            KeyVariant::of(&self.flags)
+        };
 
         let header = SalesHeader {
-            key: TransactionKey {
-                site,
-                business_date,
-                register,
-                sequence,
-                variant: if by_message { KeyVariant::TerminalMessage } else { KeyVariant::of(&self.flags) },
-            },
+            key: TransactionKey { site, business_date, register, sequence, variant },
             ordinal: self.ordinal,
             cashier: self.cashier,
             start_time: moment(self.start, self.start_clock),
@@ -272,6 +306,51 @@ impl TxBuilder {
             total_amount: self.total,
         };
         Ok(Transaction { header, lines: self.lines, discounts: self.discounts, bronze: self.bronze })
+    }
+
+    /// The transaction's type from the vendor's type value, and the flags that follow from it and from the lines.
+    fn kind_and_flags(&mut self, spec: &DialectSpec) -> TransactionType {
+        let mut kind = spec.default_type;
+        if let Some(raw) = self.type_raw.as_deref() {
+            match spec.types.iter().find(|t| t.raw == raw) {
+                Some(t) => {
+                    kind = t.kind;
+                    for &f in t.flags {
+                        self.post_void |= f == Flag::PostVoid;
+                        set_flag(&mut self.flags, f);
+                    }
+                }
+                None => kind = TransactionType::Other,
+            }
+        }
+        // A line of negative quantity is a return, and so is every line of a refund record (NAXML `RefundEvent`).
+        for line in &mut self.lines {
+            let negative = line.quantity.is_some_and(|q| q.is_sign_negative() && !q.is_zero());
+            line.refund |= kind == TransactionType::Refund || (negative && !line.voided);
+        }
+        // A sale whose every sales line is a return is a refund (ARTS writes returns as `Return` lines, v6 as
+        // `Sale` lines of quantity -1).
+        let sales_lines = || self.lines.iter().filter(|l| !l.voided && l.kind != LineKind::Other);
+        if kind == TransactionType::Sale && sales_lines().next().is_some() && sales_lines().all(|l| l.refund) {
+            kind = TransactionType::Refund;
+        }
+        // Prepay and completion from the lines, where the vendor does not flag them: a live prepay placeholder and
+        // no fuel is the prepay ticket; a cancelled placeholder beside the fuel sold is its completion (NAXML).
+        if !self.flags.fuel_prepay && !self.flags.fuel_completion {
+            let live = |k: LineKind| self.lines.iter().any(|l| l.kind == k && !l.voided);
+            let cancelled_prepay = self.lines.iter().any(|l| l.kind == LineKind::FuelPrepay && l.voided);
+            if live(LineKind::FuelPrepay) && !live(LineKind::Fuel) {
+                self.flags.fuel_prepay = true;
+            } else if cancelled_prepay && live(LineKind::Fuel) {
+                self.flags.fuel_completion = true;
+            }
+        }
+        if kind == TransactionType::Void {
+            self.flags.voided = true;
+        } else if self.flags.voided && matches!(kind, TransactionType::Sale | TransactionType::Refund) {
+            kind = TransactionType::Void;
+        }
+        kind
     }
 }
 
@@ -289,7 +368,8 @@ impl FileDefaults {
     }
 }
 
-fn apply_line(line: &mut SalesLine, field: Field, value: &str) -> Result<(), ValueError> {
+fn apply_line(builder: &mut LineBuilder, field: Field, value: &str) -> Result<(), ValueError> {
+    let line = &mut builder.line;
     match field {
         Field::LineKindRaw => set_first(&mut line.kind_raw, value),
         Field::ItemCode => set_first(&mut line.item_code, value),
@@ -300,7 +380,14 @@ fn apply_line(line: &mut SalesLine, field: Field, value: &str) -> Result<(), Val
         Field::ExtendedAmount => line.extended_amount = Some(amount(value, "extended amount")?),
         Field::LineTax => {
             let tax = amount(value, "line tax")?;
-            line.tax_amount = Some(line.tax_amount.unwrap_or_default() + tax);
+            if !builder.tax_void {
+                line.tax_amount = Some(line.tax_amount.unwrap_or_default() + tax);
+            }
+        }
+        Field::LineTaxVoid => builder.tax_void = values::flag(value).map_err(|r| ("tax void flag", r))?,
+        Field::LineReturn if values::flag(value).map_err(|r| ("line return flag", r))? => {
+            line.refund = true;
+            builder.positive_return = true;
         }
         Field::LineVoid => line.voided |= values::flag(value).map_err(|r| ("line void flag", r))?,
         Field::LineRefund => line.refund |= values::flag(value).map_err(|r| ("line refund flag", r))?,
@@ -354,6 +441,7 @@ fn set_flag(flags: &mut TransactionFlags, flag: Flag) {
         Flag::OutsideSale => flags.outside_sale = true,
         Flag::Offline => flags.offline = true,
         Flag::Journal => flags.journal = true,
+        Flag::PostVoid => flags.voided = true,
     }
 }
 
@@ -368,5 +456,6 @@ fn flag_name(flag: Flag) -> &'static str {
         Flag::OutsideSale => "outside sale flag",
         Flag::Offline => "offline flag",
         Flag::Journal => "journal flag",
+        Flag::PostVoid => "post-void link",
     }
 }

@@ -17,7 +17,7 @@ use super::builder::{FileDefaults, TxBuilder, ValueError};
 use super::error::{ParseError, Position};
 use super::plan::{Action, NodeId, Plan, ROOT, Role};
 use crate::dialect::{Dialect, Field, RootInfo};
-use crate::model::{BronzeRecord, Transaction};
+use crate::model::{BronzeRecord, KeyVariant, Transaction, TransactionKey, TransactionType};
 
 /// What the pass yields, before file facts are added.
 pub(crate) struct Output {
@@ -194,6 +194,7 @@ impl<'a> Engine<'a> {
             return Err(self.malformed(end, "no root element".into()));
         };
         let site = self.defaults.site.clone().or_else(|| self.done.first().map(|t| t.header.key.site.clone()));
+        number_repeated_keys(&mut self.done);
         Ok(Output { dialect: plan.spec.dialect, transactions: self.done, envelope: self.envelope, site })
     }
 
@@ -406,6 +407,9 @@ impl<'a> Engine<'a> {
                         transaction: ordinal,
                         field: missing.0,
                     })?;
+                    if done.header.key.variant == KeyVariant::RollbackMirror {
+                        mark_rolled_back(&mut self.done, &done.header.key);
+                    }
                     self.done.push(done);
                 }
             }
@@ -651,6 +655,62 @@ impl<'a> Engine<'a> {
                 ParseError::UnknownEntity { file: self.file.to_owned(), position: self.locate(offset), name }
             }
             other => self.malformed(offset, other.to_string()),
+        }
+    }
+}
+
+/// Within one file, records that share a key but not their content are distinct records (a vendor that reuses a
+/// ticket number: a suspended ticket and its recall, a retried payment): each after the first is keyed
+/// `<sequence>#<n>`, in file order, so that none is taken for a duplicate of another. A record repeated with the
+/// same content keeps the same key, and is a duplicate. A re-sent file numbers its records the same way.
+fn number_repeated_keys(done: &mut [Transaction]) {
+    let mut first: HashMap<&TransactionKey, usize> = HashMap::with_capacity(done.len());
+    let mut repeats = Vec::new();
+    for (i, t) in done.iter().enumerate() {
+        if let Some(&f) = first.get(&t.header.key) {
+            repeats.push((f, i));
+        } else {
+            first.insert(&t.header.key, i);
+        }
+    }
+    drop(first);
+    if repeats.is_empty() {
+        return;
+    }
+    // Per key: the digests of the distinct contents seen so far, in order (the first record's is first).
+    let mut seen: HashMap<usize, Vec<blake3::Hash>> = HashMap::new();
+    for (f, i) in repeats {
+        let digest = done[i].bronze.digest();
+        let contents = seen.entry(f).or_insert_with(|| vec![done[f].bronze.digest()]);
+        let n = match contents.iter().position(|d| *d == digest) {
+            Some(n) => n,
+            None => {
+                contents.push(digest);
+                contents.len() - 1
+            }
+        };
+        if n > 0 {
+            let key = &mut done[i].header.key;
+            key.sequence = format!("{}#{}", key.sequence, n + 1);
+        }
+    }
+}
+
+/// A rollback mirror's original (the last record before it in the file with its key) is flagged voided too: the
+/// pair is one payment attempt undone, and sales figures leave out both.
+fn mark_rolled_back(done: &mut [Transaction], mirror: &TransactionKey) {
+    let original = done.iter_mut().rev().find(|t| {
+        let k = &t.header.key;
+        k.variant == KeyVariant::Primary
+            && k.sequence == mirror.sequence
+            && k.register == mirror.register
+            && k.business_date == mirror.business_date
+            && k.site == mirror.site
+    });
+    if let Some(t) = original {
+        t.header.flags.voided = true;
+        if matches!(t.header.transaction_type, TransactionType::Sale | TransactionType::Refund) {
+            t.header.transaction_type = TransactionType::Void;
         }
     }
 }

@@ -1,0 +1,273 @@
+//! The traps of `../shared/formats.md`, each in a small file written here, parsed to what it means: records that are
+//! not sales are flagged (not dropped), records that share a key by the vendor's design are keyed apart, amounts
+//! and dates come from the field the dialect documents whatever the element order. The last tests ingest such
+//! records across runs: a post-void and a fuel completion that carry an earlier ticket's number both land.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::pipeline;
+use poslake::ingest::{IngestPaths, IngestSetup, ingest};
+use poslake::model::{KeyVariant, LineKind, Transaction, TransactionType};
+use poslake::{ParseOptions, parse_file};
+use poslake_actors::Progress;
+use rust_decimal::Decimal;
+
+fn parse(xml: &str) -> Vec<Transaction> {
+    parse_file("trap.xml", xml.as_bytes(), &ParseOptions::default()).unwrap_or_else(|e| panic!("{e}")).transactions
+}
+
+fn dec(s: &str) -> Decimal {
+    s.parse().expect("decimal")
+}
+
+/// One ARTS POSLog 2.x transaction of store S1, workstation 1, day 2024-04-01.
+fn arts(seq: u32, retail_attrs: &str, body: &str) -> String {
+    format!(
+        r#"<Transaction><RetailStoreID>S1</RetailStoreID><WorkstationID>1</WorkstationID><SequenceNumber>{seq}</SequenceNumber><BusinessDayDate>2024-04-01</BusinessDayDate><RetailTransaction{retail_attrs}>{body}</RetailTransaction></Transaction>"#
+    )
+}
+
+fn poslog(ns: &str, transactions: &[String]) -> String {
+    format!(r#"<?xml version="1.0"?><POSLog {ns}>{}</POSLog>"#, transactions.concat())
+}
+
+const ARTS_NS: &str = r#"xmlns="http://www.nrf-arts.org/IXRetail/namespace/""#;
+const XSTORE_NS: &str =
+    r#"xmlns="http://www.nrf-arts.org/IXRetail/namespace/" xmlns:dtv="http://www.datavantagecorp.com/xstore/""#;
+const SALE: &str =
+    "<LineItem><Sale><ItemID>A</ItemID><Quantity>1</Quantity><ExtendedAmount>9.00</ExtendedAmount></Sale></LineItem>";
+
+#[test]
+fn arts_statuses_flag_what_is_not_a_finished_sale() {
+    let txs = parse(&poslog(
+        ARTS_NS,
+        &[
+            arts(1, r#" TransactionStatus="Finished""#, SALE),
+            arts(2, r#" TransactionStatus="Suspended""#, SALE),
+            arts(3, r#" TransactionStatus="Canceled""#, SALE),
+            arts(4, r#" TransactionStatus="PostVoided""#, SALE),
+            arts(
+                1,
+                "",
+                r#"<TransactionLink ReasonCode="PostVoid"><SequenceNumber>1</SequenceNumber></TransactionLink>"#,
+            ),
+        ],
+    ));
+    let h: Vec<_> = txs.iter().map(|t| &t.header).collect();
+    assert_eq!(h[0].transaction_type, TransactionType::Sale);
+    assert!(!h[0].flags.excluded_from_sales());
+    assert!(h[1].flags.suspended && h[1].flags.excluded_from_sales());
+    assert_eq!(h[2].transaction_type, TransactionType::Void);
+    assert_eq!(h[3].transaction_type, TransactionType::Void);
+    // The post-void carries its original's number: it is keyed apart, so both are kept.
+    assert_eq!(h[4].transaction_type, TransactionType::Void);
+    assert_eq!((h[4].key.variant, h[0].key.variant), (KeyVariant::PostVoid, KeyVariant::Primary));
+    assert_eq!(h[4].key.sequence, h[0].key.sequence);
+}
+
+#[test]
+fn arts_returns_are_negative_and_a_v6_sale_of_negative_quantity_is_a_refund() {
+    let ret = "<LineItem><Return><ItemID>A</ItemID><Quantity>1</Quantity><ExtendedAmount>18.00</ExtendedAmount>\
+               <Tax><Amount>1.44</Amount></Tax></Return></LineItem>";
+    let v6 = "<LineItem><Sale><ItemID>A</ItemID><Quantity>-1</Quantity><ExtendedAmount>-5.00</ExtendedAmount></Sale>\
+              </LineItem>";
+    let txs = parse(&poslog(ARTS_NS, &[arts(1, "", ret), arts(2, "", v6)]));
+    let line = &txs[0].lines[0];
+    assert!(line.refund);
+    assert_eq!(
+        (line.quantity, line.extended_amount, line.tax_amount),
+        (Some(dec("-1")), Some(dec("-18.00")), Some(dec("-1.44")))
+    );
+    assert_eq!(txs[0].header.transaction_type, TransactionType::Refund);
+    assert!(txs[1].lines[0].refund);
+    assert_eq!(txs[1].header.transaction_type, TransactionType::Refund);
+}
+
+#[test]
+fn arts_fuel_prepay_and_a_transaction_discount_are_read() {
+    let fuel = r#"<LineItem><FuelSale TypeCode="Prepay"><FuelGradeID>1</FuelGradeID><FuelingPointID>3</FuelingPointID><ExtendedAmount>40.00</ExtendedAmount></FuelSale></LineItem>"#;
+    let discount = "<LineItem><Discount><Amount>3.00</Amount><ReasonCode>TXN10</ReasonCode></Discount></LineItem>";
+    let txs = parse(&poslog(ARTS_NS, &[arts(1, "", fuel), arts(2, "", &format!("{SALE}{discount}"))]));
+    assert_eq!(txs[0].lines[0].kind, LineKind::FuelPrepay);
+    assert_eq!(txs[0].lines[0].fuel_position.as_deref(), Some("3"));
+    assert!(txs[0].header.flags.fuel_prepay && txs[0].header.flags.excluded_from_sales());
+    assert_eq!(txs[0].header.key.variant, KeyVariant::FuelPrepay);
+    let d = &txs[1].discounts;
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].amount, d[0].line_number), (Some(dec("3.00")), None), "a discount of the whole transaction");
+}
+
+#[test]
+fn xstore_cancel_orphaned_post_void_and_voided_tax() {
+    let taxed = r#"<LineItem><Sale><ItemID>A</ItemID><Quantity>1</Quantity><ExtendedAmount>45.00</ExtendedAmount><Tax dtv:VoidFlag="false"><Amount>3.60</Amount></Tax><Tax dtv:VoidFlag="true"><Amount>9.99</Amount></Tax></Sale></LineItem>"#;
+    let x = |seq: u32, ty: &str, attrs: &str, body: &str| {
+        arts(seq, attrs, body).replacen("<Transaction>", &format!(r#"<Transaction dtv:TransactionType="{ty}">"#), 1)
+    };
+    let txs = parse(&poslog(
+        XSTORE_NS,
+        &[
+            x(300, "RETAIL_SALE", "", taxed),
+            x(301, "RETAIL_SALE", r#" TransactionStatus="dtv:CancelOrphaned""#, SALE),
+            x(300, "POST_VOID", "", ""),
+        ],
+    ));
+    assert_eq!(txs[0].lines[0].tax_amount, Some(dec("3.60")), "the voided tax does not count");
+    assert!(txs[1].header.flags.voided && txs[1].header.flags.excluded_from_sales());
+    assert_eq!(txs[2].header.key.variant, KeyVariant::PostVoid);
+    assert_eq!(txs[2].header.key.sequence, txs[0].header.key.sequence);
+}
+
+#[test]
+fn visma_business_day_wins_over_the_begin_time_in_either_order() {
+    let visma = |order_first: bool| {
+        let (day, begin) =
+            ("<BusinessDayDate>2019-07-21</BusinessDayDate>", "<BeginDateTime>2019-07-22T00:10:00</BeginDateTime>");
+        let (a, b) = if order_first { (day, begin) } else { (begin, day) };
+        format!(
+            r#"<POSLog xmlns="http://www.nrf-arts.org/IXRetail/namespace/" xmlns:VRExt="http://schemas.vismaretail.com/poslog/"><Transaction><BusinessUnit><UnitID>1234</UnitID></BusinessUnit><WorkstationID>2</WorkstationID><SequenceNumber>55</SequenceNumber>{a}{b}<RetailTransaction>{SALE}</RetailTransaction></Transaction><Transaction><BusinessUnit><UnitID>1234</UnitID></BusinessUnit><WorkstationID>2</WorkstationID><SequenceNumber>56</SequenceNumber>{begin}<RetailTransaction TransactionStatus="Suspended">{SALE}</RetailTransaction></Transaction></POSLog>"#
+        )
+    };
+    for first in [true, false] {
+        let txs = parse(&visma(first));
+        assert_eq!(txs[0].header.key.business_date.to_string(), "2019-07-21");
+        assert_eq!(txs[1].header.key.business_date.to_string(), "2019-07-22", "no business day: the day it began");
+        assert!(txs[1].header.flags.suspended);
+    }
+}
+
+/// A Passport PJR file of store 7070 with one event.
+fn pjr(event: &str, body: &str) -> String {
+    format!(
+        r#"<?xml version="1.0"?><NAXML-POSJournal version="3.4"><TransmissionHeader><StoreLocationID>7070</StoreLocationID></TransmissionHeader><JournalReport><{event}><RegisterID>101</RegisterID><TransactionID>1010200</TransactionID><BusinessDate>2024-03-05</BusinessDate><TransactionDetailGroup>{body}</TransactionDetailGroup><TransactionSummary><TransactionTotalGrandAmount>1.00</TransactionTotalGrandAmount></TransactionSummary></{event}></JournalReport></NAXML-POSJournal>"#
+    )
+}
+
+const PREPAY: &str = r#"<TransactionLine status="normal"><FuelPrepayLine><FuelPositionID>3</FuelPositionID><SalesAmount>40.00</SalesAmount></FuelPrepayLine></TransactionLine>"#;
+const COMPLETION: &str = r#"<TransactionLine status="cancel"><FuelPrepayLine><SalesAmount>40.00</SalesAmount></FuelPrepayLine></TransactionLine><TransactionLine status="normal"><FuelLine><FuelGradeID>001</FuelGradeID><FuelPositionID>3</FuelPositionID><ActualSalesPrice>3.500</ActualSalesPrice><SalesQuantity>10.000</SalesQuantity><SalesAmount>35.00</SalesAmount></FuelLine></TransactionLine>"#;
+
+#[test]
+fn naxml_prepay_and_completion_lines_promotions_and_refunds() {
+    let prepay = parse(&pjr("SaleEvent", PREPAY));
+    let completion = parse(&pjr("SaleEvent", COMPLETION));
+    assert_eq!(prepay[0].header.key.variant, KeyVariant::FuelPrepay);
+    assert!(prepay[0].header.flags.excluded_from_sales(), "the completion carries the fuel sold");
+    assert_eq!(completion[0].header.key.variant, KeyVariant::FuelCompletion);
+    assert!(!completion[0].header.flags.excluded_from_sales());
+    assert_eq!(completion[0].lines[1].unit_price, Some(dec("3.500")), "fuel's ActualSalesPrice is per unit");
+
+    let items = r#"<TransactionLine status="normal"><ItemLine><ItemCode><POSCode>1</POSCode></ItemCode><ActualSalesPrice>5.00</ActualSalesPrice><SalesQuantity>2</SalesQuantity><SalesAmount>5.00</SalesAmount></ItemLine></TransactionLine><TransactionLine status="cancel"><ItemLine><ItemCode><POSCode>2</POSCode></ItemCode><SalesQuantity>1</SalesQuantity><SalesAmount>2.00</SalesAmount><Promotion><PromotionID>PY</PromotionID><PromotionAmount>0.20</PromotionAmount></Promotion></ItemLine></TransactionLine>"#;
+    let sale = parse(&pjr("SaleEvent", items));
+    assert_eq!(sale[0].lines[0].unit_price, Some(dec("2.50")), "amount over quantity, not ActualSalesPrice");
+    assert!(sale[0].discounts[0].voided, "a promotion of a cancelled line was not given");
+    let refund = parse(&pjr("RefundEvent", items));
+    assert!(refund[0].lines.iter().all(|l| l.refund));
+}
+
+#[test]
+fn conexxus_tax_is_the_sales_tax_whatever_the_order() {
+    let cx = |a: &str, b: &str| {
+        format!(
+            r#"<NAXML-POSJournal version="3.6" xmlns="http://www.naxml.org/POSBO/Vocabulary/2003-10-16" xmlns:radiant="http://www.radiantsystems.com/NAXML-Extension"><TransmissionHeader><StoreLocationID>900</StoreLocationID></TransmissionHeader><JournalReport><SaleEvent><RegisterID>2</RegisterID><TransactionID>4411</TransactionID><BusinessDate>2021-05-28</BusinessDate><TransactionSummary>{a}{b}</TransactionSummary></SaleEvent></JournalReport></NAXML-POSJournal>"#
+        )
+    };
+    let (sales, net) = (
+        "<TransactionTotalTaxSalesAmount>0.14</TransactionTotalTaxSalesAmount>",
+        "<TransactionTotalTaxNetAmount>0.12</TransactionTotalTaxNetAmount>",
+    );
+    assert_eq!(parse(&cx(sales, net))[0].header.tax_amount, Some(dec("0.14")));
+    assert_eq!(parse(&cx(net, sales))[0].header.tax_amount, Some(dec("0.14")));
+    // Passport's is the other way round.
+    let pjr = |a: &str, b: &str| {
+        pjr("SaleEvent", "").replace("<TransactionTotalGrandAmount>", &format!("{a}{b}<TransactionTotalGrandAmount>"))
+    };
+    assert_eq!(parse(&pjr(sales, net))[0].header.tax_amount, Some(dec("0.12")));
+    assert_eq!(parse(&pjr(net, sales))[0].header.tax_amount, Some(dec("0.12")));
+}
+
+/// A Verifone period file of site 88 holding these `trans` records.
+fn verifone(trans: &[&str]) -> String {
+    format!(
+        r#"<?xml version="1.0"?><transSet site="88"><openedTime>2024-03-02T06:00:00</openedTime>{}</transSet>"#,
+        trans.concat()
+    )
+}
+
+fn trans(attrs: &str, seq: &str, unique: &str, amount: &str) -> String {
+    format!(
+        r#"<trans type="sale"{attrs}><trHeader><trTickNum><posNum>1</posNum><trSeq>{seq}</trSeq></trTickNum><trUniqueSN>{unique}</trUniqueSN></trHeader><trValue><trTotWTax>{amount}</trTotWTax></trValue></trans>"#
+    )
+}
+
+#[test]
+fn verifone_rollback_pairs_repeated_numbers_and_unnumbered_journal_records() {
+    let journal = r#"<trans type="journal"><trHeader><date>2024-03-02T06:00:00</date></trHeader></trans>"#;
+    let txs = parse(&verifone(&[
+        &trans("", "700", "1", "10.00"),
+        &trans(r#" rollback="true""#, "700", "1", "10.00"),
+        // Paid again under the same ticket number: another record, not a re-send.
+        &trans("", "700", "2", "10.00"),
+        // The same record twice: a duplicate, keyed the same.
+        &trans("", "701", "3", "4.00"),
+        &trans("", "701", "3", "4.00"),
+        journal,
+    ]));
+    let h: Vec<_> = txs.iter().map(|t| &t.header).collect();
+    assert!(h[0].flags.voided && h[0].flags.excluded_from_sales(), "the rolled-back original");
+    assert!(h[1].flags.rollback && h[1].key.variant == KeyVariant::RollbackMirror);
+    assert_eq!(h[2].key.sequence, "700#2");
+    assert!(!h[2].flags.excluded_from_sales(), "the sale that was paid");
+    assert_eq!((h[3].key.sequence.as_str(), h[4].key.sequence.as_str()), ("701", "701"));
+    // A journal record without a ticket or message number no longer costs the file its sales.
+    assert!(h[5].flags.journal && h[5].key.variant == KeyVariant::TerminalMessage);
+    assert!(h[5].key.sequence.starts_with("digest:"));
+    let again = parse(&verifone(&[journal]));
+    assert_eq!(again[0].header.key, h[5].key, "the same record is keyed the same in another file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_share_an_earlier_tickets_number_land_in_later_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None, catalog: None };
+    let run = || async { ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await };
+    let x = |ty: &str, body: &str| {
+        poslog(
+            XSTORE_NS,
+            &[arts(400, "", body).replacen(
+                "<Transaction>",
+                &format!(r#"<Transaction dtv:TransactionType="{ty}">"#),
+                1,
+            )],
+        )
+    };
+
+    // A sale and a prepay, then in later files the post-void of the sale and the prepay's completion, each with
+    // its original's number; then the first two files again under other names.
+    std::fs::write(staging.join("a-sale.xml"), x("RETAIL_SALE", SALE)).expect("write");
+    std::fs::write(staging.join("a-prepay.xml"), pjr("SaleEvent", PREPAY)).expect("write");
+    let first = run().await.expect("first run");
+    assert_eq!((first.new_transactions, first.duplicate_transactions), (2, 0));
+    std::fs::write(staging.join("b-postvoid.xml"), x("POST_VOID", "")).expect("write");
+    std::fs::write(staging.join("b-completion.xml"), pjr("SaleEvent", COMPLETION)).expect("write");
+    let second = run().await.expect("second run");
+    assert_eq!((second.new_transactions, second.duplicate_transactions), (2, 0), "neither is a duplicate");
+    std::fs::write(staging.join("c-sale-again.xml"), x("RETAIL_SALE", SALE)).expect("write");
+    std::fs::write(staging.join("c-completion-again.xml"), pjr("SaleEvent", COMPLETION)).expect("write");
+    let third = run().await.expect("third run");
+    assert_eq!((third.new_transactions, third.duplicate_transactions), (0, 2), "re-sent records add nothing");
+
+    let wh = poslake::lake::Warehouse::open(&paths.lake).await.expect("open");
+    let mut keys = common::keys_of_table(&wh, "sales_header").await;
+    keys.sort();
+    let mut want = [
+        "S1|2024-04-01|1|400",
+        "S1|2024-04-01|1|400|post_void",
+        "7070|2024-03-05|101|1010200|prepay",
+        "7070|2024-03-05|101|1010200|completion",
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+}
