@@ -212,6 +212,9 @@ fn verifone_rollback_pairs_repeated_numbers_and_unnumbered_journal_records() {
         &trans("", "701", "3", "4.00"),
         &trans("", "701", "3", "4.00"),
         journal,
+        // A "shadow" copy (empty trUniqueSN) of a ticket is not another sale either.
+        &trans("", "702", "4", "6.00"),
+        &trans("", "702", "", "6.00"),
     ]));
     let h: Vec<_> = txs.iter().map(|t| &t.header).collect();
     assert!(h[0].flags.voided && h[0].flags.excluded_from_sales(), "the rolled-back original");
@@ -222,6 +225,7 @@ fn verifone_rollback_pairs_repeated_numbers_and_unnumbered_journal_records() {
     // A journal record without a ticket or message number no longer costs the file its sales.
     assert!(h[5].flags.journal && h[5].key.variant == KeyVariant::TerminalMessage);
     assert!(h[5].key.sequence.starts_with("digest:"));
+    assert_eq!((h[6].key.sequence.as_str(), h[7].key.sequence.as_str()), ("702", "702"));
     let again = parse(&verifone(&[journal]));
     assert_eq!(again[0].header.key, h[5].key, "the same record is keyed the same in another file");
 }

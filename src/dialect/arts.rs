@@ -26,6 +26,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
+    record_id: None,
 };
 
 pub(super) const LINE_ITEM: &str = "RetailTransaction/LineItem";

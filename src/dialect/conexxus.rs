@@ -28,6 +28,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_rules: naxml::DISCOUNT,
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: true,
+    record_id: None,
 };
 
 /// NAXML's header rules, but the tax total is `TransactionTotalTaxSalesAmount`, else `…TaxNetAmount` (the reverse of

@@ -307,6 +307,11 @@ pub struct DialectSpec {
     /// A line's unit price is its amount over its quantity when no rule gives one (NAXML: `ActualSalesPrice` may
     /// hold the extended amount, so it is not read for items).
     pub unit_price_from_amount: bool,
+    /// The bronze key of a record's own id, where the vendor writes one beside the ticket number (Verifone
+    /// `trUniqueSN`). Records of one file with the same key and different ids are distinct (a payment retried under
+    /// the ticket's number); with the same id, or none (Verifone's "shadow" copies have an empty one), the later is
+    /// a duplicate.
+    pub record_id: Option<&'static str>,
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: true,
+    record_id: None,
 };
 
 /// Shared with the Conexxus dialect, which is NAXML with other namespaces and date shapes.

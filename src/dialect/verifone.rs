@@ -27,6 +27,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
+    record_id: Some("trans/trHeader/trUniqueSN"),
 };
 
 const HEADER: &[Rule] = &[

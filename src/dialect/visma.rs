@@ -21,6 +21,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_rules: arts::DISCOUNT,
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
+    record_id: None,
 };
 
 const HEADER: &[Rule] = &[

@@ -194,7 +194,7 @@ impl<'a> Engine<'a> {
             return Err(self.malformed(end, "no root element".into()));
         };
         let site = self.defaults.site.clone().or_else(|| self.done.first().map(|t| t.header.key.site.clone()));
-        number_repeated_keys(&mut self.done);
+        number_repeated_keys(&mut self.done, plan.spec.record_id);
         Ok(Output { dialect: plan.spec.dialect, transactions: self.done, envelope: self.envelope, site })
     }
 
@@ -659,11 +659,12 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// Within one file, records that share a key but not their content are distinct records (a vendor that reuses a
-/// ticket number: a suspended ticket and its recall, a retried payment): each after the first is keyed
-/// `<sequence>#<n>`, in file order, so that none is taken for a duplicate of another. A record repeated with the
-/// same content keeps the same key, and is a duplicate. A re-sent file numbers its records the same way.
-fn number_repeated_keys(done: &mut [Transaction]) {
+/// Within one file, records that share a key but carry different record ids (`DialectSpec::record_id`: a payment
+/// retried under the ticket's number) are distinct: each after the first is keyed `<sequence>#<n>`, in file order, so
+/// that none is taken for a duplicate of another. A re-sent file numbers its records the same way. Without ids to
+/// tell them apart, records that share a key stay duplicates.
+fn number_repeated_keys(done: &mut [Transaction], record_id: Option<&str>) {
+    let Some(id_key) = record_id else { return };
     let mut first: HashMap<&TransactionKey, usize> = HashMap::with_capacity(done.len());
     let mut repeats = Vec::new();
     for (i, t) in done.iter().enumerate() {
@@ -674,19 +675,17 @@ fn number_repeated_keys(done: &mut [Transaction]) {
         }
     }
     drop(first);
-    if repeats.is_empty() {
-        return;
-    }
-    // Per key: the digests of the distinct contents seen so far, in order (the first record's is first).
-    let mut seen: HashMap<usize, Vec<blake3::Hash>> = HashMap::new();
+    // Per key: the distinct ids seen so far, in order (the first record's first).
+    let mut seen: HashMap<usize, Vec<String>> = HashMap::new();
     for (f, i) in repeats {
-        let digest = done[i].bronze.digest();
-        let contents = seen.entry(f).or_insert_with(|| vec![done[f].bronze.digest()]);
-        let n = match contents.iter().position(|d| *d == digest) {
+        let id = |t: &Transaction| t.bronze.get(id_key).filter(|v| !v.is_empty()).map(str::to_owned);
+        let (Some(first_id), Some(this_id)) = (id(&done[f]), id(&done[i])) else { continue };
+        let ids = seen.entry(f).or_insert_with(|| vec![first_id]);
+        let n = match ids.iter().position(|d| *d == this_id) {
             Some(n) => n,
             None => {
-                contents.push(digest);
-                contents.len() - 1
+                ids.push(this_id);
+                ids.len() - 1
             }
         };
         if n > 0 {
