@@ -23,6 +23,9 @@ pub const POINTS: &[&str] = &[
     "expire-table",
 ];
 
+/// Kill points of the commands beside the ingest (`poslake dedup rebuild`), tested on their own.
+pub const COMMAND_POINTS: &[&str] = &["rebuild-scan"];
+
 struct Target {
     name: String,
     nth: u64,

@@ -13,6 +13,7 @@
 //! `sales_header` files). Keys are never in the store before their data is committed, so a retry never mistakes
 //! its own sales for duplicates.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow_array::{Array, Date32Array, RecordBatch, StringArray};
@@ -143,11 +144,17 @@ impl Committer {
             ids.push(history_marker(start));
             self.dedup.mark_applied(&ids).await?;
         }
+        // The intents finished here are always re-added, whatever `only_prefix`: another process's commit that this
+        // one completed has no keys in the store yet.
+        let finished_here: HashSet<&str> = finished.iter().map(|(id, _)| id.as_str()).collect();
+        let in_history: HashSet<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
         let commits: Vec<(String, i64)> = history
             .snapshots
             .into_iter()
             .filter_map(|s| s.commit.map(|c| (c, s.id)))
-            .filter(|(id, _)| only_prefix.is_none_or(|prefix| id.starts_with(prefix)))
+            .filter(|(id, _)| {
+                only_prefix.is_none_or(|prefix| id.starts_with(prefix)) || finished_here.contains(id.as_str())
+            })
             .collect();
         let ids: Vec<String> = commits.iter().map(|(id, _)| id.clone()).collect();
         let applied = self.dedup.applied(&ids).await?;
@@ -165,8 +172,10 @@ impl Committer {
             report.commits_readded += 1;
             report.keys_readded += keys.len() as u64;
         }
-        // Intents of commits without sales rows have no keys; they are complete once their tables are.
-        let ids: Vec<String> = finished.iter().map(|(id, _)| id.clone()).collect();
+        // Intents of commits without sales rows have no keys, and no snapshot of sales_header: they are complete once
+        // their tables are. (Those with sales rows were marked above, once their keys were in.)
+        let ids: Vec<String> =
+            finished.iter().map(|(id, _)| id.clone()).filter(|id| !in_history.contains(id.as_str())).collect();
         self.dedup.mark_applied(&ids).await?;
         // Each removed while still locked: no other process takes it up meanwhile.
         for (id, _lock) in &finished {
@@ -186,9 +195,14 @@ impl Committer {
     /// Repopulates the store from every row of `sales_header` (a lost or new filter), and marks every commit
     /// applied. Returns the keys added.
     pub async fn rebuild(&self) -> Result<u64, IngestError> {
-        self.recover(Some("\u{0}")).await?; // finish intents only: no commit id starts with NUL
-        let added = self.reload_keys().await?;
+        // Finishes intents (with their keys) but re-adds no other commit: no commit id starts with NUL.
+        self.recover(Some("\u{0}")).await?;
+        // The history is read before the scan, so that every commit marked below has its rows in the scan (a commit
+        // that lands meanwhile is left to its own process or the next recovery). A rebuild that stops before its
+        // end marks nothing, and the next recovery re-adds what the store lacks.
         let history = self.warehouse.history(SALES_HEADER.name).await?;
+        failpoint::hit("rebuild-scan");
+        let added = self.reload_keys().await?;
         let mut ids: Vec<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
         ids.extend(history.starts_at().map(history_marker));
         self.dedup.mark_applied(&ids).await?;
