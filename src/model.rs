@@ -188,10 +188,10 @@ pub struct TransactionFlags {
 }
 
 impl TransactionFlags {
-    /// True when sales figures should leave this record out. A fuel prepay ticket is left out because its
-    /// completion carries the fuel sold: counting both counts the fuel twice.
+    /// True when sales figures should leave this record out. A fuel prepay ticket is not: what else it sold
+    /// counts, and only its deposit lines (kind `fuel_prepay`) are left out, as the completion carries the fuel.
     pub fn excluded_from_sales(&self) -> bool {
-        self.training || self.suspended || self.voided || self.rollback || self.journal || self.fuel_prepay
+        self.training || self.suspended || self.voided || self.rollback || self.journal
     }
 }
 

@@ -46,30 +46,47 @@ fn arts_statuses_flag_what_is_not_a_finished_sale() {
         &[
             arts(1, r#" TransactionStatus="Finished""#, SALE),
             arts(2, r#" TransactionStatus="Suspended""#, SALE),
-            arts(3, r#" TransactionStatus="Canceled""#, SALE),
+            arts(3, r#" TransactionStatus="canceled""#, SALE),
             arts(4, r#" TransactionStatus="PostVoided""#, SALE),
+            arts(5, r#" TransactionStatus="Voided""#, SALE),
+            // A post-void that carries its original's number, and one with a number of its own.
             arts(
                 1,
                 "",
                 r#"<TransactionLink ReasonCode="PostVoid"><SequenceNumber>1</SequenceNumber></TransactionLink>"#,
             ),
+            arts(6, r#" TransactionStatus="Finished""#, SALE),
+            arts(
+                7,
+                "",
+                r#"<TransactionLink ReasonCode="PostVoid"><SequenceNumber>6</SequenceNumber></TransactionLink>"#,
+            ),
+            // A refund's link to its original is not a post-void.
+            arts(8, "", r#"<TransactionLink ReasonCode="Return"><SequenceNumber>6</SequenceNumber></TransactionLink>"#),
+            arts(9, r#" TransactionStatus="Finished""#, SALE),
         ],
     ));
     let h: Vec<_> = txs.iter().map(|t| &t.header).collect();
-    assert_eq!(h[0].transaction_type, TransactionType::Sale);
-    assert!(!h[0].flags.excluded_from_sales());
     assert!(h[1].flags.suspended && h[1].flags.excluded_from_sales());
-    assert_eq!(h[2].transaction_type, TransactionType::Void);
-    assert_eq!(h[3].transaction_type, TransactionType::Void);
-    // The post-void carries its original's number: it is keyed apart, so both are kept.
-    assert_eq!(h[4].transaction_type, TransactionType::Void);
-    assert_eq!((h[4].key.variant, h[0].key.variant), (KeyVariant::PostVoid, KeyVariant::Primary));
-    assert_eq!(h[4].key.sequence, h[0].key.sequence);
+    for voided in [2, 3, 4] {
+        assert_eq!(h[voided].transaction_type, TransactionType::Void, "record {voided}");
+    }
+    // The post-void carries its original's number: it is keyed apart, so both are kept, and both are left out.
+    assert_eq!(h[5].transaction_type, TransactionType::Void);
+    assert_eq!((h[5].key.variant, h[0].key.variant), (KeyVariant::PostVoid, KeyVariant::Primary));
+    assert_eq!(h[5].key.sequence, h[0].key.sequence);
+    assert!(h[0].flags.excluded_from_sales() && h[5].flags.excluded_from_sales());
+    // A post-void of its own number flags the ticket it names, earlier in the file.
+    assert!(h[6].flags.voided && h[7].key.variant == KeyVariant::PostVoid);
+    assert!(h[8].key.variant == KeyVariant::Primary && !h[8].flags.voided);
+    assert_eq!(h[9].transaction_type, TransactionType::Sale);
+    assert!(!h[9].flags.excluded_from_sales());
 }
 
 #[test]
 fn arts_returns_are_negative_and_a_v6_sale_of_negative_quantity_is_a_refund() {
     let ret = "<LineItem><Return><ItemID>A</ItemID><Quantity>1</Quantity><ExtendedAmount>18.00</ExtendedAmount>\
+               <RetailPriceModifier><Amount>2.00</Amount></RetailPriceModifier>\
                <Tax><Amount>1.44</Amount></Tax></Return></LineItem>";
     let v6 = "<LineItem><Sale><ItemID>A</ItemID><Quantity>-1</Quantity><ExtendedAmount>-5.00</ExtendedAmount></Sale>\
               </LineItem>";
@@ -80,6 +97,7 @@ fn arts_returns_are_negative_and_a_v6_sale_of_negative_quantity_is_a_refund() {
         (line.quantity, line.extended_amount, line.tax_amount),
         (Some(dec("-1")), Some(dec("-18.00")), Some(dec("-1.44")))
     );
+    assert_eq!(txs[0].discounts[0].amount, Some(dec("-2.00")), "the return's discount is returned too");
     assert_eq!(txs[0].header.transaction_type, TransactionType::Refund);
     assert!(txs[1].lines[0].refund);
     assert_eq!(txs[1].header.transaction_type, TransactionType::Refund);
@@ -87,13 +105,14 @@ fn arts_returns_are_negative_and_a_v6_sale_of_negative_quantity_is_a_refund() {
 
 #[test]
 fn arts_fuel_prepay_and_a_transaction_discount_are_read() {
-    let fuel = r#"<LineItem><FuelSale TypeCode="Prepay"><FuelGradeID>1</FuelGradeID><FuelingPointID>3</FuelingPointID><ExtendedAmount>40.00</ExtendedAmount></FuelSale></LineItem>"#;
+    let fuel = r#"<LineItem><FuelSale TypeCode="Prepay"><FuelGradeID>1</FuelGradeID><FuelingPointID>3</FuelingPointID><ExtendedAmount>40.00</ExtendedAmount></FuelSale></LineItem><LineItem><FuelSale TypeCode="PrepayRefund"><ExtendedAmount>-5.41</ExtendedAmount></FuelSale></LineItem>"#;
     let discount = "<LineItem><Discount><Amount>3.00</Amount><ReasonCode>TXN10</ReasonCode></Discount></LineItem>";
     let txs = parse(&poslog(ARTS_NS, &[arts(1, "", fuel), arts(2, "", &format!("{SALE}{discount}"))]));
     assert_eq!(txs[0].lines[0].kind, LineKind::FuelPrepay);
     assert_eq!(txs[0].lines[0].fuel_position.as_deref(), Some("3"));
-    assert!(txs[0].header.flags.fuel_prepay && txs[0].header.flags.excluded_from_sales());
-    assert_eq!(txs[0].header.key.variant, KeyVariant::FuelPrepay);
+    assert_eq!(txs[0].lines[1].kind, LineKind::FuelPrepay, "a deposit given back is not fuel sold");
+    // ARTS keys stay as they were: only NAXML tells prepay and completion apart by their lines.
+    assert_eq!(txs[0].header.key.variant, KeyVariant::Primary);
     let d = &txs[1].discounts;
     assert_eq!(d.len(), 1);
     assert_eq!((d[0].amount, d[0].line_number), (Some(dec("3.00")), None), "a discount of the whole transaction");
@@ -101,7 +120,7 @@ fn arts_fuel_prepay_and_a_transaction_discount_are_read() {
 
 #[test]
 fn xstore_cancel_orphaned_post_void_and_voided_tax() {
-    let taxed = r#"<LineItem><Sale><ItemID>A</ItemID><Quantity>1</Quantity><ExtendedAmount>45.00</ExtendedAmount><Tax dtv:VoidFlag="false"><Amount>3.60</Amount></Tax><Tax dtv:VoidFlag="true"><Amount>9.99</Amount></Tax></Sale></LineItem>"#;
+    let taxed = r#"<LineItem><Sale><ItemID>A</ItemID><Quantity>1</Quantity><ExtendedAmount>45.00</ExtendedAmount><Tax dtv:VoidFlag="false"><Amount>3.60</Amount></Tax><Tax dtv:VoidFlag="true"><Amount>9.99</Amount></Tax><Tax dtv:VoidFlag="True"><Amount>1.11</Amount></Tax></Sale></LineItem>"#;
     let x = |seq: u32, ty: &str, attrs: &str, body: &str| {
         arts(seq, attrs, body).replacen("<Transaction>", &format!(r#"<Transaction dtv:TransactionType="{ty}">"#), 1)
     };
@@ -111,8 +130,10 @@ fn xstore_cancel_orphaned_post_void_and_voided_tax() {
             x(300, "RETAIL_SALE", "", taxed),
             x(301, "RETAIL_SALE", r#" TransactionStatus="dtv:CancelOrphaned""#, SALE),
             x(300, "POST_VOID", "", ""),
+            x(302, "RETAIL_SALE", r#" TransactionStatus="xstore:CancelOrphaned""#, SALE),
         ],
     ));
+    assert!(txs[3].header.flags.voided, "the prefix on the status does not matter");
     assert_eq!(txs[0].lines[0].tax_amount, Some(dec("3.60")), "the voided tax does not count");
     assert!(txs[1].header.flags.voided && txs[1].header.flags.excluded_from_sales());
     assert_eq!(txs[2].header.key.variant, KeyVariant::PostVoid);
@@ -152,14 +173,16 @@ fn naxml_prepay_and_completion_lines_promotions_and_refunds() {
     let prepay = parse(&pjr("SaleEvent", PREPAY));
     let completion = parse(&pjr("SaleEvent", COMPLETION));
     assert_eq!(prepay[0].header.key.variant, KeyVariant::FuelPrepay);
-    assert!(prepay[0].header.flags.excluded_from_sales(), "the completion carries the fuel sold");
+    assert_eq!(prepay[0].lines[0].kind, LineKind::FuelPrepay, "the deposit line is what fuel figures leave out");
+    assert!(!prepay[0].header.flags.excluded_from_sales(), "what else the ticket sold counts");
     assert_eq!(completion[0].header.key.variant, KeyVariant::FuelCompletion);
     assert!(!completion[0].header.flags.excluded_from_sales());
     assert_eq!(completion[0].lines[1].unit_price, Some(dec("3.500")), "fuel's ActualSalesPrice is per unit");
 
-    let items = r#"<TransactionLine status="normal"><ItemLine><ItemCode><POSCode>1</POSCode></ItemCode><ActualSalesPrice>5.00</ActualSalesPrice><SalesQuantity>2</SalesQuantity><SalesAmount>5.00</SalesAmount></ItemLine></TransactionLine><TransactionLine status="cancel"><ItemLine><ItemCode><POSCode>2</POSCode></ItemCode><SalesQuantity>1</SalesQuantity><SalesAmount>2.00</SalesAmount><Promotion><PromotionID>PY</PromotionID><PromotionAmount>0.20</PromotionAmount></Promotion></ItemLine></TransactionLine>"#;
+    let items = r#"<TransactionLine status="normal"><ItemLine><ItemCode><POSCode>1</POSCode></ItemCode><ActualSalesPrice>5.00</ActualSalesPrice><SalesQuantity>2</SalesQuantity><SalesAmount>5.00</SalesAmount></ItemLine></TransactionLine><TransactionLine status="normal"><ItemLine><ItemCode><POSCode>3</POSCode></ItemCode><ActualSalesPrice>1.99</ActualSalesPrice><SalesAmount>1.99</SalesAmount></ItemLine></TransactionLine><TransactionLine status="cancel"><ItemLine><ItemCode><POSCode>2</POSCode></ItemCode><SalesQuantity>1</SalesQuantity><SalesAmount>2.00</SalesAmount><Promotion><PromotionID>PY</PromotionID><PromotionAmount>0.20</PromotionAmount></Promotion></ItemLine></TransactionLine>"#;
     let sale = parse(&pjr("SaleEvent", items));
     assert_eq!(sale[0].lines[0].unit_price, Some(dec("2.50")), "amount over quantity, not ActualSalesPrice");
+    assert_eq!(sale[0].lines[1].unit_price, Some(dec("1.99")), "no quantity: ActualSalesPrice");
     assert!(sale[0].discounts[0].voided, "a promotion of a cancelled line was not given");
     let refund = parse(&pjr("RefundEvent", items));
     assert!(refund[0].lines.iter().all(|l| l.refund));
@@ -201,33 +224,30 @@ fn trans(attrs: &str, seq: &str, unique: &str, amount: &str) -> String {
 }
 
 #[test]
-fn verifone_rollback_pairs_repeated_numbers_and_unnumbered_journal_records() {
+fn verifone_rollback_pairs_and_unnumbered_journal_records() {
     let journal = r#"<trans type="journal"><trHeader><date>2024-03-02T06:00:00</date></trHeader></trans>"#;
     let txs = parse(&verifone(&[
         &trans("", "700", "1", "10.00"),
+        // A "shadow" copy (empty trUniqueSN) of the original, then the mirror: both halves are left out, whichever
+        // copy lands.
+        &trans("", "700", "", "10.00"),
         &trans(r#" rollback="true""#, "700", "1", "10.00"),
-        // Paid again under the same ticket number: another record, not a re-send.
-        &trans("", "700", "2", "10.00"),
-        // The same record twice: a duplicate, keyed the same.
-        &trans("", "701", "3", "4.00"),
         &trans("", "701", "3", "4.00"),
         journal,
-        // A "shadow" copy (empty trUniqueSN) of a ticket is not another sale either.
-        &trans("", "702", "4", "6.00"),
-        &trans("", "702", "", "6.00"),
     ]));
     let h: Vec<_> = txs.iter().map(|t| &t.header).collect();
-    assert!(h[0].flags.voided && h[0].flags.excluded_from_sales(), "the rolled-back original");
-    assert!(h[1].flags.rollback && h[1].key.variant == KeyVariant::RollbackMirror);
-    assert_eq!(h[2].key.sequence, "700#2");
-    assert!(!h[2].flags.excluded_from_sales(), "the sale that was paid");
-    assert_eq!((h[3].key.sequence.as_str(), h[4].key.sequence.as_str()), ("701", "701"));
+    assert!(h[0].flags.voided && h[1].flags.voided, "the rolled-back original and its copy");
+    assert!(h[2].flags.rollback && h[2].key.variant == KeyVariant::RollbackMirror);
+    assert!(!h[3].flags.excluded_from_sales(), "another ticket");
     // A journal record without a ticket or message number no longer costs the file its sales.
-    assert!(h[5].flags.journal && h[5].key.variant == KeyVariant::TerminalMessage);
-    assert!(h[5].key.sequence.starts_with("digest:"));
-    assert_eq!((h[6].key.sequence.as_str(), h[7].key.sequence.as_str()), ("702", "702"));
+    assert!(h[4].flags.journal && h[4].key.variant == KeyVariant::TerminalMessage);
+    assert!(h[4].key.sequence.starts_with("digest:"));
     let again = parse(&verifone(&[journal]));
-    assert_eq!(again[0].header.key, h[5].key, "the same record is keyed the same in another file");
+    assert_eq!(again[0].header.key, h[4].key, "the same record is keyed the same in another file");
+    // A NAXML event without a TransactionID keeps its register.
+    let other = pjr("OtherEvent", "").replace("<TransactionID>1010200</TransactionID>", "");
+    let other = parse(&other);
+    assert_eq!(other[0].header.key.register.as_deref(), Some("101"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

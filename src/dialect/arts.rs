@@ -27,6 +27,8 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
     record_id: None,
+    fuel_role_from_lines: false,
+    post_void_link: &["/TransactionLink/SequenceNumber"],
 };
 
 pub(super) const LINE_ITEM: &str = "RetailTransaction/LineItem";
@@ -50,14 +52,19 @@ pub(super) const HEADER: &[Rule] = &[
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
     text("@OfflineFlag", Field::Flag(Flag::Offline)),
     text("@OutsideSalesFlag, RetailTransaction/@OutsideSalesFlag", Field::Flag(Flag::OutsideSale)),
-    // `RetailTransaction@TransactionStatus` (default `Finished`): a parked or cancelled ticket is not a sale.
+    // `RetailTransaction@TransactionStatus` (default `Finished`): a parked, cancelled or voided ticket is not a sale.
+    // Predicates ignore case and a prefix on the value (`dtv:CancelOrphaned`).
     mark("RetailTransaction[@TransactionStatus=Suspended]", Field::Flag(Flag::Suspended), "true"),
     mark("RetailTransaction[@TransactionStatus=Canceled]", Field::Flag(Flag::Voided), "true"),
     mark("RetailTransaction[@TransactionStatus=Cancelled]", Field::Flag(Flag::Voided), "true"),
     mark("RetailTransaction[@TransactionStatus=PostVoided]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=Voided]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=TransactionVoided]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=SuspendedDeleted]", Field::Flag(Flag::Voided), "true"),
     // The record that voids an earlier ticket links to it.
     mark(
-        "RetailTransaction|PostVoidTransaction/TransactionLink[@ReasonCode=PostVoid]",
+        "RetailTransaction|PostVoidTransaction/TransactionLink[@ReasonCode=PostVoid], \
+         RetailTransaction/LineItem/TransactionLink[@ReasonCode=PostVoid]",
         Field::Flag(Flag::PostVoid),
         "true",
     ),
@@ -80,6 +87,7 @@ pub(super) const LINE: &[Rule] = &[
     mark("Return", Field::LineReturn, "true"),
     // v6 fuel (`FuelSale@TypeCode` Prepay / Sale / PrepayRefund): the prepay is a placeholder of fuel not yet sold.
     mark("FuelSale[@TypeCode=Prepay]", Field::LineKindRaw, "FuelSale Prepay"),
+    mark("FuelSale[@TypeCode=PrepayRefund]", Field::LineKindRaw, "FuelSale PrepayRefund"),
     mark("FuelSale", Field::LineKindRaw, "FuelSale"),
     mark("Tender", Field::LineKindRaw, "Tender"),
     mark("Tax", Field::LineKindRaw, "Tax"),
@@ -109,6 +117,8 @@ pub(super) const LINE_KINDS: &[LineKindMap] = &[
     line("Return", Some(LineKind::Item), false),
     line("FuelSale", Some(LineKind::Fuel), false),
     line("FuelSale Prepay", Some(LineKind::FuelPrepay), false),
+    // The deposit given back: not fuel sold.
+    line("FuelSale PrepayRefund", Some(LineKind::FuelPrepay), false),
     line("Tender", None, false),
     line("Tax", None, false),
     line("LoyaltyReward", None, false),

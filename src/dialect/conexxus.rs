@@ -29,6 +29,8 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: true,
     record_id: None,
+    fuel_role_from_lines: true,
+    post_void_link: &[],
 };
 
 /// NAXML's header rules, but the tax total is `TransactionTotalTaxSalesAmount`, else `…TaxNetAmount` (the reverse of

@@ -181,6 +181,8 @@ pub enum Field {
     Department,
     Quantity,
     UnitPrice,
+    /// A unit price for when the dialect derives none (`unit_price_from_amount` without a quantity).
+    UnitPriceFallback,
     ExtendedAmount,
     LineTax,
     /// Whether the tax element being read is voided (its amount then does not count): set at each tax element.
@@ -308,10 +310,14 @@ pub struct DialectSpec {
     /// hold the extended amount, so it is not read for items).
     pub unit_price_from_amount: bool,
     /// The bronze key of a record's own id, where the vendor writes one beside the ticket number (Verifone
-    /// `trUniqueSN`). Records of one file with the same key and different ids are distinct (a payment retried under
-    /// the ticket's number); with the same id, or none (Verifone's "shadow" copies have an empty one), the later is
-    /// a duplicate.
+    /// `trUniqueSN`; "shadow" copies of a record have an empty one).
     pub record_id: Option<&'static str>,
+    /// Prepay and completion are told from the lines where no rule flags them (NAXML: a live prepay placeholder and
+    /// no fuel is the prepay; a cancelled placeholder beside fuel sold is the completion).
+    pub fuel_role_from_lines: bool,
+    /// How the bronze keys of the sequence number of the ticket a post-void voids end (its `TransactionLink`): that
+    /// ticket, if earlier in the same file, is flagged voided too, so that sales figures leave out the pair.
+    pub post_void_link: &'static [&'static str],
 }
 
 #[cfg(test)]

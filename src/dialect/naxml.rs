@@ -26,6 +26,8 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: true,
     record_id: None,
+    fuel_role_from_lines: true,
+    post_void_link: &[],
 };
 
 /// Shared with the Conexxus dialect, which is NAXML with other namespaces and date shapes.
@@ -77,6 +79,7 @@ pub(super) const LINE: &[Rule] = &[
     // An item's `ActualSalesPrice` can be the extended amount on multi-quantity deals: its unit price is its
     // amount over its quantity (`unit_price_from_amount`). Fuel's is the price per unit.
     text("FuelLine/ActualSalesPrice", Field::UnitPrice),
+    text("ItemLine|MerchandiseCodeLine/ActualSalesPrice", Field::UnitPriceFallback),
     text("ItemLine|MerchandiseCodeLine|FuelLine|FuelPrepayLine/SalesAmount", Field::ExtendedAmount),
     text("FuelLine/FuelGradeID", Field::FuelGrade),
     text("FuelLine/FuelPositionID", Field::FuelPosition),

@@ -28,6 +28,8 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
     record_id: Some("trans/trHeader/trUniqueSN"),
+    fuel_role_from_lines: false,
+    post_void_link: &[],
 };
 
 const HEADER: &[Rule] = &[

@@ -22,6 +22,8 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
     record_id: None,
+    fuel_role_from_lines: false,
+    post_void_link: &["/TransactionLink/SequenceNumber"],
 };
 
 /// `dtv:TransactionType` comes first so that it, not the ARTS element kind, names the type.
@@ -37,16 +39,21 @@ const HEADER: &[Rule] = &[
     text("@CancelFlag", Field::Flag(Flag::Voided)),
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
     text("@OfflineFlag", Field::Flag(Flag::Offline)),
-    // `RetailTransaction@TransactionStatus` (default `Finished`): a parked or cancelled ticket is not a sale.
+    // `RetailTransaction@TransactionStatus` (default `Finished`): a parked, cancelled or voided ticket is not a sale.
+    // Predicates ignore case and a prefix on the value (`dtv:CancelOrphaned`).
     mark("RetailTransaction[@TransactionStatus=Suspended]", Field::Flag(Flag::Suspended), "true"),
     mark("RetailTransaction[@TransactionStatus=Canceled]", Field::Flag(Flag::Voided), "true"),
     mark("RetailTransaction[@TransactionStatus=Cancelled]", Field::Flag(Flag::Voided), "true"),
     mark("RetailTransaction[@TransactionStatus=PostVoided]", Field::Flag(Flag::Voided), "true"),
-    mark("RetailTransaction[@TransactionStatus=dtv:CancelOrphaned]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=Voided]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=TransactionVoided]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=SuspendedDeleted]", Field::Flag(Flag::Voided), "true"),
     mark("RetailTransaction[@TransactionStatus=CancelOrphaned]", Field::Flag(Flag::Voided), "true"),
+    mark("RetailTransaction[@TransactionStatus=CANCEL_ORPHANED]", Field::Flag(Flag::Voided), "true"),
     // The record that voids an earlier ticket links to it.
     mark(
-        "RetailTransaction|PostVoidTransaction/TransactionLink[@ReasonCode=PostVoid]",
+        "RetailTransaction|PostVoidTransaction/TransactionLink[@ReasonCode=PostVoid], \
+         RetailTransaction/LineItem/TransactionLink[@ReasonCode=PostVoid]",
         Field::Flag(Flag::PostVoid),
         "true",
     ),

@@ -64,6 +64,8 @@ struct LineBuilder {
     tax_void: bool,
     /// A return written with positive amounts (see [`Field::LineReturn`]).
     positive_return: bool,
+    /// A unit price for when none can be derived (see [`Field::UnitPriceFallback`]).
+    unit_price_fallback: Option<Decimal>,
 }
 
 /// The transaction could not be completed: a key field is missing.
@@ -128,13 +130,15 @@ impl TxBuilder {
             discounts_from: self.discounts.len(),
             tax_void: false,
             positive_return: false,
+            unit_price_fallback: None,
         });
     }
 
     /// Closes the current line: a line whose type names a sales line goes to silver; any other line (tender, tax,
     /// loyalty, no type at all) stays in bronze only, and discounts read inside it no longer point at it.
     pub fn end_line(&mut self, spec: &DialectSpec) {
-        let Some(LineBuilder { mut line, discounts_from, positive_return, .. }) = self.line.take() else {
+        let Some(LineBuilder { mut line, discounts_from, positive_return, unit_price_fallback, .. }) = self.line.take()
+        else {
             return;
         };
         let kind = match line.kind_raw.as_deref() {
@@ -148,7 +152,11 @@ impl TxBuilder {
             },
         };
         if positive_return {
-            for v in [&mut line.quantity, &mut line.extended_amount, &mut line.tax_amount].into_iter().flatten() {
+            let discounts = self.discounts[discounts_from..].iter_mut().filter_map(|d| d.amount.as_mut());
+            let amounts = [&mut line.quantity, &mut line.extended_amount, &mut line.tax_amount].into_iter().flatten();
+            // A discount of a return is returned too: it is negated with the line, so that line less discount is
+            // still what was refunded.
+            for v in amounts.chain(discounts) {
                 if v.is_sign_positive() {
                     *v = -*v;
                 }
@@ -161,6 +169,7 @@ impl TxBuilder {
         {
             line.unit_price = amount.checked_div(quantity).map(|u| u.round_dp(UNIT_PRICE_SCALE));
         }
+        line.unit_price = line.unit_price.or(unit_price_fallback);
         // What a voided line held was not sold: neither were its discounts.
         if line.voided {
             for d in &mut self.discounts[discounts_from..] {
@@ -271,7 +280,9 @@ impl TxBuilder {
             // file adds it once and it never costs the file's sales; a sale without a number is an error.
             (None, None) if self.flags.journal => {
                 by_message = true;
-                self.message_register.get_or_insert_with(String::new);
+                if self.message_register.is_none() && self.register.is_none() {
+                    self.message_register = Some(String::new());
+                }
                 format!("digest:{}", &self.bronze.digest().to_hex()[..32])
             }
             (None, None) => return Err(MissingField("transaction sequence")),
@@ -334,9 +345,10 @@ impl TxBuilder {
         if kind == TransactionType::Sale && sales_lines().next().is_some() && sales_lines().all(|l| l.refund) {
             kind = TransactionType::Refund;
         }
-        // Prepay and completion from the lines, where the vendor does not flag them: a live prepay placeholder and
-        // no fuel is the prepay ticket; a cancelled placeholder beside the fuel sold is its completion (NAXML).
-        if !self.flags.fuel_prepay && !self.flags.fuel_completion {
+        // Prepay and completion from the lines (NAXML, which flags neither): a live prepay placeholder and no fuel is
+        // the prepay ticket; a cancelled placeholder beside the fuel sold is its completion. Only the key's variant
+        // follows: the deposit lines, not the ticket, are what sales figures leave out.
+        if spec.fuel_role_from_lines && !self.flags.fuel_prepay && !self.flags.fuel_completion {
             let live = |k: LineKind| self.lines.iter().any(|l| l.kind == k && !l.voided);
             let cancelled_prepay = self.lines.iter().any(|l| l.kind == LineKind::FuelPrepay && l.voided);
             if live(LineKind::FuelPrepay) && !live(LineKind::Fuel) {
@@ -377,6 +389,7 @@ fn apply_line(builder: &mut LineBuilder, field: Field, value: &str) -> Result<()
         Field::Department => set_first(&mut line.department, value),
         Field::Quantity => line.quantity = Some(amount(value, "quantity")?),
         Field::UnitPrice => line.unit_price = Some(amount(value, "unit price")?),
+        Field::UnitPriceFallback => builder.unit_price_fallback = Some(amount(value, "unit price")?),
         Field::ExtendedAmount => line.extended_amount = Some(amount(value, "extended amount")?),
         Field::LineTax => {
             let tax = amount(value, "line tax")?;

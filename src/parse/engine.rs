@@ -194,7 +194,6 @@ impl<'a> Engine<'a> {
             return Err(self.malformed(end, "no root element".into()));
         };
         let site = self.defaults.site.clone().or_else(|| self.done.first().map(|t| t.header.key.site.clone()));
-        number_repeated_keys(&mut self.done, plan.spec.record_id);
         Ok(Output { dialect: plan.spec.dialect, transactions: self.done, envelope: self.envelope, site })
     }
 
@@ -322,7 +321,7 @@ impl<'a> Engine<'a> {
                         }
                     }
                     Action::Text { pred: Some((k, want)), .. } | Action::Mark { pred: Some((k, want)), .. }
-                        if k == attr_name && want == value && i < 64 =>
+                        if k == attr_name && predicate_holds(want, value) && i < 64 =>
                     {
                         preds_held |= 1 << i;
                     }
@@ -407,8 +406,10 @@ impl<'a> Engine<'a> {
                         transaction: ordinal,
                         field: missing.0,
                     })?;
-                    if done.header.key.variant == KeyVariant::RollbackMirror {
-                        mark_rolled_back(&mut self.done, &done.header.key);
+                    match done.header.key.variant {
+                        KeyVariant::RollbackMirror => mark_rolled_back(&mut self.done, &done.header.key),
+                        KeyVariant::PostVoid => mark_post_voided(&mut self.done, &done, plan.spec.post_void_link),
+                        _ => {}
                     }
                     self.done.push(done);
                 }
@@ -659,59 +660,56 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// Within one file, records that share a key but carry different record ids (`DialectSpec::record_id`: a payment
-/// retried under the ticket's number) are distinct: each after the first is keyed `<sequence>#<n>`, in file order, so
-/// that none is taken for a duplicate of another. A re-sent file numbers its records the same way. Without ids to
-/// tell them apart, records that share a key stay duplicates.
-fn number_repeated_keys(done: &mut [Transaction], record_id: Option<&str>) {
-    let Some(id_key) = record_id else { return };
-    let mut first: HashMap<&TransactionKey, usize> = HashMap::with_capacity(done.len());
-    let mut repeats = Vec::new();
-    for (i, t) in done.iter().enumerate() {
-        if let Some(&f) = first.get(&t.header.key) {
-            repeats.push((f, i));
-        } else {
-            first.insert(&t.header.key, i);
-        }
-    }
-    drop(first);
-    // Per key: the distinct ids seen so far, in order (the first record's first).
-    let mut seen: HashMap<usize, Vec<String>> = HashMap::new();
-    for (f, i) in repeats {
-        let id = |t: &Transaction| t.bronze.get(id_key).filter(|v| !v.is_empty()).map(str::to_owned);
-        let (Some(first_id), Some(this_id)) = (id(&done[f]), id(&done[i])) else { continue };
-        let ids = seen.entry(f).or_insert_with(|| vec![first_id]);
-        let n = match ids.iter().position(|d| *d == this_id) {
-            Some(n) => n,
-            None => {
-                ids.push(this_id);
-                ids.len() - 1
-            }
-        };
-        if n > 0 {
-            let key = &mut done[i].header.key;
-            key.sequence = format!("{}#{}", key.sequence, n + 1);
-        }
-    }
-}
-
-/// A rollback mirror's original (the last record before it in the file with its key) is flagged voided too: the
-/// pair is one payment attempt undone, and sales figures leave out both.
+/// A rollback mirror's original is flagged voided too: the pair is one payment attempt undone, and sales figures
+/// leave out both. The original is every earlier record of the file with the mirror's key (with its "shadow"
+/// copies, which share the key; the one that lands is the first).
 fn mark_rolled_back(done: &mut [Transaction], mirror: &TransactionKey) {
-    let original = done.iter_mut().rev().find(|t| {
+    for t in done.iter_mut() {
         let k = &t.header.key;
-        k.variant == KeyVariant::Primary
+        if k.variant == KeyVariant::Primary
             && k.sequence == mirror.sequence
             && k.register == mirror.register
             && k.business_date == mirror.business_date
             && k.site == mirror.site
-    });
-    if let Some(t) = original {
-        t.header.flags.voided = true;
-        if matches!(t.header.transaction_type, TransactionType::Sale | TransactionType::Refund) {
-            t.header.transaction_type = TransactionType::Void;
+        {
+            void(t);
         }
     }
+}
+
+/// The ticket a post-void names (by sequence, on the post-void's own register and day), if earlier in this file, is
+/// flagged voided too: sales figures leave out the pair. One in an earlier file is named in the post-void's bronze.
+fn mark_post_voided(done: &mut [Transaction], post_void: &Transaction, link: &[&str]) {
+    let linked = |suffix: &&str| post_void.bronze.iter().find(|(k, _)| k.ends_with(*suffix)).map(|(_, v)| v);
+    let Some(sequence) = link.iter().find_map(linked) else { return };
+    let k = &post_void.header.key;
+    for t in done.iter_mut() {
+        let o = &t.header.key;
+        if o.variant == KeyVariant::Primary
+            && o.sequence == sequence
+            && o.register == k.register
+            && o.business_date == k.business_date
+            && o.site == k.site
+        {
+            void(t);
+        }
+    }
+}
+
+fn void(t: &mut Transaction) {
+    t.header.flags.voided = true;
+    if matches!(t.header.transaction_type, TransactionType::Sale | TransactionType::Refund) {
+        t.header.transaction_type = TransactionType::Void;
+    }
+}
+
+/// Whether an attribute's value meets a predicate's: equal ignoring ASCII case and a namespace prefix on either
+/// side (`dtv:CancelOrphaned`, `xstore:CancelOrphaned`, `CancelOrphaned`; `true`, `True`).
+fn predicate_holds(want: &str, value: &str) -> bool {
+    fn local(v: &str) -> &str {
+        v.rsplit_once(':').map_or(v, |(_, l)| l)
+    }
+    want.eq_ignore_ascii_case(value) || local(want).eq_ignore_ascii_case(local(value))
 }
 
 /// The record an element's values go to: its transaction's, or the envelope's outside transactions; and where
