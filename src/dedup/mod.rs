@@ -203,6 +203,46 @@ impl Dedup {
         }
     }
 
+    /// Whether other processes may share this store (a Redis one): then a reconcile may run beside an ingest, and
+    /// the two meet at the reconcile fence.
+    pub fn is_shared(&self) -> bool {
+        self.redis_pool().is_some()
+    }
+
+    /// Puts up the reconcile fence over `keys` for `ttl`: commits holding any of them stop (see
+    /// `ingest::reconcile`). Nothing to do for the embedded store, which no other process can open meanwhile.
+    pub async fn fence(&self, keys: &[DedupKey], ttl: std::time::Duration) -> Result<(), DedupError> {
+        let digests: Vec<KeyDigest> = keys.iter().map(|k| k.digest).collect();
+        match self.redis_pool() {
+            Some(pool) => pool.fence(&digests, ttl).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps the reconcile fence up for `ttl` more.
+    pub async fn renew_fence(&self, ttl: std::time::Duration) -> Result<(), DedupError> {
+        match self.redis_pool() {
+            Some(pool) => pool.renew_fence(ttl).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the reconcile fence down.
+    pub async fn unfence(&self) -> Result<(), DedupError> {
+        match self.redis_pool() {
+            Some(pool) => pool.unfence().await,
+            None => Ok(()),
+        }
+    }
+
+    /// How many of `keys` a running reconcile is promoting.
+    pub async fn fenced(&self, keys: &[DedupKey]) -> Result<usize, DedupError> {
+        match self.redis_pool() {
+            Some(pool) => pool.fenced(&keys.iter().map(|k| k.digest).collect::<Vec<_>>()).await,
+            None => Ok(0),
+        }
+    }
+
     /// Whether the connection to the store was lost and re-established since the last call (a Redis that came
     /// back may have lost its last writes).
     pub fn take_reconnected(&self) -> bool {

@@ -204,6 +204,56 @@ impl RedisPool {
         Ok(out)
     }
 
+    /// Puts up the reconcile fence: the digests of the keys a `poslake reconcile` is about to promote, for `ttl`
+    /// (see `ingest::reconcile`). One reconcile runs at a time (its lock file in the lake), so one set serves.
+    pub async fn fence(&self, digests: &[u128], ttl: Duration) -> Result<(), DedupError> {
+        let key = self.key(RECONCILE_FENCE);
+        self.query::<()>(redis::pipe().cmd("DEL").arg(&key).ignore()).await?;
+        for chunk in digests.chunks(1000) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SADD").arg(&key);
+            for d in chunk {
+                pipe.arg(&d.to_le_bytes()[..]);
+            }
+            pipe.ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl.as_millis() as u64).ignore();
+            self.query::<()>(&pipe).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the fence up for `ttl` more.
+    pub async fn renew_fence(&self, ttl: Duration) -> Result<(), DedupError> {
+        self.query::<()>(
+            redis::pipe().cmd("PEXPIRE").arg(self.key(RECONCILE_FENCE)).arg(ttl.as_millis() as u64).ignore(),
+        )
+        .await
+    }
+
+    /// Takes the reconcile fence down.
+    pub async fn unfence(&self) -> Result<(), DedupError> {
+        self.query::<()>(redis::pipe().cmd("DEL").arg(self.key(RECONCILE_FENCE)).ignore()).await
+    }
+
+    /// How many of these digests a running reconcile is promoting: none (one round trip) while no fence is up.
+    pub async fn fenced(&self, digests: &[u128]) -> Result<usize, DedupError> {
+        let key = self.key(RECONCILE_FENCE);
+        let (up,): (bool,) = self.query(redis::pipe().cmd("EXISTS").arg(&key)).await?;
+        if !up {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for chunk in digests.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for d in chunk {
+                pipe.cmd("SISMEMBER").arg(&key).arg(&d.to_le_bytes()[..]);
+            }
+            let flags: Vec<bool> = self.query(&pipe).await?;
+            n += flags.into_iter().filter(|&f| f).count();
+        }
+        Ok(n)
+    }
+
     /// Checks that the generation is still the one this process started with: the first command of a check's
     /// pipeline, so that a lost state is never mistaken for "these keys are new".
     pub fn check_generation(&self, found: Option<String>) -> Result<(), DedupError> {
@@ -280,6 +330,8 @@ impl RedisPool {
 /// The generation and the applied marks share a hash tag, so the script below may touch both in a cluster.
 pub const GENERATION: &str = "{dedup}:generation";
 pub const APPLIED: &str = "{dedup}:applied";
+/// The key digests a running `poslake reconcile` promotes (a set; see [`RedisPool::fence`]).
+const RECONCILE_FENCE: &str = "{dedup}:reconcile-fence";
 
 /// SADD the commits if the generation is ARGV[1]; otherwise return the generation found.
 const MARK_IF_GENERATION: &str = r"

@@ -106,6 +106,13 @@ pub enum IngestError {
     /// `workers = "auto"`: the leases could not be renewed before a commit (Redis unreachable past its limit).
     #[error("could not renew the route leases before a commit ({0}): uncommitted work abandoned")]
     LeaseUnconfirmed(String),
+    /// A `poslake reconcile` running meanwhile promotes keys this commit holds: nothing was committed, and the
+    /// files are left for the next run (which finds those keys in the store and quarantines them).
+    #[error(
+        "a poslake reconcile running meanwhile promotes {0} transactions this commit holds: nothing committed, the \
+         files are left for the next run"
+    )]
+    Reconciling(usize),
 }
 
 impl IngestError {
@@ -120,7 +127,8 @@ impl IngestError {
             | IngestError::Abandoned(_)
             | IngestError::ReplayRunning(_)
             | IngestError::LeaseLost(_)
-            | IngestError::LeaseUnconfirmed(_) => false,
+            | IngestError::LeaseUnconfirmed(_)
+            | IngestError::Reconciling(_) => false,
         }
     }
 }

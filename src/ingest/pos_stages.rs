@@ -202,22 +202,31 @@ impl PosStages {
             iceberg.tables = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        // With leased route slots: once the intent is written, the leases are renewed, and a slot lost since the
-        // claim (another worker's now, and maybe its files too) stops the commit (see `slot_leases`).
+        // Once the intent is written, two checks before any table is committed. With leased route slots, the leases
+        // are renewed, and a slot lost since the claim (another worker's now, and maybe its files too) stops the
+        // commit (see `slot_leases`). With a shared store, a key that a running `poslake reconcile` promotes stops it
+        // too, or both would land the key (see `reconcile`).
         let commit = PreparedCommit { id, properties, tables };
-        let result = match self.route.leases() {
-            None => self.committer.commit(commit, &keys).instrument(span.clone()).await,
-            Some(leases) => {
-                let fence = async {
+        let shared = self.committer.dedup().is_shared();
+        let leases = self.route.leases();
+        let result = if leases.is_none() && !shared {
+            self.committer.commit(commit, &keys).instrument(span.clone()).await
+        } else {
+            let fence = async {
+                if let Some(leases) = leases {
                     match leases.confirm().await {
-                        Ok(lost) if lost.is_empty() => Ok(()),
-                        Ok(lost) => Err(IngestError::LeaseLost(lost)),
-                        Err(e) => Err(IngestError::LeaseUnconfirmed(e.to_string())),
+                        Ok(lost) if lost.is_empty() => {}
+                        Ok(lost) => return Err(IngestError::LeaseLost(lost)),
+                        Err(e) => return Err(IngestError::LeaseUnconfirmed(e.to_string())),
                     }
-                };
-                let slots = leases.held();
-                self.committer.commit_fenced(commit, &keys, &slots, fence).instrument(span.clone()).await
-            }
+                }
+                match self.committer.dedup().fenced(&keys).await? {
+                    0 => Ok(()),
+                    n => Err(IngestError::Reconciling(n)),
+                }
+            };
+            let slots = leases.map(|l| l.held()).unwrap_or_default();
+            self.committer.commit_fenced(commit, &keys, &slots, fence).instrument(span.clone()).await
         };
         if let Ok(commits) = &result {
             // The snapshot of sales_header (or of the first table committed) names the commit in Iceberg.
@@ -235,7 +244,7 @@ impl PosStages {
             // committed batch's keys, this one's included.
             Err(IngestError::Dedup(DedupError::StateLost { .. })) => self.heal_holding_open().await?,
             // Nothing was committed: everything open is given up, for whoever holds the slots now.
-            Err(e @ (IngestError::LeaseLost(_) | IngestError::LeaseUnconfirmed(_))) => {
+            Err(e @ (IngestError::LeaseLost(_) | IngestError::LeaseUnconfirmed(_) | IngestError::Reconciling(_))) => {
                 self.abandon_uncommitted(open, &keys);
                 return Err(e);
             }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::IngestError;
 use super::commit::Committer;
 use crate::config::DedupConfig;
-use crate::dedup::{Dedup, DedupKey};
+use crate::dedup::{Dedup, DedupKey, DedupStore};
 use crate::lake::query::{QueryError, sql};
 use crate::lake::rows::Source;
 use crate::lake::{COMMIT_PROPERTY, LakeError, LakeWriter, PreparedCommit, Warehouse};
@@ -41,6 +41,11 @@ pub enum ReconcileError {
     Busy(std::path::PathBuf),
     #[error("quarantined transaction {key} cannot be read back: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error(
+        "{count} commits in progress (first {first}) did not end within {secs} s: nothing promoted; run reconcile \
+         again"
+    )]
+    CommitsInProgress { count: usize, first: std::path::PathBuf, secs: u64 },
 }
 
 const CANDIDATES: &str = "\
@@ -70,11 +75,56 @@ pub async fn reconcile(
         quarantined: warehouse.row_count("sales_duplicates").await.map_err(IngestError::from)?,
         ..Default::default()
     };
-    let candidates = sql(&warehouse, CANDIDATES).await?;
-    let mut rows = warehouse.rows();
-    let mut keys: Vec<DedupKey> = Vec::new();
+    let mut candidates = read_candidates(&warehouse).await?;
+    report.promoted = candidates.len() as u64;
+    let distinct = distinct_quarantined(&warehouse).await?;
+    report.confirmed_duplicates = distinct.saturating_sub(report.promoted);
+    if candidates.is_empty() {
+        return Ok(report);
+    }
+    let store = committer.dedup().clone();
+    if store.is_shared() {
+        // Ingests may run meanwhile (a shared store), and one may land a candidate between the read above and the
+        // commit below: both would then land it. So the fence goes up first (a commit holding a fenced key stops
+        // before any table), with the keys in the filter (later checks quarantine them). The commits already past
+        // their fence check hold intents: once those have ended, a second read leaves out what they landed.
+        let keys: Vec<DedupKey> = candidates.iter().map(|c| c.key).collect();
+        store.fence(&keys, FENCE_TTL).await.map_err(IngestError::from)?;
+        let promoted = promote_fenced(&warehouse, &committer, &mut candidates).await;
+        if let Err(e) = store.unfence().await {
+            tracing::warn!(error = %e, "could not take the reconcile fence down; it expires by itself");
+        }
+        let commit = promoted?;
+        report.promoted = candidates.len() as u64;
+        report.confirmed_duplicates = distinct.saturating_sub(report.promoted);
+        report.commit = commit;
+    } else {
+        report.commit = Some(promote(&warehouse, &committer, &candidates).await?);
+    }
+    tracing::info!(promoted = report.promoted, confirmed = report.confirmed_duplicates, "reconciled the quarantine");
+    Ok(report)
+}
+
+/// How long the reconcile fence stays up if reconcile dies with it up (it is renewed before the commit).
+const FENCE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long reconcile waits for commits in progress to end before giving up (promoting nothing).
+const COMMITS_IN_PROGRESS_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A quarantined transaction whose key is not in `sales_header`.
+struct Candidate {
+    key: DedupKey,
+    file: String,
+    dialect: String,
+    hash: String,
+    tx: Transaction,
+}
+
+/// The quarantined transactions whose keys `sales_header` lacks, each key once (its first quarantined copy).
+async fn read_candidates(warehouse: &Warehouse) -> Result<Vec<Candidate>, ReconcileError> {
+    let batches = sql(warehouse, CANDIDATES).await?;
+    let mut out = Vec::new();
     let mut seen = HashSet::new();
-    for batch in &candidates {
+    for batch in &batches {
         let col = |name: &str| string_column(batch, name);
         let (file, dialect, hash, json) =
             (col("source_file")?, col("dialect")?, col("source_hash")?, col("transaction")?);
@@ -86,26 +136,66 @@ pub async fn reconcile(
             if !seen.insert(key.digest) {
                 continue;
             }
-            let source = Source { name: file.value(i), dialect: dialect.value(i), content_hash: hash.value(i) };
-            rows.add_transaction(&source, &tx).map_err(IngestError::from)?;
-            keys.push(key);
+            out.push(Candidate {
+                key,
+                file: file.value(i).to_owned(),
+                dialect: dialect.value(i).to_owned(),
+                hash: hash.value(i).to_owned(),
+                tx,
+            });
         }
     }
-    report.promoted = keys.len() as u64;
-    let distinct = distinct_quarantined(&warehouse).await?;
-    report.confirmed_duplicates = distinct.saturating_sub(report.promoted);
-    if keys.is_empty() {
-        return Ok(report);
+    Ok(out)
+}
+
+/// With the fence up: adds the candidates' keys to the filter, waits for the commits in progress, leaves out the
+/// candidates they landed, and promotes the rest. The commit's id, if anything was left to promote.
+async fn promote_fenced(
+    warehouse: &Arc<Warehouse>,
+    committer: &Committer,
+    candidates: &mut Vec<Candidate>,
+) -> Result<Option<String>, ReconcileError> {
+    let store = committer.dedup();
+    let keys: Vec<DedupKey> = candidates.iter().map(|c| c.key).collect();
+    store.add(&keys).await.map_err(IngestError::from)?;
+    let every_slot: Vec<u32> = (0..super::slot_leases::SLOTS).collect();
+    let waiting =
+        warehouse.wait_for_live_intents(COMMITS_IN_PROGRESS_LIMIT, &every_slot).await.map_err(IngestError::from)?;
+    if let Some(intent) = waiting.first() {
+        return Err(ReconcileError::CommitsInProgress {
+            count: waiting.len(),
+            first: intent.path.clone(),
+            secs: COMMITS_IN_PROGRESS_LIMIT.as_secs(),
+        });
     }
+    let still_absent: HashSet<u128> = read_candidates(warehouse).await?.into_iter().map(|c| c.key.digest).collect();
+    candidates.retain(|c| still_absent.contains(&c.key.digest));
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    store.renew_fence(FENCE_TTL).await.map_err(IngestError::from)?;
+    Ok(Some(promote(warehouse, committer, candidates).await?))
+}
+
+/// Writes the candidates into the silver and bronze tables and commits them (their keys added after).
+async fn promote(
+    warehouse: &Arc<Warehouse>,
+    committer: &Committer,
+    candidates: &[Candidate],
+) -> Result<String, ReconcileError> {
+    let mut rows = warehouse.rows();
+    for c in candidates {
+        let source = Source { name: &c.file, dialect: &c.dialect, content_hash: &c.hash };
+        rows.add_transaction(&source, &c.tx).map_err(IngestError::from)?;
+    }
+    let keys: Vec<DedupKey> = candidates.iter().map(|c| c.key).collect();
     let id = format!("reconcile/{}", uuid::Uuid::new_v4());
     let mut writer = LakeWriter::new(warehouse.clone());
     writer.write(rows).await.map_err(IngestError::from)?;
     let tables = writer.prepare().await.map_err(IngestError::from)?;
     let properties = HashMap::from([(COMMIT_PROPERTY.to_owned(), id.clone())]);
     committer.commit(PreparedCommit { id: id.clone(), properties, tables }, &keys).await?;
-    report.commit = Some(id);
-    tracing::info!(promoted = report.promoted, confirmed = report.confirmed_duplicates, "reconciled the quarantine");
-    Ok(report)
+    Ok(id)
 }
 
 async fn distinct_quarantined(warehouse: &Warehouse) -> Result<u64, ReconcileError> {
