@@ -103,8 +103,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Query { sql, lake } => cli::lake::query(sql, lake).await,
         Command::Dedup { command } => cli::dedup::dedup(command).await,
         Command::Reconcile { store, json } => cli::lake::reconcile(store, json).await,
-        Command::Maintain { store, keep, remove_orphans_older_than_hours, json } => {
-            cli::lake::maintain(store, keep, remove_orphans_older_than_hours, json).await
+        Command::Maintain { store, keep, remove_orphans_older_than_hours, no_ingest_running, json } => {
+            let sweep = remove_orphans_older_than_hours.map(|hours| cli::lake::Sweep { hours, no_ingest_running });
+            cli::lake::maintain(store, keep, sweep, json).await
         }
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;

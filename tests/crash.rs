@@ -175,13 +175,20 @@ async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
     assert!(pending.is_empty(), "no intent left: {pending:?}");
     // The crashed lake's history was expired as it went (a kill may have left a few more than 2 since; `poslake
     // expire` takes them); the reference kept all of it.
-    let out = Command::new(env!("CARGO_BIN_EXE_poslake"))
-        .args(["maintain", "--keep", "2", "--remove-orphans-older-than-hours", "0", "--config"])
-        .arg(&config)
-        .arg("--lake")
-        .arg(&lake)
-        .output()
-        .expect("expire");
+    let sweep = |confirmed: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_poslake"));
+        cmd.args(["maintain", "--keep", "2", "--remove-orphans-older-than-hours", "0", "--config"]);
+        cmd.arg(&config).arg("--lake").arg(&lake);
+        if confirmed {
+            cmd.arg("--no-ingest-running");
+        }
+        cmd.output().expect("maintain")
+    };
+    // Without grace, a sweep would delete a running ingest's uncommitted files: it must be confirmed.
+    let refused = sweep(false);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--no-ingest-running"), "{err}");
+    let out = sweep(true);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let kept = wh.history("sales_header").await.expect("history");
     assert!(kept.truncated && kept.snapshots.len() == 2, "{} snapshots kept", kept.snapshots.len());

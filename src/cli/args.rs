@@ -91,6 +91,10 @@ pub enum Command {
         /// hours. Younger ones may belong to an ingest still running. Iceberg's usual choice is 72.
         #[arg(long)]
         remove_orphans_older_than_hours: Option<u64>,
+        /// Confirms that no ingest runs on the lake now, which a sweep of orphans younger than an hour needs: it
+        /// would delete the files a running ingest has written and not yet committed.
+        #[arg(long)]
+        no_ingest_running: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

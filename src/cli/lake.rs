@@ -36,12 +36,29 @@ pub async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `maintain --remove-orphans-older-than-hours`: the grace period, and whether the user confirmed that no ingest runs.
+pub struct Sweep {
+    pub hours: u64,
+    pub no_ingest_running: bool,
+}
+
 pub async fn maintain(
     store: StoreArgs,
     keep: Option<usize>,
-    orphan_hours: Option<u64>,
+    sweep: Option<Sweep>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(s) = &sweep {
+        // A running ingest's data files are unreferenced until its commit: without grace, a sweep deletes them and
+        // the commit then names files that are gone (the lake no longer reads). Checked before anything is done.
+        anyhow::ensure!(
+            s.hours >= 1 || s.no_ingest_running,
+            "--remove-orphans-older-than-hours {} would delete the files an ingest running now has written and not yet \
+             committed, which breaks the lake: give a grace of at least 1 hour (72 is usual), or add \
+             --no-ingest-running once none runs",
+            s.hours
+        );
+    }
     let c = store.config()?;
     // 0 keeps every snapshot, as `keep_snapshots = 0` does for an ingest; manifests are still merged.
     let keep = keep.unwrap_or(c.keep_snapshots);
@@ -49,7 +66,7 @@ pub async fn maintain(
     let started = std::time::Instant::now();
     let report =
         poslake::ingest::maintain(&c.lake, c.catalog.as_deref(), &c.dedup, keep, c.min_manifests_to_merge).await?;
-    let orphans = match orphan_hours {
+    let orphans = match sweep.map(|s| s.hours) {
         Some(hours) => {
             let older_than = std::time::SystemTime::now()
                 .checked_sub(std::time::Duration::from_secs(hours.saturating_mul(3600)))

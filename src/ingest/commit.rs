@@ -86,12 +86,13 @@ impl Committer {
             return Ok(Vec::new());
         }
         let intent = self.warehouse.write_fenced_intent(&commit, slots).await?;
-        failpoint::hit("commit-intent");
         if let Err(e) = fence.await {
             self.warehouse.remove_intent(&commit.id)?;
             return Err(e);
         }
         self.warehouse.pass_fence(&commit.id)?;
+        // As for an unfenced commit: the intent is made, and recovery finishes it.
+        failpoint::hit("commit-intent");
         self.apply(commit, keys, intent).await
     }
 
