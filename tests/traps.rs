@@ -219,7 +219,7 @@ fn verifone(trans: &[&str]) -> String {
 
 fn trans(attrs: &str, seq: &str, unique: &str, amount: &str) -> String {
     format!(
-        r#"<trans type="sale"{attrs}><trHeader><trTickNum><posNum>1</posNum><trSeq>{seq}</trSeq></trTickNum><trUniqueSN>{unique}</trUniqueSN></trHeader><trValue><trTotWTax>{amount}</trTotWTax></trValue></trans>"#
+        r#"<trans type="sale"{attrs}><trHeader><trTickNum><posNum>1</posNum><trSeq>{seq}</trSeq></trTickNum><trUniqueSN>{unique}</trUniqueSN><date>2024-03-02T10:00:41</date><duration>41</duration></trHeader><trValue><trTotWTax>{amount}</trTotWTax></trValue></trans>"#
     )
 }
 
@@ -239,6 +239,7 @@ fn verifone_rollback_pairs_and_unnumbered_journal_records() {
     assert!(h[0].flags.voided && h[1].flags.voided, "the rolled-back original and its copy");
     assert!(h[2].flags.rollback && h[2].key.variant == KeyVariant::RollbackMirror);
     assert!(!h[3].flags.excluded_from_sales(), "another ticket");
+    assert_eq!(h[3].start_time.map(|t| t.to_string()).as_deref(), Some("2024-03-02 10:00:00"), "end less duration");
     // A journal record without a ticket or message number no longer costs the file its sales.
     assert!(h[4].flags.journal && h[4].key.variant == KeyVariant::TerminalMessage);
     assert!(h[4].key.sequence.starts_with("digest:"));

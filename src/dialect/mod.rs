@@ -165,6 +165,8 @@ pub enum Field {
     StartClock,
     EndTime,
     EndClock,
+    /// Seconds the transaction took: its start is its end less this, where the file gives no start (Verifone).
+    DurationSecs,
     /// The vendor's type value; the first one seen wins.
     TypeRaw,
     Gross,

@@ -40,6 +40,7 @@ const HEADER: &[Rule] = &[
     text("trHeader/termMsgSN", Field::MessageSequence),
     text("trHeader/termMsgSN/@term", Field::MessageRegister),
     text("trHeader/date", Field::EndTime),
+    text("trHeader/duration", Field::DurationSecs),
     text("trHeader/cashier/@sysid", Field::Cashier),
     text("@type", Field::TypeRaw),
     text("@rollback", Field::Flag(Flag::Rollback)),

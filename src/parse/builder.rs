@@ -3,6 +3,7 @@
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 
 use super::values;
 use crate::dialect::{DialectSpec, DiscountSign, Field, Flag};
@@ -40,6 +41,7 @@ pub(crate) struct TxBuilder {
     start_clock: Option<NaiveTime>,
     end: Option<(NaiveDate, Option<NaiveTime>)>,
     end_clock: Option<NaiveTime>,
+    duration: Option<Decimal>,
     type_raw: Option<String>,
     flags: TransactionFlags,
     gross: Option<Decimal>,
@@ -90,6 +92,7 @@ impl TxBuilder {
             start_clock: None,
             end: None,
             end_clock: None,
+            duration: None,
             type_raw: None,
             flags: TransactionFlags::default(),
             gross: None,
@@ -227,6 +230,7 @@ impl TxBuilder {
             Field::StartClock => self.start_clock = Some(values::clock(value).map_err(|r| ("start time", r))?),
             Field::EndTime => self.end = Some(values::date_or_timestamp(value).map_err(|r| ("end time", r))?),
             Field::EndClock => self.end_clock = Some(values::clock(value).map_err(|r| ("end time", r))?),
+            Field::DurationSecs => self.duration = Some(amount(value, "duration")?),
             Field::TypeRaw => set_first(&mut self.type_raw, value),
             Field::Gross => self.gross = Some(amount(value, "gross amount")?),
             Field::Net => self.net = Some(amount(value, "net amount")?),
@@ -306,7 +310,12 @@ impl TxBuilder {
             key: TransactionKey { site, business_date, register, sequence, variant },
             ordinal: self.ordinal,
             cashier: self.cashier,
-            start_time: moment(self.start, self.start_clock),
+            start_time: moment(self.start, self.start_clock).or_else(|| {
+                let (end, secs) = (moment(self.end, self.end_clock)?, self.duration?);
+                // Whole milliseconds; a duration that is negative or past a day is not a duration.
+                let millis = (secs * Decimal::ONE_THOUSAND).round().to_i64()?;
+                (0..=86_400_000).contains(&millis).then(|| end - chrono::Duration::milliseconds(millis))
+            }),
             end_time: moment(self.end, self.end_clock),
             transaction_type: kind,
             type_raw: self.type_raw,
