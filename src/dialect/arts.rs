@@ -26,7 +26,6 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
-    record_id: None,
     fuel_role_from_lines: false,
     post_void_link: &["/TransactionLink/SequenceNumber"],
 };

@@ -311,9 +311,6 @@ pub struct DialectSpec {
     /// A line's unit price is its amount over its quantity when no rule gives one (NAXML: `ActualSalesPrice` may
     /// hold the extended amount, so it is not read for items).
     pub unit_price_from_amount: bool,
-    /// The bronze key of a record's own id, where the vendor writes one beside the ticket number (Verifone
-    /// `trUniqueSN`; "shadow" copies of a record have an empty one).
-    pub record_id: Option<&'static str>,
     /// Prepay and completion are told from the lines where no rule flags them (NAXML: a live prepay placeholder and
     /// no fuel is the prepay; a cancelled placeholder beside fuel sold is the completion).
     pub fuel_role_from_lines: bool,

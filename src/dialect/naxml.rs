@@ -25,7 +25,6 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: true,
-    record_id: None,
     fuel_role_from_lines: true,
     post_void_link: &[],
 };
