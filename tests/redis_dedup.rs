@@ -240,6 +240,58 @@ async fn reconcile_beside_an_ingest_of_the_same_keys_lands_each_key_once() {
     assert_exact(&lake, &want).await;
 }
 
+/// An ingest that died after its commit passed the reconcile fence, before its tables: reconcile finishes that
+/// commit (the dead process's, which would land its keys at the next start) before it promotes, so the keys it lands
+/// are not promoted too. (Here the process dies before reconcile starts, and reconcile's first recovery finishes
+/// it; a death during reconcile's wait for commits in progress is finished by the recovery after that wait, which
+/// the re-audit of session 20 found missing: 48,500 keys twice in 3 of 3 rounds. That ordering is not reproduced
+/// deterministically here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finishes_a_dead_ingests_commit_before_it_promotes() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, _, manifest) = corpus(dir.path(), 13, 2);
+    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..bitmap(&server) };
+    assert!(run(&setup(&staging, &lake, tiny)).await.quarantined_transactions > 0);
+    let want = unique_keys(&manifest);
+    let fresh = DedupConfig { key_prefix: "fresh".into(), ..bitmap(&server) };
+    {
+        let wh = Arc::new(Warehouse::open(&lake).await.expect("open"));
+        let store = Arc::new(Dedup::open(&fresh, &lake).await.expect("store"));
+        poslake::ingest::commit::Committer::new(wh, store).rebuild().await.expect("rebuild");
+    }
+    resend(&staging, &manifest, &staging.join("again"), 1);
+
+    // The re-sent files' first commit holds quarantined keys the fresh filter lacks; the process dies once its
+    // intent is made (past the fence), before any table.
+    let config = dir.path().join("fresh.toml");
+    std::fs::write(
+        &config,
+        "commit_files = 1000\n[dedup]\nbackend = \"redis-bitmap\"\nkey_prefix = \"fresh\"\n\
+         expected_keys_per_period = 200000\nmax_shard_mib = 1\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["ingest", "--json", "--redis-url", &server.url(), "--config"])
+        .arg(&config)
+        .arg("--staging")
+        .arg(&staging)
+        .arg("--lake")
+        .arg(&lake)
+        .env("POSLAKE_KILL_AT", "commit-intent:1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run poslake");
+    assert!(!out.status.success(), "killed at its first commit");
+    assert!(std::fs::read_dir(lake.join("commits")).expect("commits").count() > 0, "its intent is left");
+
+    poslake::ingest::reconcile::reconcile(&lake, None, &fresh).await.expect("reconcile");
+    run(&setup(&staging, &lake, fresh.clone())).await;
+    poslake::ingest::reconcile::reconcile(&lake, None, &fresh).await.expect("last reconcile");
+    assert_exact(&lake, &want).await;
+}
+
 /// The dedup keys of the quarantine's rows.
 async fn quarantined_keys(wh: &Warehouse) -> Vec<DedupKey> {
     let mut keys = Vec::new();

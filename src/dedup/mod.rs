@@ -219,11 +219,11 @@ impl Dedup {
         }
     }
 
-    /// Keeps the reconcile fence up for `ttl` more.
-    pub async fn renew_fence(&self, ttl: std::time::Duration) -> Result<(), DedupError> {
+    /// Keeps the reconcile fence up for `ttl` more; whether it was still up (a store that lost its state lost it).
+    pub async fn renew_fence(&self, ttl: std::time::Duration) -> Result<bool, DedupError> {
         match self.redis_pool() {
             Some(pool) => pool.renew_fence(ttl).await,
-            None => Ok(()),
+            None => Ok(true),
         }
     }
 

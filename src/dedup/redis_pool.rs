@@ -205,10 +205,10 @@ impl RedisPool {
     }
 
     /// Puts up the reconcile fence: the digests of the keys a `poslake reconcile` is about to promote, for `ttl`
-    /// (see `ingest::reconcile`). One reconcile runs at a time (its lock file in the lake), so one set serves.
+    /// (see `ingest::reconcile`). Added to what an earlier reconcile's fence still holds, which stays up until it
+    /// expires.
     pub async fn fence(&self, digests: &[u128], ttl: Duration) -> Result<(), DedupError> {
         let key = self.key(RECONCILE_FENCE);
-        self.query::<()>(redis::pipe().cmd("DEL").arg(&key).ignore()).await?;
         for chunk in digests.chunks(1000) {
             let mut pipe = redis::pipe();
             pipe.cmd("SADD").arg(&key);
@@ -222,12 +222,15 @@ impl RedisPool {
         Ok(())
     }
 
-    /// Keeps the fence up for `ttl` more.
-    pub async fn renew_fence(&self, ttl: Duration) -> Result<(), DedupError> {
-        self.query::<()>(
-            redis::pipe().cmd("PEXPIRE").arg(self.key(RECONCILE_FENCE)).arg(ttl.as_millis() as u64).ignore(),
-        )
-        .await
+    /// Keeps the fence up for `ttl` more. Whether it was still up, in the store this process knows (a store that
+    /// lost its state, and the fence with it, is `StateLost`).
+    pub async fn renew_fence(&self, ttl: Duration) -> Result<bool, DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.key(GENERATION));
+        pipe.cmd("PEXPIRE").arg(self.key(RECONCILE_FENCE)).arg(ttl.as_millis() as u64);
+        let (generation, renewed): (Option<String>, bool) = self.query(&pipe).await?;
+        self.check_generation(generation)?;
+        Ok(renewed)
     }
 
     /// Takes the reconcile fence down.
@@ -236,9 +239,13 @@ impl RedisPool {
     }
 
     /// How many of these digests a running reconcile is promoting: none (one round trip) while no fence is up.
+    /// A store that lost its state since this process last looked (a Redis restarted without persistence) may have
+    /// lost a fence with it: that is an error (`StateLost`), never "no fence".
     pub async fn fenced(&self, digests: &[u128]) -> Result<usize, DedupError> {
         let key = self.key(RECONCILE_FENCE);
-        let (up,): (bool,) = self.query(redis::pipe().cmd("EXISTS").arg(&key)).await?;
+        let (generation, up): (Option<String>, bool) =
+            self.query(redis::pipe().cmd("GET").arg(self.key(GENERATION)).cmd("EXISTS").arg(&key)).await?;
+        self.check_generation(generation)?;
         if !up {
             return Ok(0);
         }

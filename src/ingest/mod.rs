@@ -113,6 +113,10 @@ pub enum IngestError {
          files are left for the next run"
     )]
     Reconciling(usize),
+    /// The reconcile fence could not be checked before a commit (Redis unreachable past its limit, or restarted
+    /// without its data, which a fence may have been part of).
+    #[error("could not check the reconcile fence before a commit ({0}): uncommitted work abandoned, for the next run")]
+    FenceUnchecked(String),
 }
 
 impl IngestError {
@@ -128,7 +132,8 @@ impl IngestError {
             | IngestError::ReplayRunning(_)
             | IngestError::LeaseLost(_)
             | IngestError::LeaseUnconfirmed(_)
-            | IngestError::Reconciling(_) => false,
+            | IngestError::Reconciling(_)
+            | IngestError::FenceUnchecked(_) => false,
         }
     }
 }

@@ -220,9 +220,11 @@ impl PosStages {
                         Err(e) => return Err(IngestError::LeaseUnconfirmed(e.to_string())),
                     }
                 }
-                match self.committer.dedup().fenced(&keys).await? {
-                    0 => Ok(()),
-                    n => Err(IngestError::Reconciling(n)),
+                // Any failure here stops the commit (never taken for the store losing state after the tables).
+                match self.committer.dedup().fenced(&keys).await {
+                    Ok(0) => Ok(()),
+                    Ok(n) => Err(IngestError::Reconciling(n)),
+                    Err(e) => Err(IngestError::FenceUnchecked(e.to_string())),
                 }
             };
             let slots = leases.map(|l| l.held()).unwrap_or_default();
@@ -244,7 +246,12 @@ impl PosStages {
             // committed batch's keys, this one's included.
             Err(IngestError::Dedup(DedupError::StateLost { .. })) => self.heal_holding_open().await?,
             // Nothing was committed: everything open is given up, for whoever holds the slots now.
-            Err(e @ (IngestError::LeaseLost(_) | IngestError::LeaseUnconfirmed(_) | IngestError::Reconciling(_))) => {
+            Err(
+                e @ (IngestError::LeaseLost(_)
+                | IngestError::LeaseUnconfirmed(_)
+                | IngestError::Reconciling(_)
+                | IngestError::FenceUnchecked(_)),
+            ) => {
                 self.abandon_uncommitted(open, &keys);
                 return Err(e);
             }

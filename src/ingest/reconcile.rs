@@ -82,31 +82,24 @@ pub async fn reconcile(
     if candidates.is_empty() {
         return Ok(report);
     }
-    let store = committer.dedup().clone();
-    if store.is_shared() {
+    if committer.dedup().is_shared() {
         // Ingests may run meanwhile (a shared store), and one may land a candidate between the read above and the
-        // commit below: both would then land it. So the fence goes up first (a commit holding a fenced key stops
-        // before any table), with the keys in the filter (later checks quarantine them). The commits already past
-        // their fence check hold intents: once those have ended, a second read leaves out what they landed.
-        let keys: Vec<DedupKey> = candidates.iter().map(|c| c.key).collect();
-        store.fence(&keys, FENCE_TTL).await.map_err(IngestError::from)?;
-        let promoted = promote_fenced(&warehouse, &committer, &mut candidates).await;
-        if let Err(e) = store.unfence().await {
-            tracing::warn!(error = %e, "could not take the reconcile fence down; it expires by itself");
-        }
-        let commit = promoted?;
+        // commit below: both would then land it. See `promote_fenced`.
+        report.commit = promote_fenced(&warehouse, &committer, &mut candidates).await?;
         report.promoted = candidates.len() as u64;
         report.confirmed_duplicates = distinct.saturating_sub(report.promoted);
-        report.commit = commit;
     } else {
-        report.commit = Some(promote(&warehouse, &committer, &candidates).await?);
+        let unfenced: Option<std::future::Ready<Result<(), IngestError>>> = None;
+        report.commit = Some(promote(&warehouse, &committer, &candidates, unfenced).await?);
     }
     tracing::info!(promoted = report.promoted, confirmed = report.confirmed_duplicates, "reconciled the quarantine");
     Ok(report)
 }
 
-/// How long the reconcile fence stays up if reconcile dies with it up (it is renewed before the commit).
-const FENCE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long the reconcile fence stays up: past the wait for commits in progress, and then long enough for the
+/// commits of keys that ingests checked before the keys reached the filter (their next commit, seconds to minutes
+/// away). It is renewed when reconcile commits, and left to expire after.
+const FENCE_TTL: std::time::Duration = std::time::Duration::from_secs(900);
 /// How long reconcile waits for commits in progress to end before giving up (promoting nothing).
 const COMMITS_IN_PROGRESS_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -148,8 +141,16 @@ async fn read_candidates(warehouse: &Warehouse) -> Result<Vec<Candidate>, Reconc
     Ok(out)
 }
 
-/// With the fence up: adds the candidates' keys to the filter, waits for the commits in progress, leaves out the
-/// candidates they landed, and promotes the rest. The commit's id, if anything was left to promote.
+/// Promotes the candidates beside running ingests, each key from one side only:
+/// 1. their keys go into the filter, so that ingests' later checks quarantine them;
+/// 2. the reconcile fence goes up over them: a commit that holds one (checked before step 1) commits nothing;
+/// 3. the commits in progress end (intents locked by live processes: they passed their fence check before step 2),
+///    and those of processes that died are finished;
+/// 4. the anti-join is read again, leaving out what those commits landed, and the rest is committed, with the
+///    fence checked still up in the store this process knows (a Redis that lost its state lost the fence).
+///
+/// The fence is left to expire, for the ingests still holding keys checked before step 1. The commit's id, if
+/// anything was left to promote.
 async fn promote_fenced(
     warehouse: &Arc<Warehouse>,
     committer: &Committer,
@@ -158,6 +159,7 @@ async fn promote_fenced(
     let store = committer.dedup();
     let keys: Vec<DedupKey> = candidates.iter().map(|c| c.key).collect();
     store.add(&keys).await.map_err(IngestError::from)?;
+    store.fence(&keys, FENCE_TTL).await.map_err(IngestError::from)?;
     let every_slot: Vec<u32> = (0..super::slot_leases::SLOTS).collect();
     let waiting =
         warehouse.wait_for_live_intents(COMMITS_IN_PROGRESS_LIMIT, &every_slot).await.map_err(IngestError::from)?;
@@ -168,20 +170,29 @@ async fn promote_fenced(
             secs: COMMITS_IN_PROGRESS_LIMIT.as_secs(),
         });
     }
+    committer.recover(None).await?;
     let still_absent: HashSet<u128> = read_candidates(warehouse).await?.into_iter().map(|c| c.key.digest).collect();
     candidates.retain(|c| still_absent.contains(&c.key.digest));
     if candidates.is_empty() {
         return Ok(None);
     }
-    store.renew_fence(FENCE_TTL).await.map_err(IngestError::from)?;
-    Ok(Some(promote(warehouse, committer, candidates).await?))
+    let fence = async {
+        match store.renew_fence(FENCE_TTL).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(IngestError::FenceUnchecked("the reconcile fence is gone".into())),
+            Err(e) => Err(IngestError::FenceUnchecked(e.to_string())),
+        }
+    };
+    Ok(Some(promote(warehouse, committer, candidates, Some(fence)).await?))
 }
 
-/// Writes the candidates into the silver and bronze tables and commits them (their keys added after).
+/// Writes the candidates into the silver and bronze tables and commits them (their keys added after), with `fence`
+/// checked once the intent is written, if given.
 async fn promote(
     warehouse: &Arc<Warehouse>,
     committer: &Committer,
     candidates: &[Candidate],
+    fence: Option<impl std::future::Future<Output = Result<(), IngestError>>>,
 ) -> Result<String, ReconcileError> {
     let mut rows = warehouse.rows();
     for c in candidates {
@@ -194,7 +205,11 @@ async fn promote(
     writer.write(rows).await.map_err(IngestError::from)?;
     let tables = writer.prepare().await.map_err(IngestError::from)?;
     let properties = HashMap::from([(COMMIT_PROPERTY.to_owned(), id.clone())]);
-    committer.commit(PreparedCommit { id: id.clone(), properties, tables }, &keys).await?;
+    let commit = PreparedCommit { id: id.clone(), properties, tables };
+    match fence {
+        Some(fence) => committer.commit_fenced(commit, &keys, &[], fence).await?,
+        None => committer.commit(commit, &keys).await?,
+    };
     Ok(id)
 }
 

@@ -74,15 +74,15 @@ const FENCED: &str = ".json.fence";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveIntent {
     pub path: PathBuf,
-    /// The route slots its worker held; `None` if unknown (a commit not made by leased slots, or still being
-    /// written), which counts as every slot.
+    /// The route slots its worker held; `None` if unknown (still being written) and empty for a worker that
+    /// leases none (it takes any file): both count as every slot.
     pub slots: Option<Vec<u32>>,
 }
 
 impl LiveIntent {
     /// Whether the commit may hold files of any of `slots`.
     pub fn touches(&self, slots: &[u32]) -> bool {
-        self.slots.as_ref().is_none_or(|mine| mine.iter().any(|s| slots.contains(s)))
+        self.slots.as_ref().is_none_or(|mine| mine.is_empty() || mine.iter().any(|s| slots.contains(s)))
     }
 }
 
@@ -287,9 +287,20 @@ impl Warehouse {
             }
             match IntentLock::try_take(&path) {
                 Ok(None) => {}
-                // Unlocked (abandoned: recovery's), or gone since the listing (complete).
+                // Unlocked (abandoned: recovery's).
                 Ok(Some(_)) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Gone since the listing: complete, or renamed on to its next stage (being written to fenced or
+                // made, fenced to made), where it is still in progress.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let base = commit_of(&path);
+                    let next = [format!("{base}{FENCED}"), format!("{base}.json")]
+                        .map(PathBuf::from)
+                        .into_iter()
+                        .filter(|p| *p != path)
+                        .find(|p| matches!(IntentLock::try_take(p), Ok(None)));
+                    live.extend(next);
+                    continue;
+                }
                 Err(source) => return Err(LakeError::Io { path, source }),
             }
             live.push(path);
@@ -497,4 +508,18 @@ fn holds_commit(table: &iceberg::table::Table, id: &str) -> bool {
         .metadata()
         .snapshots()
         .any(|s| s.summary().additional_properties.get(COMMIT_PROPERTY).is_some_and(|c| c == id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_without_route_slots_may_hold_any_file() {
+        let intent = |slots: Option<Vec<u32>>| LiveIntent { path: PathBuf::from("c.json"), slots };
+        assert!(intent(None).touches(&[3]), "unknown: still being written");
+        assert!(intent(Some(vec![])).touches(&[3]), "a worker that leases no slots takes any file");
+        assert!(intent(Some(vec![3, 4])).touches(&[4]));
+        assert!(!intent(Some(vec![3, 4])).touches(&[5]));
+    }
 }
