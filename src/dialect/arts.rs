@@ -12,7 +12,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction: "Transaction",
     file: &[],
     type_from_element_name: false,
-    header: HEADER,
+    header: &[HEADER, STATUS, TOTALS],
     // The ARTS data model keys a transaction by store + workstation + business day + sequence: the sequence
     // restarts per workstation (the NCR sample collides five times without the workstation).
     register_in_key: true,
@@ -35,7 +35,7 @@ pub(super) const LINE_ITEM: &str = "RetailTransaction/LineItem";
 /// transaction.
 pub(super) const LINE_DISCOUNTS: &str = "Sale|Return|FuelSale/RetailPriceModifier, LoyaltyReward, Discount";
 
-pub(super) const HEADER: &[Rule] = &[
+const HEADER: &[Rule] = &[
     text("RetailStoreID", Field::Site),
     text("BusinessUnit/UnitID", Field::Site),
     text("WorkstationID", Field::Register),
@@ -51,8 +51,12 @@ pub(super) const HEADER: &[Rule] = &[
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
     text("@OfflineFlag", Field::Flag(Flag::Offline)),
     text("@OutsideSalesFlag, RetailTransaction/@OutsideSalesFlag", Field::Flag(Flag::OutsideSale)),
-    // `RetailTransaction@TransactionStatus` (default `Finished`): a parked, cancelled or voided ticket is not a sale.
-    // Predicates ignore case and a prefix on the value (`dtv:CancelOrphaned`).
+];
+
+/// `RetailTransaction@TransactionStatus` (default `Finished`): a parked, cancelled or voided ticket is not a sale
+/// (predicates ignore case and a prefix on the value: `dtv:CancelOrphaned`); the record that voids an earlier ticket
+/// links to it. Shared with Xstore and Visma.
+pub(super) const STATUS: &[Rule] = &[
     mark("RetailTransaction[@TransactionStatus=Suspended]", Field::Flag(Flag::Suspended), "true"),
     mark("RetailTransaction[@TransactionStatus=Canceled]", Field::Flag(Flag::Voided), "true"),
     mark("RetailTransaction[@TransactionStatus=Cancelled]", Field::Flag(Flag::Voided), "true"),
@@ -60,13 +64,16 @@ pub(super) const HEADER: &[Rule] = &[
     mark("RetailTransaction[@TransactionStatus=Voided]", Field::Flag(Flag::Voided), "true"),
     mark("RetailTransaction[@TransactionStatus=TransactionVoided]", Field::Flag(Flag::Voided), "true"),
     mark("RetailTransaction[@TransactionStatus=SuspendedDeleted]", Field::Flag(Flag::Voided), "true"),
-    // The record that voids an earlier ticket links to it.
     mark(
         "RetailTransaction|PostVoidTransaction/TransactionLink[@ReasonCode=PostVoid], \
          RetailTransaction/LineItem/TransactionLink[@ReasonCode=PostVoid]",
         Field::Flag(Flag::PostVoid),
         "true",
     ),
+];
+
+/// The transaction's totals by `TotalType`. Shared with Xstore and Visma.
+pub(super) const TOTALS: &[Rule] = &[
     text("RetailTransaction/Total[@TotalType=TransactionGrossAmount]", Field::Gross),
     text("RetailTransaction/Total[@TotalType=TransactionNetAmount]", Field::Net),
     text("RetailTransaction/Total[@TotalType=TransactionTaxAmount]", Field::Tax),

@@ -1,7 +1,7 @@
 //! NAXML / Conexxus POSJournal 3.6 as NCR Radiant exports it: the NAXML vocabulary as default namespace, a
 //! `radiant:` extension, dates written `2021-05-28T` and business dates with an offset. Sources: docs/formats.md.
 
-use super::{Detect, Dialect, DialectSpec, DiscountSign, Field, Flag, Rule, naxml, text};
+use super::{Detect, Dialect, DialectSpec, DiscountSign, Field, Rule, naxml, text};
 use crate::model::TransactionType as T;
 
 pub(super) static SPEC: DialectSpec = DialectSpec {
@@ -16,7 +16,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction: naxml::EVENTS,
     file: &[text("TransmissionHeader/StoreLocationID", Field::Site)],
     type_from_element_name: true,
-    header: HEADER,
+    header: &[naxml::EVENT, TAX, naxml::AMOUNTS],
     register_in_key: true,
     types: naxml::TYPES,
     default_type: T::Other,
@@ -32,24 +32,9 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     post_void_link: &[],
 };
 
-/// NAXML's header rules, but the tax total is `TransactionTotalTaxSalesAmount`, else `…TaxNetAmount` (the reverse of
-/// Passport's), whatever their order in the file.
-const HEADER: &[Rule] = &[
-    text("TransactionID", Field::Sequence),
-    text("RegisterID", Field::Register),
-    text("BusinessDate", Field::BusinessDate),
-    text("CashierID", Field::Cashier),
-    text("EventStartDate", Field::StartTime),
-    text("EventStartTime", Field::StartClock),
-    text("EventEndDate", Field::EndTime),
-    text("EventEndTime", Field::EndClock),
-    text("TrainingModeFlag/@value", Field::Flag(Flag::Training)),
-    text("SuspendFlag/@value", Field::Flag(Flag::Suspended)),
-    text("OutsideSalesFlag/@value", Field::Flag(Flag::OutsideSale)),
-    text("OfflineFlag/@value", Field::Flag(Flag::Offline)),
-    text("TransactionSummary/TransactionTotalGrossAmount", Field::Gross),
-    text("TransactionSummary/TransactionTotalNetAmount", Field::Net),
+/// The tax total is `TransactionTotalTaxSalesAmount`, else `…TaxNetAmount` (the reverse of Passport's), whatever
+/// their order in the file.
+const TAX: &[Rule] = &[
     text("TransactionSummary/TransactionTotalTaxSalesAmount", Field::Tax),
     text("TransactionSummary/TransactionTotalTaxNetAmount", Field::TaxFallback),
-    text("TransactionSummary/TransactionTotalGrandAmount", Field::Total),
 ];

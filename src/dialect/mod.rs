@@ -290,8 +290,8 @@ pub struct DialectSpec {
     pub file: &'static [Rule],
     /// The transaction element's own name is its type value (NAXML `SaleEvent`, `RefundEvent` …).
     pub type_from_element_name: bool,
-    /// Rules relative to the transaction element.
-    pub header: &'static [Rule],
+    /// Rules relative to the transaction element, in groups that dialects share (applied in order).
+    pub header: &'static [&'static [Rule]],
     /// Whether the dedup key carries the register (the vendor numbers transactions per register).
     pub register_in_key: bool,
     /// Vendor type values; a value not listed is `other`.

@@ -12,7 +12,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction: EVENTS,
     file: &[text("TransmissionHeader/StoreLocationID", Field::Site)],
     type_from_element_name: true,
-    header: HEADER,
+    header: &[EVENT, TAX, AMOUNTS],
     // TransactionID is not documented as unique across registers; back offices check it per RegisterID.
     register_in_key: true,
     types: TYPES,
@@ -35,7 +35,8 @@ pub(super) const EVENTS: &str = "JournalReport/SaleEvent|RefundEvent|VoidEvent|O
 pub(super) const LINES: &str = "TransactionDetailGroup/TransactionLine";
 pub(super) const DISCOUNTS: &str = "ItemLine|FuelLine|MerchandiseCodeLine/Promotion|Discount";
 
-const HEADER: &[Rule] = &[
+/// An event's key, times and flags. Shared with Conexxus.
+pub(super) const EVENT: &[Rule] = &[
     text("TransactionID", Field::Sequence),
     text("RegisterID", Field::Register),
     text("BusinessDate", Field::BusinessDate),
@@ -48,10 +49,18 @@ const HEADER: &[Rule] = &[
     text("SuspendFlag/@value", Field::Flag(Flag::Suspended)),
     text("OutsideSalesFlag/@value", Field::Flag(Flag::OutsideSale)),
     text("OfflineFlag/@value", Field::Flag(Flag::Offline)),
-    text("TransactionSummary/TransactionTotalGrossAmount", Field::Gross),
-    text("TransactionSummary/TransactionTotalNetAmount", Field::Net),
+];
+
+/// Passport's tax total: `TransactionTotalTaxNetAmount`, else `…TaxSalesAmount`, whatever their order in the file.
+const TAX: &[Rule] = &[
     text("TransactionSummary/TransactionTotalTaxNetAmount", Field::Tax),
     text("TransactionSummary/TransactionTotalTaxSalesAmount", Field::TaxFallback),
+];
+
+/// The other totals. Shared with Conexxus.
+pub(super) const AMOUNTS: &[Rule] = &[
+    text("TransactionSummary/TransactionTotalGrossAmount", Field::Gross),
+    text("TransactionSummary/TransactionTotalNetAmount", Field::Net),
     text("TransactionSummary/TransactionTotalGrandAmount", Field::Total),
 ];
 

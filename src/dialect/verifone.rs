@@ -14,7 +14,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     // crosses midnight).
     file: &[text("@site", Field::Site), text("openedTime", Field::BusinessDate)],
     type_from_element_name: false,
-    header: HEADER,
+    header: &[HEADER],
     // trSeq is the register's own ticket number; the register is trTickNum/posNum (the flat posNum is always 0).
     register_in_key: true,
     types: TYPES,

@@ -9,7 +9,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     transaction: "Transaction",
     file: &[],
     type_from_element_name: false,
-    header: HEADER,
+    header: &[HEADER, arts::STATUS, arts::TOTALS],
     register_in_key: true,
     types: TYPES,
     default_type: T::Other,
@@ -38,28 +38,9 @@ const HEADER: &[Rule] = &[
     text("@CancelFlag", Field::Flag(Flag::Voided)),
     text("@TrainingModeFlag", Field::Flag(Flag::Training)),
     text("@OfflineFlag", Field::Flag(Flag::Offline)),
-    // `RetailTransaction@TransactionStatus` (default `Finished`): a parked, cancelled or voided ticket is not a sale.
-    // Predicates ignore case and a prefix on the value (`dtv:CancelOrphaned`).
-    mark("RetailTransaction[@TransactionStatus=Suspended]", Field::Flag(Flag::Suspended), "true"),
-    mark("RetailTransaction[@TransactionStatus=Canceled]", Field::Flag(Flag::Voided), "true"),
-    mark("RetailTransaction[@TransactionStatus=Cancelled]", Field::Flag(Flag::Voided), "true"),
-    mark("RetailTransaction[@TransactionStatus=PostVoided]", Field::Flag(Flag::Voided), "true"),
-    mark("RetailTransaction[@TransactionStatus=Voided]", Field::Flag(Flag::Voided), "true"),
-    mark("RetailTransaction[@TransactionStatus=TransactionVoided]", Field::Flag(Flag::Voided), "true"),
-    mark("RetailTransaction[@TransactionStatus=SuspendedDeleted]", Field::Flag(Flag::Voided), "true"),
+    // Xstore cancels a ticket left orphaned.
     mark("RetailTransaction[@TransactionStatus=CancelOrphaned]", Field::Flag(Flag::Voided), "true"),
     mark("RetailTransaction[@TransactionStatus=CANCEL_ORPHANED]", Field::Flag(Flag::Voided), "true"),
-    // The record that voids an earlier ticket links to it.
-    mark(
-        "RetailTransaction|PostVoidTransaction/TransactionLink[@ReasonCode=PostVoid], \
-         RetailTransaction/LineItem/TransactionLink[@ReasonCode=PostVoid]",
-        Field::Flag(Flag::PostVoid),
-        "true",
-    ),
-    text("RetailTransaction/Total[@TotalType=TransactionGrossAmount]", Field::Gross),
-    text("RetailTransaction/Total[@TotalType=TransactionNetAmount]", Field::Net),
-    text("RetailTransaction/Total[@TotalType=TransactionTaxAmount]", Field::Tax),
-    text("RetailTransaction/Total[@TotalType=TransactionGrandAmount]", Field::Total),
 ];
 
 const TYPES: &[TypeMap] = &[

@@ -60,7 +60,9 @@ impl Plan {
         let mut plan = Plan { nodes: vec![Node::default()], spec };
         plan.add_rules(&[ROOT], spec.file);
         let txs = plan.add_role(&[ROOT], spec.transaction, Role::Transaction);
-        plan.add_rules(&txs, spec.header);
+        for rules in spec.header {
+            plan.add_rules(&txs, rules);
+        }
         let lines = plan.add_role(&txs, spec.line, Role::Line);
         plan.add_rules(&lines, spec.line_rules);
         let mut discounts = plan.add_role(&lines, spec.discount, Role::Discount);
