@@ -107,7 +107,14 @@ fn arts_returns_are_negative_and_a_v6_sale_of_negative_quantity_is_a_refund() {
 fn arts_fuel_prepay_and_a_transaction_discount_are_read() {
     let fuel = r#"<LineItem><FuelSale TypeCode="Prepay"><FuelGradeID>1</FuelGradeID><FuelingPointID>3</FuelingPointID><ExtendedAmount>40.00</ExtendedAmount></FuelSale></LineItem><LineItem><FuelSale TypeCode="PrepayRefund"><ExtendedAmount>-5.41</ExtendedAmount></FuelSale></LineItem>"#;
     let discount = "<LineItem><Discount><Amount>3.00</Amount><ReasonCode>TXN10</ReasonCode></Discount></LineItem>";
-    let txs = parse(&poslog(ARTS_NS, &[arts(1, "", fuel), arts(2, "", &format!("{SALE}{discount}"))]));
+    let gallons = r#"<LineItem><Sale><ItemID>GAS</ItemID><Quantity UnitOfMeasureCode="GLL">8.5</Quantity><ActualSalesUnitPrice>3.529</ActualSalesUnitPrice><ExtendedAmount>30.00</ExtendedAmount></Sale></LineItem>"#;
+    let txs = parse(&poslog(
+        ARTS_NS,
+        &[arts(1, "", fuel), arts(2, "", &format!("{SALE}{discount}")), arts(3, "", &format!("{SALE}{gallons}"))],
+    ));
+    let (item, gas) = (&txs[2].lines[0], &txs[2].lines[1]);
+    assert_eq!((item.kind, gas.kind), (LineKind::Item, LineKind::Fuel), "sold in gallons: fuel");
+    assert_eq!((gas.fuel_volume, gas.fuel_unit_price), (Some(dec("8.5")), Some(dec("3.529"))));
     assert_eq!(txs[0].lines[0].kind, LineKind::FuelPrepay);
     assert_eq!(txs[0].lines[0].fuel_position.as_deref(), Some("3"));
     assert_eq!(txs[0].lines[1].kind, LineKind::FuelPrepay, "a deposit given back is not fuel sold");

@@ -105,6 +105,7 @@ pub(super) const LINE: &[Rule] = &[
     text("Sale|Return|FuelSale/Description", Field::Description),
     text("Sale|Return/MerchandiseHierarchy", Field::Department),
     text("Sale|Return|FuelSale/Quantity", Field::Quantity),
+    text("Sale|Return/Quantity/@UnitOfMeasureCode", Field::LineUnitOfMeasure),
     text("Sale|Return|FuelSale/ActualSalesUnitPrice", Field::UnitPrice),
     text("Sale|Return|FuelSale/RegularSalesUnitPrice", Field::UnitPrice),
     text("Sale|Return|FuelSale/ExtendedAmount", Field::ExtendedAmount),

@@ -191,6 +191,8 @@ pub enum Field {
     LineTaxVoid,
     LineVoid,
     LineRefund,
+    /// The unit a line's quantity is measured in: a volume (gallons, litres) makes an item line a fuel line.
+    LineUnitOfMeasure,
     /// A returned item written with positive amounts (ARTS `Return`): the line is a refund, and its positive
     /// quantity, amount and tax are negated so that refunds are negative in every dialect.
     LineReturn,

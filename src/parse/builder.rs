@@ -12,6 +12,9 @@ use crate::model::{
     TransactionKey, TransactionType,
 };
 
+/// Units of measure that are volumes (UN/ECE rec. 20 codes, and the words exports use).
+const VOLUME_UNITS: &[&str] = &["GLL", "GLI", "LTR", "GAL", "gallon", "gallonUS", "litre", "liter"];
+
 /// The scale of a derived unit price: the lake's decimal scale.
 const UNIT_PRICE_SCALE: u32 = 4;
 
@@ -68,6 +71,8 @@ struct LineBuilder {
     positive_return: bool,
     /// A unit price for when none can be derived (see [`Field::UnitPriceFallback`]).
     unit_price_fallback: Option<Decimal>,
+    /// The quantity is a volume (see [`Field::LineUnitOfMeasure`]).
+    by_volume: bool,
 }
 
 /// The transaction could not be completed: a key field is missing.
@@ -134,17 +139,19 @@ impl TxBuilder {
             tax_void: false,
             positive_return: false,
             unit_price_fallback: None,
+            by_volume: false,
         });
     }
 
     /// Closes the current line: a line whose type names a sales line goes to silver; any other line (tender, tax,
     /// loyalty, no type at all) stays in bronze only, and discounts read inside it no longer point at it.
     pub fn end_line(&mut self, spec: &DialectSpec) {
-        let Some(LineBuilder { mut line, discounts_from, positive_return, unit_price_fallback, .. }) = self.line.take()
+        let Some(LineBuilder { mut line, discounts_from, positive_return, unit_price_fallback, by_volume, .. }) =
+            self.line.take()
         else {
             return;
         };
-        let kind = match line.kind_raw.as_deref() {
+        let mut kind = match line.kind_raw.as_deref() {
             None => None,
             Some(raw) => match spec.line_kinds.iter().find(|k| k.raw == raw) {
                 Some(mapped) => {
@@ -154,6 +161,12 @@ impl TxBuilder {
                 None => Some(LineKind::Other),
             },
         };
+        // An item sold by volume is fuel (ARTS writes fuel as a `Sale` in gallons or litres).
+        if by_volume && kind == Some(LineKind::Item) {
+            kind = Some(LineKind::Fuel);
+            line.fuel_volume = line.fuel_volume.or(line.quantity);
+            line.fuel_unit_price = line.fuel_unit_price.or(line.unit_price);
+        }
         if positive_return {
             let discounts = self.discounts[discounts_from..].iter_mut().filter_map(|d| d.amount.as_mut());
             let amounts = [&mut line.quantity, &mut line.extended_amount, &mut line.tax_amount].into_iter().flatten();
@@ -406,6 +419,7 @@ fn apply_line(builder: &mut LineBuilder, field: Field, value: &str) -> Result<()
                 line.tax_amount = Some(line.tax_amount.unwrap_or_default() + tax);
             }
         }
+        Field::LineUnitOfMeasure => builder.by_volume = VOLUME_UNITS.iter().any(|u| u.eq_ignore_ascii_case(value)),
         Field::LineTaxVoid => builder.tax_void = values::flag(value).map_err(|r| ("tax void flag", r))?,
         Field::LineReturn if values::flag(value).map_err(|r| ("line return flag", r))? => {
             line.refund = true;
