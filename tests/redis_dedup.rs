@@ -195,22 +195,12 @@ async fn a_saturated_filter_loses_nothing_and_reconcile_promotes_its_false_posit
 async fn reconcile_beside_an_ingest_of_the_same_keys_lands_each_key_once() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let lake = dir.path().join("lake");
-    let (staging, _, manifest) = corpus(dir.path(), 9, 2);
-    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..bitmap(&server) };
-    let first = run(&setup(&staging, &lake, tiny)).await;
-    assert!(first.quarantined_transactions > 0, "{first:?}");
-    let want = unique_keys(&manifest);
-
-    // A new filter from sales_header: it lacks the quarantined keys. Then every file again, under other names.
-    let fresh = DedupConfig { key_prefix: "fresh".into(), ..bitmap(&server) };
-    let wh = Arc::new(Warehouse::open(&lake).await.expect("open"));
-    let store = Arc::new(Dedup::open(&fresh, &lake).await.expect("store"));
-    poslake::ingest::commit::Committer::new(wh.clone(), store.clone()).rebuild().await.expect("rebuild");
+    let (staging, lake, want, fresh) = quarantined_then_forgotten(&server, dir.path(), 9).await;
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let store = Dedup::open(&fresh, &lake).await.expect("store");
     let landed: BTreeSet<String> = header_keys(&wh).await.into_iter().collect();
     let absent: Vec<&String> = want.difference(&landed).collect();
     assert!(!absent.is_empty());
-    resend(&staging, &manifest, &staging.join("again"), 1);
 
     // With the fence up over those keys, the ingest commits nothing that holds one, and says why.
     let fenced: Vec<DedupKey> = quarantined_keys(&wh).await;
@@ -250,18 +240,7 @@ async fn reconcile_beside_an_ingest_of_the_same_keys_lands_each_key_once() {
 async fn reconcile_finishes_a_dead_ingests_commit_before_it_promotes() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let lake = dir.path().join("lake");
-    let (staging, _, manifest) = corpus(dir.path(), 13, 2);
-    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..bitmap(&server) };
-    assert!(run(&setup(&staging, &lake, tiny)).await.quarantined_transactions > 0);
-    let want = unique_keys(&manifest);
-    let fresh = DedupConfig { key_prefix: "fresh".into(), ..bitmap(&server) };
-    {
-        let wh = Arc::new(Warehouse::open(&lake).await.expect("open"));
-        let store = Arc::new(Dedup::open(&fresh, &lake).await.expect("store"));
-        poslake::ingest::commit::Committer::new(wh, store).rebuild().await.expect("rebuild");
-    }
-    resend(&staging, &manifest, &staging.join("again"), 1);
+    let (staging, lake, want, fresh) = quarantined_then_forgotten(&server, dir.path(), 13).await;
 
     // The re-sent files' first commit holds quarantined keys the fresh filter lacks; the process dies once its
     // intent is made (past the fence), before any table.
@@ -290,6 +269,27 @@ async fn reconcile_finishes_a_dead_ingests_commit_before_it_promotes() {
     run(&setup(&staging, &lake, fresh.clone())).await;
     poslake::ingest::reconcile::reconcile(&lake, None, &fresh).await.expect("last reconcile");
     assert_exact(&lake, &want).await;
+}
+
+/// A lake whose saturated filter quarantined false positives, then a new filter (prefix `fresh`) rebuilt from
+/// `sales_header`, which lacks them, and every file again under another name: (staging, lake, every unique key, the
+/// new filter's configuration).
+async fn quarantined_then_forgotten(
+    server: &RedisServer,
+    dir: &Path,
+    seed: u64,
+) -> (PathBuf, PathBuf, BTreeSet<String>, DedupConfig) {
+    let lake = dir.join("lake");
+    let (staging, _, manifest) = corpus(dir, seed, 2);
+    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..bitmap(server) };
+    let first = run(&setup(&staging, &lake, tiny)).await;
+    assert!(first.quarantined_transactions > 0, "{first:?}");
+    let fresh = DedupConfig { key_prefix: "fresh".into(), ..bitmap(server) };
+    let wh = Arc::new(Warehouse::open(&lake).await.expect("open"));
+    let store = Arc::new(Dedup::open(&fresh, &lake).await.expect("store"));
+    poslake::ingest::commit::Committer::new(wh, store).rebuild().await.expect("rebuild");
+    resend(&staging, &manifest, &staging.join("again"), 1);
+    (staging, lake, unique_keys(&manifest), fresh)
 }
 
 /// The dedup keys of the quarantine's rows.
