@@ -211,6 +211,11 @@ pub struct SalesHeader {
     pub net_amount: Option<Decimal>,
     pub tax_amount: Option<Decimal>,
     pub total_amount: Option<Decimal>,
+    /// The ticket this record voids, by its sequence on the same site, register and business date: a post-void's
+    /// linked ticket, a rollback mirror's original. That ticket may be in this file (then it is flagged voided
+    /// here too) or in another, earlier or later: `sales_voids` records the link either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voids: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

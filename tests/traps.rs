@@ -78,6 +78,7 @@ fn arts_statuses_flag_what_is_not_a_finished_sale() {
     assert!(h[0].flags.excluded_from_sales() && h[5].flags.excluded_from_sales());
     // A post-void of its own number flags the ticket it names, earlier in the file.
     assert!(h[6].flags.voided && h[7].key.variant == KeyVariant::PostVoid);
+    assert_eq!((h[5].voids.as_deref(), h[7].voids.as_deref()), (Some("1"), Some("6")));
     assert!(h[8].key.variant == KeyVariant::Primary && !h[8].flags.voided);
     assert_eq!(h[9].transaction_type, TransactionType::Sale);
     assert!(!h[9].flags.excluded_from_sales());
@@ -145,6 +146,10 @@ fn xstore_cancel_orphaned_post_void_and_voided_tax() {
     assert!(txs[1].header.flags.voided && txs[1].header.flags.excluded_from_sales());
     assert_eq!(txs[2].header.key.variant, KeyVariant::PostVoid);
     assert_eq!(txs[2].header.key.sequence, txs[0].header.key.sequence);
+    // A post-void without a link carries the number of the ticket it voids: that sale is left out.
+    assert_eq!(txs[2].header.voids.as_deref(), Some("300"));
+    assert!(txs[0].header.flags.voided && txs[0].header.flags.excluded_from_sales());
+    assert!(txs[0].header.voids.is_none() && txs[1].header.voids.is_none());
 }
 
 #[test]
@@ -292,6 +297,27 @@ async fn records_that_share_an_earlier_tickets_number_land_in_later_runs() {
     assert_eq!((third.new_transactions, third.duplicate_transactions), (0, 2), "re-sent records add nothing");
 
     let wh = poslake::lake::Warehouse::open(&paths.lake).await.expect("open");
+    // The sale landed as a sale; its post-void, a file later, voids it in `sales_header_current`, once.
+    let row = "concat_ws('|', sequence, key_variant, CAST(voided AS VARCHAR), CAST(excluded_from_sales AS VARCHAR), \
+               transaction_type)";
+    let landed = common::strings(&wh, &format!("SELECT {row} FROM sales_header WHERE site = 'S1'")).await;
+    assert_eq!(landed, ["400|post_void|true|true|void", "400|primary|false|false|sale"]);
+    let current = common::strings(&wh, &format!("SELECT {row} FROM sales_header_current WHERE site = 'S1'")).await;
+    assert_eq!(current, ["400|post_void|true|true|void", "400|primary|true|true|void"]);
+    let voids = common::strings(
+        &wh,
+        "SELECT concat_ws('|', site, sequence, key_variant, voided_sequence, reason, source_file) FROM sales_voids",
+    )
+    .await;
+    assert_eq!(voids, ["S1|400|post_void|400|post_void|b-postvoid.xml"]);
+    let prepays = common::strings(
+        &wh,
+        "SELECT concat_ws('|', key_variant, CAST(excluded_from_sales AS VARCHAR)) FROM sales_header_current \
+         WHERE site = '7070'",
+    )
+    .await;
+    assert_eq!(prepays, ["completion|false", "prepay|false"], "no void touches the fuel pair");
+
     let mut keys = common::keys_of_table(&wh, "sales_header").await;
     keys.sort();
     let mut want = [

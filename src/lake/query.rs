@@ -1,14 +1,27 @@
 //! SQL over the lake with DataFusion: the Iceberg catalog is registered as the default catalog and schema, so
 //! tables are named plainly (`SELECT … FROM sales_header h JOIN sales_line l USING (site, business_date, …)`).
+//! Beside the tables, the schema holds one view, [`CURRENT_HEADER_VIEW`]: `sales_header` with the voids of
+//! `sales_voids` applied, wherever the voiding record landed.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
+use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider, view::ViewTable};
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::IcebergCatalogProvider;
 
 use super::LakeError;
+use super::tables::SALES_HEADER;
 use super::warehouse::{NAMESPACE, Warehouse};
+
+/// `sales_header` as it stands once every void is applied: the same columns, with `voided`,
+/// `excluded_from_sales` and `transaction_type` (`void` for a sale or refund) set for a ticket that a record in
+/// `sales_voids` voids, even one that landed in another file or run than its post-void or rollback.
+pub const CURRENT_HEADER_VIEW: &str = "sales_header_current";
 
 /// The catalog name tables are registered under.
 pub const CATALOG: &str = "poslake";
@@ -21,13 +34,99 @@ pub enum QueryError {
     DataFusion(#[from] datafusion::error::DataFusionError),
 }
 
-/// A DataFusion session over the warehouse's tables.
+/// A DataFusion session over the warehouse's tables and the [`CURRENT_HEADER_VIEW`] view.
 pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new().with_default_catalog_and_schema(CATALOG, NAMESPACE);
     let ctx = SessionContext::new_with_config(config);
     let provider = IcebergCatalogProvider::try_new(warehouse.catalog()).await.map_err(LakeError::from)?;
+    let tables = provider
+        .schema(NAMESPACE)
+        .ok_or_else(|| LakeError::Catalog(format!("the catalog has no namespace {NAMESPACE}")))?;
     ctx.register_catalog(CATALOG, Arc::new(provider));
+    // The view's plan holds the tables it reads; the schema then serves it beside them.
+    let plan = ctx.sql(&current_header_sql()).await?.into_unoptimized_plan();
+    let schema = LakeSchema { tables, views: RwLock::new(HashMap::new()) };
+    schema
+        .register_table(CURRENT_HEADER_VIEW.to_owned(), Arc::new(ViewTable::new(plan, Some(current_header_sql()))))?;
+    let catalog = MemoryCatalogProvider::new();
+    catalog.register_schema(NAMESPACE, Arc::new(schema))?;
+    ctx.register_catalog(CATALOG, Arc::new(catalog));
     Ok(ctx)
+}
+
+/// The view's query. A ticket counts as voided when a `sales_voids` row names its sequence on its site, register
+/// and business date; only primary records can be voided that way (a rollback mirror or a post-void keeps its own
+/// flags).
+fn current_header_sql() -> String {
+    let columns: Vec<String> = SALES_HEADER
+        .columns
+        .iter()
+        .map(|c| match c.name {
+            "voided" | "excluded_from_sales" => format!("h.{0} OR v.voided_sequence IS NOT NULL AS {0}", c.name),
+            "transaction_type" => "CASE WHEN v.voided_sequence IS NOT NULL AND h.transaction_type IN ('sale', \
+                                   'refund') THEN 'void' ELSE h.transaction_type END AS transaction_type"
+                .to_owned(),
+            name => format!("h.{name}"),
+        })
+        .collect();
+    format!(
+        "SELECT {} FROM sales_header h LEFT JOIN (SELECT DISTINCT site, business_date, register, voided_sequence \
+         FROM sales_voids) v ON h.key_variant = 'primary' AND v.site = h.site AND v.business_date = h.business_date \
+         AND (v.register IS NOT DISTINCT FROM h.register) AND v.voided_sequence = h.sequence",
+        columns.join(", ")
+    )
+}
+
+/// The lake's schema: the Iceberg tables, and views kept in memory for the session (a `CREATE VIEW` lands here
+/// too, instead of being taken for a new Iceberg table).
+#[derive(Debug)]
+struct LakeSchema {
+    tables: Arc<dyn SchemaProvider>,
+    views: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
+}
+
+impl LakeSchema {
+    fn views(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<dyn TableProvider>>> {
+        self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for LakeSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        let mut names = self.tables.table_names();
+        names.extend(self.views().keys().cloned());
+        names
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let view = self.views().get(name).cloned();
+        match view {
+            Some(v) => Ok(Some(v)),
+            None => self.tables.table(name).await,
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.views().contains_key(name) || self.tables.table_exist(name)
+    }
+
+    fn register_table(&self, name: String, table: Arc<dyn TableProvider>) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if self.table_exist(&name) {
+            return Err(DataFusionError::Plan(format!("{name} already exists")));
+        }
+        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(views.insert(name, table))
+    }
+
+    fn deregister_table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let mut views = self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(views.remove(name))
+    }
 }
 
 /// Runs one SQL statement and collects its result.

@@ -10,8 +10,8 @@ use chrono::{NaiveDate, NaiveDateTime};
 use super::LakeError;
 use super::columns::{Capacity, Columns, Value};
 use super::tables::{
-    BRONZE_TRANSACTION, DEAD_LETTERS, FILE_LEDGER, SALES_DISCOUNT, SALES_DUPLICATES, SALES_HEADER, SALES_LINE, TABLES,
-    TableDef,
+    BRONZE_TRANSACTION, DEAD_LETTERS, FILE_LEDGER, SALES_DISCOUNT, SALES_DUPLICATES, SALES_HEADER, SALES_LINE,
+    SALES_VOIDS, TABLES, TableDef,
 };
 use crate::model::{ParsedFile, SalesHeader, Transaction};
 
@@ -42,11 +42,15 @@ pub struct Quarantine<'a> {
 /// One table's finished batches, one per business date.
 pub type TableBatches = (&'static TableDef, Vec<(Option<NaiveDate>, RecordBatch)>);
 
-// Indices in [`TABLES`] of the tables a transaction fills (`add_transaction`, and `FileRows` after it).
+// Indices in [`TABLES`]: first the tables a transaction fills (`add_transaction`, and `FileRows` after it).
 const HEADER: usize = 0;
 const LINE: usize = 1;
 const DISCOUNT: usize = 2;
 const BRONZE: usize = 3;
+const VOIDS: usize = 4;
+const QUARANTINE: usize = 5;
+const DEAD_LETTER: usize = 6;
+const LEDGER: usize = 7;
 
 /// A finished batch of one table (its index in [`TABLES`]) and business date.
 pub type TableBatch = (usize, Option<NaiveDate>, RecordBatch);
@@ -156,6 +160,14 @@ impl Rows {
             .push(Value::Str(Some(file.dialect)))?
             .push(Value::Int(Some(h.ordinal as i32)))?
             .push(Value::StrMap(&tx.bronze))?;
+        if let Some(voided) = h.voids.as_deref() {
+            let cols = self.columns(VOIDS, &SALES_VOIDS, Some(date));
+            key(cols, file, h)?
+                .push(Value::Str(Some(voided)))?
+                .push(Value::Str(Some(variant(h.key.variant))))?
+                .push(Value::Str(Some(file.name)))?
+                .push(Value::Str(Some(file.dialect)))?;
+        }
         Ok(())
     }
 
@@ -166,7 +178,7 @@ impl Rows {
             table: SALES_DUPLICATES.name,
             reason: format!("the transaction does not serialise: {e}"),
         })?;
-        let cols = self.columns(4, &SALES_DUPLICATES, Some(tx.header.key.business_date));
+        let cols = self.columns(QUARANTINE, &SALES_DUPLICATES, Some(tx.header.key.business_date));
         key(cols, file, &tx.header)?
             .push(Value::Str(Some(file.name)))?
             .push(Value::Str(Some(file.dialect)))?
@@ -179,7 +191,7 @@ impl Rows {
 
     /// Adds the ledger row of one file.
     pub fn add_ledger(&mut self, e: &LedgerEntry) -> Result<(), LakeError> {
-        self.columns(6, &FILE_LEDGER, None)
+        self.columns(LEDGER, &FILE_LEDGER, None)
             .push(Value::Str(Some(&e.run_id)))?
             .push(Value::Str(Some(&e.path)))?
             .push(Value::Long(e.bytes as i64))?
@@ -200,7 +212,7 @@ impl Rows {
 
     /// Adds the dead-letter row of one file.
     pub fn add_dead_letter(&mut self, d: &DeadLetter) -> Result<(), LakeError> {
-        self.columns(5, &DEAD_LETTERS, None)
+        self.columns(DEAD_LETTER, &DEAD_LETTERS, None)
             .push(Value::Str(Some(&d.run_id)))?
             .push(Value::Str(Some(&d.path)))?
             .push(Value::Str(Some(&d.content_hash)))?
@@ -261,8 +273,8 @@ impl Rows {
 /// parallel, and the parsed structures can be dropped long before the write.
 pub struct FileRows {
     batches: Vec<TableBatch>,
-    /// Per transaction, in file order: its business date and its line and discount rows.
-    shape: Vec<(NaiveDate, u32, u32)>,
+    /// Per transaction, in file order: its business date, and its line, discount and void rows.
+    shape: Vec<(NaiveDate, u32, u32, u32)>,
 }
 
 impl FileRows {
@@ -271,7 +283,7 @@ impl FileRows {
         let mut rows = Rows::new(schemas);
         // Reserve each table's columns per business date first: growing builders value by value (reallocating
         // and copying) was about 2% of an ingest's CPU.
-        let mut sizes: BTreeMap<NaiveDate, [Capacity; BRONZE + 1]> = BTreeMap::new();
+        let mut sizes: BTreeMap<NaiveDate, [Capacity; VOIDS + 1]> = BTreeMap::new();
         for t in &file.transactions {
             let s = sizes.entry(t.header.key.business_date).or_default();
             let (key_bytes, value_bytes) = t.bronze.text_sizes();
@@ -282,6 +294,7 @@ impl FileRows {
             s[BRONZE].map_entries += t.bronze.len();
             s[BRONZE].map_key_bytes += key_bytes;
             s[BRONZE].map_value_bytes += value_bytes;
+            s[VOIDS].rows += usize::from(t.header.voids.is_some());
         }
         for (date, caps) in sizes {
             for (table, cap) in caps.into_iter().enumerate() {
@@ -294,7 +307,10 @@ impl FileRows {
         let shape = file
             .transactions
             .iter()
-            .map(|t| (t.header.key.business_date, t.lines.len() as u32, t.discounts.len() as u32))
+            .map(|t| {
+                let h = &t.header;
+                (h.key.business_date, t.lines.len() as u32, t.discounts.len() as u32, u32::from(h.voids.is_some()))
+            })
             .collect();
         let mut batches = Vec::new();
         for (i, (_, by_date)) in rows.finish()?.into_iter().enumerate() {
@@ -322,9 +338,10 @@ impl FileRows {
         let mut out = Vec::with_capacity(self.batches.len());
         for (table, date, batch) in &self.batches {
             // Rows per transaction, as `add_transaction` fills the tables: one header and one bronze row each.
-            let rows_of = |&(_, lines, discounts): &(NaiveDate, u32, u32)| match *table {
+            let rows_of = |&(_, lines, discounts, voids): &(NaiveDate, u32, u32, u32)| match *table {
                 LINE => lines as usize,
                 DISCOUNT => discounts as usize,
+                VOIDS => voids as usize,
                 _ => 1,
             };
             let mask: BooleanArray = self
@@ -525,6 +542,8 @@ mod tests {
             assert_eq!(rows_of(&got, 1), kept.iter().map(|t| t.lines.len()).sum::<usize>(), "{id}: lines");
             assert_eq!(rows_of(&got, 2), kept.iter().map(|t| t.discounts.len()).sum::<usize>(), "{id}: discounts");
             assert_eq!(rows_of(&got, 3), kept.len(), "{id}: bronze");
+            let voids = kept.iter().filter(|t| t.header.voids.is_some()).count();
+            assert_eq!(rows_of(&got, VOIDS), voids, "{id}: voids");
             let mut want: Vec<String> = kept.iter().map(|t| t.header.key.sequence.clone()).collect();
             want.sort();
             assert_eq!(sequences(&got, 0), want, "{id}: header keys");

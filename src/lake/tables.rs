@@ -194,10 +194,35 @@ pub static DEAD_LETTERS: TableDef = TableDef {
     ],
 };
 
+/// One row per record that voids a ticket: a post-void (its linked ticket) or a rollback mirror (its original),
+/// keyed by the voiding record, committed with it. The voided ticket is `voided_sequence` on the record's own site,
+/// register and business date, wherever it landed: a ticket in the same file is also flagged voided in its own
+/// row; one in another file (earlier or later) keeps its row as it landed, and the `sales_header_current` view of
+/// `poslake query` applies the void.
+pub static SALES_VOIDS: TableDef = TableDef {
+    name: "sales_voids",
+    partition_by: Some("business_date"),
+    columns: key_columns![
+        req("voided_sequence", Kind::Str),
+        // `post_void` or `rollback`: the voiding record's key variant.
+        req("reason", Kind::Str),
+        req("source_file", Kind::Str),
+        req("dialect", Kind::Str),
+    ],
+};
+
 /// Every table the warehouse holds, in the order [`crate::lake::Warehouse::append`] commits them: data first,
 /// the ledger last, so a ledger row never names data that is not committed.
-pub static TABLES: [&TableDef; 7] =
-    [&SALES_HEADER, &SALES_LINE, &SALES_DISCOUNT, &BRONZE_TRANSACTION, &SALES_DUPLICATES, &DEAD_LETTERS, &FILE_LEDGER];
+pub static TABLES: [&TableDef; 8] = [
+    &SALES_HEADER,
+    &SALES_LINE,
+    &SALES_DISCOUNT,
+    &BRONZE_TRANSACTION,
+    &SALES_VOIDS,
+    &SALES_DUPLICATES,
+    &DEAD_LETTERS,
+    &FILE_LEDGER,
+];
 
 impl TableDef {
     /// The Iceberg schema: field ids are column positions from 1; a map's key and value take ids after all

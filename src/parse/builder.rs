@@ -337,6 +337,7 @@ impl TxBuilder {
             net_amount: self.net,
             tax_amount: self.tax,
             total_amount: self.total,
+            voids: None,
         };
         Ok(Transaction { header, lines: self.lines, discounts: self.discounts, bronze: self.bronze })
     }

@@ -406,10 +406,17 @@ impl<'a> Engine<'a> {
                         transaction: ordinal,
                         field: missing.0,
                     })?;
-                    match done.header.key.variant {
-                        KeyVariant::RollbackMirror => mark_rolled_back(&mut self.done, &done.header.key),
-                        KeyVariant::PostVoid => mark_post_voided(&mut self.done, &done, plan.spec.post_void_link),
-                        _ => {}
+                    let mut done = done;
+                    done.header.voids = match done.header.key.variant {
+                        KeyVariant::RollbackMirror => Some(done.header.key.sequence.clone()),
+                        // One without a link carries the number of the ticket it voids (or a number of its own,
+                        // which then names no other ticket).
+                        KeyVariant::PostVoid => post_void_link(&done, plan.spec.post_void_link)
+                            .or_else(|| Some(done.header.key.sequence.clone())),
+                        _ => None,
+                    };
+                    if let Some(voided) = &done.header.voids {
+                        mark_voided(&mut self.done, &done.header.key, voided);
                     }
                     self.done.push(done);
                 }
@@ -660,36 +667,24 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// A rollback mirror's original is flagged voided too: the pair is one payment attempt undone, and sales figures
-/// leave out both. The original is every earlier record of the file with the mirror's key (with its "shadow"
-/// copies, which share the key; the one that lands is the first).
-fn mark_rolled_back(done: &mut [Transaction], mirror: &TransactionKey) {
-    for t in done.iter_mut() {
-        let k = &t.header.key;
-        if k.variant == KeyVariant::Primary
-            && k.sequence == mirror.sequence
-            && k.register == mirror.register
-            && k.business_date == mirror.business_date
-            && k.site == mirror.site
-        {
-            void(t);
-        }
-    }
+/// The ticket a post-void names, by the sequence under one of the dialect's link paths in its bronze record.
+fn post_void_link(post_void: &Transaction, link: &[&str]) -> Option<String> {
+    let linked = |suffix: &&str| post_void.bronze.iter().find(|(k, _)| k.ends_with(*suffix)).map(|(_, v)| v);
+    link.iter().find_map(linked).map(str::to_owned)
 }
 
-/// The ticket a post-void names (by sequence, on the post-void's own register and day), if earlier in this file, is
-/// flagged voided too: sales figures leave out the pair. One in an earlier file is named in the post-void's bronze.
-fn mark_post_voided(done: &mut [Transaction], post_void: &Transaction, link: &[&str]) {
-    let linked = |suffix: &&str| post_void.bronze.iter().find(|(k, _)| k.ends_with(*suffix)).map(|(_, v)| v);
-    let Some(sequence) = link.iter().find_map(linked) else { return };
-    let k = &post_void.header.key;
+/// The ticket a record voids (a rollback mirror's original, a post-void's linked ticket), if earlier in this file,
+/// is flagged voided too: sales figures leave out the pair. For a rollback that is every earlier record of the file
+/// with the mirror's key (with its "shadow" copies, which share the key; the one that lands is the first). A ticket
+/// in another file is left as it landed; `sales_voids` and the `sales_header_current` view name it.
+fn mark_voided(done: &mut [Transaction], by: &TransactionKey, sequence: &str) {
     for t in done.iter_mut() {
         let o = &t.header.key;
         if o.variant == KeyVariant::Primary
             && o.sequence == sequence
-            && o.register == k.register
-            && o.business_date == k.business_date
-            && o.site == k.site
+            && o.register == by.register
+            && o.business_date == by.business_date
+            && o.site == by.site
         {
             void(t);
         }

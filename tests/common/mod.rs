@@ -57,7 +57,15 @@ pub async fn counts(lake: &std::path::Path) -> Vec<(&'static str, u64)> {
 /// Rows of each table of an open lake.
 pub async fn counts_of(wh: &Warehouse) -> Vec<(&'static str, u64)> {
     let mut out = Vec::new();
-    for t in ["sales_header", "sales_line", "sales_discount", "bronze_transaction", "dead_letters", "file_ledger"] {
+    for t in [
+        "sales_header",
+        "sales_line",
+        "sales_discount",
+        "bronze_transaction",
+        "sales_voids",
+        "dead_letters",
+        "file_ledger",
+    ] {
         out.push((t, wh.row_count(t).await.expect("count")));
     }
     out
@@ -165,4 +173,21 @@ pub fn scrape(addr: std::net::SocketAddr) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
+}
+
+/// The rows of a query whose one column is text, sorted.
+pub async fn strings(wh: &Warehouse, sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in poslake::lake::query::sql(wh, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
+        let col = b.column(0);
+        if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+            out.extend(a.iter().map(|v| v.unwrap_or("NULL").to_owned()));
+        } else if let Some(a) = col.as_any().downcast_ref::<arrow_array::StringViewArray>() {
+            out.extend(a.iter().map(|v| v.unwrap_or("NULL").to_owned()));
+        } else {
+            panic!("{sql}: the column is {}, not text", col.data_type());
+        }
+    }
+    out.sort();
+    out
 }
