@@ -243,6 +243,22 @@ impl Dedup {
         }
     }
 
+    /// How many of `keys`, checked at `checked` and found new, the store holds now, if that check is older than
+    /// `limit` (else 0, without a round trip). A shared store only: keys added meanwhile came from another process.
+    /// A reconcile's fence lasts [`crate::ingest::reconcile::FENCE_TTL`]; keys checked before a reconcile added them
+    /// and committed after its fence expired would land twice, so a commit re-checks keys older than half that.
+    pub async fn added_since(
+        &self,
+        keys: &[DedupKey],
+        checked: std::time::Instant,
+        limit: std::time::Duration,
+    ) -> Result<usize, DedupError> {
+        if keys.is_empty() || !self.is_shared() || checked.elapsed() < limit {
+            return Ok(0);
+        }
+        Ok(self.contains(keys).await?.into_iter().filter(|seen| *seen).count())
+    }
+
     /// Whether the connection to the store was lost and re-established since the last call (a Redis that came
     /// back may have lost its last writes).
     pub fn take_reconnected(&self) -> bool {

@@ -117,6 +117,13 @@ pub enum IngestError {
     /// without its data, which a fence may have been part of).
     #[error("could not check the reconcile fence before a commit ({0}): uncommitted work abandoned, for the next run")]
     FenceUnchecked(String),
+    /// Keys this commit holds were checked so long ago (the process was paused, or waited out a long outage) that a
+    /// reconcile's fence over them could have come and gone, and another process has added some of them since.
+    #[error(
+        "{0} transactions of this commit, checked as new long before it, are in the dedup store now (another process \
+         added them meanwhile): nothing committed, the files are left for the next run"
+    )]
+    ChecksStale(usize),
 }
 
 impl IngestError {
@@ -133,7 +140,8 @@ impl IngestError {
             | IngestError::LeaseLost(_)
             | IngestError::LeaseUnconfirmed(_)
             | IngestError::Reconciling(_)
-            | IngestError::FenceUnchecked(_) => false,
+            | IngestError::FenceUnchecked(_)
+            | IngestError::ChecksStale(_) => false,
         }
     }
 }
@@ -199,6 +207,8 @@ pub struct PosBatch {
     items: Vec<ParsedItem>,
     verdicts: Vec<Vec<Verdict>>,
     reserved: Arc<Vec<DedupKey>>,
+    /// When `reserved` was checked against the store.
+    checked: std::time::Instant,
 }
 
 /// When written data is committed: after this many files or this long, whichever comes first (and at the end of

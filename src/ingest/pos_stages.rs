@@ -34,6 +34,8 @@ struct Uncommitted {
     keys: Vec<DedupKey>,
     files: u64,
     since: std::time::Instant,
+    /// When the oldest of `keys` was checked against the store.
+    checked: Option<std::time::Instant>,
     /// A write failed: the run is over.
     failed: bool,
 }
@@ -114,6 +116,7 @@ impl PosStages {
             keys: Vec::new(),
             files: 0,
             since: std::time::Instant::now(),
+            checked: None,
             failed: false,
         };
         let worker = std::env::var("POSLAKE_WORKER_ID")
@@ -194,6 +197,7 @@ impl PosStages {
             }
         };
         let keys = std::mem::take(&mut open.keys);
+        let checked = open.checked.take();
         let span = tracing::info_span!(
             "commit",
             commit.id = %id,
@@ -222,8 +226,15 @@ impl PosStages {
                 }
                 // Any failure here stops the commit (never taken for the store losing state after the tables).
                 match self.committer.dedup().fenced(&keys).await {
+                    Ok(0) => {}
+                    Ok(n) => return Err(IngestError::Reconciling(n)),
+                    Err(e) => return Err(IngestError::FenceUnchecked(e.to_string())),
+                }
+                // A fence lasts a while, not for ever: keys checked long ago are checked again.
+                let checked = checked.unwrap_or_else(std::time::Instant::now);
+                match self.committer.dedup().added_since(&keys, checked, super::reconcile::RECHECK_AFTER).await {
                     Ok(0) => Ok(()),
-                    Ok(n) => Err(IngestError::Reconciling(n)),
+                    Ok(n) => Err(IngestError::ChecksStale(n)),
                     Err(e) => Err(IngestError::FenceUnchecked(e.to_string())),
                 }
             };
@@ -250,7 +261,8 @@ impl PosStages {
                 e @ (IngestError::LeaseLost(_)
                 | IngestError::LeaseUnconfirmed(_)
                 | IngestError::Reconciling(_)
-                | IngestError::FenceUnchecked(_)),
+                | IngestError::FenceUnchecked(_)
+                | IngestError::ChecksStale(_)),
             ) => {
                 self.abandon_uncommitted(open, &keys);
                 return Err(e);
@@ -305,6 +317,7 @@ impl PosStages {
         self.release(&open.keys);
         self.release(also);
         open.keys.clear();
+        open.checked = None;
     }
 
     fn release(&self, keys: &[DedupKey]) {
@@ -562,6 +575,8 @@ impl Stages for PosStages {
                 verdicts.push(v);
             }
         }
+        // Before the round trip: what the store held from this moment on is what the check saw.
+        let checked = std::time::Instant::now();
         let seen = self.contains(&ask).await?;
         failpoint::hit("dedup-check");
         let exact = self.committer.dedup().exact();
@@ -577,7 +592,7 @@ impl Stages for PosStages {
                 verdicts[i][j] = Verdict::Duplicate;
             }
         }
-        Ok(PosBatch { items, verdicts, reserved: Arc::new(reserved) })
+        Ok(PosBatch { items, verdicts, reserved: Arc::new(reserved), checked })
     }
 
     fn annotate(item: &ParsedItem, span: &tracing::Span) {
@@ -682,6 +697,9 @@ impl Stages for PosStages {
                 metrics::counter!(crate::telemetry::metric::DEAD_LETTERS, "stage" => f.stage, "reason" => f.kind)
                     .increment(1);
             }
+        }
+        if !batch.reserved.is_empty() {
+            open.checked = Some(open.checked.map_or(batch.checked, |t| t.min(batch.checked)));
         }
         open.keys.extend_from_slice(&batch.reserved);
         open.files += batch.items.len() as u64;

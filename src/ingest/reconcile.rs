@@ -99,7 +99,9 @@ pub async fn reconcile(
 /// How long the reconcile fence stays up: past the wait for commits in progress, and then long enough for the
 /// commits of keys that ingests checked before the keys reached the filter (their next commit, seconds to minutes
 /// away). It is renewed when reconcile commits, and left to expire after.
-const FENCE_TTL: std::time::Duration = std::time::Duration::from_secs(900);
+pub const FENCE_TTL: std::time::Duration = std::time::Duration::from_secs(900);
+/// Keys checked longer ago than this are checked again before their commit (see `Dedup::added_since`).
+pub const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(FENCE_TTL.as_secs() / 2);
 /// How long reconcile waits for commits in progress to end before giving up (promoting nothing).
 const COMMITS_IN_PROGRESS_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
