@@ -84,6 +84,42 @@ fn arts_statuses_flag_what_is_not_a_finished_sale() {
     assert!(!h[9].flags.excluded_from_sales());
 }
 
+/// NCR ACS writes each reward in a detailed and a summarized record of the transaction's rewards, and lists
+/// rewards that are not money (custom offers, receipt messages) with numbers of their own: the sales discounts hold
+/// each monetary reward once.
+#[test]
+fn ncr_rewards_count_money_once() {
+    let ns = r#"xmlns="http://www.nrf-arts.org/IXRetail/namespace/" xmlns:acs="http://www.ncr.com/rsd/acs/tlog/markup/poslog/2.1""#;
+    let reward = |attrs: &str, promo: u32, category: &str, amount: &str| {
+        format!(
+            r#"<LineItem><LoyaltyReward {attrs}><PromotionID>{promo}</PromotionID><acs:RewardCategory>{category}</acs:RewardCategory><acs:RewardType>T</acs:RewardType><acs:ExtendedRewardAmount>{amount}</acs:ExtendedRewardAmount></LoyaltyReward></LineItem>"#
+        )
+    };
+    let (both, detailed, summarized) = (
+        r#"acs:detailedData="true" acs:summarizedActivity="true""#,
+        r#"acs:detailedData="true""#,
+        r#"acs:summarizedActivity="true""#,
+    );
+    let body = [
+        SALE.to_owned(),
+        reward(both, 1027, "CustomOffer", "1"),
+        reward(detailed, 5123, "Monetary", "-0.19"),
+        reward(both, 5177, "Other", "0"),
+        reward(summarized, 5123, "Monetary", "-0.19"),
+        // Only summarized, with no detailed row of its own: it is the one record of that reward.
+        reward(summarized, 6000, "Monetary", "-0.50"),
+    ]
+    .concat();
+    let txs = parse(&poslog(ns, &[arts(1, "", &body)]));
+    let d = &txs[0].discounts;
+    let money: Vec<(Option<&str>, Option<Decimal>)> =
+        d.iter().filter(|d| d.amount.is_some()).map(|d| (d.promotion_id.as_deref(), d.amount)).collect();
+    assert_eq!(money, [(Some("5123"), Some(dec("-0.19"))), (Some("6000"), Some(dec("-0.50")))]);
+    assert_eq!(d.len(), 4, "the non-monetary rewards stay, without an amount; the copy is left to bronze");
+    let bronze_rewards = txs[0].bronze.iter().filter(|(k, _)| k.ends_with("LoyaltyReward/PromotionID")).count();
+    assert_eq!(bronze_rewards, 5, "bronze keeps every reward row");
+}
+
 #[test]
 fn arts_returns_are_negative_and_a_v6_sale_of_negative_quantity_is_a_refund() {
     let ret = "<LineItem><Return><ItemID>A</ItemID><Quantity>1</Quantity><ExtendedAmount>18.00</ExtendedAmount>\

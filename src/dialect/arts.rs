@@ -141,4 +141,7 @@ pub(super) const DISCOUNT: &[Rule] = &[
     text("ExtendedRewardAmount", Field::DiscountAmount),
     text("Description", Field::DiscountDescription),
     text("OperatorSequenceReference", Field::AppliesTo),
+    text("RewardCategory", Field::DiscountCategory),
+    text("@detailedData", Field::DiscountDetailed),
+    text("@summarizedActivity", Field::DiscountSummarized),
 ];

@@ -207,6 +207,13 @@ pub enum Field {
     DiscountKind,
     AppliesTo,
     DiscountVoid,
+    /// A reward's category (NCR ACS `acs:RewardCategory`): only a `Monetary` one has an amount of money.
+    DiscountCategory,
+    /// The reward row is part of the detailed record of the transaction's rewards (NCR ACS `@acs:detailedData`).
+    DiscountDetailed,
+    /// The reward row is part of the summarized record (NCR ACS `@acs:summarizedActivity`). A row only summarized,
+    /// of a promotion and amount a detailed row already holds, is that reward's second copy.
+    DiscountSummarized,
 }
 
 /// Boolean transaction flags a rule can set (see [`crate::model::TransactionFlags`]).

@@ -59,6 +59,17 @@ pub(crate) struct TxBuilder {
     line_elements: u32,
     line: Option<LineBuilder>,
     discount: Option<SalesDiscount>,
+    reward: RewardCopy,
+    /// Promotion and amount of each reward row of the detailed record (see [`Field::DiscountSummarized`]).
+    detailed_rewards: Vec<(Option<String>, Option<Decimal>)>,
+}
+
+/// What an NCR ACS reward row says of itself: its category, and which record of the rewards it belongs to.
+#[derive(Default)]
+struct RewardCopy {
+    category: Option<String>,
+    detailed: bool,
+    summarized: bool,
 }
 
 struct LineBuilder {
@@ -111,6 +122,8 @@ impl TxBuilder {
             line_elements: 0,
             line: None,
             discount: None,
+            reward: RewardCopy::default(),
+            detailed_rewards: Vec::new(),
         }
     }
 
@@ -206,6 +219,7 @@ impl TxBuilder {
     }
 
     pub fn begin_discount(&mut self) {
+        self.reward = RewardCopy::default();
         self.discount = Some(SalesDiscount {
             line_number: self.line.as_ref().map(|l| l.line.line_number),
             applies_to: None,
@@ -221,6 +235,20 @@ impl TxBuilder {
         if let Some(mut d) = self.discount.take() {
             if spec.discount_sign == DiscountSign::Negative {
                 d.amount = d.amount.map(|a| -a);
+            }
+            let reward = std::mem::take(&mut self.reward);
+            // A points, message or custom-offer reward carries a number that is not money off (NCR's `1` for a
+            // custom offer): its row stays, without an amount; bronze keeps the number.
+            if reward.category.as_deref().is_some_and(|c| !c.eq_ignore_ascii_case("Monetary")) {
+                d.amount = None;
+            }
+            let id = (d.promotion_id.clone(), d.amount);
+            if reward.detailed {
+                self.detailed_rewards.push(id);
+            } else if reward.summarized && self.detailed_rewards.contains(&id) {
+                // The summarized copy of a reward the detailed record already holds: counting it would take the
+                // discount off twice. It stays in bronze.
+                return;
             }
             self.discounts.push(d);
         }
@@ -265,6 +293,13 @@ impl TxBuilder {
                 if let Some(d) = self.discount.as_mut() {
                     apply_discount(d, field, value)?;
                 }
+            }
+            Field::DiscountCategory => set_first(&mut self.reward.category, value),
+            Field::DiscountDetailed => {
+                self.reward.detailed |= values::flag(value).map_err(|r| ("reward record flag", r))?
+            }
+            Field::DiscountSummarized => {
+                self.reward.summarized |= values::flag(value).map_err(|r| ("reward record flag", r))?
             }
             _ => {
                 if let Some(l) = self.line.as_mut() {
