@@ -211,11 +211,31 @@ pub struct SalesHeader {
     pub net_amount: Option<Decimal>,
     pub tax_amount: Option<Decimal>,
     pub total_amount: Option<Decimal>,
-    /// The ticket this record voids, by its sequence on the same site, register and business date: a post-void's
-    /// linked ticket, a rollback mirror's original. That ticket may be in this file (then it is flagged voided
-    /// here too) or in another, earlier or later: `sales_voids` records the link either way.
+    /// The ticket this record voids: a post-void's linked ticket, a rollback mirror's original. That ticket may be
+    /// in this file (then it is flagged voided here too) or in another, earlier or later: `sales_voids` records the
+    /// link either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub voids: Option<String>,
+    pub voids: Option<VoidedTicket>,
+}
+
+/// The primary record a post-void or a rollback mirror voids, keyed like [`TransactionKey`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoidedTicket {
+    pub site: String,
+    pub business_date: NaiveDate,
+    pub register: Option<String>,
+    pub sequence: String,
+}
+
+impl VoidedTicket {
+    /// Whether `key` is this ticket's primary record.
+    pub fn is(&self, key: &TransactionKey) -> bool {
+        key.variant == KeyVariant::Primary
+            && key.sequence == self.sequence
+            && key.register == self.register
+            && key.business_date == self.business_date
+            && key.site == self.site
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

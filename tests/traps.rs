@@ -78,7 +78,8 @@ fn arts_statuses_flag_what_is_not_a_finished_sale() {
     assert!(h[0].flags.excluded_from_sales() && h[5].flags.excluded_from_sales());
     // A post-void of its own number flags the ticket it names, earlier in the file.
     assert!(h[6].flags.voided && h[7].key.variant == KeyVariant::PostVoid);
-    assert_eq!((h[5].voids.as_deref(), h[7].voids.as_deref()), (Some("1"), Some("6")));
+    let voided = |i: usize| h[i].voids.as_ref().map(|v| v.sequence.as_str());
+    assert_eq!((voided(5), voided(7)), (Some("1"), Some("6")));
     assert!(h[8].key.variant == KeyVariant::Primary && !h[8].flags.voided);
     assert_eq!(h[9].transaction_type, TransactionType::Sale);
     assert!(!h[9].flags.excluded_from_sales());
@@ -118,6 +119,41 @@ fn ncr_rewards_count_money_once() {
     assert_eq!(d.len(), 4, "the non-monetary rewards stay, without an amount; the copy is left to bronze");
     let bronze_rewards = txs[0].bronze.iter().filter(|(k, _)| k.ends_with("LoyaltyReward/PromotionID")).count();
     assert_eq!(bronze_rewards, 5, "bronze keeps every reward row");
+}
+
+/// A post-void may link other tickets too (a return's original): only the link whose reason is the post-void names
+/// the voided ticket, on the workstation (and store, and day) the link gives.
+#[test]
+fn a_post_void_voids_the_ticket_its_post_void_link_names() {
+    let link = |reason: &str, ws: &str, seq: u32| {
+        format!(
+            r#"<TransactionLink ReasonCode="{reason}"><RetailStoreID>S1</RetailStoreID><WorkstationID>{ws}</WorkstationID><SequenceNumber>{seq}</SequenceNumber></TransactionLink>"#
+        )
+    };
+    let on = |ws: &str, t: String| {
+        t.replacen("<WorkstationID>1</WorkstationID>", &format!("<WorkstationID>{ws}</WorkstationID>"), 1)
+    };
+    let txs = parse(&poslog(
+        ARTS_NS,
+        &[
+            arts(5, "", SALE),
+            arts(7, "", SALE),
+            on("2", arts(9, "", SALE)),
+            arts(9, "", SALE),
+            // A return link first, then the post-void's own.
+            arts(20, "", &(link("Return", "1", 5) + &link("PostVoid", "1", 7))),
+            // Rung on workstation 1, voiding ticket 9 of workstation 2.
+            arts(21, "", &link("PostVoid", "2", 9)),
+        ],
+    ));
+    let h: Vec<_> = txs.iter().map(|t| &t.header).collect();
+    assert!(!h[0].flags.voided, "ticket 5 is only a return's original");
+    assert!(h[1].flags.voided && h[1].flags.excluded_from_sales(), "ticket 7 is post-voided");
+    assert!(h[2].flags.voided, "workstation 2's ticket 9 is the one voided");
+    assert!(!h[3].flags.voided, "workstation 1's ticket 9 is not");
+    let v = h[5].voids.as_ref().expect("a post-void voids a ticket");
+    assert_eq!((v.register.as_deref(), v.sequence.as_str()), (Some("2"), "9"));
+    assert_eq!(h[4].voids.as_ref().map(|v| v.sequence.as_str()), Some("7"));
 }
 
 #[test]
@@ -183,7 +219,7 @@ fn xstore_cancel_orphaned_post_void_and_voided_tax() {
     assert_eq!(txs[2].header.key.variant, KeyVariant::PostVoid);
     assert_eq!(txs[2].header.key.sequence, txs[0].header.key.sequence);
     // A post-void without a link carries the number of the ticket it voids: that sale is left out.
-    assert_eq!(txs[2].header.voids.as_deref(), Some("300"));
+    assert_eq!(txs[2].header.voids.as_ref().map(|v| v.sequence.as_str()), Some("300"));
     assert!(txs[0].header.flags.voided && txs[0].header.flags.excluded_from_sales());
     assert!(txs[0].header.voids.is_none() && txs[1].header.voids.is_none());
 }

@@ -27,7 +27,6 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
     fuel_role_from_lines: false,
-    post_void_link: &["/TransactionLink/SequenceNumber"],
 };
 
 pub(super) const LINE_ITEM: &str = "RetailTransaction/LineItem";
@@ -70,7 +69,38 @@ pub(super) const STATUS: &[Rule] = &[
         Field::Flag(Flag::PostVoid),
         "true",
     ),
+    // Each link's reason and key: only the first whose reason is the post-void names the voided ticket (a record
+    // may also link a return's original).
+    mark(LINKS, Field::LinkStart, "true"),
+    text(
+        "RetailTransaction|PostVoidTransaction/TransactionLink/@ReasonCode, \
+         RetailTransaction/LineItem/TransactionLink/@ReasonCode",
+        Field::LinkReason,
+    ),
+    text(
+        "RetailTransaction|PostVoidTransaction/TransactionLink/SequenceNumber, \
+         RetailTransaction/LineItem/TransactionLink/SequenceNumber",
+        Field::LinkSequence,
+    ),
+    text(
+        "RetailTransaction|PostVoidTransaction/TransactionLink/WorkstationID, \
+         RetailTransaction/LineItem/TransactionLink/WorkstationID",
+        Field::LinkRegister,
+    ),
+    text(
+        "RetailTransaction|PostVoidTransaction/TransactionLink/RetailStoreID, \
+         RetailTransaction/LineItem/TransactionLink/RetailStoreID",
+        Field::LinkSite,
+    ),
+    text(
+        "RetailTransaction|PostVoidTransaction/TransactionLink/BusinessDayDate, \
+         RetailTransaction/LineItem/TransactionLink/BusinessDayDate",
+        Field::LinkBusinessDate,
+    ),
 ];
+
+/// Where a transaction links another ticket.
+const LINKS: &str = "RetailTransaction|PostVoidTransaction/TransactionLink, RetailTransaction/LineItem/TransactionLink";
 
 /// The transaction's totals by `TotalType`. Shared with Xstore and Visma.
 pub(super) const TOTALS: &[Rule] = &[

@@ -29,7 +29,6 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: true,
     fuel_role_from_lines: true,
-    post_void_link: &[],
 };
 
 /// The tax total is `TransactionTotalTaxSalesAmount`, else `…TaxNetAmount` (the reverse of Passport's), whatever

@@ -207,6 +207,15 @@ pub enum Field {
     DiscountKind,
     AppliesTo,
     DiscountVoid,
+    // A `TransactionLink` to another ticket: its start, reason and key. The first link whose reason is a post-void
+    // names the ticket a post-void voids (each part defaulting to the post-void's own: site, day, register, and
+    // without a link at all, its own number).
+    LinkStart,
+    LinkReason,
+    LinkSite,
+    LinkBusinessDate,
+    LinkRegister,
+    LinkSequence,
     /// A reward's category (NCR ACS `acs:RewardCategory`): only a `Monetary` one has an amount of money.
     DiscountCategory,
     /// The reward row is part of the detailed record of the transaction's rewards (NCR ACS `@acs:detailedData`).
@@ -323,9 +332,6 @@ pub struct DialectSpec {
     /// Prepay and completion are told from the lines where no rule flags them (NAXML: a live prepay placeholder and
     /// no fuel is the prepay; a cancelled placeholder beside fuel sold is the completion).
     pub fuel_role_from_lines: bool,
-    /// How the bronze keys of the sequence number of the ticket a post-void voids end (its `TransactionLink`): that
-    /// ticket, if earlier in the same file, is flagged voided too, so that sales figures leave out the pair.
-    pub post_void_link: &'static [&'static str],
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: true,
     fuel_role_from_lines: true,
-    post_void_link: &[],
 };
 
 /// Shared with the Conexxus dialect, which is NAXML with other namespaces and date shapes.

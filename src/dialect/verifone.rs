@@ -28,7 +28,6 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
     fuel_role_from_lines: false,
-    post_void_link: &[],
 };
 
 const HEADER: &[Rule] = &[

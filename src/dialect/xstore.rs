@@ -22,7 +22,6 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
     fuel_role_from_lines: false,
-    post_void_link: &["/TransactionLink/SequenceNumber"],
 };
 
 /// `dtv:TransactionType` comes first so that it, not the ARTS element kind, names the type.

@@ -54,8 +54,8 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
     Ok(ctx)
 }
 
-/// The view's query. A ticket counts as voided when a `sales_voids` row names its sequence on its site, register
-/// and business date; only primary records can be voided that way (a rollback mirror or a post-void keeps its own
+/// The view's query. A ticket counts as voided when a `sales_voids` row names its key; only primary records can be
+/// voided that way (a rollback mirror or a post-void keeps its own
 /// flags).
 fn current_header_sql() -> String {
     let columns: Vec<String> = SALES_HEADER
@@ -70,9 +70,10 @@ fn current_header_sql() -> String {
         })
         .collect();
     format!(
-        "SELECT {} FROM sales_header h LEFT JOIN (SELECT DISTINCT site, business_date, register, voided_sequence \
-         FROM sales_voids) v ON h.key_variant = 'primary' AND v.site = h.site AND v.business_date = h.business_date \
-         AND (v.register IS NOT DISTINCT FROM h.register) AND v.voided_sequence = h.sequence",
+        "SELECT {} FROM sales_header h LEFT JOIN (SELECT DISTINCT voided_site, voided_business_date, voided_register, \
+         voided_sequence FROM sales_voids) v ON h.key_variant = 'primary' AND v.voided_site = h.site \
+         AND v.voided_business_date = h.business_date AND (v.voided_register IS NOT DISTINCT FROM h.register) \
+         AND v.voided_sequence = h.sequence",
         columns.join(", ")
     )
 }

@@ -160,10 +160,13 @@ impl Rows {
             .push(Value::Str(Some(file.dialect)))?
             .push(Value::Int(Some(h.ordinal as i32)))?
             .push(Value::StrMap(&tx.bronze))?;
-        if let Some(voided) = h.voids.as_deref() {
+        if let Some(v) = &h.voids {
             let cols = self.columns(VOIDS, &SALES_VOIDS, Some(date));
             key(cols, file, h)?
-                .push(Value::Str(Some(voided)))?
+                .push(Value::Str(Some(&v.site)))?
+                .push(Value::Date(v.business_date))?
+                .push(Value::Str(v.register.as_deref()))?
+                .push(Value::Str(Some(&v.sequence)))?
                 .push(Value::Str(Some(variant(h.key.variant))))?
                 .push(Value::Str(Some(file.name)))?
                 .push(Value::Str(Some(file.dialect)))?;

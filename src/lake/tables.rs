@@ -195,14 +195,17 @@ pub static DEAD_LETTERS: TableDef = TableDef {
 };
 
 /// One row per record that voids a ticket: a post-void (its linked ticket) or a rollback mirror (its original),
-/// keyed by the voiding record, committed with it. The voided ticket is `voided_sequence` on the record's own site,
-/// register and business date, wherever it landed: a ticket in the same file is also flagged voided in its own
-/// row; one in another file (earlier or later) keeps its row as it landed, and the `sales_header_current` view of
-/// `poslake query` applies the void.
+/// keyed by the voiding record, committed with it. The voided ticket is the primary record keyed by the `voided_`
+/// columns, wherever it landed: a ticket in the same file is also flagged voided in its own row; one in another
+/// file (earlier or later) keeps its row as it landed, and the `sales_header_current` view of `poslake query`
+/// applies the void.
 pub static SALES_VOIDS: TableDef = TableDef {
     name: "sales_voids",
     partition_by: Some("business_date"),
     columns: key_columns![
+        req("voided_site", Kind::Str),
+        req("voided_business_date", Kind::Date),
+        opt("voided_register", Kind::Str),
         req("voided_sequence", Kind::Str),
         // `post_void` or `rollback`: the voiding record's key variant.
         req("reason", Kind::Str),

@@ -9,7 +9,7 @@ use super::values;
 use crate::dialect::{DialectSpec, DiscountSign, Field, Flag};
 use crate::model::{
     BronzeRecord, KeyVariant, LineKind, SalesDiscount, SalesHeader, SalesLine, Transaction, TransactionFlags,
-    TransactionKey, TransactionType,
+    TransactionKey, TransactionType, VoidedTicket,
 };
 
 /// Units of measure that are volumes (UN/ECE rec. 20 codes, and the words exports use).
@@ -54,6 +54,13 @@ pub(crate) struct TxBuilder {
     total: Option<Decimal>,
     /// The record voids an earlier ticket (see [`Flag::PostVoid`]).
     post_void: bool,
+    /// The `TransactionLink` being read, and the first post-void link read (see [`Field::LinkStart`]).
+    link: Link,
+    post_void_link: Option<Link>,
+    /// A link's `ReasonCode`: its attributes are read before its start is marked (see `Field::LinkStart`).
+    link_reason: Option<String>,
+    /// The first link without a reason: a post-void's (Xstore `POST_VOID`) when it has no post-void link.
+    plain_link: Option<Link>,
     lines: Vec<SalesLine>,
     discounts: Vec<SalesDiscount>,
     line_elements: u32,
@@ -62,6 +69,24 @@ pub(crate) struct TxBuilder {
     reward: RewardCopy,
     /// Promotion and amount of each reward row of the detailed record (see [`Field::DiscountSummarized`]).
     detailed_rewards: Vec<(Option<String>, Option<Decimal>)>,
+}
+
+/// A `TransactionLink` to another ticket, as read.
+#[derive(Default)]
+struct Link {
+    reason: Option<String>,
+    site: Option<String>,
+    business_date: Option<NaiveDate>,
+    register: Option<String>,
+    sequence: Option<String>,
+}
+
+impl Link {
+    fn is_post_void(&self) -> bool {
+        let reason = self.reason.as_deref().unwrap_or("");
+        let local = reason.rsplit_once(':').map_or(reason, |(_, l)| l);
+        local.eq_ignore_ascii_case("PostVoid")
+    }
 }
 
 /// What an NCR ACS reward row says of itself: its category, and which record of the rewards it belongs to.
@@ -117,6 +142,10 @@ impl TxBuilder {
             tax_fallback: None,
             total: None,
             post_void: false,
+            link: Link::default(),
+            post_void_link: None,
+            plain_link: None,
+            link_reason: None,
             lines: Vec::new(),
             discounts: Vec::new(),
             line_elements: 0,
@@ -254,6 +283,19 @@ impl TxBuilder {
         }
     }
 
+    /// The link read so far is done (another starts, or the transaction ends): the first post-void link is kept.
+    fn end_link(&mut self) {
+        let link = std::mem::take(&mut self.link);
+        if link.sequence.is_none() {
+            return;
+        }
+        if link.reason.is_none() {
+            self.plain_link.get_or_insert(link);
+        } else if self.post_void_link.is_none() && link.is_post_void() {
+            self.post_void_link = Some(link);
+        }
+    }
+
     /// Fills one field from its text.
     pub fn apply(&mut self, field: Field, value: &str) -> Result<(), ValueError> {
         match field {
@@ -294,6 +336,20 @@ impl TxBuilder {
                     apply_discount(d, field, value)?;
                 }
             }
+            Field::LinkStart => {
+                self.end_link();
+                self.link.reason = self.link_reason.take();
+            }
+            Field::LinkReason => self.link_reason = Some(value.to_owned()),
+            Field::LinkSite => set_first(&mut self.link.site, value),
+            Field::LinkBusinessDate => {
+                if self.link.business_date.is_none() {
+                    self.link.business_date =
+                        Some(values::date(value).map_err(|r| ("linked ticket's business date", r))?);
+                }
+            }
+            Field::LinkRegister => set_first(&mut self.link.register, value),
+            Field::LinkSequence => set_first(&mut self.link.sequence, value),
             Field::DiscountCategory => set_first(&mut self.reward.category, value),
             Field::DiscountDetailed => {
                 self.reward.detailed |= values::flag(value).map_err(|r| ("reward record flag", r))?
@@ -353,6 +409,27 @@ impl TxBuilder {
         } else {
             KeyVariant::of(&self.flags)
         };
+        // The ticket a post-void names by its link, each part defaulting to the post-void's own (a link without a
+        // number: it carries the ticket's); a rollback mirror's is its own key.
+        self.end_link();
+        let voids = match variant {
+            KeyVariant::PostVoid => {
+                let link = self.post_void_link.take().or(self.plain_link.take()).unwrap_or_default();
+                Some(VoidedTicket {
+                    site: link.site.unwrap_or_else(|| site.clone()),
+                    business_date: link.business_date.unwrap_or(business_date),
+                    register: register.as_ref().and(link.register).or_else(|| register.clone()),
+                    sequence: link.sequence.unwrap_or_else(|| sequence.clone()),
+                })
+            }
+            KeyVariant::RollbackMirror => Some(VoidedTicket {
+                site: site.clone(),
+                business_date,
+                register: register.clone(),
+                sequence: sequence.clone(),
+            }),
+            _ => None,
+        };
 
         let header = SalesHeader {
             key: TransactionKey { site, business_date, register, sequence, variant },
@@ -372,7 +449,7 @@ impl TxBuilder {
             net_amount: self.net,
             tax_amount: self.tax,
             total_amount: self.total,
-            voids: None,
+            voids,
         };
         Ok(Transaction { header, lines: self.lines, discounts: self.discounts, bronze: self.bronze })
     }

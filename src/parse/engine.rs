@@ -17,7 +17,7 @@ use super::builder::{FileDefaults, TxBuilder, ValueError};
 use super::error::{ParseError, Position};
 use super::plan::{Action, NodeId, Plan, ROOT, Role};
 use crate::dialect::{Dialect, Field, RootInfo};
-use crate::model::{BronzeRecord, KeyVariant, Transaction, TransactionKey, TransactionType};
+use crate::model::{BronzeRecord, Transaction, TransactionType, VoidedTicket};
 
 /// What the pass yields, before file facts are added.
 pub(crate) struct Output {
@@ -406,17 +406,8 @@ impl<'a> Engine<'a> {
                         transaction: ordinal,
                         field: missing.0,
                     })?;
-                    let mut done = done;
-                    done.header.voids = match done.header.key.variant {
-                        KeyVariant::RollbackMirror => Some(done.header.key.sequence.clone()),
-                        // One without a link carries the number of the ticket it voids (or a number of its own,
-                        // which then names no other ticket).
-                        KeyVariant::PostVoid => post_void_link(&done, plan.spec.post_void_link)
-                            .or_else(|| Some(done.header.key.sequence.clone())),
-                        _ => None,
-                    };
                     if let Some(voided) = &done.header.voids {
-                        mark_voided(&mut self.done, &done.header.key, voided);
+                        mark_voided(&mut self.done, voided);
                     }
                     self.done.push(done);
                 }
@@ -667,27 +658,13 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// The ticket a post-void names, by the sequence under one of the dialect's link paths in its bronze record.
-fn post_void_link(post_void: &Transaction, link: &[&str]) -> Option<String> {
-    let linked = |suffix: &&str| post_void.bronze.iter().find(|(k, _)| k.ends_with(*suffix)).map(|(_, v)| v);
-    link.iter().find_map(linked).map(str::to_owned)
-}
-
 /// The ticket a record voids (a rollback mirror's original, a post-void's linked ticket), if earlier in this file,
 /// is flagged voided too: sales figures leave out the pair. For a rollback that is every earlier record of the file
 /// with the mirror's key (with its "shadow" copies, which share the key; the one that lands is the first). A ticket
 /// in another file is left as it landed; `sales_voids` and the `sales_header_current` view name it.
-fn mark_voided(done: &mut [Transaction], by: &TransactionKey, sequence: &str) {
-    for t in done.iter_mut() {
-        let o = &t.header.key;
-        if o.variant == KeyVariant::Primary
-            && o.sequence == sequence
-            && o.register == by.register
-            && o.business_date == by.business_date
-            && o.site == by.site
-        {
-            void(t);
-        }
+fn mark_voided(done: &mut [Transaction], voided: &VoidedTicket) {
+    for t in done.iter_mut().filter(|t| voided.is(&t.header.key)) {
+        void(t);
     }
 }
 
