@@ -154,6 +154,14 @@ fn a_post_void_voids_the_ticket_its_post_void_link_names() {
     let v = h[5].voids.as_ref().expect("a post-void voids a ticket");
     assert_eq!((v.register.as_deref(), v.sequence.as_str()), (Some("2"), "9"));
     assert_eq!(h[4].voids.as_ref().map(|v| v.sequence.as_str()), Some("7"));
+
+    // The store as `BusinessUnit/UnitID` (ARTS v6, Visma), and a link's day written otherwise than the record's: a
+    // return link's odd date costs nothing, and a post-void link's `Z`-suffixed day is still that day.
+    let other_store = r#"<TransactionLink ReasonCode="Return"><BusinessDayDate>02/04/2024</BusinessDayDate><SequenceNumber>5</SequenceNumber></TransactionLink><TransactionLink ReasonCode="PostVoid"><BusinessUnit><UnitID>S2</UnitID></BusinessUnit><WorkstationID>1</WorkstationID><SequenceNumber>5</SequenceNumber><BusinessDayDate>2024-03-31Z</BusinessDayDate></TransactionLink>"#;
+    let txs = parse(&poslog(ARTS_NS, &[arts(5, "", SALE), arts(22, "", other_store)]));
+    let v = txs[1].header.voids.as_ref().expect("voids");
+    assert_eq!((v.site.as_str(), v.business_date.to_string(), v.sequence.as_str()), ("S2", "2024-03-31".into(), "5"));
+    assert!(!txs[0].header.flags.voided, "store S1's ticket 5 is not the one voided");
 }
 
 #[test]

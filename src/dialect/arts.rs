@@ -87,9 +87,12 @@ pub(super) const STATUS: &[Rule] = &[
          RetailTransaction/LineItem/TransactionLink/WorkstationID",
         Field::LinkRegister,
     ),
+    // The store as ARTS 2 (`RetailStoreID`) or v6 and Visma (`BusinessUnit/UnitID`) write it.
     text(
         "RetailTransaction|PostVoidTransaction/TransactionLink/RetailStoreID, \
-         RetailTransaction/LineItem/TransactionLink/RetailStoreID",
+         RetailTransaction/LineItem/TransactionLink/RetailStoreID, \
+         RetailTransaction|PostVoidTransaction/TransactionLink/BusinessUnit/UnitID, \
+         RetailTransaction/LineItem/TransactionLink/BusinessUnit/UnitID",
         Field::LinkSite,
     ),
     text(

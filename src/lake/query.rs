@@ -8,9 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider, view::ViewTable};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, SchemaProvider, Session, TableProvider, view::ViewTable,
+};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::IcebergCatalogProvider;
 
@@ -42,21 +48,19 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
     let tables = provider
         .schema(NAMESPACE)
         .ok_or_else(|| LakeError::Catalog(format!("the catalog has no namespace {NAMESPACE}")))?;
-    ctx.register_catalog(CATALOG, Arc::new(provider));
+    let schema = Arc::new(LakeSchema { tables, views: RwLock::new(HashMap::new()) });
+    let catalog = MemoryCatalogProvider::new();
+    catalog.register_schema(NAMESPACE, schema.clone())?;
+    ctx.register_catalog(CATALOG, Arc::new(catalog));
     // The view's plan holds the tables it reads; the schema then serves it beside them.
     let plan = ctx.sql(&current_header_sql()).await?.into_unoptimized_plan();
-    let schema = LakeSchema { tables, views: RwLock::new(HashMap::new()) };
     schema
         .register_table(CURRENT_HEADER_VIEW.to_owned(), Arc::new(ViewTable::new(plan, Some(current_header_sql()))))?;
-    let catalog = MemoryCatalogProvider::new();
-    catalog.register_schema(NAMESPACE, Arc::new(schema))?;
-    ctx.register_catalog(CATALOG, Arc::new(catalog));
     Ok(ctx)
 }
 
 /// The view's query. A ticket counts as voided when a `sales_voids` row names its key; only primary records can be
-/// voided that way (a rollback mirror or a post-void keeps its own
-/// flags).
+/// voided that way (a rollback mirror or a post-void keeps its own flags).
 fn current_header_sql() -> String {
     let columns: Vec<String> = SALES_HEADER
         .columns
@@ -108,7 +112,7 @@ impl SchemaProvider for LakeSchema {
         let view = self.views().get(name).cloned();
         match view {
             Some(v) => Ok(Some(v)),
-            None => self.tables.table(name).await,
+            None => Ok(self.tables.table(name).await?.map(|t| Arc::new(LakeTable(t)) as Arc<dyn TableProvider>)),
         }
     }
 
@@ -144,4 +148,57 @@ pub async fn sql_with_schema(
     let frame = ctx.sql(statement).await?;
     let schema = frame.schema().inner().clone();
     Ok((schema, frame.collect().await?))
+}
+
+/// An Iceberg table as queries see it: read only (writes go through the ingest's exactly-once commits, not SQL), and
+/// with no filter pushed down that casts a column. iceberg-datafusion 0.10 drops such casts when it turns a filter
+/// into an Iceberg predicate (apache/iceberg-rust#3223, not merged): `CAST(sequence AS INT) > 50` fails on a string
+/// column, and a narrowing cast can prune rows the SQL matches. DataFusion applies those filters itself.
+#[derive(Debug)]
+struct LakeTable(Arc<dyn TableProvider>);
+
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.0.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.0.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        let mut answers = self.0.supports_filters_pushdown(filters)?;
+        for (answer, filter) in answers.iter_mut().zip(filters) {
+            if casts_a_column(filter)? {
+                *answer = TableProviderFilterPushDown::Unsupported;
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// Whether `expr` casts anything but a literal.
+fn casts_a_column(expr: &Expr) -> DfResult<bool> {
+    expr.exists(|e| {
+        Ok(match e {
+            Expr::Cast(c) => !matches!(*c.expr, Expr::Literal(..)),
+            Expr::TryCast(c) => !matches!(*c.expr, Expr::Literal(..)),
+            _ => false,
+        })
+    })
 }

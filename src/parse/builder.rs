@@ -342,10 +342,12 @@ impl TxBuilder {
             }
             Field::LinkReason => self.link_reason = Some(value.to_owned()),
             Field::LinkSite => set_first(&mut self.link.site, value),
+            // A link's day in another form than the record's own (`2024-04-02Z`, `02/04/2024`) must not cost the
+            // file: its date part is read if it is one, else the link keeps the post-void's day (bronze keeps it).
             Field::LinkBusinessDate => {
                 if self.link.business_date.is_none() {
                     self.link.business_date =
-                        Some(values::date(value).map_err(|r| ("linked ticket's business date", r))?);
+                        values::date(value).or_else(|_| values::date(value.get(..10).unwrap_or(""))).ok();
                 }
             }
             Field::LinkRegister => set_first(&mut self.link.register, value),
