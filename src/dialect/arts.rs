@@ -52,6 +52,18 @@ const HEADER: &[Rule] = &[
     text("@OutsideSalesFlag, RetailTransaction/@OutsideSalesFlag", Field::Flag(Flag::OutsideSale)),
 ];
 
+/// A path under each place a transaction links another ticket: the transaction, a post-void record, a line.
+macro_rules! links {
+    ($child:literal) => {
+        concat!(
+            "RetailTransaction|PostVoidTransaction/TransactionLink",
+            $child,
+            ", RetailTransaction/LineItem/TransactionLink",
+            $child
+        )
+    };
+}
+
 /// `RetailTransaction@TransactionStatus` (default `Finished`): a parked, cancelled or voided ticket is not a sale
 /// (predicates ignore case and a prefix on the value: `dtv:CancelOrphaned`); the record that voids an earlier ticket
 /// links to it. Shared with Xstore and Visma.
@@ -70,40 +82,15 @@ pub(super) const STATUS: &[Rule] = &[
         "true",
     ),
     // Each link's reason and key: only the first whose reason is the post-void names the voided ticket (a record
-    // may also link a return's original).
-    mark(LINKS, Field::LinkStart, "true"),
-    text(
-        "RetailTransaction|PostVoidTransaction/TransactionLink/@ReasonCode, \
-         RetailTransaction/LineItem/TransactionLink/@ReasonCode",
-        Field::LinkReason,
-    ),
-    text(
-        "RetailTransaction|PostVoidTransaction/TransactionLink/SequenceNumber, \
-         RetailTransaction/LineItem/TransactionLink/SequenceNumber",
-        Field::LinkSequence,
-    ),
-    text(
-        "RetailTransaction|PostVoidTransaction/TransactionLink/WorkstationID, \
-         RetailTransaction/LineItem/TransactionLink/WorkstationID",
-        Field::LinkRegister,
-    ),
-    // The store as ARTS 2 (`RetailStoreID`) or v6 and Visma (`BusinessUnit/UnitID`) write it.
-    text(
-        "RetailTransaction|PostVoidTransaction/TransactionLink/RetailStoreID, \
-         RetailTransaction/LineItem/TransactionLink/RetailStoreID, \
-         RetailTransaction|PostVoidTransaction/TransactionLink/BusinessUnit/UnitID, \
-         RetailTransaction/LineItem/TransactionLink/BusinessUnit/UnitID",
-        Field::LinkSite,
-    ),
-    text(
-        "RetailTransaction|PostVoidTransaction/TransactionLink/BusinessDayDate, \
-         RetailTransaction/LineItem/TransactionLink/BusinessDayDate",
-        Field::LinkBusinessDate,
-    ),
+    // may also link a return's original). The store as ARTS 2 (`RetailStoreID`) or v6 and Visma write it.
+    mark(links!(""), Field::LinkStart, "true"),
+    text(links!("/@ReasonCode"), Field::LinkReason),
+    text(links!("/SequenceNumber"), Field::LinkSequence),
+    text(links!("/WorkstationID"), Field::LinkRegister),
+    text(links!("/RetailStoreID"), Field::LinkSite),
+    text(links!("/BusinessUnit/UnitID"), Field::LinkSite),
+    text(links!("/BusinessDayDate"), Field::LinkBusinessDate),
 ];
-
-/// Where a transaction links another ticket.
-const LINKS: &str = "RetailTransaction|PostVoidTransaction/TransactionLink, RetailTransaction/LineItem/TransactionLink";
 
 /// The transaction's totals by `TotalType`. Shared with Xstore and Visma.
 pub(super) const TOTALS: &[Rule] = &[
