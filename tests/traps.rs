@@ -337,6 +337,23 @@ fn verifone_rollback_pairs_and_unnumbered_journal_records() {
     assert!(h[4].key.sequence.starts_with("digest:"));
     let again = parse(&verifone(&[journal]));
     assert_eq!(again[0].header.key, h[4].key, "the same record is keyed the same in another file");
+
+    // The period's `openedTime` written after the records: they take its date, in file order, the rollback pair
+    // still voided (it was a dead letter: no business date).
+    let opened = "<openedTime>2024-03-02T06:00:00</openedTime>";
+    let late = verifone(&[
+        &trans("", "700", "1", "10.00"),
+        &trans(r#" rollback="true""#, "700", "1", "10.00"),
+        &trans("", "701", "3", "4.00"),
+    ])
+    .replacen(opened, "", 1)
+    .replace("</transSet>", &format!("{opened}</transSet>"));
+    let late = parse(&late);
+    let keys: Vec<String> =
+        late.iter().map(|t| format!("{}|{}", t.header.key.business_date, t.header.key.sequence)).collect();
+    assert_eq!(keys, ["2024-03-02|700", "2024-03-02|700", "2024-03-02|701"]);
+    assert!(late[0].header.flags.voided && late[1].header.flags.rollback && !late[2].header.flags.voided);
+    assert_eq!(late.iter().map(|t| t.header.ordinal).collect::<Vec<_>>(), [1, 2, 3]);
     // A NAXML event without a TransactionID keeps its register.
     let other = pjr("OtherEvent", "").replace("<TransactionID>1010200</TransactionID>", "");
     let other = parse(&other);

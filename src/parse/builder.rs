@@ -283,6 +283,11 @@ impl TxBuilder {
         }
     }
 
+    /// Whether nothing in the transaction gave it a business date (the file's may still come).
+    pub fn lacks_business_date(&self) -> bool {
+        self.business_date.is_none() && self.business_date_fallback.is_none()
+    }
+
     /// The link read so far is done (another starts, or the transaction ends): the first post-void link is kept.
     fn end_link(&mut self) {
         let link = std::mem::take(&mut self.link);

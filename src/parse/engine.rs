@@ -72,6 +72,8 @@ pub(crate) struct Engine<'a> {
     /// A linear scan is fastest for the few names real elements have, but would make N distinct names cost N².
     wide: Vec<(usize, ChildIndex)>,
     done: Vec<Transaction>,
+    /// Transactions waiting for the file's business date, with where each ended.
+    deferred: Vec<(TxBuilder, u64)>,
 }
 
 impl<'a> Engine<'a> {
@@ -96,6 +98,7 @@ impl<'a> Engine<'a> {
             bronze_left: bronze_limit(text.len()),
             wide: Vec::new(),
             done: Vec::with_capacity(64),
+            deferred: Vec::new(),
         }
     }
 
@@ -193,6 +196,9 @@ impl<'a> Engine<'a> {
             }
             return Err(self.malformed(end, "no root element".into()));
         };
+        for (tx, pos) in std::mem::take(&mut self.deferred) {
+            self.land(tx, pos)?;
+        }
         let site = self.defaults.site.clone().or_else(|| self.done.first().map(|t| t.header.key.site.clone()));
         Ok(Output { dialect: plan.spec.dialect, transactions: self.done, envelope: self.envelope, site })
     }
@@ -397,23 +403,41 @@ impl<'a> Engine<'a> {
             }
             Role::Transaction => {
                 if let Some(tx) = self.tx.take() {
-                    let ordinal = tx.ordinal;
                     let (bytes, entries) = tx.bronze.capacity_hint();
                     self.bronze_hint = (self.bronze_hint.0.max(bytes), self.bronze_hint.1.max(entries));
-                    let done = tx.finish(plan.spec, &self.defaults).map_err(|missing| ParseError::MissingField {
-                        file: self.file.to_owned(),
-                        position: self.locate(pos),
-                        transaction: ordinal,
-                        field: missing.0,
-                    })?;
-                    if let Some(voided) = &done.header.voids {
-                        mark_voided(&mut self.done, voided);
+                    // A file whose business date follows its transactions (Verifone's `openedTime` after the
+                    // `trans` records): they, and every one after them (to keep the file's order), wait for the
+                    // end of the file.
+                    let waits = !self.deferred.is_empty()
+                        || (tx.lacks_business_date()
+                            && self.defaults.business_date.is_none()
+                            && plan.spec.file.iter().any(|r| r.field == Field::BusinessDate));
+                    if waits {
+                        self.deferred.push((tx, pos));
+                    } else {
+                        self.land(tx, pos)?;
                     }
-                    self.done.push(done);
                 }
             }
             Role::Plain => {}
         }
+        Ok(())
+    }
+
+    /// Finishes a transaction and keeps it; a record that voids a ticket earlier in the file flags that ticket.
+    fn land(&mut self, tx: TxBuilder, pos: u64) -> Result<(), ParseError> {
+        let Some(plan) = self.plan else { return Ok(()) };
+        let ordinal = tx.ordinal;
+        let done = tx.finish(plan.spec, &self.defaults).map_err(|missing| ParseError::MissingField {
+            file: self.file.to_owned(),
+            position: self.locate(pos),
+            transaction: ordinal,
+            field: missing.0,
+        })?;
+        if let Some(voided) = &done.header.voids {
+            mark_voided(&mut self.done, voided);
+        }
+        self.done.push(done);
         Ok(())
     }
 
