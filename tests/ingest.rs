@@ -84,8 +84,17 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     let got = cast[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("count").value(0);
     assert_eq!(got as usize, want);
     let rows = wh.row_count("dead_letters").await.expect("rows");
-    let insert = poslake::lake::query::sql(&wh, "INSERT INTO dead_letters SELECT * FROM dead_letters").await;
-    assert!(insert.is_err(), "SQL does not write to the lake");
+    let out = dir.path().join("copy.parquet");
+    for statement in [
+        "INSERT INTO dead_letters SELECT * FROM dead_letters".to_owned(),
+        format!("COPY (SELECT * FROM dead_letters) TO '{}' STORED AS PARQUET", out.display()),
+        "CREATE TABLE t AS SELECT 1".to_owned(),
+        "DROP TABLE sales_header".to_owned(),
+    ] {
+        let refused = poslake::lake::query::sql(&wh, &statement).await;
+        assert!(refused.is_err(), "{statement}: SQL does not write");
+    }
+    assert!(!out.exists(), "COPY wrote no file");
     assert_eq!(wh.row_count("dead_letters").await.expect("rows"), rows);
 
     // Malformed files are dead letters with their typed reason.

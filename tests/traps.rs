@@ -119,6 +119,35 @@ fn ncr_rewards_count_money_once() {
     assert_eq!(d.len(), 4, "the non-monetary rewards stay, without an amount; the copy is left to bronze");
     let bronze_rewards = txs[0].bronze.iter().filter(|(k, _)| k.ends_with("LoyaltyReward/PromotionID")).count();
     assert_eq!(bronze_rewards, 5, "bronze keeps every reward row");
+
+    // A summarized row totalling two detailed ones is not money again; a prefixed category is read; a flag that is
+    // not one costs nothing; and the same attributes on an ordinary price modifier change nothing.
+    let rpm = |attrs: &str| {
+        format!(
+            r#"<LineItem><Sale><ItemID>B</ItemID><Quantity>1</Quantity><ExtendedAmount>5.00</ExtendedAmount><RetailPriceModifier {attrs}><PromotionID>9</PromotionID><Amount>1.00</Amount></RetailPriceModifier></Sale></LineItem>"#
+        )
+    };
+    let body = [
+        SALE.to_owned(),
+        reward(detailed, 5123, "acs:Monetary", "-0.19"),
+        reward(detailed, 5123, "Monetary", "-0.19"),
+        reward(summarized, 5123, "Monetary", "-0.38"),
+        reward(r#"acs:detailedData="maybe""#, 7000, "Monetary", "-0.05"),
+        rpm(detailed),
+        rpm(summarized),
+    ]
+    .concat();
+    let txs = parse(&poslog(ns, &[arts(2, "", &body)]));
+    let amounts: Vec<(Option<&str>, Option<Decimal>)> =
+        txs[0].discounts.iter().map(|d| (d.promotion_id.as_deref(), d.amount)).collect();
+    let want = [
+        (Some("5123"), Some(dec("-0.19"))),
+        (Some("5123"), Some(dec("-0.19"))),
+        (Some("7000"), Some(dec("-0.05"))),
+        (Some("9"), Some(dec("1.00"))),
+        (Some("9"), Some(dec("1.00"))),
+    ];
+    assert_eq!(amounts, want);
 }
 
 /// A post-void may link other tickets too (a return's original): only the link whose reason is the post-void names

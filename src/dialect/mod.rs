@@ -221,7 +221,7 @@ pub enum Field {
     /// The reward row is part of the detailed record of the transaction's rewards (NCR ACS `@acs:detailedData`).
     DiscountDetailed,
     /// The reward row is part of the summarized record (NCR ACS `@acs:summarizedActivity`). A row only summarized,
-    /// of a promotion and amount a detailed row already holds, is that reward's second copy.
+    /// of a promotion a detailed row already holds, repeats (or totals) what the detailed record counts.
     DiscountSummarized,
 }
 

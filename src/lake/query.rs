@@ -15,6 +15,7 @@ use datafusion::catalog::{
 };
 use datafusion::common::tree_node::TreeNode;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -145,7 +146,10 @@ pub async fn sql_with_schema(
     statement: &str,
 ) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>), QueryError> {
     let ctx = session(warehouse).await?;
-    let frame = ctx.sql(statement).await?;
+    // Queries only: no DDL, no DML (`INSERT`, `COPY … TO` a file, which could overwrite the lake's own data files),
+    // no `SET`. The lake is written by the ingest's commits alone.
+    let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let frame = ctx.sql_with_options(statement, read_only).await?;
     let schema = frame.schema().inner().clone();
     Ok((schema, frame.collect().await?))
 }

@@ -67,8 +67,8 @@ pub(crate) struct TxBuilder {
     line: Option<LineBuilder>,
     discount: Option<SalesDiscount>,
     reward: RewardCopy,
-    /// Promotion and amount of each reward row of the detailed record (see [`Field::DiscountSummarized`]).
-    detailed_rewards: Vec<(Option<String>, Option<Decimal>)>,
+    /// The promotion of each reward row of the detailed record (see [`Field::DiscountSummarized`]).
+    detailed_rewards: Vec<Option<String>>,
 }
 
 /// A `TransactionLink` to another ticket, as read.
@@ -265,19 +265,22 @@ impl TxBuilder {
             if spec.discount_sign == DiscountSign::Negative {
                 d.amount = d.amount.map(|a| -a);
             }
+            // Only an NCR ACS reward row has a category; the rules below are for those alone.
             let reward = std::mem::take(&mut self.reward);
-            // A points, message or custom-offer reward carries a number that is not money off (NCR's `1` for a
-            // custom offer): its row stays, without an amount; bronze keeps the number.
-            if reward.category.as_deref().is_some_and(|c| !c.eq_ignore_ascii_case("Monetary")) {
-                d.amount = None;
-            }
-            let id = (d.promotion_id.clone(), d.amount);
-            if reward.detailed {
-                self.detailed_rewards.push(id);
-            } else if reward.summarized && self.detailed_rewards.contains(&id) {
-                // The summarized copy of a reward the detailed record already holds: counting it would take the
-                // discount off twice. It stays in bronze.
-                return;
+            if let Some(category) = reward.category.as_deref() {
+                // A points, message or custom-offer reward carries a number that is not money off (NCR's `1` for a
+                // custom offer): its row stays, without an amount; bronze keeps the number.
+                let local = category.rsplit_once(':').map_or(category, |(_, l)| l).trim();
+                if !local.eq_ignore_ascii_case("Monetary") {
+                    d.amount = None;
+                }
+                if reward.detailed {
+                    self.detailed_rewards.push(d.promotion_id.clone());
+                } else if reward.summarized && self.detailed_rewards.contains(&d.promotion_id) {
+                    // The summarized record of a promotion the detailed record holds (a copy, or a total of its
+                    // detailed rows): counting it would take the discount off twice. It stays in bronze.
+                    return;
+                }
             }
             self.discounts.push(d);
         }
@@ -358,12 +361,10 @@ impl TxBuilder {
             Field::LinkRegister => set_first(&mut self.link.register, value),
             Field::LinkSequence => set_first(&mut self.link.sequence, value),
             Field::DiscountCategory => set_first(&mut self.reward.category, value),
-            Field::DiscountDetailed => {
-                self.reward.detailed |= values::flag(value).map_err(|r| ("reward record flag", r))?
-            }
-            Field::DiscountSummarized => {
-                self.reward.summarized |= values::flag(value).map_err(|r| ("reward record flag", r))?
-            }
+            // Which record of the rewards a row belongs to is a hint, not data: a value that is not a flag is no flag
+            // (bronze keeps it), and never costs the file.
+            Field::DiscountDetailed => self.reward.detailed |= values::flag(value).unwrap_or(false),
+            Field::DiscountSummarized => self.reward.summarized |= values::flag(value).unwrap_or(false),
             _ => {
                 if let Some(l) = self.line.as_mut() {
                     apply_line(l, field, value)?;
