@@ -95,6 +95,13 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
         assert!(refused.is_err(), "{statement}: SQL does not write");
     }
     assert!(!out.exists(), "COPY wrote no file");
+    // Metadata tables answer projections and counts, not only `SELECT *`.
+    let snapshots = poslake::lake::query::sql(&wh, r#"SELECT count(*) FROM "sales_header$snapshots""#).await;
+    let snapshots = snapshots.expect("count of snapshots");
+    let n = snapshots[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("count").value(0);
+    let ids = poslake::lake::query::sql(&wh, r#"SELECT snapshot_id FROM "sales_header$snapshots""#).await;
+    let ids: usize = ids.expect("snapshot ids").iter().map(|b| b.num_rows()).sum();
+    assert!(n >= 1 && ids as i64 == n, "{n} snapshots, {ids} ids");
     assert_eq!(wh.row_count("dead_letters").await.expect("rows"), rows);
 
     // Malformed files are dead letters with their typed reason.

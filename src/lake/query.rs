@@ -17,7 +17,9 @@ use datafusion::common::tree_node::TreeNode;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::IcebergCatalogProvider;
 
@@ -113,7 +115,11 @@ impl SchemaProvider for LakeSchema {
         let view = self.views().get(name).cloned();
         match view {
             Some(v) => Ok(Some(v)),
-            None => Ok(self.tables.table(name).await?.map(|t| Arc::new(LakeTable(t)) as Arc<dyn TableProvider>)),
+            None => {
+                let metadata = name.contains('$');
+                let table = self.tables.table(name).await?;
+                Ok(table.map(|t| Arc::new(LakeTable { inner: t, metadata }) as Arc<dyn TableProvider>))
+            }
         }
     }
 
@@ -158,8 +164,13 @@ pub async fn sql_with_schema(
 /// with no filter pushed down that casts a column. iceberg-datafusion 0.10 drops such casts when it turns a filter
 /// into an Iceberg predicate (apache/iceberg-rust#3223, not merged): `CAST(sequence AS INT) > 50` fails on a string
 /// column, and a narrowing cast can prune rows the SQL matches. DataFusion applies those filters itself.
+/// A metadata table (`sales_header$snapshots`) is scanned whole and projected here: iceberg-datafusion's metadata
+/// tables return every column whatever the projection, which DataFusion then rejects.
 #[derive(Debug)]
-struct LakeTable(Arc<dyn TableProvider>);
+struct LakeTable {
+    inner: Arc<dyn TableProvider>,
+    metadata: bool,
+}
 
 #[async_trait]
 impl TableProvider for LakeTable {
@@ -168,11 +179,11 @@ impl TableProvider for LakeTable {
     }
 
     fn schema(&self) -> SchemaRef {
-        self.0.schema()
+        self.inner.schema()
     }
 
     fn table_type(&self) -> TableType {
-        self.0.table_type()
+        self.inner.table_type()
     }
 
     async fn scan(
@@ -182,11 +193,24 @@ impl TableProvider for LakeTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.0.scan(state, projection, filters, limit).await
+        if !self.metadata {
+            return self.inner.scan(state, projection, filters, limit).await;
+        }
+        let whole = self.inner.scan(state, None, filters, limit).await?;
+        let Some(columns) = projection else { return Ok(whole) };
+        let schema = whole.schema();
+        let exprs = columns
+            .iter()
+            .map(|&i| {
+                let name = schema.field(i).name().clone();
+                Ok(ProjectionExpr { expr: Arc::new(Column::new(&name, i)), alias: name })
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok(Arc::new(ProjectionExec::try_new(exprs, whole)?))
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        let mut answers = self.0.supports_filters_pushdown(filters)?;
+        let mut answers = self.inner.supports_filters_pushdown(filters)?;
         for (answer, filter) in answers.iter_mut().zip(filters) {
             if casts_a_column(filter)? {
                 *answer = TableProviderFilterPushDown::Unsupported;
