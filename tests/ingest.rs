@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod common;
 
-use arrow_array::{Array, StringArray};
+use arrow_array::StringArray;
 use common::{column, header_keys, ledger_paths, pipeline};
 use poslake::generate::{FileKind, GenerateArgs, Report, generate, read_manifest};
 use poslake::ingest::{IngestPaths, IngestSetup, IngestSummary, ingest};
@@ -59,18 +59,15 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
 
     // SQL answers a join across header and line: every line finds its header, and the headers' line counts add up
     // to the lines.
-    let joined = poslake::lake::query::sql(
+    let n = common::scalar(
         &wh,
         "SELECT count(*) AS n, count(DISTINCT h.source_hash) AS files FROM sales_line l JOIN sales_header h \
          ON h.site = l.site AND h.business_date = l.business_date AND h.register = l.register \
          AND h.sequence = l.sequence AND h.key_variant = l.key_variant",
     )
-    .await
-    .expect("join");
-    let n = joined[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("count").value(0);
+    .await;
     assert_eq!(n as u64, wh.row_count("sales_line").await.expect("lines"), "every line joins its header");
-    let sums = poslake::lake::query::sql(&wh, "SELECT sum(line_count) FROM sales_header").await.expect("sum");
-    let total = sums[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("sum").value(0);
+    let total = common::scalar(&wh, "SELECT sum(line_count) FROM sales_header").await;
     assert_eq!(total as u64, wh.row_count("sales_line").await.expect("lines"));
 
     // A filter that casts a column is applied by DataFusion, not pushed into the Iceberg scan (where
@@ -78,10 +75,7 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     let above = |k: &String| k.split('|').nth(3).and_then(|s| s.parse::<i64>().ok()).is_some_and(|n| n > 50);
     let want = common::keys_of_table(&wh, "sales_header").await.iter().filter(|k| above(k)).count();
     assert!(want > 0);
-    let cast = poslake::lake::query::sql(&wh, "SELECT count(*) FROM sales_header WHERE CAST(sequence AS BIGINT) > 50")
-        .await
-        .expect("a cast in a filter");
-    let got = cast[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("count").value(0);
+    let got = common::scalar(&wh, "SELECT count(*) FROM sales_header WHERE CAST(sequence AS BIGINT) > 50").await;
     assert_eq!(got as usize, want);
     let rows = wh.row_count("dead_letters").await.expect("rows");
     let out = dir.path().join("copy.parquet");
@@ -96,9 +90,7 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     }
     assert!(!out.exists(), "COPY wrote no file");
     // Metadata tables answer projections and counts, not only `SELECT *`.
-    let snapshots = poslake::lake::query::sql(&wh, r#"SELECT count(*) FROM "sales_header$snapshots""#).await;
-    let snapshots = snapshots.expect("count of snapshots");
-    let n = snapshots[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("count").value(0);
+    let n = common::scalar(&wh, r#"SELECT count(*) FROM "sales_header$snapshots""#).await;
     let ids = poslake::lake::query::sql(&wh, r#"SELECT snapshot_id FROM "sales_header$snapshots""#).await;
     let ids: usize = ids.expect("snapshot ids").iter().map(|b| b.num_rows()).sum();
     assert!(n >= 1 && ids as i64 == n, "{n} snapshots, {ids} ids");

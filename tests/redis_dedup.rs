@@ -175,20 +175,13 @@ async fn a_saturated_filter_loses_nothing_and_reconcile_promotes_its_false_posit
     assert_exact(&lake, &want).await;
     let wh = Warehouse::open(&lake).await.expect("open");
     let lines = wh.row_count("sales_line").await.expect("lines");
-    let sums = poslake::lake::query::sql(&wh, "SELECT sum(line_count) FROM sales_header").await.expect("sum");
-    let total = sums[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("sum").value(0) as u64;
+    let total = common::scalar(&wh, "SELECT sum(line_count) FROM sales_header").await as u64;
     assert_eq!(total, lines, "promoted transactions brought their lines");
     // And each voiding record (a rollback mirror), landed or promoted, its one `sales_voids` row.
-    let count = |sql: &'static str| {
-        let wh = &wh;
-        async move {
-            let b = poslake::lake::query::sql(wh, sql).await.expect(sql);
-            b[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().expect("count").value(0)
-        }
-    };
-    let voiding = count("SELECT count(*) FROM sales_header WHERE key_variant IN ('rollback', 'post_void')").await;
+    let voiding =
+        common::scalar(&wh, "SELECT count(*) FROM sales_header WHERE key_variant IN ('rollback', 'post_void')").await;
     assert!(voiding > 0, "the corpus holds rollback mirrors");
-    assert_eq!(count("SELECT count(*) FROM sales_voids").await, voiding);
+    assert_eq!(common::scalar(&wh, "SELECT count(*) FROM sales_voids").await, voiding);
     drop(wh);
 
     // Exactly once: a second reconcile finds nothing more to promote.

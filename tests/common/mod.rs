@@ -191,3 +191,10 @@ pub async fn strings(wh: &Warehouse, sql: &str) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The one integer a query answers (a count, a sum).
+pub async fn scalar(wh: &Warehouse, sql: &str) -> i64 {
+    let batches = poslake::lake::query::sql(wh, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let col = batches[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>();
+    col.unwrap_or_else(|| panic!("{sql}: not an integer")).value(0)
+}
