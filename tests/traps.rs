@@ -148,6 +148,25 @@ fn ncr_rewards_count_money_once() {
         (Some("9"), Some(dec("1.00"))),
     ];
     assert_eq!(amounts, want);
+
+    // The summarized record written before the detailed one: its rows are copies all the same, and a summarized
+    // row whose promotion has no detailed row stays the one record of its reward.
+    let body = [
+        SALE.to_owned(),
+        reward(summarized, 5123, "Monetary", "-0.38"),
+        reward(summarized, 6000, "Monetary", "-0.50"),
+        reward(detailed, 5123, "Monetary", "-0.19"),
+        reward(detailed, 5123, "Monetary", "-0.19"),
+    ]
+    .concat();
+    let txs = parse(&poslog(ns, &[arts(3, "", &body)]));
+    let amounts: Vec<(Option<&str>, Option<Decimal>)> =
+        txs[0].discounts.iter().map(|d| (d.promotion_id.as_deref(), d.amount)).collect();
+    let want =
+        [(Some("6000"), Some(dec("-0.50"))), (Some("5123"), Some(dec("-0.19"))), (Some("5123"), Some(dec("-0.19")))];
+    assert_eq!(amounts, want);
+    let bronze_rewards = txs[0].bronze.iter().filter(|(k, _)| k.ends_with("LoyaltyReward/PromotionID")).count();
+    assert_eq!(bronze_rewards, 4, "bronze keeps the copies");
 }
 
 /// A post-void may link other tickets too (a return's original): only the link whose reason is the post-void names

@@ -69,6 +69,9 @@ pub(crate) struct TxBuilder {
     reward: RewardCopy,
     /// The promotion of each reward row of the detailed record (see [`Field::DiscountSummarized`]).
     detailed_rewards: Vec<Option<String>>,
+    /// Indices in `discounts` of reward rows only summarized, read before any detailed row of their promotion: a
+    /// detailed row read later makes them copies (see [`TxBuilder::drop_summarized_copies`]).
+    summarized_rewards: Vec<usize>,
 }
 
 /// A `TransactionLink` to another ticket, as read.
@@ -153,6 +156,7 @@ impl TxBuilder {
             discount: None,
             reward: RewardCopy::default(),
             detailed_rewards: Vec::new(),
+            summarized_rewards: Vec::new(),
         }
     }
 
@@ -276,14 +280,34 @@ impl TxBuilder {
                 }
                 if reward.detailed {
                     self.detailed_rewards.push(d.promotion_id.clone());
-                } else if reward.summarized && self.detailed_rewards.contains(&d.promotion_id) {
-                    // The summarized record of a promotion the detailed record holds (a copy, or a total of its
-                    // detailed rows): counting it would take the discount off twice. It stays in bronze.
-                    return;
+                } else if reward.summarized {
+                    if self.detailed_rewards.contains(&d.promotion_id) {
+                        // The summarized record of a promotion the detailed record holds (a copy, or a total of
+                        // its detailed rows): counting it would take the discount off twice. It stays in bronze.
+                        return;
+                    }
+                    self.summarized_rewards.push(self.discounts.len());
                 }
             }
             self.discounts.push(d);
         }
+    }
+
+    /// Drops the summarized reward rows that were read before a detailed row of their promotion: copies, as those
+    /// read after one are (the order of the two records is the writer's).
+    fn drop_summarized_copies(&mut self) {
+        if self.summarized_rewards.is_empty() || self.detailed_rewards.is_empty() {
+            return;
+        }
+        let copies: Vec<usize> = std::mem::take(&mut self.summarized_rewards)
+            .into_iter()
+            .filter(|&i| self.discounts.get(i).is_some_and(|d| self.detailed_rewards.contains(&d.promotion_id)))
+            .collect();
+        let mut index = 0;
+        self.discounts.retain(|_| {
+            index += 1;
+            !copies.contains(&(index - 1))
+        });
     }
 
     /// Whether nothing in the transaction gave it a business date (the file's may still come).
@@ -376,6 +400,7 @@ impl TxBuilder {
 
     /// Completes the transaction: resolves its key (file defaults fill what it lacks), its type and flags.
     pub fn finish(mut self, spec: &DialectSpec, defaults: &FileDefaults) -> Result<Transaction, MissingField> {
+        self.drop_summarized_copies();
         let site = self.site.take().or_else(|| defaults.site.clone()).ok_or(MissingField("site"))?;
         let business_date = self
             .business_date
