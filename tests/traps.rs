@@ -137,17 +137,14 @@ fn ncr_rewards_count_money_once() {
         rpm(summarized),
     ]
     .concat();
+    // (promotion, amount) of each discount row the transaction keeps.
+    let kept = |tx: &Transaction| -> Vec<(Option<String>, Option<Decimal>)> {
+        tx.discounts.iter().map(|d| (d.promotion_id.clone(), d.amount)).collect()
+    };
+    let row = |promo: &str, amount: &str| (Some(promo.to_owned()), Some(dec(amount)));
     let txs = parse(&poslog(ns, &[arts(2, "", &body)]));
-    let amounts: Vec<(Option<&str>, Option<Decimal>)> =
-        txs[0].discounts.iter().map(|d| (d.promotion_id.as_deref(), d.amount)).collect();
-    let want = [
-        (Some("5123"), Some(dec("-0.19"))),
-        (Some("5123"), Some(dec("-0.19"))),
-        (Some("7000"), Some(dec("-0.05"))),
-        (Some("9"), Some(dec("1.00"))),
-        (Some("9"), Some(dec("1.00"))),
-    ];
-    assert_eq!(amounts, want);
+    let want = [row("5123", "-0.19"), row("5123", "-0.19"), row("7000", "-0.05"), row("9", "1.00"), row("9", "1.00")];
+    assert_eq!(kept(&txs[0]), want);
 
     // The summarized record written before the detailed one: its rows are copies all the same, and a summarized
     // row whose promotion has no detailed row stays the one record of its reward.
@@ -160,11 +157,7 @@ fn ncr_rewards_count_money_once() {
     ]
     .concat();
     let txs = parse(&poslog(ns, &[arts(3, "", &body)]));
-    let amounts: Vec<(Option<&str>, Option<Decimal>)> =
-        txs[0].discounts.iter().map(|d| (d.promotion_id.as_deref(), d.amount)).collect();
-    let want =
-        [(Some("6000"), Some(dec("-0.50"))), (Some("5123"), Some(dec("-0.19"))), (Some("5123"), Some(dec("-0.19")))];
-    assert_eq!(amounts, want);
+    assert_eq!(kept(&txs[0]), [row("6000", "-0.50"), row("5123", "-0.19"), row("5123", "-0.19")]);
     let bronze_rewards = txs[0].bronze.iter().filter(|(k, _)| k.ends_with("LoyaltyReward/PromotionID")).count();
     assert_eq!(bronze_rewards, 4, "bronze keeps the copies");
 }
