@@ -215,9 +215,20 @@ impl DedupConfig {
         if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
         }
-        if !(self.false_positive_rate > 0.0 && self.false_positive_rate < 0.5) {
+        let ceilings: [(&str, u64, u64, &str); 6] = [
+            ("dedup.expected_keys_per_period", self.expected_keys_per_period, MAX_EXPECTED_KEYS, ""),
+            ("dedup.expected_files", self.expected_files, MAX_EXPECTED_KEYS, ""),
+            ("dedup.max_shard_mib", self.max_shard_mib, MAX_SHARD_MIB, " (Redis's largest string)"),
+            ("dedup.timeout_ms", self.timeout_ms, MAX_TIMEOUT_MS, ""),
+            ("dedup.unavailable_limit_secs", self.unavailable_limit_secs, MAX_UNAVAILABLE_SECS, ""),
+            ("dedup.keys_per_round_trip", self.keys_per_round_trip as u64, MAX_KEYS_PER_ROUND_TRIP, ""),
+        ];
+        if let Some((name, value, most, why)) = ceilings.iter().find(|(_, v, most, _)| v > most) {
+            return Err(ConfigError::Invalid(format!("{name} must be at most {most}{why}, not {value}")));
+        }
+        if !(self.false_positive_rate >= MIN_FALSE_POSITIVE_RATE && self.false_positive_rate < 0.5) {
             return Err(ConfigError::Invalid(format!(
-                "dedup.false_positive_rate must be between 0 and 0.5, not {}",
+                "dedup.false_positive_rate must be at least {MIN_FALSE_POSITIVE_RATE} and below 0.5, not {}",
                 self.false_positive_rate
             )));
         }
@@ -227,9 +238,30 @@ impl DedupConfig {
                 self.redis_url
             )));
         }
+        // The whole URL is read now, so that a typo is refused before anything (the lake folder) is made. Its
+        // text is not repeated: it may hold a password.
+        #[cfg(feature = "lake")]
+        if self.backend != DedupBackend::Embedded {
+            redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())
+                .map_err(|e| ConfigError::Invalid(format!("dedup.redis_url is not a Redis URL: {e}")))?;
+        }
         Ok(())
     }
 }
+
+/// The most keys one period's filter may be sized for: a trillion (about 1.9 TB of Redis at 0.1%). Past it, a
+/// shorter `period` splits the keys over more filters.
+pub const MAX_EXPECTED_KEYS: u64 = 1_000_000_000_000;
+/// A shard is one Redis string, and Redis strings hold at most 512 MiB.
+pub const MAX_SHARD_MIB: u64 = 512;
+/// The lowest false-positive rate a filter is sized for (about 45 bits per key).
+pub const MIN_FALSE_POSITIVE_RATE: f64 = 1e-9;
+/// The longest timeout of one connect or round trip: ten minutes.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// The longest wait for an unreachable Redis: a day.
+pub const MAX_UNAVAILABLE_SECS: u64 = 24 * 3600;
+/// Keys per round trip at most: a pipeline of more would hold the server up for other clients.
+pub const MAX_KEYS_PER_ROUND_TRIP: u64 = 100_000;
 
 /// The longest interval of a service (`every_secs`): a week.
 pub const MAX_EVERY_SECS: u64 = 7 * 24 * 3600;
@@ -460,6 +492,34 @@ mod tests {
         invalid(IngestConfig { route_by: Some("site=(".into()), ..two.clone() }, "route_by");
         invalid(IngestConfig { route_by: Some("site=[0-9]+".into()), ..two }, "capture group");
         invalid(IngestConfig { every_secs: u64::MAX, ..IngestConfig::default() }, "over a week");
+    }
+
+    #[test]
+    fn dedup_settings_have_ceilings_and_the_redis_url_is_read_whole() {
+        let refused = |d: DedupConfig, says: &str| match d.validate() {
+            Err(ConfigError::Invalid(m)) => assert!(m.contains(says), "{m}"),
+            other => panic!("expected an error about {says}: {other:?}"),
+        };
+        let base = DedupConfig { backend: DedupBackend::RedisBitmap, ..DedupConfig::default() };
+        assert!(base.validate().is_ok());
+        let at_most = DedupConfig {
+            expected_keys_per_period: MAX_EXPECTED_KEYS,
+            max_shard_mib: MAX_SHARD_MIB,
+            false_positive_rate: MIN_FALSE_POSITIVE_RATE,
+            timeout_ms: MAX_TIMEOUT_MS,
+            unavailable_limit_secs: MAX_UNAVAILABLE_SECS,
+            ..base.clone()
+        };
+        assert!(at_most.validate().is_ok(), "the ceilings themselves are allowed");
+        refused(DedupConfig { expected_keys_per_period: u64::MAX, ..base.clone() }, "expected_keys_per_period");
+        refused(DedupConfig { expected_files: MAX_EXPECTED_KEYS + 1, ..base.clone() }, "expected_files");
+        refused(DedupConfig { max_shard_mib: 513, ..base.clone() }, "Redis's largest string");
+        refused(DedupConfig { timeout_ms: u64::MAX, ..base.clone() }, "dedup.timeout_ms must be at most");
+        refused(DedupConfig { unavailable_limit_secs: u64::MAX, ..base.clone() }, "unavailable_limit_secs");
+        refused(DedupConfig { false_positive_rate: 1e-300, ..base.clone() }, "false_positive_rate");
+        refused(DedupConfig { redis_url: "redis://:pw@[bad".into(), ..base.clone() }, "is not a Redis URL");
+        // The embedded store never uses the URL.
+        assert!(DedupConfig { redis_url: "redis://:pw@[bad".into(), ..DedupConfig::default() }.validate().is_ok());
     }
 
     #[test]

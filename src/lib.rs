@@ -6,6 +6,7 @@
 //! - [`dialect`]: the six vendor dialects, each a table of element paths → fields, and auto-detection.
 //! - [`parse`]: the single streaming pass (quick-xml) that reads any dialect's table; typed errors.
 //! - [`generate`]: a deterministic corpus generator for all six dialects, with planted duplicates and a manifest.
+//! - [`drain`] (feature `lake`): the process's drain request (a signal), which ends long waits at once.
 //! - [`dedup`] (feature `lake`): which keys the lake holds: embedded exact set, or a Bloom filter in Redis.
 //! - [`ingest`] (feature `lake`): the domain stages of the actor pipeline: staging, archive, dedup, batches.
 //! - [`lake`] (feature `lake`, default): Iceberg tables in a local warehouse (SQLite catalog), Snappy Parquet.
@@ -14,6 +15,8 @@ pub mod config;
 #[cfg(feature = "lake")]
 pub mod dedup;
 pub mod dialect;
+#[cfg(feature = "lake")]
+pub mod drain;
 #[cfg(feature = "lake")]
 pub mod failpoint;
 pub mod generate;

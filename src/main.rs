@@ -43,7 +43,18 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"narenas:1".as_ptr() });
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap takes an empty variable for its flag given without a value, and names only the flag.
+            if e.kind() == clap::error::ErrorKind::InvalidValue
+                && let Some(name) = empty_variable(&<Cli as clap::CommandFactory>::command())
+            {
+                eprintln!("error: the environment variable {name} is set but empty: give it a value, or unset it");
+            }
+            e.exit()
+        }
+    };
     // Before any client is built: whichever speaks TLS (Redis, Azure, OTLP over HTTPS) needs it.
     poslake::install_tls_provider();
     let result = runtime().and_then(|rt| {
@@ -74,6 +85,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The first environment variable a flag is read from that is set to nothing, in this command or its subcommands.
+fn empty_variable(command: &clap::Command) -> Option<String> {
+    let own = command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .find(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()));
+    own.map(|name| name.to_string_lossy().into_owned()).or_else(|| command.get_subcommands().find_map(empty_variable))
 }
 
 /// The error and its causes, joined with ": ", leaving out a cause whose text is already there: many errors (those

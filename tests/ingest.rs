@@ -590,19 +590,42 @@ async fn as_a_service_each_run_takes_what_arrived_and_sigterm_ends_it() {
     assert_eq!(ledger_paths(&wh).await.len(), 5);
 }
 
-/// A service whose runs keep failing (here, its staging folder is gone) gives up after `max_failed_runs` in a row,
-/// with the cause, so that an orchestrator sees it.
+/// A service that cannot start (its staging folder is missing, or is the lake) says so at once rather than failing
+/// every run; one whose runs keep failing once started (here, its staging folder went away) gives up after
+/// `max_failed_runs` in a row, with the cause, so that an orchestrator sees it.
 #[test]
-fn a_service_whose_runs_keep_failing_exits_with_the_cause() {
+fn a_service_that_cannot_start_says_so_and_one_whose_runs_keep_failing_exits_with_the_cause() {
+    use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
-        .args(["ingest", "--every", "1s", "--staging"])
-        .arg(dir.path().join("gone"))
-        .arg("--lake")
-        .arg(dir.path().join("lake"))
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run poslake");
+    let service = |staging: &std::path::Path, lake: &std::path::Path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+        command.args(["ingest", "--every", "1s", "--json", "--staging"]).arg(staging).arg("--lake").arg(lake);
+        command.env("RUST_LOG", "error");
+        command
+    };
+    let (staging, lake) = (dir.path().join("staging"), dir.path().join("lake"));
+    for (staging, lake, cause) in [
+        (&staging, &lake, "no such folder"),
+        (&dir.path().to_path_buf(), &dir.path().to_path_buf(), "is the lake folder too"),
+    ] {
+        let out = service(staging, lake).output().expect("run poslake");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("the service cannot start") && stderr.contains(cause), "{stderr}");
+        assert!(!stderr.contains("the run failed"), "no run was tried: {stderr}");
+    }
+
+    std::fs::create_dir_all(&staging).expect("staging");
+    let mut child = service(&staging, &lake)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn poslake");
+    let mut runs = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = runs.next().expect("a first run").expect("its summary");
+    assert!(first.contains("\"files\""), "{first}");
+    std::fs::remove_dir_all(&staging).expect("remove staging");
+    let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("3 runs in a row failed") && stderr.contains("no such folder"), "{stderr}");

@@ -1055,3 +1055,128 @@ fn a_worker_paused_past_its_leases_gives_up_its_uncommitted_files_and_nothing_la
     workers.assert_exact(&keys, files);
     eprintln!("paused worker: {}", paused_log.lines().filter(|l| l.contains("lease")).collect::<Vec<_>>().join("\n"));
 }
+
+/// A port nothing listens on: connections to it are refused.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A signal while Redis is unreachable ends the wait at once, not at `unavailable_limit_secs` (300 s here): the
+/// process stops with the signal's exit code and says why, whether it runs once or as a service.
+#[test]
+fn a_signal_ends_the_wait_for_an_unreachable_redis_at_once() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, _, _) = corpus(dir.path(), 21, 1);
+    let url = format!("redis://127.0.0.1:{}", closed_port());
+    for every in [None, Some("1s")] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+        command.args(["ingest", "--dedup", "redis-bitmap", "--redis-url", &url, "--staging"]).arg(&staging);
+        command.arg("--lake").arg(dir.path().join(format!("lake-{}", every.unwrap_or("once"))));
+        if let Some(every) = every {
+            command.args(["--every", every]);
+        }
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn poslake");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut log = Vec::new();
+        while !log.iter().any(|l: &String| l.contains("Redis unreachable")) {
+            log.push(rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}: {log:?}")));
+        }
+        let signalled = std::time::Instant::now();
+        let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(status.expect("kill").success());
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if signalled.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("still waiting for Redis a minute after SIGTERM ({every:?}): {log:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        log.extend(rx.iter());
+        let log = log.join("\n");
+        assert_eq!(status.code(), Some(143), "the signal's exit code ({every:?}): {log}");
+        assert!(log.contains("stopped by a signal while waiting") && log.contains("stopped by SIGTERM"), "{log}");
+    }
+}
+
+/// A server that takes connections and never answers is given up at `unavailable_limit_secs`, however long the
+/// timeout of one round trip: before, a first try alone waited twice the timeout (two minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_given_up_at_the_limit_whatever_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let config = DedupConfig {
+        backend: DedupBackend::RedisBitmap,
+        redis_url: format!("redis://127.0.0.1:{port}"),
+        timeout_ms: 60_000,
+        unavailable_limit_secs: 2,
+        ..DedupConfig::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = std::time::Instant::now();
+    let error = Dedup::open(&config, dir.path()).await.err().expect("a server that never answers is unavailable");
+    assert!(matches!(error, DedupError::Unavailable { limit_secs: 2, .. }), "{error}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "gave up after {took:?}, for a limit of 2 s");
+}
+
+/// An outage is logged once however many callers it holds up, and its end once: not a line per waiting round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_once_for_all_the_callers_it_holds_up() {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+
+    let mut server = RedisServer::start();
+    let store =
+        Arc::new(Dedup::open(&bitmap(&server), tempfile::tempdir().expect("tempdir").path()).await.expect("open"));
+    let keys = random_keys(100, 7);
+    server.stop();
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, keys) = (store.clone(), keys.clone());
+            tokio::spawn(async move { store.contains(&keys).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.restart();
+    for caller in callers {
+        let answer = caller.await.expect("joined");
+        // The server kept its data (stopped cleanly), so each caller gets its answer.
+        assert_eq!(answer.expect("answered once Redis is back").len(), keys.len());
+    }
+    let log = String::from_utf8_lossy(&captured.0.lock().expect("log")).into_owned();
+    assert_eq!(log.matches("Redis unreachable").count(), 1, "{log}");
+    assert_eq!(log.matches("Redis is reachable again").count(), 1, "{log}");
+}

@@ -9,9 +9,19 @@ pub async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
     use poslake::dedup::DedupStore;
     match command {
         DedupCommand::Plan { expected_keys, fp, max_shard_mib } => {
-            anyhow::ensure!(fp > 0.0 && fp < 0.5, "--fp must be between 0 and 0.5");
-            anyhow::ensure!(expected_keys > 0, "--expected-keys must be at least 1");
-            anyhow::ensure!(max_shard_mib > 0, "--max-shard-mib must be at least 1");
+            use poslake::config::{MAX_EXPECTED_KEYS, MAX_SHARD_MIB, MIN_FALSE_POSITIVE_RATE};
+            anyhow::ensure!(
+                (MIN_FALSE_POSITIVE_RATE..0.5).contains(&fp),
+                "--fp must be at least {MIN_FALSE_POSITIVE_RATE:?} and below 0.5, not {fp:?}"
+            );
+            anyhow::ensure!(
+                (1..=MAX_EXPECTED_KEYS).contains(&expected_keys),
+                "--expected-keys must be from 1 to {MAX_EXPECTED_KEYS} (use a shorter period for more), not {expected_keys}"
+            );
+            anyhow::ensure!(
+                (1..=MAX_SHARD_MIB).contains(&max_shard_mib),
+                "--max-shard-mib must be from 1 to {MAX_SHARD_MIB} (Redis's largest string), not {max_shard_mib}"
+            );
             let p = poslake::dedup::Plan::new(expected_keys, fp, max_shard_mib << 20);
             say!("keys per period        {}", p.expected_keys);
             say!("target false positives {}", p.fp_target);

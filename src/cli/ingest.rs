@@ -67,7 +67,10 @@ pub async fn ingest_as_configured(
     let every = match (&replay, config.every_secs) {
         (None, secs) if secs > 0 => std::time::Duration::from_secs(secs),
         _ => {
-            let summary = run_once(args, config, setup, replay.as_ref(), &stopper).await?;
+            let summary = match run_once(args, config, setup, replay.as_ref(), &stopper).await {
+                Ok(summary) => summary,
+                Err(e) => return stopper.failed_run(e),
+            };
             print_summary(&summary, args.json, false, &stopper)?;
             return Ok(match stopper.signal() {
                 Some(signal) if summary.interrupted => ExitCode::from(signal.exit_code()),
@@ -76,6 +79,7 @@ pub async fn ingest_as_configured(
         }
     };
 
+    poslake::ingest::check_paths(&setup.paths).context("the service cannot start")?;
     // As a service: a run every `every` (at once if one took longer), until a signal. A failed run is logged and the
     // next one tries again; `max_failed_runs` in a row end the process, so that an orchestrator sees it.
     tracing::info!(every = %humantime::format_duration(every), "running as a service: an ingest every interval");
@@ -88,6 +92,7 @@ pub async fn ingest_as_configured(
                 metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "completed").increment(1);
                 print_summary(&summary, args.json, true, &stopper)?;
             }
+            Err(e) if stopper.signal().is_some() => return stopper.failed_run(e),
             Err(e) => {
                 failed += 1;
                 metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "failed").increment(1);

@@ -66,6 +66,8 @@ impl Stopper {
                 "\nstopping on {}: no new file is taken, those in flight are finished (again to quit now)",
                 first.name()
             );
+            // Waits that could last long (an unreachable Redis) end now rather than at their limit.
+            poslake::drain::request();
             if let Ok(mut state) = shared.state.lock() {
                 state.signal = Some(first);
                 if let Some(progress) = &state.current {
@@ -90,6 +92,20 @@ impl Stopper {
             }
             state.current = Some(progress.clone());
         }
+    }
+
+    /// A run that failed after a signal: the drain cut it short (a wait for an unreachable Redis ends at once) or
+    /// it failed meanwhile. Either way the process stops as the signal asked, with the signal's exit code and the
+    /// error said; nothing uncommitted became visible, and the next run takes the files again. Without a signal
+    /// the error is the caller's.
+    pub fn failed_run(&self, error: anyhow::Error) -> anyhow::Result<std::process::ExitCode> {
+        let Some(signal) = self.signal() else { return Err(error) };
+        eprintln!("error: {}", crate::error_chain(&error));
+        eprintln!(
+            "stopped by {}: the run did not finish; what it had not committed is left for the next run",
+            signal.name()
+        );
+        Ok(std::process::ExitCode::from(signal.exit_code()))
     }
 
     /// The signal received, if any.

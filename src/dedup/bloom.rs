@@ -54,19 +54,20 @@ impl Plan {
             .collect();
         // Within 2% of the least memory, the fewest shards (fewer commands per round trip); a shard fills its
         // class, since those bits are paid for anyway.
-        let least = candidates.iter().map(|&(n, _, class)| n * class).min().unwrap_or(0);
+        // Saturating: `config` bounds the keys far below an overflow, but a plan is never a panic.
+        let least = candidates.iter().map(|&(n, _, class)| n.saturating_mul(class)).min().unwrap_or(0);
         let (shards, blocks_per_shard) = candidates
             .iter()
-            .filter(|&&(n, _, class)| (n * class) as f64 <= least as f64 * 1.02)
-            .min_by_key(|&&(n, _, class)| (n, n * class))
+            .filter(|&&(n, _, class)| n.saturating_mul(class) as f64 <= least as f64 * 1.02)
+            .min_by_key(|&&(n, _, class)| (n, n.saturating_mul(class)))
             .map_or((1, blocks), |&(n, per_shard, _)| (n, per_shard));
-        let total_bits = shards * blocks_per_shard * BLOCK_BITS;
+        let total_bits = shards.saturating_mul(blocks_per_shard).saturating_mul(BLOCK_BITS);
         let fp_at_capacity = blocked_fp(total_bits as f64 / n as f64, hashes);
         Plan { expected_keys: n, fp_target, bits_per_key, hashes, shards, blocks_per_shard, fp_at_capacity }
     }
 
     pub fn total_bits(&self) -> u64 {
-        self.shards * self.blocks_per_shard * BLOCK_BITS
+        self.shards.saturating_mul(self.blocks_per_shard).saturating_mul(BLOCK_BITS)
     }
 
     pub fn shard_bytes(&self) -> u64 {
@@ -228,6 +229,18 @@ mod tests {
         assert!(allocated / needed < 1.03, "allocated {allocated} for {needed}: {plan:?}");
         let one = Plan::new(10, 0.01, 128 << 20);
         assert_eq!((one.shards, one.blocks_per_shard), (1, 1));
+    }
+
+    #[test]
+    fn the_largest_plans_the_config_allows_are_sized_not_overflowed() {
+        use crate::config::{MAX_EXPECTED_KEYS, MAX_SHARD_MIB, MIN_FALSE_POSITIVE_RATE};
+        let plan = Plan::new(MAX_EXPECTED_KEYS, MIN_FALSE_POSITIVE_RATE, MAX_SHARD_MIB << 20);
+        assert!(plan.shard_bytes() <= MAX_SHARD_MIB << 20, "{plan:?}");
+        let needed = MAX_EXPECTED_KEYS as f64 * plan.formula_bits_per_key() / 8.0;
+        assert!(plan.total_bytes() as f64 >= needed, "{plan:?}");
+        // Beyond what the config allows, a plan still ends (saturated) rather than panicking.
+        let absurd = Plan::new(u64::MAX, 0.001, 1);
+        assert!(absurd.shards > 0, "{absurd:?}");
     }
 
     #[test]

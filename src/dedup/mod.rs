@@ -76,6 +76,9 @@ pub enum DedupError {
     Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("Redis at {url} unreachable for {secs:.0} s, past the limit of {limit_secs} s: {last}")]
     Unavailable { url: String, secs: f64, limit_secs: u64, last: String },
+    /// A drain (a signal) ended the wait for an unreachable Redis; what the caller held is left for the next run.
+    #[error("stopped by a signal while waiting {secs:.0} s for Redis at {url}, which was unreachable: {last}")]
+    Interrupted { url: String, secs: f64, last: String },
     #[error("Redis at {url}: {error}")]
     Redis { url: String, error: String },
     /// The store no longer holds what it held when this process started (a Redis restarted without

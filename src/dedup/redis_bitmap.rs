@@ -456,7 +456,7 @@ impl DedupStore for RedisBitmap {
     fn describe(&self) -> String {
         let p = &self.new_plan;
         format!(
-            "redis-bitmap at {} ({}): blocked Bloom filter per {:?} period, {} keys at {} false positives, {} hashes, {} shard(s) of {} MiB",
+            "redis-bitmap at {} ({}): blocked Bloom filter per {:?} period, {} keys at {} false positives, {} hashes, {} shard(s) of {:.1} MiB",
             self.pool.url(),
             self.why,
             self.period,
@@ -464,7 +464,7 @@ impl DedupStore for RedisBitmap {
             p.fp_target,
             p.hashes,
             p.shards,
-            p.shard_bytes() >> 20
+            p.shard_bytes() as f64 / f64::from(1 << 20)
         )
     }
 }

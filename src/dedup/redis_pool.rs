@@ -27,6 +27,8 @@ pub struct RedisPool {
     /// The generation this process works against (see [`super::Dedup::generation`]).
     generation: Mutex<Option<String>>,
     reconnected: AtomicBool,
+    /// The outage under way, if any: one warning for all the callers it holds up.
+    health: Mutex<Health>,
     /// Round trips that failed, ever: a change tells a caller that the server may have restarted meanwhile.
     failures: AtomicU64,
 }
@@ -36,6 +38,8 @@ const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// While Redis stays unreachable, a log line this often.
 const STILL_DOWN_EVERY: Duration = Duration::from_secs(30);
+/// The least time a try is given, even when the limit is nearer: the overshoot of the limit at most.
+const LAST_TRY: Duration = Duration::from_secs(1);
 
 impl RedisPool {
     pub fn connect(config: &DedupConfig) -> Result<Self, DedupError> {
@@ -62,6 +66,7 @@ impl RedisPool {
             limit: Duration::from_secs(config.unavailable_limit_secs),
             generation: Mutex::new(None),
             reconnected: AtomicBool::new(false),
+            health: Mutex::new(Health::default()),
             failures: AtomicU64::new(0),
         })
     }
@@ -75,11 +80,12 @@ impl RedisPool {
         format!("{}:{suffix}", self.prefix)
     }
 
-    /// Runs the pipeline, retrying while the server is unreachable (see the module docs).
+    /// Runs the pipeline, retrying while the server is unreachable (see the module docs). No try outlasts the
+    /// limit by more than [`LAST_TRY`], whatever the timeout; a drain ([`crate::drain`]) ends the wait at once once
+    /// a try has failed (a first try is left to finish, as a drain lets work in flight finish).
     pub async fn query<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, DedupError> {
         let started = Instant::now();
         let mut tries: u32 = 0;
-        let mut reported = Duration::ZERO;
         loop {
             let attempt = async {
                 let mut conn = self.pool.get().await.map_err(|e| match e {
@@ -88,19 +94,28 @@ impl RedisPool {
                 })?;
                 pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)
             };
+            let budget = (self.timeout * 2).min(self.limit.saturating_sub(started.elapsed()).max(LAST_TRY));
             let sent = Instant::now();
-            let failure = match tokio::time::timeout(self.timeout + self.timeout, attempt).await {
+            let timed = tokio::time::timeout(budget, attempt);
+            let outcome = if tries == 0 {
+                timed.await
+            } else {
+                tokio::select! {
+                    outcome = timed => outcome,
+                    () = crate::drain::wait() => return Err(self.interrupted(started, "a retry was under way")),
+                }
+            };
+            let failure = match outcome {
                 Ok(Ok(value)) => {
                     metrics::histogram!(crate::telemetry::metric::REDIS_ROUND_TRIP)
                         .record(sent.elapsed().as_secs_f64());
                     if tries > 0 {
-                        tracing::info!(url = %self.url, after_secs = started.elapsed().as_secs_f64(), "Redis is reachable again; resuming");
-                        self.reconnected.store(true, Ordering::SeqCst);
+                        self.report_back();
                     }
                     return Ok(value);
                 }
                 Ok(Err(f)) => f,
-                Err(_) => Failure { retry: true, message: format!("no answer within {:?}", self.timeout * 2) },
+                Err(_) => Failure { retry: true, message: format!("no answer within {budget:?}") },
             };
             if !failure.retry {
                 return Err(DedupError::Redis { url: self.url.clone(), error: failure.message });
@@ -109,6 +124,9 @@ impl RedisPool {
             self.failures.fetch_add(1, Ordering::SeqCst);
             metrics::counter!(crate::telemetry::metric::REDIS_RETRIES).increment(1);
             let waited = started.elapsed();
+            if crate::drain::requested() {
+                return Err(self.interrupted(started, &failure.message));
+            }
             if waited >= self.limit {
                 return Err(DedupError::Unavailable {
                     url: self.url.clone(),
@@ -117,17 +135,50 @@ impl RedisPool {
                     last: failure.message,
                 });
             }
-            if tries == 1 {
-                tracing::warn!(url = %self.url, error = %failure.message, limit_secs = self.limit.as_secs(),
+            self.report_down(&failure.message, sent);
+            tokio::select! {
+                () = tokio::time::sleep(backoff(tries).min(self.limit.saturating_sub(waited))) => {}
+                () = crate::drain::wait() => return Err(self.interrupted(started, &failure.message)),
+            }
+        }
+    }
+
+    /// Says once per outage that Redis is unreachable, however many callers wait (and again every
+    /// [`STILL_DOWN_EVERY`] while it lasts, so that a paused pipeline is not mistaken for a hung one). A try sent
+    /// before the last recovery is old news.
+    fn report_down(&self, error: &str, sent: Instant) {
+        let Ok(mut health) = self.health.lock() else { return };
+        let now = Instant::now();
+        let stale = health.back_at.is_some_and(|back| sent < back);
+        match health.outage.as_mut() {
+            None if stale => {}
+            None => {
+                health.outage = Some(Outage { since: now, reported: now });
+                tracing::warn!(url = %self.url, error = %one_line(error), limit_secs = self.limit.as_secs(),
                     "Redis unreachable: the pipeline pauses and retries with backoff");
-            } else if waited >= reported + STILL_DOWN_EVERY {
-                // A long wait says so now and then, so that a paused pipeline is not mistaken for a hung one.
-                reported = waited;
-                tracing::warn!(url = %self.url, error = %failure.message, waited_secs = waited.as_secs(),
+            }
+            Some(o) if now.duration_since(o.reported) >= STILL_DOWN_EVERY => {
+                o.reported = now;
+                tracing::warn!(url = %self.url, error = %one_line(error), down_secs = now.duration_since(o.since).as_secs(),
                     limit_secs = self.limit.as_secs(), "Redis still unreachable; retrying");
             }
-            tokio::time::sleep(backoff(tries).min(self.limit.saturating_sub(waited))).await;
+            Some(_) => {}
         }
+    }
+
+    /// Says once per outage that Redis answers again (the first caller through says it for all).
+    fn report_back(&self) {
+        self.reconnected.store(true, Ordering::SeqCst);
+        let Ok(mut health) = self.health.lock() else { return };
+        if let Some(o) = health.outage.take() {
+            health.back_at = Some(Instant::now());
+            tracing::info!(url = %self.url, after_secs = o.since.elapsed().as_secs_f64(),
+                "Redis is reachable again; resuming");
+        }
+    }
+
+    fn interrupted(&self, started: Instant, last: &str) -> DedupError {
+        DedupError::Interrupted { url: self.url.clone(), secs: started.elapsed().as_secs_f64(), last: one_line(last) }
     }
 
     /// The store's generation: set once (`SET NX`) by the first process to use the store, so a Redis that lost
@@ -348,6 +399,28 @@ redis.call('SADD', KEYS[2], unpack(ARGV, 2))
 return false
 ";
 
+#[derive(Default)]
+struct Health {
+    outage: Option<Outage>,
+    /// When the last outage ended.
+    back_at: Option<Instant>,
+}
+
+struct Outage {
+    since: Instant,
+    /// When a warning last said so.
+    reported: Instant,
+}
+
+/// An error's text on one line: a server that is not Redis answers with text the client quotes whole.
+fn one_line(message: &str) -> String {
+    let line: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line,
+    }
+}
+
 struct Failure {
     retry: bool,
     message: String,
@@ -392,6 +465,16 @@ mod tests {
     fn passwords_never_reach_messages() {
         assert_eq!(redact("rediss://default:s3cret@cache:6380/0"), "rediss://default:***@cache:6380/0");
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn errors_are_logged_on_one_short_line() {
+        assert_eq!(
+            one_line("parse error:\n  HTTP/1.1 400 Bad Request\r\n\r\n"),
+            "parse error: HTTP/1.1 400 Bad Request"
+        );
+        let long = one_line(&"x ".repeat(1000));
+        assert!(long.ends_with('…') && long.chars().count() == 301, "{long}");
     }
 
     #[test]

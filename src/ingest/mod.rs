@@ -313,6 +313,20 @@ pub async fn remove_orphans(
     Committer::new(warehouse, dedup).remove_orphans(older_than).await
 }
 
+/// What a service checks once, before its first run: staging opens and is not the lake, and the lake, if it is
+/// there, is a folder. No retry mends these mistakes, so they fail the start rather than every run.
+pub fn check_paths(paths: &IngestPaths) -> Result<(), IngestError> {
+    staging::Staging::open(&paths.staging)?.refuse_as_lake(&paths.lake)?;
+    match std::fs::metadata(&paths.lake) {
+        Ok(m) if !m.is_dir() => Err(LakeError::Io {
+            path: paths.lake.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "the lake must be a folder; this is a file"),
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Runs one ingest of everything in staging not yet in the ledger. `progress` may be watched meanwhile.
 pub async fn ingest(
     setup: &IngestSetup,

@@ -76,6 +76,7 @@ impl PosStages {
     /// [`PosStages::open`] over staging already opened.
     pub(super) async fn open_with(setup: &IngestSetup, run_id: String, staging: Staging) -> Result<Self, IngestError> {
         let paths = &setup.paths;
+        staging.refuse_as_lake(&paths.lake)?;
         let warehouse = Arc::new(Warehouse::open_with(&paths.lake, paths.catalog.as_deref()).await?);
         let archive = Archive::open(paths.archive.as_deref(), warehouse.root()).await?;
         // A lake or an archive kept inside its own staging area must not ingest its own files.

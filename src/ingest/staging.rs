@@ -179,6 +179,21 @@ impl Staging {
         Staging { source: Source::Store { store, prefix: prefix.map(StorePath::from), exclude: Vec::new() }, name }
     }
 
+    /// Refuses a lake that is the staging folder itself: its own tables and archive would be listed as files to
+    /// ingest, and leaving them out would leave out everything. (A lake inside staging is left out of the listing,
+    /// see [`Staging::excluding`].)
+    pub fn refuse_as_lake(&self, lake: &std::path::Path) -> Result<(), StagingError> {
+        let Source::Local { root, .. } = &self.source else { return Ok(()) };
+        match std::fs::canonicalize(lake) {
+            Ok(lake) if lake == *root => Err(StagingError::Refused {
+                path: self.name.to_string(),
+                kind: "lake",
+                reason: "is the lake folder too: give the lake a folder of its own, beside staging or inside it".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Leaves `folder` (canonical) out of a local listing: the lake, when it lies inside staging.
     pub fn excluding(mut self, folder: &std::path::Path) -> Self {
         if let Source::Local { exclude, .. } = &mut self.source {
