@@ -291,6 +291,45 @@ fn visma_business_day_wins_over_the_begin_time_in_either_order() {
     }
 }
 
+/// Times written in different offsets in one transaction (a UTC begin beside a local end, as formats.md says NCR
+/// writes them) are read as the store's wall clock: the UTC one is moved into the store's offset, so a start never
+/// falls after its end, nor on another day, for a zone alone.
+#[test]
+fn times_in_different_offsets_read_as_the_stores_wall_clock() {
+    // Visma (an ARTS POSLog) often writes no business day: then it is the day the receipt began, in the store.
+    let times = |begin: &str, end: &str| {
+        let body = format!("<BeginDateTime>{begin}</BeginDateTime><EndDateTime>{end}</EndDateTime>");
+        let tx = format!(
+            r#"<POSLog xmlns="http://www.nrf-arts.org/IXRetail/namespace/" xmlns:VRExt="http://schemas.vismaretail.com/poslog/"><Transaction><BusinessUnit><UnitID>1234</UnitID></BusinessUnit><WorkstationID>2</WorkstationID><SequenceNumber>55</SequenceNumber>{body}<RetailTransaction>{SALE}</RetailTransaction></Transaction></POSLog>"#
+        );
+        let h = parse(&tx).remove(0).header;
+        let text = |t: Option<chrono::NaiveDateTime>| t.map(|t| t.to_string()).unwrap_or_default();
+        (text(h.start_time), text(h.end_time), h.key.business_date.to_string())
+    };
+    let at = |s: &str, e: &str, day: &str| (s.to_owned(), e.to_owned(), day.to_owned());
+    // A UTC begin, a local end.
+    assert_eq!(
+        times("2024-03-15T15:02:00Z", "2024-03-15T10:05:00-05:00"),
+        at("2024-03-15 10:02:00", "2024-03-15 10:05:00", "2024-03-15")
+    );
+    // The other way round, and across midnight in UTC: the day is the store's (no BusinessDayDate here).
+    assert_eq!(
+        times("2024-03-15T21:30:00-05:00", "2024-03-16T02:35:00Z"),
+        at("2024-03-15 21:30:00", "2024-03-15 21:35:00", "2024-03-15")
+    );
+    assert_eq!(
+        times("2024-03-16T02:30:00Z", "2024-03-15T21:35:00-05:00"),
+        at("2024-03-15 21:30:00", "2024-03-15 21:35:00", "2024-03-15")
+    );
+    // One offset, or none: as written.
+    assert_eq!(
+        times("2024-03-15T10:02:00-05:00", "2024-03-15T10:05:00-05:00"),
+        at("2024-03-15 10:02:00", "2024-03-15 10:05:00", "2024-03-15")
+    );
+    assert_eq!(times("2024-03-15T10:02:00Z", "2024-03-15T10:05:00Z").0, "2024-03-15 10:02:00");
+    assert_eq!(times("2024-03-15T10:02:00", "2024-03-15T15:05:00Z").0, "2024-03-15 10:02:00");
+}
+
 /// A Passport PJR file of store 7070 with one event.
 fn pjr(event: &str, body: &str) -> String {
     format!(

@@ -43,6 +43,9 @@ pub(crate) struct TxBuilder {
     start: Option<(NaiveDate, Option<NaiveTime>)>,
     start_clock: Option<NaiveTime>,
     end: Option<(NaiveDate, Option<NaiveTime>)>,
+    /// The UTC offsets (seconds east) the start and end timestamps were written in, where they said.
+    start_offset: Option<i32>,
+    end_offset: Option<i32>,
     end_clock: Option<NaiveTime>,
     duration: Option<Decimal>,
     type_raw: Option<String>,
@@ -134,6 +137,8 @@ impl TxBuilder {
             cashier: None,
             start: None,
             start_clock: None,
+            start_offset: None,
+            end_offset: None,
             end: None,
             end_clock: None,
             duration: None,
@@ -341,9 +346,15 @@ impl TxBuilder {
             Field::MessageSequence => set_first(&mut self.message_sequence, value),
             Field::MessageRegister => set_first(&mut self.message_register, value),
             Field::Cashier => set_first(&mut self.cashier, value),
-            Field::StartTime => self.start = Some(values::date_or_timestamp(value).map_err(|r| ("start time", r))?),
+            Field::StartTime => {
+                self.start = Some(values::date_or_timestamp(value).map_err(|r| ("start time", r))?);
+                self.start_offset = values::offset_secs(value);
+            }
             Field::StartClock => self.start_clock = Some(values::clock(value).map_err(|r| ("start time", r))?),
-            Field::EndTime => self.end = Some(values::date_or_timestamp(value).map_err(|r| ("end time", r))?),
+            Field::EndTime => {
+                self.end = Some(values::date_or_timestamp(value).map_err(|r| ("end time", r))?);
+                self.end_offset = values::offset_secs(value);
+            }
             Field::EndClock => self.end_clock = Some(values::clock(value).map_err(|r| ("end time", r))?),
             Field::DurationSecs => self.duration = Some(amount(value, "duration")?),
             Field::TypeRaw => set_first(&mut self.type_raw, value),
@@ -401,6 +412,7 @@ impl TxBuilder {
     /// Completes the transaction: resolves its key (file defaults fill what it lacks), its type and flags.
     pub fn finish(mut self, spec: &DialectSpec, defaults: &FileDefaults) -> Result<Transaction, MissingField> {
         self.drop_summarized_copies();
+        self.align_offsets();
         let site = self.site.take().or_else(|| defaults.site.clone()).ok_or(MissingField("site"))?;
         let business_date = self
             .business_date
@@ -485,6 +497,32 @@ impl TxBuilder {
             voids,
         };
         Ok(Transaction { header, lines: self.lines, discounts: self.discounts, bronze: self.bronze })
+    }
+
+    /// Times are kept as the store's wall clock. A transaction may write them in different offsets (NCR: a UTC
+    /// begin beside a local end), and read as written a start could fall after its end, or on another day. So the
+    /// store's offset is the first one that is not UTC, and a time written in another offset is moved into it.
+    fn align_offsets(&mut self) {
+        let Some(local) = [self.start_offset, self.end_offset].into_iter().flatten().find(|&o| o != 0) else {
+            return;
+        };
+        let moved = |moment: Option<(NaiveDate, Option<NaiveTime>)>, offset: Option<i32>| match (moment, offset) {
+            (Some((date, Some(time))), Some(written)) if written != local => {
+                let at = date.and_time(time) + chrono::Duration::seconds(i64::from(local - written));
+                Some((at.date(), Some(at.time())))
+            }
+            _ => None,
+        };
+        if let Some(start) = moved(self.start, self.start_offset) {
+            // A business day taken from the start (Visma's, when it writes none) is the store's day too.
+            if self.business_date_fallback.is_some() && self.business_date_fallback == self.start.map(|(d, _)| d) {
+                self.business_date_fallback = Some(start.0);
+            }
+            self.start = Some(start);
+        }
+        if let Some(end) = moved(self.end, self.end_offset) {
+            self.end = Some(end);
+        }
     }
 
     /// The transaction's type from the vendor's type value, and the flags that follow from it and from the lines.

@@ -50,6 +50,31 @@ pub fn date_or_timestamp(text: &str) -> Result<(NaiveDate, Option<NaiveTime>), &
     }
 }
 
+/// The UTC offset a timestamp is written in, in seconds east: `Z` is 0, `±HH:MM` or `±HHMM` its value; `None` when
+/// the text has none (or is not a timestamp).
+pub fn offset_secs(text: &str) -> Option<i32> {
+    if text.len() < 17 {
+        return None;
+    }
+    let clock = &text[11..];
+    if clock.ends_with('Z') {
+        return Some(0);
+    }
+    let at = clock.rfind(['+', '-']).filter(|&i| i >= 5)?;
+    let digits: Vec<u32> =
+        clock[at + 1..].chars().filter(|&c| c != ':').map(|c| c.to_digit(10)).collect::<Option<_>>()?;
+    let (h, m) = match digits[..] {
+        [h1, h2, m1, m2] => (h1 * 10 + h2, m1 * 10 + m2),
+        [h1, h2] => (h1 * 10 + h2, 0),
+        _ => return None,
+    };
+    if h > 18 || m > 59 {
+        return None;
+    }
+    let secs = (h * 3600 + m * 60) as i32;
+    Some(if clock.as_bytes()[at] == b'-' { -secs } else { secs })
+}
+
 /// A clock time `HH:MM[:SS[.fff]]`, optional offset dropped.
 pub fn clock(text: &str) -> Result<NaiveTime, &'static str> {
     let t = strip_offset(text);
@@ -114,6 +139,17 @@ mod tests {
         }
         assert!(date("28/05/2021").is_err());
         assert!(date("2021-02-30").is_err());
+    }
+
+    #[test]
+    fn offsets_are_read_in_every_form_they_are_written() {
+        assert_eq!(offset_secs("2017-10-01T02:01:31Z"), Some(0));
+        assert_eq!(offset_secs("2017-10-01T02:01:31.250-05:00"), Some(-5 * 3600));
+        assert_eq!(offset_secs("2017-10-01T02:01:31+0530"), Some(5 * 3600 + 1800));
+        assert_eq!(offset_secs("2017-10-01T02:01:31+01"), Some(3600));
+        assert_eq!(offset_secs("2017-10-01T02:01:31"), None);
+        assert_eq!(offset_secs("2017-10-01"), None);
+        assert_eq!(offset_secs("2017-10-01T02:01:31+99:00"), None);
     }
 
     #[test]
