@@ -306,28 +306,36 @@ fn times_in_different_offsets_read_as_the_stores_wall_clock() {
         let text = |t: Option<chrono::NaiveDateTime>| t.map(|t| t.to_string()).unwrap_or_default();
         (text(h.start_time), text(h.end_time), h.key.business_date.to_string())
     };
-    let at = |s: &str, e: &str, day: &str| (s.to_owned(), e.to_owned(), day.to_owned());
-    // A UTC begin, a local end.
-    assert_eq!(
-        times("2024-03-15T15:02:00Z", "2024-03-15T10:05:00-05:00"),
-        at("2024-03-15 10:02:00", "2024-03-15 10:05:00", "2024-03-15")
-    );
-    // The other way round, and across midnight in UTC: the day is the store's (no BusinessDayDate here).
-    assert_eq!(
-        times("2024-03-15T21:30:00-05:00", "2024-03-16T02:35:00Z"),
-        at("2024-03-15 21:30:00", "2024-03-15 21:35:00", "2024-03-15")
-    );
-    assert_eq!(
-        times("2024-03-16T02:30:00Z", "2024-03-15T21:35:00-05:00"),
-        at("2024-03-15 21:30:00", "2024-03-15 21:35:00", "2024-03-15")
-    );
-    // One offset, or none: as written.
-    assert_eq!(
-        times("2024-03-15T10:02:00-05:00", "2024-03-15T10:05:00-05:00"),
-        at("2024-03-15 10:02:00", "2024-03-15 10:05:00", "2024-03-15")
-    );
-    assert_eq!(times("2024-03-15T10:02:00Z", "2024-03-15T10:05:00Z").0, "2024-03-15 10:02:00");
-    assert_eq!(times("2024-03-15T10:02:00", "2024-03-15T15:05:00Z").0, "2024-03-15 10:02:00");
+    // (begin, end) as written → (start, end, business day) as read.
+    let cases = [
+        // A UTC begin, a local end.
+        (
+            ("2024-03-15T15:02:00Z", "2024-03-15T10:05:00-05:00"),
+            ("2024-03-15 10:02:00", "2024-03-15 10:05:00", "2024-03-15"),
+        ),
+        // The other way round, and across midnight in UTC: the day is the store's (no BusinessDayDate here).
+        (
+            ("2024-03-15T21:30:00-05:00", "2024-03-16T02:35:00Z"),
+            ("2024-03-15 21:30:00", "2024-03-15 21:35:00", "2024-03-15"),
+        ),
+        (
+            ("2024-03-16T02:30:00Z", "2024-03-15T21:35:00-05:00"),
+            ("2024-03-15 21:30:00", "2024-03-15 21:35:00", "2024-03-15"),
+        ),
+        // One offset throughout, or an offset beside none: as written.
+        (
+            ("2024-03-15T10:02:00-05:00", "2024-03-15T10:05:00-05:00"),
+            ("2024-03-15 10:02:00", "2024-03-15 10:05:00", "2024-03-15"),
+        ),
+        (
+            ("2024-03-15T10:02:00Z", "2024-03-15T10:05:00Z"),
+            ("2024-03-15 10:02:00", "2024-03-15 10:05:00", "2024-03-15"),
+        ),
+        (("2024-03-15T10:02:00", "2024-03-15T15:05:00Z"), ("2024-03-15 10:02:00", "2024-03-15 15:05:00", "2024-03-15")),
+    ];
+    for ((begin, end), (start, finish, day)) in cases {
+        assert_eq!(times(begin, end), (start.to_owned(), finish.to_owned(), day.to_owned()), "{begin} .. {end}");
+    }
 }
 
 /// A Passport PJR file of store 7070 with one event.
