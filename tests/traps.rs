@@ -338,6 +338,25 @@ fn times_in_different_offsets_read_as_the_stores_wall_clock() {
     }
 }
 
+/// Bronze loses nothing of an element: an empty one (a Verifone `<trlPLU/>` flag, whose presence is its value) is an
+/// entry with an empty value, and an attribute whose local name another attribute of the element has already
+/// (`VoidFlag` beside `dtv:VoidFlag`) is keyed by its qualified name, so the two can be told apart.
+#[test]
+fn bronze_keeps_empty_elements_and_tells_prefixed_attributes_apart() {
+    let body = r#"<LineItem VoidFlag="false" dtv:VoidFlag="true"><Sale><ItemID>A</ItemID><Quantity>1</Quantity><ExtendedAmount>9.00</ExtendedAmount><Marker/><Blank>  </Blank><Tagged kind="x"/></Sale></LineItem>"#;
+    let tx = parse(&poslog(XSTORE_NS, &[arts(1, "", body)])).remove(0);
+    let entries: Vec<(String, String)> = tx.bronze.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    let value =
+        |key: &str| entries.iter().filter(|(k, _)| k.ends_with(key)).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    assert_eq!(value("LineItem_attr_VoidFlag"), ["false"], "{entries:?}");
+    assert_eq!(value("LineItem_attr_dtv:VoidFlag"), ["true"], "{entries:?}");
+    assert_eq!(value("Sale/Marker"), [""], "an empty element is kept: {entries:?}");
+    assert_eq!(value("Sale/Blank"), [""], "so is one of whitespace only: {entries:?}");
+    // An element with attributes is kept by them; one with children, by theirs.
+    assert_eq!(value("Sale/Tagged_attr_kind"), ["x"], "{entries:?}");
+    assert!(value("Sale/Tagged").is_empty() && value("RetailTransaction/LineItem").is_empty(), "{entries:?}");
+}
+
 /// A Passport PJR file of store 7070 with one event.
 fn pjr(event: &str, body: &str) -> String {
     format!(

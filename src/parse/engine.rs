@@ -37,6 +37,8 @@ struct Frame {
     text_start: usize,
     captures_len: usize,
     has_children: bool,
+    /// Bronze holds an attribute of it (so an element without text is not lost).
+    has_attrs: bool,
 }
 
 /// A pending "this element's text fills that field".
@@ -247,6 +249,7 @@ impl<'a> Engine<'a> {
             text_start: self.text_buf.len(),
             captures_len: self.captures.len(),
             has_children: false,
+            has_attrs: false,
         };
         if !self.path.is_empty() {
             self.path.push('/');
@@ -287,6 +290,9 @@ impl<'a> Engine<'a> {
         // Bit i: the predicate of action i holds (actions per element are few).
         let mut preds_held: u64 = 0;
         let mut names = AttrNames::default();
+        // Local names already keyed in bronze: a second attribute of the same local name (`VoidFlag` beside
+        // `dtv:VoidFlag`) is keyed by its qualified name, so the two entries can be told apart.
+        let mut locals = AttrNames::default();
         // quick-xml's own duplicate check allocates a list per element; `names` does it on the stack.
         for attr in e.attributes().with_checks(false) {
             let attr = attr.map_err(|err| self.malformed(pos, format!("bad attribute: {err}")))?;
@@ -298,7 +304,9 @@ impl<'a> Engine<'a> {
             if raw.strip_prefix(b"xmlns").is_some_and(|rest| rest.is_empty() || rest.starts_with(b":")) {
                 continue;
             }
-            let attr_name = self.str_of(local_name(raw), pos)?;
+            let local = local_name(raw);
+            let attr_name = self.str_of(local, pos)?;
+            let bronze_name = if locals.insert(local) { attr_name } else { self.str_of(raw, pos)? };
             // Normalization (XML 1.0, 3.3.3) only replaces references and tab, CR and LF: without them the value
             // is the input's own text.
             let value = match &attr.value {
@@ -315,9 +323,12 @@ impl<'a> Engine<'a> {
                     limit: self.opts.max_text_bytes,
                 });
             }
-            self.charge(self.path.len() + "_attr_".len() + attr_name.len() + value.len(), pos)?;
+            self.charge(self.path.len() + "_attr_".len() + bronze_name.len() + value.len(), pos)?;
             let (bronze, key_start) = bronze_target(&mut self.tx, &mut self.envelope);
-            bronze.push3(&self.path[key_start..], "_attr_", attr_name, value);
+            bronze.push3(&self.path[key_start..], "_attr_", bronze_name, value);
+            if let Some(frame) = self.frames.last_mut() {
+                frame.has_attrs = true;
+            }
             for (i, action) in actions.iter().enumerate() {
                 match *action {
                     Action::Attr { name: want, field, constant } if want == attr_name => {
@@ -357,7 +368,15 @@ impl<'a> Engine<'a> {
         let text = std::mem::take(&mut self.text_buf);
         let value = text[frame.text_start..].trim();
         let mut result = Ok(());
-        if !value.is_empty() {
+        if value.is_empty() && !frame.has_children && !frame.has_attrs {
+            // An empty element (`<NoSale/>`) is data too: its presence is its value.
+            if let Err(e) = self.charge(self.path.len(), pos) {
+                self.text_buf = text;
+                return Err(e);
+            }
+            let (bronze, key_start) = bronze_target(&mut self.tx, &mut self.envelope);
+            bronze.push(&self.path[key_start..], "");
+        } else if !value.is_empty() {
             if let Err(e) = self.charge(self.path.len() + "_tagvalue".len() + value.len(), pos) {
                 self.text_buf = text;
                 return Err(e);
