@@ -69,7 +69,7 @@ pub async fn ingest_as_configured(
         _ => {
             let summary = match run_once(args, config, setup, replay.as_ref(), &stopper).await {
                 Ok(summary) => summary,
-                Err(e) => return stopper.failed_run(e),
+                Err(e) => return stopper.failed_run(e, false),
             };
             print_summary(&summary, args.json, false, &stopper)?;
             return Ok(match stopper.signal() {
@@ -92,7 +92,7 @@ pub async fn ingest_as_configured(
                 metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "completed").increment(1);
                 print_summary(&summary, args.json, true, &stopper)?;
             }
-            Err(e) if stopper.signal().is_some() => return stopper.failed_run(e),
+            Err(e) if stopper.signal().is_some() => return stopper.failed_run(e, true),
             Err(e) => {
                 failed += 1;
                 metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "failed").increment(1);

@@ -66,14 +66,15 @@ impl Stopper {
                 "\nstopping on {}: no new file is taken, those in flight are finished (again to quit now)",
                 first.name()
             );
-            // Waits that could last long (an unreachable Redis) end now rather than at their limit.
-            poslake::drain::request();
             if let Ok(mut state) = shared.state.lock() {
                 state.signal = Some(first);
                 if let Some(progress) = &state.current {
                     progress.request_stop();
                 }
             }
+            // Waits that could last long (an unreachable Redis) end now rather than at their limit. After the signal
+            // is recorded: a run they cut short is then seen as stopped by it, not as failed.
+            poslake::drain::request();
             shared.stopped.notify_one();
             tokio::select! {
                 _ = interrupt.recv() => {}
@@ -95,17 +96,21 @@ impl Stopper {
     }
 
     /// A run that failed after a signal: the drain cut it short (a wait for an unreachable Redis ends at once) or
-    /// it failed meanwhile. Either way the process stops as the signal asked, with the signal's exit code and the
-    /// error said; nothing uncommitted became visible, and the next run takes the files again. Without a signal
-    /// the error is the caller's.
-    pub fn failed_run(&self, error: anyhow::Error) -> anyhow::Result<std::process::ExitCode> {
+    /// it failed meanwhile. Either way the process stops as the signal asked, and says why; nothing uncommitted
+    /// became visible, and the next run takes the files again. A single run exits with the signal's code (it did not
+    /// finish); a service with 0, as every service stopped by a signal does (its runs go on at its next start).
+    /// Without a signal the error is the caller's.
+    pub fn failed_run(&self, error: anyhow::Error, service: bool) -> anyhow::Result<std::process::ExitCode> {
         let Some(signal) = self.signal() else { return Err(error) };
         eprintln!("error: {}", crate::error_chain(&error));
         eprintln!(
             "stopped by {}: the run did not finish; what it had not committed is left for the next run",
             signal.name()
         );
-        Ok(std::process::ExitCode::from(signal.exit_code()))
+        Ok(match service {
+            true => std::process::ExitCode::SUCCESS,
+            false => std::process::ExitCode::from(signal.exit_code()),
+        })
     }
 
     /// The signal received, if any.
