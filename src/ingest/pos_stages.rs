@@ -156,11 +156,11 @@ impl PosStages {
     /// retry (a network error) is retried rather than answered from the archive.
     async fn replayed_bytes(&self, file: &StagedFile, hash: &str) -> Result<Bytes, IngestError> {
         let unread = match self.staging.get(file, self.parse.max_decompressed_bytes).await {
-            Ok(bytes) if bytes.len() as u64 == file.size => return Ok(bytes),
-            Ok(bytes) => Err(format!(
-                "staging holds another file under this name now ({} bytes, not {}), which `poslake ingest` takes as \
-                 new; the bronze archive has no copy of this one",
-                bytes.len(),
+            Ok(bytes) => return Ok(bytes),
+            // `get` reads only a file of the listed size.
+            Err(StagingError::Changed { found, .. }) => Err(format!(
+                "staging holds another file under this name now ({found} bytes, not {}), which `poslake ingest` takes \
+                 as new; the bronze archive has no copy of this one",
                 file.size
             )),
             Err(e) if e.is_retryable() => return Err(e.into()),

@@ -53,6 +53,15 @@ pub enum StagingError {
     Refused { path: String, kind: &'static str, reason: String },
     #[error("staging {path}: {size} bytes, over the limit of {limit} bytes; not read")]
     TooLarge { path: String, size: u64, limit: u64 },
+    /// The file read is not the file listed: it was replaced since the listing (the next run lists it anew), or its
+    /// name is one the object-store client cannot address and it reached another object (a blob name ending in
+    /// `/` reads as the name without it).
+    #[error(
+        "staging {path}: listed with {listed} bytes, but {found} bytes are there now: changed since it was listed \
+         (the next run takes it as it is then), or a blob whose name the client cannot address (one ending in '/'); \
+         not taken"
+    )]
+    Changed { path: String, listed: u64, found: u64 },
     #[error("staging {path}: {source}")]
     Io { path: String, source: std::io::Error },
 }
@@ -79,7 +88,10 @@ impl StagingError {
     /// missing object and what the listing or the size already ruled out.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StagingError::Location { .. } | StagingError::Refused { .. } | StagingError::TooLarge { .. } => false,
+            StagingError::Location { .. }
+            | StagingError::Refused { .. }
+            | StagingError::TooLarge { .. }
+            | StagingError::Changed { .. } => false,
             StagingError::Io { .. } | StagingError::Store { .. } => !self.is_not_found(),
         }
     }
@@ -89,6 +101,7 @@ impl StagingError {
         match self {
             StagingError::Refused { kind, .. } => Some(kind),
             StagingError::TooLarge { .. } => Some("too_large"),
+            StagingError::Changed { .. } => Some("changed"),
             _ => None,
         }
     }
@@ -258,12 +271,17 @@ impl Staging {
         if file.size > limit {
             return Err(StagingError::TooLarge { path: file.path.clone(), size: file.size, limit });
         }
-        match &self.source {
-            Source::Local { root, .. } => local::read(root, &file.path, limit).await,
-            Source::Gone => Err(StagingError::Io {
-                path: file.path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} no longer exists", self.name)),
-            }),
+        let bytes = match &self.source {
+            Source::Local { root, .. } => local::read(root, &file.path, limit).await?,
+            Source::Gone => {
+                return Err(StagingError::Io {
+                    path: file.path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{} no longer exists", self.name),
+                    ),
+                });
+            }
             Source::Store { store, .. } => {
                 // The listing's location string is already encoded: parse it as it is, never encode it again.
                 let path = StorePath::parse(&file.path)
@@ -272,13 +290,23 @@ impl Staging {
                     .get(&path)
                     .await
                     .map_err(|source| StagingError::Store { location: file.path.clone(), source })?;
-                let bytes =
-                    get.bytes().await.map_err(|source| StagingError::Store { location: file.path.clone(), source })?;
-                match bytes.len() as u64 {
-                    n if n > limit => Err(StagingError::TooLarge { path: file.path.clone(), size: n, limit }),
-                    _ => Ok(bytes),
+                // Judged by the size the store answers with, before the body is read: a blob that grew past the
+                // limit since the listing is never held in memory.
+                let found = get.meta.size;
+                if found > limit {
+                    return Err(StagingError::TooLarge { path: file.path.clone(), size: found, limit });
                 }
+                if found != file.size {
+                    return Err(StagingError::Changed { path: file.path.clone(), listed: file.size, found });
+                }
+                get.bytes().await.map_err(|source| StagingError::Store { location: file.path.clone(), source })?
             }
+        };
+        // What was read is what the ledger will say was taken: its size is the listing's.
+        match bytes.len() as u64 {
+            n if n > limit => Err(StagingError::TooLarge { path: file.path.clone(), size: n, limit }),
+            n if n != file.size => Err(StagingError::Changed { path: file.path.clone(), listed: file.size, found: n }),
+            _ => Ok(bytes),
         }
     }
 }
@@ -367,6 +395,40 @@ mod tests {
     }
 
     /// A lake kept inside its staging folder is left out of the listing.
+    /// A file read is the file listed, or it is not taken: replaced since the listing (locally, or in a store), or
+    /// a blob whose name the client reads as another's. One that grew past the limit is refused from the size the
+    /// store answers with, before its body is read.
+    #[tokio::test]
+    async fn a_file_that_changed_since_it_was_listed_is_not_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.xml"), b"<x/>").expect("write");
+        let local = Staging::local(dir.path()).expect("staging");
+        let listed: Vec<StagedFile> = local.list().map(|r| r.expect("listed")).collect().await;
+        std::fs::write(dir.path().join("a.xml"), b"<x>longer</x>").expect("rewrite");
+        let err = local.get(&listed[0], 1 << 20).await.expect_err("changed");
+        assert!(matches!(err, StagingError::Changed { listed: 4, found: 13, .. }), "{err}");
+        assert_eq!((err.refusal_kind(), err.is_retryable()), (Some("changed"), false));
+
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let put = |name: &str, bytes: &'static [u8]| {
+            let store = store.clone();
+            let path = StorePath::from(name);
+            async move { store.put(&path, bytes.into()).await.expect("put") }
+        };
+        put("pos/a.xml", b"<x/>").await;
+        put("pos/b.xml", b"<y/>").await;
+        let staging = Staging::new(store.clone(), Some("pos"));
+        let mut listed: Vec<StagedFile> = staging.list().map(|r| r.expect("listed")).collect().await;
+        listed.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(staging.get(&listed[1], 1 << 20).await.expect("unchanged").as_ref(), b"<y/>");
+        put("pos/a.xml", b"<x>other</x>").await;
+        let err = staging.get(&listed[0], 1 << 20).await.expect_err("changed");
+        assert!(matches!(err, StagingError::Changed { listed: 4, found: 12, .. }), "{err}");
+        put("pos/b.xml", &[b' '; 4096]).await;
+        let err = staging.get(&listed[1], 1024).await.expect_err("grown past the limit");
+        assert!(matches!(err, StagingError::TooLarge { size: 4096, limit: 1024, .. }), "{err}");
+    }
+
     #[tokio::test]
     async fn the_excluded_folder_is_not_listed() {
         let dir = tempfile::tempdir().expect("tempdir");
