@@ -209,6 +209,13 @@ fn staging_that_cannot_be_read_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an unreadable container is not an empty one");
     assert!(err.contains("ContainerNotFound") || err.contains("not found"), "{err}");
+
+    // A prefix under which nothing is (a typo?) is an empty run, with a warning that says so.
+    azurite.create_container("landing");
+    let out = ingest("az://landing/typo", &lake, &azurite.env());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("staging holds no object under this prefix").count(), 1, "{err}");
 }
 
 /// `--archive az://…`: the raw archive in a container of its own holds exactly what the lake's archive holds for the

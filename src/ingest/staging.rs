@@ -242,8 +242,24 @@ impl Staging {
                 let name = self.name.clone();
                 let prefix = prefix.clone();
                 let exclude = exclude.clone();
+                // A prefix under which the store holds nothing at all is more likely a typo than an empty staging
+                // area (a missing folder is an error for the same reason); a store has no folders to check, so it
+                // is said once the listing ends.
+                let listed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let (counted, last_name) = (listed.clone(), name.clone());
+                let nothing = futures::stream::once(async move {
+                    if counted.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                        tracing::warn!(staging = %last_name, "staging holds no object under this prefix: is it the right one?");
+                    }
+                })
+                .filter_map(|()| futures::future::ready(None));
                 store
                     .list(prefix.as_ref())
+                    .inspect(move |meta| {
+                        if meta.is_ok() {
+                            listed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    })
                     .filter_map(move |meta| {
                         futures::future::ready(match meta {
                             Ok(m)
@@ -258,6 +274,7 @@ impl Staging {
                             }
                         })
                     })
+                    .chain(nothing)
                     .boxed()
             }
         }
@@ -283,6 +300,12 @@ impl Staging {
                 });
             }
             Source::Store { store, .. } => {
+                // An empty file needs no GET (the parser refuses it as `empty`). A folder marker (a blob named
+                // `pos/dir/`, which the client lists as `pos/dir` and cannot read) is such a file, and is then
+                // refused once rather than deferred by every run.
+                if file.size == 0 {
+                    return Ok(Bytes::new());
+                }
                 // The listing's location string is already encoded: parse it as it is, never encode it again.
                 let path = StorePath::parse(&file.path)
                     .map_err(|e| StagingError::Store { location: file.path.clone(), source: e.into() })?;
@@ -427,6 +450,13 @@ mod tests {
         put("pos/b.xml", &[b' '; 4096]).await;
         let err = staging.get(&listed[1], 1024).await.expect_err("grown past the limit");
         assert!(matches!(err, StagingError::TooLarge { size: 4096, limit: 1024, .. }), "{err}");
+
+        // An empty object is empty without a GET: a folder marker, listed under a name it cannot be read by, is
+        // refused by the parser once (as `empty`) rather than not found by every run.
+        put("pos/dir", b"").await;
+        let marker = StagedFile::new("pos/dir", 0);
+        store.delete(&StorePath::from("pos/dir")).await.expect("delete");
+        assert!(staging.get(&marker, 1 << 20).await.expect("empty").is_empty());
     }
 
     #[tokio::test]
