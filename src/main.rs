@@ -110,7 +110,15 @@ fn error_chain(err: &anyhow::Error) -> String {
         }
         out.push_str(&text);
     }
-    out
+    printable(&out)
+}
+
+/// The text with control characters escaped (`\u{1b}`), line breaks kept: an error may quote a file name or a URL
+/// from outside, and a terminal must not run escape sequences (or print a NUL) from one.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' { c.escape_unicode().to_string() } else { c.to_string() })
+        .collect()
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

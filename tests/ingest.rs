@@ -632,6 +632,24 @@ fn a_service_that_cannot_start_says_so_and_one_whose_runs_keep_failing_exits_wit
     assert_eq!(stderr.matches("the run failed; the next one tries again").count(), 2, "{stderr}");
 }
 
+/// An error that quotes a name from outside (here the staging folder's) shows its control characters escaped: a
+/// terminal never runs an escape sequence, nor prints a NUL, from a file or folder name.
+#[test]
+fn errors_escape_control_characters_of_names_they_quote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["ingest", "--staging"])
+        .arg(dir.path().join("gone\u{1b}[31mred"))
+        .arg("--lake")
+        .arg(dir.path().join("lake"))
+        .output()
+        .expect("run poslake");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("gone\\u{1b}[31mred") && stderr.contains("no such folder"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
 /// A file whose values parse but do not fit the tables (a total beyond decimal(18, 4)) is a dead letter with the
 /// reason, found while its rows are built on the parser pool; the other files of the run land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
