@@ -325,9 +325,9 @@ impl Staging {
                 get.bytes().await.map_err(|source| StagingError::Store { location: file.path.clone(), source })?
             }
         };
-        // What was read is what the ledger will say was taken: its size is the listing's.
+        // What was read is what the ledger will say was taken: its size is the listing's (both reads keep to the
+        // limit themselves).
         match bytes.len() as u64 {
-            n if n > limit => Err(StagingError::TooLarge { path: file.path.clone(), size: n, limit }),
             n if n != file.size => Err(StagingError::Changed { path: file.path.clone(), listed: file.size, found: n }),
             _ => Ok(bytes),
         }
@@ -417,7 +417,6 @@ mod tests {
         assert_eq!(err.refusal_kind(), Some("too_large"));
     }
 
-    /// A lake kept inside its staging folder is left out of the listing.
     /// A file read is the file listed, or it is not taken: replaced since the listing (locally, or in a store), or
     /// a blob whose name the client reads as another's. One that grew past the limit is refused from the size the
     /// store answers with, before its body is read.
@@ -459,6 +458,7 @@ mod tests {
         assert!(staging.get(&marker, 1 << 20).await.expect("empty").is_empty());
     }
 
+    /// A lake kept inside its staging folder is left out of the listing.
     #[tokio::test]
     async fn the_excluded_folder_is_not_listed() {
         let dir = tempfile::tempdir().expect("tempdir");

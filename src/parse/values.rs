@@ -53,26 +53,31 @@ pub fn date_or_timestamp(text: &str) -> Result<(NaiveDate, Option<NaiveTime>), &
 /// The UTC offset a timestamp is written in, in seconds east: `Z` is 0, `±HH:MM` or `±HHMM` its value; `None` when
 /// the text has none (or is not a timestamp).
 pub fn offset_secs(text: &str) -> Option<i32> {
-    if text.len() < 17 {
+    let clock = text.get(11..)?.as_bytes();
+    if clock.len() < 6 {
         return None;
     }
-    let clock = &text[11..];
-    if clock.ends_with('Z') {
+    if clock.last() == Some(&b'Z') {
         return Some(0);
     }
-    let at = clock.rfind(['+', '-']).filter(|&i| i >= 5)?;
-    let digits: Vec<u32> =
-        clock[at + 1..].chars().filter(|&c| c != ':').map(|c| c.to_digit(10)).collect::<Option<_>>()?;
-    let (h, m) = match digits[..] {
-        [h1, h2, m1, m2] => (h1 * 10 + h2, m1 * 10 + m2),
-        [h1, h2] => (h1 * 10 + h2, 0),
+    // As in `strip_offset`: the last sign past the clock's `HH:MM`.
+    let at = clock.iter().rposition(|&b| b == b'+' || b == b'-').filter(|&i| i >= 5)?;
+    let mut digits = [0u32; 4];
+    let mut n = 0;
+    for &b in clock[at + 1..].iter().filter(|&&b| b != b':') {
+        *digits.get_mut(n)? = char::from(b).to_digit(10)?;
+        n += 1;
+    }
+    let (h, m) = match n {
+        4 => (digits[0] * 10 + digits[1], digits[2] * 10 + digits[3]),
+        2 => (digits[0] * 10 + digits[1], 0),
         _ => return None,
     };
     if h > 18 || m > 59 {
         return None;
     }
     let secs = (h * 3600 + m * 60) as i32;
-    Some(if clock.as_bytes()[at] == b'-' { -secs } else { secs })
+    Some(if clock[at] == b'-' { -secs } else { secs })
 }
 
 /// A clock time `HH:MM[:SS[.fff]]`, optional offset dropped.
@@ -150,6 +155,8 @@ mod tests {
         assert_eq!(offset_secs("2017-10-01T02:01:31"), None);
         assert_eq!(offset_secs("2017-10-01"), None);
         assert_eq!(offset_secs("2017-10-01T02:01:31+99:00"), None);
+        assert_eq!(offset_secs("2017-10-01T02:01:31+05:00:00"), None);
+        assert_eq!(offset_secs("2017-10-01é02:01:31+05:00"), None, "no panic on a character split at byte 11");
     }
 
     #[test]
