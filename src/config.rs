@@ -45,6 +45,10 @@ pub struct IngestConfig {
     pub commit_interval_secs: u64,
     /// Tries per file before it is dead-lettered. Default 3.
     pub max_attempts: u32,
+    /// Runs that may defer a file whose reads (or archive copy) kept failing, each taking it again, before the
+    /// file is given up as a dead letter (`poslake replay` takes it again). Bounds the ledger and dead-letter rows
+    /// a file that can never be read adds. Default 24 (4 hours of a service ingesting every 10 minutes).
+    pub max_deferred_runs: u32,
     /// Snapshots kept per table: older ones are expired once their commits are complete, so that each commit's
     /// cost stays bounded. 0 keeps every snapshot. Default 100.
     pub keep_snapshots: usize,
@@ -263,6 +267,9 @@ pub const MAX_UNAVAILABLE_SECS: u64 = 24 * 3600;
 /// Keys per round trip at most: a pipeline of more would hold the server up for other clients.
 pub const MAX_KEYS_PER_ROUND_TRIP: u64 = 100_000;
 
+/// The most runs `max_deferred_runs` may let defer a file.
+pub const MAX_DEFERRED_RUNS: u32 = 100;
+
 /// The longest interval of a service (`every_secs`): a week.
 pub const MAX_EVERY_SECS: u64 = 7 * 24 * 3600;
 
@@ -289,6 +296,7 @@ impl Default for IngestConfig {
             commit_files: 2000,
             commit_interval_secs: 10,
             max_attempts: 3,
+            max_deferred_runs: 24,
             keep_snapshots: 100,
             min_manifests_to_merge: 100,
             every_secs: 0,
@@ -385,6 +393,12 @@ impl IngestConfig {
         ];
         if let Some((name, _)) = checks.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        }
+        if !(1..=MAX_DEFERRED_RUNS).contains(&self.max_deferred_runs) {
+            return Err(ConfigError::Invalid(format!(
+                "max_deferred_runs must be between 1 and {MAX_DEFERRED_RUNS}, not {}",
+                self.max_deferred_runs
+            )));
         }
         if self.every_secs > MAX_EVERY_SECS {
             return Err(ConfigError::Invalid(format!(
@@ -492,6 +506,9 @@ mod tests {
         invalid(IngestConfig { route_by: Some("site=(".into()), ..two.clone() }, "route_by");
         invalid(IngestConfig { route_by: Some("site=[0-9]+".into()), ..two }, "capture group");
         invalid(IngestConfig { every_secs: u64::MAX, ..IngestConfig::default() }, "over a week");
+        for runs in [0, MAX_DEFERRED_RUNS + 1] {
+            invalid(IngestConfig { max_deferred_runs: runs, ..IngestConfig::default() }, "max_deferred_runs");
+        }
     }
 
     #[test]

@@ -397,6 +397,60 @@ async fn a_file_that_could_not_be_read_is_tried_again_by_the_next_run() {
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), all);
 }
 
+/// A file that can never be read is deferred by `max_deferred_runs` - 1 runs, then given up as a dead letter that
+/// says so: it does not add ledger and dead-letter rows to every run forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_deferred_by_as_many_runs_as_allowed_is_given_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 24,
+        sites: 2,
+        days: 1,
+        files_per_day: 2,
+        min_transactions: 3,
+        max_transactions: 5,
+        duplicate_file_rate: 0.0,
+        malformed_rate: 0.0,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let manifest = read_manifest(&staging).expect("manifest");
+    let victim = manifest[1].path.clone();
+    let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None, catalog: None };
+    let setup = IngestSetup { max_deferred_runs: 3, ..IngestSetup::new(paths.clone()) };
+    let mut outcomes = Vec::new();
+    for run in 0..4 {
+        let inner = poslake::ingest::PosStages::open(&setup, format!("run-{run}")).await.expect("open");
+        let stages = Arc::new(Flaky {
+            inner,
+            parse_panics: std::sync::Mutex::new(BTreeSet::new()),
+            write_panicked: std::sync::atomic::AtomicBool::new(true),
+            unreadable: BTreeSet::from([victim.clone()]),
+        });
+        let s = poslake_actors::run(stages, pipeline(), Arc::new(Progress::default())).await.expect("run");
+        outcomes.push((s.totals.files, s.totals.dead_letters, s.totals.deferred));
+    }
+    // Run 1 takes every file; runs 2 and 3 only the victim, deferred twice in all, then given up; run 4 nothing.
+    assert_eq!(outcomes, [(manifest.len() as u64, 1, 1), (1, 1, 1), (1, 1, 0), (0, 0, 0)]);
+    let wh = Warehouse::open(&paths.lake).await.expect("open");
+    let mut ledger = Vec::new();
+    for b in wh.scan("file_ledger").await.expect("scan") {
+        let (path, outcome) = (column::<StringArray>(&b, "path"), column::<StringArray>(&b, "outcome"));
+        ledger.extend((0..b.num_rows()).filter(|&i| path.value(i) == victim).map(|i| outcome.value(i).to_owned()));
+    }
+    ledger.sort();
+    assert_eq!(ledger, ["dead_letter", "deferred", "deferred"]);
+    let mut reasons = Vec::new();
+    for b in wh.scan("dead_letters").await.expect("scan") {
+        let reason = column::<StringArray>(&b, "reason");
+        reasons.extend((0..b.num_rows()).map(|i| reason.value(i).to_owned()));
+    }
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| r.contains("deferred by 2 earlier runs")).count(), 1, "{reasons:?}");
+}
+
 /// Dead letters are done for `ingest`, but `replay` takes them again once what refused them is fixed: a corrected
 /// file re-sent under the same name and size (read from staging, which `ingest` skips as seen), and files refused
 /// under a lower limit and gone from staging since, or replaced there by a folder (read from the bronze archive). A

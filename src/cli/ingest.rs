@@ -45,6 +45,7 @@ pub async fn ingest(
             }
             None => config.route()?,
         },
+        max_deferred_runs: config.max_deferred_runs,
     };
     let result = ingest_as_configured(&args, &config, &setup, replay).await;
     // Its share goes to the other workers at once, rather than after its leases expire.

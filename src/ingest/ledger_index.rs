@@ -23,8 +23,15 @@ pub(super) struct LedgerIndex {
     pub(super) files: FileIndex,
 }
 
+/// A ledger row of a file deferred to a later run: the file's id and the run that deferred it.
+type Deferral = (u128, String);
+
+/// Deferrals counted per file at most: a file deferred by more runs than any `max_deferred_runs` allows is given up
+/// anyway, so its count need not go further.
+const MAX_COUNTED: u32 = crate::config::MAX_DEFERRED_RUNS;
+
 /// The ledger columns the index is built from.
-const COLUMNS: [&str; 3] = ["path", "bytes", "outcome"];
+const COLUMNS: [&str; 4] = ["path", "bytes", "outcome", "run_id"];
 
 /// File ids per add when bringing the index up to date.
 const LEDGER_CHUNK: usize = 100_000;
@@ -88,7 +95,9 @@ impl LedgerIndex {
                 Some(paths) => {
                     for path in paths {
                         for batch in Warehouse::read_table_file(&ledger, &path, &COLUMNS).await? {
-                            pending.extend(Self::ids_of(&batch)?);
+                            let (done, deferred) = Self::ids_of(&batch)?;
+                            pending.extend(done);
+                            self.count_deferrals(deferred).await?;
                         }
                         if pending.len() >= LEDGER_CHUNK {
                             files.add(std::mem::take(&mut pending), None).await?;
@@ -98,7 +107,9 @@ impl LedgerIndex {
                 None => {
                     let mut batches = warehouse.scan_columns("file_ledger", &COLUMNS).await?;
                     while let Some(batch) = batches.next().await {
-                        pending.extend(Self::ids_of(&batch?)?);
+                        let (done, deferred) = Self::ids_of(&batch?)?;
+                        pending.extend(done);
+                        self.count_deferrals(deferred).await?;
                         if pending.len() >= LEDGER_CHUNK {
                             files.add(std::mem::take(&mut pending), None).await?;
                         }
@@ -110,25 +121,96 @@ impl LedgerIndex {
         Ok(Some(current.snapshot_id))
     }
 
-    /// The ids of the files a batch of ledger rows holds as done: all but those deferred to a later run. The
+    /// The ids of the files a batch of ledger rows holds as done, and the rows of files deferred to a later run. The
     /// ledger is poslake's own table, so columns that are missing or of another type mean it was altered outside
     /// poslake: an error, rather than files silently read as new.
-    fn ids_of(batch: &arrow_array::RecordBatch) -> Result<Vec<u128>, IngestError> {
+    fn ids_of(batch: &arrow_array::RecordBatch) -> Result<(Vec<u128>, Vec<Deferral>), IngestError> {
         let string = |name| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>());
         let sizes = batch.column_by_name("bytes").and_then(|c| c.as_any().downcast_ref::<Int64Array>());
-        match (string("path"), sizes, string("outcome")) {
-            (Some(paths), Some(sizes), Some(outcomes)) => Ok((0..paths.len())
-                .filter(|&i| outcomes.value(i) != Outcome::Deferred.as_str())
-                .map(|i| Self::id(paths.value(i), sizes.value(i) as u64))
-                .collect()),
+        match (string("path"), sizes, string("outcome"), string("run_id")) {
+            (Some(paths), Some(sizes), Some(outcomes), Some(runs)) => {
+                let (mut done, mut deferred) = (Vec::with_capacity(paths.len()), Vec::new());
+                for i in 0..paths.len() {
+                    let id = Self::id(paths.value(i), sizes.value(i) as u64);
+                    if outcomes.value(i) == Outcome::Deferred.as_str() {
+                        deferred.push((id, runs.value(i).to_owned()));
+                    } else {
+                        done.push(id);
+                    }
+                }
+                Ok((done, deferred))
+            }
             _ => Err(IngestError::Lake(crate::lake::LakeError::Schema {
                 table: "file_ledger",
                 reason: format!(
-                    "expected string columns `path` and `outcome` and a long column `bytes`, found {}",
+                    "expected string columns `path`, `outcome` and `run_id` and a long column `bytes`, found {}",
                     batch.schema()
                 ),
             })),
         }
+    }
+
+    /// The index's marks of deferrals, apart from file ids by their own hash domain: one per run that deferred a
+    /// file, so that a ledger row read twice (a sync cut before its mark) is counted once, and the `k`-th of a
+    /// file's count (`k` from 1).
+    fn run_mark(id: u128, run_id: &str) -> u128 {
+        Self::mark(id, b"deferred by", run_id.as_bytes())
+    }
+
+    fn count_mark(id: u128, k: u32) -> u128 {
+        Self::mark(id, b"deferral", &k.to_le_bytes())
+    }
+
+    fn mark(id: u128, domain: &[u8], what: &[u8]) -> u128 {
+        let mut h = blake3::Hasher::new_derive_key("poslake file ledger deferrals");
+        h.update(domain);
+        h.update(&id.to_le_bytes());
+        h.update(what);
+        let mut mark = [0u8; 16];
+        mark.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        u128::from_le_bytes(mark)
+    }
+
+    /// Counts these deferrals in the index: per file, one more for each run not counted yet. Each run's mark is
+    /// added before the count it raises, so a sync cut between the two counts that run never, rather than twice:
+    /// the file is then tried by one more run than the limit, and never given up early. Deferrals are rare (a file
+    /// whose reads kept failing), so this asks the index file by file.
+    async fn count_deferrals(&self, deferred: Vec<Deferral>) -> Result<(), IngestError> {
+        let mut by_file: Vec<(u128, Vec<String>)> = Vec::new();
+        for (id, run) in deferred {
+            match by_file.iter_mut().find(|(f, _)| *f == id) {
+                Some((_, runs)) if runs.contains(&run) => {}
+                Some((_, runs)) => runs.push(run),
+                None => by_file.push((id, vec![run])),
+            }
+        }
+        for (id, runs) in by_file {
+            let marks: Vec<u128> = runs.iter().map(|r| Self::run_mark(id, r)).collect();
+            let counted = self.files.contain(marks.clone()).await?;
+            let new: Vec<u128> = marks.into_iter().zip(counted).filter(|(_, c)| !c).map(|(m, _)| m).collect();
+            if new.is_empty() {
+                continue;
+            }
+            let before = self.count(id).await?;
+            let count_marks: Vec<u128> =
+                (before + 1..=(before + new.len() as u32).min(MAX_COUNTED)).map(|k| Self::count_mark(id, k)).collect();
+            self.files.add(new, None).await?;
+            self.files.add(count_marks, None).await?;
+        }
+        Ok(())
+    }
+
+    /// How many runs deferred this file before, as far as the index was brought up to the ledger.
+    async fn count(&self, id: u128) -> Result<u32, IngestError> {
+        let marks: Vec<u128> = (1..=MAX_COUNTED).map(|k| Self::count_mark(id, k)).collect();
+        let held = self.files.contain(marks).await?;
+        // Counts are added in order, so the first one missing ends the count.
+        Ok(held.iter().take_while(|h| **h).count() as u32)
+    }
+
+    /// How many earlier runs deferred this staged file.
+    pub(super) async fn deferrals(&self, file: &StagedFile) -> Result<u32, IngestError> {
+        self.count(Self::id(&file.path, file.size)).await
     }
 
     /// The listed files the ledger does not hold, in listing order; `skipped` counts the others.
@@ -206,20 +288,47 @@ mod tests {
             ("path", Arc::new(StringArray::from(vec!["a.xml", "b.xml", "c.xml"])) as arrow_array::ArrayRef),
             ("bytes", Arc::new(arrow_array::Int64Array::from(vec![5_i64, 6, 7])) as _),
             ("outcome", Arc::new(StringArray::from(vec!["ingested", "deferred", "dead_letter"])) as _),
+            ("run_id", Arc::new(StringArray::from(vec!["r1", "r1", "r2"])) as _),
         ])
         .expect("batch");
         // A file deferred to a later run is not held as done.
-        assert_eq!(
-            LedgerIndex::ids_of(&good).expect("ids"),
-            [LedgerIndex::id("a.xml", 5), LedgerIndex::id("c.xml", 7)]
-        );
+        let (done, deferred) = LedgerIndex::ids_of(&good).expect("ids");
+        assert_eq!(done, [LedgerIndex::id("a.xml", 5), LedgerIndex::id("c.xml", 7)]);
+        assert_eq!(deferred, [(LedgerIndex::id("b.xml", 6), "r1".to_owned())]);
         let altered = RecordBatch::try_from_iter([
             ("path", Arc::new(StringArray::from(vec!["a.xml"])) as arrow_array::ArrayRef),
             ("bytes", Arc::new(Int32Array::from(vec![5])) as _),
             ("outcome", Arc::new(StringArray::from(vec!["ingested"])) as _),
+            ("run_id", Arc::new(StringArray::from(vec!["r1"])) as _),
         ])
         .expect("batch");
         let err = LedgerIndex::ids_of(&altered).expect_err("an Int32 `bytes` column");
         assert!(err.to_string().contains("file_ledger"), "{err}");
+    }
+
+    /// Each run that deferred a file counts once, however often its ledger row is read (a sync cut before its mark
+    /// reads it again), and the count does not make the file done.
+    #[tokio::test]
+    async fn deferrals_are_counted_once_per_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedDedup::open(dir.path()).expect("open");
+        let index = LedgerIndex { files: FileIndex::open(Arc::new(Dedup::Embedded(store)), 1).await.expect("index") };
+        let (a, b) = (file("site=1/a.xml", 10), file("site=1/b.xml", 10));
+        let (id_a, id_b) = (LedgerIndex::id(&a.path, a.size), LedgerIndex::id(&b.path, b.size));
+        assert_eq!(index.deferrals(&a).await.expect("count"), 0);
+        let rows = |runs: &[(u128, &str)]| runs.iter().map(|(id, r)| (*id, (*r).to_owned())).collect::<Vec<_>>();
+        // Two runs in one read, one of them twice.
+        index.count_deferrals(rows(&[(id_a, "r1"), (id_a, "r2"), (id_a, "r1")])).await.expect("count");
+        assert_eq!(index.deferrals(&a).await.expect("count"), 2);
+        // The same rows read again count nothing more; a new run does.
+        index.count_deferrals(rows(&[(id_a, "r2"), (id_a, "r1")])).await.expect("count");
+        assert_eq!(index.deferrals(&a).await.expect("count"), 2);
+        index.count_deferrals(rows(&[(id_a, "r3"), (id_b, "r3")])).await.expect("count");
+        assert_eq!(index.deferrals(&a).await.expect("count"), 3);
+        assert_eq!(index.deferrals(&b).await.expect("count"), 1);
+        // Still listed as new: a deferred file is the next run's.
+        let skipped = AtomicU64::new(0);
+        assert_eq!(index.keep_new(vec![Ok(a), Ok(b)], &skipped).await.len(), 2);
+        assert_eq!(skipped.load(Ordering::Relaxed), 0);
     }
 }

@@ -62,6 +62,8 @@ pub struct IngestSetup {
     pub dedup: DedupConfig,
     /// Which staging files this worker takes (all by default).
     pub route: route::Route,
+    /// Runs that may defer a file before it is given up as a dead letter.
+    pub max_deferred_runs: u32,
 }
 
 impl IngestSetup {
@@ -73,6 +75,7 @@ impl IngestSetup {
             policy: CommitPolicy::default(),
             dedup: DedupConfig::default(),
             route: route::Route::all(),
+            max_deferred_runs: 24,
         }
     }
 }
@@ -155,17 +158,29 @@ pub struct Failure {
     pub line: Option<u32>,
     pub column: Option<u32>,
     pub attempts: u32,
+    /// Earlier runs deferred the file as many times as allowed: this failure is final.
+    pub given_up: bool,
 }
 
 impl Failure {
     /// How the ledger records the file. Tries exhausted at reading it or at archiving it may work next time (a file
     /// still being written, a permission fixed, the lake's disk freed): deferred, so that the next run takes it
-    /// again. What the file holds, or what the listing ruled out, will not change: a dead letter, done.
+    /// again, up to `max_deferred_runs` runs. What the file holds, or what the listing ruled out, will not change:
+    /// a dead letter, done.
     pub fn outcome(&self) -> Outcome {
         match (self.stage, self.kind) {
-            ("download" | "archive", "gave_up") => Outcome::Deferred,
+            ("download" | "archive", "gave_up") if !self.given_up => Outcome::Deferred,
             _ => Outcome::DeadLetter,
         }
+    }
+
+    /// Makes a deferrable failure final, after `earlier` runs deferred the file.
+    pub fn give_up(&mut self, earlier: u32) {
+        self.given_up = true;
+        self.reason.push_str(&format!(
+            " (deferred by {earlier} earlier runs, as many as max_deferred_runs allows: given up; `poslake replay` \
+             takes it again)"
+        ));
     }
 }
 
@@ -441,7 +456,7 @@ mod tests {
     use super::{Failure, Outcome};
 
     fn failure(stage: &'static str, kind: &'static str) -> Failure {
-        Failure { stage, kind, reason: String::new(), line: None, column: None, attempts: 3 }
+        Failure { stage, kind, reason: String::new(), line: None, column: None, attempts: 3, given_up: false }
     }
 
     /// Failures of the lake's side or of a read are tried again by the next run; failures of the file are final.
@@ -454,5 +469,10 @@ mod tests {
         {
             assert_eq!(failure(stage, kind).outcome(), Outcome::DeadLetter, "{stage}/{kind}");
         }
+        // Deferred by as many runs as allowed: final.
+        let mut last = failure("download", "gave_up");
+        last.give_up(24);
+        assert_eq!(last.outcome(), Outcome::DeadLetter);
+        assert!(last.reason.contains("deferred by 24 earlier runs"), "{}", last.reason);
     }
 }

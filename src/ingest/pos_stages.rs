@@ -65,6 +65,7 @@ pub struct PosStages {
     recovery: Mutex<Recovery>,
     /// Dead letters to take again instead of listing staging (`poslake replay`).
     replay: Option<Arc<Vec<StagedFile>>>,
+    max_deferred_runs: u32,
 }
 
 impl PosStages {
@@ -142,6 +143,7 @@ impl PosStages {
             parse: setup.parse.clone(),
             recovery: Mutex::new(recovery),
             replay: None,
+            max_deferred_runs: setup.max_deferred_runs,
         })
     }
 
@@ -386,6 +388,7 @@ impl PosStages {
             line: None,
             column: None,
             attempts: 1,
+            given_up: false,
         })?;
         Ok(ParsedRows {
             keys: parsed.transactions.iter().map(|t| DedupKey::of(&t.header.key)).collect(),
@@ -509,6 +512,7 @@ impl Stages for PosStages {
                 line: e.position().map(|p| p.line),
                 column: e.position().map(|p| p.column),
                 attempts: 1,
+                given_up: false,
             })
             .and_then(|parsed| self.rows_of(parsed));
         // The parser hashes the bytes for its facts; only a file it refused needs hashing here.
@@ -539,7 +543,7 @@ impl Stages for PosStages {
         kind: &'static str,
         reason: String,
     ) -> ParsedItem {
-        let failure = Failure { stage, kind, reason, line: None, column: None, attempts };
+        let failure = Failure { stage, kind, reason, line: None, column: None, attempts, given_up: false };
         ParsedItem {
             file: file.clone(),
             content_hash: String::new(),
@@ -549,7 +553,18 @@ impl Stages for PosStages {
         }
     }
 
-    async fn dedup(&self, items: Vec<ParsedItem>) -> Result<PosBatch, IngestError> {
+    async fn dedup(&self, mut items: Vec<ParsedItem>) -> Result<PosBatch, IngestError> {
+        // A file that as many earlier runs deferred as allowed is given up now rather than taken by every run.
+        for item in &mut items {
+            if let Err(f) = &mut item.result
+                && f.outcome() == Outcome::Deferred
+            {
+                let earlier = self.ledger.deferrals(&item.file).await?;
+                if earlier + 1 >= self.max_deferred_runs {
+                    f.give_up(earlier);
+                }
+            }
+        }
         // Exact first: keys in flight in this run, and repeats within the batch. Only the rest go to the store.
         let mut verdicts: Vec<Vec<Verdict>> = Vec::with_capacity(items.len());
         let mut ask: Vec<DedupKey> = Vec::new();
