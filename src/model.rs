@@ -126,19 +126,47 @@ impl TransactionKey {
     /// A stable text form, `site|YYYY-MM-DD|register|sequence` (then `|variant` for a non-primary record), used
     /// for hashing and manifests.
     pub fn canonical(&self) -> String {
-        let mut s = format!(
-            "{}|{}|{}|{}",
-            self.site,
-            // Display is ISO 8601 (`%Y-%m-%d`) without interpreting a format string per key.
-            self.business_date,
-            self.register.as_deref().unwrap_or(""),
-            self.sequence
-        );
+        let register = self.register.as_deref().unwrap_or("");
+        let mut s = String::with_capacity(self.site.len() + register.len() + self.sequence.len() + 32);
+        s.push_str(&self.site);
+        s.push('|');
+        push_iso_date(&mut s, self.business_date);
+        s.push('|');
+        s.push_str(register);
+        s.push('|');
+        s.push_str(&self.sequence);
         if self.variant != KeyVariant::Primary {
             s.push('|');
             s.push_str(self.variant.as_str());
         }
         s
+    }
+}
+
+/// `YYYY-MM-DD`, as chrono's `Display` writes it, by hand for years 0 to 9999 (chrono's formatter cost about 2,000
+/// instructions a key; dedup digests hash this text, so its form must never change).
+fn push_iso_date(s: &mut String, date: NaiveDate) {
+    use chrono::Datelike;
+    match u32::try_from(date.year()) {
+        Ok(year) if year <= 9999 => {
+            let digits = [
+                year / 1000,
+                year / 100 % 10,
+                year / 10 % 10,
+                year % 10,
+                10,
+                date.month() / 10,
+                date.month() % 10,
+                10,
+                date.day() / 10,
+                date.day() % 10,
+            ];
+            s.extend(digits.iter().map(|&d| if d == 10 { '-' } else { char::from(b'0' + d as u8) }));
+        }
+        _ => {
+            use std::fmt::Write;
+            let _ = write!(s, "{date}");
+        }
     }
 }
 
@@ -296,56 +324,69 @@ pub struct SalesDiscount {
 /// element that also has children as `element_tagvalue`. Entries keep file order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BronzeRecord {
-    buf: String,
-    /// (key start, key end = value start, value end) into `buf`.
-    spans: Vec<(u32, u32, u32)>,
+    /// Every key, then every value, concatenated: the Arrow map column takes each in one copy.
+    keys: String,
+    values: String,
+    /// Per entry, where its key and its value end in `keys` and `values` (each starts where the one before ends).
+    ends: Vec<(u32, u32)>,
 }
 
+/// What to reserve for a bronze record: key bytes, value bytes, entries.
+pub type BronzeCapacity = (usize, usize, usize);
+
 impl BronzeRecord {
-    /// Reserves `bytes` of text and `entries` entries.
-    pub fn with_capacity(bytes: usize, entries: usize) -> Self {
-        BronzeRecord { buf: String::with_capacity(bytes), spans: Vec::with_capacity(entries) }
+    pub fn with_capacity((key_bytes, value_bytes, entries): BronzeCapacity) -> Self {
+        BronzeRecord {
+            keys: String::with_capacity(key_bytes),
+            values: String::with_capacity(value_bytes),
+            ends: Vec::with_capacity(entries),
+        }
     }
 
-    /// (text bytes, entries) in use: what a record of the same shape should reserve.
-    pub fn capacity_hint(&self) -> (usize, usize) {
-        (self.buf.len(), self.spans.len())
+    /// What a record of the same shape should reserve.
+    pub fn capacity_hint(&self) -> BronzeCapacity {
+        (self.keys.len(), self.values.len(), self.ends.len())
     }
 
     pub fn push(&mut self, key: &str, value: &str) {
-        let start = self.buf.len() as u32;
-        self.buf.push_str(key);
-        let mid = self.buf.len() as u32;
-        self.buf.push_str(value);
-        self.spans.push((start, mid, self.buf.len() as u32));
+        self.keys.push_str(key);
+        self.values.push_str(value);
+        self.ends.push((self.keys.len() as u32, self.values.len() as u32));
     }
 
     /// Pushes an entry whose key is `key` + `a` + `b` (avoids a temporary string on the hot path).
     pub fn push3(&mut self, key: &str, a: &str, b: &str, value: &str) {
-        let start = self.buf.len() as u32;
-        self.buf.push_str(key);
-        self.buf.push_str(a);
-        self.buf.push_str(b);
-        let mid = self.buf.len() as u32;
-        self.buf.push_str(value);
-        self.spans.push((start, mid, self.buf.len() as u32));
+        self.keys.push_str(key);
+        self.keys.push_str(a);
+        self.keys.push_str(b);
+        self.values.push_str(value);
+        self.ends.push((self.keys.len() as u32, self.values.len() as u32));
     }
 
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.ends.len()
     }
 
     /// (key bytes, value bytes) over all entries: what Arrow builders for the record need to reserve.
     pub fn text_sizes(&self) -> (usize, usize) {
-        self.spans.iter().fold((0, 0), |(k, v), &(s, m, e)| (k + (m - s) as usize, v + (e - m) as usize))
+        (self.keys.len(), self.values.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.ends.is_empty()
+    }
+
+    /// Every key concatenated, every value concatenated, and where each entry's key and value end in them.
+    pub fn parts(&self) -> (&str, &str, &[(u32, u32)]) {
+        (&self.keys, &self.values, &self.ends)
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        self.spans.iter().map(|&(s, m, e)| (&self.buf[s as usize..m as usize], &self.buf[m as usize..e as usize]))
+        (0..self.ends.len()).map(|i| {
+            let (k0, v0) = if i == 0 { (0, 0) } else { self.ends[i - 1] };
+            let (k1, v1) = self.ends[i];
+            (&self.keys[k0 as usize..k1 as usize], &self.values[v0 as usize..v1 as usize])
+        })
     }
 
     /// A digest of every entry, in order: the same record gives the same digest in any file.
@@ -367,8 +408,11 @@ impl BronzeRecord {
 impl<'de> Deserialize<'de> for BronzeRecord {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let entries = Vec::<(String, String)>::deserialize(deserializer)?;
-        let mut record =
-            BronzeRecord::with_capacity(entries.iter().map(|(k, v)| k.len() + v.len()).sum(), entries.len());
+        let mut record = BronzeRecord::with_capacity((
+            entries.iter().map(|(k, _)| k.len()).sum(),
+            entries.iter().map(|(_, v)| v.len()).sum(),
+            entries.len(),
+        ));
         for (k, v) in &entries {
             record.push(k, v);
         }
@@ -379,7 +423,7 @@ impl<'de> Deserialize<'de> for BronzeRecord {
 impl Serialize for BronzeRecord {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(self.spans.len()))?;
+        let mut seq = serializer.serialize_seq(Some(self.ends.len()))?;
         for entry in self.iter() {
             seq.serialize_element(&entry)?;
         }
@@ -394,10 +438,13 @@ mod tests {
     /// Dedup digests hash the canonical key, so its date text must never change form.
     #[test]
     fn canonical_dates_are_iso() {
-        let mut d = NaiveDate::from_ymd_opt(1, 1, 1).expect("date");
-        while d.year() < 9999 {
+        let mut d = NaiveDate::from_ymd_opt(-3, 1, 1).expect("date");
+        while d.year() < 10_002 {
             assert_eq!(d.to_string(), d.format("%Y-%m-%d").to_string());
-            d = d + chrono::Days::new(997);
+            let mut by_hand = String::new();
+            super::push_iso_date(&mut by_hand, d);
+            assert_eq!(by_hand, d.to_string());
+            d = d + chrono::Days::new(97);
         }
     }
 }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder, StringBuilder,
+    BooleanBuilder, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMicrosecondBuilder,
 };
-use arrow_array::{Array, ArrayRef, MapArray, RecordBatch, StructArray};
-use arrow_buffer::{OffsetBuffer, ScalarBuffer};
+use arrow_array::{ArrayRef, MapArray, RecordBatch, StringArray, StructArray};
+use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, SchemaRef};
 use chrono::{NaiveDate, NaiveDateTime};
 use rust_decimal::Decimal;
@@ -26,7 +26,17 @@ enum Builder {
     Int(Int32Builder),
     Long(Int64Builder),
     Decimal(Decimal128Builder),
-    StrMap { keys: StringBuilder, values: StringBuilder, offsets: Vec<i32> },
+    /// A map of strings, as Arrow lays it out: bytes and offsets of the keys and of the values, and where each
+    /// row's entries end. Filled a record at a time, each record's keys and values in one copy.
+    StrMap(MapColumns),
+}
+
+struct MapColumns {
+    keys: Vec<u8>,
+    key_offsets: Vec<i32>,
+    values: Vec<u8>,
+    value_offsets: Vec<i32>,
+    offsets: Vec<i32>,
 }
 
 /// What to reserve for a table's columns, when it is known in advance (a file's rows).
@@ -94,13 +104,18 @@ impl Columns {
                     Builder::Decimal(Decimal128Builder::with_capacity(n).with_data_type(f.data_type().clone()))
                 }
                 Kind::StrMap => {
-                    let mut offsets = Vec::with_capacity(n + 1);
-                    offsets.push(0);
-                    Builder::StrMap {
-                        keys: StringBuilder::with_capacity(cap.map_entries, cap.map_key_bytes),
-                        values: StringBuilder::with_capacity(cap.map_entries, cap.map_value_bytes),
-                        offsets,
-                    }
+                    let offsets = |n: usize| {
+                        let mut o = Vec::with_capacity(n + 1);
+                        o.push(0);
+                        o
+                    };
+                    Builder::StrMap(MapColumns {
+                        keys: Vec::with_capacity(cap.map_key_bytes),
+                        key_offsets: offsets(cap.map_entries),
+                        values: Vec::with_capacity(cap.map_value_bytes),
+                        value_offsets: offsets(cap.map_entries),
+                        offsets: offsets(n),
+                    })
                 }
             })
             .collect();
@@ -138,12 +153,11 @@ impl Columns {
                 };
                 b.append_option(scaled)
             }
-            (Builder::StrMap { keys, values, offsets }, Value::StrMap(record)) => {
-                for (k, v) in record.iter() {
-                    keys.append_value(k);
-                    values.append_value(v);
+            (Builder::StrMap(map), Value::StrMap(record)) => {
+                if map.push(record).is_none() {
+                    let reason = format!("{} holds over 2 GiB of keys or values in one batch", column.name);
+                    return Err(LakeError::Schema { table: self.table.name, reason });
                 }
-                offsets.push(keys.len() as i32);
             }
             _ => return Err(self.error(format!("value of the wrong kind for column {}", column.name))),
         }
@@ -170,7 +184,7 @@ impl Columns {
                 Builder::Int(b) => Arc::new(b.finish()),
                 Builder::Long(b) => Arc::new(b.finish()),
                 Builder::Decimal(b) => Arc::new(b.finish()),
-                Builder::StrMap { keys, values, offsets } => {
+                Builder::StrMap(map) => {
                     let DataType::Map(entries_field, ordered) = field.data_type() else {
                         return Err(LakeError::Schema {
                             table: self.table.name,
@@ -183,13 +197,9 @@ impl Columns {
                             reason: "map entries are not a struct".into(),
                         });
                     };
-                    let entries = StructArray::try_new(
-                        entry_fields.clone(),
-                        vec![Arc::new(keys.finish()) as ArrayRef, Arc::new(values.finish()) as ArrayRef],
-                        None,
-                    )?;
-                    // Offsets grow monotonically by construction.
-                    let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::take(offsets)));
+                    let (keys, values, offsets) = map.finish()?;
+                    let entries = StructArray::try_new(entry_fields.clone(), vec![keys, values], None)?;
+                    let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
                     Arc::new(MapArray::try_new(entries_field.clone(), offsets, entries, None, *ordered)?)
                 }
             };
@@ -201,6 +211,36 @@ impl Columns {
 
     fn error(&self, reason: String) -> LakeError {
         LakeError::Schema { table: self.table.name, reason }
+    }
+}
+
+impl MapColumns {
+    /// Appends one record as a row; `None` if an offset would pass `i32::MAX`.
+    fn push(&mut self, record: &BronzeRecord) -> Option<()> {
+        let (keys, values, ends) = record.parts();
+        let key_base = i32::try_from(self.keys.len()).ok()?;
+        let value_base = i32::try_from(self.values.len()).ok()?;
+        i32::try_from(self.keys.len() + keys.len()).ok()?;
+        i32::try_from(self.values.len() + values.len()).ok()?;
+        self.keys.extend_from_slice(keys.as_bytes());
+        self.values.extend_from_slice(values.as_bytes());
+        // Within i32 (checked above) and growing: each end is at most its text's length.
+        self.key_offsets.extend(ends.iter().map(|&(k, _)| key_base + k as i32));
+        self.value_offsets.extend(ends.iter().map(|&(_, v)| value_base + v as i32));
+        self.offsets.push(i32::try_from(self.key_offsets.len() - 1).ok()?);
+        Some(())
+    }
+
+    /// The key and value arrays, and the rows' offsets into them; the columns are left empty.
+    fn finish(&mut self) -> Result<(ArrayRef, ArrayRef, Vec<i32>), LakeError> {
+        // Offsets grow monotonically by construction, and fall on the boundaries of the `str`s copied.
+        let strings = |offsets: Vec<i32>, bytes: Vec<u8>| -> Result<ArrayRef, LakeError> {
+            let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+            Ok(Arc::new(StringArray::try_new(offsets, Buffer::from_vec(bytes), None)?))
+        };
+        let keys = strings(std::mem::replace(&mut self.key_offsets, vec![0]), std::mem::take(&mut self.keys))?;
+        let values = strings(std::mem::replace(&mut self.value_offsets, vec![0]), std::mem::take(&mut self.values))?;
+        Ok((keys, values, std::mem::replace(&mut self.offsets, vec![0])))
     }
 }
 

@@ -122,11 +122,11 @@ pub(crate) struct MissingField(pub &'static str);
 
 impl TxBuilder {
     /// `bronze_hint`: capacities to reserve for the bronze record (the largest seen so far in the file).
-    pub fn new(ordinal: u32, key_start: usize, bronze_hint: (usize, usize)) -> Self {
+    pub fn new(ordinal: u32, key_start: usize, bronze_hint: crate::model::BronzeCapacity) -> Self {
         TxBuilder {
             ordinal,
             key_start,
-            bronze: BronzeRecord::with_capacity(bronze_hint.0, bronze_hint.1),
+            bronze: BronzeRecord::with_capacity(bronze_hint),
             site: None,
             business_date: None,
             business_date_fallback: None,

@@ -17,7 +17,7 @@ use super::builder::{FileDefaults, TxBuilder, ValueError};
 use super::error::{ParseError, Position};
 use super::plan::{Action, NodeId, Plan, ROOT, Role};
 use crate::dialect::{Dialect, Field, RootInfo};
-use crate::model::{BronzeRecord, Transaction, TransactionType, VoidedTicket};
+use crate::model::{BronzeCapacity, BronzeRecord, Transaction, TransactionType, VoidedTicket};
 
 /// What the pass yields, before file facts are added.
 pub(crate) struct Output {
@@ -67,7 +67,7 @@ pub(crate) struct Engine<'a> {
     tx: Option<TxBuilder>,
     tx_count: u32,
     /// Sizes of the largest bronze record so far: the next one reserves that much at once.
-    bronze_hint: (usize, usize),
+    bronze_hint: BronzeCapacity,
     /// Bytes the file's bronze records may still take (see [`bronze_limit`]).
     bronze_left: usize,
     /// Child-name counters of elements with many distinct child names, by depth: name → index into `counters`.
@@ -96,7 +96,7 @@ impl<'a> Engine<'a> {
             envelope: BronzeRecord::default(),
             tx: None,
             tx_count: 0,
-            bronze_hint: (0, 0),
+            bronze_hint: (0, 0, 0),
             bronze_left: bronze_limit(text.len()),
             wide: Vec::new(),
             done: Vec::with_capacity(64),
@@ -286,8 +286,32 @@ impl<'a> Engine<'a> {
             Role::Plain => {}
         }
 
-        let actions: &[Action] = node.map_or(&[], |n| &plan.nodes[n as usize].actions);
-        // Bit i: the predicate of action i holds (actions per element are few).
+        let actions: &'static [Action] = node.map_or(&[], |n| &plan.nodes[n as usize].actions);
+        // Most tags have no attributes: they skip the attribute loop's set-up. quick-xml yields no attribute from
+        // whitespace alone, so this is exactly the loop's result.
+        let preds_held = if e.attributes_raw().iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+            0
+        } else {
+            self.attributes(e, actions, pos)?
+        };
+        for (i, action) in actions.iter().enumerate() {
+            match *action {
+                Action::Text { field, pred } if pred.is_none() || preds_held & (1 << i.min(63)) != 0 => {
+                    self.captures.push(Capture { field });
+                }
+                Action::Mark { field, value, pred } if pred.is_none() || preds_held & (1 << i.min(63)) != 0 => {
+                    self.apply(field, value).map_err(|err| self.invalid(pos, err, value))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys a start tag's attributes in bronze and applies the actions that read them; returns bit i set where the
+    /// predicate of action i holds (actions per element are few).
+    #[inline(never)]
+    fn attributes(&mut self, e: &BytesStart<'_>, actions: &[Action], pos: u64) -> Result<u64, ParseError> {
         let mut preds_held: u64 = 0;
         let mut names = AttrNames::default();
         // Local names already keyed in bronze: a second attribute of the same local name (`VoidFlag` beside
@@ -315,7 +339,7 @@ impl<'a> Engine<'a> {
                 }
                 _ => attr.normalized_value(XmlVersion::Implicit1_0).map_err(|err| self.xml_error(err, pos))?,
             };
-            let value = value.trim();
+            let value = trim(&value);
             if value.len() > self.opts.max_text_bytes {
                 return Err(ParseError::TextTooLarge {
                     file: self.file.to_owned(),
@@ -346,18 +370,7 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        for (i, action) in actions.iter().enumerate() {
-            match *action {
-                Action::Text { field, pred } if pred.is_none() || preds_held & (1 << i.min(63)) != 0 => {
-                    self.captures.push(Capture { field });
-                }
-                Action::Mark { field, value, pred } if pred.is_none() || preds_held & (1 << i.min(63)) != 0 => {
-                    self.apply(field, value).map_err(|err| self.invalid(pos, err, value))?;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        Ok(preds_held)
     }
 
     fn end(&mut self, pos: u64) -> Result<(), ParseError> {
@@ -366,7 +379,7 @@ impl<'a> Engine<'a> {
         };
         // Take the text out so that the builders can be borrowed mutably while it is read.
         let text = std::mem::take(&mut self.text_buf);
-        let value = text[frame.text_start..].trim();
+        let value = trim(&text[frame.text_start..]);
         let mut result = Ok(());
         if value.is_empty() && !frame.has_children && !frame.has_attrs {
             // An empty element (`<NoSale/>`) is data too: its presence is its value.
@@ -422,8 +435,9 @@ impl<'a> Engine<'a> {
             }
             Role::Transaction => {
                 if let Some(tx) = self.tx.take() {
-                    let (bytes, entries) = tx.bronze.capacity_hint();
-                    self.bronze_hint = (self.bronze_hint.0.max(bytes), self.bronze_hint.1.max(entries));
+                    let (keys, values, entries) = tx.bronze.capacity_hint();
+                    let hint = self.bronze_hint;
+                    self.bronze_hint = (hint.0.max(keys), hint.1.max(values), hint.2.max(entries));
                     // A file whose business date follows its transactions (Verifone's `openedTime` after the
                     // `trans` records): they, and every one after them (to keep the file's order), wait for the
                     // end of the file.
@@ -616,6 +630,7 @@ impl<'a> Engine<'a> {
     /// `input`, and quick-xml cuts the input only at ASCII delimiters, so bytes it borrowed from the input are
     /// taken as the input's own text (`str::get` still refuses a cut off a character boundary) with no second
     /// UTF-8 check. quick-xml 0.42 checked every event's bytes again: about a tenth of a parse.
+    #[inline]
     fn str_of<'b>(&self, bytes: &'b [u8], pos: u64) -> Result<&'b str, ParseError>
     where
         'a: 'b,
@@ -739,6 +754,24 @@ fn bronze_target<'b>(tx: &'b mut Option<TxBuilder>, envelope: &'b mut BronzeReco
     }
 }
 
+/// `str::trim`, with ASCII whitespace stripped first by bytes: values rarely end in other white space, and
+/// `str::trim` decodes every character it looks at. A value that, once stripped so, starts or ends with a non-ASCII
+/// byte gets `str::trim` itself, so the result is always `str::trim`'s.
+#[inline]
+fn trim(s: &str) -> &str {
+    // `char::is_whitespace` of ASCII: space, tab, line feed, vertical tab, form feed, carriage return.
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r');
+    let bytes = s.as_bytes();
+    let start = bytes.iter().position(|b| !ws(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !ws(b)).map_or(start, |i| i + 1);
+    // Both cuts are next to ASCII bytes, so on character boundaries.
+    let cut = &s[start..end.max(start)];
+    match (cut.as_bytes().first(), cut.as_bytes().last()) {
+        (Some(a), Some(z)) if *a >= 0x80 || *z >= 0x80 => cut.trim(),
+        _ => cut,
+    }
+}
+
 /// The name after its prefix, if any. Names are short: a byte loop beat `str::find`'s searcher here (session 11).
 fn local_name(qname: &[u8]) -> &[u8] {
     match qname.iter().position(|&b| b == b':') {
@@ -834,6 +867,23 @@ mod tests {
         assert!(!super::predicate_holds("cancel", "normal"));
         assert!(!super::predicate_holds("cancel", "cancelled"));
         assert!(!super::predicate_holds("x:cancel", "cancel:x"));
+    }
+
+    /// The byte trim gives `str::trim`'s result, Unicode white space and multi-byte values included.
+    #[test]
+    fn trim_is_str_trim() {
+        let pieces = [
+            "", " ", "\t", "\r\n", "\u{0B}", "\u{0C}", "\u{A0}", "\u{85}", "\u{2003}", "\u{3000}", "a", "é", "日本",
+            "x y",
+        ];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let s = format!("{a}{b}{c}{a}");
+                    assert_eq!(super::trim(&s), s.trim(), "{s:?}");
+                }
+            }
+        }
     }
 
     #[test]
