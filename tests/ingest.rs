@@ -12,6 +12,7 @@ mod common;
 
 use arrow_array::StringArray;
 use common::{column, header_keys, ledger_paths, pipeline};
+use poslake::config::DedupConfig;
 use poslake::generate::{FileKind, GenerateArgs, Report, generate, read_manifest};
 use poslake::ingest::{IngestPaths, IngestSetup, IngestSummary, ingest};
 use poslake::lake::Warehouse;
@@ -401,6 +402,24 @@ async fn a_file_that_could_not_be_read_is_tried_again_by_the_next_run() {
 /// says so: it does not add ledger and dead-letter rows to every run forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_deferred_by_as_many_runs_as_allowed_is_given_up() {
+    deferred_runs_are_counted(DedupConfig::default()).await;
+}
+
+/// The same with the deferrals counted in a Redis store's file index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_deferred_by_as_many_runs_as_allowed_is_given_up_with_redis() {
+    let server = common::redis::RedisServer::start();
+    let redis = DedupConfig {
+        backend: poslake::config::DedupBackend::RedisBitmap,
+        redis_url: server.url(),
+        expected_keys_per_period: 10_000,
+        max_shard_mib: 1,
+        ..DedupConfig::default()
+    };
+    deferred_runs_are_counted(redis).await;
+}
+
+async fn deferred_runs_are_counted(dedup: DedupConfig) {
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     generate(&GenerateArgs {
@@ -419,7 +438,7 @@ async fn a_file_deferred_by_as_many_runs_as_allowed_is_given_up() {
     let manifest = read_manifest(&staging).expect("manifest");
     let victim = manifest[1].path.clone();
     let paths = IngestPaths { staging, lake: dir.path().join("lake"), archive: None, catalog: None };
-    let setup = IngestSetup { max_deferred_runs: 3, ..IngestSetup::new(paths.clone()) };
+    let setup = IngestSetup { max_deferred_runs: 3, dedup, ..IngestSetup::new(paths.clone()) };
     let mut outcomes = Vec::new();
     for run in 0..4 {
         let inner = poslake::ingest::PosStages::open(&setup, format!("run-{run}")).await.expect("open");
