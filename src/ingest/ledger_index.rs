@@ -1,5 +1,6 @@
 //! The file ledger's index: which staged files are ingested already, so that discovery skips them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +30,8 @@ type Deferral = (u128, String);
 /// Deferrals counted per file at most: a file deferred by more runs than any `max_deferred_runs` allows is given up
 /// anyway, so its count need not go further.
 const MAX_COUNTED: u32 = crate::config::MAX_DEFERRED_RUNS;
+/// Marks asked of the index at a time when counting deferrals.
+const DEFERRALS_CHUNK: usize = 10_000;
 
 /// The ledger columns the index is built from.
 const COLUMNS: [&str; 4] = ["path", "bytes", "outcome", "run_id"];
@@ -173,44 +176,53 @@ impl LedgerIndex {
 
     /// Counts these deferrals in the index: per file, one more for each run not counted yet. Each run's mark is
     /// added before the count it raises, so a sync cut between the two counts that run never, rather than twice:
-    /// the file is then tried by one more run than the limit, and never given up early. Deferrals are rare (a file
-    /// whose reads kept failing), so this asks the index file by file.
+    /// the file is then tried by one more run than the limit, and never given up early. Asked in chunks of files
+    /// (a lake whose disk filled defers every file of a run), a few calls to the index per chunk.
     async fn count_deferrals(&self, deferred: Vec<Deferral>) -> Result<(), IngestError> {
-        let mut by_file: Vec<(u128, Vec<String>)> = Vec::new();
-        for (id, run) in deferred {
-            match by_file.iter_mut().find(|(f, _)| *f == id) {
-                Some((_, runs)) if runs.contains(&run) => {}
-                Some((_, runs)) => runs.push(run),
-                None => by_file.push((id, vec![run])),
+        let marks: BTreeSet<(u128, u128)> = deferred.iter().map(|(id, run)| (*id, Self::run_mark(*id, run))).collect();
+        let marks: Vec<(u128, u128)> = marks.into_iter().collect();
+        for chunk in marks.chunks(DEFERRALS_CHUNK) {
+            let counted = self.files.contain(chunk.iter().map(|(_, m)| *m).collect()).await?;
+            // Per file, the marks of runs not counted yet.
+            let mut new: BTreeMap<u128, Vec<u128>> = BTreeMap::new();
+            for (&(id, mark), counted) in chunk.iter().zip(counted) {
+                if !counted {
+                    new.entry(id).or_default().push(mark);
+                }
             }
-        }
-        for (id, runs) in by_file {
-            let marks: Vec<u128> = runs.iter().map(|r| Self::run_mark(id, r)).collect();
-            let counted = self.files.contain(marks.clone()).await?;
-            let new: Vec<u128> = marks.into_iter().zip(counted).filter(|(_, c)| !c).map(|(m, _)| m).collect();
             if new.is_empty() {
                 continue;
             }
-            let before = self.count(id).await?;
-            let count_marks: Vec<u128> =
-                (before + 1..=(before + new.len() as u32).min(MAX_COUNTED)).map(|k| Self::count_mark(id, k)).collect();
-            self.files.add(new, None).await?;
+            let ids: Vec<u128> = new.keys().copied().collect();
+            let before = self.counts(&ids).await?;
+            let mut count_marks = Vec::new();
+            for ((id, runs), before) in new.iter().zip(before) {
+                let after = (before + runs.len() as u32).min(MAX_COUNTED);
+                count_marks.extend((before + 1..=after).map(|k| Self::count_mark(*id, k)));
+            }
+            self.files.add(new.into_values().flatten().collect(), None).await?;
             self.files.add(count_marks, None).await?;
         }
         Ok(())
     }
 
-    /// How many runs deferred this file before, as far as the index was brought up to the ledger.
-    async fn count(&self, id: u128) -> Result<u32, IngestError> {
-        let marks: Vec<u128> = (1..=MAX_COUNTED).map(|k| Self::count_mark(id, k)).collect();
-        let held = self.files.contain(marks).await?;
-        // Counts are added in order, so the first one missing ends the count.
-        Ok(held.iter().take_while(|h| **h).count() as u32)
+    /// How many runs deferred each of these files before, as far as the index was brought up to the ledger.
+    async fn counts(&self, ids: &[u128]) -> Result<Vec<u32>, IngestError> {
+        let mut counts = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(DEFERRALS_CHUNK / MAX_COUNTED as usize) {
+            let marks: Vec<u128> =
+                chunk.iter().flat_map(|id| (1..=MAX_COUNTED).map(|k| Self::count_mark(*id, k))).collect();
+            let held = self.files.contain(marks).await?;
+            // Counts are added in order, so the first one missing ends a file's count.
+            counts.extend(held.chunks(MAX_COUNTED as usize).map(|h| h.iter().take_while(|h| **h).count() as u32));
+        }
+        Ok(counts)
     }
 
     /// How many earlier runs deferred this staged file.
     pub(super) async fn deferrals(&self, file: &StagedFile) -> Result<u32, IngestError> {
-        self.count(Self::id(&file.path, file.size)).await
+        let counts = self.counts(&[Self::id(&file.path, file.size)]).await?;
+        Ok(counts.first().copied().unwrap_or(0))
     }
 
     /// The listed files the ledger does not hold, in listing order; `skipped` counts the others.
