@@ -45,9 +45,10 @@ pub struct IngestConfig {
     pub commit_interval_secs: u64,
     /// Tries per file before it is dead-lettered. Default 3.
     pub max_attempts: u32,
-    /// Runs that may defer a file whose reads (or archive copy) kept failing, each taking it again, before the
-    /// file is given up as a dead letter (`poslake replay` takes it again). Bounds the ledger and dead-letter rows
-    /// a file that can never be read adds. Default 24 (4 hours of a service ingesting every 10 minutes).
+    /// Runs that try a file whose reads (or archive copy) keep failing: each but the last defers it to the next
+    /// run, and the last gives it up as a dead letter (`poslake replay` takes it again). Bounds the ledger and
+    /// dead-letter rows a file that can never be read adds. Default 24 (4 hours of a service ingesting every 10
+    /// minutes).
     pub max_deferred_runs: u32,
     /// Snapshots kept per table: older ones are expired once their commits are complete, so that each commit's
     /// cost stays bounded. 0 keeps every snapshot. Default 100.
@@ -267,7 +268,7 @@ pub const MAX_UNAVAILABLE_SECS: u64 = 24 * 3600;
 /// Keys per round trip at most: a pipeline of more would hold the server up for other clients.
 pub const MAX_KEYS_PER_ROUND_TRIP: u64 = 100_000;
 
-/// The most runs `max_deferred_runs` may let defer a file.
+/// The most runs `max_deferred_runs` may let try a file.
 pub const MAX_DEFERRED_RUNS: u32 = 100;
 
 /// The longest interval of a service (`every_secs`): a week.

@@ -178,7 +178,7 @@ impl Failure {
     pub fn give_up(&mut self, earlier: u32) {
         self.given_up = true;
         self.reason.push_str(&format!(
-            " (deferred by {earlier} earlier runs, as many as max_deferred_runs allows: given up; `poslake replay` \
+            " (deferred by {earlier} earlier runs: given up after max_deferred_runs runs; `poslake replay` \
              takes it again)"
         ));
     }
