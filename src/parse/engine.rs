@@ -15,7 +15,7 @@ use quick_xml::reader::Reader;
 use super::ParseOptions;
 use super::builder::{FileDefaults, TxBuilder, ValueError};
 use super::error::{ParseError, Position};
-use super::plan::{Action, NodeId, Plan, ROOT, Role};
+use super::plan::{Action, NodeId, Plan, ROOT, Role, name_print};
 use crate::dialect::{Dialect, Field, RootInfo};
 use crate::model::{BronzeCapacity, BronzeRecord, Transaction, TransactionType, VoidedTicket};
 
@@ -41,6 +41,16 @@ struct Frame {
     has_attrs: bool,
 }
 
+/// How many children of one name an open element has had so far.
+struct Counter {
+    /// The name's [`name_print`], compared before the name.
+    print: u64,
+    /// The name, in `Engine::names`.
+    start: u32,
+    end: u32,
+    count: u32,
+}
+
 /// A pending "this element's text fills that field".
 struct Capture {
     field: Field,
@@ -55,9 +65,8 @@ pub(crate) struct Engine<'a> {
     frames: Vec<Frame>,
     /// Bronze key of the current element: `/`-joined local names, repeats numbered.
     path: String,
-    /// Child-name counters of the open elements (stack discipline, like `frames`): (name start, name end, count)
-    /// into `names`.
-    counters: Vec<(u32, u32, u32)>,
+    /// Child-name counters of the open elements (stack discipline, like `frames`).
+    counters: Vec<Counter>,
     names: Vec<u8>,
     /// Text of the open elements, innermost last.
     text_buf: String,
@@ -207,6 +216,7 @@ impl<'a> Engine<'a> {
 
     fn start(&mut self, e: &BytesStart<'_>, pos: u64) -> Result<(), ParseError> {
         let name = self.str_of(local_name(e.name().into_inner()), pos)?;
+        let print = name_print(name.as_bytes());
         if self.frames.len() >= self.opts.max_depth {
             return Err(ParseError::TooDeep {
                 file: self.file.to_owned(),
@@ -228,7 +238,7 @@ impl<'a> Engine<'a> {
                 parent.has_children = true;
                 let plan = self.plan.ok_or_else(|| self.malformed(pos, "no dialect".into()))?;
                 let parent_node = self.frames.last().and_then(|f| f.node);
-                (plan, parent_node.and_then(|n| plan.child(n, name.as_bytes())))
+                (plan, parent_node.and_then(|n| plan.child(n, name.as_bytes(), print)))
             }
         };
         let mut role = node.and_then(|n| plan.nodes[n as usize].role).unwrap_or(Role::Plain);
@@ -239,7 +249,7 @@ impl<'a> Engine<'a> {
 
         // Count this element among its parent's children first: its own counters start after that entry, so
         // closing it keeps the parent's count of its name.
-        let occurrence = self.count_child(name);
+        let occurrence = self.count_child(name, print);
         let frame = Frame {
             node,
             role,
@@ -508,46 +518,46 @@ impl<'a> Engine<'a> {
     }
 
     /// Counts `name` among the current element's children; returns its occurrence number (1 for the first).
-    fn count_child(&mut self, name: &str) -> u32 {
+    fn count_child(&mut self, name: &str, print: u64) -> u32 {
         let from = self.frames.last().map_or(0, |f| f.counters_len);
         let depth = self.frames.len();
         if self.wide.last().is_some_and(|(d, _)| *d == depth) {
-            return self.count_wide_child(name);
+            return self.count_wide_child(name, print);
         }
         // Counters of the current element are those pushed since it opened, at its depth only: the children's
         // own counters were truncated when they closed.
         for c in &mut self.counters[from..] {
-            if &self.names[c.0 as usize..c.1 as usize] == name.as_bytes() {
-                c.2 += 1;
-                return c.2;
+            if c.print == print && &self.names[c.start as usize..c.end as usize] == name.as_bytes() {
+                c.count += 1;
+                return c.count;
             }
         }
-        self.push_counter(name);
+        self.push_counter(name, print);
         if self.counters.len() - from == WIDE {
             self.index_children(from, depth);
         }
         1
     }
 
-    fn push_counter(&mut self, name: &str) {
-        let s = self.names.len() as u32;
+    fn push_counter(&mut self, name: &str, print: u64) {
+        let start = self.names.len() as u32;
         self.names.extend_from_slice(name.as_bytes());
-        self.counters.push((s, self.names.len() as u32, 1));
+        self.counters.push(Counter { print, start, end: self.names.len() as u32, count: 1 });
     }
 
     /// [`Self::count_child`] for an element with many distinct child names (out of line: real files rarely come
     /// here, and the parser's hot loop stays small).
     #[inline(never)]
-    fn count_wide_child(&mut self, name: &str) -> u32 {
+    fn count_wide_child(&mut self, name: &str, print: u64) -> u32 {
         let at = self.counters.len();
         if let Some((_, index)) = self.wide.last_mut() {
             if let Some(&i) = index.get(name.as_bytes()) {
-                self.counters[i].2 += 1;
-                return self.counters[i].2;
+                self.counters[i].count += 1;
+                return self.counters[i].count;
             }
             index.insert(name.as_bytes().into(), at);
         }
-        self.push_counter(name);
+        self.push_counter(name, print);
         1
     }
 
@@ -557,8 +567,8 @@ impl<'a> Engine<'a> {
     fn index_children(&mut self, from: usize, depth: usize) {
         let index = (from..self.counters.len())
             .map(|i| {
-                let (a, b, _) = self.counters[i];
-                (self.names[a as usize..b as usize].into(), i)
+                let c = &self.counters[i];
+                (self.names[c.start as usize..c.end as usize].into(), i)
             })
             .collect();
         self.wide.push((depth, index));

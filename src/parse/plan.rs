@@ -31,7 +31,8 @@ pub(crate) enum Action {
 
 #[derive(Debug, Default)]
 pub(crate) struct Node {
-    pub children: Vec<(&'static str, NodeId)>,
+    /// (the name's [`name_print`], the name, the child).
+    pub children: Vec<(u64, &'static str, NodeId)>,
     pub role: Option<Role>,
     pub actions: Vec<Action>,
 }
@@ -44,6 +45,19 @@ pub(crate) struct Plan {
 
 pub(crate) const ROOT: NodeId = 0;
 
+/// A name's length and its first four and last three bytes in one word: names compared by it first are told apart
+/// without a call to `memcmp` (most names that share a length differ there), and compared whole only when it matches.
+#[inline]
+pub(crate) fn name_print(name: &[u8]) -> u64 {
+    let n = name.len();
+    let mut w = [0u8; 8];
+    let head = n.min(4);
+    w[..head].copy_from_slice(&name[..head]);
+    let tail = n.min(3);
+    w[4..4 + tail].copy_from_slice(&name[n - tail..]);
+    u64::from_le_bytes(w) ^ ((n as u64) << 56)
+}
+
 impl Plan {
     pub fn for_dialect(dialect: Dialect) -> &'static Plan {
         static PLANS: [OnceLock<Plan>; 6] = [const { OnceLock::new() }; 6];
@@ -51,9 +65,11 @@ impl Plan {
         PLANS[i].get_or_init(|| Plan::compile(dialect.spec()))
     }
 
+    /// The child of `node` named `name`, whose [`name_print`] is `print`.
     #[inline]
-    pub fn child(&self, node: NodeId, name: &[u8]) -> Option<NodeId> {
-        self.nodes[node as usize].children.iter().find(|(n, _)| n.as_bytes() == name).map(|&(_, id)| id)
+    pub fn child(&self, node: NodeId, name: &[u8], print: u64) -> Option<NodeId> {
+        let children = &self.nodes[node as usize].children;
+        children.iter().find(|(p, n, _)| *p == print && n.as_bytes() == name).map(|&(_, _, id)| id)
     }
 
     fn compile(spec: &'static DialectSpec) -> Plan {
@@ -121,12 +137,12 @@ impl Plan {
     }
 
     fn child_or_insert(&mut self, node: NodeId, name: &'static str) -> NodeId {
-        if let Some(id) = self.child(node, name.as_bytes()) {
+        if let Some(id) = self.child(node, name.as_bytes(), name_print(name.as_bytes())) {
             return id;
         }
         let id = self.nodes.len() as NodeId;
         self.nodes.push(Node::default());
-        self.nodes[node as usize].children.push((name, id));
+        self.nodes[node as usize].children.push((name_print(name.as_bytes()), name, id));
         id
     }
 }
@@ -187,5 +203,26 @@ mod tests {
                 "{d}: no sequence rule"
             );
         }
+    }
+
+    /// A name's print is a prefilter: every name of every plan is found under its own print and no other name's,
+    /// including names that share a length and their first and last bytes.
+    #[test]
+    fn children_are_found_by_print_and_name() {
+        for d in Dialect::ALL {
+            let plan = Plan::for_dialect(d);
+            for (node, n) in plan.nodes.iter().enumerate() {
+                for &(_, name, id) in &n.children {
+                    assert_eq!(plan.child(node as NodeId, name.as_bytes(), name_print(name.as_bytes())), Some(id));
+                }
+            }
+        }
+        let mut plan = Plan { nodes: vec![Node::default()], spec: Dialect::ArtsPoslog.spec() };
+        let a = plan.child_or_insert(ROOT, "TotalXAmount");
+        let b = plan.child_or_insert(ROOT, "TotalYAmount");
+        assert_ne!(a, b);
+        assert_eq!(name_print(b"TotalXAmount"), name_print(b"TotalYAmount"));
+        assert_eq!(plan.child(ROOT, b"TotalYAmount", name_print(b"TotalYAmount")), Some(b));
+        assert_eq!(name_print(b""), 0);
     }
 }
