@@ -409,14 +409,7 @@ async fn a_file_deferred_by_as_many_runs_as_allowed_is_given_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_deferred_by_as_many_runs_as_allowed_is_given_up_with_redis() {
     let server = common::redis::RedisServer::start();
-    let redis = DedupConfig {
-        backend: poslake::config::DedupBackend::RedisBitmap,
-        redis_url: server.url(),
-        expected_keys_per_period: 10_000,
-        max_shard_mib: 1,
-        ..DedupConfig::default()
-    };
-    deferred_runs_are_counted(redis).await;
+    deferred_runs_are_counted(server.bitmap()).await;
 }
 
 async fn deferred_runs_are_counted(dedup: DedupConfig) {

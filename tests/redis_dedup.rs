@@ -22,17 +22,6 @@ use poslake::ingest::{CommitPolicy, IngestPaths, IngestSetup, IngestSummary, ing
 use poslake::lake::Warehouse;
 use poslake_actors::{FlowLimits, PipelineConfig, Progress};
 
-fn bitmap(server: &RedisServer) -> DedupConfig {
-    DedupConfig {
-        backend: DedupBackend::RedisBitmap,
-        redis_url: server.url(),
-        expected_keys_per_period: 200_000,
-        max_shard_mib: 1,
-        timeout_ms: 1000,
-        ..DedupConfig::default()
-    }
-}
-
 fn corpus(dir: &Path, seed: u64, files_per_day: u32) -> (PathBuf, GenerateReport, Vec<ManifestEntry>) {
     let staging = dir.join(format!("staging-{seed}"));
     let report = generate(&GenerateArgs {
@@ -109,7 +98,7 @@ async fn redis_bitmap_lands_exact_keys_within_across_files_and_across_runs() {
     let (staging, report, manifest) = corpus(dir.path(), 3, 3);
     assert!(report.resent_files > 0 && report.repeated_transactions > 0);
 
-    let summary = run(&setup(&staging, &lake, bitmap(&server))).await;
+    let summary = run(&setup(&staging, &lake, server.bitmap())).await;
     assert!(summary.dedup.starts_with("redis-bitmap"), "{}", summary.dedup);
     assert_eq!(summary.new_transactions, report.unique_keys);
     assert_eq!(summary.dead_letters, report.malformed_files);
@@ -127,21 +116,21 @@ async fn redis_bitmap_lands_exact_keys_within_across_files_and_across_runs() {
     let again = dir.path().join("staging-resent");
     let picked = resend(&staging, &manifest, &again, 4);
     let resent_tx: u64 = picked.iter().map(|m| m.keys.len() as u64).sum();
-    let second = run(&setup(&again, &lake, bitmap(&server))).await;
+    let second = run(&setup(&again, &lake, server.bitmap())).await;
     assert_eq!(second.files, picked.len() as u64);
     assert_eq!(second.new_transactions, 0, "a re-send adds nothing");
     assert!(second.quarantined_transactions > 0 && second.quarantined_transactions <= resent_tx);
     assert_exact(&lake, &want).await;
 
     // reconcile confirms them all as duplicates: none promoted, nothing changes.
-    let rec = poslake::ingest::reconcile::reconcile(&lake, None, &bitmap(&server)).await.expect("reconcile");
+    let rec = poslake::ingest::reconcile::reconcile(&lake, None, &server.bitmap()).await.expect("reconcile");
     assert_eq!(rec.promoted, 0);
     assert_eq!(rec.quarantined, summary.quarantined_transactions + second.quarantined_transactions);
     assert!(rec.confirmed_duplicates > 0);
     assert_exact(&lake, &want).await;
 
     // The filter reports its partitions: one per month the corpus spans, holding about the keys added.
-    let store = Dedup::open(&bitmap(&server), &lake).await.expect("open store");
+    let store = Dedup::open(&server.bitmap(), &lake).await.expect("open store");
     let stats = store.stats().await.expect("stats");
     let adds: u64 = stats.iter().map(|s| s.adds).sum();
     assert_eq!(adds, report.unique_keys, "each new key added once");
@@ -156,7 +145,7 @@ async fn a_saturated_filter_loses_nothing_and_reconcile_promotes_its_false_posit
     let lake = dir.path().join("lake");
     let (staging, report, manifest) = corpus(dir.path(), 5, 2);
     // Sized for 20 keys at 20%: one 512-bit block per month, saturated after the first few hundred keys.
-    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..bitmap(&server) };
+    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..server.bitmap() };
     let summary = run(&setup(&staging, &lake, tiny.clone())).await;
     // Keys reach the filter at each commit (every 8 files), so the later files meet a full one.
     assert!(summary.quarantined_transactions > 0, "false positives happened: {summary:?}");
@@ -285,10 +274,10 @@ async fn quarantined_then_forgotten(
 ) -> (PathBuf, PathBuf, BTreeSet<String>, DedupConfig) {
     let lake = dir.join("lake");
     let (staging, _, manifest) = corpus(dir, seed, 2);
-    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..bitmap(server) };
+    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..server.bitmap() };
     let first = run(&setup(&staging, &lake, tiny)).await;
     assert!(first.quarantined_transactions > 0, "{first:?}");
-    let fresh = DedupConfig { key_prefix: "fresh".into(), ..bitmap(server) };
+    let fresh = DedupConfig { key_prefix: "fresh".into(), ..server.bitmap() };
     let wh = Arc::new(Warehouse::open(&lake).await.expect("open"));
     let store = Arc::new(Dedup::open(&fresh, &lake).await.expect("store"));
     poslake::ingest::commit::Committer::new(wh, store).rebuild().await.expect("rebuild");
@@ -346,7 +335,7 @@ async fn ingest_with_outage(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_restarted_or_wiped_mid_run_loses_and_duplicates_nothing() {
     let server = Arc::new(Mutex::new(RedisServer::start()));
-    let config = bitmap(&server.lock().expect("server"));
+    let config = server.lock().expect("server").bitmap();
     let dir = tempfile::tempdir().expect("tempdir");
 
     // Stopped and restarted with its data (append-only file): the pipeline pauses and resumes.
@@ -390,7 +379,7 @@ async fn redis_stopped_restarted_or_wiped_mid_run_loses_and_duplicates_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_past_the_limit_fails_clearly_and_the_next_run_completes() {
     let server = Arc::new(Mutex::new(RedisServer::start()));
-    let config = DedupConfig { unavailable_limit_secs: 2, ..bitmap(&server.lock().expect("server")) };
+    let config = DedupConfig { unavailable_limit_secs: 2, ..server.lock().expect("server").bitmap() };
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let (staging, _, manifest) = corpus(dir.path(), 11, 3);
@@ -407,7 +396,7 @@ async fn redis_down_past_the_limit_fails_clearly_and_the_next_run_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_filter_is_rebuilt_from_sales_header() {
     let server = RedisServer::start();
-    let config = bitmap(&server);
+    let config = server.bitmap();
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let (staging, report, manifest) = corpus(dir.path(), 13, 2);
@@ -435,7 +424,7 @@ async fn a_flushed_filter_is_rebuilt_from_sales_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_filter_under_an_expired_history_is_reloaded_from_every_row() {
     let server = RedisServer::start();
-    let config = bitmap(&server);
+    let config = server.bitmap();
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let (staging, report, manifest) = corpus(dir.path(), 17, 3);
@@ -474,7 +463,7 @@ async fn a_wiped_filter_under_an_expired_history_is_reloaded_from_every_row() {
 async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = bitmap(&server);
+    let config = server.bitmap();
     let store = Arc::new(Dedup::open(&config, dir.path()).await.expect("open"));
     store.generation().await.expect("generation");
     // Sized for 1,000 files: 16 buckets; 5,000 files overflow them.
@@ -517,7 +506,7 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_sharing_redis_skip_exactly_the_files_the_ledger_holds() {
     let server = RedisServer::start();
-    let config = bitmap(&server);
+    let config = server.bitmap();
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let (staging, report, manifest) = corpus(dir.path(), 21, 2);
@@ -578,7 +567,7 @@ async fn check_then_add(store: &Dedup, keys: &[DedupKey]) -> Vec<DedupKey> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adds_that_skip_bits_seen_set_leave_every_key_present() {
     let server = RedisServer::start();
-    let config = DedupConfig { expected_keys_per_period: 20_000, ..bitmap(&server) };
+    let config = DedupConfig { expected_keys_per_period: 20_000, ..server.bitmap() };
     let dir = tempfile::tempdir().expect("tempdir");
     let worker = Dedup::open(&config, dir.path()).await.expect("store");
     let added = check_then_add(&worker, &random_keys(20_000, 1)).await;
@@ -608,7 +597,7 @@ async fn adds_that_skip_bits_seen_set_leave_every_key_present() {
 async fn keys_checked_long_ago_are_checked_again_before_their_commit() {
     use std::time::{Duration, Instant};
     let server = RedisServer::start();
-    let config = DedupConfig { expected_keys_per_period: 100_000, ..bitmap(&server) };
+    let config = DedupConfig { expected_keys_per_period: 100_000, ..server.bitmap() };
     let dir = tempfile::tempdir().expect("tempdir");
     let worker = Dedup::open(&config, dir.path()).await.expect("store");
     let keys = random_keys(2_000, 3);
@@ -668,7 +657,7 @@ fn two_worker_processes_split_the_staging_area_and_land_every_key_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (staging, report, manifest) = corpus(dir.path(), 91, 6);
     let lake = dir.path().join("lake");
-    // A filter sized for the corpus, as `bitmap()` sizes the others.
+    // A filter sized for the corpus, as `RedisServer::bitmap` sizes the others.
     let config = dir.path().join("poslake.toml");
     std::fs::write(&config, "[dedup]\nexpected_keys_per_period = 200000\nmax_shard_mib = 1\n").expect("config");
     let spawn = |index: u32| {
@@ -714,7 +703,7 @@ fn two_worker_processes_split_the_staging_area_and_land_every_key_once() {
 async fn leased_route_slots_are_held_by_one_worker_each_and_a_lost_lease_is_noticed() {
     use poslake::ingest::slot_leases::{SLOTS, SlotLeases};
     let server = RedisServer::start();
-    let config = bitmap(&server);
+    let config = server.bitmap();
     let ttl = Duration::from_secs(3);
     let a = SlotLeases::join(&config, ttl, None).await.expect("a joins");
     let b = SlotLeases::join(&config, ttl, None).await.expect("b joins");
@@ -775,7 +764,7 @@ async fn leased_route_slots_are_held_by_one_worker_each_and_a_lost_lease_is_noti
 async fn workers_starting_together_share_their_first_run() {
     use poslake::ingest::slot_leases::{SLOTS, SlotLeases};
     let server = RedisServer::start();
-    let config = bitmap(&server);
+    let config = server.bitmap();
     // A beat of 2 s: room for the second worker to join while the first waits, on a busy machine too.
     let ttl = Duration::from_secs(6);
     let a = SlotLeases::join(&config, ttl, None).await.expect("a joins");
@@ -802,7 +791,7 @@ async fn a_worker_that_lost_its_leases_commits_nothing_and_the_next_run_lands_ev
     let dir = tempfile::tempdir().expect("tempdir");
     let (staging, _, manifest) = corpus(dir.path(), 17, 3);
     let lake = dir.path().join("lake");
-    let config = bitmap(&server);
+    let config = server.bitmap();
     // A long lease: this worker's own renewals (every 10 s) come after its run's commit.
     let leases = SlotLeases::join(&config, Duration::from_secs(30), Some("site=([^/]+)")).await.expect("join");
     let setup = IngestSetup {
@@ -1162,7 +1151,7 @@ async fn an_outage_is_logged_once_for_all_the_callers_it_holds_up() {
 
     let mut server = RedisServer::start();
     let store =
-        Arc::new(Dedup::open(&bitmap(&server), tempfile::tempdir().expect("tempdir").path()).await.expect("open"));
+        Arc::new(Dedup::open(&server.bitmap(), tempfile::tempdir().expect("tempdir").path()).await.expect("open"));
     let keys = random_keys(100, 7);
     server.stop();
     let callers: Vec<_> = (0..8)

@@ -46,6 +46,10 @@ impl LedgerIndex {
         let mut h = blake3::Hasher::new();
         h.update(&size.to_le_bytes());
         h.update(path.as_bytes());
+        Self::first_128_bits(h)
+    }
+
+    fn first_128_bits(h: blake3::Hasher) -> u128 {
         let mut id = [0u8; 16];
         id.copy_from_slice(&h.finalize().as_bytes()[..16]);
         u128::from_le_bytes(id)
@@ -169,9 +173,7 @@ impl LedgerIndex {
         h.update(domain);
         h.update(&id.to_le_bytes());
         h.update(what);
-        let mut mark = [0u8; 16];
-        mark.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        u128::from_le_bytes(mark)
+        Self::first_128_bits(h)
     }
 
     /// Counts these deferrals in the index: per file, one more for each run not counted yet. Each run's mark is

@@ -29,6 +29,18 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A `redis-bitmap` store on this server, sized small for tests.
+    pub fn bitmap(&self) -> poslake::config::DedupConfig {
+        poslake::config::DedupConfig {
+            backend: poslake::config::DedupBackend::RedisBitmap,
+            redis_url: self.url(),
+            expected_keys_per_period: 200_000,
+            max_shard_mib: 1,
+            timeout_ms: 1000,
+            ..poslake::config::DedupConfig::default()
+        }
+    }
+
     fn launch(&mut self) {
         let child = Command::new(binary())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
