@@ -1,6 +1,7 @@
 //! poslake: point-of-sale transaction logs into an Apache Iceberg lakehouse.
 //!
 //! # Layout
+//! - [`backoff`] (feature `lake`): retry pauses, exponential with full jitter.
 //! - [`config`]: the ingest configuration file (TOML), validated before anything starts.
 //! - [`model`]: the records a file yields (silver `SalesHeader` / `SalesLine` / `SalesDiscount`, bronze, file facts).
 //! - [`dialect`]: the six vendor dialects, each a table of element paths → fields, and auto-detection.
@@ -11,6 +12,8 @@
 //! - [`ingest`] (feature `lake`): the domain stages of the actor pipeline: staging, archive, dedup, batches.
 //! - [`lake`] (feature `lake`, default): Iceberg tables in a local warehouse (SQLite catalog), Snappy Parquet.
 
+#[cfg(feature = "lake")]
+pub mod backoff;
 pub mod config;
 #[cfg(feature = "lake")]
 pub mod dedup;

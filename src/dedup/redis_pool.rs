@@ -438,11 +438,8 @@ fn poisoned() -> DedupError {
     DedupError::Config("the generation lock was poisoned by a panic".into())
 }
 
-/// Full jitter: uniform in [0, min(cap, base · 2^tries)).
 fn backoff(tries: u32) -> Duration {
-    let cap = BACKOFF_BASE.saturating_mul(1 << tries.min(16)).min(BACKOFF_CAP);
-    let nanos = cap.as_nanos() as u64;
-    Duration::from_nanos(if nanos == 0 { 0 } else { (uuid::Uuid::new_v4().as_u128() as u64) % nanos })
+    crate::backoff::full_jitter(BACKOFF_BASE, BACKOFF_CAP, tries)
 }
 
 /// The URL with any password replaced, for logs and errors.
@@ -475,13 +472,5 @@ mod tests {
         );
         let long = one_line(&"x ".repeat(1000));
         assert!(long.ends_with('…') && long.chars().count() == 301, "{long}");
-    }
-
-    #[test]
-    fn backoff_is_jittered_below_a_growing_cap() {
-        for tries in 1..20 {
-            let cap = BACKOFF_BASE.saturating_mul(1 << tries.min(16)).min(BACKOFF_CAP);
-            assert!(backoff(tries) < cap);
-        }
     }
 }

@@ -120,7 +120,7 @@ impl Archive {
         let name = location.display().to_string();
         match resolve(location) {
             Ok(Location::Folder(dir)) => Ok(Archive { name: name.into(), ..Self::local(&dir)? }),
-            Ok(Location::Store { store, prefix }) => {
+            Ok(Location::Store { store, prefix, .. }) => {
                 // Parts appended to the prefix as it was parsed (`StorePath::from` would encode it again).
                 let raw = RAW.split('/').fold(prefix.clone().unwrap_or_default(), |p, part| p.join(part));
                 let at = ArchivedAt::Container { store: store.to_string(), prefix: raw };

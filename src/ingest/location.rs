@@ -9,6 +9,8 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreScheme};
 
+use super::staging::AzurePages;
+
 /// What a location names.
 pub enum Location {
     Folder(PathBuf),
@@ -16,6 +18,8 @@ pub enum Location {
     Store {
         store: Arc<dyn ObjectStore>,
         prefix: Option<StorePath>,
+        /// Azure's listing page by page, which survives blob names `object_store` cannot address.
+        pages: Option<Arc<AzurePages>>,
     },
 }
 
@@ -51,9 +55,11 @@ pub fn resolve(location: &Path) -> Result<Location, LocationError> {
         }
         ObjectStoreScheme::MicrosoftAzure => {
             crate::install_tls_provider();
-            let store = MicrosoftAzureBuilder::from_env().with_url(url_text).build().map_err(LocationError::Store)?;
+            let builder = MicrosoftAzureBuilder::from_env().with_url(url_text);
+            let store = Arc::new(builder.clone().build().map_err(LocationError::Store)?);
+            let pages = Arc::new(AzurePages::new(store.clone(), &builder, &url));
             let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
-            Ok(Location::Store { store: Arc::new(store), prefix })
+            Ok(Location::Store { store, prefix, pages: Some(pages) })
         }
         other => Err(LocationError::Refused(format!("{other:?} storage is not supported"))),
     }

@@ -2,7 +2,11 @@
 //! Storage / ADLS Gen2 named by URL, through `object_store`. Listing is a stream (paged by the store, or walked a
 //! folder at a time): the whole listing is never held in memory.
 
+mod azure_pages;
 mod local;
+
+pub(crate) use azure_pages::AzurePages;
+use azure_pages::Listed;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,6 +122,12 @@ fn is_pos_file(path: &str, prefix: Option<&StorePath>) -> bool {
     !name.starts_with("manifest.") && !below.split('/').any(|segment| segment.starts_with('.'))
 }
 
+/// Whether `path` is `folder` or lies below it (as [`StorePath::prefix_matches`], for names it cannot parse too).
+fn is_below(path: &str, folder: &StorePath) -> bool {
+    let folder = folder.as_ref();
+    folder.is_empty() || path.strip_prefix(folder).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 #[derive(Clone, Debug)]
 pub struct Staging {
     source: Source,
@@ -130,8 +140,14 @@ enum Source {
     /// A local folder, walked and read with the file system's own calls: any file name works, links are not
     /// followed out of the folder, and a bad entry is refused alone instead of failing the listing.
     Local { root: PathBuf, exclude: Vec<PathBuf> },
-    /// Any object store (Azure), under an optional prefix, less the `exclude` prefixes.
-    Store { store: Arc<dyn ObjectStore>, prefix: Option<StorePath>, exclude: Vec<StorePath> },
+    /// Any object store (Azure), under an optional prefix, less the `exclude` prefixes; for Azure, listed by
+    /// `pages`.
+    Store {
+        store: Arc<dyn ObjectStore>,
+        pages: Option<Arc<AzurePages>>,
+        prefix: Option<StorePath>,
+        exclude: Vec<StorePath>,
+    },
     /// A local folder that no longer exists (a replay reads from the archive): nothing listed, nothing found.
     Gone,
 }
@@ -152,9 +168,10 @@ impl Staging {
     pub fn from_url(location: &str) -> Result<Self, StagingError> {
         match super::location::resolve(std::path::Path::new(location)) {
             Ok(Location::Folder(dir)) => Self::local(&dir),
-            Ok(Location::Store { store, prefix }) => {
-                Ok(Staging { source: Source::Store { store, prefix, exclude: Vec::new() }, name: location.into() })
-            }
+            Ok(Location::Store { store, prefix, pages }) => Ok(Staging {
+                source: Source::Store { store, pages, prefix, exclude: Vec::new() },
+                name: location.into(),
+            }),
             Err(LocationError::Refused(reason)) => {
                 Err(StagingError::Location { location: location.to_owned(), reason })
             }
@@ -189,7 +206,8 @@ impl Staging {
     /// Any object store (Azure, S3, memory), under an optional prefix.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> Self {
         let name = format!("{store}/{}", prefix.unwrap_or_default()).into();
-        Staging { source: Source::Store { store, prefix: prefix.map(StorePath::from), exclude: Vec::new() }, name }
+        let prefix = prefix.map(StorePath::from);
+        Staging { source: Source::Store { store, pages: None, prefix, exclude: Vec::new() }, name }
     }
 
     /// Refuses a lake that is the staging folder itself: its own tables and archive would be listed as files to
@@ -223,9 +241,10 @@ impl Staging {
             (Source::Local { exclude, .. }, ArchivedAt::Folder(folder)) => exclude.push(folder.clone()),
             // Not when staging lies inside the archive's files (a lake rebuilt from its archive): that would leave
             // out everything.
-            (Source::Store { store, exclude, prefix: staging }, ArchivedAt::Container { store: container, prefix })
-                if store.to_string() == *container && !staging.as_ref().is_some_and(|s| s.prefix_matches(prefix)) =>
-            {
+            (
+                Source::Store { store, exclude, prefix: staging, .. },
+                ArchivedAt::Container { store: container, prefix },
+            ) if store.to_string() == *container && !staging.as_ref().is_some_and(|s| s.prefix_matches(prefix)) => {
                 exclude.push(prefix.clone());
             }
             _ => {}
@@ -238,7 +257,7 @@ impl Staging {
         match &self.source {
             Source::Local { root, exclude } => local::list(root.clone(), exclude.clone()).map(Ok).boxed(),
             Source::Gone => futures::stream::empty().boxed(),
-            Source::Store { store, prefix, exclude } => {
+            Source::Store { store, pages, prefix, exclude } => {
                 let name = self.name.clone();
                 let prefix = prefix.clone();
                 let exclude = exclude.clone();
@@ -253,20 +272,28 @@ impl Staging {
                     }
                 })
                 .filter_map(|()| futures::future::ready(None));
-                store
-                    .list(prefix.as_ref())
-                    .inspect(move |meta| {
-                        if meta.is_ok() {
+                let blobs = match pages {
+                    Some(pages) => pages.clone().list(prefix.as_ref()),
+                    None => store
+                        .list(prefix.as_ref())
+                        .map(|meta| meta.map(|m| Listed::Blob { name: m.location.into(), size: m.size }))
+                        .boxed(),
+                };
+                blobs
+                    .inspect(move |blob| {
+                        if blob.is_ok() {
                             listed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     })
-                    .filter_map(move |meta| {
-                        futures::future::ready(match meta {
-                            Ok(m)
-                                if is_pos_file(m.location.as_ref(), prefix.as_ref())
-                                    && !exclude.iter().any(|x| m.location.prefix_matches(x)) =>
-                            {
-                                Some(Ok(StagedFile::new(m.location.to_string(), m.size)))
+                    .filter_map(move |blob| {
+                        let taken = |path: &str| {
+                            is_pos_file(path, prefix.as_ref()) && !exclude.iter().any(|x| is_below(path, x))
+                        };
+                        futures::future::ready(match blob {
+                            Ok(Listed::Blob { name, size }) if taken(&name) => Some(Ok(StagedFile::new(name, size))),
+                            Ok(Listed::Unaddressable { name, size, reason }) if taken(&name) => {
+                                let refused = Some(Refusal { kind: "unusable_name", reason });
+                                Some(Ok(StagedFile { refused, ..StagedFile::new(name, size) }))
                             }
                             Ok(_) => None,
                             Err(source) => {
@@ -307,8 +334,11 @@ impl Staging {
                     return Ok(Bytes::new());
                 }
                 // The listing's location string is already encoded: parse it as it is, never encode it again.
-                let path = StorePath::parse(&file.path)
-                    .map_err(|e| StagingError::Store { location: file.path.clone(), source: e.into() })?;
+                let path = StorePath::parse(&file.path).map_err(|e| StagingError::Refused {
+                    path: file.path.clone(),
+                    kind: "unusable_name",
+                    reason: azure_pages::unaddressable(&e),
+                })?;
                 let get = store
                     .get(&path)
                     .await
