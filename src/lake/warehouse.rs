@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use futures::TryStreamExt;
-use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::arrow::{FieldMatchMode, schema_to_arrow_schema};
 use iceberg::spec::{DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
@@ -529,7 +529,10 @@ async fn open_table(warehouse: &Warehouse, def: &TableDef) -> Result<TableWriter
         let props = props.build();
         let names = DefaultFileNameGenerator::new(uuid::Uuid::new_v4().to_string(), None, DataFileFormat::Parquet);
         let rolling = RollingFileWriterBuilder::new(
-            ParquetWriterBuilder::new(props, schema.clone()),
+            // Columns matched to the schema by name, not by the field id in each Arrow field's metadata: Iceberg's
+            // NaN count walks the schema for every batch written, and an id costs a hashed metadata lookup and a
+            // parse per column compared. The batches are built from this schema, so names and ids agree.
+            ParquetWriterBuilder::new_with_match_mode(props, schema.clone(), FieldMatchMode::Name),
             warehouse.target_file_bytes,
             table.file_io().clone(),
             DefaultLocationGenerator::new(meta)?,
