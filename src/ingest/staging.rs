@@ -119,7 +119,9 @@ fn is_pos_file(path: &str, prefix: Option<&StorePath>) -> bool {
         None => path,
     };
     let name = below.rsplit('/').next().unwrap_or(below);
-    !name.starts_with("manifest.") && !below.split('/').any(|segment| segment.starts_with('.'))
+    // `.` and `..` are not hidden names but names the store cannot address: they are listed, and refused.
+    let hidden = |segment: &str| segment.starts_with('.') && segment != "." && segment != "..";
+    !name.starts_with("manifest.") && !below.split('/').any(hidden)
 }
 
 /// Whether `path` is `folder` or lies below it (as [`StorePath::prefix_matches`], for names it cannot parse too).
@@ -264,10 +266,15 @@ impl Staging {
                 // A prefix under which the store holds nothing at all is more likely a typo than an empty staging
                 // area (a missing folder is an error for the same reason); a store has no folders to check, so it
                 // is said once the listing ends.
-                let listed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                // Objects listed, and whether the listing failed (then the error says what happened, not this).
+                let listed =
+                    Arc::new((std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicBool::new(false)));
                 let (counted, last_name) = (listed.clone(), name.clone());
                 let nothing = futures::stream::once(async move {
-                    if counted.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    let (count, failed) = &*counted;
+                    if count.load(std::sync::atomic::Ordering::Relaxed) == 0
+                        && !failed.load(std::sync::atomic::Ordering::Relaxed)
+                    {
                         tracing::warn!(staging = %last_name, "staging holds no object under this prefix: is it the right one?");
                     }
                 })
@@ -280,10 +287,9 @@ impl Staging {
                         .boxed(),
                 };
                 blobs
-                    .inspect(move |blob| {
-                        if blob.is_ok() {
-                            listed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
+                    .inspect(move |blob| match blob {
+                        Ok(_) => _ = listed.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(_) => listed.1.store(true, std::sync::atomic::Ordering::Relaxed),
                     })
                     .filter_map(move |blob| {
                         let taken = |path: &str| {
@@ -327,18 +333,19 @@ impl Staging {
                 });
             }
             Source::Store { store, .. } => {
-                // An empty file needs no GET (the parser refuses it as `empty`). A folder marker (a blob named
-                // `pos/dir/`, which the client lists as `pos/dir` and cannot read) is such a file, and is then
-                // refused once rather than deferred by every run.
+                // A name the client cannot read as written (a replay takes the listing's refusals again).
+                azure_pages::address_of(&file.path).map_err(|why| StagingError::Refused {
+                    path: file.path.clone(),
+                    kind: "unusable_name",
+                    reason: azure_pages::unaddressable(&why),
+                })?;
+                // An empty file needs no GET (the parser refuses it as `empty`).
                 if file.size == 0 {
                     return Ok(Bytes::new());
                 }
                 // The listing's location string is already encoded: parse it as it is, never encode it again.
-                let path = StorePath::parse(&file.path).map_err(|e| StagingError::Refused {
-                    path: file.path.clone(),
-                    kind: "unusable_name",
-                    reason: azure_pages::unaddressable(&e),
-                })?;
+                let path = StorePath::parse(&file.path)
+                    .map_err(|e| StagingError::Store { location: file.path.clone(), source: e.into() })?;
                 let get = store
                     .get(&path)
                     .await

@@ -1,11 +1,11 @@
-//! The Azure listing, page by page. `object_store` lists a container well, but fails a whole page (up to 5,000
-//! names) when one blob's name is not a path it can hold (an empty segment, `pos/a//b.xml`; a `.` or `..`
-//! segment), and its listing ends there: one badly named blob would hold back every file listed after it, run after
-//! run. So the pages are asked for here one at a time, through `object_store`. A page it fails so is asked again,
-//! with the same marker, by a plain List Blobs request (signed by `object_store`'s own authorizer with its
-//! credentials) and read name by name: a name `object_store` cannot address is listed as such (the caller refuses
-//! it, a dead letter that names the blob), the others as `object_store` would list them, and the listing goes on
-//! from that page's next marker.
+//! The Azure listing, page by page, read name by name. `object_store` lists a container well but judges names its
+//! own way: it fails a whole page (up to 5,000 names) at a name that is not a path it can hold (an empty segment,
+//! `pos/a//b.xml`; a `.` or `..` segment), and its listing ends there, so one badly named blob held back every file
+//! listed after it; it strips a leading or trailing `/`, so that `/a.xml` is listed, and read, as another blob
+//! `a.xml`; and it ignores a name the server percent-encoded. So the pages are asked for here, by plain List Blobs
+//! requests sent through `object_store`'s own HTTP client (its proxy, TLS and timeout settings) and signed by its own
+//! authorizer with its credentials, and each name is judged as the server wrote it: a name `object_store` cannot
+//! address as written is listed as such (the caller refuses it: a dead letter that names the blob).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::azure::{AzureAuthorizer, AzureConfigKey, MicrosoftAzure, MicrosoftAzureBuilder};
-use object_store::client::HttpRequestBody;
-use object_store::list::{PaginatedListOptions, PaginatedListStore};
+use object_store::client::{
+    ClientConfigKey, ClientOptions, HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector,
+};
 use object_store::path::Path as StorePath;
 use quick_xml::events::Event;
 
@@ -25,7 +26,7 @@ pub enum Listed {
         name: String,
         size: u64,
     },
-    /// A name `object_store` cannot address, as the server wrote it, and why.
+    /// A name `object_store` cannot address as written, and why.
     Unaddressable {
         name: String,
         size: u64,
@@ -37,8 +38,8 @@ pub enum Listed {
 #[derive(Debug)]
 pub struct AzurePages {
     store: Arc<MicrosoftAzure>,
-    /// Where plain List Blobs requests go, and as which account: `None` for a location form this does not derive
-    /// (a failed page then ends the listing with `object_store`'s error, as before).
+    /// Where the List Blobs requests go, and as whom: `None` for a location form this does not derive (Microsoft
+    /// Fabric's endpoints), which `object_store` then lists its own way.
     direct: Option<Direct>,
 }
 
@@ -47,69 +48,88 @@ struct Direct {
     /// `https://ACCOUNT.blob.core.windows.net/CONTAINER`, an endpoint's, or Azurite's `http://HOST:PORT/ACCOUNT/CONTAINER`.
     container_url: url::Url,
     account: String,
-    http: reqwest::Client,
+    /// An anonymous (public) container: requests go unsigned, as `object_store`'s do.
+    unsigned: bool,
+    http: HttpClient,
 }
 
-/// How long a plain request is retried (as `object_store`'s own default), and its pauses.
+/// Retries of one page, as `object_store`'s own defaults: at most this many, within this time, paused by full
+/// jitter from 100 ms up to 15 s.
+const MAX_RETRIES: u32 = 10;
 const RETRY_FOR: Duration = Duration::from_secs(180);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(15);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every client setting `object_store` reads, so that these requests go out as its own do.
+const CLIENT_KEYS: &[ClientConfigKey] = &[
+    ClientConfigKey::AllowHttp,
+    ClientConfigKey::AllowInvalidCertificates,
+    ClientConfigKey::NoSystemCertificates,
+    ClientConfigKey::ConnectTimeout,
+    ClientConfigKey::Http1Only,
+    ClientConfigKey::Http2KeepAliveInterval,
+    ClientConfigKey::Http2KeepAliveTimeout,
+    ClientConfigKey::Http2KeepAliveWhileIdle,
+    ClientConfigKey::Http2MaxFrameSize,
+    ClientConfigKey::Http2Only,
+    ClientConfigKey::PoolIdleTimeout,
+    ClientConfigKey::PoolMaxIdlePerHost,
+    ClientConfigKey::ProxyUrl,
+    ClientConfigKey::ProxyCaCertificate,
+    ClientConfigKey::ProxyExcludes,
+    ClientConfigKey::RandomizeAddresses,
+    ClientConfigKey::ReadTimeout,
+    ClientConfigKey::Timeout,
+    ClientConfigKey::UserAgent,
+];
 
 impl AzurePages {
-    /// The pages of the container `builder` names (with the location's URL), listed through `store`, built from it.
+    /// The pages of the container `builder` names (with the location's URL), for `store`, built from it.
     pub fn new(store: Arc<MicrosoftAzure>, builder: &MicrosoftAzureBuilder, url: &url::Url) -> Self {
-        let direct = address(builder, url).and_then(|(container_url, account)| {
-            let http = reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-                .inspect_err(|e| tracing::warn!(error = %e, "no HTTP client for reading Azure list pages by name"))
+        let direct = address(builder, url).and_then(|(container_url, account, emulator)| {
+            let options = CLIENT_KEYS.iter().fold(ClientOptions::new(), |options, key| {
+                match builder.get_config_value(&AzureConfigKey::Client(*key)) {
+                    Some(value) => options.with_config(*key, value),
+                    None => options,
+                }
+            });
+            // As `object_store` does for the emulator, which speaks plain HTTP.
+            let options = if emulator { options.with_allow_http(true) } else { options };
+            let http = ReqwestConnector::default()
+                .connect(&options)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "no HTTP client for Azure list pages: object_store lists them"),
+                )
                 .ok()?;
-            Some(Direct { container_url, account, http })
+            let unsigned = is_yes(builder.get_config_value(&AzureConfigKey::SkipSignature));
+            Some(Direct { container_url, account, unsigned, http })
         });
         AzurePages { store, direct }
     }
 
     /// Every blob under `prefix` (a folder: `pos/incoming`), page by page.
     pub fn list(self: Arc<Self>, prefix: Option<&StorePath>) -> BoxStream<'static, object_store::Result<Listed>> {
+        use object_store::ObjectStore;
+        if self.direct.is_none() {
+            let listed = self.store.list(prefix).map_ok(|m| Listed::Blob { name: m.location.into(), size: m.size });
+            return listed.boxed();
+        }
         // As `object_store` lists: below the folder, not names that merely start with it.
         let prefix = prefix.filter(|p| !p.as_ref().is_empty()).map(|p| format!("{}/", p.as_ref()));
         futures::stream::try_unfold(Some(None), move |next: Option<Option<String>>| {
             let (pages, prefix) = (self.clone(), prefix.clone());
             async move {
-                let Some(token) = next else { return Ok::<_, object_store::Error>(None) };
-                let (listed, token) = pages.page(prefix.as_deref(), token).await?;
-                Ok(Some((futures::stream::iter(listed.into_iter().map(Ok)), token.map(Some))))
+                let (Some(marker), Some(direct)) = (next, &pages.direct) else {
+                    return Ok::<_, object_store::Error>(None);
+                };
+                let body = direct.list_page(&pages.store, prefix.as_deref(), marker.as_deref()).await?;
+                let (listed, marker) =
+                    read_page(&body, prefix.as_deref().unwrap_or_default()).map_err(|reason| generic(reason.into()))?;
+                Ok(Some((futures::stream::iter(listed.into_iter().map(Ok)), marker.map(Some))))
             }
         })
         .try_flatten()
         .boxed()
-    }
-
-    async fn page(
-        &self,
-        prefix: Option<&str>,
-        token: Option<String>,
-    ) -> object_store::Result<(Vec<Listed>, Option<String>)> {
-        let options = PaginatedListOptions { page_token: token.clone(), ..Default::default() };
-        match self.store.list_paginated(prefix, options).await {
-            Ok(page) => {
-                let listed =
-                    page.result.objects.into_iter().map(|m| Listed::Blob { name: m.location.into(), size: m.size });
-                Ok((listed.collect(), page.page_token))
-            }
-            Err(error @ object_store::Error::InvalidPath { .. }) => match &self.direct {
-                Some(direct) => {
-                    tracing::warn!(%error, "a staging list page holds a blob name the Azure client cannot address: reading that page name by name");
-                    let body = direct.list_page(&self.store, prefix, token.as_deref()).await?;
-                    read_page(&body, prefix.unwrap_or_default()).map_err(|reason| generic(reason.into()))
-                }
-                None => Err(error),
-            },
-            Err(error) => Err(error),
-        }
     }
 }
 
@@ -135,69 +155,83 @@ impl Direct {
         let started = Instant::now();
         let mut tries = 0;
         loop {
+            tries += 1;
             let error = match self.try_list_page(store, &url).await {
                 Ok(body) => return Ok(body),
-                Err(Attempt::Final(e)) => return Err(e),
-                Err(Attempt::Retry(e)) => e,
+                Err(Attempt::Final(e)) => e,
+                Err(Attempt::Retry(e)) => {
+                    let pause = crate::backoff::full_jitter(BACKOFF_BASE, BACKOFF_CAP, tries);
+                    if tries <= MAX_RETRIES && started.elapsed() + pause <= RETRY_FOR {
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                    e
+                }
             };
-            tries += 1;
-            let pause = crate::backoff::full_jitter(BACKOFF_BASE, BACKOFF_CAP, tries);
-            if started.elapsed() + pause > RETRY_FOR {
-                return Err(error);
-            }
-            tokio::time::sleep(pause).await;
+            let tried = match tries {
+                1 => "once".to_owned(),
+                n => format!("{n} times in {:.0?}", started.elapsed()),
+            };
+            return Err(generic(format!("List Blobs, tried {tried}: {error}").into()));
         }
     }
 
     async fn try_list_page(&self, store: &MicrosoftAzure, url: &url::Url) -> Result<Bytes, Attempt> {
-        let credential = store.credentials().get_credential().await.map_err(Attempt::Retry)?;
         let mut request = http::Request::get(url.as_str())
             .body(HttpRequestBody::from(Vec::new()))
-            .map_err(|e| Attempt::Final(generic(e.into())))?;
-        // The date, the API version and the credential: a key's signature, a token, or a SAS's query pairs.
-        AzureAuthorizer::new(&credential, &self.account).try_authorize(&mut request).map_err(Attempt::Final)?;
-        let response =
-            self.http.get(request.uri().to_string()).headers(request.headers().clone()).send().await.map_err(|e| {
-                Attempt::Retry(generic(format!("List Blobs: {}", without_query(&e.to_string())).into()))
-            })?;
+            .map_err(|e| Attempt::Final(chain(&e)))?;
+        if !self.unsigned {
+            let credential = store.credentials().get_credential().await.map_err(|e| Attempt::Retry(chain(&e)))?;
+            // The date, the API version and the credential: a key's signature, a token, or a SAS's query pairs.
+            AzureAuthorizer::new(&credential, &self.account)
+                .try_authorize(&mut request)
+                .map_err(|e| Attempt::Final(chain(&e)))?;
+        }
+        // `object_store`'s client drops the URL (and so a SAS's signature) from its errors.
+        let response = self.http.execute(request).await.map_err(|e| Attempt::Retry(chain(&e)))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| Attempt::Retry(generic(e.into())))?;
+        let body = response.into_body().bytes().await.map_err(|e| Attempt::Retry(chain(&e)))?;
         if status.is_success() {
             return Ok(body);
         }
-        let error = generic(
-            format!("List Blobs answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(500)])).into(),
-        );
+        let error = format!("the server answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(500)]));
         let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
         Err(if transient { Attempt::Retry(error) } else { Attempt::Final(error) })
     }
 }
 
+/// A failed try, and whether another may succeed.
 enum Attempt {
-    Retry(object_store::Error),
-    Final(object_store::Error),
+    Retry(String),
+    Final(String),
+}
+
+/// An error and its causes, on one line (the cause of a failed request is often only in its source).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn generic(source: Box<dyn std::error::Error + Send + Sync>) -> object_store::Error {
     object_store::Error::Generic { store: "MicrosoftAzure", source }
 }
 
-/// A request error's text without the URL's query, which holds a SAS token's signature when there is one.
-fn without_query(text: &str) -> String {
-    match text.find('?') {
-        Some(at) => {
-            let end = text[at..].find([' ', ')']).map_or(text.len(), |n| at + n);
-            format!("{}{}", &text[..at], &text[end..])
-        }
-        None => text.to_owned(),
-    }
+fn is_yes(value: Option<String>) -> bool {
+    value.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
 }
 
-/// The container's URL and the account, for the location forms `object_store` is given here (see
-/// [`super::super::location::FORMS`]), the way its builder derives them; `None` for other forms.
-fn address(builder: &MicrosoftAzureBuilder, url: &url::Url) -> Option<(url::Url, String)> {
+/// The container's URL, the account, and whether it is the emulator, for the location forms `object_store` is given
+/// here (see [`super::super::location::FORMS`]), the way its builder derives them; `None` for other forms.
+fn address(builder: &MicrosoftAzureBuilder, url: &url::Url) -> Option<(url::Url, String, bool)> {
     let config = |key| builder.get_config_value(&key);
-    let yes = |key| config(key).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"));
     let host = url.host_str()?;
     let (container, account) = match url.scheme() {
         "az" | "azure" | "adl" | "abfs" | "abfss" if url.username().is_empty() => (host.to_owned(), None),
@@ -214,10 +248,11 @@ fn address(builder: &MicrosoftAzureBuilder, url: &url::Url) -> Option<(url::Url,
         }
         _ => return None,
     };
-    if yes(AzureConfigKey::UseFabricEndpoint) || container.contains('.') {
+    if is_yes(config(AzureConfigKey::UseFabricEndpoint)) || container.contains('.') {
         return None;
     }
-    let (mut base, account) = if yes(AzureConfigKey::UseEmulator) {
+    let emulator = is_yes(config(AzureConfigKey::UseEmulator));
+    let (mut base, account) = if emulator {
         let account = account.or_else(|| config(AzureConfigKey::AccountName)).unwrap_or("devstoreaccount1".into());
         let service = std::env::var("AZURITE_BLOB_STORAGE_URL").unwrap_or("http://127.0.0.1:10000".into());
         let mut base = url::Url::parse(&service).ok()?;
@@ -229,11 +264,11 @@ fn address(builder: &MicrosoftAzureBuilder, url: &url::Url) -> Option<(url::Url,
         (url::Url::parse(&service).ok()?, account)
     };
     base.path_segments_mut().ok()?.pop_if_empty().push(&container);
-    Some((base, account))
+    Some((base, account, emulator))
 }
 
 /// The blobs of one List Blobs page (`EnumerationResults`), and its next marker. Directories of a hierarchical
-/// namespace and the prefix itself are left out, as `object_store` leaves them out.
+/// namespace, the prefix itself and folder markers (an empty blob whose name ends in `/`) are left out.
 fn read_page(body: &[u8], prefix: &str) -> Result<(Vec<Listed>, Option<String>), String> {
     let mut reader = quick_xml::Reader::from_reader(body);
     let mut path: Vec<Vec<u8>> = Vec::new();
@@ -278,7 +313,8 @@ fn read_page(body: &[u8], prefix: &str) -> Result<(Vec<Listed>, Option<String>),
                             false => raw,
                         };
                         let size = size.take().ok_or_else(|| format!("List Blobs answer: blob {raw:?} has no size"))?;
-                        if !std::mem::take(&mut directory) && raw.len() > prefix.len() {
+                        let folder_marker = size == 0 && raw.ends_with('/');
+                        if !std::mem::take(&mut directory) && !folder_marker && raw.len() > prefix.len() {
                             listed.push(judge(raw, size));
                         }
                     }
@@ -297,19 +333,29 @@ fn read_page(body: &[u8], prefix: &str) -> Result<(Vec<Listed>, Option<String>),
     Ok((listed, next_marker))
 }
 
-/// A name as `object_store` would list it, or why it cannot.
+/// A name as `object_store` addresses it, or why it cannot address it as written.
 fn judge(name: String, size: u64) -> Listed {
-    match StorePath::parse(&name) {
-        Ok(path) => Listed::Blob { name: path.into(), size },
-        Err(e) => Listed::Unaddressable { name, size, reason: unaddressable(&e) },
+    match address_of(&name) {
+        Ok(()) => Listed::Blob { name, size },
+        Err(why) => Listed::Unaddressable { reason: unaddressable(&why), name, size },
     }
 }
 
-/// Why a blob of a name `object_store` cannot parse is not read.
-pub fn unaddressable(error: &object_store::path::Error) -> String {
+/// Whether `object_store` reads `name` as that very blob: it refuses some names, and reads a name with a leading or
+/// trailing `/` as the name without it (another blob, or none).
+pub fn address_of(name: &str) -> Result<(), String> {
+    match StorePath::parse(name) {
+        Ok(path) if path.as_ref() == name => Ok(()),
+        Ok(path) => Err(format!("it begins or ends with '/', and would be read as the blob {:?}", path.as_ref())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Why a blob whose name `object_store` cannot address is not read.
+pub fn unaddressable(why: &str) -> String {
     format!(
-        "the Azure client cannot address this blob's name ({error}); rename the blob (a name with no empty, '.' or \
-         '..' segment) and the next run takes it"
+        "the Azure client cannot address this blob's name ({why}); rename the blob (no empty, '.' or '..' segment, \
+         no '/' at either end) and the next run takes it"
     )
 }
 
@@ -328,6 +374,8 @@ mod tests {
     <Blob><Name>pos/R&amp;D &#233;t&#xE9;.xml</Name><Properties><Content-Length>40</Content-Length></Properties></Blob>
     <Blob><Name Encoded="true">pos/bell%07.xml</Name><Properties><Content-Length>50</Content-Length></Properties></Blob>
     <Blob><Name>pos/</Name><Properties><Content-Length>0</Content-Length></Properties></Blob>
+    <Blob><Name>pos/folder/</Name><Properties><Content-Length>0</Content-Length></Properties></Blob>
+    <Blob><Name>pos/trail.xml/</Name><Properties><Content-Length>60</Content-Length></Properties></Blob>
   </Blobs>
   <NextMarker>2!96!MDAwMDIzIXBvcy96Lnht</NextMarker>
 </EnumerationResults>"#;
@@ -351,10 +399,23 @@ mod tests {
                 ("pos/x/../y.xml", 30, false),
                 ("pos/R&D été.xml", 40, true),
                 ("pos/bell\u{7}.xml", 50, false),
+                ("pos/trail.xml/", 60, false),
             ]
         );
         let Listed::Unaddressable { reason, .. } = &listed[1] else { panic!("{listed:?}") };
         assert!(reason.contains("empty path segment") && reason.contains("rename the blob"), "{reason}");
+        let Listed::Unaddressable { reason, .. } = &listed[5] else { panic!("{listed:?}") };
+        assert!(reason.contains(r#"read as the blob "pos/trail.xml""#), "{reason}");
+    }
+
+    #[test]
+    fn a_name_is_addressable_only_as_written() {
+        for name in ["a.xml", "pos/x y/R&D.xml", "pos/%41.xml", "pos/..x/.y"] {
+            assert_eq!(address_of(name), Ok(()), "{name}");
+        }
+        for name in ["/a.xml", "a.xml/", "/", "a//b.xml", "a/./b", "a/../b", "a/b\u{1}"] {
+            assert!(address_of(name).is_err(), "{name}");
+        }
     }
 
     #[test]
@@ -371,25 +432,24 @@ mod tests {
     fn the_container_url_is_derived_as_object_store_derives_it() {
         let url = |s: &str| url::Url::parse(s).expect("url");
         let plain = MicrosoftAzureBuilder::new().with_account("acct");
-        let (u, a) = address(&plain, &url("az://landing/pos")).expect("az");
+        let (u, a, _) = address(&plain, &url("az://landing/pos")).expect("az");
         assert_eq!((u.as_str(), a.as_str()), ("https://acct.blob.core.windows.net/landing", "acct"));
-        let (u, a) = address(&plain, &url("abfss://fs@other.dfs.core.windows.net/pos")).expect("abfss");
+        let (u, a, _) = address(&plain, &url("abfss://fs@other.dfs.core.windows.net/pos")).expect("abfss");
         assert_eq!((u.as_str(), a.as_str()), ("https://other.blob.core.windows.net/fs", "other"));
-        let (u, _) = address(&plain, &url("https://other.blob.core.windows.net/c/pos")).expect("https");
+        let (u, _, _) = address(&plain, &url("https://other.blob.core.windows.net/c/pos")).expect("https");
         assert_eq!(u.as_str(), "https://other.blob.core.windows.net/c");
         let endpoint = plain.clone().with_endpoint("https://private.example.net/".into());
-        let (u, _) = address(&endpoint, &url("az://landing/pos")).expect("endpoint");
+        let (u, _, emulator) = address(&endpoint, &url("az://landing/pos")).expect("endpoint");
+        assert!(!emulator);
         assert_eq!(u.as_str(), "https://private.example.net/landing");
         assert!(address(&MicrosoftAzureBuilder::new(), &url("az://landing/pos")).is_none(), "no account");
         assert!(address(&plain, &url("https://ws.dfs.fabric.microsoft.com/c/pos")).is_none(), "fabric");
     }
 
     #[test]
-    fn a_request_error_is_told_without_its_query() {
-        assert_eq!(
-            without_query("error sending request for url (https://a.blob.core.windows.net/c?sig=SECRET&se=1)"),
-            "error sending request for url (https://a.blob.core.windows.net/c)"
-        );
-        assert_eq!(without_query("connection refused"), "connection refused");
+    fn an_error_is_told_with_its_causes_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let wrapped = object_store::Error::Generic { store: "MicrosoftAzure", source: Box::new(io) };
+        assert_eq!(chain(&wrapped), "Generic MicrosoftAzure error: connection refused");
     }
 }
