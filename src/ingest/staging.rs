@@ -62,8 +62,7 @@ pub enum StagingError {
     /// `/` reads as the name without it).
     #[error(
         "staging {path}: listed with {listed} bytes, but {found} bytes are there now: changed since it was listed \
-         (the next run takes it as it is then), or a blob whose name the client cannot address (one ending in '/'); \
-         not taken"
+         (the next run takes it as it is then), or a blob whose name the client reads as another's; not taken"
     )]
     Changed { path: String, listed: u64, found: u64 },
     #[error("staging {path}: {source}")]

@@ -60,6 +60,9 @@ const RETRY_FOR: Duration = Duration::from_secs(180);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(15);
 
+/// The Blob service version `object_store` 0.14 asks for.
+const AZURE_VERSION: &str = "2023-11-03";
+
 /// Every client setting `object_store` reads, so that these requests go out as its own do.
 const CLIENT_KEYS: &[ClientConfigKey] = &[
     ClientConfigKey::AllowHttp,
@@ -180,7 +183,14 @@ impl Direct {
         let mut request = http::Request::get(url.as_str())
             .body(HttpRequestBody::from(Vec::new()))
             .map_err(|e| Attempt::Final(chain(&e)))?;
-        if !self.unsigned {
+        if self.unsigned {
+            // What the authorizer adds before it signs, as `object_store` sends its own unsigned requests: without a
+            // version, Azure answers in an old one, with no `ResourceType` or `Encoded`.
+            let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+            let headers = request.headers_mut();
+            headers.insert(http::header::DATE, date.parse().map_err(|e| Attempt::Final(chain(&e)))?);
+            headers.insert("x-ms-version", http::HeaderValue::from_static(AZURE_VERSION));
+        } else {
             let credential = store.credentials().get_credential().await.map_err(|e| Attempt::Retry(chain(&e)))?;
             // The date, the API version and the credential: a key's signature, a token, or a SAS's query pairs.
             AzureAuthorizer::new(&credential, &self.account)
@@ -194,7 +204,9 @@ impl Direct {
         if status.is_success() {
             return Ok(body);
         }
-        let error = format!("the server answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(500)]));
+        let answer =
+            String::from_utf8_lossy(&body[..body.len().min(500)]).split_whitespace().collect::<Vec<_>>().join(" ");
+        let error = format!("the server answered {status}: {answer}");
         let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
         Err(if transient { Attempt::Retry(error) } else { Attempt::Final(error) })
     }
@@ -224,8 +236,9 @@ fn generic(source: Box<dyn std::error::Error + Send + Sync>) -> object_store::Er
     object_store::Error::Generic { store: "MicrosoftAzure", source }
 }
 
+/// A setting that is on, as `object_store` reads one.
 fn is_yes(value: Option<String>) -> bool {
-    value.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
+    value.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on" | "yes" | "y"))
 }
 
 /// The container's URL, the account, and whether it is the emulator, for the location forms `object_store` is given
@@ -256,19 +269,21 @@ fn address(builder: &MicrosoftAzureBuilder, url: &url::Url) -> Option<(url::Url,
         let account = account.or_else(|| config(AzureConfigKey::AccountName)).unwrap_or("devstoreaccount1".into());
         let service = std::env::var("AZURITE_BLOB_STORAGE_URL").unwrap_or("http://127.0.0.1:10000".into());
         let mut base = url::Url::parse(&service).ok()?;
-        base.path_segments_mut().ok()?.pop_if_empty().push(&account);
+        base.path_segments_mut().ok()?.push(&account);
         (base, account)
     } else {
         let account = account.or_else(|| config(AzureConfigKey::AccountName))?;
         let service = config(AzureConfigKey::Endpoint).unwrap_or(format!("https://{account}.blob.core.windows.net"));
         (url::Url::parse(&service).ok()?, account)
     };
-    base.path_segments_mut().ok()?.pop_if_empty().push(&container);
+    // Joined as `object_store` joins them (an endpoint's trailing `/` makes an empty segment for both, so that the
+    // listing fails as its reads would).
+    base.path_segments_mut().ok()?.push(&container);
     Some((base, account, emulator))
 }
 
 /// The blobs of one List Blobs page (`EnumerationResults`), and its next marker. Directories of a hierarchical
-/// namespace, the prefix itself and folder markers (an empty blob whose name ends in `/`) are left out.
+/// namespace and folder markers (an empty blob whose name ends in `/`, the prefix's own included) are left out.
 fn read_page(body: &[u8], prefix: &str) -> Result<(Vec<Listed>, Option<String>), String> {
     let mut reader = quick_xml::Reader::from_reader(body);
     let mut path: Vec<Vec<u8>> = Vec::new();
@@ -314,7 +329,9 @@ fn read_page(body: &[u8], prefix: &str) -> Result<(Vec<Listed>, Option<String>),
                         };
                         let size = size.take().ok_or_else(|| format!("List Blobs answer: blob {raw:?} has no size"))?;
                         let folder_marker = size == 0 && raw.ends_with('/');
-                        if !std::mem::take(&mut directory) && !folder_marker && raw.len() > prefix.len() {
+                        // The prefix's own name is a folder marker, or (with bytes) a blob to refuse, not to skip.
+                        let below = raw.len() > prefix.len() || size > 0;
+                        if !std::mem::take(&mut directory) && !folder_marker && below {
                             listed.push(judge(raw, size));
                         }
                     }
@@ -346,6 +363,7 @@ fn judge(name: String, size: u64) -> Listed {
 pub fn address_of(name: &str) -> Result<(), String> {
     match StorePath::parse(name) {
         Ok(path) if path.as_ref() == name => Ok(()),
+        Ok(path) if path.as_ref().is_empty() => Err("it is only '/'".into()),
         Ok(path) => Err(format!("it begins or ends with '/', and would be read as the blob {:?}", path.as_ref())),
         Err(e) => Err(e.to_string()),
     }
@@ -355,7 +373,7 @@ pub fn address_of(name: &str) -> Result<(), String> {
 pub fn unaddressable(why: &str) -> String {
     format!(
         "the Azure client cannot address this blob's name ({why}); rename the blob (no empty, '.' or '..' segment, \
-         no '/' at either end) and the next run takes it"
+         no control character, no '/' at either end) and the next run takes it"
     )
 }
 
@@ -409,6 +427,20 @@ mod tests {
     }
 
     #[test]
+    fn the_prefix_own_name_is_a_folder_marker_or_a_blob_to_refuse() {
+        let page = |size| {
+            format!(
+                "<EnumerationResults><Blobs><Blob><Name>pos/</Name><Properties><Content-Length>{size}</Content-Length>\
+                 </Properties></Blob></Blobs><NextMarker/></EnumerationResults>"
+            )
+        };
+        assert_eq!(read_page(page(0).as_bytes(), "pos/").expect("a page").0, []);
+        let (listed, _) = read_page(page(7).as_bytes(), "pos/").expect("a page");
+        assert!(matches!(&listed[..], [Listed::Unaddressable { name, size: 7, .. }] if name == "pos/"), "{listed:?}");
+        assert!(is_yes(Some("Y".into())) && is_yes(Some("on".into())) && !is_yes(Some("n".into())) && !is_yes(None));
+    }
+
+    #[test]
     fn a_name_is_addressable_only_as_written() {
         for name in ["a.xml", "pos/x y/R&D.xml", "pos/%41.xml", "pos/..x/.y"] {
             assert_eq!(address_of(name), Ok(()), "{name}");
@@ -416,6 +448,7 @@ mod tests {
         for name in ["/a.xml", "a.xml/", "/", "a//b.xml", "a/./b", "a/../b", "a/b\u{1}"] {
             assert!(address_of(name).is_err(), "{name}");
         }
+        assert_eq!(address_of("/").expect_err("root"), "it is only '/'");
     }
 
     #[test]
@@ -442,6 +475,11 @@ mod tests {
         let (u, _, emulator) = address(&endpoint, &url("az://landing/pos")).expect("endpoint");
         assert!(!emulator);
         assert_eq!(u.as_str(), "https://private.example.net/landing");
+        // An endpoint's trailing `/` is kept, as `object_store` keeps it: its reads and this listing address the
+        // same (wrong) place, so that the listing fails at once.
+        let trailing = plain.clone().with_endpoint("https://private.example.net/acct/".into());
+        let (u, _, _) = address(&trailing, &url("az://landing/pos")).expect("endpoint");
+        assert_eq!(u.as_str(), "https://private.example.net/acct//landing");
         assert!(address(&MicrosoftAzureBuilder::new(), &url("az://landing/pos")).is_none(), "no account");
         assert!(address(&plain, &url("https://ws.dfs.fabric.microsoft.com/c/pos")).is_none(), "fabric");
     }
