@@ -6,6 +6,7 @@
 //! - [`model`]: the records a file yields (silver `SalesHeader` / `SalesLine` / `SalesDiscount`, bronze, file facts).
 //! - [`dialect`]: the six vendor dialects, each a table of element paths → fields, and auto-detection.
 //! - [`parse`]: the single streaming pass (quick-xml) that reads any dialect's table; typed errors.
+//! - [`error_text`]: errors as one line of text (an error with its causes, a server's answer).
 //! - [`generate`]: a deterministic corpus generator for all six dialects, with planted duplicates and a manifest.
 //! - [`drain`] (feature `lake`): the process's drain request (a signal), which ends long waits at once.
 //! - [`dedup`] (feature `lake`): which keys the lake holds: embedded exact set, or a Bloom filter in Redis.
@@ -20,6 +21,7 @@ pub mod dedup;
 pub mod dialect;
 #[cfg(feature = "lake")]
 pub mod drain;
+pub mod error_text;
 #[cfg(feature = "lake")]
 pub mod failpoint;
 pub mod generate;

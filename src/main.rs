@@ -96,21 +96,9 @@ fn empty_variable(command: &clap::Command) -> Option<String> {
     own.map(|name| name.to_string_lossy().into_owned()).or_else(|| command.get_subcommands().find_map(empty_variable))
 }
 
-/// The error and its causes, joined with ": ", leaving out a cause whose text is already there: many errors (those
-/// of object_store among them) print their source in their own message too.
+/// The error and its causes on one line ([`poslake::error_text::chain`]), safe to print.
 fn error_chain(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    printable(&out)
+    printable(&poslake::error_text::chain(err.as_ref()))
 }
 
 /// The text with control characters escaped (`\u{1b}`), line breaks kept: an error may quote a file name or a URL

@@ -16,6 +16,7 @@ use redis::{AsyncConnectionConfig, FromRedisValue, Pipeline};
 
 use super::DedupError;
 use crate::config::DedupConfig;
+use crate::error_text::one_line;
 
 pub struct RedisPool {
     pool: Pool,
@@ -412,15 +413,6 @@ struct Outage {
     reported: Instant,
 }
 
-/// An error's text on one line: a server that is not Redis answers with text the client quotes whole.
-fn one_line(message: &str) -> String {
-    let line: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    match line.char_indices().nth(300) {
-        Some((at, _)) => format!("{}…", &line[..at]),
-        None => line,
-    }
-}
-
 struct Failure {
     retry: bool,
     message: String,
@@ -462,15 +454,5 @@ mod tests {
     fn passwords_never_reach_messages() {
         assert_eq!(redact("rediss://default:s3cret@cache:6380/0"), "rediss://default:***@cache:6380/0");
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
-
-    #[test]
-    fn errors_are_logged_on_one_short_line() {
-        assert_eq!(
-            one_line("parse error:\n  HTTP/1.1 400 Bad Request\r\n\r\n"),
-            "parse error: HTTP/1.1 400 Bad Request"
-        );
-        let long = one_line(&"x ".repeat(1000));
-        assert!(long.ends_with('…') && long.chars().count() == 301, "{long}");
     }
 }

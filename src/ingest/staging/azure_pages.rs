@@ -19,6 +19,8 @@ use object_store::client::{
 use object_store::path::Path as StorePath;
 use quick_xml::events::Event;
 
+use crate::error_text::{chain, one_line};
+
 /// A blob as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listed {
@@ -204,9 +206,7 @@ impl Direct {
         if status.is_success() {
             return Ok(body);
         }
-        let answer =
-            String::from_utf8_lossy(&body[..body.len().min(500)]).split_whitespace().collect::<Vec<_>>().join(" ");
-        let error = format!("the server answered {status}: {answer}");
+        let error = format!("the server answered {status}: {}", one_line(&String::from_utf8_lossy(&body)));
         let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
         Err(if transient { Attempt::Retry(error) } else { Attempt::Final(error) })
     }
@@ -216,20 +216,6 @@ impl Direct {
 enum Attempt {
     Retry(String),
     Final(String),
-}
-
-/// An error and its causes, on one line (the cause of a failed request is often only in its source).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn generic(source: Box<dyn std::error::Error + Send + Sync>) -> object_store::Error {
@@ -482,12 +468,5 @@ mod tests {
         assert_eq!(u.as_str(), "https://private.example.net/acct//landing");
         assert!(address(&MicrosoftAzureBuilder::new(), &url("az://landing/pos")).is_none(), "no account");
         assert!(address(&plain, &url("https://ws.dfs.fabric.microsoft.com/c/pos")).is_none(), "fabric");
-    }
-
-    #[test]
-    fn an_error_is_told_with_its_causes_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
-        let wrapped = object_store::Error::Generic { store: "MicrosoftAzure", source: Box::new(io) };
-        assert_eq!(chain(&wrapped), "Generic MicrosoftAzure error: connection refused");
     }
 }
