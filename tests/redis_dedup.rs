@@ -138,6 +138,30 @@ async fn redis_bitmap_lands_exact_keys_within_across_files_and_across_runs() {
     assert!((estimated / report.unique_keys as f64 - 1.0).abs() < 0.05, "estimated {estimated}");
 }
 
+/// A run against a filter that claims too much: every unique key lands or is quarantined whole, and `reconcile`
+/// promotes every false positive. Returns the keys wanted and those quarantined.
+async fn lands_or_quarantines_then_reconciles(
+    staging: &Path,
+    lake: &Path,
+    tiny: &DedupConfig,
+    report: &GenerateReport,
+    manifest: &[ManifestEntry],
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let summary = run(&setup(staging, lake, tiny.clone())).await;
+    assert!(summary.quarantined_transactions > 0, "false positives happened: {summary:?}");
+    assert!(summary.new_transactions < report.unique_keys);
+    let wh = Warehouse::open(lake).await.expect("open");
+    let landed: BTreeSet<String> = header_keys(&wh).await.into_iter().collect();
+    let quarantined: BTreeSet<String> = keys_of_table(&wh, "sales_duplicates").await.into_iter().collect();
+    let want = unique_keys(manifest);
+    assert_eq!(landed.union(&quarantined).cloned().collect::<BTreeSet<_>>(), want, "every key landed or quarantined");
+    drop(wh);
+    let rec = poslake::ingest::reconcile::reconcile(lake, None, tiny).await.expect("reconcile");
+    assert_eq!(rec.promoted, report.unique_keys - summary.new_transactions, "every false positive promoted");
+    assert_exact(lake, &want).await;
+    (want, quarantined)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_filter_loses_nothing_and_reconcile_promotes_its_false_positives() {
     let server = RedisServer::start();
@@ -146,22 +170,8 @@ async fn a_saturated_filter_loses_nothing_and_reconcile_promotes_its_false_posit
     let (staging, report, manifest) = corpus(dir.path(), 5, 2);
     // Sized for 20 keys at 20%: one 512-bit block per month, saturated after the first few hundred keys.
     let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..server.bitmap() };
-    let summary = run(&setup(&staging, &lake, tiny.clone())).await;
     // Keys reach the filter at each commit (every 8 files), so the later files meet a full one.
-    assert!(summary.quarantined_transactions > 0, "false positives happened: {summary:?}");
-    assert!(summary.new_transactions < report.unique_keys);
-
-    // Nothing is lost: every unique key is either landed or quarantined whole.
-    let wh = Warehouse::open(&lake).await.expect("open");
-    let landed: BTreeSet<String> = header_keys(&wh).await.into_iter().collect();
-    let quarantined: BTreeSet<String> = keys_of_table(&wh, "sales_duplicates").await.into_iter().collect();
-    let want = unique_keys(&manifest);
-    assert_eq!(landed.union(&quarantined).cloned().collect::<BTreeSet<_>>(), want);
-    drop(wh);
-
-    let rec = poslake::ingest::reconcile::reconcile(&lake, None, &tiny).await.expect("reconcile");
-    assert_eq!(rec.promoted, report.unique_keys - summary.new_transactions, "every false positive promoted");
-    assert_exact(&lake, &want).await;
+    let (want, quarantined) = lands_or_quarantines_then_reconciles(&staging, &lake, &tiny, &report, &manifest).await;
     let wh = Warehouse::open(&lake).await.expect("open");
     let lines = wh.row_count("sales_line").await.expect("lines");
     let total = common::scalar(&wh, "SELECT sum(line_count) FROM sales_header").await as u64;
@@ -620,19 +630,47 @@ async fn keys_checked_long_ago_are_checked_again_before_their_commit() {
     assert_eq!(embedded.added_since(&keys, checked, Duration::ZERO).await.expect("embedded"), 0);
 }
 
-/// The `redis-bloom` backend needs a server with the `BF.*` commands (Redis 8, Redis Stack, valkey-bloom), which
-/// Debian's redis-server lacks: run with `POSLAKE_TEST_REDIS_BLOOM_URL=redis://…` (scripts/test then includes it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Redis with BF.* commands: set POSLAKE_TEST_REDIS_BLOOM_URL"]
-async fn redis_bloom_lands_exact_keys() {
+/// The `redis-bloom` tests need a server with the `BF.*` commands (Redis 8, Redis Stack, valkey-bloom), which
+/// Debian's redis-server lacks: run them with `POSLAKE_TEST_REDIS_BLOOM_URL=redis://…` (scripts/test then includes
+/// them). Each works under a key prefix of its own and deletes nothing else, so the server may be a shared one.
+fn bloom_config() -> DedupConfig {
     let url = std::env::var("POSLAKE_TEST_REDIS_BLOOM_URL").expect("POSLAKE_TEST_REDIS_BLOOM_URL");
-    let config = DedupConfig {
+    DedupConfig {
         backend: DedupBackend::RedisBloom,
         redis_url: url,
         key_prefix: format!("poslake-test-{}", uuid::Uuid::new_v4()),
         expected_keys_per_period: 100_000,
         ..DedupConfig::default()
-    };
+    }
+}
+
+/// One command to the `redis-bloom` tests' server, its answer as a `redis` value.
+async fn bloom_command(config: &DedupConfig, args: &[&str]) -> redis::Value {
+    let client = redis::Client::open(config.redis_url.as_str()).expect("Redis URL");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await.expect("command")
+}
+
+/// `BF.INFO`'s numeric fields, by name.
+async fn bloom_info(config: &DedupConfig, key: &str) -> std::collections::HashMap<String, i64> {
+    let redis::Value::Array(info) = bloom_command(config, &["BF.INFO", key]).await else { panic!("BF.INFO {key}") };
+    info.chunks(2)
+        .filter_map(|pair| match pair {
+            [redis::Value::SimpleString(k), redis::Value::Int(v)] => Some((k.clone(), *v)),
+            [redis::Value::BulkString(k), redis::Value::Int(v)] => Some((String::from_utf8_lossy(k).into_owned(), *v)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis with BF.* commands: set POSLAKE_TEST_REDIS_BLOOM_URL"]
+async fn redis_bloom_lands_exact_keys() {
+    let config = bloom_config();
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let (staging, report, manifest) = corpus(dir.path(), 17, 3);
@@ -643,9 +681,131 @@ async fn redis_bloom_lands_exact_keys() {
     assert_exact(&lake, &want).await;
     let again = dir.path().join("resent");
     resend(&staging, &manifest, &again, 3);
-    let second = run(&setup(&again, &lake, config)).await;
+    let second = run(&setup(&again, &lake, config.clone())).await;
     assert_eq!(second.new_transactions, 0);
     assert_exact(&lake, &want).await;
+
+    // `redis` picks the BF.* store by itself on such a server.
+    let auto = DedupConfig { backend: DedupBackend::Redis, ..config };
+    let third = run(&setup(&again, &lake, auto)).await;
+    assert!(third.dedup.starts_with("redis-bloom"), "{}", third.dedup);
+    assert_eq!(third.new_transactions, 0);
+}
+
+/// A non-scaling `BF.*` filter refuses new items once it holds its capacity. A period past its design capacity goes
+/// on in further filters (until session 26 the first refusal failed the commit, and every run after it): nothing is
+/// lost, probable duplicates go to the quarantine, and `reconcile` promotes the false positives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis with BF.* commands: set POSLAKE_TEST_REDIS_BLOOM_URL"]
+async fn redis_bloom_filters_past_their_capacity_lose_nothing_and_reconcile_promotes_their_false_positives() {
+    // 20 keys at 20% per filter: each commit of 8 files overflows into several filters, and later checks meet them.
+    let tiny = DedupConfig { expected_keys_per_period: 20, false_positive_rate: 0.2, ..bloom_config() };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 5, 2);
+    lands_or_quarantines_then_reconciles(&staging, &lake, &tiny, &report, &manifest).await;
+
+    let label = "2026-01";
+    let count = bloom_command(&tiny, &["HGET", &format!("{}:dedup:bloom-filters", tiny.key_prefix), label]).await;
+    let filters: u32 = redis::from_redis_value(count).expect("a filter count");
+    assert!(filters > 2, "{filters} filters");
+    let newest = bloom_info(&tiny, &format!("{}:bfm:{{{label}}}:{filters}", tiny.key_prefix)).await;
+    assert_eq!(newest.get("Capacity"), Some(&20), "{newest:?}");
+    let store = Dedup::open(&tiny, dir.path()).await.expect("store");
+    let stats = store.stats().await.expect("stats");
+    assert!(stats.iter().all(|s| s.over_capacity && s.fp_now > 0.2), "{stats:?}");
+    let held: u64 = stats.iter().map(|s| s.adds).sum();
+    assert!(held > 20 * u64::from(filters - 1), "the full filters hold their capacity: {held}");
+    let again = poslake::ingest::reconcile::reconcile(&lake, None, &tiny).await.expect("reconcile again");
+    assert_eq!(again.promoted, 0);
+}
+
+/// Filters lost from Redis are made again in the configured shape when the lake's keys are added back, not in the
+/// module's default one (`BF.MADD` on a missing key makes a small scaling filter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis with BF.* commands: set POSLAKE_TEST_REDIS_BLOOM_URL"]
+async fn redis_bloom_filters_lost_are_made_again_in_their_configured_shape() {
+    let config = DedupConfig { expected_keys_per_period: 5_000, false_positive_rate: 0.01, ..bloom_config() };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 13, 2);
+    run(&setup(&staging, &lake, config.clone())).await;
+    let key = format!("{}:bfm:{{2026-01}}", config.key_prefix);
+    assert_eq!(bloom_info(&config, &key).await.get("Capacity"), Some(&5_000));
+
+    // A store that has made its filter once, and then loses it (a wipe of this store's keys alone: the server may
+    // be shared), adds the lake's keys back.
+    let wh = Arc::new(Warehouse::open(&lake).await.expect("open"));
+    let store = Arc::new(Dedup::open(&config, wh.root()).await.expect("store"));
+    let committer = poslake::ingest::commit::Committer::new(wh, store.clone());
+    assert_eq!(committer.rebuild().await.expect("rebuild"), report.unique_keys);
+    let redis::Value::Array(keys) = bloom_command(&config, &["KEYS", &format!("{}:*", config.key_prefix)]).await else {
+        panic!("KEYS")
+    };
+    for k in keys {
+        let k: String = redis::from_redis_value(k).expect("key name");
+        bloom_command(&config, &["DEL", &k]).await;
+    }
+    // As an ingest heals (`StateLost`): a new generation, then every key again.
+    assert!(matches!(
+        committer.rebuild().await,
+        Err(poslake::ingest::IngestError::Dedup(DedupError::StateLost { .. }))
+    ));
+    store.renew_generation().await.expect("new generation");
+    let added = committer.rebuild().await.expect("rebuild");
+    assert_eq!(added, report.unique_keys);
+    let info = bloom_info(&config, &key).await;
+    assert_eq!(info.get("Capacity"), Some(&5_000), "{info:?}");
+    assert_eq!(info.get("Number of filters"), Some(&1), "{info:?}");
+    // An item the filter already claims (a false positive, 1% at most here) is not inserted again.
+    let items = info.get("Number of items inserted").copied().unwrap_or(0) as u64;
+    assert!(items <= report.unique_keys && items * 100 >= report.unique_keys * 99, "{items} of {}", report.unique_keys);
+    drop(store);
+
+    let again = dir.path().join("resent");
+    resend(&staging, &manifest, &again, 2);
+    let second = run(&setup(&again, &lake, config)).await;
+    assert_eq!(second.new_transactions, 0, "the rebuilt filter knows every key");
+    assert_exact(&lake, &unique_keys(&manifest)).await;
+}
+
+/// A node of a Redis Cluster whose keys live on several nodes is refused at once with a clear reason (poslake does
+/// not follow `MOVED` redirects, and took them for an outage until the limit); a one-node cluster that serves every
+/// slot is one endpoint, and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_that_does_not_serve_every_key_is_refused_clearly() {
+    let cluster = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+    let a = RedisServer::start_with(&cluster);
+    let b = RedisServer::start_with(&cluster);
+    assert!(a.command(&["CLUSTER", "ADDSLOTSRANGE", "0", "8191"]).starts_with("+OK"));
+    assert!(b.command(&["CLUSTER", "ADDSLOTSRANGE", "8192", "16383"]).starts_with("+OK"));
+    assert!(a.command(&["CLUSTER", "MEET", "127.0.0.1", &b.port.to_string()]).starts_with("+OK"));
+    let started = std::time::Instant::now();
+    while !a.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the two nodes never formed a cluster");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    for backend in [DedupBackend::RedisBitmap, DedupBackend::Redis] {
+        let config = DedupConfig { backend, unavailable_limit_secs: 600, ..a.bitmap() };
+        let opened = tokio::time::timeout(Duration::from_secs(30), Dedup::open(&config, dir.path())).await;
+        let Ok(Err(DedupError::Config(reason))) = opened else { panic!("not refused: {:?}", opened.map(|r| r.err())) };
+        assert!(reason.contains("serves 8192 of its 16384 hash slots") && reason.contains("MOVED"), "{reason}");
+    }
+    let leases = poslake::ingest::slot_leases::SlotLeases::join(&a.bitmap(), Duration::from_secs(3), None).await;
+    assert!(matches!(leases, Err(DedupError::Config(_))), "slot leases refuse it too");
+
+    let whole = RedisServer::start_with(&cluster);
+    assert!(whole.command(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]).starts_with("+OK"));
+    let started = std::time::Instant::now();
+    while !whole.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the one-node cluster never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let store = Dedup::open(&whole.bitmap(), dir.path()).await.expect("a cluster of one node is one endpoint");
+    let keys = random_keys(1_000, 9);
+    assert_eq!(check_then_add(&store, &keys).await.len(), keys.len());
+    assert!(store.contains(&keys).await.expect("check").iter().all(|s| *s));
 }
 
 /// Two worker processes share one staging area, one lake and one Redis, each taking the files routed to it, and run

@@ -109,7 +109,7 @@ pub async fn run(
             / keys.max(1) as f64
     };
     let (check_cmds, add_cmds): (&[&str], &[&str]) = match &*store {
-        Dedup::RedisBloom(_) => (&["bf.mexists"], &["bf.madd"]),
+        Dedup::RedisBloom(_) => (&["bf.mexists"], &["bf.insert"]),
         _ => (&["getrange"], &["bitfield"]),
     };
     let (usec_check, usec_add) = (spent(check_cmds), spent(add_cmds));

@@ -144,6 +144,7 @@ impl Dedup {
             DedupBackend::Embedded => Ok(Dedup::Embedded(EmbeddedDedup::open(&lake.join("dedup"))?)),
             backend => {
                 let pool = RedisPool::connect(config)?;
+                pool.check_serves_every_key().await?;
                 let has_bloom = RedisBloom::server_has_bloom(&pool).await?;
                 match (backend, has_bloom) {
                     (DedupBackend::RedisBloom, false) => Err(DedupError::Config(format!(

@@ -1,8 +1,13 @@
-//! `redis-bloom`: the server's own Bloom filters (`BF.RESERVE … NONSCALING`, `BF.MEXISTS`, `BF.MADD`, `BF.INFO`),
-//! for Redis 8, Redis Stack, valkey-bloom and Azure Managed Redis. One filter per business-date period, reserved
-//! for the configured keys and false-positive rate. Items are the 16-byte key digests.
+//! `redis-bloom`: the server's own Bloom filters (`BF.INSERT … NONSCALING`, `BF.MEXISTS`, `BF.INFO`), for Redis 8,
+//! Redis Stack, valkey-bloom and Azure Managed Redis. One filter per business-date period, created for the configured
+//! keys and false-positive rate. Items are the 16-byte key digests.
+//!
+//! A non-scaling filter refuses new items once it holds its capacity ("non scaling filter is full"). A period that
+//! passes its design capacity goes on in a further filter of the same shape (`…:2`, `…:3`), so that the ingest never
+//! stops for it: checks ask every filter of the period, adds go to the newest. The period's filter count lives in
+//! Redis and is read with every check, so that no worker checks fewer filters than another has added to.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use redis::Value;
@@ -11,13 +16,30 @@ use super::redis_pool::{GENERATION, RedisPool};
 use super::{DedupError, DedupKey, DedupStore, PartitionStats};
 use crate::config::{DedupConfig, DedupPeriod};
 
+/// Raises a period's filter count (field ARGV[1] of hash KEYS[1]; absent means one) to ARGV[2], never lowers it;
+/// answers the count.
+const RAISE_COUNT: &str = r"
+local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '1')
+local want = tonumber(ARGV[2])
+if n < want then
+  redis.call('HSET', KEYS[1], ARGV[1], want)
+  return want
+end
+return n
+";
+
+/// The most filters one period may grow to. Each holds the period's design capacity, and every check asks each
+/// one: a period this far past its sizing needs a larger `expected_keys_per_period`, not more filters.
+const MAX_FILTERS: u32 = 64;
+
 pub struct RedisBloom {
     pool: RedisPool,
     period: DedupPeriod,
     capacity: u64,
     fp: f64,
     keys_per_round_trip: usize,
-    reserved: Mutex<HashSet<String>>,
+    /// Filters per period as last read from Redis (absent: one).
+    filters: Mutex<HashMap<String, u32>>,
     why: String,
 }
 
@@ -38,7 +60,7 @@ impl RedisBloom {
             capacity: config.expected_keys_per_period,
             fp: config.false_positive_rate,
             keys_per_round_trip: config.keys_per_round_trip,
-            reserved: Mutex::new(HashSet::new()),
+            filters: Mutex::new(HashMap::new()),
             why: why.to_owned(),
         })
     }
@@ -47,34 +69,161 @@ impl RedisBloom {
         &self.pool
     }
 
-    fn filter_key(&self, label: &str) -> String {
-        self.pool.key(&format!("bfm:{{{label}}}"))
+    /// Filter `n` (from 1) of a period. The hash tag keeps a period's filters in one cluster slot.
+    fn filter_key(&self, label: &str, n: u32) -> String {
+        match n {
+            0 | 1 => self.pool.key(&format!("bfm:{{{label}}}")),
+            n => self.pool.key(&format!("bfm:{{{label}}}:{n}")),
+        }
     }
 
-    /// Reserves the period's filter once (a filter that already exists keeps its shape).
-    async fn ensure(&self, label: &str) -> Result<(), DedupError> {
-        if self.reserved.lock().is_ok_and(|r| r.contains(label)) {
+    /// The hash of filter counts per period.
+    fn counts_key(&self) -> String {
+        self.pool.key("dedup:bloom-filters")
+    }
+
+    fn known_filters(&self, label: &str) -> u32 {
+        self.filters.lock().ok().and_then(|f| f.get(label).copied()).unwrap_or(1)
+    }
+
+    fn learn(&self, label: &str, n: u32) {
+        if let Ok(mut f) = self.filters.lock() {
+            let known = f.entry(label.to_owned()).or_insert(1);
+            *known = (*known).max(n);
+        }
+    }
+
+    fn unexpected(&self, what: &str, reply: &Value) -> DedupError {
+        DedupError::Redis { url: self.pool.url().to_owned(), error: format!("unexpected answer to {what}: {reply:?}") }
+    }
+
+    /// Whether each key is in any of its period's filters.
+    async fn check(&self, label: &str, chunk: &[usize], keys: &[DedupKey], out: &mut [bool]) -> Result<(), DedupError> {
+        let mut n = self.known_filters(label);
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(self.pool.key(GENERATION));
+            pipe.cmd("HGET").arg(self.counts_key()).arg(label);
+            for f in 1..=n {
+                let cmd = pipe.cmd("BF.MEXISTS").arg(self.filter_key(label, f));
+                for &i in chunk {
+                    cmd.arg(&keys[i].digest.to_le_bytes()[..]);
+                }
+            }
+            let replies: Vec<Value> = self.pool.query(&pipe).await?;
+            let mut replies = replies.into_iter();
+            let generation = replies.next().unwrap_or(Value::Nil);
+            let generation: Option<String> =
+                redis::from_redis_value(generation.clone()).map_err(|_| self.unexpected("GET", &generation))?;
+            self.pool.check_generation(generation)?;
+            let count = replies.next().unwrap_or(Value::Nil);
+            let count = match &count {
+                Value::Nil => 1,
+                other => redis::from_redis_value::<u32>(other.clone()).map_err(|_| self.unexpected("HGET", other))?,
+            };
+            if count > n {
+                // Another worker has started a further filter since: ask that one too.
+                self.learn(label, count);
+                n = count;
+                continue;
+            }
+            for reply in replies {
+                let flags: Vec<bool> =
+                    redis::from_redis_value(reply.clone()).map_err(|_| self.unexpected("BF.MEXISTS", &reply))?;
+                if flags.len() != chunk.len() {
+                    return Err(self.unexpected("BF.MEXISTS", &reply));
+                }
+                for (&i, seen) in chunk.iter().zip(flags) {
+                    out[i] |= seen;
+                }
+            }
             return Ok(());
         }
-        let key = self.filter_key(label);
-        let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS").arg(&key);
-        pipe.cmd("SADD").arg(self.pool.key("dedup:partitions")).arg(label).ignore();
-        let (exists,): (bool,) = self.pool.query(&pipe).await?;
-        if !exists {
+    }
+
+    /// Adds keys to their period's newest filter, going on in a further one when it is full.
+    async fn insert(&self, label: &str, chunk: &[usize], keys: &[DedupKey]) -> Result<(), DedupError> {
+        let mut pending = chunk.to_vec();
+        let mut n = self.known_filters(label);
+        loop {
             let mut pipe = redis::pipe();
-            pipe.cmd("BF.RESERVE").arg(&key).arg(self.fp).arg(self.capacity).arg("NONSCALING");
-            match self.pool.query::<()>(&pipe).await {
-                Ok(()) => {}
-                // Another worker reserved it first.
-                Err(DedupError::Redis { error, .. }) if error.contains("exists") => {}
-                Err(e) => return Err(e),
+            // Per-item errors ("full") come back inside the answer instead of failing the round trip.
+            pipe.ignore_errors();
+            pipe.cmd("SADD").arg(self.pool.key("dedup:partitions")).arg(label).ignore();
+            // The count first, so that no check reads fewer filters than the one these keys go to.
+            pipe.cmd("EVAL").arg(RAISE_COUNT).arg(1).arg(self.counts_key()).arg(label).arg(n);
+            // `BF.INSERT` creates a missing filter with the configured shape (after a wipe too), where `BF.MADD`
+            // would create the module's default one.
+            let cmd = pipe
+                .cmd("BF.INSERT")
+                .arg(self.filter_key(label, n))
+                .arg("CAPACITY")
+                .arg(self.capacity)
+                .arg("ERROR")
+                .arg(self.fp)
+                .arg("NONSCALING")
+                .arg("ITEMS");
+            for &i in &pending {
+                cmd.arg(&keys[i].digest.to_le_bytes()[..]);
+            }
+            let replies: Vec<Value> = self.pool.query(&pipe).await?;
+            let [count, taken] =
+                <[Value; 2]>::try_from(replies).map_err(|r| self.unexpected("EVAL and BF.INSERT", &Value::Array(r)))?;
+            let count = match &count {
+                Value::Int(c) => u32::try_from(*c).unwrap_or(u32::MAX),
+                other => return Err(self.redis_error_or("EVAL", other)),
+            };
+            let refused = self.refused(&taken, &pending)?;
+            if refused.is_empty() {
+                self.learn(label, count.max(n));
+                return Ok(());
+            }
+            let next = count.max(n + 1);
+            if next > MAX_FILTERS {
+                return Err(DedupError::Config(format!(
+                    "period {label} has filled {MAX_FILTERS} Bloom filters of {} keys each: raise [dedup] \
+                     expected_keys_per_period",
+                    self.capacity
+                )));
+            }
+            tracing::warn!(partition = %label, filter = n, next, capacity = self.capacity,
+                "dedup filter partition passed its design capacity: its keys go on in a further filter of the same \
+                 shape; false positives (quarantined, never lost) will rise");
+            self.learn(label, next);
+            n = next;
+            pending = refused;
+        }
+    }
+
+    /// The keys `BF.INSERT` did not take because the filter is full. RedisBloom and valkey-bloom answer the first
+    /// such item with an error and leave the rest out; an error for each is read the same way.
+    fn refused(&self, taken: &Value, pending: &[usize]) -> Result<Vec<usize>, DedupError> {
+        let Value::Array(items) = taken else { return Err(self.redis_error_or("BF.INSERT", taken)) };
+        let mut refused = Vec::new();
+        let mut full = false;
+        for (j, &i) in pending.iter().enumerate() {
+            match items.get(j) {
+                // Taken (1), or there already (0, answered even by a full filter).
+                Some(Value::Int(_) | Value::Boolean(_)) => {}
+                Some(Value::ServerError(e)) if e.details().unwrap_or(e.code()).contains("full") => {
+                    full = true;
+                    refused.push(i);
+                }
+                None if full => refused.push(i),
+                Some(other) => return Err(self.redis_error_or("BF.INSERT", other)),
+                None => return Err(self.unexpected("BF.INSERT", taken)),
             }
         }
-        if let Ok(mut r) = self.reserved.lock() {
-            r.insert(label.to_owned());
+        Ok(refused)
+    }
+
+    fn redis_error_or(&self, what: &str, reply: &Value) -> DedupError {
+        match reply {
+            Value::ServerError(e) => {
+                DedupError::Redis { url: self.pool.url().to_owned(), error: format!("{what}: {e}") }
+            }
+            other => self.unexpected(what, other),
         }
-        Ok(())
     }
 
     async fn run(&self, keys: &[DedupKey], add: bool) -> Result<Vec<bool>, DedupError> {
@@ -84,21 +233,11 @@ impl RedisBloom {
         }
         let mut out = vec![false; keys.len()];
         for (label, idx) in by_label {
-            self.ensure(&label).await?;
-            let key = self.filter_key(&label);
             for chunk in idx.chunks(self.keys_per_round_trip.max(1)) {
-                let mut pipe = redis::pipe();
-                pipe.cmd("GET").arg(self.pool.key(GENERATION));
-                let cmd = pipe.cmd(if add { "BF.MADD" } else { "BF.MEXISTS" }).arg(&key);
-                for &i in chunk {
-                    cmd.arg(&keys[i].digest.to_le_bytes()[..]);
-                }
-                let (generation, flags): (Option<String>, Vec<bool>) = self.pool.query(&pipe).await?;
-                if !add {
-                    self.pool.check_generation(generation)?;
-                    for (&i, f) in chunk.iter().zip(flags) {
-                        out[i] = f;
-                    }
+                if add {
+                    self.insert(&label, chunk, keys).await?;
+                } else {
+                    self.check(&label, chunk, keys, &mut out).await?;
                 }
             }
         }
@@ -123,37 +262,53 @@ impl DedupStore for RedisBloom {
         self.pool.applied(commits).await
     }
 
+    /// One row per period, its filters summed: keys and memory added up, the false-positive rate a new key meets
+    /// in any of them.
     async fn stats(&self) -> Result<Vec<PartitionStats>, DedupError> {
         let mut pipe = redis::pipe();
         pipe.cmd("SMEMBERS").arg(self.pool.key("dedup:partitions"));
-        let (mut labels,): (Vec<String>,) = self.pool.query(&pipe).await?;
+        pipe.cmd("HGETALL").arg(self.counts_key());
+        let (mut labels, counts): (Vec<String>, HashMap<String, u32>) = self.pool.query(&pipe).await?;
         labels.sort();
         let mut out = Vec::new();
         for label in labels {
+            let filters = counts.get(&label).copied().unwrap_or(1).clamp(1, MAX_FILTERS);
             let mut pipe = redis::pipe();
-            pipe.cmd("BF.INFO").arg(self.filter_key(&label));
-            let (info,): (Vec<Value>,) = self.pool.query(&pipe).await?;
-            let field = |name: &str| {
-                info.chunks(2).find_map(|pair| match pair {
-                    [Value::SimpleString(k), Value::Int(v)] if k.eq_ignore_ascii_case(name) => Some(*v as u64),
-                    [Value::BulkString(k), Value::Int(v)] if String::from_utf8_lossy(k).eq_ignore_ascii_case(name) => {
-                        Some(*v as u64)
-                    }
-                    _ => None,
-                })
-            };
-            let items = field("Number of items inserted").unwrap_or(0);
-            let capacity = field("Capacity").unwrap_or(self.capacity);
-            let ratio = items as f64 / capacity.max(1) as f64;
+            // A filter a wipe removed answers an error: it counts as empty.
+            pipe.ignore_errors();
+            for f in 1..=filters {
+                pipe.cmd("BF.INFO").arg(self.filter_key(&label, f));
+            }
+            let infos: Vec<Value> = self.pool.query(&pipe).await?;
+            let (mut items, mut memory, mut none_seen) = (0u64, 0u64, 1.0f64);
+            for info in &infos {
+                let Value::Array(info) = info else { continue };
+                let field = |name: &str| {
+                    info.chunks(2).find_map(|pair| match pair {
+                        [Value::SimpleString(k), Value::Int(v)] if k.eq_ignore_ascii_case(name) => Some(*v as u64),
+                        [Value::BulkString(k), Value::Int(v)]
+                            if String::from_utf8_lossy(k).eq_ignore_ascii_case(name) =>
+                        {
+                            Some(*v as u64)
+                        }
+                        _ => None,
+                    })
+                };
+                let held = field("Number of items inserted").unwrap_or(0);
+                let capacity = field("Capacity").unwrap_or(self.capacity);
+                items += held;
+                memory += field("Size").unwrap_or(0);
+                none_seen *= 1.0 - standard_fp(self.fp, capacity, held);
+            }
             out.push(PartitionStats {
                 partition: label,
                 adds: items,
                 estimated_keys: items as f64,
-                capacity,
-                fill: ratio,
-                fp_now: standard_fp(self.fp, capacity, items),
-                memory_bytes: field("Size").unwrap_or(0),
-                over_capacity: items > capacity,
+                capacity: self.capacity,
+                fill: items as f64 / self.capacity.max(1) as f64,
+                fp_now: 1.0 - none_seen,
+                memory_bytes: memory,
+                over_capacity: items > self.capacity,
             });
         }
         Ok(out)

@@ -182,6 +182,43 @@ impl RedisPool {
         DedupError::Interrupted { url: self.url.clone(), secs: started.elapsed().as_secs_f64(), last: one_line(last) }
     }
 
+    /// Refuses a node of a Redis Cluster that does not serve every key itself. poslake sends each round trip to the
+    /// one endpoint of its URL and does not follow `MOVED` redirects: against such a node it would take the
+    /// redirects for an outage and retry them until `unavailable_limit_secs`. A server that cannot say (`INFO` or
+    /// `CLUSTER` refused, as some managed services do) is taken at its word as one endpoint.
+    pub async fn check_serves_every_key(&self) -> Result<(), DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("cluster");
+        let info: String = match self.query::<(String,)>(&pipe).await {
+            Ok((info,)) => info,
+            Err(DedupError::Redis { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLUSTER").arg("MYID");
+        pipe.cmd("CLUSTER").arg("SLOTS");
+        let (me, ranges): (String, Vec<redis::Value>) = match self.query(&pipe).await {
+            Ok(answer) => answer,
+            Err(DedupError::Redis { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let served = cluster_slots_served_by(&me, &ranges);
+        if served.here == CLUSTER_SLOTS {
+            return Ok(());
+        }
+        Err(DedupError::Config(format!(
+            "Redis at {} is a node of a Redis Cluster that serves {} of its {CLUSTER_SLOTS} hash slots itself ({}              other primaries serve {}, and {} are unassigned): poslake needs one endpoint that serves every key (a              single server or primary, or a cluster behind a proxy, such as Azure Managed Redis with the Enterprise              cluster policy) and does not follow a cluster's MOVED redirects",
+            self.url,
+            served.here,
+            served.other_primaries,
+            served.elsewhere,
+            CLUSTER_SLOTS - served.here - served.elsewhere,
+        )))
+    }
+
     /// The store's generation: set once (`SET NX`) by the first process to use the store, so a Redis that lost
     /// its data (restarted without persistence, flushed) shows a different or no generation.
     pub async fn generation(&self) -> Result<String, DedupError> {
@@ -348,7 +385,7 @@ impl RedisPool {
         Ok(info.lines().find_map(|l| l.strip_prefix("used_memory:").and_then(|v| v.trim().parse().ok())))
     }
 
-    /// Microseconds the server spent in each command so far (`INFO commandstats`), by command name.
+    /// Microseconds the server spent in each command so far (`INFO commandstats`), by command name in lower case.
     pub async fn command_usec(&self) -> Result<std::collections::HashMap<String, f64>, DedupError> {
         let mut pipe = redis::pipe();
         pipe.cmd("INFO").arg("commandstats");
@@ -358,7 +395,8 @@ impl RedisPool {
             .filter_map(|l| {
                 let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
                 let usec = rest.split(',').find_map(|kv| kv.strip_prefix("usec="))?.parse().ok()?;
-                Some((name.to_owned(), usec))
+                // Module commands are listed as registered: `BF.MADD` by valkey-bloom, `bf.madd` by Redis Stack.
+                Some((name.to_ascii_lowercase(), usec))
             })
             .collect())
     }
@@ -446,9 +484,78 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A Redis Cluster's hash slots.
+const CLUSTER_SLOTS: u32 = 16_384;
+
+/// Who serves a cluster's slots, from `CLUSTER SLOTS` (`[start, end, [ip, port, id, …], replicas…]` per range).
+#[derive(Debug, PartialEq)]
+struct SlotsServed {
+    here: u32,
+    elsewhere: u32,
+    other_primaries: usize,
+}
+
+fn cluster_slots_served_by(me: &str, ranges: &[redis::Value]) -> SlotsServed {
+    use redis::Value;
+    let mut served = SlotsServed { here: 0, elsewhere: 0, other_primaries: 0 };
+    let mut others = std::collections::BTreeSet::new();
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            continue;
+        };
+        let width = u32::try_from(end - start + 1).unwrap_or(0).min(CLUSTER_SLOTS);
+        let id = match primary.get(2) {
+            Some(Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
+            Some(Value::SimpleString(id)) => id.clone(),
+            _ => String::new(),
+        };
+        if id == me {
+            served.here += width;
+        } else {
+            served.elsewhere += width;
+            others.insert(id);
+        }
+    }
+    served.here = served.here.min(CLUSTER_SLOTS);
+    served.elsewhere = served.elsewhere.min(CLUSTER_SLOTS - served.here);
+    served.other_primaries = others.len();
+    served
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_slots_are_counted_by_their_primary() {
+        use redis::Value;
+        let node = |id: &str| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(7000),
+                Value::BulkString(id.as_bytes().to_vec()),
+            ])
+        };
+        let range = |a: i64, b: i64, primary: &str, replica: &str| {
+            Value::Array(vec![Value::Int(a), Value::Int(b), node(primary), node(replica)])
+        };
+        let whole = [range(0, 16_383, "me", "r1")];
+        assert_eq!(
+            cluster_slots_served_by("me", &whole),
+            SlotsServed { here: 16_384, elsewhere: 0, other_primaries: 0 }
+        );
+        let split = [range(0, 5_460, "me", "r1"), range(5_461, 10_922, "b", "r2"), range(10_923, 16_000, "c", "r3")];
+        assert_eq!(
+            cluster_slots_served_by("me", &split),
+            SlotsServed { here: 5_461, elsewhere: 10_540, other_primaries: 2 },
+            "383 slots unassigned"
+        );
+        assert_eq!(cluster_slots_served_by("r1", &whole).here, 0, "a replica serves no slot itself");
+        assert_eq!(cluster_slots_served_by("me", &[Value::Nil, Value::Int(3)]).here, 0, "odd answers count nothing");
+    }
 
     #[test]
     fn passwords_never_reach_messages() {

@@ -132,6 +132,7 @@ impl SlotLeases {
     /// the worker routes by (absent: by folder), which every live worker must share.
     pub async fn join(config: &DedupConfig, ttl: Duration, route_by: Option<&str>) -> Result<Arc<Self>, DedupError> {
         let pool = RedisPool::connect(&DedupConfig { pool_size: 2, ..config.clone() })?;
+        pool.check_serves_every_key().await?;
         let host = std::env::var("POSLAKE_WORKER_ID")
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "local".into());

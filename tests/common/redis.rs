@@ -11,6 +11,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Arguments beyond the defaults (`--cluster-enabled yes`, …).
+    extra: Vec<String>,
 }
 
 fn binary() -> PathBuf {
@@ -19,8 +21,14 @@ fn binary() -> PathBuf {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server started with `extra` arguments too.
+    pub fn start_with(extra: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let mut server = RedisServer { port, dir: tempfile::tempdir().expect("tempdir"), child: None };
+        let extra = extra.iter().map(|a| (*a).to_owned()).collect();
+        let mut server = RedisServer { port, dir: tempfile::tempdir().expect("tempdir"), child: None, extra };
         server.launch();
         server
     }
@@ -49,6 +57,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.dir.path().join("redis.log"))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
