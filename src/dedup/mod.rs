@@ -103,7 +103,8 @@ pub struct PartitionStats {
     /// Distinct keys estimated from the filter's fill (exact for the embedded store).
     pub estimated_keys: f64,
     pub capacity: u64,
-    /// Fraction of the filter's bits set.
+    /// Fraction of the filter's bits set (`redis-bloom`: keys held over the design capacity, as the module does not
+    /// say how many bits are set).
     pub fill: f64,
     /// The false-positive rate a new key meets now.
     pub fp_now: f64,

@@ -3,9 +3,11 @@
 //! keys and false-positive rate. Items are the 16-byte key digests.
 //!
 //! A non-scaling filter refuses new items once it holds its capacity ("non scaling filter is full"). A period that
-//! passes its design capacity goes on in a further filter of the same shape (`…:2`, `…:3`), so that the ingest never
-//! stops for it: checks ask every filter of the period, adds go to the newest. The period's filter count lives in
-//! Redis and is read with every check, so that no worker checks fewer filters than another has added to.
+//! passes its design capacity goes on in a further filter (`…:2`, `…:3`), so that the ingest never stops for it:
+//! checks ask every filter of the period, adds go to the newest. As in a scalable Bloom filter, each further filter
+//! holds twice the keys of the one before at half its false-positive rate, so a period needs few of them and its
+//! rate stays below twice the configured one. The period's filter count lives in Redis and is read with every check,
+//! so that no worker checks fewer filters than another has added to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -28,8 +30,8 @@ end
 return n
 ";
 
-/// The most filters one period may grow to. Each holds the period's design capacity, and every check asks each
-/// one: a period this far past its sizing needs a larger `expected_keys_per_period`, not more filters.
+/// The most filters one period may grow to: with capacities doubling, 2^64 times its design capacity, which no
+/// period reaches; the bound only keeps a damaged count from making every check ask without end.
 const MAX_FILTERS: u32 = 64;
 
 pub struct RedisBloom {
@@ -86,6 +88,12 @@ impl RedisBloom {
         self.filters.lock().ok().and_then(|f| f.get(label).copied()).unwrap_or(1)
     }
 
+    /// Filter `n`'s shape: the design capacity doubled and the false-positive rate halved per filter before it.
+    fn shape(&self, n: u32) -> (u64, f64) {
+        let step = n.saturating_sub(1).min(62);
+        (self.capacity.saturating_mul(1 << step), self.fp / f64::from(2u32).powi(step as i32))
+    }
+
     fn learn(&self, label: &str, n: u32) {
         if let Ok(mut f) = self.filters.lock() {
             let known = f.entry(label.to_owned()).or_insert(1);
@@ -115,7 +123,13 @@ impl RedisBloom {
             let generation = replies.next().unwrap_or(Value::Nil);
             let generation: Option<String> =
                 redis::from_redis_value(generation.clone()).map_err(|_| self.unexpected("GET", &generation))?;
-            self.pool.check_generation(generation)?;
+            if let Err(lost) = self.pool.check_generation(generation) {
+                // The counts went with the filters: the keys added back start again at the first filter.
+                if let Ok(mut f) = self.filters.lock() {
+                    f.clear();
+                }
+                return Err(lost);
+            }
             let count = replies.next().unwrap_or(Value::Nil);
             let count = match &count {
                 Value::Nil => 1,
@@ -146,6 +160,7 @@ impl RedisBloom {
         let mut pending = chunk.to_vec();
         let mut n = self.known_filters(label);
         loop {
+            let (capacity, fp) = self.shape(n);
             let mut pipe = redis::pipe();
             // Per-item errors ("full") come back inside the answer instead of failing the round trip.
             pipe.ignore_errors();
@@ -158,15 +173,15 @@ impl RedisBloom {
                 .cmd("BF.INSERT")
                 .arg(self.filter_key(label, n))
                 .arg("CAPACITY")
-                .arg(self.capacity)
+                .arg(capacity)
                 .arg("ERROR")
-                .arg(self.fp)
+                .arg(fp)
                 .arg("NONSCALING")
                 .arg("ITEMS");
             for &i in &pending {
                 cmd.arg(&keys[i].digest.to_le_bytes()[..]);
             }
-            let replies: Vec<Value> = self.pool.query(&pipe).await?;
+            let replies = self.pool.query_answers(&pipe).await?;
             let [count, taken] =
                 <[Value; 2]>::try_from(replies).map_err(|r| self.unexpected("EVAL and BF.INSERT", &Value::Array(r)))?;
             let count = match &count {
@@ -180,15 +195,19 @@ impl RedisBloom {
             }
             let next = count.max(n + 1);
             if next > MAX_FILTERS {
-                return Err(DedupError::Config(format!(
-                    "period {label} has filled {MAX_FILTERS} Bloom filters of {} keys each: raise [dedup] \
-                     expected_keys_per_period",
-                    self.capacity
-                )));
+                return Err(DedupError::Redis {
+                    url: self.pool.url().to_owned(),
+                    error: format!(
+                        "period {label} counts {next} Bloom filters, past the {MAX_FILTERS} its keys could ever \
+                         need: the count in {} is damaged",
+                        self.counts_key()
+                    ),
+                });
             }
-            tracing::warn!(partition = %label, filter = n, next, capacity = self.capacity,
-                "dedup filter partition passed its design capacity: its keys go on in a further filter of the same \
-                 shape; false positives (quarantined, never lost) will rise");
+            tracing::warn!(partition = %label, filter = n, next, next_capacity = self.shape(next).0,
+                design_capacity = self.capacity,
+                "dedup filter partition passed its design capacity: its keys go on in a further filter, twice as \
+                 large; false positives (quarantined, never lost) will rise");
             self.learn(label, next);
             n = next;
             pending = refused;
@@ -279,9 +298,9 @@ impl DedupStore for RedisBloom {
             for f in 1..=filters {
                 pipe.cmd("BF.INFO").arg(self.filter_key(&label, f));
             }
-            let infos: Vec<Value> = self.pool.query(&pipe).await?;
+            let infos = self.pool.query_answers(&pipe).await?;
             let (mut items, mut memory, mut none_seen) = (0u64, 0u64, 1.0f64);
-            for info in &infos {
+            for (info, f) in infos.iter().zip(1..) {
                 let Value::Array(info) = info else { continue };
                 let field = |name: &str| {
                     info.chunks(2).find_map(|pair| match pair {
@@ -295,10 +314,11 @@ impl DedupStore for RedisBloom {
                     })
                 };
                 let held = field("Number of items inserted").unwrap_or(0);
-                let capacity = field("Capacity").unwrap_or(self.capacity);
+                let (planned, fp) = self.shape(f);
+                let capacity = field("Capacity").unwrap_or(planned);
                 items += held;
                 memory += field("Size").unwrap_or(0);
-                none_seen *= 1.0 - standard_fp(self.fp, capacity, held);
+                none_seen *= 1.0 - standard_fp(fp, capacity, held);
             }
             out.push(PartitionStats {
                 partition: label,

@@ -85,6 +85,21 @@ impl RedisPool {
     /// limit by more than [`LAST_TRY`], whatever the timeout; a drain ([`crate::drain`]) ends the wait at once once
     /// a try has failed (a first try is left to finish, as a drain lets work in flight finish).
     pub async fn query<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, DedupError> {
+        self.query_checked(pipe, |_: &T| None).await
+    }
+
+    /// [`Self::query`] for a pipeline sent with `ignore_errors`, whose commands' errors come back as answers: an
+    /// answer that says the server is busy for now (loading its data after a restart, a failover) is retried as a
+    /// lost connection is; the others are the caller's to read.
+    pub async fn query_answers(&self, pipe: &Pipeline) -> Result<Vec<redis::Value>, DedupError> {
+        self.query_checked(pipe, |answers: &Vec<redis::Value>| answers.iter().find_map(busy_answer)).await
+    }
+
+    async fn query_checked<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        busy: impl Fn(&T) -> Option<Failure>,
+    ) -> Result<T, DedupError> {
         let started = Instant::now();
         let mut tries: u32 = 0;
         loop {
@@ -93,7 +108,11 @@ impl RedisPool {
                     deadpool_redis::PoolError::Backend(e) => Failure::of(e),
                     other => Failure { retry: true, message: other.to_string() },
                 })?;
-                pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)
+                let answer = pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)?;
+                match busy(&answer) {
+                    Some(failure) => Err(failure),
+                    None => Ok(answer),
+                }
             };
             let budget = (self.timeout * 2).min(self.limit.saturating_sub(started.elapsed()).max(LAST_TRY));
             let sent = Instant::now();
@@ -484,6 +503,14 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The failure to retry for an answer that says the server is busy for now (`LOADING`, `TRYAGAIN`, `MASTERDOWN`).
+fn busy_answer(answer: &redis::Value) -> Option<Failure> {
+    match answer {
+        redis::Value::ServerError(e) => Some(Failure::of(e.clone().into())).filter(|f| f.retry),
+        _ => None,
+    }
+}
+
 /// A Redis Cluster's hash slots.
 const CLUSTER_SLOTS: u32 = 16_384;
 
@@ -528,6 +555,18 @@ fn cluster_slots_served_by(me: &str, ranges: &[redis::Value]) -> SlotsServed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_that_say_the_server_is_busy_are_retried_and_others_are_not() {
+        let answer = |wire: &str| redis::parse_redis_value(wire.as_bytes()).expect("an answer");
+        assert!(busy_answer(&answer("-LOADING Valkey is loading the dataset in memory\r\n")).is_some());
+        assert!(busy_answer(&answer("-TRYAGAIN Multiple keys request during rehashing of slot\r\n")).is_some());
+        assert!(busy_answer(&answer("-ERR non scaling filter is full\r\n")).is_none());
+        assert!(
+            busy_answer(&answer("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")).is_none()
+        );
+        assert!(busy_answer(&answer(":1\r\n")).is_none());
+    }
 
     #[test]
     fn cluster_slots_are_counted_by_their_primary() {
