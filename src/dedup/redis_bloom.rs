@@ -135,6 +135,9 @@ impl RedisBloom {
                 Value::Nil => 1,
                 other => redis::from_redis_value::<u32>(other.clone()).map_err(|_| self.unexpected("HGET", other))?,
             };
+            if count > MAX_FILTERS {
+                return Err(self.damaged(label, count));
+            }
             if count > n {
                 // Another worker has started a further filter since: ask that one too.
                 self.learn(label, count);
@@ -188,6 +191,9 @@ impl RedisBloom {
                 Value::Int(c) => u32::try_from(*c).unwrap_or(u32::MAX),
                 other => return Err(self.redis_error_or("EVAL", other)),
             };
+            if count > MAX_FILTERS {
+                return Err(self.damaged(label, count));
+            }
             let refused = self.refused(&taken, &pending)?;
             if refused.is_empty() {
                 self.learn(label, count.max(n));
@@ -195,14 +201,7 @@ impl RedisBloom {
             }
             let next = count.max(n + 1);
             if next > MAX_FILTERS {
-                return Err(DedupError::Redis {
-                    url: self.pool.url().to_owned(),
-                    error: format!(
-                        "period {label} counts {next} Bloom filters, past the {MAX_FILTERS} its keys could ever \
-                         need: the count in {} is damaged",
-                        self.counts_key()
-                    ),
-                });
+                return Err(self.damaged(label, next));
             }
             tracing::warn!(partition = %label, filter = n, next, next_capacity = self.shape(next).0,
                 design_capacity = self.capacity,
@@ -234,6 +233,18 @@ impl RedisBloom {
             }
         }
         Ok(refused)
+    }
+
+    /// A filter count past any a period's keys could need.
+    fn damaged(&self, label: &str, count: u32) -> DedupError {
+        DedupError::Redis {
+            url: self.pool.url().to_owned(),
+            error: format!(
+                "period {label} counts {count} Bloom filters, past the {MAX_FILTERS} its keys could ever need: the \
+                 count in {} is damaged",
+                self.counts_key()
+            ),
+        }
     }
 
     fn redis_error_or(&self, what: &str, reply: &Value) -> DedupError {
