@@ -1167,8 +1167,12 @@ fn auto_workers_share_staging_and_take_over_a_killed_workers_share() {
 #[test]
 fn a_worker_paused_past_its_leases_gives_up_its_uncommitted_files_and_nothing_lands_twice() {
     let server = RedisServer::start();
-    // Runs long against the pause points: one file at a time, one commit at a run's end.
-    let (workers, rx) = AutoWorkers::new(&server, "max_files_in_flight = 2\ncommit_interval_secs = 600");
+    // Runs long against the pause points: one file at a time, one commit at a run's end. Pauses fail runs: the
+    // paused worker's (its leases are gone), and the other's while the paused one is frozen inside a SQLite write
+    // (see below). They come 0.15-0.9 s after a resume, so on a loaded machine no run may finish in between, and three
+    // failed runs in a row (`max_failed_runs`' default) would end a service before the SIGTERM this test stops it with.
+    let (workers, rx) =
+        AutoWorkers::new(&server, "max_files_in_flight = 2\ncommit_interval_secs = 600\nmax_failed_runs = 100");
     let slow = ["--parsers", "1", "--downloaders", "1", "--commit-files", "100000"];
     let mut keys = BTreeSet::new();
     let (paused, other) = (workers.spawn(0, &slow), workers.spawn(1, &slow));
@@ -1205,7 +1209,8 @@ fn a_worker_paused_past_its_leases_gives_up_its_uncommitted_files_and_nothing_la
     }
     assert!(taken.iter().sum::<u64>() <= files as u64, "no file taken twice: {taken:?}");
     workers.assert_exact(&keys, files);
-    eprintln!("paused worker: {}", paused_log.lines().filter(|l| l.contains("lease")).collect::<Vec<_>>().join("\n"));
+    let noted = |l: &&str| l.contains("lease") || l.contains("the run failed");
+    eprintln!("paused worker: {}", paused_log.lines().filter(noted).collect::<Vec<_>>().join("\n"));
 }
 
 /// A port nothing listens on: connections to it are refused.
