@@ -61,6 +61,10 @@ impl EmbeddedDedup {
     /// imported once; a torn last record there (a crash mid-append) is dropped: its commit was not marked applied,
     /// so recovery re-adds its keys.
     pub fn open(dir: &Path) -> Result<Self, DedupError> {
+        Self::open_writable(dir).map_err(not_writable)
+    }
+
+    fn open_writable(dir: &Path) -> Result<Self, DedupError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let store = dir.join("store");
         let db = Database::builder(&store)
@@ -259,6 +263,22 @@ fn ingest_sorted(keyspace: &Keyspace, mut digests: Vec<[u8; 16]>) -> Result<(), 
     ingestion.finish()
 }
 
+/// fjall opens a store for writing, even to read it, so a lake on a read-only mount (or one this user may not write)
+/// cannot be opened: said so, with what to do instead, rather than as a bare I/O error.
+fn not_writable(e: DedupError) -> DedupError {
+    match e {
+        DedupError::Io { path, source }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            DedupError::NotWritable { path, source }
+        }
+        e => e,
+    }
+}
+
 fn fjall_err(path: &Path, e: fjall::Error) -> DedupError {
     match e {
         fjall::Error::Io(source) => DedupError::Io { path: path.to_path_buf(), source },
@@ -326,6 +346,19 @@ mod tests {
 
     fn key(d: u128) -> DedupKey {
         DedupKey { digest: d, date: NaiveDate::from_ymd_opt(2026, 1, 2).expect("date") }
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_written_says_so_and_what_to_do() {
+        let io = |kind| DedupError::Io { path: "/lake/dedup/store".into(), source: std::io::Error::from(kind) };
+        for kind in [std::io::ErrorKind::ReadOnlyFilesystem, std::io::ErrorKind::PermissionDenied] {
+            let message = not_writable(io(kind)).to_string();
+            assert!(
+                message.contains("/lake/dedup/store") && message.contains("where the lake is writable"),
+                "{message}"
+            );
+        }
+        assert!(matches!(not_writable(io(std::io::ErrorKind::NotFound)), DedupError::Io { .. }));
     }
 
     #[tokio::test]

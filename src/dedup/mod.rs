@@ -92,6 +92,12 @@ pub enum DedupError {
          one lake share a Redis store instead"
     )]
     InUse(std::path::PathBuf),
+    #[error(
+        "the embedded dedup store at {path} cannot be written ({source}): it is opened for writing even to be read \
+         (fjall has no read-only mode). Run this where the lake is writable, or on a copy of the lake; poslake tables \
+         and poslake query read a read-only lake"
+    )]
+    NotWritable { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// One filter partition's health, for `poslake dedup stats`.
