@@ -398,6 +398,83 @@ async fn a_file_that_could_not_be_read_is_tried_again_by_the_next_run() {
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), all);
 }
 
+/// An archive copy that cannot be written is tried `max_attempts` times in all, then the file is deferred to the next
+/// run; one whose every archive name holds other bytes is a dead letter of kind `name_taken` at once. Until session
+/// 27 the archiver sent a failed file back to the download, where it was fetched, parsed and archived again: each of
+/// `max_attempts` rounds tried `max_attempts` writes (9 writes, 8 retries a file at the default 3), and a taken name,
+/// which no retry can free, ended as a deferred `gave_up` after three rounds, to be taken again by every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_copy_is_tried_max_attempts_times_and_a_taken_name_is_a_dead_letter_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 27,
+        sites: 4,
+        days: 1,
+        files_per_day: 2,
+        min_transactions: 3,
+        max_transactions: 5,
+        duplicate_file_rate: 0.0,
+        malformed_rate: 0.0,
+        gzip_rate: 0.0,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let manifest = read_manifest(&staging).expect("manifest");
+    let lake = dir.path().join("lake");
+    let raw = lake.join("bronze/raw");
+    // Every file of one vendor fails its archive copy: that vendor's folder is a regular file.
+    let blocked = manifest[0].dialect;
+    std::fs::create_dir_all(&raw).expect("raw");
+    std::fs::write(raw.join(format!("vendor={}", blocked.id())), b"not a folder").expect("block");
+    let unwritable: BTreeSet<String> =
+        manifest.iter().filter(|m| m.dialect == blocked).map(|m| m.path.clone()).collect();
+    // One file of another vendor finds each of its three archive names holding other bytes.
+    let taken = manifest.iter().find(|m| m.dialect != blocked).expect("a second vendor");
+    let bytes = std::fs::read(staging.join(&taken.path)).expect("read");
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let folder = raw.join(format!("vendor={}/business_date={}", taken.dialect.id(), taken.business_date));
+    std::fs::create_dir_all(&folder).expect("folder");
+    let base = taken.path.rsplit('/').next().expect("name");
+    for name in [base.to_owned(), format!("{}.{base}", &hash[..16]), format!("{hash}.{base}")] {
+        std::fs::write(folder.join(name), b"other bytes").expect("occupy");
+    }
+
+    let paths = IngestPaths { staging, lake, archive: None, catalog: None };
+    let summary =
+        ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("ingest");
+    let n = unwritable.len() as u64;
+    assert!(n >= 1);
+    assert_eq!((summary.dead_letters, summary.deferred), (n + 1, n), "{summary:?}");
+    // Two retries a file at the default three tries, and none for the taken name.
+    assert_eq!(summary.retries, 2 * n, "{summary:?}");
+    let wh = Warehouse::open(&paths.lake).await.expect("open");
+    let mut dead = Vec::new();
+    for b in wh.scan("dead_letters").await.expect("scan") {
+        let (path, stage, kind) =
+            (column::<StringArray>(&b, "path"), column::<StringArray>(&b, "stage"), column::<StringArray>(&b, "kind"));
+        let attempts = column::<arrow_array::Int32Array>(&b, "attempts");
+        dead.extend((0..b.num_rows()).map(|i| {
+            (path.value(i).to_owned(), stage.value(i).to_owned(), kind.value(i).to_owned(), attempts.value(i))
+        }));
+    }
+    dead.sort();
+    let mut want: Vec<(String, String, String, i32)> =
+        unwritable.iter().map(|p| (p.clone(), "archive".to_owned(), "gave_up".to_owned(), 3)).collect();
+    want.push((taken.path.clone(), "archive".to_owned(), "name_taken".to_owned(), 1));
+    want.sort();
+    assert_eq!(dead, want);
+    // The others landed, whole; the archive's other bytes were left as they were.
+    let landed: BTreeSet<String> = manifest
+        .iter()
+        .filter(|m| !unwritable.contains(&m.path) && m.path != taken.path)
+        .flat_map(|m| m.keys.iter().cloned())
+        .collect();
+    assert_eq!(header_keys(&wh).await.into_iter().collect::<BTreeSet<_>>(), landed);
+    assert_eq!(std::fs::read(folder.join(base)).expect("kept"), b"other bytes");
+}
+
 /// A file that can never be read is deferred by `max_deferred_runs` - 1 runs, then given up as a dead letter that
 /// says so: it does not add ledger and dead-letter rows to every run forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

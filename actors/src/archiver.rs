@@ -1,5 +1,7 @@
 //! An Archiver: writes the raw file unchanged to the bronze archive before its records go on, retrying with
-//! backoff; a file that cannot be archived is retried from the start.
+//! backoff; a file that still cannot be archived goes on as a failure (a dead letter, or deferred to the next run),
+//! as a download that keeps failing does. Retrying it from the download would only repeat the same writes: each of
+//! `max_attempts` fetches tried `max_attempts` writes.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -46,7 +48,7 @@ impl<S: Stages> Actor for Archiver<S> {
         shared.start(me.get_id(), work.ticket);
         let my_ticket = work.ticket;
         let span = tracing::info_span!(parent: &work.spans.file, "archive");
-        let (result, _) = shared
+        let (result, tries) = shared
             .with_retries("archive", shared.config.max_attempts, || {
                 shared.stages.archive(&work.parsed).instrument(span.clone())
             })
@@ -57,8 +59,11 @@ impl<S: Stages> Actor for Archiver<S> {
                 shared.send_to_batcher(file, attempts, parsed, grant, spans).await;
             }
             Err(e) => {
-                let ParsedWork { file, attempts, .. } = work;
-                shared.retry(file, attempts + 1, "archive", e.to_string()).await;
+                let ParsedWork { file, attempts, grant, spans, .. } = work;
+                let kind = S::failure_kind(&e);
+                let failed = shared.stages.failed(&file, "archive", attempts + tries, kind, e.to_string());
+                spans.file.record("error.kind", "archive");
+                shared.send_to_batcher(file, attempts, failed, grant, spans).await;
             }
         }
         shared.done(me.get_id(), my_ticket);
