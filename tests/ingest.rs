@@ -473,6 +473,20 @@ async fn an_archive_copy_is_tried_max_attempts_times_and_a_taken_name_is_a_dead_
         .collect();
     assert_eq!(header_keys(&wh).await.into_iter().collect::<BTreeSet<_>>(), landed);
     assert_eq!(std::fs::read(folder.join(base)).expect("kept"), b"other bytes");
+    // A replay filter names the values no dead letter has (a typo would select nothing, silently).
+    let filter = poslake::ingest::replay::ReplayFilter {
+        stages: vec!["archive".into(), "archvie".into()],
+        kinds: vec!["name_taken".into(), "taken".into()],
+        path_prefix: None,
+    };
+    let absent = poslake::ingest::replay::absent_values(&wh, &filter).await.expect("absent");
+    assert_eq!(
+        absent,
+        [
+            "no dead letter of this lake has stage \"archvie\" (its stages: archive)",
+            "no dead letter of this lake has kind \"taken\" (its kinds: gave_up, name_taken)",
+        ]
+    );
 }
 
 /// A file that can never be read is deferred by `max_deferred_runs` - 1 runs, then given up as a dead letter that

@@ -55,7 +55,9 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Take dead-lettered files again, once what refused them is fixed (a newer poslake, a raised limit, a corrected
     /// file re-sent under the same name and size, which `ingest` skips as seen). Each is read from staging, or from
-    /// the bronze archive when staging no longer holds it; one that lands is not taken again.
+    /// the bronze archive when staging no longer holds it; one that lands is not taken again. Takes the ingest's
+    /// flags but --every (a replay runs once); --workers, --worker-index and --route-by are not used: one replay
+    /// takes every dead letter it selects.
     Replay {
         #[command(flatten)]
         ingest: IngestArgs,

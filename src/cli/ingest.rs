@@ -18,9 +18,10 @@ pub async fn ingest(
     replay: Option<poslake::ingest::replay::ReplayFilter>,
 ) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
-    if replay.is_some() {
+    if let Some(filter) = &replay {
         anyhow::ensure!(args.every.is_none(), "--every is for `poslake ingest`: a replay runs once");
         existing_lake(&config.lake, config.catalog.as_deref())?;
+        warn_absent(&config, filter).await?;
     }
     let setup = poslake::ingest::IngestSetup {
         paths: poslake::ingest::IngestPaths {
@@ -215,11 +216,23 @@ pub fn print_summary(
     Ok(())
 }
 
+/// Says on stderr which `--stage` and `--kind` values no dead letter of the lake has (a typo selects nothing).
+async fn warn_absent(
+    config: &poslake::config::IngestConfig,
+    filter: &poslake::ingest::replay::ReplayFilter,
+) -> anyhow::Result<()> {
+    for line in poslake::ingest::absent_replay_values(&config.lake, config.catalog.as_deref(), filter).await? {
+        eprintln!("note: {line}");
+    }
+    Ok(())
+}
+
 /// `poslake replay --dry-run`: what a replay would take.
 pub async fn dry_run(args: IngestArgs, filter: ReplayArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.every.is_none(), "--every is for `poslake ingest`: a replay runs once");
     let config = args.config()?;
     existing_lake(&config.lake, config.catalog.as_deref())?;
+    warn_absent(&config, &filter.filter()).await?;
     let files = poslake::ingest::dead_letters(&config.lake, config.catalog.as_deref(), &filter.filter()).await?;
     if args.json {
         say!("{}", serde_json::to_string_pretty(&files)?);

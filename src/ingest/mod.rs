@@ -409,6 +409,16 @@ pub async fn dead_letters(
     replay::select(&warehouse, filter).await
 }
 
+/// What [`replay::absent_values`] says of `filter` on the lake at `lake`.
+pub async fn absent_replay_values(
+    lake: &Path,
+    catalog: Option<&str>,
+    filter: &replay::ReplayFilter,
+) -> Result<Vec<String>, IngestError> {
+    let warehouse = Warehouse::open_with(lake, catalog).await?;
+    replay::absent_values(&warehouse, filter).await
+}
+
 async fn run(
     stages: Arc<PosStages>,
     run_id: String,

@@ -85,6 +85,36 @@ struct FileState {
 /// ledger's rows of those paths (what became of each file since); memory grows with the dead letters, not the
 /// ledger.
 ///
+/// The stages and kinds `filter` asks for that no dead letter of the lake has, each with those it has: a typo there
+/// would otherwise select nothing, which reads as "nothing to replay".
+pub async fn absent_values(warehouse: &Warehouse, filter: &ReplayFilter) -> Result<Vec<String>, IngestError> {
+    if filter.stages.is_empty() && filter.kinds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut stages, mut kinds) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let mut batches = warehouse.scan_columns("dead_letters", &["stage", "kind"]).await?;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        let (stage, kind) = (strings(&batch, "dead_letters", "stage")?, strings(&batch, "dead_letters", "kind")?);
+        for i in 0..batch.num_rows() {
+            stages.insert(stage.value(i).to_owned());
+            kinds.insert(kind.value(i).to_owned());
+        }
+    }
+    let absent = |what: &str, asked: &[String], present: &std::collections::BTreeSet<String>| {
+        let list = present.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+        let list = if list.is_empty() { "none".to_owned() } else { list };
+        asked
+            .iter()
+            .filter(|a| !present.contains(*a))
+            .map(|a| format!("no dead letter of this lake has {what} {a:?} (its {what}s: {list})"))
+            .collect::<Vec<_>>()
+    };
+    let mut out = absent("stage", &filter.stages, &stages);
+    out.extend(absent("kind", &filter.kinds, &kinds));
+    Ok(out)
+}
+
 /// A file (path and size) is taken when its newest ledger row is a dead letter, or deferred after being one (a
 /// deferred file never dead-lettered is the ingest's to retry), when its latest refusal matches the filter, and
 /// unless a file of the same path but another size landed after it: a corrected file re-sent under its name.
