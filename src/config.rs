@@ -127,12 +127,16 @@ impl<'de> Deserialize<'de> for Workers {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Written {
-            Count(u32),
+            Count(i64),
             Word(String),
+            // Anything else, so that the error can quote it (serde's own for an untagged enum names neither).
+            Other(toml::Value),
         }
+        let not = |shown: &dyn std::fmt::Display| format!("workers is a count or \"auto\", not {shown}");
         match Written::deserialize(d)? {
-            Written::Count(n) => Ok(Workers::Count(n)),
+            Written::Count(n) => u32::try_from(n).map(Workers::Count).map_err(|_| serde::de::Error::custom(not(&n))),
             Written::Word(w) => w.parse().map_err(serde::de::Error::custom),
+            Written::Other(v) => Err(serde::de::Error::custom(not(&v))),
         }
     }
 }
@@ -321,6 +325,22 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The lake is a local folder (staging and the archive may be URLs; the lake may not): a URL given as the lake would
+/// otherwise be taken as a relative folder named `file:` or `az:`, and a file in its place fails later and vaguely.
+pub fn check_lake(lake: &std::path::Path) -> Result<(), ConfigError> {
+    let text = lake.to_string_lossy();
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let hint = if scheme == "file" { format!(" (give the path itself: {rest})") } else { String::new() };
+        return Err(ConfigError::Invalid(format!(
+            "the lake is a local folder, not a URL: {text}{hint}; staging and the archive may be URLs"
+        )));
+    }
+    if lake.exists() && !lake.is_dir() {
+        return Err(ConfigError::Invalid(format!("the lake {text} is a file: the lake is a folder")));
+    }
+    Ok(())
+}
+
 impl IngestConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -401,9 +421,10 @@ impl IngestConfig {
                 self.max_deferred_runs
             )));
         }
+        check_lake(&self.lake)?;
         if self.every_secs > MAX_EVERY_SECS {
             return Err(ConfigError::Invalid(format!(
-                "every_secs {} is over a week ({MAX_EVERY_SECS}): run the ingest from a scheduler instead",
+                "every_secs (--every) {} s is over a week ({MAX_EVERY_SECS} s): run the ingest from a scheduler instead",
                 self.every_secs
             )));
         }
@@ -544,6 +565,31 @@ mod tests {
     fn the_shipped_example_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/poslake.toml");
         assert_eq!(IngestConfig::load(&path).expect("example loads"), IngestConfig::default());
+    }
+
+    #[test]
+    fn a_workers_value_that_is_neither_a_count_nor_auto_is_quoted_in_the_error() {
+        assert_eq!(toml::from_str::<IngestConfig>("workers = 3").expect("count").workers, Workers::Count(3));
+        assert_eq!(toml::from_str::<IngestConfig>("workers = \"auto\"").expect("auto").workers, Workers::Auto);
+        for (text, quoted) in
+            [("workers = -1", "not -1"), ("workers = 1.5", "not 1.5"), ("workers = \"three\"", "not \"three\"")]
+        {
+            let e = toml::from_str::<IngestConfig>(text).expect_err(text).to_string();
+            assert!(e.contains("workers is a count or \"auto\"") && e.contains(quoted), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_lake_given_as_a_url_or_a_file_is_refused_with_the_reason() {
+        let url = IngestConfig { lake: "file:///tmp/lake".into(), ..IngestConfig::default() };
+        let e = url.validate().expect_err("a URL").to_string();
+        assert!(e.contains("not a URL") && e.contains("/tmp/lake)"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("afile");
+        std::fs::write(&file, b"x").expect("file");
+        let e = IngestConfig { lake: file, ..IngestConfig::default() }.validate().expect_err("a file").to_string();
+        assert!(e.contains("is a file"), "{e}");
+        assert!(IngestConfig { lake: dir.path().join("new"), ..IngestConfig::default() }.validate().is_ok());
     }
 
     #[test]

@@ -155,6 +155,15 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     if !(0.0..=1.0).contains(&ratio) {
         return Err(TelemetryError::Config(format!("the sampling ratio must be within 0..=1, not {ratio}")));
     }
+    // tonic's TLS is not compiled in (the HTTP exporter's reqwest has it): say what works instead of the exporter's
+    // own advice to rebuild with a feature.
+    if protocol == OtlpProtocol::Grpc && endpoint.to_ascii_lowercase().starts_with("https://") {
+        return Err(TelemetryError::Config(format!(
+            "OTLP over gRPC with TLS ({endpoint}) is not built in: use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+             (--otlp-protocol http) with the collector's https:// endpoint (usually port 4318), or a collector on \
+             http:// beside poslake"
+        )));
+    }
     let exporter = match protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&endpoint).build(),
         OtlpProtocol::Http => {

@@ -7,6 +7,7 @@ use super::args::{LakeArgs, StoreArgs};
 /// Commands that read a lake refuse a path that holds none, rather than create an empty one and report nothing
 /// (a mistyped `--lake` would otherwise look like an empty lake).
 pub fn existing_lake(lake: &std::path::Path, catalog: Option<&str>) -> anyhow::Result<()> {
+    poslake::config::check_lake(lake)?;
     // With a catalog of its own, the lake's warehouse folder is what an ingest leaves.
     let mark = if catalog.is_some() { "warehouse" } else { "catalog.db" };
     anyhow::ensure!(
