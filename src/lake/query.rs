@@ -41,6 +41,9 @@ pub enum QueryError {
     Lake(#[from] LakeError),
     #[error("query: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    /// A statement that would write (DDL, DML, `SET`), refused by the session's options.
+    #[error("poslake query only reads: the lake is written by the ingest's commits alone, never by SQL ({0})")]
+    ReadOnly(String),
 }
 
 /// A DataFusion session over the warehouse's tables and the [`CURRENT_HEADER_VIEW`] view.
@@ -155,7 +158,14 @@ pub async fn sql_with_schema(
     // Queries only: no DDL, no DML (`INSERT`, `COPY … TO` a file, which could overwrite the lake's own data files),
     // no `SET`. The lake is written by the ingest's commits alone.
     let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let frame = ctx.sql_with_options(statement, read_only).await?;
+    let frame = ctx.sql_with_options(statement, read_only).await.map_err(|e| match e {
+        datafusion::error::DataFusionError::Plan(m)
+            if ["DDL", "DML", "Statement"].iter().any(|k| m.starts_with(&format!("{k} not supported"))) =>
+        {
+            QueryError::ReadOnly(m)
+        }
+        e => QueryError::DataFusion(e),
+    })?;
     let schema = frame.schema().inner().clone();
     Ok((schema, frame.collect().await?))
 }
