@@ -46,6 +46,12 @@ impl RedisPool {
     pub fn connect(config: &DedupConfig) -> Result<Self, DedupError> {
         let url = redact(&config.redis_url);
         let cfg_err = |e: &dyn std::fmt::Display| DedupError::Config(format!("Redis URL {url}: {e}"));
+        // The client's own parse error names no cause ("did not parse - InvalidClientConfig"): the URL parser's does.
+        if let Err(e) = url::Url::parse(&config.redis_url) {
+            return Err(cfg_err(&format!(
+                "{e} (expected redis://[USER:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS)"
+            )));
+        }
         crate::install_tls_provider();
         let timeout = Duration::from_millis(config.timeout_ms);
         let conn =
@@ -555,6 +561,14 @@ fn cluster_slots_served_by(me: &str, ranges: &[redis::Value]) -> SlotsServed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_that_does_not_parse_says_why_and_hides_the_password() {
+        let config = DedupConfig { redis_url: "redis://:secret@[bad".into(), ..DedupConfig::default() };
+        let e = RedisPool::connect(&config).err().expect("refused").to_string();
+        assert!(e.contains("invalid IPv6") && e.contains("expected redis://"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+    }
 
     #[test]
     fn answers_that_say_the_server_is_busy_are_retried_and_others_are_not() {
