@@ -9,7 +9,7 @@
 //! `UPDATE` of the catalog row that iceberg-catalog-sql's own commit runs: it fails if any other commit landed first.
 //! No data changes: every data file of the current snapshot is in exactly one manifest of the new one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use iceberg::MetadataLocation;
@@ -54,41 +54,69 @@ impl Warehouse {
         if list.entries().iter().any(|m| m.content != ManifestContentType::Data) {
             return Ok(None);
         }
-        let (small, large): (Vec<&ManifestFile>, Vec<&ManifestFile>) =
+        let (small, mut kept): (Vec<&ManifestFile>, Vec<&ManifestFile>) =
             list.entries().iter().partition(|m| m.manifest_length < self.manifest_target_bytes());
-        if small.len() < min.max(2) {
+        // A manifest's entries carry partition values of the spec it was written under: small manifests are merged
+        // with those of their own spec only, each group under that spec. (One merged manifest under the table's
+        // default spec read the partition values of an older spec as the new spec's, once another engine had evolved
+        // the table's partitioning: filtered scans then missed rows.)
+        let mut by_spec: BTreeMap<i32, Vec<&ManifestFile>> = BTreeMap::new();
+        for m in small {
+            by_spec.entry(m.partition_spec_id).or_default().push(m);
+        }
+        by_spec.retain(|_, group| {
+            if group.len() < 2 {
+                kept.append(group);
+            }
+            group.len() >= 2
+        });
+        let mergeable: usize = by_spec.values().map(Vec::len).sum();
+        if mergeable < min.max(2) {
             return Ok(None);
         }
 
         let snapshot_id = new_snapshot_id(meta);
         let sequence = meta.next_sequence_number();
         let commit = uuid::Uuid::new_v4();
-        let manifest_path = format!("{}/metadata/{commit}-m0.avro", meta.location());
-        let mut writer = ManifestWriterBuilder::new(
-            io.new_output(&manifest_path)?,
-            Some(snapshot_id),
-            meta.current_schema().clone(),
-            meta.default_partition_spec().as_ref().clone(),
-        )
-        .build_v2_data();
-        let mut report = Merged { manifests: small.len() as u64, data_files: 0 };
-        for manifest in &small {
-            for entry in manifest.load_manifest(io).await?.entries() {
-                if !entry.is_alive() {
-                    continue;
+        let mut report = Merged { manifests: mergeable as u64, data_files: 0 };
+        let mut written = Vec::new();
+        let mut merged_manifests = Vec::new();
+        for (i, (spec_id, group)) in by_spec.iter().enumerate() {
+            let spec = meta.partition_spec_by_id(*spec_id).ok_or_else(|| LakeError::Schema {
+                table: "manifests",
+                reason: format!("{table}: a manifest names partition spec {spec_id}, which the table does not have"),
+            })?;
+            let manifest_path = format!("{}/metadata/{commit}-m{i}.avro", meta.location());
+            let mut writer = ManifestWriterBuilder::new(
+                io.new_output(&manifest_path)?,
+                Some(snapshot_id),
+                meta.current_schema().clone(),
+                spec.as_ref().clone(),
+            )
+            .build_v2_data();
+            written.push(manifest_path);
+            for manifest in group {
+                for entry in manifest.load_manifest(io).await?.entries() {
+                    if !entry.is_alive() {
+                        continue;
+                    }
+                    // Loading fills in inherited sequence numbers; an entry without one cannot be carried over
+                    // exactly.
+                    let (Some(snapshot), Some(seq)) = (entry.snapshot_id(), entry.sequence_number()) else {
+                        return Err(LakeError::Schema {
+                            table: "manifests",
+                            reason: format!(
+                                "{table}: an entry of {} has no snapshot or sequence",
+                                manifest.manifest_path
+                            ),
+                        });
+                    };
+                    writer.add_existing_file(entry.data_file().clone(), snapshot, seq, entry.file_sequence_number)?;
+                    report.data_files += 1;
                 }
-                // Loading fills in inherited sequence numbers; an entry without one cannot be carried over exactly.
-                let (Some(snapshot), Some(seq)) = (entry.snapshot_id(), entry.sequence_number()) else {
-                    return Err(LakeError::Schema {
-                        table: "manifests",
-                        reason: format!("{table}: an entry of {} has no snapshot or sequence", manifest.manifest_path),
-                    });
-                };
-                writer.add_existing_file(entry.data_file().clone(), snapshot, seq, entry.file_sequence_number)?;
-                report.data_files += 1;
             }
+            merged_manifests.push(writer.write_manifest_file().await?);
         }
-        let merged = writer.write_manifest_file().await?;
 
         let list_path = format!("{}/metadata/snap-{snapshot_id}-0-{commit}.avro", meta.location());
         let mut lists = ManifestListWriter::v2(
@@ -97,7 +125,7 @@ impl Warehouse {
             Some(current.snapshot_id()),
             sequence,
         );
-        lists.add_manifests(large.into_iter().cloned().chain(std::iter::once(merged)))?;
+        lists.add_manifests(kept.into_iter().cloned().chain(merged_manifests))?;
         lists.close().await?;
 
         // The totals stay those of the current snapshot: no data was added or removed.
@@ -129,7 +157,7 @@ impl Warehouse {
             Ok(Some(report))
         } else {
             // Another commit landed first: nothing of this merge is referenced.
-            for path in [next.to_string(), list_path, manifest_path] {
+            for path in [next.to_string(), list_path].into_iter().chain(written) {
                 let _ = io.delete(&path).await;
             }
             Ok(None)

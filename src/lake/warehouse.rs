@@ -511,6 +511,31 @@ async fn open_table(warehouse: &Warehouse, def: &TableDef) -> Result<TableWriter
         let meta = table.metadata();
         let schema = meta.current_schema().clone();
         let spec = meta.default_partition_spec().as_ref().clone();
+        // Rows are split into files by business date alone (`TableWriter::write_batches`): a table another engine
+        // has repartitioned is refused here, as a changed schema is at open, rather than written with partition
+        // values of the wrong shape (iceberg-rust then panics on every write).
+        let columns = |fields: Vec<(i32, String)>| {
+            fields
+                .into_iter()
+                .map(|(source, transform)| {
+                    let name = schema.field_by_id(source).map_or_else(|| format!("#{source}"), |f| f.name.clone());
+                    format!("{transform}({name})")
+                })
+                .collect::<Vec<_>>()
+        };
+        let have = columns(spec.fields().iter().map(|f| (f.source_id, f.transform.to_string())).collect());
+        let want =
+            columns(def.partition_spec()?.fields().iter().map(|f| (f.source_id, f.transform.to_string())).collect());
+        if have != want {
+            return Err(LakeError::Schema {
+                table: def.name,
+                reason: format!(
+                    "the table is partitioned by {have:?} (partition spec {}), not by {want:?} as poslake writes it: \
+                     another engine changed its partitioning; poslake reads such a table but does not write to it",
+                    spec.spec_id()
+                ),
+            });
+        }
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(row_group_rows(def)))
