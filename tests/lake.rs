@@ -1,6 +1,6 @@
 //! The lake against a real Iceberg warehouse (SQLite catalog, local files): parsed files land in the silver and
 //! bronze tables with exact row counts, snapshot properties and readable values; a table whose schema differs
-//! from poslake's definition is refused.
+//! from poslake's definition is read but never written.
 #![cfg(feature = "lake")]
 
 mod common;
@@ -107,7 +107,7 @@ async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
 }
 
 #[tokio::test]
-async fn a_table_with_another_schema_is_refused() {
+async fn a_table_with_another_schema_is_read_but_not_written() {
     use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
     use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
     use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
@@ -134,11 +134,36 @@ async fn a_table_with_another_schema_is_refused() {
         .await
         .expect("create");
 
-    match Warehouse::open(dir.path()).await {
-        Err(LakeError::Schema { table, .. }) => assert_eq!(table, "sales_line"),
-        Err(other) => panic!("expected a schema error, got {other}"),
-        Ok(_) => panic!("a mismatched table was accepted"),
+    // Read as it is (a table another engine changed stays readable; until session 27 even `poslake tables` and
+    // `poslake query` were refused), never written.
+    let wh = Warehouse::open(dir.path()).await.expect("a changed table is opened for reading");
+    match wh.check_writable() {
+        Err(LakeError::Schema { table, reason }) => {
+            assert_eq!(table, "sales_line");
+            assert!(reason.contains("does not write"), "{reason}");
+        }
+        other => panic!("expected a schema error, got {other:?}"),
     }
+    assert_eq!(common::scalar(&wh, "SELECT count(*) FROM sales_line").await, 0);
+    let wh = std::sync::Arc::new(wh);
+    // Refused when the rows are built to the table's columns (here `site` changed type), or else when written.
+    let mut rows = wh.rows();
+    let refused = match rows.add_file(&common::dialect_fixtures()[0]) {
+        Err(e) => Err(e),
+        Ok(()) => poslake::lake::LakeWriter::new(wh.clone()).write(rows).await.map(|_| ()),
+    };
+    match refused {
+        Err(LakeError::Schema { table, .. }) => assert_eq!(table, "sales_line"),
+        other => panic!("a mismatched table was written: {other:?}"),
+    }
+    // An ingest is refused at its start, with the reason.
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let paths = poslake::ingest::IngestPaths { staging, lake: dir.path().to_path_buf(), archive: None, catalog: None };
+    let setup = poslake::ingest::IngestSetup::new(paths);
+    let opened = poslake::ingest::PosStages::open(&setup, "run".into()).await;
+    let error = opened.err().expect("an ingest into a changed table is refused").to_string();
+    assert!(error.contains("sales_line") && error.contains("does not write"), "{error}");
 }
 
 /// Bronze `fields` values get neither a dictionary nor statistics (they cost a hash and a comparison per value and

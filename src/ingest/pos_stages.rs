@@ -79,6 +79,8 @@ impl PosStages {
         let paths = &setup.paths;
         staging.refuse_as_lake(&paths.lake)?;
         let warehouse = Arc::new(Warehouse::open_with(&paths.lake, paths.catalog.as_deref()).await?);
+        // An ingest writes every table: one another engine changed is refused now, not at the first batch.
+        warehouse.check_writable()?;
         let archive = Archive::open(paths.archive.as_deref(), warehouse.root()).await?;
         // A lake or an archive kept inside its own staging area must not ingest its own files.
         let staging = staging.excluding(warehouse.root()).excluding_archive(archive.archived_at());

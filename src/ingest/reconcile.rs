@@ -61,6 +61,7 @@ pub async fn reconcile(
     dedup: &DedupConfig,
 ) -> Result<ReconcileReport, ReconcileError> {
     let warehouse = Arc::new(Warehouse::open_with(lake, catalog).await.map_err(IngestError::from)?);
+    warehouse.check_writable().map_err(IngestError::from)?;
     let lock_path = warehouse.root().join("reconcile.lock");
     let lock = std::fs::File::create(&lock_path)
         .map_err(|source| IngestError::Lake(LakeError::Io { path: lock_path.clone(), source }))?;

@@ -43,6 +43,8 @@ pub struct Warehouse {
     root: PathBuf,
     /// Arrow schemas of [`TABLES`], taken from the tables themselves (field ids included).
     schemas: Vec<SchemaRef>,
+    /// Tables whose schema another engine changed, with how: read as they are, never written (see `ensure_table`).
+    unwritable: Vec<(&'static str, String)>,
     target_file_bytes: usize,
     /// Manifests smaller than this are merged (see `merge`).
     manifest_target_bytes: i64,
@@ -197,8 +199,12 @@ impl Warehouse {
             return Err(e.into());
         }
         let mut schemas = Vec::new();
+        let mut unwritable = Vec::new();
         for def in TABLES {
-            let table = ensure_table(&catalog, &namespace, def).await?;
+            let (table, differs) = ensure_table(&catalog, &namespace, def).await?;
+            if let Some(reason) = differs {
+                unwritable.push((def.name, reason));
+            }
             // A shared catalog may hold another lake's tables (one database named for two lakes, or this lake
             // mounted at another path on another host): writing beside them would mix the two.
             let location = table.metadata().location();
@@ -218,6 +224,7 @@ impl Warehouse {
             namespace,
             root,
             schemas,
+            unwritable,
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
             manifest_target_bytes: super::merge::DEFAULT_MANIFEST_TARGET_BYTES,
         })
@@ -248,6 +255,15 @@ impl Warehouse {
     /// The catalog's database.
     pub fn catalog_db(&self) -> &CatalogDb {
         &self.catalog_db
+    }
+
+    /// Refuses a lake with a table whose schema differs from poslake's definition (another engine added or changed
+    /// a column): it is read as it is, but rows built to the definition must not be written into it.
+    pub fn check_writable(&self) -> Result<(), LakeError> {
+        match self.unwritable.first() {
+            Some((table, reason)) => Err(LakeError::Schema { table, reason: reason.clone() }),
+            None => Ok(()),
+        }
     }
 
     /// An empty set of rows for [`Warehouse::append`].
@@ -311,9 +327,14 @@ impl Warehouse {
     }
 }
 
-/// Loads the table, creating it from its definition if absent; an existing table whose columns differ from the
-/// definition (names, types, nullability, order) is an error, never silently written to.
-async fn ensure_table(catalog: &SqlCatalog, ns: &NamespaceIdent, def: &TableDef) -> Result<Table, LakeError> {
+/// Loads the table, creating it from its definition if absent. For an existing table whose columns differ from the
+/// definition (names, types, nullability, order), also how they differ: such a table is read, never written to
+/// ([`Warehouse::check_writable`]).
+async fn ensure_table(
+    catalog: &SqlCatalog,
+    ns: &NamespaceIdent,
+    def: &TableDef,
+) -> Result<(Table, Option<String>), LakeError> {
     let ident = TableIdent::new(ns.clone(), def.name.to_owned());
     let want = def.schema()?;
     let table = if catalog.table_exists(&ident).await? {
@@ -339,17 +360,17 @@ async fn ensure_table(catalog: &SqlCatalog, ns: &NamespaceIdent, def: &TableDef)
             .map(|f| (f.name.clone(), f.field_type.to_string(), f.required))
             .collect::<Vec<_>>()
     };
-    if shape(have) != shape(&want) {
-        return Err(LakeError::Schema {
-            table: def.name,
-            reason: format!(
-                "the table's schema differs from poslake's definition: have {:?}, want {:?}",
-                shape(have),
-                shape(&want)
-            ),
-        });
-    }
-    Ok(table)
+    let differs = (shape(have) != shape(&want)).then(|| {
+        let (have, want) = (shape(have), shape(&want));
+        let extra: Vec<&str> = have.iter().filter(|c| !want.contains(c)).map(|c| c.0.as_str()).collect();
+        let missing: Vec<&str> = want.iter().filter(|c| !have.contains(c)).map(|c| c.0.as_str()).collect();
+        format!(
+            "the table's schema differs from poslake's definition (columns not poslake's or changed: {extra:?}; \
+             poslake's missing or changed: {missing:?}): another engine changed it, so poslake reads the table but \
+             does not write to it"
+        )
+    });
+    Ok((table, differs))
 }
 
 type DataWriter = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
@@ -506,6 +527,9 @@ impl LakeWriter {
 /// Opens writers for one table (a free function: the writer itself is not `Sync`, so no `&LakeWriter` may be held
 /// across an await).
 async fn open_table(warehouse: &Warehouse, def: &TableDef) -> Result<TableWriter, LakeError> {
+    if let Some((_, reason)) = warehouse.unwritable.iter().find(|(t, _)| *t == def.name) {
+        return Err(LakeError::Schema { table: def.name, reason: reason.clone() });
+    }
     {
         let table = warehouse.load(def.name).await?;
         let meta = table.metadata();
