@@ -90,6 +90,13 @@ async fn rediss_with_a_password_ingests_and_a_wrong_password_is_a_clear_error() 
     assert!(message.contains("localhost") && !message.contains("nope"), "clear, and no password shown: {message}");
     assert!(!message.contains("unreachable"), "an auth failure is not retried as an outage: {message}");
 
+    // No password at all: the server's "Authentication required", with what to do, and no retries.
+    let none = ingest(format!("rediss://localhost:{}/0", redis.port));
+    assert!(!none.status.success(), "no password fails the run");
+    let message = String::from_utf8_lossy(&none.stderr);
+    assert!(message.contains("the server needs a password: give it in the URL"), "{message}");
+    assert!(!message.contains("unreachable"), "not retried as an outage: {message}");
+
     let ok = ingest(format!("rediss://default:s3cret-pass@localhost:{}", redis.port));
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("json summary");

@@ -483,9 +483,20 @@ struct Failure {
 
 impl Failure {
     fn of(e: redis::RedisError) -> Failure {
-        let retry = !matches!(e.kind(), redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig)
+        let mut message = e.to_string();
+        // A server with a password, asked without one, says so in its own words (`NOAUTH Authentication
+        // required`, or the client's "refused to switch database" when the URL names one): say what to do.
+        let no_password = message.contains("NOAUTH") || message.contains("Authentication required");
+        if no_password {
+            message.push_str(
+                " (the server needs a password: give it in the URL, redis://:PASSWORD@HOST:PORT or \
+                 redis://USER:PASSWORD@HOST:PORT)",
+            );
+        }
+        let retry = !no_password
+            && !matches!(e.kind(), redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig)
             && !matches!(e.retry_method(), redis::RetryMethod::NoRetry);
-        Failure { retry, message: e.to_string() }
+        Failure { retry, message }
     }
 }
 
