@@ -201,12 +201,10 @@ async fn merging_manifests_keeps_every_data_file_and_expiry_then_deletes_the_mer
     assert_eq!(common::header_keys(&wh).await.len(), keys_before.len() + files[0].transactions.len());
 }
 
-/// Sets the modification time of every file under `dir` back by `by`.
 /// Repartitions `table` by business date and site, as another engine evolving the table would: new metadata with a
 /// second partition spec as the default, and the catalog row pointed at it.
 async fn evolve_partitioning(wh: &Warehouse, lake: &std::path::Path, table: &str) {
     use iceberg::spec::{TableMetadataBuilder, Transform, UnboundPartitionSpec};
-    use std::str::FromStr;
     let t = wh.load(table).await.expect("load");
     let meta = t.metadata();
     let location = t.metadata_location().expect("location").to_owned();
@@ -221,8 +219,20 @@ async fn evolve_partitioning(wh: &Warehouse, lake: &std::path::Path, table: &str
         .and_then(|b| b.set_default_partition_spec(TableMetadataBuilder::LAST_ADDED))
         .and_then(|b| b.build())
         .expect("metadata");
-    let next = iceberg::MetadataLocation::from_str(&location).expect("location").with_next_version();
-    built.metadata.write_to(t.file_io(), &next).await.expect("write metadata");
+    swap_in(t.file_io(), lake, table, &location, built.metadata).await;
+}
+
+/// Writes `metadata` as the table's next version and points the catalog row at it, as another engine commits.
+async fn swap_in(
+    io: &iceberg::io::FileIO,
+    lake: &std::path::Path,
+    table: &str,
+    location: &str,
+    metadata: iceberg::spec::TableMetadata,
+) {
+    use std::str::FromStr;
+    let next = iceberg::MetadataLocation::from_str(location).expect("location").with_next_version();
+    metadata.write_to(io, &next).await.expect("write metadata");
     let catalog = sqlx::SqlitePool::connect(&format!("sqlite:{}", lake.join("catalog.db").display())).await;
     let updated = sqlx::query(
         "UPDATE iceberg_tables SET previous_metadata_location = metadata_location, metadata_location = ? \
@@ -230,11 +240,174 @@ async fn evolve_partitioning(wh: &Warehouse, lake: &std::path::Path, table: &str
     )
     .bind(next.to_string())
     .bind(table)
-    .bind(&location)
+    .bind(location)
     .execute(&catalog.expect("catalog"))
     .await
     .expect("update the catalog row");
     assert_eq!(updated.rows_affected(), 1);
+}
+
+/// Deletes rows `positions` of the table's first data file (in manifest order) as another engine would: a position
+/// delete file, a delete manifest naming it, and a `delete` snapshot whose list adds that manifest to the current
+/// ones. iceberg-rust 0.10 has no action that commits delete files, so the parts are written here.
+async fn delete_positions_as_another_engine(wh: &Warehouse, lake: &std::path::Path, table: &str, positions: &[i64]) {
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use iceberg::spec::{
+        DataContentType, DataFileBuilder, DataFileFormat, MAIN_BRANCH, ManifestListWriter, ManifestWriterBuilder,
+        Operation, Snapshot, Summary, TableMetadataBuilder,
+    };
+    let t = wh.load(table).await.expect("load");
+    let meta = t.metadata();
+    let location = t.metadata_location().expect("location").to_owned();
+    let current = meta.current_snapshot().expect("a snapshot");
+    let list = t.manifest_list_reader(current).load().await.expect("list");
+    let first = list.entries().iter().find(|m| m.content == iceberg::spec::ManifestContentType::Data).expect("data");
+    let manifest = first.load_manifest(t.file_io()).await.expect("manifest");
+    let target = manifest.entries().first().expect("an entry").data_file().clone();
+    assert!(positions.iter().all(|&p| (p as u64) < target.record_count()), "positions inside the file");
+
+    // The position-delete file: (file_path, pos) with the reserved field ids the spec gives them.
+    let id = |name: &str, id: i32, ty: DataType| {
+        Field::new(name, ty, false).with_metadata(HashMap::from([("PARQUET:field_id".to_owned(), id.to_string())]))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        id("file_path", 2_147_483_546, DataType::Utf8),
+        id("pos", 2_147_483_545, DataType::Int64),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![target.file_path(); positions.len()])),
+        Arc::new(Int64Array::from(positions.to_vec())),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+    let unique = uuid::Uuid::new_v4();
+    let delete_path = format!("{}/data/foreign-{unique}-deletes.parquet", meta.location());
+    let local = delete_path.strip_prefix("file://").expect("local").to_owned();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&local).expect("create"), schema, None).expect("w");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+    let delete_file = DataFileBuilder::default()
+        .content(DataContentType::PositionDeletes)
+        .file_path(delete_path)
+        .file_format(DataFileFormat::Parquet)
+        .partition(target.partition().clone())
+        .partition_spec_id(first.partition_spec_id)
+        .record_count(positions.len() as u64)
+        .file_size_in_bytes(std::fs::metadata(&local).expect("size").len())
+        .build()
+        .expect("delete file");
+
+    let snapshot_id = 1 + meta.snapshots().map(|s| s.snapshot_id()).max().unwrap_or(0);
+    let sequence = meta.next_sequence_number();
+    let manifest_path = format!("{}/metadata/foreign-{unique}-m0.avro", meta.location());
+    let spec = meta.partition_spec_by_id(first.partition_spec_id).expect("spec");
+    let mut deletes = ManifestWriterBuilder::new(
+        t.file_io().new_output(&manifest_path).expect("out"),
+        Some(snapshot_id),
+        meta.current_schema().clone(),
+        spec.as_ref().clone(),
+    )
+    .build_v2_deletes();
+    deletes.add_file(delete_file, sequence).expect("add");
+    let delete_manifest = deletes.write_manifest_file().await.expect("manifest");
+    let list_path = format!("{}/metadata/snap-{snapshot_id}-0-{unique}.avro", meta.location());
+    let mut lists = ManifestListWriter::v2(
+        t.file_io().new_output(&list_path).expect("out").writer().await.expect("writer"),
+        snapshot_id,
+        Some(current.snapshot_id()),
+        sequence,
+    );
+    lists.add_manifests(list.entries().iter().cloned().chain([delete_manifest])).expect("list");
+    lists.close().await.expect("close");
+    let mut properties: HashMap<String, String> = current
+        .summary()
+        .additional_properties
+        .iter()
+        .filter(|(k, _)| k.starts_with("total-"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (name, by) in [("total-position-deletes", positions.len()), ("total-delete-files", 1)] {
+        let was: usize = properties.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        properties.insert(name.to_owned(), (was + by).to_string());
+    }
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(Some(current.snapshot_id()))
+        .with_sequence_number(sequence)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(Summary { operation: Operation::Delete, additional_properties: properties })
+        .with_schema_id(meta.current_schema_id())
+        .build();
+    let built = TableMetadataBuilder::new_from_metadata(meta.clone(), Some(location.clone()))
+        .set_branch_snapshot(snapshot, MAIN_BRANCH)
+        .and_then(|b| b.build())
+        .expect("metadata");
+    swap_in(t.file_io(), lake, table, &location, built.metadata).await;
+}
+
+async fn scanned_rows(wh: &Warehouse, table: &str) -> i64 {
+    common::scalar(wh, &format!("SELECT count(*) FROM {table}")).await
+}
+
+/// Another engine's deletes (here position deletes, as Spark or PyIceberg write them) are merged like poslake's own
+/// manifests: data and delete manifests apart, each entry keeping its data sequence number, so the deleted rows stay
+/// deleted. Until session 28 a table holding a delete manifest was never merged again, and its manifest list grew by
+/// one entry per commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_with_another_engines_deletes_is_merged_and_its_deleted_rows_stay_deleted() {
+    let (dir, wh, _dedup, committer) = lake().await;
+    let files = dialect_fixtures();
+    let table = "sales_header";
+    let commit = |i: usize| {
+        let (wh, committer, file) = (&wh, &committer, &files[i % files.len()]);
+        async move { committer.commit(prepared(wh, file, &format!("run/w/{i}")).await, &[]).await.expect("commit") }
+    };
+    let state = |wh: Arc<Warehouse>| async move {
+        let keys: BTreeSet<String> = common::header_keys(&wh).await.into_iter().collect();
+        (scanned_rows(&wh, table).await, wh.row_count(table).await.expect("rows"), keys, data_files(&wh, table).await)
+    };
+    let contents = |wh: Arc<Warehouse>| async move {
+        let t = wh.load(table).await.expect("reload");
+        let list = t.manifest_list_reader(t.metadata().current_snapshot().expect("snapshot")).load().await;
+        list.expect("list").entries().iter().map(|m| m.content).collect::<Vec<_>>()
+    };
+    use iceberg::spec::ManifestContentType::{Data, Deletes};
+
+    for i in 0..4 {
+        commit(i).await;
+    }
+    let (all, _, keys_all, _) = state(wh.clone()).await;
+    delete_positions_as_another_engine(&wh, dir.path(), table, &[0]).await;
+    for i in 4..6 {
+        commit(i).await;
+    }
+    let before = state(wh.clone()).await;
+    assert_eq!(keys_all.difference(&before.2).count(), 1, "the deleted row's key is gone");
+    assert_eq!(before.1, before.0 as u64, "row counts subtract the position delete");
+
+    // The six data manifests are merged; the one delete manifest stays as it is. A data entry re-stamped with the
+    // merge's sequence number would now be newer than the delete, which would no longer apply to it.
+    let report = committer.maintain(0, 2, None).await.expect("maintain");
+    let merged = report.merged.iter().find(|(name, _)| *name == table).map(|(_, m)| *m).expect("merged");
+    assert_eq!((merged.manifests, merged.data_files, merged.delete_files), (6, before.3.len() as u64, 0));
+    assert_eq!(contents(wh.clone()).await, [Deletes, Data]);
+    assert_eq!(state(wh.clone()).await, before, "no deleted row came back");
+
+    // A second delete and an append: the two delete manifests are merged with each other, the data ones apart.
+    delete_positions_as_another_engine(&wh, dir.path(), table, &[1]).await;
+    commit(6).await;
+    let before = state(wh.clone()).await;
+    assert_eq!(keys_all.difference(&before.2).count(), 2);
+    assert!(before.0 > all - 2, "the append's rows");
+    let report = committer.maintain(0, 2, None).await.expect("maintain");
+    let merged = report.merged.iter().find(|(name, _)| *name == table).map(|(_, m)| *m).expect("merged");
+    assert_eq!((merged.manifests, merged.data_files, merged.delete_files), (4, before.3.len() as u64, 2));
+    let mut after = contents(wh.clone()).await;
+    after.sort_by_key(|c| *c == Deletes);
+    assert_eq!(after, [Data, Deletes]);
+    assert_eq!(state(wh.clone()).await, before, "no deleted row came back");
 }
 
 /// Rows of `sales_header` per business date and per site, from a scan that prunes nothing (no filter).
@@ -288,6 +461,7 @@ async fn a_table_another_engine_repartitioned_is_merged_under_its_own_specs_and_
     }
 }
 
+/// Sets the modification time of every file under `dir` back by `by`.
 fn age(dir: &std::path::Path, by: std::time::Duration) {
     let when = std::time::SystemTime::now() - by;
     for entry in std::fs::read_dir(dir).expect("dir").flatten() {

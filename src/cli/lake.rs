@@ -90,7 +90,12 @@ pub async fn maintain(
         );
     }
     for (table, m) in &report.merged {
-        say!("{table:<20} {:>8} manifests merged ({} data files)", m.manifests, m.data_files);
+        match m.delete_files {
+            0 => say!("{table:<20} {:>8} manifests merged ({} data files)", m.manifests, m.data_files),
+            d => {
+                say!("{table:<20} {:>8} manifests merged ({} data files, {d} delete files)", m.manifests, m.data_files)
+            }
+        }
     }
     for (table, e) in &report.expired {
         say!("{table:<20} {:>8} snapshots expired, {:>8} files deleted", e.snapshots, e.files_deleted);

@@ -8,14 +8,19 @@
 //! snapshot lists it beside the large manifests, and the new metadata is swapped in with the same conditional
 //! `UPDATE` of the catalog row that iceberg-catalog-sql's own commit runs: it fails if any other commit landed first.
 //! No data changes: every data file of the current snapshot is in exactly one manifest of the new one.
+//!
+//! poslake writes no delete files, but another engine may (a row deleted with Spark or PyIceberg). Data and delete
+//! manifests are merged apart, as Java Iceberg does, and every entry keeps its data sequence number: a delete applies
+//! to the data files whose sequence number is below its own (equality) or not above it (position), so an entry
+//! re-stamped with the merge's number would bring deleted rows back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use iceberg::MetadataLocation;
 use iceberg::spec::{
-    MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
-    Summary, TableMetadataBuilder,
+    FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
+    Operation, Snapshot, Summary, TableMetadataBuilder,
 };
 
 use super::LakeError;
@@ -34,6 +39,8 @@ pub struct Merged {
     pub manifests: u64,
     /// Data files they listed.
     pub data_files: u64,
+    /// Delete files they listed (another engine's: poslake writes none).
+    pub delete_files: u64,
 }
 
 /// The snapshot-summary property of a merge snapshot: how many manifests it merged.
@@ -48,21 +55,23 @@ impl Warehouse {
         let (Some(current), Some(location)) = (meta.current_snapshot(), loaded.metadata_location()) else {
             return Ok(None);
         };
-        let io = loaded.file_io();
-        let list = loaded.manifest_list_reader(current).load().await?;
-        // poslake writes no delete files; a table with delete manifests is left as it is.
-        if list.entries().iter().any(|m| m.content != ManifestContentType::Data) {
+        // The merged manifests are written as format version 2, poslake's own; a table another engine upgraded is
+        // left as it is (version 3 manifests carry row lineage this merge would have to keep).
+        if meta.format_version() != FormatVersion::V2 {
+            tracing::debug!(table, version = ?meta.format_version(), "not merging manifests: not a version 2 table");
             return Ok(None);
         }
+        let io = loaded.file_io();
+        let list = loaded.manifest_list_reader(current).load().await?;
         let (small, mut kept): (Vec<&ManifestFile>, Vec<&ManifestFile>) =
             list.entries().iter().partition(|m| m.manifest_length < self.manifest_target_bytes());
         // A manifest's entries carry partition values of the spec it was written under: small manifests are merged
-        // with those of their own spec only, each group under that spec. (One merged manifest under the table's
-        // default spec read the partition values of an older spec as the new spec's, once another engine had evolved
-        // the table's partitioning: filtered scans then missed rows.)
-        let mut by_spec: BTreeMap<i32, Vec<&ManifestFile>> = BTreeMap::new();
+        // with those of their own spec and content only, each group under that spec. (One merged manifest under the
+        // table's default spec read the partition values of an older spec as the new spec's, once another engine had
+        // evolved the table's partitioning: filtered scans then missed rows.)
+        let mut by_spec: BTreeMap<(bool, i32), Vec<&ManifestFile>> = BTreeMap::new();
         for m in small {
-            by_spec.entry(m.partition_spec_id).or_default().push(m);
+            by_spec.entry((m.content == ManifestContentType::Deletes, m.partition_spec_id)).or_default().push(m);
         }
         by_spec.retain(|_, group| {
             if group.len() < 2 {
@@ -78,22 +87,22 @@ impl Warehouse {
         let snapshot_id = new_snapshot_id(meta);
         let sequence = meta.next_sequence_number();
         let commit = uuid::Uuid::new_v4();
-        let mut report = Merged { manifests: mergeable as u64, data_files: 0 };
+        let mut report = Merged { manifests: mergeable as u64, ..Merged::default() };
         let mut written = Vec::new();
         let mut merged_manifests = Vec::new();
-        for (i, (spec_id, group)) in by_spec.iter().enumerate() {
+        for (i, ((deletes, spec_id), group)) in by_spec.iter().enumerate() {
             let spec = meta.partition_spec_by_id(*spec_id).ok_or_else(|| LakeError::Schema {
                 table: "manifests",
                 reason: format!("{table}: a manifest names partition spec {spec_id}, which the table does not have"),
             })?;
             let manifest_path = format!("{}/metadata/{commit}-m{i}.avro", meta.location());
-            let mut writer = ManifestWriterBuilder::new(
+            let builder = ManifestWriterBuilder::new(
                 io.new_output(&manifest_path)?,
                 Some(snapshot_id),
                 meta.current_schema().clone(),
                 spec.as_ref().clone(),
-            )
-            .build_v2_data();
+            );
+            let mut writer = if *deletes { builder.build_v2_deletes() } else { builder.build_v2_data() };
             written.push(manifest_path);
             for manifest in group {
                 for entry in manifest.load_manifest(io).await?.entries() {
@@ -112,7 +121,11 @@ impl Warehouse {
                         });
                     };
                     writer.add_existing_file(entry.data_file().clone(), snapshot, seq, entry.file_sequence_number)?;
-                    report.data_files += 1;
+                    if *deletes {
+                        report.delete_files += 1;
+                    } else {
+                        report.data_files += 1;
+                    }
                 }
             }
             merged_manifests.push(writer.write_manifest_file().await?);
