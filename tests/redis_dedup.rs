@@ -386,6 +386,50 @@ async fn redis_stopped_restarted_or_wiped_mid_run_loses_and_duplicates_nothing()
     assert_exact(&lake, &want).await;
 }
 
+/// A Redis that comes back without its last writes but with its generation (an append-only file that lost its last
+/// second, a replica that took over before it received them) has lost some commits' keys together with their applied
+/// marks. The run, having seen the outage, re-checks its commits before it trusts a check again and re-adds the keys
+/// of every commit whose mark is gone: every key lands once, and re-sends afterwards are caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_back_without_its_last_writes_has_them_re_added_before_a_check_is_trusted() {
+    let server = Arc::new(Mutex::new(RedisServer::start()));
+    let config = server.lock().expect("server").bitmap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 19, 8);
+    let lost = Arc::new(Mutex::new(0u64));
+    let marks_lost = lost.clone();
+    let (result, at) = ingest_with_outage(&setup(&staging, &lake, config.clone()), server.clone(), 12, move |s| {
+        let marks = |s: &RedisServer| -> u64 {
+            let answer = s.command(&["SCARD", "poslake:{dedup}:applied"]);
+            answer.trim().trim_start_matches(':').parse().expect("a count")
+        };
+        let before = marks(s);
+        let copy = s.copy_data();
+        std::thread::sleep(Duration::from_millis(1000));
+        *marks_lost.lock().expect("lost") = marks(s) - before;
+        s.kill_and_restore(copy.path());
+        s.restart();
+    })
+    .await;
+    let summary = result.expect("the run survives the outage");
+    let lost = *lost.lock().expect("lost");
+    assert!(at < report.files, "the outage began mid-run ({at} of {} files)", report.files);
+    assert!(lost > 0, "commits were marked in the writes the server lost");
+    assert!(
+        summary.recovery.commits_readded >= lost,
+        "every commit whose mark was lost had its keys re-added: {:?}, {lost} marks lost",
+        summary.recovery
+    );
+    let want = unique_keys(&manifest);
+    assert_exact(&lake, &want).await;
+    let again = dir.path().join("resent-19");
+    resend(&staging, &manifest, &again, 3);
+    let second = run(&setup(&again, &lake, config)).await;
+    assert_eq!(second.new_transactions, 0, "the store knows every key again");
+    assert_exact(&lake, &want).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_past_the_limit_fails_clearly_and_the_next_run_completes() {
     let server = Arc::new(Mutex::new(RedisServer::start()));
@@ -772,33 +816,95 @@ async fn redis_bloom_filters_lost_are_made_again_in_their_configured_shape() {
     assert_exact(&lake, &unique_keys(&manifest)).await;
 }
 
-/// A node of a Redis Cluster whose keys live on several nodes is refused at once with a clear reason (poslake does
-/// not follow `MOVED` redirects, and took them for an outage until the limit); a one-node cluster that serves every
-/// slot is one endpoint, and works.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_node_that_does_not_serve_every_key_is_refused_clearly() {
-    let cluster = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
-    let a = RedisServer::start_with(&cluster);
-    let b = RedisServer::start_with(&cluster);
-    assert!(a.command(&["CLUSTER", "ADDSLOTSRANGE", "0", "8191"]).starts_with("+OK"));
-    assert!(b.command(&["CLUSTER", "ADDSLOTSRANGE", "8192", "16383"]).starts_with("+OK"));
-    assert!(a.command(&["CLUSTER", "MEET", "127.0.0.1", &b.port.to_string()]).starts_with("+OK"));
+/// Starts `primaries` cluster nodes that split the hash slots evenly, each with `replicas` replicas, and waits until
+/// the cluster is up and every replica has synced.
+fn redis_cluster(primaries: usize, replicas: usize) -> Vec<RedisServer> {
+    let cluster = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"];
+    let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas)).map(|_| RedisServer::start_with(&cluster)).collect();
+    let id = |n: &RedisServer| n.command(&["CLUSTER", "MYID"]).lines().nth(1).expect("id").to_owned();
+    for (i, node) in nodes.iter().take(primaries).enumerate() {
+        let (from, to) = (16_384 * i / primaries, 16_384 * (i + 1) / primaries - 1);
+        let added = node.command(&["CLUSTER", "ADDSLOTSRANGE", &from.to_string(), &to.to_string()]);
+        assert!(added.starts_with("+OK"), "{added}");
+    }
+    for node in &nodes[1..] {
+        assert!(nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &node.port.to_string()]).starts_with("+OK"));
+    }
     let started = std::time::Instant::now();
-    while !a.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
-        assert!(started.elapsed() < Duration::from_secs(20), "the two nodes never formed a cluster");
+    let known = |n: &RedisServer| n.command(&["CLUSTER", "NODES"]).lines().filter(|l| l.contains(':')).count();
+    while nodes.iter().any(|n| known(n) < nodes.len()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the nodes never met");
         std::thread::sleep(Duration::from_millis(100));
     }
+    for (i, replica) in nodes.iter().enumerate().skip(primaries) {
+        let primary = id(&nodes[(i - primaries) % primaries]);
+        let done = replica.command(&["CLUSTER", "REPLICATE", &primary]);
+        assert!(done.starts_with("+OK"), "{done}");
+    }
+    let up = |n: &RedisServer| {
+        n.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            && (!n.command(&["ROLE"]).contains("slave")
+                || n.command(&["INFO", "replication"]).contains("master_link_status:up"))
+    };
+    while !nodes.iter().all(up) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the cluster never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes
+}
+
+/// The hash slot of a key, by the server's own count.
+fn key_slot(node: &RedisServer, key: &str) -> u32 {
+    let answer = node.command(&["CLUSTER", "KEYSLOT", key]);
+    answer.trim().trim_start_matches(':').parse().expect("a slot")
+}
+
+/// The primary that serves `slot` in a cluster whose primaries split the slots evenly (see [`redis_cluster`]).
+fn serving(primaries: usize, slot: u32) -> usize {
+    (0..primaries).find(|&i| (slot as usize) < 16_384 * (i + 1) / primaries).expect("a primary")
+}
+
+fn keys_held(node: &RedisServer) -> u64 {
+    node.command(&["DBSIZE"]).trim().trim_start_matches(':').parse().expect("a count")
+}
+
+/// A node of a Redis Cluster whose slots several primaries share is used through a cluster connection when the key
+/// prefix holds a hash tag: every key lands in the tag's slot, on the primary that serves it, even when the URL names
+/// another node (redirects are followed). Without a hash tag it is refused at once with what to set (poslake took
+/// redirects for an outage until session 26, and refused every such cluster until session 28). A one-node cluster is
+/// one endpoint, and works whatever the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_is_used_through_one_hash_slot_and_refused_without_a_hash_tag() {
+    let nodes = redis_cluster(2, 0);
     let dir = tempfile::tempdir().expect("tempdir");
     for backend in [DedupBackend::RedisBitmap, DedupBackend::Redis] {
-        let config = DedupConfig { backend, unavailable_limit_secs: 600, ..a.bitmap() };
+        let config = DedupConfig { backend, unavailable_limit_secs: 600, ..nodes[0].bitmap() };
         let opened = tokio::time::timeout(Duration::from_secs(30), Dedup::open(&config, dir.path())).await;
         let Ok(Err(DedupError::Config(reason))) = opened else { panic!("not refused: {:?}", opened.map(|r| r.err())) };
-        assert!(reason.contains("serves 8192 of its 16384 hash slots") && reason.contains("MOVED"), "{reason}");
+        assert!(reason.contains("serves 8192 of its 16384 hash slots"), "{reason}");
+        assert!(reason.contains("key_prefix to \"{poslake}\""), "says what to set: {reason}");
     }
-    let leases = poslake::ingest::slot_leases::SlotLeases::join(&a.bitmap(), Duration::from_secs(3), None).await;
+    let leases = poslake::ingest::slot_leases::SlotLeases::join(&nodes[0].bitmap(), Duration::from_secs(3), None).await;
     assert!(matches!(leases, Err(DedupError::Config(_))), "slot leases refuse it too");
 
-    let whole = RedisServer::start_with(&cluster);
+    // With a hash tag, through the node that does not serve the tag's slot.
+    let slot = key_slot(&nodes[0], "poslake");
+    let (home, other) = match serving(2, slot) {
+        0 => (&nodes[0], &nodes[1]),
+        _ => (&nodes[1], &nodes[0]),
+    };
+    let tagged = DedupConfig { key_prefix: "{poslake}".into(), ..other.bitmap() };
+    let store = Dedup::open(&tagged, dir.path()).await.expect("a cluster with a hash-tagged prefix");
+    let keys = random_keys(1_000, 9);
+    assert_eq!(check_then_add(&store, &keys).await.len(), keys.len());
+    assert!(store.contains(&keys).await.expect("check").iter().all(|s| *s));
+    assert!(store.stats().await.expect("stats").iter().map(|s| s.adds).sum::<u64>() == keys.len() as u64);
+    assert!(keys_held(home) > 0, "the keys are on the primary that serves slot {slot}");
+    assert_eq!(keys_held(other), 0, "and none on the node the URL names");
+    let leases = poslake::ingest::slot_leases::SlotLeases::join(&tagged, Duration::from_secs(3), None).await;
+    assert!(leases.is_ok(), "slot leases work there too: {:?}", leases.err());
+
+    let whole = RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
     assert!(whole.command(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]).starts_with("+OK"));
     let started = std::time::Instant::now();
     while !whole.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
@@ -809,6 +915,50 @@ async fn a_cluster_node_that_does_not_serve_every_key_is_refused_clearly() {
     let keys = random_keys(1_000, 9);
     assert_eq!(check_then_add(&store, &keys).await.len(), keys.len());
     assert!(store.contains(&keys).await.expect("check").iter().all(|s| *s));
+}
+
+/// An ingest against a Redis Cluster of three primaries with a replica each, whose primary for poslake's slot (the
+/// one the URL names) is killed mid-run after its replica stopped receiving writes: the replica takes over without
+/// the last writes, the run pauses and goes on, and every key lands once. The run re-checks its commits once it has
+/// seen a failure, and re-adds the keys of those whose applied mark the new primary lacks, before it trusts a check
+/// again. Re-sends after the failover are still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_through_a_redis_cluster_failover_loses_and_duplicates_nothing() {
+    let mut nodes = redis_cluster(3, 1);
+    let slot = key_slot(&nodes[0], "poslake");
+    let home = serving(3, slot);
+    let replica = Arc::new(nodes.remove(home + 3));
+    let config = DedupConfig { key_prefix: "{poslake}".into(), ..nodes[home].bitmap() };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let (staging, report, manifest) = corpus(dir.path(), 17, 8);
+    let primary = Arc::new(Mutex::new(nodes.remove(home)));
+    let frozen = replica.clone();
+    let (result, at) = ingest_with_outage(&setup(&staging, &lake, config.clone()), primary.clone(), 12, move |s| {
+        // Writes the replica never receives: frozen while the primary takes them, then the primary is gone.
+        frozen.signal(libc::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(600));
+        s.kill_and_wipe();
+        frozen.signal(libc::SIGCONT);
+    })
+    .await;
+    let summary = result.expect("the run survives the failover");
+    assert!(at < report.files, "the failover began mid-run ({at} of {} files)", report.files);
+    assert_eq!(summary.files, report.files);
+    let role = replica.command(&["ROLE"]);
+    assert!(role.contains("master"), "the replica took over: {role}");
+    assert!(keys_held(&replica) > 0);
+    let want = unique_keys(&manifest);
+    assert_exact(&lake, &want).await;
+
+    // The URL's node is gone for good: the next run starts from another node's.
+    let again = dir.path().join("resent-17");
+    resend(&staging, &manifest, &again, 3);
+    let config = DedupConfig { redis_url: nodes[0].url(), ..config };
+    let second = run(&setup(&again, &lake, config)).await;
+    assert_eq!(second.new_transactions, 0, "the new primary knows every key");
+    assert!(second.quarantined_transactions > 0);
+    assert_exact(&lake, &want).await;
 }
 
 /// Two worker processes share one staging area, one lake and one Redis, each taking the files routed to it, and run

@@ -8,7 +8,8 @@
 //! about 8% more memory than the formula; the bench and the tests measure the real rate.
 //!
 //! A filter is split into shards (separate Redis keys, each at most `max_shard_bytes`) with the period and shard
-//! number in a hash tag, `poslake:bf:{2026-11:3}`, so a Redis Cluster spreads the shards over its nodes.
+//! number in a hash tag, `poslake:bf:{2026-11:3}`. On a Redis Cluster the key prefix carries a hash tag that comes
+//! first (`{poslake}:bf:{2026-11:3}`), which keeps every key in one slot (see `redis_pool`).
 
 use serde::Serialize;
 

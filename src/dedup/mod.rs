@@ -150,8 +150,7 @@ impl Dedup {
         match config.backend {
             DedupBackend::Embedded => Ok(Dedup::Embedded(EmbeddedDedup::open(&lake.join("dedup"))?)),
             backend => {
-                let pool = RedisPool::connect(config)?;
-                pool.check_serves_every_key().await?;
+                let pool = RedisPool::open(config).await?;
                 let has_bloom = RedisBloom::server_has_bloom(&pool).await?;
                 match (backend, has_bloom) {
                     (DedupBackend::RedisBloom, false) => Err(DedupError::Config(format!(

@@ -46,7 +46,8 @@ pub struct RedisBloom {
 }
 
 impl RedisBloom {
-    /// Whether the server knows `BF.MADD` (`COMMAND INFO` answers nil for an unknown command).
+    /// Whether the server knows `BF.MADD` (`COMMAND INFO` answers nil for an unknown command). On a cluster any node
+    /// answers: a cluster's nodes load the same modules.
     pub(super) async fn server_has_bloom(pool: &RedisPool) -> Result<bool, DedupError> {
         let mut pipe = redis::pipe();
         pipe.cmd("COMMAND").arg("INFO").arg("BF.MADD");

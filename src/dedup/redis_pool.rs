@@ -6,12 +6,20 @@
 //! While Redis is down the caller waits here, which holds up the pipeline behind it (backpressure): nothing is
 //! lost or duplicated, a warning says so (again every 30 s while it lasts), one line says when it is back, and
 //! past the configured limit the caller gets [`DedupError::Unavailable`].
+//!
+//! A Redis Cluster whose slots are spread over several nodes is reached through a cluster connection, which follows
+//! `MOVED` and `ASK` redirects, on one condition: the key prefix holds a hash tag (`{poslake}`), so that every key
+//! poslake writes is in one hash slot. Exactness rests on the order in which a commit's writes reach the server (its
+//! keys, then its applied mark), and one slot lives on one primary at a time, whose replicas and append-only file
+//! keep that order. Keys spread over several primaries would not (docs/dedup.md, "Redis client").
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::{Manager, Pool, Runtime};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, Pipeline};
 
 use super::DedupError;
@@ -19,7 +27,7 @@ use crate::config::DedupConfig;
 use crate::error_text::one_line;
 
 pub struct RedisPool {
-    pool: Pool,
+    connections: Connections,
     /// The URL without its password, for messages.
     url: String,
     prefix: String,
@@ -27,12 +35,62 @@ pub struct RedisPool {
     limit: Duration,
     /// The generation this process works against (see [`super::Dedup::generation`]).
     generation: Mutex<Option<String>>,
-    reconnected: AtomicBool,
     /// The outage under way, if any: one warning for all the callers it holds up.
     health: Mutex<Health>,
-    /// Round trips that failed, ever: a change tells a caller that the server may have restarted meanwhile.
-    failures: AtomicU64,
+    /// Whether the server may have lost writes since a caller last asked; shared with the pool's connection hook.
+    watch: Arc<ServerWatch>,
 }
+
+/// What tells a caller that the server may have lost its last writes: failed round trips, and new connections that
+/// reach another server process than the last ones did.
+#[derive(Default)]
+struct ServerWatch {
+    /// Set by a round trip that succeeded after a failure, or by a new connection to a new server process.
+    reconnected: AtomicBool,
+    /// Round trips that failed, ever (and new server processes seen): a change tells a caller that the server may
+    /// have restarted meanwhile.
+    failures: AtomicU64,
+    /// The `run_id` of the server process the last new connection reached.
+    run_id: Mutex<Option<String>>,
+}
+
+impl ServerWatch {
+    /// A new connection reached the server process `run_id`. A server that restarted between two round trips (say,
+    /// within a second, from an append-only file that lost its last second) or a replica that took over behind the
+    /// same address shows no failed round trip: the pool replaces the dead connections on checkout. Only its
+    /// `run_id` tells.
+    fn saw(&self, run_id: &str, url: &str) {
+        let Ok(mut last) = self.run_id.lock() else { return };
+        if last.as_deref().is_some_and(|l| l != run_id) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            self.reconnected.store(true, Ordering::SeqCst);
+            tracing::info!(
+                url,
+                "Redis is a new server process (restarted, or another took over): this run's \
+                commits are checked again before the next check is trusted"
+            );
+        }
+        *last = Some(run_id.to_owned());
+    }
+}
+
+/// How round trips reach the server.
+enum Connections {
+    /// One endpoint (a server, a primary, a cluster of one node, or a cluster behind a proxy): a bounded pool of
+    /// multiplexed connections.
+    Single(Pool),
+    /// A Redis Cluster whose slots several primaries share. One cluster connection (multiplexed, a connection per
+    /// node), made on first use and made again after a failed round trip, so that a cluster that changed meanwhile
+    /// (a failover, a node replaced) is read afresh.
+    Cluster { client: Box<ClusterClient>, connection: tokio::sync::Mutex<Option<ClusterConnection>> },
+}
+
+/// Redirects (`MOVED`, `ASK`) and lost node connections the cluster connection retries itself within one round trip:
+/// none. Each must reach the pool's own retries, which count it as a failure: a primary that took over after a
+/// failover may lack the last writes its replica had not received, and a caller that sees a failure re-checks its
+/// run's commits before it trusts a check (see `ingest::pos_stages`). Retried inside the cluster connection, the
+/// failover would go unseen. The slot map is read at connect, so no redirect is needed while the cluster stays as it is.
+const CLUSTER_RETRIES: u32 = 0;
 
 /// First backoff; doubled per try up to [`BACKOFF_CAP`], each sleep drawn uniformly below it (full jitter).
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -57,7 +115,25 @@ impl RedisPool {
         let conn =
             AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));
         let manager = Manager::new_with_config(config.redis_url.as_str(), conn).map_err(|e| cfg_err(&e))?;
+        let watch = Arc::new(ServerWatch::default());
+        let hook = {
+            let (watch, url) = (watch.clone(), url.clone());
+            deadpool_redis::Hook::async_fn(
+                move |conn: &mut redis::aio::MultiplexedConnection, _: &deadpool_redis::Metrics| {
+                    let (watch, url) = (watch.clone(), url.clone());
+                    Box::pin(async move {
+                        // A server that refuses INFO (some managed services rename it) is not watched this way.
+                        let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query_async(conn).await;
+                        if let Some(id) = info.ok().as_deref().and_then(run_id) {
+                            watch.saw(id, &url);
+                        }
+                        Ok(())
+                    })
+                },
+            )
+        };
         let pool = Pool::builder(manager)
+            .post_create(hook)
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(timeout))
@@ -66,20 +142,72 @@ impl RedisPool {
             .build()
             .map_err(|e| cfg_err(&e))?;
         Ok(RedisPool {
-            pool,
+            connections: Connections::Single(pool),
             url,
             prefix: config.key_prefix.clone(),
             timeout,
             limit: Duration::from_secs(config.unavailable_limit_secs),
             generation: Mutex::new(None),
-            reconnected: AtomicBool::new(false),
             health: Mutex::new(Health::default()),
-            failures: AtomicU64::new(0),
+            watch,
         })
+    }
+
+    /// Connects as [`Self::connect`] does, then looks at what the URL names: a node of a Redis Cluster whose slots
+    /// several primaries share is reached through a cluster connection, if the key prefix puts every key in one slot
+    /// (see the module docs), and refused with the reason otherwise.
+    pub async fn open(config: &DedupConfig) -> Result<Self, DedupError> {
+        let pool = Self::connect(config)?;
+        let Some((spread, nodes)) = pool.cluster_spread().await? else { return Ok(pool) };
+        let Some(tag) = hash_tag(&pool.prefix) else {
+            return Err(DedupError::Config(format!(
+                "Redis at {} is a node of a Redis Cluster whose hash slots several primaries serve ({spread}). poslake \
+                 keeps a commit's keys and its applied mark in order only within one hash slot, so on a cluster its \
+                 key prefix must hold a hash tag that puts every key in one slot: set [dedup] key_prefix to \
+                 \"{{{}}}\" in the configuration file (it is now {:?}). Or use one endpoint that \
+                 serves every key (a single server or primary, or a cluster behind a proxy, such as Azure Managed \
+                 Redis with the Enterprise cluster policy)",
+                pool.url,
+                pool.prefix.trim_matches(|c| c == '{' || c == '}'),
+                pool.prefix,
+            )));
+        };
+        let timeout = pool.timeout;
+        let client = redis::cluster::ClusterClientBuilder::new(seed_urls(&config.redis_url, &nodes))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(CLUSTER_RETRIES)
+            .build()
+            .map_err(|e| DedupError::Config(format!("Redis Cluster at {}: {e}", pool.url)))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLUSTER").arg("KEYSLOT").arg(pool.key(GENERATION));
+        let (slot,): (u32,) = pool.query(&pipe).await?;
+        tracing::info!(url = %pool.url, %spread, hash_tag = %tag, slot,
+            "Redis Cluster: every poslake key is in one hash slot, on whichever primary serves it (redirects followed)");
+        Ok(RedisPool {
+            connections: Connections::Cluster { client: Box::new(client), connection: tokio::sync::Mutex::new(None) },
+            ..pool
+        })
+    }
+
+    /// Whether round trips go through a cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connections, Connections::Cluster { .. })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// A pipeline for commands that name no key (`INFO`, `SCAN`): on a cluster it starts with a read of one of
+    /// poslake's keys, so that it goes to the primary that holds them all, not to any node. (The cluster client takes
+    /// the first argument of a command it does not know as a key: `COMMAND INFO` would go by `INFO`'s slot.)
+    pub fn keyless_pipe(&self) -> Pipeline {
+        let mut pipe = redis::pipe();
+        if self.is_cluster() {
+            pipe.cmd("TYPE").arg(self.key(GENERATION)).ignore();
+        }
+        pipe
     }
 
     /// A key under poslake's prefix.
@@ -110,11 +238,19 @@ impl RedisPool {
         let mut tries: u32 = 0;
         loop {
             let attempt = async {
-                let mut conn = self.pool.get().await.map_err(|e| match e {
-                    deadpool_redis::PoolError::Backend(e) => Failure::of(e),
-                    other => Failure { retry: true, message: other.to_string() },
-                })?;
-                let answer = pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)?;
+                let answer = match &self.connections {
+                    Connections::Single(pool) => {
+                        let mut conn = pool.get().await.map_err(|e| match e {
+                            deadpool_redis::PoolError::Backend(e) => Failure::of(e),
+                            other => Failure { retry: true, message: other.to_string() },
+                        })?;
+                        pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)?
+                    }
+                    Connections::Cluster { client, connection } => {
+                        let mut conn = cluster_connection(client, connection).await?;
+                        pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)?
+                    }
+                };
                 match busy(&answer) {
                     Some(failure) => Err(failure),
                     None => Ok(answer),
@@ -146,8 +282,11 @@ impl RedisPool {
             if !failure.retry {
                 return Err(DedupError::Redis { url: self.url.clone(), error: failure.message });
             }
+            if let Connections::Cluster { connection, .. } = &self.connections {
+                *connection.lock().await = None;
+            }
             tries += 1;
-            self.failures.fetch_add(1, Ordering::SeqCst);
+            self.watch.failures.fetch_add(1, Ordering::SeqCst);
             metrics::counter!(crate::telemetry::metric::REDIS_RETRIES).increment(1);
             let waited = started.elapsed();
             if crate::drain::requested() {
@@ -194,7 +333,7 @@ impl RedisPool {
 
     /// Says once per outage that Redis answers again (the first caller through says it for all).
     fn report_back(&self) {
-        self.reconnected.store(true, Ordering::SeqCst);
+        self.watch.reconnected.store(true, Ordering::SeqCst);
         let Ok(mut health) = self.health.lock() else { return };
         if let Some(o) = health.outage.take() {
             health.back_at = Some(Instant::now());
@@ -207,41 +346,40 @@ impl RedisPool {
         DedupError::Interrupted { url: self.url.clone(), secs: started.elapsed().as_secs_f64(), last: one_line(last) }
     }
 
-    /// Refuses a node of a Redis Cluster that does not serve every key itself. poslake sends each round trip to the
-    /// one endpoint of its URL and does not follow `MOVED` redirects: against such a node it would take the
-    /// redirects for an outage and retry them until `unavailable_limit_secs`. A server that cannot say (`INFO` or
-    /// `CLUSTER` refused, as some managed services do) is taken at its word as one endpoint.
-    pub async fn check_serves_every_key(&self) -> Result<(), DedupError> {
+    /// For a node of a Redis Cluster that does not serve every hash slot itself, who does (for messages); `None`
+    /// for one endpoint: a server that is no cluster node, a cluster of one primary, or a server that cannot say
+    /// (`INFO` or `CLUSTER` refused, as some managed services do), which is taken at its word.
+    async fn cluster_spread(&self) -> Result<Option<(String, Vec<(String, u16)>)>, DedupError> {
         let mut pipe = redis::pipe();
         pipe.cmd("INFO").arg("cluster");
         let info: String = match self.query::<(String,)>(&pipe).await {
             Ok((info,)) => info,
-            Err(DedupError::Redis { .. }) => return Ok(()),
+            Err(DedupError::Redis { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         if !info.lines().any(|l| l.trim() == "cluster_enabled:1") {
-            return Ok(());
+            return Ok(None);
         }
         let mut pipe = redis::pipe();
         pipe.cmd("CLUSTER").arg("MYID");
         pipe.cmd("CLUSTER").arg("SLOTS");
         let (me, ranges): (String, Vec<redis::Value>) = match self.query(&pipe).await {
             Ok(answer) => answer,
-            Err(DedupError::Redis { .. }) => return Ok(()),
+            Err(DedupError::Redis { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let served = cluster_slots_served_by(&me, &ranges);
         if served.here == CLUSTER_SLOTS {
-            return Ok(());
+            return Ok(None);
         }
-        Err(DedupError::Config(format!(
-            "Redis at {} is a node of a Redis Cluster that serves {} of its {CLUSTER_SLOTS} hash slots itself ({}              other primaries serve {}, and {} are unassigned): poslake needs one endpoint that serves every key (a              single server or primary, or a cluster behind a proxy, such as Azure Managed Redis with the Enterprise              cluster policy) and does not follow a cluster's MOVED redirects",
-            self.url,
+        let spread = format!(
+            "this node serves {} of its {CLUSTER_SLOTS} hash slots, {} other primaries serve {}, and {} are unassigned",
             served.here,
             served.other_primaries,
             served.elsewhere,
             CLUSTER_SLOTS - served.here - served.elsewhere,
-        )))
+        );
+        Ok(Some((spread, cluster_nodes(&ranges))))
     }
 
     /// The store's generation: set once (`SET NX`) by the first process to use the store, so a Redis that lost
@@ -279,11 +417,11 @@ impl RedisPool {
 
     /// Round trips that failed so far (see the field).
     pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::SeqCst)
+        self.watch.failures.load(Ordering::SeqCst)
     }
 
     pub fn take_reconnected(&self) -> bool {
-        self.reconnected.swap(false, Ordering::SeqCst)
+        self.watch.reconnected.swap(false, Ordering::SeqCst)
     }
 
     /// Commit ids whose keys are all added live in one set. The marks are made only if the generation is still
@@ -391,7 +529,7 @@ impl RedisPool {
 impl RedisPool {
     /// The server's CPU seconds so far (user + system, from `INFO cpu`), if it reports them.
     pub async fn server_cpu_seconds(&self) -> Result<Option<f64>, DedupError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = self.keyless_pipe();
         pipe.cmd("INFO").arg("cpu");
         let (info,): (String,) = self.query(&pipe).await?;
         let field =
@@ -404,7 +542,7 @@ impl RedisPool {
 
     /// Bytes the server's data takes (`used_memory` of `INFO memory`).
     pub async fn used_memory(&self) -> Result<Option<u64>, DedupError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = self.keyless_pipe();
         pipe.cmd("INFO").arg("memory");
         let (info,): (String,) = self.query(&pipe).await?;
         Ok(info.lines().find_map(|l| l.strip_prefix("used_memory:").and_then(|v| v.trim().parse().ok())))
@@ -412,7 +550,7 @@ impl RedisPool {
 
     /// Microseconds the server spent in each command so far (`INFO commandstats`), by command name in lower case.
     pub async fn command_usec(&self) -> Result<std::collections::HashMap<String, f64>, DedupError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = self.keyless_pipe();
         pipe.cmd("INFO").arg("commandstats");
         let (info,): (String,) = self.query(&pipe).await?;
         Ok(info
@@ -432,7 +570,7 @@ impl RedisPool {
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
-            let mut pipe = redis::pipe();
+            let mut pipe = self.keyless_pipe();
             pipe.cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
             let ((next, keys),): ((u64, Vec<String>),) = self.query(&pipe).await?;
             if !keys.is_empty() {
@@ -498,6 +636,78 @@ impl Failure {
             && !matches!(e.retry_method(), redis::RetryMethod::NoRetry);
         Failure { retry, message }
     }
+}
+
+/// The cluster connection, made now if there is none (the first round trip, or the first after a failure).
+async fn cluster_connection(
+    client: &ClusterClient,
+    connection: &tokio::sync::Mutex<Option<ClusterConnection>>,
+) -> Result<ClusterConnection, Failure> {
+    let mut held = connection.lock().await;
+    if let Some(conn) = held.as_ref() {
+        return Ok(conn.clone());
+    }
+    let conn = client.get_async_connection().await.map_err(Failure::of)?;
+    *held = Some(conn.clone());
+    Ok(conn)
+}
+
+/// The URLs a cluster connection starts from, each time it is made: the configured one, and for a plain `redis://`
+/// URL every node the cluster named at start (with the URL's user, password and database), so that a connection made
+/// again after the configured node died still finds the cluster. A TLS URL is used alone: nodes are named by address,
+/// which a certificate for the configured host name would not match.
+fn seed_urls(configured: &str, nodes: &[(String, u16)]) -> Vec<String> {
+    let mut urls = vec![configured.to_owned()];
+    let Ok(base) = url::Url::parse(configured) else { return urls };
+    if base.scheme() != "redis" {
+        return urls;
+    }
+    for (host, port) in nodes {
+        let mut node = base.clone();
+        if node.set_host(Some(host)).is_ok() && node.set_port(Some(*port)).is_ok() {
+            let node = node.to_string();
+            if !urls.contains(&node) {
+                urls.push(node);
+            }
+        }
+    }
+    urls
+}
+
+/// Every node `CLUSTER SLOTS` names (primaries and replicas), by address.
+fn cluster_nodes(ranges: &[redis::Value]) -> Vec<(String, u16)> {
+    use redis::Value;
+    let mut nodes = Vec::new();
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        for node in parts.iter().skip(2) {
+            let Value::Array(fields) = node else { continue };
+            let host = match fields.first() {
+                Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+                Some(Value::SimpleString(h)) => h.clone(),
+                _ => continue,
+            };
+            let Some(Value::Int(port)) = fields.get(1) else { continue };
+            let Ok(port) = u16::try_from(*port) else { continue };
+            if !host.is_empty() && !nodes.contains(&(host.clone(), port)) {
+                nodes.push((host, port));
+            }
+        }
+    }
+    nodes
+}
+
+/// The `run_id` field of `INFO server`: random per server process.
+fn run_id(info: &str) -> Option<&str> {
+    info.lines().find_map(|l| l.strip_prefix("run_id:")).map(str::trim).filter(|id| !id.is_empty())
+}
+
+/// The hash tag of a key prefix, as Redis Cluster reads it: what lies between the first `{` and the first `}` after
+/// it, if that is not empty. Every key that starts with such a prefix is in the tag's hash slot.
+fn hash_tag(prefix: &str) -> Option<&str> {
+    let open = prefix.find('{')?;
+    let close = prefix[open + 1..].find('}')?;
+    Some(&prefix[open + 1..open + 1 + close]).filter(|tag| !tag.is_empty())
 }
 
 fn poisoned() -> DedupError {
@@ -619,6 +829,28 @@ mod tests {
         );
         assert_eq!(cluster_slots_served_by("r1", &whole).here, 0, "a replica serves no slot itself");
         assert_eq!(cluster_slots_served_by("me", &[Value::Nil, Value::Int(3)]).here, 0, "odd answers count nothing");
+        assert_eq!(cluster_nodes(&split), [("127.0.0.1".to_owned(), 7000)], "every node, once");
+    }
+
+    #[test]
+    fn a_cluster_is_sought_at_every_node_it_named_with_the_urls_credentials() {
+        let nodes = [("10.0.0.2".to_owned(), 7001), ("10.0.0.1".to_owned(), 7000)];
+        assert_eq!(
+            seed_urls("redis://app:pw@10.0.0.1:7000/0", &nodes),
+            ["redis://app:pw@10.0.0.1:7000/0", "redis://app:pw@10.0.0.2:7001/0"]
+        );
+        assert_eq!(seed_urls("rediss://app:pw@cache.example:6380", &nodes), ["rediss://app:pw@cache.example:6380"]);
+    }
+
+    #[test]
+    fn a_hash_tag_is_read_as_redis_cluster_reads_it() {
+        assert_eq!(hash_tag("{poslake}"), Some("poslake"));
+        assert_eq!(hash_tag("acme:{poslake}:prod"), Some("poslake"));
+        assert_eq!(hash_tag("{a}{b}"), Some("a"), "the first tag");
+        assert_eq!(hash_tag("poslake"), None);
+        assert_eq!(hash_tag("{}poslake"), None, "an empty tag hashes the whole key");
+        assert_eq!(hash_tag("{poslake"), None);
+        assert_eq!(hash_tag("}x{y}"), Some("y"));
     }
 
     #[test]

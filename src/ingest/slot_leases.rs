@@ -131,8 +131,7 @@ impl SlotLeases {
     /// starts heartbeating every third of `ttl` for as long as the returned value lives. `route_by` is the pattern
     /// the worker routes by (absent: by folder), which every live worker must share.
     pub async fn join(config: &DedupConfig, ttl: Duration, route_by: Option<&str>) -> Result<Arc<Self>, DedupError> {
-        let pool = RedisPool::connect(&DedupConfig { pool_size: 2, ..config.clone() })?;
-        pool.check_serves_every_key().await?;
+        let pool = RedisPool::open(&DedupConfig { pool_size: 2, ..config.clone() }).await?;
         let host = std::env::var("POSLAKE_WORKER_ID")
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "local".into());
@@ -367,7 +366,7 @@ pub struct FleetMember {
 /// The workers that share the staging area with `workers = "auto"` (none if no worker ever did), and the slots
 /// nobody leases now.
 pub async fn fleet(config: &DedupConfig) -> Result<(Vec<FleetMember>, u32), DedupError> {
-    let pool = RedisPool::connect(&DedupConfig { pool_size: 1, ..config.clone() })?;
+    let pool = RedisPool::open(&DedupConfig { pool_size: 1, ..config.clone() }).await?;
     let mut pipe = redis::pipe();
     pipe.cmd("TIME");
     pipe.cmd("ZRANGE").arg(pool.key("{route}:workers")).arg(0).arg(-1).arg("WITHSCORES");

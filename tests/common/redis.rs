@@ -88,6 +88,16 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` to the server process (`SIGSTOP` freezes it, `SIGCONT` lets it go on).
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: kill(2) on a child we spawned; no memory is involved.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+
     /// Kills the server and deletes its data: a Redis that comes back empty.
     pub fn kill_and_wipe(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -102,6 +112,21 @@ impl RedisServer {
         }
     }
 
+    /// A copy of the server's data folder as it is now (its append-only files), to come back to later.
+    pub fn copy_data(&self) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_tree(self.dir.path(), copy.path());
+        copy
+    }
+
+    /// Kills the server and puts back the data of `copy` ([`Self::copy_data`]): a Redis that comes back without
+    /// the writes it took since, as one whose append-only file lost its last second, or a replica that took over
+    /// before it received them.
+    pub fn kill_and_restore(&mut self, copy: &std::path::Path) {
+        self.kill_and_wipe();
+        copy_tree(copy, self.dir.path());
+    }
+
     /// Starts it again on the same port and data folder.
     pub fn restart(&mut self) {
         self.launch();
@@ -110,6 +135,21 @@ impl RedisServer {
     /// Runs one command with the redis-cli wire protocol and returns the raw reply text.
     pub fn command(&self, args: &[&str]) -> String {
         Client { port: self.port }.command(args)
+    }
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let (path, target) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_name() == "redis.log" {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
     }
 }
 
