@@ -400,10 +400,7 @@ async fn a_redis_back_without_its_last_writes_has_them_re_added_before_a_check_i
     let lost = Arc::new(Mutex::new(0u64));
     let marks_lost = lost.clone();
     let (result, at) = ingest_with_outage(&setup(&staging, &lake, config.clone()), server.clone(), 12, move |s| {
-        let marks = |s: &RedisServer| -> u64 {
-            let answer = s.command(&["SCARD", "poslake:{dedup}:applied"]);
-            answer.trim().trim_start_matches(':').parse().expect("a count")
-        };
+        let marks = |s: &RedisServer| s.integer(&["SCARD", "poslake:{dedup}:applied"]);
         let before = marks(s);
         let copy = s.copy_data();
         std::thread::sleep(Duration::from_millis(1000));
@@ -854,18 +851,17 @@ fn redis_cluster(primaries: usize, replicas: usize) -> Vec<RedisServer> {
 }
 
 /// The hash slot of a key, by the server's own count.
-fn key_slot(node: &RedisServer, key: &str) -> u32 {
-    let answer = node.command(&["CLUSTER", "KEYSLOT", key]);
-    answer.trim().trim_start_matches(':').parse().expect("a slot")
+fn key_slot(node: &RedisServer, key: &str) -> u64 {
+    node.integer(&["CLUSTER", "KEYSLOT", key])
 }
 
 /// The primary that serves `slot` in a cluster whose primaries split the slots evenly (see [`redis_cluster`]).
-fn serving(primaries: usize, slot: u32) -> usize {
+fn serving(primaries: usize, slot: u64) -> usize {
     (0..primaries).find(|&i| (slot as usize) < 16_384 * (i + 1) / primaries).expect("a primary")
 }
 
 fn keys_held(node: &RedisServer) -> u64 {
-    node.command(&["DBSIZE"]).trim().trim_start_matches(':').parse().expect("a count")
+    node.integer(&["DBSIZE"])
 }
 
 /// A node of a Redis Cluster whose slots several primaries share is used through a cluster connection when the key
@@ -918,30 +914,23 @@ async fn a_redis_cluster_is_used_through_one_hash_slot_and_refused_without_a_has
 }
 
 /// An ingest against a Redis Cluster of three primaries with a replica each, whose primary for poslake's slot (the
-/// one the URL names) is killed mid-run after its replica stopped receiving writes: the replica takes over without
-/// the last writes, the run pauses and goes on, and every key lands once. The run re-checks its commits once it has
-/// seen a failure, and re-adds the keys of those whose applied mark the new primary lacks, before it trusts a check
-/// again. Re-sends after the failover are still caught.
+/// one the URL names) is killed mid-run: its replica takes over, the run pauses and goes on, and every key lands
+/// once; re-sends afterwards are caught, through another node's URL. (A replica that takes over without the last
+/// writes is the case of `a_redis_back_without_its_last_writes_…`: on loopback a replica has every write its primary
+/// sent before it died, even frozen, since the kernel's socket buffers hold them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_through_a_redis_cluster_failover_loses_and_duplicates_nothing() {
     let mut nodes = redis_cluster(3, 1);
     let slot = key_slot(&nodes[0], "poslake");
     let home = serving(3, slot);
-    let replica = Arc::new(nodes.remove(home + 3));
+    let replica = nodes.remove(home + 3);
     let config = DedupConfig { key_prefix: "{poslake}".into(), ..nodes[home].bitmap() };
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let (staging, report, manifest) = corpus(dir.path(), 17, 8);
     let primary = Arc::new(Mutex::new(nodes.remove(home)));
-    let frozen = replica.clone();
-    let (result, at) = ingest_with_outage(&setup(&staging, &lake, config.clone()), primary.clone(), 12, move |s| {
-        // Writes the replica never receives: frozen while the primary takes them, then the primary is gone.
-        frozen.signal(libc::SIGSTOP);
-        std::thread::sleep(Duration::from_millis(600));
-        s.kill_and_wipe();
-        frozen.signal(libc::SIGCONT);
-    })
-    .await;
+    let (result, at) =
+        ingest_with_outage(&setup(&staging, &lake, config.clone()), primary.clone(), 12, |s| s.kill_and_wipe()).await;
     let summary = result.expect("the run survives the failover");
     assert!(at < report.files, "the failover began mid-run ({at} of {} files)", report.files);
     assert_eq!(summary.files, report.files);

@@ -88,16 +88,6 @@ impl RedisServer {
         }
     }
 
-    /// Sends `signal` to the server process (`SIGSTOP` freezes it, `SIGCONT` lets it go on).
-    pub fn signal(&self, signal: i32) {
-        if let Some(child) = self.child.as_ref() {
-            // SAFETY: kill(2) on a child we spawned; no memory is involved.
-            unsafe {
-                libc::kill(child.id() as i32, signal);
-            }
-        }
-    }
-
     /// Kills the server and deletes its data: a Redis that comes back empty.
     pub fn kill_and_wipe(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -135,6 +125,12 @@ impl RedisServer {
     /// Runs one command with the redis-cli wire protocol and returns the raw reply text.
     pub fn command(&self, args: &[&str]) -> String {
         Client { port: self.port }.command(args)
+    }
+
+    /// Runs one command whose reply is an integer (`DBSIZE`, `SCARD`, `CLUSTER KEYSLOT`).
+    pub fn integer(&self, args: &[&str]) -> u64 {
+        let answer = self.command(args);
+        answer.trim().strip_prefix(':').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{args:?}: {answer}"))
     }
 }
 
