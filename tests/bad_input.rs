@@ -1118,3 +1118,34 @@ fn an_attribute_given_twice_is_malformed() {
         other => panic!("expected Malformed, got {other:?}"),
     }
 }
+
+/// `poslake parse` exits 1 when a file fails (and still parses the others), and 2 only for a usage error, so that a
+/// script tells a bad file from a mistyped flag. Both were 2 until session 28.
+#[test]
+fn the_parse_command_exits_1_for_a_bad_file_and_2_only_for_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.xml");
+    let bad = dir.path().join("bad.xml");
+    std::fs::write(&good, arts_valid()).expect("write");
+    std::fs::write(&bad, "<POSLog><Transaction>").expect("write");
+    let parse = |args: &[&str], files: &[&std::path::Path]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+            .arg("parse")
+            .args(args)
+            .args(files)
+            .output()
+            .expect("run poslake parse");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = parse(&["--summary"], &[&good]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let (code, stdout, stderr) = parse(&["--summary"], &[&good, &bad]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("(1 failed)") && stderr.contains("bad.xml"), "the good file parsed, the bad one named");
+    let (code, _, stderr) = parse(&["--no-such-flag"], &[&good]);
+    assert_eq!(code, Some(2), "{stderr}");
+}

@@ -55,7 +55,8 @@ pub fn parse(files: &[PathBuf], dialect: Option<Dialect>, summary: bool) -> anyh
             bytes_total as f64 / 1e6 / secs
         );
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    // 1, not 2: clap exits 2 on a usage error, and a script must tell a bad file from a mistyped flag.
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Files as given, folders walked (sorted, so output order is stable) for `*.xml` and `*.gz`.
