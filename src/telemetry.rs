@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -155,17 +155,18 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     if !(0.0..=1.0).contains(&ratio) {
         return Err(TelemetryError::Config(format!("the sampling ratio must be within 0..=1, not {ratio}")));
     }
-    // tonic's TLS is not compiled in (the HTTP exporter's reqwest has it): say what works instead of the exporter's
-    // own advice to rebuild with a feature.
-    if protocol == OtlpProtocol::Grpc && endpoint.to_ascii_lowercase().starts_with("https://") {
-        return Err(TelemetryError::Config(format!(
-            "OTLP over gRPC with TLS ({endpoint}) is not built in: use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
-             (--otlp-protocol http) with the collector's https:// endpoint (usually port 4318), or a collector on \
-             http:// beside poslake"
-        )));
-    }
     let exporter = match protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&endpoint).build(),
+        OtlpProtocol::Grpc => {
+            let grpc = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&endpoint);
+            if endpoint.to_ascii_lowercase().starts_with("https://") {
+                // The system's roots, and SSL_CERT_FILE / SSL_CERT_DIR for a private CA, as for Redis over TLS.
+                crate::install_tls_provider();
+                let tls = opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new().with_native_roots();
+                grpc.with_tls_config(tls).build()
+            } else {
+                grpc.build()
+            }
+        }
         OtlpProtocol::Http => {
             // Its reqwest client speaks TLS for https:// endpoints, with the process's provider.
             crate::install_tls_provider();
