@@ -46,11 +46,24 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // clap takes an empty variable for its flag given without a value, and names only the flag.
-            if e.kind() == clap::error::ErrorKind::InvalidValue
-                && let Some(name) = empty_variable(&<Cli as clap::CommandFactory>::command())
-            {
-                eprintln!("error: the environment variable {name} is set but empty: give it a value, or unset it");
+            // clap takes an empty variable for its flag given without a value, and names only the flag; a bad value
+            // from a variable is reported under the flag's name too.
+            use clap::error::ErrorKind::{InvalidValue, ValueValidation};
+            if matches!(e.kind(), InvalidValue | ValueValidation) {
+                let command = <Cli as clap::CommandFactory>::command();
+                let note = if let Some(name) = empty_variable(&command) {
+                    Some(format!("the environment variable {name} is set but empty: give it a value, or unset it"))
+                } else {
+                    // clap names the flag, which the command line does not hold: the value came from its variable.
+                    variable_behind(&command, &e).map(|name| {
+                        format!("the value comes from the environment variable {name}, not the command line")
+                    })
+                };
+                if let Some(note) = note {
+                    let _ = e.print();
+                    eprintln!("note: {note}");
+                    return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+                }
             }
             e.exit()
         }
@@ -94,6 +107,28 @@ fn empty_variable(command: &clap::Command) -> Option<String> {
         .filter_map(|a| a.get_env())
         .find(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()));
     own.map(|name| name.to_string_lossy().into_owned()).or_else(|| command.get_subcommands().find_map(empty_variable))
+}
+
+/// The environment variable that gave the value a usage error refuses: the refused flag's, when it is set and the
+/// command line does not give the flag itself.
+fn variable_behind(command: &clap::Command, error: &clap::Error) -> Option<String> {
+    let Some(clap::error::ContextValue::String(flag)) = error.get(clap::error::ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = flag.split_whitespace().next()?.strip_prefix("--")?;
+    let on_line = std::env::args().skip(1).any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    if on_line {
+        return None;
+    }
+    let name = find_env(command, long)?;
+    std::env::var_os(&name).is_some().then_some(name)
+}
+
+/// The environment variable of the flag `--long`, in `command` or its subcommands.
+fn find_env(command: &clap::Command, long: &str) -> Option<String> {
+    let own = command.get_arguments().find(|a| a.get_long() == Some(long)).and_then(|a| a.get_env());
+    own.map(|name| name.to_string_lossy().into_owned())
+        .or_else(|| command.get_subcommands().find_map(|c| find_env(c, long)))
 }
 
 /// The error and its causes on one line ([`poslake::error_text::chain`]), safe to print.

@@ -1149,3 +1149,27 @@ fn the_parse_command_exits_1_for_a_bad_file_and_2_only_for_a_usage_error() {
     let (code, _, stderr) = parse(&["--no-such-flag"], &[&good]);
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+/// A bad value from an environment variable is named as coming from it: clap names only the flag, which the command
+/// line does not hold (until session 28 `POSLAKE_DEDUP=bogus` read as a bad `--dedup`). An empty variable says so.
+#[test]
+fn a_bad_value_from_an_environment_variable_is_named_as_such() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+        cmd.args(["dedup", "stats"]).args(args).env_remove("POSLAKE_DEDUP").env_remove("POSLAKE_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run poslake");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = run(&[("POSLAKE_DEDUP", "bogus")], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("'bogus'") && stderr.contains("environment variable POSLAKE_DEDUP"), "{stderr}");
+    let (code, stderr) = run(&[("POSLAKE_DEDUP", "bogus")], &["--dedup", "nope"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("'nope'") && !stderr.contains("environment variable"), "the flag's own value: {stderr}");
+    let (code, stderr) = run(&[("POSLAKE_DEDUP", "")], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("POSLAKE_DEDUP is set but empty"), "{stderr}");
+}
