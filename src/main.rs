@@ -100,13 +100,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The first environment variable a flag is read from that is set to nothing, in this command or its subcommands.
+/// The first flag variable that is set but empty (clap takes it for the flag given without a value).
 fn empty_variable(command: &clap::Command) -> Option<String> {
-    let own = command
-        .get_arguments()
-        .filter_map(|a| a.get_env())
-        .find(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()));
-    own.map(|name| name.to_string_lossy().into_owned()).or_else(|| command.get_subcommands().find_map(empty_variable))
+    flag_variables(command)
+        .into_iter()
+        .map(|(_, name)| name)
+        .find(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()))
 }
 
 /// The environment variable that gave the value a usage error refuses: the refused flag's, when it is set and the
@@ -120,15 +119,16 @@ fn variable_behind(command: &clap::Command, error: &clap::Error) -> Option<Strin
     if on_line {
         return None;
     }
-    let name = find_env(command, long)?;
+    let (_, name) = flag_variables(command).into_iter().find(|(l, _)| l.as_deref() == Some(long))?;
     std::env::var_os(&name).is_some().then_some(name)
 }
 
-/// The environment variable of the flag `--long`, in `command` or its subcommands.
-fn find_env(command: &clap::Command, long: &str) -> Option<String> {
-    let own = command.get_arguments().find(|a| a.get_long() == Some(long)).and_then(|a| a.get_env());
-    own.map(|name| name.to_string_lossy().into_owned())
-        .or_else(|| command.get_subcommands().find_map(|c| find_env(c, long)))
+/// Every flag that has an environment variable, in `command` and its subcommands: its long name and the variable.
+fn flag_variables(command: &clap::Command) -> Vec<(Option<String>, String)> {
+    let own = command
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|env| (a.get_long().map(str::to_owned), env.to_string_lossy().into_owned())));
+    own.chain(command.get_subcommands().flat_map(flag_variables)).collect()
 }
 
 /// The error and its causes on one line ([`poslake::error_text::chain`]), safe to print.
