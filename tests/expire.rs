@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::dialect_fixtures;
 use poslake::ParsedFile;
 use poslake::config::DedupConfig;
-use poslake::dedup::{Dedup, DedupStore};
+use poslake::dedup::{Dedup, DedupStore, Holding};
 use poslake::ingest::commit::Committer;
 use poslake::ingest::maintain::history_marker;
 use poslake::lake::{COMMIT_PROPERTY, LakeWriter, PreparedCommit, Warehouse};
@@ -90,7 +90,7 @@ async fn expiry_takes_only_complete_commits_and_a_lost_store_is_reloaded_from_ev
     let six = prepared(&wh, &files[0], &id(6)).await;
     wh.write_intent(&six).await.expect("intent");
     wh.apply(six).await.expect("apply");
-    dedup.mark_applied(&[id(6)]).await.expect("mark");
+    dedup.mark_applied(&[id(6)], Holding::Keys(&[])).await.expect("mark");
     for i in 7..9 {
         committer.commit(prepared(&wh, &files[i % files.len()], &id(i)).await, &[]).await.expect("commit");
     }

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use common::{header_keys, keys_of_table, ledger_paths, pipeline};
-use poslake::config::{DedupBackend, DedupConfig};
+use poslake::config::{DedupBackend, DedupConfig, DedupPeriod};
 use poslake::dedup::bench::random_keys;
-use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, LedgerMark};
+use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, Holding, LedgerMark};
 use poslake::generate::{
     FileKind, GenerateArgs, ManifestFile as ManifestEntry, Report as GenerateReport, generate, read_manifest,
 };
@@ -869,24 +869,61 @@ fn keys_held(node: &RedisServer) -> u64 {
     node.integer(&["DBSIZE"])
 }
 
-/// A node of a Redis Cluster whose slots several primaries share is used through a cluster connection when the key
-/// prefix holds a hash tag: every key lands in the tag's slot, on the primary that serves it, even when the URL names
-/// another node (redirects are followed). Without a hash tag it is refused at once with what to set (poslake took
-/// redirects for an outage until session 26, and refused every such cluster until session 28). A one-node cluster is
-/// one endpoint, and works whatever the prefix.
+/// `n` random keys over `days` consecutive business dates (from 2026-11-01), a period each with `DedupPeriod::Day`.
+fn keys_over_days(n: u64, seed: u64, days: u64) -> Vec<DedupKey> {
+    let first = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).expect("date");
+    random_keys(n, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| DedupKey { date: first + chrono::Days::new(i as u64 % days), ..k })
+        .collect()
+}
+
+/// The primary (of `primaries` splitting the slots evenly) that serves a key's period with `DedupPeriod::Day`.
+fn period_home(node: &RedisServer, primaries: usize, key: &DedupKey) -> usize {
+    serving(primaries, key_slot(node, &key.date.format("%Y-%m-%d").to_string()))
+}
+
+/// A node of a Redis Cluster whose slots several primaries share is used through a cluster connection. With a hash
+/// tag in the key prefix every key lands in the tag's slot, on the primary that serves it, even when the URL names
+/// another node (redirects are followed). Without one, each period's keys go to the period's own slot, spread over
+/// the primaries (refused until session 29). A one-node cluster is one endpoint, and works whatever the prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_cluster_is_used_through_one_hash_slot_and_refused_without_a_hash_tag() {
+async fn a_redis_cluster_holds_poslakes_keys_in_one_slot_with_a_hash_tag_and_spreads_its_periods_without() {
     let nodes = redis_cluster(2, 0);
     let dir = tempfile::tempdir().expect("tempdir");
-    for backend in [DedupBackend::RedisBitmap, DedupBackend::Redis] {
-        let config = DedupConfig { backend, unavailable_limit_secs: 600, ..nodes[0].bitmap() };
-        let opened = tokio::time::timeout(Duration::from_secs(30), Dedup::open(&config, dir.path())).await;
-        let Ok(Err(DedupError::Config(reason))) = opened else { panic!("not refused: {:?}", opened.map(|r| r.err())) };
-        assert!(reason.contains("serves 8192 of its 16384 hash slots"), "{reason}");
-        assert!(reason.contains("key_prefix to \"{poslake}\""), "says what to set: {reason}");
+    // No hash tag: spread by period, through either node, with either backend setting.
+    let keys = keys_over_days(2_000, 9, 20);
+    let homes: BTreeSet<usize> = keys.iter().map(|k| period_home(&nodes[0], 2, k)).collect();
+    assert_eq!(homes.len(), 2, "20 periods fall on both primaries");
+    for (backend, via) in [(DedupBackend::RedisBitmap, &nodes[0]), (DedupBackend::Redis, &nodes[1])] {
+        let config = DedupConfig {
+            backend,
+            period: DedupPeriod::Day,
+            key_prefix: format!("spread-{via}", via = via.port),
+            ..via.bitmap()
+        };
+        let store = Dedup::open(&config, dir.path()).await.expect("a cluster without a hash tag");
+        assert!(store.describe().starts_with("redis-bitmap"), "{}", store.describe());
+        let held_before: Vec<u64> = nodes.iter().map(keys_held).collect();
+        assert_eq!(check_then_add(&store, &keys).await.len(), keys.len());
+        assert!(store.contains(&keys).await.expect("check").iter().all(|s| *s));
+        let stats = store.stats().await.expect("stats");
+        assert_eq!(stats.len(), 20, "one partition per day");
+        assert_eq!(stats.iter().map(|s| s.adds).sum::<u64>(), keys.len() as u64);
+        for (node, before) in nodes.iter().zip(held_before) {
+            assert!(keys_held(node) > before, "both primaries hold periods");
+        }
+        store.mark_applied(&["run/w/1".to_owned()], Holding::Keys(&keys)).await.expect("mark");
+        let marked = store.applied(&["run/w/1".to_owned(), "run/w/2".to_owned()]).await.expect("applied");
+        assert_eq!(marked, [true, false]);
+        // Another process, which never touched these periods, finds every key.
+        let other = Dedup::open(&config, dir.path()).await.expect("reopen");
+        assert!(other.contains(&keys).await.expect("check").iter().all(|s| *s));
+        assert!(other.contains(&keys_over_days(500, 10, 20)).await.expect("check").iter().all(|s| !s));
     }
     let leases = poslake::ingest::slot_leases::SlotLeases::join(&nodes[0].bitmap(), Duration::from_secs(3), None).await;
-    assert!(matches!(leases, Err(DedupError::Config(_))), "slot leases refuse it too");
+    assert!(leases.is_ok(), "slot leases keep to their own hash tag: {:?}", leases.err());
 
     // With a hash tag, through the node that does not serve the tag's slot.
     let slot = key_slot(&nodes[0], "poslake");
@@ -894,9 +931,9 @@ async fn a_redis_cluster_is_used_through_one_hash_slot_and_refused_without_a_has
         0 => (&nodes[0], &nodes[1]),
         _ => (&nodes[1], &nodes[0]),
     };
-    let tagged = DedupConfig { key_prefix: "{poslake}".into(), ..other.bitmap() };
+    assert!(home.command(&["FLUSHALL"]).starts_with("+OK") && other.command(&["FLUSHALL"]).starts_with("+OK"));
+    let tagged = DedupConfig { key_prefix: "{poslake}".into(), period: DedupPeriod::Day, ..other.bitmap() };
     let store = Dedup::open(&tagged, dir.path()).await.expect("a cluster with a hash-tagged prefix");
-    let keys = random_keys(1_000, 9);
     assert_eq!(check_then_add(&store, &keys).await.len(), keys.len());
     assert!(store.contains(&keys).await.expect("check").iter().all(|s| *s));
     assert!(store.stats().await.expect("stats").iter().map(|s| s.adds).sum::<u64>() == keys.len() as u64);
@@ -916,6 +953,122 @@ async fn a_redis_cluster_is_used_through_one_hash_slot_and_refused_without_a_has
     let keys = random_keys(1_000, 9);
     assert_eq!(check_then_add(&store, &keys).await.len(), keys.len());
     assert!(store.contains(&keys).await.expect("check").iter().all(|s| *s));
+}
+
+/// Spread by period, one primary loses its periods' state (flushed: a restart without persistence) while the
+/// others keep theirs. No process takes those periods' keys for new: not one that checked them before, nor one that
+/// never touched them; their commits read as not applied. The first to heal gives the store a new generation, which
+/// every other process then notices, even at a check of a period that kept its state. Losing the shared slot's
+/// state (the store's generation and the commits' period lists) is noticed at the next mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_period_that_lost_its_state_on_a_spread_cluster_is_noticed_by_every_process() {
+    let nodes = redis_cluster(2, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = DedupConfig { period: DedupPeriod::Day, ..nodes[0].bitmap() };
+    let shared = serving(2, key_slot(&nodes[0], "dedup"));
+    let victim = 1 - shared;
+    let keys = keys_over_days(2_000, 21, 20);
+    let (lost, kept): (Vec<DedupKey>, Vec<DedupKey>) =
+        keys.iter().partition(|k| period_home(&nodes[0], 2, k) == victim);
+    assert!(!lost.is_empty() && !kept.is_empty(), "periods on both primaries");
+    let stale = |r: Result<Vec<bool>, DedupError>| matches!(r, Err(DedupError::StateLost { .. }));
+
+    let a = Dedup::open(&config, dir.path()).await.expect("open");
+    let c = Dedup::open(&config, dir.path()).await.expect("open");
+    let first = a.generation().await.expect("generation");
+    assert_eq!(check_then_add(&a, &keys).await.len(), keys.len());
+    let ids = ["run/a/1".to_owned()];
+    a.mark_applied(&ids, Holding::Keys(&keys)).await.expect("mark");
+    assert_eq!(a.applied(&ids).await.expect("applied"), [true]);
+
+    assert!(nodes[victim].command(&["FLUSHALL"]).starts_with("+OK"));
+    assert!(stale(c.contains(&lost).await), "a process that never touched the lost periods does not take them as new");
+    assert!(stale(a.contains(&lost).await), "nor one that did");
+    assert_eq!(a.applied(&ids).await.expect("applied"), [false], "the commit's mark is gone from some periods");
+    assert!(a.contains(&kept).await.expect("check").iter().all(|s| *s), "the other periods kept their keys");
+
+    // A heals: a new store generation, then its keys again.
+    assert!(matches!(a.generation().await, Err(DedupError::StateLost { .. })));
+    let renewed = a.renew_generation().await.expect("renew");
+    assert_ne!(renewed, first, "a period lost its state: the store takes a new generation");
+    assert!(stale(c.contains(&kept).await), "so every other process notices, wherever it checks");
+    a.add(&keys).await.expect("re-add");
+    a.mark_applied(&ids, Holding::Keys(&keys)).await.expect("mark");
+    assert_eq!(a.applied(&ids).await.expect("applied"), [true]);
+    assert_eq!(c.renew_generation().await.expect("renew"), renewed, "an unharmed store: the same generation");
+    assert!(c.contains(&keys).await.expect("check").iter().all(|s| *s));
+
+    // The shared slot loses its state: the commits' period lists go with it, and the next mark is refused.
+    assert!(nodes[shared].command(&["FLUSHALL"]).starts_with("+OK"));
+    assert_eq!(a.applied(&ids).await.expect("applied"), [false]);
+    let refused = a.mark_applied(&["run/a/2".to_owned()], Holding::Keys(&kept)).await;
+    assert!(matches!(refused, Err(DedupError::StateLost { .. })), "{refused:?}");
+    // A new process adopts a new generation and stamps the periods that kept their state (the victim's, this time:
+    // the shared slot's primary held the others) as it meets them.
+    let d = Dedup::open(&config, dir.path()).await.expect("open");
+    assert!(d.contains(&lost).await.expect("check").iter().all(|s| *s));
+    assert!(stale(c.contains(&lost).await), "the old generation is gone for every process");
+}
+
+/// An ingest spread by period over a Redis Cluster of three primaries (no hash tag, a period a day): one primary
+/// holding periods but not the shared slot loses its state mid-run, and the run goes on, every key once. Between
+/// runs the same primary, then the shared slot's, lose their state: re-sends are still caught, the lost keys
+/// re-added from the commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_spread_by_period_over_a_redis_cluster_survives_primaries_losing_their_state() {
+    let mut nodes = redis_cluster(3, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 23,
+        sites: 4,
+        days: 9,
+        files_per_day: 2,
+        min_transactions: 10,
+        max_transactions: 20,
+        duplicate_file_rate: 0.15,
+        duplicate_transaction_rate: 0.05,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let manifest = read_manifest(&staging).expect("manifest");
+    let want = unique_keys(&manifest);
+    let day = |key: &str| key.split('|').nth(1).expect("date").to_owned();
+    let shared = serving(3, key_slot(&nodes[0], "dedup"));
+    let homes: BTreeSet<usize> = want.iter().map(|k| serving(3, key_slot(&nodes[0], &day(k)))).collect();
+    let victim = *homes.iter().find(|&&h| h != shared).expect("a primary holding periods, not the shared slot");
+    let config = DedupConfig { period: DedupPeriod::Day, ..nodes[0].bitmap() };
+
+    let node = Arc::new(Mutex::new(nodes.remove(victim)));
+    let (result, at) =
+        ingest_with_outage(&setup(&staging, &lake_of(dir.path()), config.clone()), node.clone(), 12, |s| {
+            assert!(s.command(&["FLUSHALL"]).starts_with("+OK"));
+        })
+        .await;
+    let summary = result.expect("the run survives a primary losing its state");
+    assert!(at < report.files, "the loss came mid-run ({at} of {} files)", report.files);
+    assert_eq!(summary.files, report.files);
+    assert_exact(&lake_of(dir.path()), &want).await;
+    assert!(keys_held(&node.lock().expect("node")) > 0, "the victim holds periods again");
+
+    let again = dir.path().join("resent");
+    resend(&staging, &manifest, &again, 3);
+    assert!(node.lock().expect("node").command(&["FLUSHALL"]).starts_with("+OK"));
+    let second = run(&setup(&again, &lake_of(dir.path()), config.clone())).await;
+    assert_eq!(second.new_transactions, 0, "re-sends are caught after a primary lost its periods");
+    assert!(second.recovery.keys_readded > 0, "the lost keys came back from the commits: {:?}", second.recovery);
+    assert_exact(&lake_of(dir.path()), &want).await;
+
+    let shared_node = if shared > victim { &nodes[shared - 1] } else { &nodes[shared] };
+    assert!(shared_node.command(&["FLUSHALL"]).starts_with("+OK"));
+    let third = run(&setup(&again, &lake_of(dir.path()), config)).await;
+    assert_eq!(third.new_transactions, 0, "and after the shared slot lost its state");
+    assert_exact(&lake_of(dir.path()), &want).await;
+}
+
+fn lake_of(dir: &Path) -> PathBuf {
+    dir.join("lake")
 }
 
 /// An ingest against a Redis Cluster of three primaries with a replica each, whose primary for poslake's slot (the

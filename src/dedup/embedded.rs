@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use fjall::config::PartitioningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{DedupError, DedupKey, DedupStore, PartitionStats};
+use super::{DedupError, DedupKey, DedupStore, Holding, PartitionStats};
 
 /// The block cache, shared by both keyspaces: most of the store's memory. A short run never fills it and a long one
 /// does (heap profiles: under 1 MB of blocks early in an ingest, about 10 MB once the store is large), so it is kept
@@ -305,7 +305,8 @@ impl DedupStore for EmbeddedDedup {
         }
     }
 
-    async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
+    /// One set of marks beside one set of keys: what the keys are does not matter.
+    async fn mark_applied(&self, commits: &[String], _: Holding<'_>) -> Result<(), DedupError> {
         let commits: Vec<Vec<u8>> = commits.iter().map(|c| c.as_bytes().to_vec()).collect();
         self.blocking(move |db, _, applied| insert_durably(db, applied, commits)).await
     }
@@ -369,7 +370,7 @@ mod tests {
         let generation = d.generation().to_owned();
         assert_eq!(d.contains(&[key(1), key(2)]).await.expect("contains"), [false, false]);
         d.add(&[key(1), key(2), key(1)]).await.expect("add");
-        d.mark_applied(&["run/0".into()]).await.expect("mark");
+        d.mark_applied(&["run/0".into()], Holding::Everything).await.expect("mark");
         assert_eq!(d.contains(&[key(1), key(3)]).await.expect("contains"), [true, false]);
         drop(d);
         let d = EmbeddedDedup::open(&path).expect("reopen");

@@ -118,14 +118,42 @@ pub struct PartitionStats {
     pub over_capacity: bool,
 }
 
+/// What the keys of commits being marked applied are, so that a store that keeps its marks beside its filters (a
+/// Redis Cluster spread by period) marks every place the keys went.
+#[derive(Debug, Clone, Copy)]
+pub enum Holding<'a> {
+    /// The commits' keys are among these.
+    Keys(&'a [DedupKey]),
+    /// Keys of any period the store holds: a reload of every row, the marker of an expired history.
+    Everything,
+}
+
+impl Holding<'_> {
+    /// The distinct period labels of the keys (`None`: every period).
+    fn labels(&self, period: DedupPeriod) -> Option<Vec<String>> {
+        match self {
+            Holding::Keys(keys) => {
+                let dates: std::collections::BTreeSet<NaiveDate> = keys.iter().map(|k| k.date).collect();
+                let labels: std::collections::BTreeSet<String> = dates.into_iter().map(|d| period.label(d)).collect();
+                Some(labels.into_iter().collect())
+            }
+            Holding::Everything => None,
+        }
+    }
+}
+
 /// What every dedup store does. Adds are idempotent, so any of them may be retried or repeated in recovery.
 pub trait DedupStore: Send + Sync {
     /// Whether each key is (probably, for a Bloom filter) already in the store.
     fn contains(&self, keys: &[DedupKey]) -> impl Future<Output = Result<Vec<bool>, DedupError>> + Send;
     /// Adds keys whose data is committed.
     fn add(&self, keys: &[DedupKey]) -> impl Future<Output = Result<(), DedupError>> + Send;
-    /// Records that every key of these commits has been added.
-    fn mark_applied(&self, commits: &[String]) -> impl Future<Output = Result<(), DedupError>> + Send;
+    /// Records that every key of these commits has been added; `holding` says what their keys are.
+    fn mark_applied(
+        &self,
+        commits: &[String],
+        holding: Holding<'_>,
+    ) -> impl Future<Output = Result<(), DedupError>> + Send;
     /// Which of these commits are recorded as applied.
     fn applied(&self, commits: &[String]) -> impl Future<Output = Result<Vec<bool>, DedupError>> + Send;
     /// Per-partition fill and estimates.
@@ -299,8 +327,8 @@ impl DedupStore for Dedup {
         each_store!(self, d => d.add(keys).await)
     }
 
-    async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
-        each_store!(self, d => d.mark_applied(commits).await)
+    async fn mark_applied(&self, commits: &[String], holding: Holding<'_>) -> Result<(), DedupError> {
+        each_store!(self, d => d.mark_applied(commits, holding).await)
     }
 
     async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {

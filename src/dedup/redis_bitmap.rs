@@ -20,8 +20,8 @@ use super::bloom::{BLOCK_BITS, Location, Plan};
 
 /// Maps looked up once per key: foldhash rather than the default SipHash, which showed in the bench's profile.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-use super::redis_pool::{GENERATION, RedisPool};
-use super::{DedupError, DedupKey, DedupStore, PartitionStats};
+use super::redis_pool::{Layout, Periods, RedisPool};
+use super::{DedupError, DedupKey, DedupStore, Holding, PartitionStats};
 use crate::config::{DedupConfig, DedupPeriod};
 
 pub struct RedisBitmap {
@@ -38,6 +38,8 @@ pub struct RedisBitmap {
 
 /// One key's place, as a round trip needs it.
 struct Located {
+    /// Index into the call's period labels.
+    label: u32,
     /// Index into the call's shard keys.
     shard: u32,
     loc: Location,
@@ -131,8 +133,13 @@ impl RedisBitmap {
         self.pool.key(&format!("bf:{{{label}}}:meta"))
     }
 
+    /// A shard's key. In the one-slot layout each shard has a hash tag of its own (which the key prefix's tag, on a
+    /// cluster, overrides); spread by period, the period's tag.
     fn shard_key(&self, label: &str, shard: u64) -> String {
-        self.pool.key(&format!("bf:{{{label}:{shard}}}"))
+        match self.pool.layout() {
+            Layout::OneSlot => self.pool.key(&format!("bf:{{{label}:{shard}}}")),
+            Layout::ByPeriod => self.pool.key(&format!("bf:{{{label}}}:{shard}")),
+        }
     }
 
     /// The plan of each period the keys fall in, creating the period's filter on first use.
@@ -166,10 +173,14 @@ impl RedisBitmap {
         };
         let json = serde_json::to_string(&stored).map_err(|e| DedupError::Config(e.to_string()))?;
         let meta = self.meta_key(label);
+        // Spread by period, the period's generation first (it lists the period, in another slot).
+        self.pool.enter(std::slice::from_ref(&label.to_owned())).await?;
         let mut pipe = redis::pipe();
         pipe.cmd("HSETNX").arg(&meta).arg("plan").arg(&json).ignore();
         pipe.cmd("HGET").arg(&meta).arg("plan");
-        pipe.cmd("SADD").arg(self.pool.key("dedup:partitions")).arg(label).ignore();
+        if self.pool.layout() == Layout::OneSlot {
+            pipe.cmd("SADD").arg(self.pool.partitions_key()).arg(label).ignore();
+        }
         let (found,): (String,) = self.pool.query(&pipe).await?;
         let s: StoredPlan = serde_json::from_str(&found)
             .map_err(|e| DedupError::Config(format!("{meta} holds a plan poslake cannot read: {e}")))?;
@@ -196,8 +207,9 @@ impl RedisBitmap {
         Ok(plan)
     }
 
-    /// Where each key's bits are: its shard (an index into the returned shard keys) and bit offsets.
-    async fn locate(&self, keys: &[DedupKey]) -> Result<(Vec<String>, Vec<Located>), DedupError> {
+    /// Where each key's bits are: its period and shard (indices into the returned labels and shard keys) and bit
+    /// offsets.
+    async fn locate(&self, keys: &[DedupKey]) -> Result<(Vec<String>, Vec<String>, Vec<Located>), DedupError> {
         // Labels and shard keys are made once per business date and shard, not once per key.
         let mut label_of: FastMap<chrono::NaiveDate, usize> = FastMap::default();
         let mut labels: Vec<String> = Vec::new();
@@ -218,9 +230,26 @@ impl RedisBitmap {
                 shard_keys.push(self.shard_key(&labels[l], loc.shard));
                 (shard_keys.len() - 1) as u32
             });
-            located.push(Located { shard, loc, already_set: 0 });
+            located.push(Located { label: l as u32, shard, loc, already_set: 0 });
         }
-        Ok((shard_keys, located))
+        Ok((labels, shard_keys, located))
+    }
+
+    /// The keys of each round trip, as indices into `located`: runs of at most `keys_per_round_trip`, and spread by
+    /// period, each of one period only (a round trip goes to one hash slot).
+    fn trips(&self, located: &[Located]) -> Vec<Vec<usize>> {
+        let per_trip = self.keys_per_round_trip.max(1);
+        if self.pool.layout() == Layout::OneSlot {
+            return (0..located.len())
+                .step_by(per_trip)
+                .map(|start| (start..(start + per_trip).min(located.len())).collect())
+                .collect();
+        }
+        let mut by_label: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, l) in located.iter().enumerate() {
+            by_label.entry(l.label).or_default().push(i);
+        }
+        by_label.into_values().flat_map(|idx| idx.chunks(per_trip).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect()
     }
 
     /// Whether each key's bits are all set, in round trips of at most `keys_per_round_trip` keys run concurrently.
@@ -230,19 +259,26 @@ impl RedisBitmap {
             return Ok(Vec::new());
         }
         let failures_before = self.pool.failures();
-        let (shard_keys, located) = self.locate(keys).await?;
-        let per_trip = self.keys_per_round_trip.max(1);
-        // Chunks by start index: a closure over borrowed chunks trips the compiler's `Send` analysis.
-        let (shard_keys, located) = (&shard_keys, &located);
-        let masks: Vec<Vec<u16>> = futures::stream::iter((0..located.len()).step_by(per_trip))
-            .map(|start| self.check_blocks(shard_keys, &located[start..(start + per_trip).min(located.len())]))
+        let (labels, shard_keys, located) = self.locate(keys).await?;
+        let trips = self.trips(&located);
+        let (labels, shard_keys, located) = (&labels, &shard_keys, &located);
+        let trips_ref = &trips;
+        // By index: a closure over borrowed items trips the compiler's `Send` analysis.
+        let answers: Vec<Vec<u16>> = futures::stream::iter(0..trips.len())
+            .map(|t| self.check_blocks(labels, shard_keys, located, &trips_ref[t]))
             .buffered(self.concurrency.max(1))
             .try_collect()
             .await?;
+        let mut masks = vec![0u16; located.len()];
+        for (idx, answer) in trips.iter().zip(answers) {
+            for (&i, mask) in idx.iter().zip(answer) {
+                masks[i] = mask;
+            }
+        }
         let mut out = Vec::with_capacity(keys.len());
         let mut seen = self.seen.lock().map_err(|_| DedupError::Config("the seen-bits lock was poisoned".into()))?;
         seen.adopt(self.pool.expected_generation(), failures_before);
-        for ((key, loc), mask) in keys.iter().zip(located.iter()).zip(masks.into_iter().flatten()) {
+        for ((key, loc), mask) in keys.iter().zip(located.iter()).zip(masks) {
             let all = loc.loc.all_bits_mask();
             out.push(mask == all);
             if mask != all && mask != 0 {
@@ -261,7 +297,7 @@ impl RedisBitmap {
     /// Sets each key's bits, except those its check found set already: one `BITFIELD` command per shard in each
     /// round trip of at most `keys_per_round_trip` keys, round trips run concurrently.
     async fn set_bits(&self, keys: &[DedupKey]) -> Result<(), DedupError> {
-        let (shard_keys, mut located) = self.locate(keys).await?;
+        let (_, shard_keys, mut located) = self.locate(keys).await?;
         let failures_before = self.pool.failures();
         let mut skipped = false;
         if let Ok(mut seen) = self.seen.lock() {
@@ -283,18 +319,24 @@ impl RedisBitmap {
     }
 
     async fn set_located(&self, shard_keys: &[String], located: &[Located]) -> Result<(), DedupError> {
-        let per_trip = self.keys_per_round_trip.max(1);
-        futures::stream::iter((0..located.len()).step_by(per_trip))
-            .map(|start| self.set_round_trip(shard_keys, &located[start..(start + per_trip).min(located.len())]))
+        let trips = self.trips(located);
+        let trips = &trips;
+        futures::stream::iter(0..trips.len())
+            .map(|t| self.set_round_trip(shard_keys, located, &trips[t]))
             .buffer_unordered(self.concurrency.max(1))
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
     }
 
-    async fn set_round_trip(&self, shard_keys: &[String], chunk: &[Located]) -> Result<(), DedupError> {
+    async fn set_round_trip(
+        &self,
+        shard_keys: &[String],
+        located: &[Located],
+        idx: &[usize],
+    ) -> Result<(), DedupError> {
         let mut by_shard: BTreeMap<u32, Vec<&Located>> = BTreeMap::new();
-        for loc in chunk {
+        for loc in idx.iter().map(|&i| &located[i]) {
             by_shard.entry(loc.shard).or_default().push(loc);
         }
         let mut pipe = redis::pipe();
@@ -322,13 +364,21 @@ impl RedisBitmap {
     }
 
     /// Which of each key's bits are set (bit i of the mask: the key's i-th bit): one `GETRANGE` of the key's
-    /// block per key, its bits tested here. The round trip carries the store's generation, so a store that lost
-    /// its state is never read as "all new".
-    async fn check_blocks(&self, shard_keys: &[String], chunk: &[Located]) -> Result<Vec<u16>, DedupError> {
+    /// block per key, its bits tested here. The round trip carries the store's generation (spread by period, the
+    /// period's), so a store that lost its state is never read as "all new".
+    async fn check_blocks(
+        &self,
+        labels: &[String],
+        shard_keys: &[String],
+        located: &[Located],
+        idx: &[usize],
+    ) -> Result<Vec<u16>, DedupError> {
         let block_bytes = BLOCK_BITS / 8;
+        let chunk: Vec<&Located> = idx.iter().map(|&i| &located[i]).collect();
+        let Some(first) = chunk.first() else { return Ok(Vec::new()) };
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(self.pool.key(GENERATION));
-        for l in chunk {
+        pipe.cmd("GET").arg(self.pool.generation_key(&labels[first.label as usize]));
+        for l in &chunk {
             let start = l.loc.block() * block_bytes;
             pipe.cmd("GETRANGE").arg(shard_keys[l.shard as usize].as_str()).arg(start).arg(start + block_bytes - 1);
         }
@@ -367,7 +417,7 @@ impl RedisBitmap {
     /// Every period's filter with its plan.
     async fn partitions(&self) -> Result<Vec<(String, Arc<Plan>)>, DedupError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS").arg(self.pool.key("dedup:partitions"));
+        pipe.cmd("SMEMBERS").arg(self.pool.partitions_key());
         let (mut labels,): (Vec<String>,) = self.pool.query(&pipe).await?;
         labels.sort();
         let plans = self.plans_for(&labels).await?;
@@ -389,11 +439,19 @@ impl DedupStore for RedisBitmap {
         for k in keys {
             *per_label.entry(self.period.label(k.date)).or_default() += 1;
         }
+        // One round trip, or spread by period one per period (each meta hash in its period's slot).
+        let mut totals: Vec<u64> = Vec::with_capacity(per_label.len());
         let mut pipe = redis::pipe();
         for (label, n) in &per_label {
             pipe.cmd("HINCRBY").arg(self.meta_key(label)).arg("adds").arg(*n);
+            if self.pool.layout() == Layout::ByPeriod {
+                totals.extend(self.pool.query::<Vec<u64>>(&pipe).await?);
+                pipe = redis::pipe();
+            }
         }
-        let totals: Vec<u64> = self.pool.query(&pipe).await?;
+        if !pipe.is_empty() {
+            totals.extend(self.pool.query::<Vec<u64>>(&pipe).await?);
+        }
         // The capacity warning, once per crossing: adds count re-adds too, so it errs on the early side.
         let plans = self.plans_for(&per_label.keys().cloned().collect::<Vec<_>>()).await?;
         for (((label, n), adds), plan) in per_label.iter().zip(totals).zip(plans) {
@@ -405,8 +463,10 @@ impl DedupStore for RedisBitmap {
         Ok(())
     }
 
-    async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
-        self.pool.mark_applied(commits).await
+    async fn mark_applied(&self, commits: &[String], holding: Holding<'_>) -> Result<(), DedupError> {
+        let labels = holding.labels(self.period);
+        let periods = labels.as_deref().map_or(Periods::All, Periods::These);
+        self.pool.mark_applied(commits, periods).await
     }
 
     async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {
@@ -532,9 +592,9 @@ mod tests {
         let plan = Plan::new(1_000_000, 0.001, 128 << 20);
         let loc = plan.locate(0x1234_5678_9abc_def0_1122_3344_5566_7788);
         let all: Vec<u64> = loc.bits().to_vec();
-        let none = Located { shard: 0, loc, already_set: 0 };
+        let none = Located { label: 0, shard: 0, loc, already_set: 0 };
         assert_eq!(none.bits_to_set().collect::<Vec<_>>(), all);
-        let some = Located { shard: 0, loc, already_set: 0b101 };
+        let some = Located { label: 0, shard: 0, loc, already_set: 0b101 };
         let want: Vec<u64> = all.iter().enumerate().filter(|(i, _)| *i != 0 && *i != 2).map(|(_, &b)| b).collect();
         assert_eq!(some.bits_to_set().collect::<Vec<_>>(), want);
     }

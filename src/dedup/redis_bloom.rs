@@ -14,8 +14,8 @@ use std::sync::Mutex;
 
 use redis::Value;
 
-use super::redis_pool::{GENERATION, RedisPool};
-use super::{DedupError, DedupKey, DedupStore, PartitionStats};
+use super::redis_pool::{Layout, Periods, RedisPool};
+use super::{DedupError, DedupKey, DedupStore, Holding, PartitionStats};
 use crate::config::{DedupConfig, DedupPeriod};
 
 /// Raises a period's filter count (field ARGV[1] of hash KEYS[1]; absent means one) to ARGV[2], never lowers it;
@@ -80,9 +80,13 @@ impl RedisBloom {
         }
     }
 
-    /// The hash of filter counts per period.
-    fn counts_key(&self) -> String {
-        self.pool.key("dedup:bloom-filters")
+    /// The hash that holds `label`'s filter count (field `label`): one for every period, or spread by period, one
+    /// per period, in the period's slot.
+    fn counts_key(&self, label: &str) -> String {
+        match self.pool.layout() {
+            Layout::OneSlot => self.pool.key("dedup:bloom-filters"),
+            Layout::ByPeriod => self.pool.key(&format!("dedup:{{{label}}}:bloom-filters")),
+        }
     }
 
     fn known_filters(&self, label: &str) -> u32 {
@@ -111,8 +115,8 @@ impl RedisBloom {
         let mut n = self.known_filters(label);
         loop {
             let mut pipe = redis::pipe();
-            pipe.cmd("GET").arg(self.pool.key(GENERATION));
-            pipe.cmd("HGET").arg(self.counts_key()).arg(label);
+            pipe.cmd("GET").arg(self.pool.generation_key(label));
+            pipe.cmd("HGET").arg(self.counts_key(label)).arg(label);
             for f in 1..=n {
                 let cmd = pipe.cmd("BF.MEXISTS").arg(self.filter_key(label, f));
                 for &i in chunk {
@@ -168,9 +172,11 @@ impl RedisBloom {
             let mut pipe = redis::pipe();
             // Per-item errors ("full") come back inside the answer instead of failing the round trip.
             pipe.ignore_errors();
-            pipe.cmd("SADD").arg(self.pool.key("dedup:partitions")).arg(label).ignore();
+            if self.pool.layout() == Layout::OneSlot {
+                pipe.cmd("SADD").arg(self.pool.partitions_key()).arg(label).ignore();
+            }
             // The count first, so that no check reads fewer filters than the one these keys go to.
-            pipe.cmd("EVAL").arg(RAISE_COUNT).arg(1).arg(self.counts_key()).arg(label).arg(n);
+            pipe.cmd("EVAL").arg(RAISE_COUNT).arg(1).arg(self.counts_key(label)).arg(label).arg(n);
             // `BF.INSERT` creates a missing filter with the configured shape (after a wipe too), where `BF.MADD`
             // would create the module's default one.
             let cmd = pipe
@@ -243,7 +249,7 @@ impl RedisBloom {
             error: format!(
                 "period {label} counts {count} Bloom filters, past the {MAX_FILTERS} its keys could ever need: the \
                  count in {} is damaged",
-                self.counts_key()
+                self.counts_key(label)
             ),
         }
     }
@@ -262,6 +268,8 @@ impl RedisBloom {
         for (i, k) in keys.iter().enumerate() {
             by_label.entry(self.period.label(k.date)).or_default().push(i);
         }
+        // Spread by period, each period's generation is made (or checked) on first use, and the period listed.
+        self.pool.enter(&by_label.keys().cloned().collect::<Vec<_>>()).await?;
         let mut out = vec![false; keys.len()];
         for (label, idx) in by_label {
             for chunk in idx.chunks(self.keys_per_round_trip.max(1)) {
@@ -285,8 +293,10 @@ impl DedupStore for RedisBloom {
         self.run(keys, true).await.map(drop)
     }
 
-    async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
-        self.pool.mark_applied(commits).await
+    async fn mark_applied(&self, commits: &[String], holding: Holding<'_>) -> Result<(), DedupError> {
+        let labels = holding.labels(self.period);
+        let periods = labels.as_deref().map_or(Periods::All, Periods::These);
+        self.pool.mark_applied(commits, periods).await
     }
 
     async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {
@@ -297,10 +307,15 @@ impl DedupStore for RedisBloom {
     /// in any of them.
     async fn stats(&self) -> Result<Vec<PartitionStats>, DedupError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS").arg(self.pool.key("dedup:partitions"));
-        pipe.cmd("HGETALL").arg(self.counts_key());
-        let (mut labels, counts): (Vec<String>, HashMap<String, u32>) = self.pool.query(&pipe).await?;
+        pipe.cmd("SMEMBERS").arg(self.pool.partitions_key());
+        let (mut labels,): (Vec<String>,) = self.pool.query(&pipe).await?;
         labels.sort();
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        let count_keys: std::collections::BTreeSet<String> = labels.iter().map(|l| self.counts_key(l)).collect();
+        for key in count_keys {
+            let (found,): (HashMap<String, u32>,) = self.pool.query(redis::pipe().cmd("HGETALL").arg(key)).await?;
+            counts.extend(found);
+        }
         let mut out = Vec::new();
         for label in labels {
             let filters = counts.get(&label).copied().unwrap_or(1).clamp(1, MAX_FILTERS);

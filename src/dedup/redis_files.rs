@@ -15,7 +15,7 @@
 use futures::{StreamExt, TryStreamExt};
 
 use super::DedupError;
-use super::redis_pool::{GENERATION, RedisPool};
+use super::redis_pool::{GENERATION, Layout, RedisPool};
 
 /// The meta hash: in the generation's hash slot, so that the marking script may read both in a cluster.
 const META: &str = "{dedup}:files";
@@ -79,9 +79,13 @@ impl RedisFiles {
         (format!("{prefix}{bucket:x}"), field)
     }
 
-    /// What every bucket key starts with: made once per call, not once per id.
+    /// What every bucket key starts with: made once per call, not once per id. Spread by period over a cluster, in
+    /// the meta hash's slot, so that a primary that comes back without its last writes loses them with the mark.
     fn bucket_prefix(pool: &RedisPool) -> String {
-        pool.key("files:")
+        match pool.layout() {
+            Layout::OneSlot => pool.key("files:"),
+            Layout::ByPeriod => pool.key("{dedup}:files:"),
+        }
     }
 
     /// The snapshot the index holds every ledger file of, if it holds such a mark for the store's current

@@ -7,17 +7,20 @@
 //! lost or duplicated, a warning says so (again every 30 s while it lasts), one line says when it is back, and
 //! past the configured limit the caller gets [`DedupError::Unavailable`].
 //!
-//! A Redis Cluster whose slots are spread over several nodes is reached through a cluster connection, which follows
-//! `MOVED` and `ASK` redirects, on one condition: the key prefix holds a hash tag (`{poslake}`), so that every key
-//! poslake writes is in one hash slot. Exactness rests on the order in which a commit's writes reach the server (its
-//! keys, then its applied mark), and one slot lives on one primary at a time, whose replicas and append-only file
-//! keep that order. Keys spread over several primaries would not (docs/dedup.md, "Redis client").
+//! A Redis Cluster whose slots are spread over several nodes is reached through a cluster connection. Exactness rests
+//! on the order in which a commit's writes reach the server (its keys, then its applied mark), and only one hash slot
+//! keeps that order: it lives on one primary at a time, whose replicas and append-only file keep it. So the keys are
+//! laid out in one of two ways ([`Layout`]): all in one slot, when the key prefix holds a hash tag (`{poslake}`); or
+//! each business-date period's filter, generation and applied marks in the period's own slot, spread over the
+//! primaries, when it holds none (docs/dedup.md, "Redis client").
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::{Manager, Pool, Runtime};
+use futures::{StreamExt, TryStreamExt};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, Pipeline};
@@ -39,6 +42,32 @@ pub struct RedisPool {
     health: Mutex<Health>,
     /// Whether the server may have lost writes since a caller last asked; shared with the pool's connection hook.
     watch: Arc<ServerWatch>,
+    layout: Layout,
+    /// [`Layout::ByPeriod`]: the periods whose generation this process has checked on first use (see
+    /// [`RedisPool::enter`]).
+    entered: Mutex<BTreeSet<String>>,
+}
+
+/// Where poslake's keys live on a Redis Cluster whose slots several primaries share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Every key in one hash slot: one server or endpoint, or a cluster with a hash tag in the key prefix. One
+    /// generation and one set of applied marks for the whole store.
+    OneSlot,
+    /// A cluster with no hash tag in the key prefix: each period's filter, its generation and its applied marks
+    /// share the period's hash tag (`{2026-11}`), so periods spread over the primaries while a commit's keys and
+    /// its mark stay in order within each period. The shared keys (the store's generation, the commits' period
+    /// lists, the file index, the reconcile fence) share the tag `{dedup}`. A commit is applied when every period it
+    /// touched holds its mark; every period's generation equals the store's, and a period that lost its state
+    /// (its generation gone) makes a new store generation, so that every worker re-adds what it lacks.
+    ByPeriod,
+}
+
+/// Which periods a commit's keys fall in, for [`RedisPool::mark_applied`] in the [`Layout::ByPeriod`] layout.
+pub enum Periods<'a> {
+    These(&'a [String]),
+    /// Every period the store has (a reload of every key, the marker of an expired history).
+    All,
 }
 
 /// What tells a caller that the server may have lost its last writes: failed round trips, and new connections that
@@ -81,8 +110,12 @@ enum Connections {
     Single(Pool),
     /// A Redis Cluster whose slots several primaries share. One cluster connection (multiplexed, a connection per
     /// node), made on first use and made again after a failed round trip, so that a cluster that changed meanwhile
-    /// (a failover, a node replaced) is read afresh.
-    Cluster { client: Box<ClusterClient>, connection: tokio::sync::Mutex<Option<ClusterConnection>> },
+    /// (a failover, a node replaced) is read afresh. `nodes`: every node the cluster named at start.
+    Cluster {
+        client: Box<ClusterClient>,
+        connection: tokio::sync::Mutex<Option<ClusterConnection>>,
+        nodes: Vec<(String, u16)>,
+    },
 }
 
 /// Redirects (`MOVED`, `ASK`) and lost node connections the cluster connection retries itself within one round trip:
@@ -150,28 +183,18 @@ impl RedisPool {
             generation: Mutex::new(None),
             health: Mutex::new(Health::default()),
             watch,
+            layout: Layout::OneSlot,
+            entered: Mutex::new(BTreeSet::new()),
         })
     }
 
     /// Connects as [`Self::connect`] does, then looks at what the URL names: a node of a Redis Cluster whose slots
-    /// several primaries share is reached through a cluster connection, if the key prefix puts every key in one slot
-    /// (see the module docs), and refused with the reason otherwise.
+    /// several primaries share is reached through a cluster connection, its keys laid out by the key prefix (see
+    /// [`Layout`]).
     pub async fn open(config: &DedupConfig) -> Result<Self, DedupError> {
         let pool = Self::connect(config)?;
         let Some((spread, nodes)) = pool.cluster_spread().await? else { return Ok(pool) };
-        let Some(tag) = hash_tag(&pool.prefix) else {
-            return Err(DedupError::Config(format!(
-                "Redis at {} is a node of a Redis Cluster whose hash slots several primaries serve ({spread}). poslake \
-                 keeps a commit's keys and its applied mark in order only within one hash slot, so on a cluster its \
-                 key prefix must hold a hash tag that puts every key in one slot: set [dedup] key_prefix to \
-                 \"{{{}}}\" in the configuration file (it is now {:?}). Or use one endpoint that \
-                 serves every key (a single server or primary, or a cluster behind a proxy, such as Azure Managed \
-                 Redis with the Enterprise cluster policy)",
-                pool.url,
-                pool.prefix.trim_matches(|c| c == '{' || c == '}'),
-                pool.prefix,
-            )));
-        };
+        let tag = hash_tag(&pool.prefix).map(str::to_owned);
         let timeout = pool.timeout;
         let client = redis::cluster::ClusterClientBuilder::new(seed_urls(&config.redis_url, &nodes))
             .connection_timeout(timeout)
@@ -182,12 +205,37 @@ impl RedisPool {
         let mut pipe = redis::pipe();
         pipe.cmd("CLUSTER").arg("KEYSLOT").arg(pool.key(GENERATION));
         let (slot,): (u32,) = pool.query(&pipe).await?;
-        tracing::info!(url = %pool.url, %spread, hash_tag = %tag, slot,
-            "Redis Cluster: every poslake key is in one hash slot, on whichever primary serves it (redirects followed)");
+        let layout = match &tag {
+            Some(tag) => {
+                tracing::info!(url = %pool.url, %spread, hash_tag = %tag, slot,
+                    "Redis Cluster: every poslake key is in one hash slot, on whichever primary serves it (redirects \
+                     followed)");
+                Layout::OneSlot
+            }
+            None => {
+                tracing::info!(url = %pool.url, %spread, shared_slot = slot,
+                    "Redis Cluster: each business-date period's filter and applied marks in the period's own hash \
+                     slot, spread over the primaries (the key prefix holds no hash tag)");
+                Layout::ByPeriod
+            }
+        };
         Ok(RedisPool {
-            connections: Connections::Cluster { client: Box::new(client), connection: tokio::sync::Mutex::new(None) },
+            connections: Connections::Cluster {
+                client: Box::new(client),
+                connection: tokio::sync::Mutex::new(None),
+                nodes,
+            },
+            layout,
             ..pool
         })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    fn by_period(&self) -> bool {
+        self.layout == Layout::ByPeriod
     }
 
     /// Whether round trips go through a cluster connection.
@@ -213,6 +261,21 @@ impl RedisPool {
     /// A key under poslake's prefix.
     pub fn key(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.prefix)
+    }
+
+    /// The generation a check of period `label` reads in its round trip: the store's, or with [`Layout::ByPeriod`]
+    /// the period's own (in the period's slot), which equals the store's while the period keeps its state.
+    pub fn generation_key(&self, label: &str) -> String {
+        if self.by_period() { self.key(&format!("dedup:{{{label}}}:generation")) } else { self.key(GENERATION) }
+    }
+
+    fn period_applied_key(&self, label: &str) -> String {
+        self.key(&format!("dedup:{{{label}}}:applied"))
+    }
+
+    /// The set of every period the store holds a filter for.
+    pub fn partitions_key(&self) -> String {
+        if self.by_period() { self.key("{dedup}:partitions") } else { self.key("dedup:partitions") }
     }
 
     /// Runs the pipeline, retrying while the server is unreachable (see the module docs). No try outlasts the
@@ -246,7 +309,7 @@ impl RedisPool {
                         })?;
                         pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)?
                     }
-                    Connections::Cluster { client, connection } => {
+                    Connections::Cluster { client, connection, .. } => {
                         let mut conn = cluster_connection(client, connection).await?;
                         pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)?
                     }
@@ -383,30 +446,168 @@ impl RedisPool {
     }
 
     /// The store's generation: set once (`SET NX`) by the first process to use the store, so a Redis that lost
-    /// its data (restarted without persistence, flushed) shows a different or no generation.
+    /// its data (restarted without persistence, flushed) shows a different or no generation. With
+    /// [`Layout::ByPeriod`] every period's generation is compared with it too (see [`Self::check_periods`]).
     pub async fn generation(&self) -> Result<String, DedupError> {
         let key = self.key(GENERATION);
         let fresh = uuid::Uuid::new_v4().to_string();
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(&fresh).arg("NX").ignore().cmd("GET").arg(&key);
         let (current,): (String,) = self.query(&pipe).await?;
-        let mut mine = self.generation.lock().map_err(|_| poisoned())?;
-        match mine.as_ref() {
-            Some(expected) if *expected != current => {
-                Err(DedupError::StateLost { expected: expected.clone(), found: current })
-            }
-            _ => {
-                *mine = Some(current.clone());
-                Ok(current)
-            }
+        let expected = self.expected_generation();
+        if let Some(expected) = expected.as_ref().filter(|e| **e != current) {
+            return Err(DedupError::StateLost { expected: expected.clone(), found: current });
         }
+        let current = if self.by_period() { self.check_periods(current, expected.is_none()).await? } else { current };
+        *self.generation.lock().map_err(|_| poisoned())? = Some(current.clone());
+        Ok(current)
     }
 
-    /// Adopts the store's current generation after recovering from a loss.
+    /// [`Layout::ByPeriod`]: whether every period's generation equals the store's `current` one. One that does not
+    /// is `StateLost` for a process that expected a generation; a process adopting one (starting, or healing after a
+    /// loss, before it re-adds what the store lacks) sets them right: if a period lost its state (its generation
+    /// gone), the store gets a new generation first, so that every other worker notices and re-adds too.
+    async fn check_periods(&self, current: String, adopting: bool) -> Result<String, DedupError> {
+        let labels = self.period_labels().await?;
+        let states = self.period_generations(&labels).await?;
+        let stale: Vec<(&String, &Option<String>)> =
+            labels.iter().zip(&states).filter(|(_, g)| g.as_deref() != Some(current.as_str())).collect();
+        let Some((label, state)) = stale.first() else { return Ok(current) };
+        if !adopting {
+            return Err(DedupError::StateLost {
+                expected: current.clone(),
+                found: format!("period {label}: {}", state.as_deref().unwrap_or("(none)")),
+            });
+        }
+        let lost: Vec<&str> = stale.iter().filter(|(_, g)| g.is_none()).map(|(l, _)| l.as_str()).collect();
+        let current = if lost.is_empty() {
+            current
+        } else {
+            let renewed = uuid::Uuid::new_v4().to_string();
+            self.query::<()>(redis::pipe().cmd("SET").arg(self.key(GENERATION)).arg(&renewed).ignore()).await?;
+            tracing::warn!(periods = %lost.join(" "), generation = %renewed,
+                "dedup periods lost their state: the store takes a new generation, so that every worker re-adds \
+                 the keys it lacks before it trusts a check");
+            renewed
+        };
+        let to_set: Vec<&String> = labels
+            .iter()
+            .zip(&states)
+            .filter(|(_, g)| g.as_deref() != Some(current.as_str()))
+            .map(|(l, _)| l)
+            .collect();
+        // By index: a closure over borrowed items trips the compiler's `Send` analysis.
+        let (current, to_set) = (&current, &to_set);
+        futures::stream::iter(0..to_set.len())
+            .map(|i| async move {
+                let key = self.generation_key(to_set[i]);
+                self.query::<()>(redis::pipe().cmd("SET").arg(key).arg(current).ignore()).await
+            })
+            .buffer_unordered(PERIOD_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(current.clone())
+    }
+
+    /// Every period the store lists, and those this process entered (a listing lost with the shared slot's last
+    /// writes).
+    async fn period_labels(&self) -> Result<Vec<String>, DedupError> {
+        let (listed,): (Vec<String>,) = self.query(redis::pipe().cmd("SMEMBERS").arg(self.partitions_key())).await?;
+        let mut labels: BTreeSet<String> = listed.into_iter().collect();
+        labels.extend(self.entered.lock().map_err(|_| poisoned())?.iter().cloned());
+        Ok(labels.into_iter().collect())
+    }
+
+    /// Each period's own generation, if it has one.
+    async fn period_generations(&self, labels: &[String]) -> Result<Vec<Option<String>>, DedupError> {
+        futures::stream::iter(0..labels.len())
+            .map(|i| async move {
+                let (g,): (Option<String>,) =
+                    self.query(redis::pipe().cmd("GET").arg(self.generation_key(&labels[i]))).await?;
+                Ok::<_, DedupError>(g)
+            })
+            .buffered(PERIOD_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// [`Layout::ByPeriod`]: makes these periods' generations on first use by this process, and checks them. A
+    /// period the store lists was made before, so one with no generation lost its state: that is `StateLost`, and its
+    /// generation is not made again here (the heal that follows makes it, with a new store generation, so that every
+    /// worker notices). A period is listed only once its generation is made. A period stamped with an older store
+    /// generation (the shared slot lost its state, or a heal stamping the periods stopped half-way) kept its own
+    /// state: it is stamped again. This process adopted the store's generation with a full recovery (at start, or in
+    /// a heal), and a worker still on the older one notices at its next check there. Nothing to do in the one-slot
+    /// layout, whose one generation every round trip reads.
+    pub async fn enter(&self, labels: &[String]) -> Result<(), DedupError> {
+        if !self.by_period() {
+            return Ok(());
+        }
+        let new: Vec<&String> = {
+            let entered = self.entered.lock().map_err(|_| poisoned())?;
+            labels.iter().filter(|l| !entered.contains(*l)).collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let expected = match self.expected_generation() {
+            Some(g) => g,
+            None => self.generation().await?,
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.key(GENERATION));
+        for label in &new {
+            pipe.cmd("SISMEMBER").arg(self.partitions_key()).arg(label.as_str());
+        }
+        let answers: Vec<redis::Value> = self.query(&pipe).await?;
+        let mut answers = answers.into_iter();
+        let store: Option<String> = answers.next().and_then(|v| redis::from_redis_value(v).ok());
+        self.check_generation(store)?;
+        let listed: Vec<bool> = answers.map(|v| redis::from_redis_value(v).unwrap_or(false)).collect();
+        // By index: a closure over borrowed items trips the compiler's `Send` analysis.
+        let (new, listed, expected) = (&new, &listed, &expected);
+        futures::stream::iter(0..new.len())
+            .map(|i| {
+                let (label, listed) = (new[i], listed.get(i).copied().unwrap_or(true));
+                async move {
+                    let key = self.generation_key(label);
+                    let mut pipe = redis::pipe();
+                    if !listed {
+                        pipe.cmd("SET").arg(&key).arg(expected).arg("NX").ignore();
+                    }
+                    pipe.cmd("GET").arg(&key);
+                    let (found,): (Option<String>,) = self.query(&pipe).await?;
+                    match found {
+                        Some(found) if found == *expected => Ok(()),
+                        Some(older) => {
+                            tracing::info!(period = %label, %older, generation = %expected,
+                                "dedup period stamped with an older store generation: stamped again");
+                            self.query::<()>(redis::pipe().cmd("SET").arg(&key).arg(expected).ignore()).await
+                        }
+                        None => Err(DedupError::StateLost {
+                            expected: expected.clone(),
+                            found: format!("period {label}: (none)"),
+                        }),
+                    }
+                }
+            })
+            .buffer_unordered(PERIOD_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD").arg(self.partitions_key()).arg(new).ignore();
+        self.query::<()>(&pipe).await?;
+        self.entered.lock().map_err(|_| poisoned())?.extend(new.iter().map(|l| (*l).clone()));
+        Ok(())
+    }
+
+    /// Adopts the store's current generation after recovering from a loss. Counted as a failure: what a check saw
+    /// before may be gone (see `redis_bitmap::SeenBits`).
     pub async fn renew_generation(&self) -> Result<String, DedupError> {
         if let Ok(mut g) = self.generation.lock() {
             *g = None;
         }
+        self.watch.failures.fetch_add(1, Ordering::SeqCst);
         self.generation().await
     }
 
@@ -424,31 +625,123 @@ impl RedisPool {
         self.watch.reconnected.swap(false, Ordering::SeqCst)
     }
 
-    /// Commit ids whose keys are all added live in one set. The marks are made only if the generation is still
-    /// the expected one (atomically, in a script): a Redis that lost the keys must not gain their marks.
-    pub async fn mark_applied(&self, commits: &[String]) -> Result<(), DedupError> {
+    /// Records that every key of `commits` is added. The marks are made only if the generation is still the
+    /// expected one (atomically, in a script): a Redis that lost the keys must not gain their marks. One slot: one
+    /// set of commit ids. [`Layout::ByPeriod`]: the mark in each of `periods` first (in the period's slot, with the
+    /// period's generation, after the period's keys), then the list of those periods in the shared slot.
+    pub async fn mark_applied(&self, commits: &[String], periods: Periods<'_>) -> Result<(), DedupError> {
         if commits.is_empty() {
             return Ok(());
         }
         let expected = self.expected_generation().unwrap_or_default();
+        if !self.by_period() {
+            for chunk in commits.chunks(MARKS_PER_SCRIPT) {
+                self.mark_if_generation(
+                    MARK_IF_GENERATION,
+                    &self.key(GENERATION),
+                    &self.key(APPLIED),
+                    &expected,
+                    chunk,
+                )
+                .await?;
+            }
+            return Ok(());
+        }
+        let labels: Vec<String> = match periods {
+            Periods::These(labels) => labels.iter().collect::<BTreeSet<_>>().into_iter().cloned().collect(),
+            Periods::All => self.period_labels().await?,
+        };
+        let (labels, expected) = (&labels, &expected);
+        futures::stream::iter(0..labels.len())
+            .map(|i| async move {
+                for chunk in commits.chunks(MARKS_PER_SCRIPT) {
+                    let (generation, applied) = (self.generation_key(&labels[i]), self.period_applied_key(&labels[i]));
+                    self.mark_if_generation(MARK_IF_GENERATION, &generation, &applied, expected, chunk).await?;
+                }
+                Ok::<_, DedupError>(())
+            })
+            .buffer_unordered(PERIOD_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let joined = labels.join(" ");
+        let pairs: Vec<&str> = commits.iter().flat_map(|c| [c.as_str(), joined.as_str()]).collect();
+        for chunk in pairs.chunks(MARKS_PER_SCRIPT * 2) {
+            self.mark_if_generation(
+                MARK_PERIODS_IF_GENERATION,
+                &self.key(GENERATION),
+                &self.key(APPLIED_IN),
+                expected,
+                chunk,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn mark_if_generation<A: redis::ToRedisArgs>(
+        &self,
+        script: &str,
+        generation: &str,
+        marks: &str,
+        expected: &str,
+        args: &[A],
+    ) -> Result<(), DedupError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL").arg(MARK_IF_GENERATION).arg(2).arg(self.key(GENERATION)).arg(self.key(APPLIED));
-        pipe.arg(&expected).arg(commits);
+        pipe.cmd("EVAL").arg(script).arg(2).arg(generation).arg(marks).arg(expected).arg(args);
         let (found,): (Option<String>,) = self.query(&pipe).await?;
         match found {
             None => Ok(()),
-            Some(found) => Err(DedupError::StateLost { expected, found }),
+            Some(found) => Err(DedupError::StateLost { expected: expected.to_owned(), found }),
         }
     }
 
+    /// Which of `commits` are marked applied ([`Layout::ByPeriod`]: listed in the shared slot, and marked in every
+    /// period listed with it).
     pub async fn applied(&self, commits: &[String]) -> Result<Vec<bool>, DedupError> {
-        let mut out = Vec::with_capacity(commits.len());
+        if !self.by_period() {
+            return self.members(&self.key(APPLIED), commits).await;
+        }
+        let mut lists: Vec<Option<String>> = Vec::with_capacity(commits.len());
+        for chunk in commits.chunks(1000) {
+            let (found,): (Vec<Option<String>>,) =
+                self.query(redis::pipe().cmd("HMGET").arg(self.key(APPLIED_IN)).arg(chunk)).await?;
+            lists.extend(found);
+        }
+        let mut asked: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+        for (i, list) in lists.iter().enumerate() {
+            for label in list.iter().flat_map(|l| l.split_whitespace()) {
+                asked.entry(label).or_default().push(i);
+            }
+        }
+        let mut out: Vec<bool> = lists.iter().map(Option::is_some).collect();
+        let asked: Vec<(&str, Vec<usize>)> = asked.into_iter().collect();
+        let asked = &asked;
+        let answers: Vec<(usize, Vec<bool>)> = futures::stream::iter(0..asked.len())
+            .map(|a| async move {
+                let (label, idx) = &asked[a];
+                let ids: Vec<String> = idx.iter().map(|&i| commits[i].clone()).collect();
+                Ok::<_, DedupError>((a, self.members(&self.period_applied_key(label), &ids).await?))
+            })
+            .buffer_unordered(PERIOD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (a, marked) in answers {
+            for (&i, m) in asked[a].1.iter().zip(marked) {
+                out[i] &= m;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether each of `members` is in the set `key`.
+    async fn members(&self, key: &str, members: &[String]) -> Result<Vec<bool>, DedupError> {
+        let mut out = Vec::with_capacity(members.len());
         // SISMEMBER, pipelined, rather than SMISMEMBER: the latter needs Redis 6.2, and Azure Cache for Redis still
         // offers 6.0.
-        for chunk in commits.chunks(1000) {
+        for chunk in members.chunks(1000) {
             let mut pipe = redis::pipe();
-            for commit in chunk {
-                pipe.cmd("SISMEMBER").arg(self.key(APPLIED)).arg(commit);
+            for m in chunk {
+                pipe.cmd("SISMEMBER").arg(key).arg(m);
             }
             let flags: Vec<bool> = self.query(&pipe).await?;
             out.extend(flags);
@@ -567,6 +860,10 @@ impl RedisPool {
     /// Deletes every key under this pool's prefix (the bench's throwaway filters).
     pub async fn delete_prefix(&self) -> Result<u64, DedupError> {
         let pattern = format!("{}:*", self.prefix);
+        if let (Connections::Cluster { client, connection, nodes }, Layout::ByPeriod) = (&self.connections, self.layout)
+        {
+            return self.delete_on_every_node(client, connection, nodes, &pattern).await;
+        }
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
@@ -587,17 +884,73 @@ impl RedisPool {
     }
 }
 
+impl RedisPool {
+    /// [`Self::delete_prefix`] for keys spread over a cluster's primaries: `SCAN` runs on each node the cluster
+    /// named at start (a replica lists its primary's keys again, which then delete nothing), `UNLINK` key by key.
+    async fn delete_on_every_node(
+        &self,
+        client: &ClusterClient,
+        connection: &tokio::sync::Mutex<Option<ClusterConnection>>,
+        nodes: &[(String, u16)],
+        pattern: &str,
+    ) -> Result<u64, DedupError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let failed = |e: redis::RedisError| DedupError::Redis { url: self.url.clone(), error: e.to_string() };
+        let mut deleted = 0u64;
+        for (host, port) in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut conn = cluster_connection(client, connection)
+                    .await
+                    .map_err(|f| DedupError::Redis { url: self.url.clone(), error: f.message })?;
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+                let node =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port });
+                let answer = conn.route_command(scan, node).await.map_err(failed)?;
+                let (next, keys): (u64, Vec<String>) = redis::from_redis_value(answer)
+                    .map_err(|e| DedupError::Redis { url: self.url.clone(), error: e.to_string() })?;
+                for key in keys {
+                    let (n,): (u64,) = self.query(redis::pipe().cmd("UNLINK").arg(&key)).await?;
+                    deleted += n;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
 /// The generation and the applied marks share a hash tag, so the script below may touch both in a cluster.
 pub const GENERATION: &str = "{dedup}:generation";
 pub const APPLIED: &str = "{dedup}:applied";
 /// The key digests a running `poslake reconcile` promotes (a set; see [`RedisPool::fence`]).
 const RECONCILE_FENCE: &str = "{dedup}:reconcile-fence";
 
+/// [`Layout::ByPeriod`]: each commit's list of periods (a hash), in the generation's slot.
+const APPLIED_IN: &str = "{dedup}:applied-in";
+/// Commits per marking script: `unpack` in Redis's Lua takes a few thousand values at most.
+const MARKS_PER_SCRIPT: usize = 1000;
+/// Round trips in flight to different periods.
+const PERIOD_CONCURRENCY: usize = 8;
+
 /// SADD the commits if the generation is ARGV[1]; otherwise return the generation found.
 const MARK_IF_GENERATION: &str = r"
 local g = redis.call('GET', KEYS[1])
 if g ~= ARGV[1] then return g or '(none)' end
 redis.call('SADD', KEYS[2], unpack(ARGV, 2))
+return false
+";
+
+/// HSET each commit (ARGV[2], ARGV[4], ...) to its periods (ARGV[3], ARGV[5], ...) if the generation is ARGV[1];
+/// otherwise return the generation found.
+const MARK_PERIODS_IF_GENERATION: &str = r"
+local g = redis.call('GET', KEYS[1])
+if g ~= ARGV[1] then return g or '(none)' end
+for i = 2, #ARGV - 1, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return false
 ";
 

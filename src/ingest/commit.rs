@@ -21,7 +21,7 @@ use chrono::NaiveDate;
 
 use super::IngestError;
 use super::maintain::history_marker;
-use crate::dedup::{Dedup, DedupKey, DedupStore};
+use crate::dedup::{Dedup, DedupKey, DedupStore, Holding};
 use crate::failpoint;
 use crate::lake::tables::SALES_HEADER;
 use crate::lake::{Commit, IntentLock, PreparedCommit, Warehouse};
@@ -108,7 +108,7 @@ impl Committer {
         let commits = self.warehouse.apply_with(commit, || failpoint::hit("commit-table")).await?;
         self.dedup.add(keys).await?;
         failpoint::hit("commit-keys");
-        self.dedup.mark_applied(std::slice::from_ref(&id)).await?;
+        self.dedup.mark_applied(std::slice::from_ref(&id), Holding::Keys(keys)).await?;
         failpoint::hit("commit-applied");
         self.warehouse.remove_intent(&id)?;
         Ok(commits)
@@ -143,7 +143,7 @@ impl Committer {
             let mut ids: Vec<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
             report.commits_readded += ids.len() as u64;
             ids.push(history_marker(start));
-            self.dedup.mark_applied(&ids).await?;
+            self.dedup.mark_applied(&ids, Holding::Everything).await?;
         }
         // The intents finished here are always re-added, whatever `only_prefix`: another process's commit that this
         // one completed has no keys in the store yet.
@@ -169,7 +169,7 @@ impl Committer {
                 keys.extend(keys_of(&batches)?);
             }
             self.dedup.add(&keys).await?;
-            self.dedup.mark_applied(std::slice::from_ref(&id)).await?;
+            self.dedup.mark_applied(std::slice::from_ref(&id), Holding::Keys(&keys)).await?;
             report.commits_readded += 1;
             report.keys_readded += keys.len() as u64;
         }
@@ -177,7 +177,7 @@ impl Committer {
         // their tables are. (Those with sales rows were marked above, once their keys were in.)
         let ids: Vec<String> =
             finished.iter().map(|(id, _)| id.clone()).filter(|id| !in_history.contains(id.as_str())).collect();
-        self.dedup.mark_applied(&ids).await?;
+        self.dedup.mark_applied(&ids, Holding::Keys(&[])).await?;
         // Each removed while still locked: no other process takes it up meanwhile.
         for (id, _lock) in &finished {
             self.warehouse.remove_intent(id)?;
@@ -206,7 +206,7 @@ impl Committer {
         let added = self.reload_keys().await?;
         let mut ids: Vec<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
         ids.extend(history.starts_at().map(history_marker));
-        self.dedup.mark_applied(&ids).await?;
+        self.dedup.mark_applied(&ids, Holding::Everything).await?;
         Ok(added)
     }
 

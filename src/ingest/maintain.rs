@@ -17,7 +17,7 @@ use std::collections::HashSet;
 
 use super::IngestError;
 use super::commit::Committer;
-use crate::dedup::DedupStore;
+use crate::dedup::{DedupStore, Holding};
 use crate::failpoint;
 use crate::lake::expire::{Expired, History};
 use crate::lake::merge::Merged;
@@ -110,7 +110,7 @@ impl Committer {
             }
             if *name == SALES_HEADER.name {
                 let start = h.snapshots[ids.len()].id;
-                self.dedup().mark_applied(&[history_marker(start)]).await?;
+                self.dedup().mark_applied(&[history_marker(start)], Holding::Everything).await?;
                 failpoint::hit("expire-marker");
             }
             let expired = self.warehouse().expire_snapshots(name, &ids).await?;
