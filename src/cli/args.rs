@@ -154,6 +154,10 @@ pub enum DedupCommand {
         /// batch while its committer adds the last one's keys.
         #[arg(long, default_value_t = 2)]
         callers: usize,
+        /// Business-date periods (of `[dedup] period`) the keys spread over, each a filter sized for its share: on a
+        /// Redis Cluster with no hash tag in the key prefix, spread over the primaries.
+        #[arg(long, default_value_t = 1)]
+        periods: u32,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

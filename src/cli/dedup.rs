@@ -53,21 +53,22 @@ pub async fn dedup(command: DedupCommand) -> anyhow::Result<ExitCode> {
             say!("rebuilt {}: {added} keys from sales_header in {:.1}s", d.describe(), started.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
-        DedupCommand::Bench { store, keys, keys_per_call, callers, json } => {
+        DedupCommand::Bench { store, keys, keys_per_call, callers, periods, json } => {
             let c = store.config()?;
-            let r = poslake::dedup::bench::run(&c.dedup, keys, keys_per_call, callers).await?;
+            let r = poslake::dedup::bench::run(&c.dedup, keys, keys_per_call, callers, periods).await?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(ExitCode::SUCCESS);
             }
             say!("{}", r.backend);
             say!(
-                "{} keys checked and added in {:.2}s: {:.0} keys/s ({} keys per call, {} calls in flight)",
+                "{} keys checked and added in {:.2}s: {:.0} keys/s ({} keys per call, {} calls in flight, {} period(s))",
                 r.keys,
                 r.seconds,
                 r.keys_per_second,
                 r.keys_per_call,
-                r.callers
+                r.callers,
+                r.periods
             );
             match r.redis_cpu {
                 Some(cpu) => say!(

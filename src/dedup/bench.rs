@@ -10,7 +10,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use super::{Dedup, DedupError, DedupKey, DedupStore};
-use crate::config::{DedupBackend, DedupConfig};
+use crate::config::{DedupBackend, DedupConfig, DedupPeriod};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -19,6 +19,9 @@ pub struct BenchReport {
     pub keys_per_call: usize,
     /// Calls in flight at once (check then add, each).
     pub callers: usize,
+    /// Business-date periods the keys spread over (each its own filter; spread over a cluster's primaries when the
+    /// key prefix holds no hash tag).
+    pub periods: u32,
     pub seconds: f64,
     /// Keys checked and then added, per second.
     pub keys_per_second: f64,
@@ -48,6 +51,21 @@ pub struct FileIndexBench {
     pub bytes_per_file: Option<f64>,
 }
 
+/// `n` random keys over `periods` business-date periods (key i in the `i % periods`-th, counting back from
+/// 2026-11-15), the same for the same seed.
+pub fn random_keys_over(n: u64, seed: u64, periods: u32, period: DedupPeriod) -> Vec<DedupKey> {
+    let periods = periods.max(1);
+    let last = NaiveDate::from_ymd_opt(2026, 11, 15).unwrap_or_default();
+    let dates: Vec<NaiveDate> = (0..periods)
+        .map(|p| match period {
+            DedupPeriod::Day => last - chrono::Days::new(u64::from(p)),
+            DedupPeriod::Month => last - chrono::Months::new(p),
+            DedupPeriod::Year => last - chrono::Months::new(p.saturating_mul(12)),
+        })
+        .collect();
+    random_keys(n, seed).into_iter().enumerate().map(|(i, k)| DedupKey { date: dates[i % dates.len()], ..k }).collect()
+}
+
 /// `n` random keys of one business date, the same for the same seed (for the bench and the tests).
 pub fn random_keys(n: u64, seed: u64) -> Vec<DedupKey> {
     let date = NaiveDate::from_ymd_opt(2026, 11, 15).unwrap_or_default();
@@ -68,11 +86,13 @@ pub async fn run(
     keys: u64,
     keys_per_call: usize,
     callers: usize,
+    periods: u32,
 ) -> Result<BenchReport, DedupError> {
+    let periods = periods.max(1);
     let prefix = format!("{}-bench-{}", config.key_prefix, uuid::Uuid::new_v4().simple());
     let config = DedupConfig {
         key_prefix: prefix.clone(),
-        expected_keys_per_period: keys.max(1),
+        expected_keys_per_period: (keys / u64::from(periods)).max(1),
         backend: if config.backend == DedupBackend::Embedded { DedupBackend::Redis } else { config.backend },
         // A measurement need not wait minutes for a server that is not there.
         unavailable_limit_secs: config.unavailable_limit_secs.min(10),
@@ -85,7 +105,7 @@ pub async fn run(
         Dedup::RedisBloom(d) => d.pool(),
         Dedup::Embedded(_) => return Err(DedupError::Config("the bench measures a Redis store".into())),
     };
-    let keys_v = random_keys(keys, 1);
+    let keys_v = random_keys_over(keys, 1, periods, config.period);
     let cpu_before = pool.server_cpu_seconds().await?;
     let usec_before = pool.command_usec().await?;
     let started = Instant::now();
@@ -116,7 +136,7 @@ pub async fn run(
     let stats = store.stats().await?;
     let memory: u64 = stats.iter().map(|s| s.memory_bytes).sum();
     let probes = (keys / 4).clamp(10_000, 1_000_000);
-    let fresh = random_keys(probes, 2);
+    let fresh = random_keys_over(probes, 2, periods, config.period);
     let mut positives = 0u64;
     for chunk in fresh.chunks(keys_per_call.max(1)) {
         positives += store.contains(chunk).await?.into_iter().filter(|s| *s).count() as u64;
@@ -129,6 +149,7 @@ pub async fn run(
         keys,
         keys_per_call,
         callers,
+        periods,
         seconds,
         keys_per_second: keys as f64 / seconds.max(1e-9),
         redis_cpu: match (cpu_before, cpu_after) {

@@ -820,41 +820,73 @@ impl RedisPool {
 }
 
 impl RedisPool {
-    /// The server's CPU seconds so far (user + system, from `INFO cpu`), if it reports them.
+    /// An `INFO` section of the server that holds poslake's keys; spread by period over a cluster, of each node the
+    /// cluster named at start (so that figures add up over the primaries).
+    async fn info(&self, section: &str) -> Result<Vec<String>, DedupError> {
+        if let (Connections::Cluster { client, connection, nodes }, Layout::ByPeriod) = (&self.connections, self.layout)
+        {
+            use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+            let failed = |error: String| DedupError::Redis { url: self.url.clone(), error };
+            let mut out = Vec::with_capacity(nodes.len());
+            for (host, port) in nodes {
+                let mut conn = cluster_connection(client, connection).await.map_err(|f| failed(f.message))?;
+                let node =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port });
+                let mut info = redis::cmd("INFO");
+                info.arg(section);
+                let answer = conn.route_command(info, node).await.map_err(|e| failed(e.to_string()))?;
+                out.push(redis::from_redis_value(answer).map_err(|e| failed(e.to_string()))?);
+            }
+            return Ok(out);
+        }
+        let mut pipe = self.keyless_pipe();
+        pipe.cmd("INFO").arg(section);
+        let (info,): (String,) = self.query(&pipe).await?;
+        Ok(vec![info])
+    }
+
+    /// The server's CPU seconds so far (user + system, from `INFO cpu`; summed over a spread cluster's nodes), if it
+    /// reports them.
     pub async fn server_cpu_seconds(&self) -> Result<Option<f64>, DedupError> {
-        let mut pipe = self.keyless_pipe();
-        pipe.cmd("INFO").arg("cpu");
-        let (info,): (String,) = self.query(&pipe).await?;
-        let field =
-            |name: &str| info.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()));
-        Ok(match (field("used_cpu_user:"), field("used_cpu_sys:")) {
-            (Some(u), Some(s)) => Some(u + s),
-            _ => None,
-        })
+        let mut total = None;
+        for info in self.info("cpu").await? {
+            let field =
+                |name: &str| info.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()));
+            if let (Some(u), Some(s)) = (field("used_cpu_user:"), field("used_cpu_sys:")) {
+                total = Some(total.unwrap_or(0.0) + u + s);
+            }
+        }
+        Ok(total)
     }
 
-    /// Bytes the server's data takes (`used_memory` of `INFO memory`).
+    /// Bytes the server's data takes (`used_memory` of `INFO memory`; summed over a spread cluster's nodes).
     pub async fn used_memory(&self) -> Result<Option<u64>, DedupError> {
-        let mut pipe = self.keyless_pipe();
-        pipe.cmd("INFO").arg("memory");
-        let (info,): (String,) = self.query(&pipe).await?;
-        Ok(info.lines().find_map(|l| l.strip_prefix("used_memory:").and_then(|v| v.trim().parse().ok())))
+        let mut total = None;
+        for info in self.info("memory").await? {
+            if let Some(used) =
+                info.lines().find_map(|l| l.strip_prefix("used_memory:").and_then(|v| v.trim().parse::<u64>().ok()))
+            {
+                total = Some(total.unwrap_or(0) + used);
+            }
+        }
+        Ok(total)
     }
 
-    /// Microseconds the server spent in each command so far (`INFO commandstats`), by command name in lower case.
+    /// Microseconds the server spent in each command so far (`INFO commandstats`; summed over a spread cluster's
+    /// nodes), by command name in lower case.
     pub async fn command_usec(&self) -> Result<std::collections::HashMap<String, f64>, DedupError> {
-        let mut pipe = self.keyless_pipe();
-        pipe.cmd("INFO").arg("commandstats");
-        let (info,): (String,) = self.query(&pipe).await?;
-        Ok(info
-            .lines()
-            .filter_map(|l| {
-                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                let usec = rest.split(',').find_map(|kv| kv.strip_prefix("usec="))?.parse().ok()?;
+        let mut out = std::collections::HashMap::new();
+        for info in self.info("commandstats").await? {
+            for l in info.lines() {
+                let Some((name, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
+                let Some(usec) = rest.split(',').find_map(|kv| kv.strip_prefix("usec=")?.parse::<f64>().ok()) else {
+                    continue;
+                };
                 // Module commands are listed as registered: `BF.MADD` by valkey-bloom, `bf.madd` by Redis Stack.
-                Some((name.to_ascii_lowercase(), usec))
-            })
-            .collect())
+                *out.entry(name.to_ascii_lowercase()).or_insert(0.0) += usec;
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes every key under this pool's prefix (the bench's throwaway filters).
