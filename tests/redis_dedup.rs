@@ -1067,6 +1067,58 @@ async fn an_ingest_spread_by_period_over_a_redis_cluster_survives_primaries_losi
     assert_exact(&lake_of(dir.path()), &want).await;
 }
 
+/// Spread by period over three primaries with a replica each, the primary that holds the most periods (not the
+/// shared slot's) is killed mid-ingest: its replica takes over, the run goes on, every key lands once, and re-sends
+/// afterwards are caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_spread_by_period_through_a_failover_loses_and_duplicates_nothing() {
+    let mut nodes = redis_cluster(3, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 29,
+        sites: 4,
+        days: 9,
+        files_per_day: 2,
+        min_transactions: 10,
+        max_transactions: 20,
+        duplicate_file_rate: 0.15,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let manifest = read_manifest(&staging).expect("manifest");
+    let want = unique_keys(&manifest);
+    let shared = serving(3, key_slot(&nodes[0], "dedup"));
+    let mut periods = [0usize; 3];
+    let days: BTreeSet<String> = want.iter().map(|k| k.split('|').nth(1).expect("date").to_owned()).collect();
+    for day in &days {
+        periods[serving(3, key_slot(&nodes[0], day))] += 1;
+    }
+    let victim = (0..3).filter(|&i| i != shared).max_by_key(|&i| periods[i]).expect("a primary");
+    assert!(periods[victim] > 0, "the victim holds periods");
+    let url = nodes[shared].url();
+    let replica = nodes.remove(victim + 3);
+    let config = DedupConfig { period: DedupPeriod::Day, redis_url: url, ..replica.bitmap() };
+    let primary = Arc::new(Mutex::new(nodes.remove(victim)));
+    let (result, at) =
+        ingest_with_outage(&setup(&staging, &lake_of(dir.path()), config.clone()), primary, 12, |s| s.kill_and_wipe())
+            .await;
+    let summary = result.expect("the run survives the failover");
+    assert!(at < report.files, "the failover began mid-run ({at} of {} files)", report.files);
+    assert_eq!(summary.files, report.files);
+    assert!(replica.command(&["ROLE"]).contains("master"), "the replica took over");
+    assert!(keys_held(&replica) > 0);
+    assert_exact(&lake_of(dir.path()), &want).await;
+
+    let again = dir.path().join("resent");
+    resend(&staging, &manifest, &again, 3);
+    let second = run(&setup(&again, &lake_of(dir.path()), config)).await;
+    assert_eq!(second.new_transactions, 0, "the new primary's periods know every key");
+    assert!(second.quarantined_transactions > 0);
+    assert_exact(&lake_of(dir.path()), &want).await;
+}
+
 fn lake_of(dir: &Path) -> PathBuf {
     dir.join("lake")
 }

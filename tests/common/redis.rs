@@ -19,6 +19,18 @@ fn binary() -> PathBuf {
     super::find_program("redis-server", "POSLAKE_REDIS_SERVER", "apt-get install redis-server")
 }
 
+/// A free port on loopback. A cluster node also listens on its port + 10,000 (the cluster bus), so its port must be
+/// at most 55,535 with that one free too; the kernel hands out ports up to 60,999.
+fn free_port(cluster: bool) -> u16 {
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        if !cluster || (port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no free port for a cluster node and its bus");
+}
+
 impl RedisServer {
     pub fn start() -> Self {
         Self::start_with(&[])
@@ -26,7 +38,8 @@ impl RedisServer {
 
     /// A server started with `extra` arguments too.
     pub fn start_with(extra: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let cluster = extra.contains(&"--cluster-enabled");
+        let port = free_port(cluster);
         let extra = extra.iter().map(|a| (*a).to_owned()).collect();
         let mut server = RedisServer { port, dir: tempfile::tempdir().expect("tempdir"), child: None, extra };
         server.launch();
