@@ -435,3 +435,94 @@ fn an_archive_that_cannot_be_used_is_refused_with_the_reason() {
         .block_on(async { Warehouse::open(&lake).await.expect("open").row_count("file_ledger").await.expect("count") });
     assert_eq!(ledger, 0);
 }
+
+/// A Redis dedup store that comes back mid-run without its last writes (an append-only file that lost its last
+/// second, a replica that took over) may lose what the run's start added to the file index. Files listed after that
+/// which earlier runs ingested must still be skipped: the index is read again from the ledger before its answers are
+/// taken, as its mark, read after each lookup, no longer vouches for them. Until session 29 they were ingested
+/// again: their transactions quarantined as duplicates, and a second ledger row each. A container lists in name
+/// order, so the files ingested before (under `z-old/`) come after the new ones (`a-new/`), past the first pages the
+/// run looks up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_ingested_before_are_skipped_after_the_dedup_store_loses_its_last_writes_mid_run() {
+    use common::redis::RedisServer;
+    use poslake::generate::{GenerateArgs, generate};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir_path = dir.path().to_path_buf();
+    let azurite = Azurite::start();
+    azurite.create_container("landing");
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let lake = dir.path().join("lake");
+    let small = |out: std::path::PathBuf, seed: u64, sites: u32, files_per_day: u32| {
+        generate(&GenerateArgs {
+            out,
+            seed,
+            sites,
+            days: 2,
+            files_per_day,
+            min_transactions: 1,
+            max_transactions: 2,
+            duplicate_file_rate: 0.0,
+            duplicate_transaction_rate: 0.0,
+            malformed_rate: 0.0,
+            rollback_rate: 0.0,
+            ..GenerateArgs::default()
+        })
+        .expect("generate")
+    };
+    let run = |lake: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_poslake"));
+        cmd.args(["ingest", "--json", "--staging", "az://landing/pos", "--commit-files", "20"])
+            .args(["--dedup", "redis-bitmap", "--redis-url", &url, "--lake"])
+            .arg(lake)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AZURE") || k.starts_with("POSLAKE")) {
+            cmd.env_remove(k);
+        }
+        for (k, v) in azurite.env() {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("run poslake")
+    };
+    let old = small(dir.path().join("old"), 41, 4, 3);
+    azurite.upload_dir(&dir.path().join("old"), "landing", "pos/z-old").await;
+    let first = summary(&run(&lake).wait_with_output().expect("first run"));
+    assert_eq!(first["files"], old.files, "{first}");
+
+    let new = small(dir.path().join("new"), 42, 10, 35);
+    assert!(new.files >= 600, "more new files than one page of lookups: {}", new.files);
+    azurite.upload_dir(&dir.path().join("new"), "landing", "pos/a-new").await;
+    // The store as the first run left it: the second run's start brings the file index up to the ledger after this.
+    let copy = redis.copy_data();
+    let marks = |redis: &RedisServer| redis.integer(&["SCARD", "poslake:{dedup}:applied"]);
+    let before = marks(&redis);
+    let second = run(&lake);
+    // Once the second run's first commit is marked applied, the store comes back without what it took since the copy.
+    let started = std::time::Instant::now();
+    while marks(&redis) <= before {
+        assert!(started.elapsed() < Duration::from_secs(120), "no commit of the second run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    redis.kill_and_restore(copy.path());
+    redis.restart();
+    let second = summary(&second.wait_with_output().expect("second run"));
+    assert_eq!(second["files"], new.files, "{second}");
+    assert_eq!(second["already_ingested"], old.files, "every file ingested before is skipped: {second}");
+    // The two corpora share sites and days, so some new transactions carry keys the old ones landed.
+    let keys = |dir: &str| -> std::collections::BTreeSet<String> {
+        let manifest = poslake::generate::read_manifest(&dir_path.join(dir)).expect("manifest");
+        manifest.into_iter().flat_map(|m| m.keys).collect()
+    };
+    let (old_keys, new_keys) = (keys("old"), keys("new"));
+    let landed_new = new_keys.difference(&old_keys).count() as u64;
+    assert_eq!(second["new_transactions"], landed_new, "{second}");
+    let wh = Warehouse::open(&lake).await.expect("lake");
+    assert_eq!(wh.row_count("file_ledger").await.expect("ledger"), old.files + new.files, "one ledger row a file");
+    let quarantined = wh.row_count("sales_duplicates").await.expect("quarantine");
+    assert_eq!(quarantined, new_keys.len() as u64 - landed_new, "only the new files' keys the old ones landed");
+    let landed = header_keys(&wh).await;
+    assert_eq!(landed.len(), old_keys.union(&new_keys).count(), "every key once");
+}

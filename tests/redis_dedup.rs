@@ -14,7 +14,7 @@ use common::redis::RedisServer;
 use common::{header_keys, keys_of_table, ledger_paths, pipeline};
 use poslake::config::{DedupBackend, DedupConfig, DedupPeriod};
 use poslake::dedup::bench::random_keys;
-use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, Holding, LedgerMark};
+use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, Holding, LedgerMark, Vouch};
 use poslake::generate::{
     FileKind, GenerateArgs, ManifestFile as ManifestEntry, Report as GenerateReport, generate, read_manifest,
 };
@@ -548,6 +548,33 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     let other_worker = FileIndex::open(store.clone(), 1_000_000).await.expect("index");
     assert_eq!(other_worker.stats().await.expect("stats").expect("stats").buckets, 16);
     assert!(other_worker.contain(held[..10].to_vec()).await.expect("contain").iter().all(|&f| f));
+
+    // Lookups carry what vouches for them: the mark, read after them, in the store's generation.
+    let generation = store.generation().await.expect("generation");
+    let (found, vouch) = files.contain_vouched(held[..10].to_vec()).await.expect("contain");
+    assert!(found.iter().all(|&f| f));
+    assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 6 }));
+    // Back without its last writes (the mark of sequence 6 and some files lost): an older mark vouches for less.
+    let copy = server.copy_data();
+    files.add(other[..10].to_vec(), mark(21, 9)).await.expect("later files and mark");
+    assert_eq!(
+        files.contain_vouched(other[..10].to_vec()).await.expect("contain").1,
+        Some(Vouch::Mark { generation: generation.clone(), sequence: 9 })
+    );
+    let mut server = server;
+    server.kill_and_restore(copy.path());
+    server.restart();
+    let (found, vouch) = files.contain_vouched(other[..10].to_vec()).await.expect("contain");
+    assert!(found.iter().all(|&f| !f), "the later files are lost");
+    assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 6 }), "and the mark with them");
+    // Flushed: nothing vouches for an answer, which reads every file as new.
+    assert!(server.command(&["FLUSHALL"]).starts_with("+OK"));
+    let (found, vouch) = files.contain_vouched(held[..10].to_vec()).await.expect("contain");
+    assert!(found.iter().all(|&f| !f));
+    assert_eq!(vouch, Some(Vouch::Nothing { generation: None }));
+    files.add(held.to_vec(), None).await.expect("add");
+    store.renew_generation().await.expect("renew");
+    files.add(Vec::new(), mark(21, 9)).await.expect("mark");
 
     // A store with a new generation (it lost its data) has no mark the index may trust.
     assert!(server.command(&["DEL", "poslake:{dedup}:generation"]).starts_with(":1"));

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::redis_files::{FileIndexStats, LedgerMark, RedisFiles};
+use super::redis_files::{FileIndexStats, LedgerMark, RedisFiles, Vouch};
 use super::redis_pool::RedisPool;
 use super::{Dedup, DedupError, EmbeddedDedup};
 
@@ -71,6 +71,18 @@ impl FileIndex {
         match self.backing()? {
             Backing::Redis(files, pool) => files.contain(pool, &ids).await,
             Backing::Embedded(store) => store.files_contain(ids).await,
+        }
+    }
+
+    /// [`Self::contain`], and what vouches for the answers in a Redis store, which may lose its data while a run
+    /// goes on (`None`: the embedded store, which does not).
+    pub async fn contain_vouched(&self, ids: Vec<u128>) -> Result<(Vec<bool>, Option<Vouch>), DedupError> {
+        match self.backing()? {
+            Backing::Redis(files, pool) => {
+                let (held, vouch) = files.contain_vouched(pool, &ids).await?;
+                Ok((held, Some(vouch)))
+            }
+            Backing::Embedded(store) => Ok((store.files_contain(ids).await?, None)),
         }
     }
 

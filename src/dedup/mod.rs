@@ -33,7 +33,7 @@ pub use embedded::EmbeddedDedup;
 pub use file_index::FileIndex;
 pub use redis_bitmap::RedisBitmap;
 pub use redis_bloom::RedisBloom;
-pub use redis_files::{FileIndexStats, LedgerMark};
+pub use redis_files::{FileIndexStats, LedgerMark, Vouch};
 use redis_pool::RedisPool;
 
 /// Digest of a transaction key: the first 16 bytes of BLAKE3 over its canonical text.

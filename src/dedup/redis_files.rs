@@ -141,18 +141,48 @@ impl RedisFiles {
 
     /// Which of these files the index holds.
     pub async fn contain(&self, pool: &RedisPool, ids: &[u128]) -> Result<Vec<bool>, DedupError> {
+        Ok(self.contain_vouched(pool, ids).await?.0)
+    }
+
+    /// [`Self::contain`], and what vouches for the answers: the index's mark and the store's generation, read in
+    /// each round trip after the lookups, so that a store that lost its data before or during them shows a mark
+    /// missing or of an earlier sequence (its last writes lost), and never vouches for answers read from what was
+    /// lost.
+    pub async fn contain_vouched(&self, pool: &RedisPool, ids: &[u128]) -> Result<(Vec<bool>, Vouch), DedupError> {
         let prefix = Self::bucket_prefix(pool);
         let mut out = Vec::with_capacity(ids.len());
+        let mut vouch: Option<Vouch> = None;
         for chunk in ids.chunks(IDS_PER_ROUND_TRIP) {
             let mut pipe = redis::pipe();
             for &id in chunk {
                 let (key, field) = self.place(&prefix, id);
                 pipe.cmd("HEXISTS").arg(key).arg(&field[..]);
             }
-            let found: Vec<bool> = pool.query(&pipe).await?;
-            out.extend(found);
+            pipe.cmd("GET").arg(pool.key(GENERATION)).cmd("HGET").arg(pool.key(META)).arg("synced");
+            let mut answers: Vec<redis::Value> = pool.query(&pipe).await?;
+            let mark: Option<String> = answers.pop().and_then(|v| redis::from_redis_value(v).ok());
+            let generation: Option<String> = answers.pop().and_then(|v| redis::from_redis_value(v).ok());
+            for answer in answers {
+                out.push(
+                    redis::from_redis_value(answer).map_err(|e| DedupError::Redis {
+                        url: pool.url().to_owned(),
+                        error: format!("HEXISTS: {e}"),
+                    })?,
+                );
+            }
+            let this = Vouch::of(generation, mark.as_deref());
+            vouch = Some(match vouch {
+                None => this,
+                Some(before) => before.weakest(this),
+            });
         }
-        Ok(out)
+        if out.len() != ids.len() {
+            return Err(DedupError::Redis {
+                url: pool.url().to_owned(),
+                error: format!("{} answers for {} file ids", out.len(), ids.len()),
+            });
+        }
+        Ok((out, vouch.unwrap_or(Vouch::Nothing { generation: None })))
     }
 
     pub async fn stats(&self, pool: &RedisPool) -> Result<FileIndexStats, DedupError> {
@@ -165,6 +195,36 @@ impl RedisFiles {
             capacity: self.capacity(),
             synced_to: self.synced_to(pool).await?,
         })
+    }
+}
+
+/// What vouches for a file index's answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vouch {
+    /// The index holds every ledger file up to the ledger snapshot of this sequence, in the store's generation.
+    Mark { generation: String, sequence: i64 },
+    /// No mark of the store's current generation (`generation`, if it has one): the store lost its data since the
+    /// index was last brought up to the ledger, and the answers may miss files.
+    Nothing { generation: Option<String> },
+}
+
+impl Vouch {
+    fn of(generation: Option<String>, mark: Option<&str>) -> Vouch {
+        match (generation, mark.and_then(parse_mark)) {
+            (Some(g), Some((held, sequence, _))) if held == g => Vouch::Mark { generation: g, sequence },
+            (generation, _) => Vouch::Nothing { generation },
+        }
+    }
+
+    /// What vouches for answers read in two round trips.
+    fn weakest(self, other: Vouch) -> Vouch {
+        match (self, other) {
+            (Vouch::Mark { generation: a, sequence: s }, Vouch::Mark { generation: b, sequence: t }) if a == b => {
+                Vouch::Mark { generation: a, sequence: s.min(t) }
+            }
+            (Vouch::Nothing { generation }, _) | (_, Vouch::Nothing { generation }) => Vouch::Nothing { generation },
+            (_, Vouch::Mark { generation, .. }) => Vouch::Nothing { generation: Some(generation) },
+        }
     }
 }
 
@@ -208,6 +268,18 @@ mod tests {
         // The default: 100 million files in 2^20 buckets, about 95 a bucket.
         assert_eq!(buckets_for(100_000_000), 1 << 20);
         assert_eq!(buckets_for(u64::MAX), 1 << 32);
+    }
+
+    #[test]
+    fn a_mark_vouches_only_in_its_own_generation_and_two_round_trips_by_the_weaker() {
+        let mark = |g: &str, s: i64| Vouch::Mark { generation: g.into(), sequence: s };
+        assert_eq!(Vouch::of(Some("g".into()), Some("g 5 99")), mark("g", 5));
+        assert_eq!(Vouch::of(Some("h".into()), Some("g 5 99")), Vouch::Nothing { generation: Some("h".into()) });
+        assert_eq!(Vouch::of(None, Some("g 5 99")), Vouch::Nothing { generation: None });
+        assert_eq!(Vouch::of(Some("g".into()), None), Vouch::Nothing { generation: Some("g".into()) });
+        assert_eq!(mark("g", 5).weakest(mark("g", 3)), mark("g", 3));
+        assert_eq!(mark("g", 5).weakest(mark("h", 7)), Vouch::Nothing { generation: Some("h".into()) });
+        assert_eq!(mark("g", 5).weakest(Vouch::Nothing { generation: None }), Vouch::Nothing { generation: None });
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! The file ledger's index: which staged files are ingested already, so that discovery skips them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arrow_array::{Array, Int64Array, StringArray};
 use futures::StreamExt;
 
 use super::IngestError;
 use super::staging::{StagedFile, StagingError};
-use crate::dedup::{Dedup, FileIndex, LedgerMark};
+use crate::dedup::{Dedup, FileIndex, LedgerMark, Vouch};
 use crate::lake::{Outcome, Warehouse};
 
 /// The files the ledger holds, known by a 128-bit digest of (path, size) (two files collide with a chance of 2^-128
@@ -22,6 +22,11 @@ use crate::lake::{Outcome, Warehouse};
 /// that grows with history").
 pub(super) struct LedgerIndex {
     pub(super) files: FileIndex,
+    /// The sequence of the ledger snapshot this process last brought the index up to, if the ledger had one.
+    synced: Mutex<Option<i64>>,
+    /// The store generation under which this process last read the ledger into the index again, having found it no
+    /// longer vouched for (see [`LedgerIndex::keep_new`]).
+    refilled_under: Mutex<Option<String>>,
 }
 
 /// A ledger row of a file deferred to a later run: the file's id and the run that deferred it.
@@ -42,6 +47,10 @@ const LEDGER_CHUNK: usize = 100_000;
 pub(super) const LOOKUP_CHUNK: usize = 512;
 
 impl LedgerIndex {
+    pub(super) fn new(files: FileIndex) -> Self {
+        LedgerIndex { files, synced: Mutex::new(None), refilled_under: Mutex::new(None) }
+    }
+
     fn id(path: &str, size: u64) -> u128 {
         let mut h = blake3::Hasher::new();
         h.update(&size.to_le_bytes());
@@ -60,7 +69,7 @@ impl LedgerIndex {
         dedup: &Arc<Dedup>,
         expected_files: u64,
     ) -> Result<Self, IngestError> {
-        let index = LedgerIndex { files: FileIndex::open(dedup.clone(), expected_files).await? };
+        let index = LedgerIndex::new(FileIndex::open(dedup.clone(), expected_files).await?);
         index.sync(warehouse).await?;
         if let Some(stats) = index.files.stats().await?
             && stats.files > stats.capacity
@@ -125,7 +134,30 @@ impl LedgerIndex {
             }
             files.add(pending, Some(current)).await?;
         }
+        if let Ok(mut synced) = self.synced.lock() {
+            *synced = Some(current.sequence);
+        }
         Ok(Some(current.snapshot_id))
+    }
+
+    /// Whether the index's answers can be taken as they are: the embedded store's always; a Redis store's if its
+    /// mark (read after the answers) is of its current generation and holds at least what this process brought it up
+    /// to, or if this process read the ledger into it again under that generation already. A Redis that lost its
+    /// data while the run goes on (restarted empty, flushed, back without its last writes) would otherwise answer
+    /// "not ingested" for files ingested before, and a file listed after the loss would be ingested again: its
+    /// transactions quarantined as duplicates, but a second ledger row.
+    fn vouched(&self, vouch: &Option<Vouch>) -> bool {
+        let synced = self.synced.lock().ok().and_then(|s| *s);
+        match vouch {
+            None => true,
+            // Nothing was in the ledger at start: the index has nothing to skip that this run did not list itself.
+            Some(_) if synced.is_none() => true,
+            Some(Vouch::Mark { sequence, .. }) => synced.is_none_or(|s| *sequence >= s),
+            Some(Vouch::Nothing { generation: Some(g) }) => {
+                self.refilled_under.lock().ok().is_some_and(|r| r.as_deref() == Some(g.as_str()))
+            }
+            Some(Vouch::Nothing { generation: None }) => false,
+        }
     }
 
     /// The ids of the files a batch of ledger rows holds as done, and the rows of files deferred to a later run. The
@@ -221,6 +253,29 @@ impl LedgerIndex {
         Ok(counts)
     }
 
+    /// Which of these files the ledger holds, by the index; an index no longer vouched for (see [`Self::vouched`])
+    /// is brought up to the ledger again first.
+    async fn known(&self, warehouse: &Warehouse, ids: Vec<u128>) -> Result<Vec<bool>, IngestError> {
+        let (known, vouch) = self.files.contain_vouched(ids.clone()).await?;
+        if self.vouched(&vouch) {
+            return Ok(known);
+        }
+        tracing::warn!(
+            "the file index no longer holds what it held (the dedup store lost data): reading the ledger into it \
+             again before any listed file is skipped"
+        );
+        // A sync reads the whole ledger when the index's mark is not of the store's generation, else what later
+        // snapshots added.
+        if let Ok(mut synced) = self.synced.lock() {
+            *synced = None;
+        }
+        self.sync(warehouse).await?;
+        if let (Some(Vouch::Nothing { generation: Some(g) }), Ok(mut refilled)) = (vouch, self.refilled_under.lock()) {
+            *refilled = Some(g);
+        }
+        Ok(self.files.contain(ids).await?)
+    }
+
     /// How many earlier runs deferred this staged file.
     pub(super) async fn deferrals(&self, file: &StagedFile) -> Result<u32, IngestError> {
         let counts = self.counts(&[Self::id(&file.path, file.size)]).await?;
@@ -230,13 +285,14 @@ impl LedgerIndex {
     /// The listed files the ledger does not hold, in listing order; `skipped` counts the others.
     pub(super) async fn keep_new(
         &self,
+        warehouse: &Warehouse,
         listed: Vec<Result<StagedFile, StagingError>>,
         skipped: &AtomicU64,
     ) -> Vec<Result<StagedFile, IngestError>> {
         let ids: Vec<u128> = listed.iter().flatten().map(|f| Self::id(&f.path, f.size)).collect();
-        let known = match self.files.contain(ids).await {
+        let known = match self.known(warehouse, ids).await {
             Ok(known) => known,
-            Err(e) => return vec![Err(IngestError::Dedup(e))],
+            Err(e) => return vec![Err(e)],
         };
         let mut known = known.into_iter();
         let mut out = Vec::with_capacity(listed.len());
@@ -275,7 +331,7 @@ mod tests {
         let files = FileIndex::open(Arc::new(Dedup::Embedded(store)), 1).await.expect("index");
         files.add(ids, Some(LedgerMark { snapshot_id: 7, sequence: 1 })).await.expect("add");
         assert_eq!(files.synced_to().await.expect("mark"), Some(7));
-        let index = LedgerIndex { files };
+        let index = LedgerIndex::new(files);
         {
             let listed = vec![
                 Ok(file("site=1/2026-11-26/a.xml", 1_000)),
@@ -287,8 +343,9 @@ mod tests {
                 Ok(file("x1", 23)),
             ];
             let skipped = AtomicU64::new(0);
+            let wh = crate::lake::Warehouse::open(&dir.path().join("lake")).await.expect("lake");
             let kept: Vec<String> =
-                index.keep_new(listed, &skipped).await.into_iter().map(|f| f.expect("listed").path).collect();
+                index.keep_new(&wh, listed, &skipped).await.into_iter().map(|f| f.expect("listed").path).collect();
             assert_eq!(kept, ["site=1/2026-11-26/a.xml", "site=1/2026-11-26/b.xml", "x12"]);
             assert_eq!(skipped.load(Ordering::Relaxed), 2);
         }
@@ -326,7 +383,7 @@ mod tests {
     async fn deferrals_are_counted_once_per_run() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedDedup::open(dir.path()).expect("open");
-        let index = LedgerIndex { files: FileIndex::open(Arc::new(Dedup::Embedded(store)), 1).await.expect("index") };
+        let index = LedgerIndex::new(FileIndex::open(Arc::new(Dedup::Embedded(store)), 1).await.expect("index"));
         let (a, b) = (file("site=1/a.xml", 10), file("site=1/b.xml", 10));
         let (id_a, id_b) = (LedgerIndex::id(&a.path, a.size), LedgerIndex::id(&b.path, b.size));
         assert_eq!(index.deferrals(&a).await.expect("count"), 0);
@@ -342,7 +399,8 @@ mod tests {
         assert_eq!(index.deferrals(&b).await.expect("count"), 1);
         // Still listed as new: a deferred file is the next run's.
         let skipped = AtomicU64::new(0);
-        assert_eq!(index.keep_new(vec![Ok(a), Ok(b)], &skipped).await.len(), 2);
+        let wh = crate::lake::Warehouse::open(&dir.path().join("lake")).await.expect("lake");
+        assert_eq!(index.keep_new(&wh, vec![Ok(a), Ok(b)], &skipped).await.len(), 2);
         assert_eq!(skipped.load(Ordering::Relaxed), 0);
     }
 }

@@ -310,7 +310,7 @@ pub async fn maintain(
 ) -> Result<maintain::Maintenance, IngestError> {
     let warehouse = Arc::new(Warehouse::open_with(lake, catalog).await?);
     let dedup = Arc::new(Dedup::open(config, warehouse.root()).await?);
-    let ledger = LedgerIndex { files: FileIndex::open(dedup.clone(), config.expected_files).await? };
+    let ledger = LedgerIndex::new(FileIndex::open(dedup.clone(), config.expected_files).await?);
     let mark = ledger.sync(&warehouse).await?;
     Committer::new(warehouse, dedup).maintain(keep, merge_at, mark).await
 }

@@ -470,7 +470,7 @@ impl Stages for PosStages {
             let files = files.clone();
             return futures::stream::iter((0..files.len()).map(move |i| Ok(files[i].clone()))).boxed();
         }
-        let ledger = self.ledger.clone();
+        let (ledger, warehouse) = (self.ledger.clone(), self.warehouse.clone());
         let skipped = self.skipped.clone();
         let (route, elsewhere) = (self.route.clone(), self.elsewhere.clone());
         // Looked up a page at a time: whatever the listing has ready, up to LOOKUP_CHUNK files.
@@ -488,8 +488,8 @@ impl Stages for PosStages {
             })
             .ready_chunks(LOOKUP_CHUNK)
             .then(move |listed| {
-                let (ledger, skipped) = (ledger.clone(), skipped.clone());
-                async move { futures::stream::iter(ledger.keep_new(listed, &skipped).await) }
+                let (ledger, warehouse, skipped) = (ledger.clone(), warehouse.clone(), skipped.clone());
+                async move { futures::stream::iter(ledger.keep_new(&warehouse, listed, &skipped).await) }
             })
             .flatten()
             .boxed()
