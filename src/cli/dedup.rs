@@ -153,21 +153,24 @@ pub async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCod
             i.cache_bytes as f64 / (1 << 20) as f64
         );
     }
+    // On a Redis Cluster spread by period, where each partition lives.
+    let spread = partitions.iter().any(|p| p.primary.is_some());
     say!(
-        "{:<12} {:>14} {:>14} {:>14} {:>8} {:>10} {:>12}",
+        "{:<12} {:>14} {:>14} {:>14} {:>8} {:>10} {:>12}{}",
         "partition",
         "adds",
         "est. keys",
         "capacity",
         "fill",
         "fp now",
-        "memory MiB"
+        "memory MiB",
+        if spread { "  primary" } else { "" }
     );
     for s in partitions {
         // The embedded store is exact and has no design capacity.
         let capacity = if s.capacity == u64::MAX { "none".to_owned() } else { s.capacity.to_string() };
         say!(
-            "{:<12} {:>14} {:>14.0} {:>14} {:>7.2}% {:>10.6} {:>12.1}{}",
+            "{:<12} {:>14} {:>14.0} {:>14} {:>7.2}% {:>10.6} {:>12.1}{}{}",
             s.partition,
             s.adds,
             s.estimated_keys,
@@ -175,6 +178,7 @@ pub async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCod
             s.fill * 100.0,
             s.fp_now,
             s.memory_bytes as f64 / (1 << 20) as f64,
+            s.primary.as_deref().map(|p| format!("  {p}")).unwrap_or_default(),
             if s.over_capacity { "  OVER CAPACITY" } else { "" }
         );
     }

@@ -328,6 +328,7 @@ impl DedupStore for EmbeddedDedup {
             // What the store holds in memory (its memtables and cached blocks); its size on disk is in `internals`.
             memory_bytes: self.db.write_buffer_size() + self.db.cache_size(),
             over_capacity: false,
+            primary: None,
         }])
     }
 

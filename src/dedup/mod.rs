@@ -116,6 +116,9 @@ pub struct PartitionStats {
     pub fp_now: f64,
     pub memory_bytes: u64,
     pub over_capacity: bool,
+    /// On a Redis Cluster spread by period, the primary that serves the partition now (`host:port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
 }
 
 /// What the keys of commits being marked applied are, so that a store that keeps its marks beside its filters (a

@@ -504,7 +504,12 @@ impl DedupStore for RedisBitmap {
                 fp_now: plan.fp_at(estimated),
                 memory_bytes: memory,
                 over_capacity: estimated > plan.expected_keys as f64,
+                primary: None,
             });
+        }
+        let primaries = self.pool.primaries_of(&out.iter().map(|p| p.partition.clone()).collect::<Vec<_>>()).await?;
+        for (p, primary) in out.iter_mut().zip(primaries) {
+            p.primary = primary;
         }
         Ok(out)
     }

@@ -356,7 +356,12 @@ impl DedupStore for RedisBloom {
                 fp_now: 1.0 - none_seen,
                 memory_bytes: memory,
                 over_capacity: items > self.capacity,
+                primary: None,
             });
+        }
+        let primaries = self.pool.primaries_of(&out.iter().map(|p| p.partition.clone()).collect::<Vec<_>>()).await?;
+        for (p, primary) in out.iter_mut().zip(primaries) {
+            p.primary = primary;
         }
         Ok(out)
     }

@@ -889,6 +889,23 @@ impl RedisPool {
         Ok(out)
     }
 
+    /// Spread by period over a cluster, the primary (`host:port`) that serves each of these periods now; `None` in the
+    /// one-slot layout.
+    pub async fn primaries_of(&self, labels: &[String]) -> Result<Vec<Option<String>>, DedupError> {
+        if !self.by_period() || labels.is_empty() {
+            return Ok(vec![None; labels.len()]);
+        }
+        // One command a round trip: the cluster client sends a command that names no key to any node.
+        let (ranges,): (Vec<redis::Value>,) = self.query(redis::pipe().cmd("CLUSTER").arg("SLOTS")).await?;
+        let mut out = Vec::with_capacity(labels.len());
+        for label in labels {
+            let (slot,): (i64,) =
+                self.query(redis::pipe().cmd("CLUSTER").arg("KEYSLOT").arg(self.generation_key(label))).await?;
+            out.push(slot_primary(&ranges, slot));
+        }
+        Ok(out)
+    }
+
     /// Deletes every key under this pool's prefix (the bench's throwaway filters).
     pub async fn delete_prefix(&self) -> Result<u64, DedupError> {
         let pattern = format!("{}:*", self.prefix);
@@ -1059,6 +1076,29 @@ fn seed_urls(configured: &str, nodes: &[(String, u16)]) -> Vec<String> {
     urls
 }
 
+/// The primary (`host:port`) that `CLUSTER SLOTS` says serves `slot`.
+fn slot_primary(ranges: &[redis::Value], slot: i64) -> Option<String> {
+    use redis::Value;
+    ranges.iter().find_map(|range| {
+        let Value::Array(parts) = range else { return None };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            return None;
+        };
+        if !(*start..=*end).contains(&slot) {
+            return None;
+        }
+        let host = match primary.first() {
+            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+            Some(Value::SimpleString(h)) => h.clone(),
+            _ => return None,
+        };
+        let Some(Value::Int(port)) = primary.get(1) else { return None };
+        Some(format!("{host}:{port}"))
+    })
+}
+
 /// Every node `CLUSTER SLOTS` names (primaries and replicas), by address.
 fn cluster_nodes(ranges: &[redis::Value]) -> Vec<(String, u16)> {
     use redis::Value;
@@ -1215,6 +1255,8 @@ mod tests {
         assert_eq!(cluster_slots_served_by("r1", &whole).here, 0, "a replica serves no slot itself");
         assert_eq!(cluster_slots_served_by("me", &[Value::Nil, Value::Int(3)]).here, 0, "odd answers count nothing");
         assert_eq!(cluster_nodes(&split), [("127.0.0.1".to_owned(), 7000)], "every node, once");
+        assert_eq!(slot_primary(&split, 5_461).as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(slot_primary(&split, 16_100), None, "an unassigned slot has no primary");
     }
 
     #[test]
