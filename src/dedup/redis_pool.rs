@@ -563,7 +563,8 @@ impl RedisPool {
         let mut answers = answers.into_iter();
         let store: Option<String> = answers.next().and_then(|v| redis::from_redis_value(v).ok());
         self.check_generation(store)?;
-        let listed: Vec<bool> = answers.map(|v| redis::from_redis_value(v).unwrap_or(false)).collect();
+        // An answer that does not read as a flag counts as listed: never a reason to make a generation again.
+        let listed: Vec<bool> = answers.map(|v| redis::from_redis_value(v).unwrap_or(true)).collect();
         // By index: a closure over borrowed items trips the compiler's `Send` analysis.
         let (new, listed, expected) = (&new, &listed, &expected);
         futures::stream::iter(0..new.len())
@@ -821,7 +822,8 @@ impl RedisPool {
 
 impl RedisPool {
     /// An `INFO` section of the server that holds poslake's keys; spread by period over a cluster, of each node the
-    /// cluster named at start (so that figures add up over the primaries).
+    /// cluster named at start, replicas included (so that figures add up over the primaries; a replica adds its own
+    /// copy's memory and replication CPU).
     async fn info(&self, section: &str) -> Result<Vec<String>, DedupError> {
         if let (Connections::Cluster { client, connection, nodes }, Layout::ByPeriod) = (&self.connections, self.layout)
         {
