@@ -21,18 +21,18 @@ use rand::{Rng, SeedableRng};
 /// Small batches and commits, so that kills land between many of them; the Redis filter when `redis` is given,
 /// else the embedded store (in the lake). `maintained` expires snapshots after every commit and merges manifests
 /// once a table has 4; else neither happens.
-fn config_file(dir: &Path, redis: Option<&RedisServer>, prefix: &str, maintained: bool) -> std::path::PathBuf {
+fn config_file(dir: &Path, redis: Option<&Store>, prefix: &str, maintained: bool) -> std::path::PathBuf {
     let path = dir.join(format!("{prefix}.toml"));
     let (keep, merge) = if maintained { (2, 4) } else { (0, 0) };
     let mut text = format!(
         "batch_files = 2\nmax_files_in_flight = 4\ncommit_files = 4\nflush_interval_ms = 20\n\
          keep_snapshots = {keep}\nmin_manifests_to_merge = {merge}\n"
     );
-    if let Some(redis) = redis {
+    if let Some(store) = redis {
         text += &format!(
             "\n[dedup]\nbackend = \"redis-bitmap\"\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n\
-             expected_keys_per_period = 200000\nmax_shard_mib = 1\n",
-            redis.url()
+             expected_keys_per_period = 200000\nmax_shard_mib = 1\nperiod = \"{}\"\n",
+            store.url, store.period
         );
     }
     std::fs::write(&path, text).expect("write config");
@@ -50,10 +50,24 @@ fn ingest(staging: &Path, lake: &Path, config: &Path, kill_at: Option<&str>) -> 
     cmd
 }
 
+/// A Redis dedup store: its URL, and the business-date period of its filters.
+struct Store {
+    url: String,
+    period: &'static str,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_every_kill_point_and_at_random_moments_ends_like_an_uninterrupted_run() {
     let redis = RedisServer::start();
-    sigkill_again_and_again(Some(&redis)).await;
+    sigkill_again_and_again(Some(&Store { url: redis.url(), period: "month" })).await;
+}
+
+/// The same against a Redis Cluster of three primaries, the corpus's days (a period a day) spread over them: kills
+/// land between a commit's marks in its periods and its list in the shared slot too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_again_and_again_with_periods_spread_over_a_redis_cluster_ends_like_an_uninterrupted_run() {
+    let nodes = common::redis::cluster(3, 0);
+    sigkill_again_and_again(Some(&Store { url: nodes[0].url(), period: "day" })).await;
 }
 
 /// The same with the embedded store, whose keys and index of ingested files are restored at each start from what
@@ -63,7 +77,7 @@ async fn sigkill_again_and_again_with_the_embedded_store_ends_like_an_uninterrup
     sigkill_again_and_again(None).await;
 }
 
-async fn sigkill_again_and_again(redis: Option<&RedisServer>) {
+async fn sigkill_again_and_again(redis: Option<&Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     let report = generate(&GenerateArgs {

@@ -845,43 +845,6 @@ async fn redis_bloom_filters_lost_are_made_again_in_their_configured_shape() {
     assert_exact(&lake, &unique_keys(&manifest)).await;
 }
 
-/// Starts `primaries` cluster nodes that split the hash slots evenly, each with `replicas` replicas, and waits until
-/// the cluster is up and every replica has synced.
-fn redis_cluster(primaries: usize, replicas: usize) -> Vec<RedisServer> {
-    let cluster = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"];
-    let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas)).map(|_| RedisServer::start_with(&cluster)).collect();
-    let id = |n: &RedisServer| n.command(&["CLUSTER", "MYID"]).lines().nth(1).expect("id").to_owned();
-    for (i, node) in nodes.iter().take(primaries).enumerate() {
-        let (from, to) = (16_384 * i / primaries, 16_384 * (i + 1) / primaries - 1);
-        let added = node.command(&["CLUSTER", "ADDSLOTSRANGE", &from.to_string(), &to.to_string()]);
-        assert!(added.starts_with("+OK"), "{added}");
-    }
-    for node in &nodes[1..] {
-        assert!(nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &node.port.to_string()]).starts_with("+OK"));
-    }
-    let started = std::time::Instant::now();
-    let known = |n: &RedisServer| n.command(&["CLUSTER", "NODES"]).lines().filter(|l| l.contains(':')).count();
-    while nodes.iter().any(|n| known(n) < nodes.len()) {
-        assert!(started.elapsed() < Duration::from_secs(30), "the nodes never met");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for (i, replica) in nodes.iter().enumerate().skip(primaries) {
-        let primary = id(&nodes[(i - primaries) % primaries]);
-        let done = replica.command(&["CLUSTER", "REPLICATE", &primary]);
-        assert!(done.starts_with("+OK"), "{done}");
-    }
-    let up = |n: &RedisServer| {
-        n.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
-            && (!n.command(&["ROLE"]).contains("slave")
-                || n.command(&["INFO", "replication"]).contains("master_link_status:up"))
-    };
-    while !nodes.iter().all(up) {
-        assert!(started.elapsed() < Duration::from_secs(60), "the cluster never came up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    nodes
-}
-
 /// The hash slot of a key, by the server's own count.
 fn key_slot(node: &RedisServer, key: &str) -> u64 {
     node.integer(&["CLUSTER", "KEYSLOT", key])
@@ -917,7 +880,7 @@ fn period_home(node: &RedisServer, primaries: usize, key: &DedupKey) -> usize {
 /// the primaries (refused until session 29). A one-node cluster is one endpoint, and works whatever the prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_holds_poslakes_keys_in_one_slot_with_a_hash_tag_and_spreads_its_periods_without() {
-    let nodes = redis_cluster(2, 0);
+    let nodes = common::redis::cluster(2, 0);
     let dir = tempfile::tempdir().expect("tempdir");
     // No hash tag: spread by period, through either node, with either backend setting.
     let keys = keys_over_days(2_000, 9, 20);
@@ -1001,7 +964,7 @@ async fn a_redis_cluster_holds_poslakes_keys_in_one_slot_with_a_hash_tag_and_spr
 /// state (the store's generation and the commits' period lists) is noticed at the next mark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_period_that_lost_its_state_on_a_spread_cluster_is_noticed_by_every_process() {
-    let nodes = redis_cluster(2, 0);
+    let nodes = common::redis::cluster(2, 0);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = DedupConfig { period: DedupPeriod::Day, ..nodes[0].bitmap() };
     let shared = serving(2, key_slot(&nodes[0], "dedup"));
@@ -1055,7 +1018,7 @@ async fn a_period_that_lost_its_state_on_a_spread_cluster_is_noticed_by_every_pr
 /// re-added from the commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_spread_by_period_over_a_redis_cluster_survives_primaries_losing_their_state() {
-    let mut nodes = redis_cluster(3, 0);
+    let mut nodes = common::redis::cluster(3, 0);
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     let report = generate(&GenerateArgs {
@@ -1111,7 +1074,7 @@ async fn an_ingest_spread_by_period_over_a_redis_cluster_survives_primaries_losi
 /// afterwards are caught.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_spread_by_period_through_a_failover_loses_and_duplicates_nothing() {
-    let mut nodes = redis_cluster(3, 1);
+    let mut nodes = common::redis::cluster(3, 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     let report = generate(&GenerateArgs {
@@ -1169,7 +1132,7 @@ fn lake_of(dir: &Path) -> PathBuf {
 /// sent before it died, even frozen, since the kernel's socket buffers hold them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_through_a_redis_cluster_failover_loses_and_duplicates_nothing() {
-    let mut nodes = redis_cluster(3, 1);
+    let mut nodes = common::redis::cluster(3, 1);
     let slot = key_slot(&nodes[0], "poslake");
     let home = serving(3, slot);
     let replica = nodes.remove(home + 3);

@@ -191,3 +191,40 @@ impl Drop for RedisServer {
         }
     }
 }
+
+/// Starts `primaries` cluster nodes that split the hash slots evenly, each with `replicas` replicas, and waits until
+/// the cluster is up and every replica has synced.
+pub fn cluster(primaries: usize, replicas: usize) -> Vec<RedisServer> {
+    let cluster = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"];
+    let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas)).map(|_| RedisServer::start_with(&cluster)).collect();
+    let id = |n: &RedisServer| n.command(&["CLUSTER", "MYID"]).lines().nth(1).expect("id").to_owned();
+    for (i, node) in nodes.iter().take(primaries).enumerate() {
+        let (from, to) = (16_384 * i / primaries, 16_384 * (i + 1) / primaries - 1);
+        let added = node.command(&["CLUSTER", "ADDSLOTSRANGE", &from.to_string(), &to.to_string()]);
+        assert!(added.starts_with("+OK"), "{added}");
+    }
+    for node in &nodes[1..] {
+        assert!(nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &node.port.to_string()]).starts_with("+OK"));
+    }
+    let started = std::time::Instant::now();
+    let known = |n: &RedisServer| n.command(&["CLUSTER", "NODES"]).lines().filter(|l| l.contains(':')).count();
+    while nodes.iter().any(|n| known(n) < nodes.len()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the nodes never met");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, replica) in nodes.iter().enumerate().skip(primaries) {
+        let primary = id(&nodes[(i - primaries) % primaries]);
+        let done = replica.command(&["CLUSTER", "REPLICATE", &primary]);
+        assert!(done.starts_with("+OK"), "{done}");
+    }
+    let up = |n: &RedisServer| {
+        n.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            && (!n.command(&["ROLE"]).contains("slave")
+                || n.command(&["INFO", "replication"]).contains("master_link_status:up"))
+    };
+    while !nodes.iter().all(up) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the cluster never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes
+}
