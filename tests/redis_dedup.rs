@@ -1020,21 +1020,7 @@ async fn a_period_that_lost_its_state_on_a_spread_cluster_is_noticed_by_every_pr
 async fn an_ingest_spread_by_period_over_a_redis_cluster_survives_primaries_losing_their_state() {
     let mut nodes = common::redis::cluster(3, 0);
     let dir = tempfile::tempdir().expect("tempdir");
-    let staging = dir.path().join("staging");
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
-        seed: 23,
-        sites: 4,
-        days: 9,
-        files_per_day: 2,
-        min_transactions: 10,
-        max_transactions: 20,
-        duplicate_file_rate: 0.15,
-        duplicate_transaction_rate: 0.05,
-        ..GenerateArgs::default()
-    })
-    .expect("generate");
-    let manifest = read_manifest(&staging).expect("manifest");
+    let (staging, report, manifest) = nine_days(dir.path(), 23);
     let want = unique_keys(&manifest);
     let day = |key: &str| key.split('|').nth(1).expect("date").to_owned();
     let shared = serving(3, key_slot(&nodes[0], "dedup"));
@@ -1076,20 +1062,7 @@ async fn an_ingest_spread_by_period_over_a_redis_cluster_survives_primaries_losi
 async fn an_ingest_spread_by_period_through_a_failover_loses_and_duplicates_nothing() {
     let mut nodes = common::redis::cluster(3, 1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let staging = dir.path().join("staging");
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
-        seed: 29,
-        sites: 4,
-        days: 9,
-        files_per_day: 2,
-        min_transactions: 10,
-        max_transactions: 20,
-        duplicate_file_rate: 0.15,
-        ..GenerateArgs::default()
-    })
-    .expect("generate");
-    let manifest = read_manifest(&staging).expect("manifest");
+    let (staging, report, manifest) = nine_days(dir.path(), 29);
     let want = unique_keys(&manifest);
     let shared = serving(3, key_slot(&nodes[0], "dedup"));
     let mut periods = [0usize; 3];
@@ -1119,6 +1092,26 @@ async fn an_ingest_spread_by_period_through_a_failover_loses_and_duplicates_noth
     assert_eq!(second.new_transactions, 0, "the new primary's periods know every key");
     assert!(second.quarantined_transactions > 0);
     assert_exact(&lake_of(dir.path()), &want).await;
+}
+
+/// A corpus over 9 business days (9 periods of a day), with re-sent files and repeated transactions planted.
+fn nine_days(dir: &Path, seed: u64) -> (PathBuf, GenerateReport, Vec<ManifestEntry>) {
+    let staging = dir.join("staging");
+    let report = generate(&GenerateArgs {
+        out: staging.clone(),
+        seed,
+        sites: 4,
+        days: 9,
+        files_per_day: 2,
+        min_transactions: 10,
+        max_transactions: 20,
+        duplicate_file_rate: 0.15,
+        duplicate_transaction_rate: 0.05,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let manifest = read_manifest(&staging).expect("manifest");
+    (staging, report, manifest)
 }
 
 fn lake_of(dir: &Path) -> PathBuf {
