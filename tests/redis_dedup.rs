@@ -14,7 +14,7 @@ use common::redis::RedisServer;
 use common::{header_keys, keys_of_table, ledger_paths, pipeline};
 use poslake::config::{DedupBackend, DedupConfig, DedupPeriod};
 use poslake::dedup::bench::random_keys;
-use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, Holding, LedgerMark, Vouch};
+use poslake::dedup::{Dedup, DedupError, DedupKey, DedupStore, FileIndex, Holding, LedgerMark, SyncMark, Vouch};
 use poslake::generate::{
     FileKind, GenerateArgs, ManifestFile as ManifestEntry, Report as GenerateReport, generate, read_manifest,
 };
@@ -535,13 +535,12 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     let stats = files.stats().await.expect("stats").expect("a Redis index has stats");
     assert_eq!((stats.files, stats.buckets, stats.capacity, stats.synced_to), (5_000, 16, 1_600, None));
 
-    let mark = |snapshot_id, sequence| Some(LedgerMark { snapshot_id, sequence });
-    files.add(Vec::new(), mark(11, 5)).await.expect("mark");
+    files.add(Vec::new(), Some(&sync_mark(&files, 11, 5).await)).await.expect("mark");
     assert_eq!(files.synced_to().await.expect("mark"), Some(11));
     // A worker that finishes an older sync later does not move the mark back.
-    files.add(Vec::new(), mark(-9, 3)).await.expect("older mark");
+    files.add(Vec::new(), Some(&sync_mark(&files, -9, 3).await)).await.expect("older mark");
     assert_eq!(files.synced_to().await.expect("mark"), Some(11));
-    files.add(Vec::new(), mark(-12, 6)).await.expect("later mark");
+    files.add(Vec::new(), Some(&sync_mark(&files, -12, 6).await)).await.expect("later mark");
     assert_eq!(files.synced_to().await.expect("mark"), Some(-12));
 
     // Another worker configured for more files uses the layout the index was created with.
@@ -556,7 +555,7 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 6 }));
     // Back without its last writes (the mark of sequence 6 and some files lost): an older mark vouches for less.
     let copy = server.copy_data();
-    files.add(other[..10].to_vec(), mark(21, 9)).await.expect("later files and mark");
+    files.add(other[..10].to_vec(), Some(&sync_mark(&files, 21, 9).await)).await.expect("later files and mark");
     assert_eq!(
         files.contain_vouched(other[..10].to_vec()).await.expect("contain").1,
         Some(Vouch::Mark { generation: generation.clone(), sequence: 9 })
@@ -574,7 +573,7 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     assert_eq!(vouch, Some(Vouch::Nothing { generation: None }));
     files.add(held.to_vec(), None).await.expect("add");
     store.renew_generation().await.expect("renew");
-    files.add(Vec::new(), mark(21, 9)).await.expect("mark");
+    files.add(Vec::new(), Some(&sync_mark(&files, 21, 9).await)).await.expect("mark");
 
     // A store with a new generation (it lost its data) has no mark the index may trust.
     assert!(server.command(&["DEL", "poslake:{dedup}:generation"]).starts_with(":1"));
@@ -582,6 +581,11 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     reopened.generation().await.expect("generation");
     let files = FileIndex::open(reopened, 1_000).await.expect("index");
     assert_eq!(files.synced_to().await.expect("mark"), None);
+}
+
+/// What a sync of the file index up to this ledger snapshot marks.
+async fn sync_mark(files: &FileIndex, snapshot_id: i64, sequence: i64) -> SyncMark {
+    files.start_sync(LedgerMark { snapshot_id, sequence }).await.expect("start a sync")
 }
 
 /// Workers that share a lake and Redis share the file index: a run skips the files earlier runs ingested, reading
@@ -1093,6 +1097,99 @@ async fn an_ingest_spread_by_period_through_a_failover_loses_and_duplicates_noth
     assert!(second.quarantined_transactions > 0);
     assert_exact(&lake_of(dir.path()), &want).await;
 }
+
+/// File-index keys a node holds (bucket hashes and group marks).
+fn file_index_keys(node: &RedisServer, prefix: &str) -> u64 {
+    let pattern = format!("{prefix}:{{files:*");
+    node.integer(&["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", &pattern])
+}
+
+/// Spread by period over a Redis Cluster, the file index spreads too: its buckets fall in groups of their own hash
+/// tag, on every primary, each group with its own mark beside its buckets. A primary that loses its data loses its
+/// groups' files with their marks: lookups there are no longer vouched for (those elsewhere still are), the index
+/// reads as not brought up to any snapshot, and the next ingest reads the ledger into it again and skips every file
+/// the ledger holds. Until session 30 the whole index sat in the shared slot, on one primary (about 39 GB for two
+/// billion files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_index_spreads_over_a_clusters_primaries_and_a_primary_that_lost_its_files_is_read_again() {
+    let nodes = common::redis::cluster(3, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = serving(3, key_slot(&nodes[0], "dedup"));
+    let victim = (shared + 1) % 3;
+    let config = DedupConfig { period: DedupPeriod::Day, key_prefix: "files-test".into(), ..nodes[0].bitmap() };
+    let store = Arc::new(Dedup::open(&config, dir.path()).await.expect("open"));
+    let generation = store.generation().await.expect("generation");
+    // Sized for 100,000 files: 1,024 buckets in 64 groups (a file's group: the low 6 bits of its id).
+    let files = FileIndex::open(store.clone(), 100_000).await.expect("index");
+    let ids: Vec<u128> = random_keys(6_000, 31).iter().map(|k| k.digest).collect();
+    let (held, other) = ids.split_at(5_000);
+    files.add(held.to_vec(), Some(&sync_mark(&files, 3, 2).await)).await.expect("add");
+    for node in &nodes {
+        assert!(file_index_keys(node, "files-test") > 0, "every primary holds groups of the index");
+    }
+    let (found, vouch) = files.contain_vouched(ids.clone()).await.expect("lookup");
+    assert!(found[..5_000].iter().all(|&f| f) && found[5_000..].iter().all(|&f| !f));
+    assert_eq!(other.len(), 1_000);
+    assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 2 }));
+    assert_eq!(files.synced_to().await.expect("mark"), Some(3));
+    let stats = files.stats().await.expect("stats").expect("a Redis index has stats");
+    assert_eq!((stats.files, stats.buckets), (5_000, 1_024));
+
+    let on_victim = |id: &u128| serving(3, key_slot(&nodes[0], &format!("files:{:x}", *id as u64 & 63))) == victim;
+    let (lost, kept): (Vec<u128>, Vec<u128>) = held.iter().partition(|id| on_victim(id));
+    assert!(!lost.is_empty() && !kept.is_empty());
+    assert!(nodes[victim].command(&["FLUSHALL"]).starts_with("+OK"));
+    let (found, vouch) = files.contain_vouched(lost.clone()).await.expect("lookup");
+    assert!(found.iter().all(|&f| !f), "the victim's files are gone");
+    assert_eq!(vouch, Some(Vouch::Nothing { generation: Some(generation.clone()) }), "and their groups' marks");
+    let (found, vouch) = files.contain_vouched(kept.clone()).await.expect("lookup");
+    assert!(found.iter().all(|&f| f), "the other primaries' groups kept theirs");
+    assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 2 }));
+    assert_eq!(
+        files.contain_vouched(held.to_vec()).await.expect("lookup").1,
+        Some(Vouch::Nothing { generation: Some(generation.clone()) })
+    );
+    assert_eq!(files.synced_to().await.expect("mark"), None, "the index holds no snapshot whole");
+    files.add(held.to_vec(), Some(&sync_mark(&files, 4, 3).await)).await.expect("add again");
+    let (found, vouch) = files.contain_vouched(held.to_vec()).await.expect("lookup");
+    assert!(found.iter().all(|&f| f));
+    assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 3 }));
+
+    // An ingest: the first run lands the corpus; the victim loses its data; the second run skips every file.
+    let (staging, report, manifest) = nine_days(dir.path(), 37);
+    let config = DedupConfig { key_prefix: "files-ingest".into(), ..config };
+    let first = run(&setup(&staging, &lake_of(dir.path()), config.clone())).await;
+    assert_eq!(first.files, report.files);
+    // The second run's start brings the index up to the first run's ledger.
+    let second = run(&setup(&staging, &lake_of(dir.path()), config.clone())).await;
+    assert_eq!((second.already_ingested, second.files), (report.files, 0));
+    assert!(file_index_keys(&nodes[victim], "files-ingest") > 0);
+    assert!(nodes[victim].command(&["FLUSHALL"]).starts_with("+OK"));
+    let third = run(&setup(&staging, &lake_of(dir.path()), config.clone())).await;
+    assert_eq!(
+        (third.already_ingested, third.files, third.new_transactions),
+        (report.files, 0, 0),
+        "every file the ledger holds is skipped after a primary lost its groups"
+    );
+    // The victim's flush lost periods too, so the store took a new generation, which alone makes every group's
+    // mark stale. A loss of the victim's file groups alone leaves the generation as it was: their missing marks must
+    // tell.
+    assert!(nodes[victim].integer(&["EVAL", DELETE_FILE_KEYS, "0", "files-ingest:{files:*"]) > 0);
+    let fourth = run(&setup(&staging, &lake_of(dir.path()), config)).await;
+    assert_eq!(
+        (fourth.already_ingested, fourth.files, fourth.recovery.keys_readded),
+        (report.files, 0, 0),
+        "after a loss of file groups alone"
+    );
+    let wh = Warehouse::open(&lake_of(dir.path())).await.expect("open");
+    assert_eq!(wh.row_count("file_ledger").await.expect("count"), report.files, "one ledger row a file");
+    drop(wh);
+    assert_exact(&lake_of(dir.path()), &unique_keys(&manifest)).await;
+}
+
+/// Deletes a node's keys that match `ARGV[1]`; returns how many.
+const DELETE_FILE_KEYS: &str = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) \
+                                n = n + 1 end return n";
 
 /// A corpus over 9 business days (9 periods of a day), with re-sent files and repeated transactions planted.
 fn nine_days(dir: &Path, seed: u64) -> (PathBuf, GenerateReport, Vec<ManifestEntry>) {

@@ -11,6 +11,14 @@ use super::redis_files::{FileIndexStats, LedgerMark, RedisFiles, Vouch};
 use super::redis_pool::RedisPool;
 use super::{Dedup, DedupError, EmbeddedDedup};
 
+/// The mark a sync makes once its files are added (see [`FileIndex::start_sync`]).
+#[derive(Debug, Clone)]
+pub struct SyncMark {
+    pub ledger: LedgerMark,
+    /// The Redis store's generation when the sync began.
+    generation: Option<String>,
+}
+
 pub struct FileIndex {
     dedup: Arc<Dedup>,
     /// The Redis layout, when the store is a Redis one.
@@ -50,19 +58,31 @@ impl FileIndex {
         }
     }
 
+    /// What a sync that brings the index up to `ledger` will mark: read before the sync's first add, so that in a
+    /// Redis store the mark carries the generation its files were added under (a store that lost them since has
+    /// another, and the mark is not made, or does not vouch).
+    pub async fn start_sync(&self, ledger: LedgerMark) -> Result<SyncMark, DedupError> {
+        let generation = match self.backing()? {
+            Backing::Redis(_, pool) => Some(RedisFiles::generation(pool).await?),
+            Backing::Embedded(_) => None,
+        };
+        Ok(SyncMark { ledger, generation })
+    }
+
     /// Adds files, then records that the index holds every ledger file up to `synced_to`, if given.
-    pub async fn add(&self, ids: Vec<u128>, synced_to: Option<LedgerMark>) -> Result<(), DedupError> {
+    pub async fn add(&self, ids: Vec<u128>, synced_to: Option<&SyncMark>) -> Result<(), DedupError> {
         match self.backing()? {
             Backing::Redis(files, pool) => {
-                // The mark carries the generation the files were added under: a store that lost them since has
-                // another, and the mark is not made.
-                let generation = match pool.expected_generation() {
-                    Some(g) => g,
-                    None => pool.generation().await?,
+                let mark = match synced_to {
+                    Some(SyncMark { ledger, generation: Some(g) }) => Some((*ledger, g.as_str())),
+                    Some(SyncMark { generation: None, .. }) => {
+                        return Err(DedupError::Config("a Redis file index's mark without a generation".into()));
+                    }
+                    None => None,
                 };
-                files.add(pool, &ids, synced_to.map(|m| (m, generation.as_str()))).await
+                files.add(pool, &ids, mark).await
             }
-            Backing::Embedded(store) => store.files_add(ids, synced_to.map(|m| m.snapshot_id)).await,
+            Backing::Embedded(store) => store.files_add(ids, synced_to.map(|m| m.ledger.snapshot_id)).await,
         }
     }
 

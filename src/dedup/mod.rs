@@ -30,7 +30,7 @@ use crate::config::{DedupBackend, DedupConfig, DedupPeriod};
 use crate::model::TransactionKey;
 pub use bloom::Plan;
 pub use embedded::EmbeddedDedup;
-pub use file_index::FileIndex;
+pub use file_index::{FileIndex, SyncMark};
 pub use redis_bitmap::RedisBitmap;
 pub use redis_bloom::RedisBloom;
 pub use redis_files::{FileIndexStats, LedgerMark, Vouch};

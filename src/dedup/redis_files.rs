@@ -7,10 +7,15 @@
 //! (128 entries by default): about 16 bytes a file, against 70 or more for a member of a plain set. Hashes, not
 //! sets, because sets of strings are compact only from Redis 7.2 on, and Azure Cache for Redis still offers 6.0.
 //!
-//! A meta hash records the bucket count (fixed by the first worker to use the index), an approximate file count,
-//! and the ledger snapshot the index is known to hold every file of, tagged with the store's generation: a Redis
-//! that lost its data (a new generation) has a mark that no longer matches, and the next start reads the whole
-//! ledger again.
+//! A meta hash records the bucket count (fixed by the first worker to use the index) and an approximate file count.
+//! A mark records the ledger snapshot the index is known to hold every file of, tagged with the store's generation:
+//! a Redis that lost its data (a new generation) has a mark that no longer matches, and the next start reads the
+//! whole ledger again.
+//!
+//! On a Redis Cluster spread by period ([`Layout::ByPeriod`]) the buckets are spread too, in [`GROUPS`] groups of
+//! their own hash tag (`poslake:{files:3f}:…`), each with its own mark beside its buckets: a primary that loses its
+//! data, or comes back without its last writes, loses a group's files together with the group's mark, and the
+//! index is vouched for only while every group's mark is. One slot: one group, whose mark is in the meta hash.
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -24,12 +29,24 @@ const META: &str = "{dedup}:files";
 const FILES_PER_BUCKET: u64 = 100;
 /// File ids per round trip.
 const IDS_PER_ROUND_TRIP: usize = 1000;
-/// Round trips in flight while adding.
+/// Round trips in flight while adding or looking up.
 const CONCURRENCY: usize = 4;
+/// Groups of buckets on a cluster spread by period, at most: enough that they spread evenly over the primaries of
+/// any cluster poslake would use, few enough that a lookup of a listing page takes few round trips.
+pub const GROUPS: u64 = 64;
 
 /// How the index is laid out; the state lives in Redis.
 pub struct RedisFiles {
     buckets: u64,
+    groups: Vec<Group>,
+}
+
+/// Buckets that share a hash slot, and their mark.
+struct Group {
+    /// What its bucket keys start with (the bucket's number in hex follows).
+    prefix: String,
+    /// The hash whose `synced` field is the group's mark.
+    mark: String,
 }
 
 /// The ledger snapshot an index holds every file of.
@@ -64,58 +81,115 @@ impl RedisFiles {
         if buckets != wanted {
             tracing::info!(buckets, wanted, "the file index keeps the bucket count it was created with");
         }
-        Ok(RedisFiles { buckets })
+        let groups = match pool.layout() {
+            Layout::OneSlot => vec![Group { prefix: pool.key("files:"), mark: pool.key(META) }],
+            Layout::ByPeriod => (0..buckets.min(GROUPS))
+                .map(|g| {
+                    let tag = pool.key(&format!("{{files:{g:x}}}"));
+                    Group { prefix: format!("{tag}:"), mark: tag }
+                })
+                .collect(),
+        };
+        Ok(RedisFiles { buckets, groups })
     }
 
     pub fn capacity(&self) -> u64 {
         self.buckets * FILES_PER_BUCKET
     }
 
-    /// The bucket key (under `prefix`, [`Self::bucket_prefix`]) and the field of a file id.
-    fn place(&self, prefix: &str, id: u128) -> (String, [u8; 12]) {
+    /// The group of a file id: by the low bits of its bucket, so that a bucket lies in one group.
+    fn group_of(&self, id: u128) -> usize {
+        ((id as u64) & (self.buckets - 1) & (self.groups.len() as u64 - 1)) as usize
+    }
+
+    /// The bucket key and the field of a file id.
+    fn place(&self, id: u128) -> (String, [u8; 12]) {
         let bucket = (id as u64) & (self.buckets - 1);
         let mut field = [0u8; 12];
         field.copy_from_slice(&id.to_be_bytes()[..12]);
-        (format!("{prefix}{bucket:x}"), field)
+        (format!("{}{bucket:x}", self.groups[self.group_of(id)].prefix), field)
     }
 
-    /// What every bucket key starts with: made once per call, not once per id. Spread by period over a cluster, in
-    /// the meta hash's slot, so that a primary that comes back without its last writes loses them with the mark.
-    fn bucket_prefix(pool: &RedisPool) -> String {
-        match pool.layout() {
-            Layout::OneSlot => pool.key("files:"),
-            Layout::ByPeriod => pool.key("{dedup}:files:"),
+    /// The ids of each group that has some, with their places in `ids`: a round trip goes to one hash slot.
+    fn by_group(&self, ids: &[u128]) -> Vec<(usize, Vec<(usize, u128)>)> {
+        let mut groups: Vec<Vec<(usize, u128)>> = vec![Vec::new(); self.groups.len()];
+        for (i, &id) in ids.iter().enumerate() {
+            groups[self.group_of(id)].push((i, id));
         }
+        groups.into_iter().enumerate().filter(|(_, ids)| !ids.is_empty()).collect()
+    }
+
+    /// The store's generation, for a sync's mark: read before the sync's first add, so that a store that loses the
+    /// files meanwhile has another and refuses the mark. A store that has none (it lost its data and no worker has
+    /// healed it yet) gets one, as a worker starting then would make it: else no mark could be made, and every
+    /// lookup would read the ledger again.
+    pub async fn generation(pool: &RedisPool) -> Result<String, DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(pool.key(GENERATION)).arg(uuid::Uuid::new_v4().to_string()).arg("NX").ignore();
+        pipe.cmd("GET").arg(pool.key(GENERATION));
+        let (generation,): (String,) = pool.query(&pipe).await?;
+        Ok(generation)
     }
 
     /// The snapshot the index holds every ledger file of, if it holds such a mark for the store's current
     /// generation.
+    /// Spread over groups: the earliest of their marks, if every group holds one of the current generation.
     pub async fn synced_to(&self, pool: &RedisPool) -> Result<Option<i64>, DedupError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(pool.key(GENERATION)).cmd("HGET").arg(pool.key(META)).arg("synced");
-        let (generation, mark): (Option<String>, Option<String>) = pool.query(&pipe).await?;
-        Ok(match (generation, mark) {
-            (Some(generation), Some(mark)) => parse_mark(&mark).filter(|m| m.0 == generation).map(|m| m.2),
-            _ => None,
-        })
+        let marks = self.marks(pool).await?;
+        let (generation,): (Option<String>,) = pool.query(redis::pipe().cmd("GET").arg(pool.key(GENERATION))).await?;
+        let Some(generation) = generation else { return Ok(None) };
+        let mut earliest: Option<(i64, i64)> = None;
+        for mark in marks {
+            match mark.as_deref().and_then(parse_mark).filter(|m| m.0 == generation) {
+                Some((_, sequence, snapshot)) => {
+                    if earliest.is_none_or(|(s, _)| sequence < s) {
+                        earliest = Some((sequence, snapshot));
+                    }
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(earliest.map(|(_, snapshot)| snapshot))
     }
 
-    /// Adds files (idempotent), then, if given, records that the index holds every ledger file up to that
-    /// snapshot: only if the store's generation is still `generation` and no later snapshot is recorded.
+    /// Each group's mark, as written.
+    async fn marks(&self, pool: &RedisPool) -> Result<Vec<Option<String>>, DedupError> {
+        futures::stream::iter(0..self.groups.len())
+            .map(|g| async move {
+                let (mark,): (Option<String>,) =
+                    pool.query(redis::pipe().cmd("HGET").arg(&self.groups[g].mark).arg("synced")).await?;
+                Ok::<_, DedupError>(mark)
+            })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// Adds files (idempotent), then, if given, records in every group that the index holds every ledger file up
+    /// to that snapshot: unless a later snapshot is recorded in the same generation, and in one slot only if the
+    /// store's generation is still `generation` (a cluster's groups cannot read it in their scripts: there, a group
+    /// that loses its files loses the mark beside them).
     pub async fn add(
         &self,
         pool: &RedisPool,
         ids: &[u128],
         synced_to: Option<(LedgerMark, &str)>,
     ) -> Result<(), DedupError> {
-        let prefix = &Self::bucket_prefix(pool);
-        // Owned chunks: a closure over borrowed ones makes a future that is not `Send` for every lifetime, which
-        // the pipeline's stages require.
-        let added: Vec<u64> = futures::stream::iter(ids.chunks(IDS_PER_ROUND_TRIP).map(<[u128]>::to_vec))
+        // Owned chunks, one group's each: a closure over borrowed ones makes a future that is not `Send` for every
+        // lifetime, which the pipeline's stages require.
+        let chunks: Vec<Vec<u128>> = self
+            .by_group(ids)
+            .into_iter()
+            .flat_map(|(_, ids)| {
+                let ids: Vec<u128> = ids.into_iter().map(|(_, id)| id).collect();
+                ids.chunks(IDS_PER_ROUND_TRIP).map(<[u128]>::to_vec).collect::<Vec<_>>()
+            })
+            .collect();
+        let added: Vec<u64> = futures::stream::iter(chunks)
             .map(|chunk| async move {
                 let mut pipe = redis::pipe();
                 for id in chunk {
-                    let (key, field) = self.place(prefix, id);
+                    let (key, field) = self.place(id);
                     pipe.cmd("HSET").arg(key).arg(&field[..]).arg("");
                 }
                 let new: Vec<u64> = pool.query(&pipe).await?;
@@ -125,17 +199,26 @@ impl RedisFiles {
             .try_collect()
             .await?;
         let added: u64 = added.iter().sum();
-        let mut pipe = redis::pipe();
         if added > 0 {
-            pipe.cmd("HINCRBY").arg(pool.key(META)).arg("count").arg(added).ignore();
+            pool.query::<()>(redis::pipe().cmd("HINCRBY").arg(pool.key(META)).arg("count").arg(added).ignore()).await?;
         }
-        if let Some((mark, generation)) = synced_to {
-            pipe.cmd("EVAL").arg(MARK_IF_LATER).arg(2).arg(pool.key(META)).arg(pool.key(GENERATION));
-            pipe.arg(generation).arg(mark.sequence).arg(mark.snapshot_id).ignore();
-        }
-        if added > 0 || synced_to.is_some() {
-            pool.query::<()>(&pipe).await?;
-        }
+        let Some((mark, generation)) = synced_to else { return Ok(()) };
+        let one_slot = pool.layout() == Layout::OneSlot;
+        futures::stream::iter(0..self.groups.len())
+            .map(|g| async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("EVAL").arg(MARK_IF_LATER);
+                if one_slot {
+                    pipe.arg(2).arg(&self.groups[g].mark).arg(pool.key(GENERATION));
+                } else {
+                    pipe.arg(1).arg(&self.groups[g].mark);
+                }
+                pipe.arg(generation).arg(mark.sequence).arg(mark.snapshot_id).ignore();
+                pool.query::<()>(&pipe).await
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 
@@ -148,38 +231,70 @@ impl RedisFiles {
     /// each round trip after the lookups, so that a store that lost its data before or during them shows a mark
     /// missing or of an earlier sequence (its last writes lost), and never vouches for answers read from what was
     /// lost.
+    ///
+    /// Spread over groups, each group's round trips read its own mark after its answers, and the store's generation
+    /// is read after them all: a group whose primary lost its files has lost its mark too, and a store that lost its
+    /// shared slot meanwhile has another generation (or none), so that no group's mark vouches any more.
     pub async fn contain_vouched(&self, pool: &RedisPool, ids: &[u128]) -> Result<(Vec<bool>, Vouch), DedupError> {
-        let prefix = Self::bucket_prefix(pool);
-        let mut out = Vec::with_capacity(ids.len());
-        let mut vouch: Option<Vouch> = None;
-        for chunk in ids.chunks(IDS_PER_ROUND_TRIP) {
-            let mut pipe = redis::pipe();
-            for &id in chunk {
-                let (key, field) = self.place(&prefix, id);
-                pipe.cmd("HEXISTS").arg(key).arg(&field[..]);
-            }
-            pipe.cmd("GET").arg(pool.key(GENERATION)).cmd("HGET").arg(pool.key(META)).arg("synced");
-            let mut answers: Vec<redis::Value> = pool.query(&pipe).await?;
-            let mark: Option<String> = answers.pop().and_then(|v| redis::from_redis_value(v).ok());
-            let generation: Option<String> = answers.pop().and_then(|v| redis::from_redis_value(v).ok());
-            for answer in answers {
-                out.push(
-                    redis::from_redis_value(answer).map_err(|e| DedupError::Redis {
+        let one_slot = pool.layout() == Layout::OneSlot;
+        let chunks: Vec<Vec<(usize, u128)>> = self
+            .by_group(ids)
+            .into_iter()
+            .flat_map(|(_, ids)| ids.chunks(IDS_PER_ROUND_TRIP).map(<[(usize, u128)]>::to_vec).collect::<Vec<_>>())
+            .collect();
+        let answered: Vec<Answered> = futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                let mut pipe = redis::pipe();
+                for &(_, id) in &chunk {
+                    let (key, field) = self.place(id);
+                    pipe.cmd("HEXISTS").arg(key).arg(&field[..]);
+                }
+                let group = chunk.first().map_or(0, |&(_, id)| self.group_of(id));
+                if one_slot {
+                    pipe.cmd("GET").arg(pool.key(GENERATION));
+                }
+                pipe.cmd("HGET").arg(&self.groups[group].mark).arg("synced");
+                let mut answers: Vec<redis::Value> = pool.query(&pipe).await?;
+                let mark: Option<String> = answers.pop().and_then(|v| redis::from_redis_value(v).ok());
+                let generation: Option<String> =
+                    if one_slot { answers.pop().and_then(|v| redis::from_redis_value(v).ok()) } else { None };
+                if answers.len() != chunk.len() {
+                    return Err(DedupError::Redis {
+                        url: pool.url().to_owned(),
+                        error: format!("{} answers for {} file ids", answers.len(), chunk.len()),
+                    });
+                }
+                let mut held = Vec::with_capacity(chunk.len());
+                for (answer, &(i, _)) in answers.into_iter().zip(&chunk) {
+                    let h = redis::from_redis_value(answer).map_err(|e| DedupError::Redis {
                         url: pool.url().to_owned(),
                         error: format!("HEXISTS: {e}"),
-                    })?,
-                );
+                    })?;
+                    held.push((i, h));
+                }
+                Ok::<_, DedupError>(Answered { held, generation, mark })
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        // Spread: the store's generation, read after every group's answers.
+        let store_generation: Option<String> = if one_slot || answered.is_empty() {
+            None
+        } else {
+            let (g,): (Option<String>,) = pool.query(redis::pipe().cmd("GET").arg(pool.key(GENERATION))).await?;
+            g
+        };
+        let mut out = vec![false; ids.len()];
+        let mut vouch: Option<Vouch> = None;
+        for Answered { held, generation, mark } in answered {
+            for (i, h) in held {
+                out[i] = h;
             }
+            let generation = if one_slot { generation } else { store_generation.clone() };
             let this = Vouch::of(generation, mark.as_deref());
             vouch = Some(match vouch {
                 None => this,
                 Some(before) => before.weakest(this),
-            });
-        }
-        if out.len() != ids.len() {
-            return Err(DedupError::Redis {
-                url: pool.url().to_owned(),
-                error: format!("{} answers for {} file ids", out.len(), ids.len()),
             });
         }
         Ok((out, vouch.unwrap_or(Vouch::Nothing { generation: None })))
@@ -196,6 +311,14 @@ impl RedisFiles {
             synced_to: self.synced_to(pool).await?,
         })
     }
+}
+
+/// One round trip's lookups: each id's place in the call and whether it is held; the store's generation (one slot)
+/// and the group's mark, read after them.
+struct Answered {
+    held: Vec<(usize, bool)>,
+    generation: Option<String>,
+    mark: Option<String>,
 }
 
 /// What vouches for a file index's answers.
@@ -243,10 +366,11 @@ fn parse_mark(mark: &str) -> Option<(String, i64, i64)> {
 }
 
 /// Records `ARGV[1] ARGV[2] ARGV[3]` (generation, sequence, snapshot) as the synced mark of `KEYS[1]` if the
-/// generation `KEYS[2]` is still `ARGV[1]` and the mark held is not of a later sequence in that generation.
+/// generation `KEYS[2]`, when given, is still `ARGV[1]`, and the mark held is not of a later sequence in that
+/// generation.
 const MARK_IF_LATER: &str = r"
-local generation = redis.call('GET', KEYS[2])
-if generation ~= ARGV[1] then return 0 end
+local generation = ARGV[1]
+if #KEYS > 1 and redis.call('GET', KEYS[2]) ~= generation then return 0 end
 local held = redis.call('HGET', KEYS[1], 'synced')
 if held then
   local g, s = string.match(held, '^(%S+) (%-?%d+) ')

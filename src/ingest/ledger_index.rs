@@ -24,9 +24,6 @@ pub(super) struct LedgerIndex {
     pub(super) files: FileIndex,
     /// The sequence of the ledger snapshot this process last brought the index up to, if the ledger had one.
     synced: Mutex<Option<i64>>,
-    /// The store generation under which this process last read the ledger into the index again, having found it no
-    /// longer vouched for (see [`LedgerIndex::keep_new`]).
-    refilled_under: Mutex<Option<String>>,
 }
 
 /// A ledger row of a file deferred to a later run: the file's id and the run that deferred it.
@@ -48,7 +45,7 @@ pub(super) const LOOKUP_CHUNK: usize = 512;
 
 impl LedgerIndex {
     pub(super) fn new(files: FileIndex) -> Self {
-        LedgerIndex { files, synced: Mutex::new(None), refilled_under: Mutex::new(None) }
+        LedgerIndex { files, synced: Mutex::new(None) }
     }
 
     fn id(path: &str, size: u64) -> u128 {
@@ -98,6 +95,7 @@ impl LedgerIndex {
         };
         let synced = files.synced_to().await?;
         if synced != Some(current.snapshot_id) {
+            let mark = files.start_sync(current).await?;
             let added = match synced {
                 Some(id) => Warehouse::files_added_after(&ledger, id).await?,
                 None => None,
@@ -132,7 +130,7 @@ impl LedgerIndex {
                     }
                 }
             }
-            files.add(pending, Some(current)).await?;
+            files.add(pending, Some(&mark)).await?;
         }
         if let Ok(mut synced) = self.synced.lock() {
             *synced = Some(current.sequence);
@@ -141,11 +139,11 @@ impl LedgerIndex {
     }
 
     /// Whether the index's answers can be taken as they are: the embedded store's always; a Redis store's if its
-    /// mark (read after the answers) is of its current generation and holds at least what this process brought it up
-    /// to, or if this process read the ledger into it again under that generation already. A Redis that lost its
-    /// data while the run goes on (restarted empty, flushed, back without its last writes) would otherwise answer
-    /// "not ingested" for files ingested before, and a file listed after the loss would be ingested again: its
-    /// transactions quarantined as duplicates, but a second ledger row.
+    /// mark (read after the answers; on a cluster spread by period, each group's) is of its current generation and
+    /// holds at least what this process brought it up to. A Redis that lost its data while the run goes on
+    /// (restarted empty, flushed, back without its last writes, one primary of a cluster losing its groups) would
+    /// otherwise answer "not ingested" for files ingested before, and a file listed after the loss would be ingested
+    /// again: its transactions quarantined as duplicates, but a second ledger row.
     fn vouched(&self, vouch: &Option<Vouch>) -> bool {
         let synced = self.synced.lock().ok().and_then(|s| *s);
         match vouch {
@@ -153,10 +151,7 @@ impl LedgerIndex {
             // Nothing was in the ledger at start: the index has nothing to skip that this run did not list itself.
             Some(_) if synced.is_none() => true,
             Some(Vouch::Mark { sequence, .. }) => synced.is_none_or(|s| *sequence >= s),
-            Some(Vouch::Nothing { generation: Some(g) }) => {
-                self.refilled_under.lock().ok().is_some_and(|r| r.as_deref() == Some(g.as_str()))
-            }
-            Some(Vouch::Nothing { generation: None }) => false,
+            Some(Vouch::Nothing { .. }) => false,
         }
     }
 
@@ -256,6 +251,9 @@ impl LedgerIndex {
     /// Which of these files the ledger holds, by the index; an index no longer vouched for (see [`Self::vouched`])
     /// is brought up to the ledger again first.
     async fn known(&self, warehouse: &Warehouse, ids: Vec<u128>) -> Result<Vec<bool>, IngestError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let (known, vouch) = self.files.contain_vouched(ids.clone()).await?;
         if self.vouched(&vouch) {
             return Ok(known);
@@ -264,15 +262,13 @@ impl LedgerIndex {
             "the file index no longer holds what it held (the dedup store lost data): reading the ledger into it \
              again before any listed file is skipped"
         );
-        // A sync reads the whole ledger when the index's mark is not of the store's generation, else what later
-        // snapshots added.
+        // A sync reads the whole ledger when the index's mark (any group's) is not of the store's generation, else
+        // what later snapshots added. Its mark carries the generation read before its adds, so that the next lookup
+        // is vouched for unless the store lost data again meanwhile.
         if let Ok(mut synced) = self.synced.lock() {
             *synced = None;
         }
         self.sync(warehouse).await?;
-        if let (Some(Vouch::Nothing { generation: Some(g) }), Ok(mut refilled)) = (vouch, self.refilled_under.lock()) {
-            *refilled = Some(g);
-        }
         Ok(self.files.contain(ids).await?)
     }
 
@@ -329,7 +325,8 @@ mod tests {
         let held = [("site=1/2026-11-26/a.xml", 1_000), ("x1", 23)];
         let ids: Vec<u128> = held.iter().map(|(p, s)| LedgerIndex::id(p, *s)).collect();
         let files = FileIndex::open(Arc::new(Dedup::Embedded(store)), 1).await.expect("index");
-        files.add(ids, Some(LedgerMark { snapshot_id: 7, sequence: 1 })).await.expect("add");
+        let mark = files.start_sync(LedgerMark { snapshot_id: 7, sequence: 1 }).await.expect("mark");
+        files.add(ids, Some(&mark)).await.expect("add");
         assert_eq!(files.synced_to().await.expect("mark"), Some(7));
         let index = LedgerIndex::new(files);
         {
