@@ -31,6 +31,9 @@ const FILES_PER_BUCKET: u64 = 100;
 const IDS_PER_ROUND_TRIP: usize = 1000;
 /// Round trips in flight while adding or looking up.
 const CONCURRENCY: usize = 4;
+/// Round trips in flight in one lookup: spread over a cluster, a listing page's lookup touches every group with a
+/// few ids each, and the cluster connection pipelines them all.
+const LOOKUP_CONCURRENCY: usize = GROUPS as usize;
 /// Groups of buckets on a cluster spread by period, at most: enough that they spread evenly over the primaries of
 /// any cluster poslake would use, few enough that a lookup of a listing page takes few round trips.
 pub const GROUPS: u64 = 64;
@@ -274,7 +277,7 @@ impl RedisFiles {
                 }
                 Ok::<_, DedupError>(Answered { held, generation, mark })
             })
-            .buffer_unordered(CONCURRENCY)
+            .buffer_unordered(LOOKUP_CONCURRENCY)
             .try_collect()
             .await?;
         // Spread: the store's generation, read after every group's answers.
