@@ -526,8 +526,8 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     let files = FileIndex::open(store.clone(), 1_000).await.expect("index");
     let ids: Vec<u128> = random_keys(10_000, 5).iter().map(|k| k.digest).collect();
     let (held, other) = ids.split_at(5_000);
-    files.add(held.to_vec(), None).await.expect("add");
-    files.add(held[..100].to_vec(), None).await.expect("add again");
+    files.add(held.to_vec()).await.expect("add");
+    files.add(held[..100].to_vec()).await.expect("add again");
     let found = files.contain(ids.clone()).await.expect("contain");
     assert!(found[..5_000].iter().all(|&f| f), "every added file is held");
     assert!(found[5_000..].iter().all(|&f| !f), "no other file is: {}", found[5_000..].iter().filter(|&&f| f).count());
@@ -535,12 +535,12 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     let stats = files.stats().await.expect("stats").expect("a Redis index has stats");
     assert_eq!((stats.files, stats.buckets, stats.capacity, stats.synced_to), (5_000, 16, 1_600, None));
 
-    files.add(Vec::new(), Some(&sync_mark(&files, 11, 5).await)).await.expect("mark");
+    assert!(files.finish_sync(Vec::new(), &sync_mark(&files, 11, 5).await).await.expect("mark"));
     assert_eq!(files.synced_to().await.expect("mark"), Some(11));
     // A worker that finishes an older sync later does not move the mark back.
-    files.add(Vec::new(), Some(&sync_mark(&files, -9, 3).await)).await.expect("older mark");
+    assert!(files.finish_sync(Vec::new(), &sync_mark(&files, -9, 3).await).await.expect("older mark"));
     assert_eq!(files.synced_to().await.expect("mark"), Some(11));
-    files.add(Vec::new(), Some(&sync_mark(&files, -12, 6).await)).await.expect("later mark");
+    assert!(files.finish_sync(Vec::new(), &sync_mark(&files, -12, 6).await).await.expect("later mark"));
     assert_eq!(files.synced_to().await.expect("mark"), Some(-12));
 
     // Another worker configured for more files uses the layout the index was created with.
@@ -555,7 +555,9 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 6 }));
     // Back without its last writes (the mark of sequence 6 and some files lost): an older mark vouches for less.
     let copy = server.copy_data();
-    files.add(other[..10].to_vec(), Some(&sync_mark(&files, 21, 9).await)).await.expect("later files and mark");
+    assert!(
+        files.finish_sync(other[..10].to_vec(), &sync_mark(&files, 21, 9).await).await.expect("later files and mark")
+    );
     assert_eq!(
         files.contain_vouched(other[..10].to_vec()).await.expect("contain").1,
         Some(Vouch::Mark { generation: generation.clone(), sequence: 9 })
@@ -571,9 +573,24 @@ async fn the_redis_file_index_is_exact_and_its_mark_only_moves_forward() {
     let (found, vouch) = files.contain_vouched(held[..10].to_vec()).await.expect("contain");
     assert!(found.iter().all(|&f| !f));
     assert_eq!(vouch, Some(Vouch::Nothing { generation: None }));
-    files.add(held.to_vec(), None).await.expect("add");
+    files.add(held.to_vec()).await.expect("add");
     store.renew_generation().await.expect("renew");
-    files.add(Vec::new(), Some(&sync_mark(&files, 21, 9).await)).await.expect("mark");
+    assert!(files.finish_sync(Vec::new(), &sync_mark(&files, 21, 9).await).await.expect("mark"));
+
+    // A server back without a sync's adds before the sync's mark (restarted from a copy taken before them): the
+    // mark is made on the restarted server, in the same generation, but the sync learns that a round trip failed
+    // meanwhile and says the mark does not stand, so that its caller adds the files again first.
+    let copy = server.copy_data();
+    let late: Vec<u128> = random_keys(50, 77).iter().map(|k| k.digest).collect();
+    let mark = sync_mark(&files, 30, 12).await;
+    files.add(late.clone()).await.expect("add");
+    server.kill_and_restore(copy.path());
+    server.restart();
+    assert!(!files.finish_sync(Vec::new(), &mark).await.expect("mark"), "a mark made across a restart does not stand");
+    assert!(files.contain(late.clone()).await.expect("contain").iter().all(|&f| !f), "the adds were lost");
+    let mark = sync_mark(&files, 30, 12).await;
+    assert!(files.finish_sync(late.clone(), &mark).await.expect("the same files again"));
+    assert!(files.contain(late).await.expect("contain").iter().all(|&f| f));
 
     // A store with a new generation (it lost its data) has no mark the index may trust.
     assert!(server.command(&["DEL", "poslake:{dedup}:generation"]).starts_with(":1"));
@@ -1123,7 +1140,7 @@ async fn the_file_index_spreads_over_a_clusters_primaries_and_a_primary_that_los
     let files = FileIndex::open(store.clone(), 100_000).await.expect("index");
     let ids: Vec<u128> = random_keys(6_000, 31).iter().map(|k| k.digest).collect();
     let (held, other) = ids.split_at(5_000);
-    files.add(held.to_vec(), Some(&sync_mark(&files, 3, 2).await)).await.expect("add");
+    assert!(files.finish_sync(held.to_vec(), &sync_mark(&files, 3, 2).await).await.expect("add"));
     for node in &nodes {
         assert!(file_index_keys(node, "files-test") > 0, "every primary holds groups of the index");
     }
@@ -1150,7 +1167,7 @@ async fn the_file_index_spreads_over_a_clusters_primaries_and_a_primary_that_los
         Some(Vouch::Nothing { generation: Some(generation.clone()) })
     );
     assert_eq!(files.synced_to().await.expect("mark"), None, "the index holds no snapshot whole");
-    files.add(held.to_vec(), Some(&sync_mark(&files, 4, 3).await)).await.expect("add again");
+    assert!(files.finish_sync(held.to_vec(), &sync_mark(&files, 4, 3).await).await.expect("add again"));
     let (found, vouch) = files.contain_vouched(held.to_vec()).await.expect("lookup");
     assert!(found.iter().all(|&f| f));
     assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 3 }));

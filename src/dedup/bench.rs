@@ -180,7 +180,7 @@ async fn file_index(
     let before = pool.used_memory().await?;
     let started = Instant::now();
     for chunk in ids.chunks(100_000) {
-        index.add(chunk.to_vec(), None).await?;
+        index.add(chunk.to_vec()).await?;
     }
     let add_seconds = started.elapsed().as_secs_f64();
     let after = pool.used_memory().await?;

@@ -17,6 +17,8 @@ pub struct SyncMark {
     pub ledger: LedgerMark,
     /// The Redis store's generation when the sync began.
     generation: Option<String>,
+    /// The Redis pool's failed round trips when the sync began.
+    failures: u64,
 }
 
 pub struct FileIndex {
@@ -50,6 +52,14 @@ impl FileIndex {
         }
     }
 
+    /// Where the index lives, for messages: the Redis URL (without its password), or the embedded store.
+    pub fn url(&self) -> String {
+        match self.backing() {
+            Ok(Backing::Redis(_, pool)) => pool.url().to_owned(),
+            _ => "the embedded store".to_owned(),
+        }
+    }
+
     /// The ledger snapshot the index holds every file of, if it knows one.
     pub async fn synced_to(&self) -> Result<Option<i64>, DedupError> {
         match self.backing()? {
@@ -60,29 +70,39 @@ impl FileIndex {
 
     /// What a sync that brings the index up to `ledger` will mark: read before the sync's first add, so that in a
     /// Redis store the mark carries the generation its files were added under (a store that lost them since has
-    /// another, and the mark is not made, or does not vouch).
+    /// another, and the mark is not made, or does not vouch), and the round trips that had failed so far.
     pub async fn start_sync(&self, ledger: LedgerMark) -> Result<SyncMark, DedupError> {
-        let generation = match self.backing()? {
-            Backing::Redis(_, pool) => Some(RedisFiles::generation(pool).await?),
-            Backing::Embedded(_) => None,
-        };
-        Ok(SyncMark { ledger, generation })
+        Ok(match self.backing()? {
+            Backing::Redis(_, pool) => {
+                let failures = pool.failures();
+                SyncMark { ledger, generation: Some(RedisFiles::generation(pool).await?), failures }
+            }
+            Backing::Embedded(_) => SyncMark { ledger, generation: None, failures: 0 },
+        })
     }
 
-    /// Adds files, then records that the index holds every ledger file up to `synced_to`, if given.
-    pub async fn add(&self, ids: Vec<u128>, synced_to: Option<&SyncMark>) -> Result<(), DedupError> {
+    /// Adds files (idempotent).
+    pub async fn add(&self, ids: Vec<u128>) -> Result<(), DedupError> {
         match self.backing()? {
-            Backing::Redis(files, pool) => {
-                let mark = match synced_to {
-                    Some(SyncMark { ledger, generation: Some(g) }) => Some((*ledger, g.as_str())),
-                    Some(SyncMark { generation: None, .. }) => {
-                        return Err(DedupError::Config("a Redis file index's mark without a generation".into()));
-                    }
-                    None => None,
-                };
-                files.add(pool, &ids, mark).await
+            Backing::Redis(files, pool) => files.add(pool, &ids, None).await,
+            Backing::Embedded(store) => store.files_add(ids, None).await,
+        }
+    }
+
+    /// Adds a sync's last files, then records that the index holds every ledger file up to the sync's snapshot.
+    /// False if a Redis round trip failed since the sync began: the server may have restarted, or a replica taken
+    /// over, without some of the sync's adds, and the mark, made after, would vouch for files it no longer holds.
+    /// The caller adds the sync's files again, then marks again.
+    pub async fn finish_sync(&self, ids: Vec<u128>, mark: &SyncMark) -> Result<bool, DedupError> {
+        match (self.backing()?, mark.generation.as_deref()) {
+            (Backing::Redis(files, pool), Some(generation)) => {
+                files.add(pool, &ids, Some((mark.ledger, generation))).await?;
+                Ok(pool.failures() == mark.failures)
             }
-            Backing::Embedded(store) => store.files_add(ids, synced_to.map(|m| m.ledger.snapshot_id)).await,
+            (Backing::Redis(..), None) => {
+                Err(DedupError::Config("a Redis file index's sync mark without a generation".into()))
+            }
+            (Backing::Embedded(store), _) => store.files_add(ids, Some(mark.ledger.snapshot_id)).await.map(|()| true),
         }
     }
 

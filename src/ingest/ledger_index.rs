@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use super::IngestError;
 use super::staging::{StagedFile, StagingError};
-use crate::dedup::{Dedup, FileIndex, LedgerMark, Vouch};
+use crate::dedup::{Dedup, DedupError, FileIndex, LedgerMark, Vouch};
 use crate::lake::{Outcome, Warehouse};
 
 /// The files the ledger holds, known by a 128-bit digest of (path, size) (two files collide with a chance of 2^-128
@@ -38,6 +38,8 @@ const DEFERRALS_CHUNK: usize = 10_000;
 /// The ledger columns the index is built from.
 const COLUMNS: [&str; 4] = ["path", "bytes", "outcome", "run_id"];
 
+/// Tries of a sync whose Redis round trips failed meanwhile (each adds its files again), before the run fails.
+const SYNC_ATTEMPTS: u32 = 3;
 /// File ids per add when bringing the index up to date.
 const LEDGER_CHUNK: usize = 100_000;
 /// Listed files looked up in the index at a time.
@@ -94,13 +96,15 @@ impl LedgerIndex {
             return Ok(None);
         };
         let synced = files.synced_to().await?;
-        if synced != Some(current.snapshot_id) {
+        let mut attempt = 0;
+        while synced != Some(current.snapshot_id) {
+            attempt += 1;
             let mark = files.start_sync(current).await?;
             let added = match synced {
                 Some(id) => Warehouse::files_added_after(&ledger, id).await?,
                 None => None,
             };
-            if added.is_none() {
+            if added.is_none() && attempt == 1 {
                 tracing::info!("bringing the file index up to the ledger's current snapshot: reading the whole ledger");
             }
             let mut pending = Vec::new();
@@ -114,7 +118,7 @@ impl LedgerIndex {
                             self.count_deferrals(deferred).await?;
                         }
                         if pending.len() >= LEDGER_CHUNK {
-                            files.add(std::mem::take(&mut pending), None).await?;
+                            files.add(std::mem::take(&mut pending)).await?;
                         }
                     }
                 }
@@ -125,12 +129,30 @@ impl LedgerIndex {
                         pending.extend(done);
                         self.count_deferrals(deferred).await?;
                         if pending.len() >= LEDGER_CHUNK {
-                            files.add(std::mem::take(&mut pending), None).await?;
+                            files.add(std::mem::take(&mut pending)).await?;
                         }
                     }
                 }
             }
-            files.add(pending, Some(&mark)).await?;
+            if files.finish_sync(pending, &mark).await? {
+                break;
+            }
+            // The same files again (from the same snapshot: the mark just made may say the current one), so that a
+            // server that lost some of them holds them before the next mark.
+            if attempt == SYNC_ATTEMPTS {
+                return Err(IngestError::Dedup(DedupError::Redis {
+                    url: files.url(),
+                    error: format!(
+                        "round trips kept failing while the file index was brought up to the ledger ({attempt} \
+                         tries): a mark made then could vouch for files the server lost"
+                    ),
+                }));
+            }
+            tracing::warn!(
+                attempt,
+                "a Redis round trip failed while the file index was brought up to the ledger: its files are added \
+                 again before it is marked"
+            );
         }
         if let Ok(mut synced) = self.synced.lock() {
             *synced = Some(current.sequence);
@@ -229,8 +251,8 @@ impl LedgerIndex {
                 let after = (before + runs.len() as u32).min(MAX_COUNTED);
                 count_marks.extend((before + 1..=after).map(|k| Self::count_mark(*id, k)));
             }
-            self.files.add(new.into_values().flatten().collect(), None).await?;
-            self.files.add(count_marks, None).await?;
+            self.files.add(new.into_values().flatten().collect()).await?;
+            self.files.add(count_marks).await?;
         }
         Ok(())
     }
@@ -326,7 +348,7 @@ mod tests {
         let ids: Vec<u128> = held.iter().map(|(p, s)| LedgerIndex::id(p, *s)).collect();
         let files = FileIndex::open(Arc::new(Dedup::Embedded(store)), 1).await.expect("index");
         let mark = files.start_sync(LedgerMark { snapshot_id: 7, sequence: 1 }).await.expect("mark");
-        files.add(ids, Some(&mark)).await.expect("add");
+        assert!(files.finish_sync(ids, &mark).await.expect("add"));
         assert_eq!(files.synced_to().await.expect("mark"), Some(7));
         let index = LedgerIndex::new(files);
         {
