@@ -1172,6 +1172,18 @@ async fn the_file_index_spreads_over_a_clusters_primaries_and_a_primary_that_los
     assert!(found.iter().all(|&f| f));
     assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 3 }));
 
+    // A primary flushed while a sync adds (no round trip fails: a flush is a command, not a restart): the sync's
+    // tickets there went with its adds, so its marks do not stand, and the sync adds its files again.
+    let mark = sync_mark(&files, 5, 4).await;
+    files.add(other.to_vec()).await.expect("add");
+    assert!(nodes[victim].command(&["FLUSHALL"]).starts_with("+OK"));
+    assert!(!files.finish_sync(Vec::new(), &mark).await.expect("mark"), "a mark over lost adds does not stand");
+    let mark = sync_mark(&files, 5, 4).await;
+    assert!(files.finish_sync(ids.clone(), &mark).await.expect("the same files again"));
+    let (found, vouch) = files.contain_vouched(ids.clone()).await.expect("lookup");
+    assert!(found.iter().all(|&f| f));
+    assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 4 }));
+
     // An ingest: the first run lands the corpus; the victim loses its data; the second run skips every file.
     let (staging, report, manifest) = nine_days(dir.path(), 37);
     let config = DedupConfig { key_prefix: "files-ingest".into(), ..config };

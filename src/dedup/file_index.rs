@@ -17,6 +17,8 @@ pub struct SyncMark {
     pub ledger: LedgerMark,
     /// The Redis store's generation when the sync began.
     generation: Option<String>,
+    /// Spread over a cluster's primaries, the ticket the sync left in every group (see `RedisFiles::begin_sync`).
+    ticket: Option<String>,
     /// The Redis pool's failed round trips when the sync began.
     failures: u64,
 }
@@ -73,31 +75,33 @@ impl FileIndex {
     /// another, and the mark is not made, or does not vouch), and the round trips that had failed so far.
     pub async fn start_sync(&self, ledger: LedgerMark) -> Result<SyncMark, DedupError> {
         Ok(match self.backing()? {
-            Backing::Redis(_, pool) => {
+            Backing::Redis(files, pool) => {
                 let failures = pool.failures();
-                SyncMark { ledger, generation: Some(RedisFiles::generation(pool).await?), failures }
+                let generation = Some(RedisFiles::generation(pool).await?);
+                SyncMark { ledger, generation, ticket: files.begin_sync(pool).await?, failures }
             }
-            Backing::Embedded(_) => SyncMark { ledger, generation: None, failures: 0 },
+            Backing::Embedded(_) => SyncMark { ledger, generation: None, ticket: None, failures: 0 },
         })
     }
 
     /// Adds files (idempotent).
     pub async fn add(&self, ids: Vec<u128>) -> Result<(), DedupError> {
         match self.backing()? {
-            Backing::Redis(files, pool) => files.add(pool, &ids, None).await,
+            Backing::Redis(files, pool) => files.add(pool, &ids, None).await.map(|_| ()),
             Backing::Embedded(store) => store.files_add(ids, None).await,
         }
     }
 
     /// Adds a sync's last files, then records that the index holds every ledger file up to the sync's snapshot.
-    /// False if a Redis round trip failed since the sync began: the server may have restarted, or a replica taken
-    /// over, without some of the sync's adds, and the mark, made after, would vouch for files it no longer holds.
-    /// The caller adds the sync's files again, then marks again.
+    /// False if the server may have lost some of the sync's adds, so that the mark, made after, would vouch for files
+    /// it no longer holds: a Redis round trip failed since the sync began (the server restarted, or a replica took
+    /// over), the store's generation changed, or a group lost the sync's ticket (its primary was flushed). The
+    /// caller adds the sync's files again, then marks again.
     pub async fn finish_sync(&self, ids: Vec<u128>, mark: &SyncMark) -> Result<bool, DedupError> {
         match (self.backing()?, mark.generation.as_deref()) {
             (Backing::Redis(files, pool), Some(generation)) => {
-                files.add(pool, &ids, Some((mark.ledger, generation))).await?;
-                Ok(pool.failures() == mark.failures)
+                let stands = files.add(pool, &ids, Some((mark.ledger, generation, mark.ticket.as_deref()))).await?;
+                Ok(stands && pool.failures() == mark.failures)
             }
             (Backing::Redis(..), None) => {
                 Err(DedupError::Config("a Redis file index's sync mark without a generation".into()))

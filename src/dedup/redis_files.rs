@@ -34,6 +34,8 @@ const CONCURRENCY: usize = 4;
 /// Round trips in flight in one lookup: spread over a cluster, a listing page's lookup touches every group with a
 /// few ids each, and the cluster connection pipelines them all.
 const LOOKUP_CONCURRENCY: usize = GROUPS as usize;
+/// How long a sync's tickets outlive a sync that never marked (see [`RedisFiles::begin_sync`]).
+const TICKET_SECS: u64 = 7 * 24 * 3600;
 /// Groups of buckets on a cluster spread by period, at most: enough that they spread evenly over the primaries of
 /// any cluster poslake would use, few enough that a lookup of a listing page takes few round trips.
 pub const GROUPS: u64 = 64;
@@ -168,16 +170,42 @@ impl RedisFiles {
             .await
     }
 
+    /// Begins a sync: spread over groups, leaves a ticket in every group's slot, which the sync's mark there takes
+    /// (see [`Self::add`]); `None` in one slot, where the mark checks the store's generation instead.
+    pub async fn begin_sync(&self, pool: &RedisPool) -> Result<Option<String>, DedupError> {
+        if pool.layout() == Layout::OneSlot {
+            return Ok(None);
+        }
+        let ticket = uuid::Uuid::new_v4().to_string();
+        let ticket_ref = &ticket;
+        futures::stream::iter(0..self.groups.len())
+            .map(|g| async move {
+                let key = self.ticket_key(g, ticket_ref);
+                pool.query::<()>(redis::pipe().cmd("SET").arg(key).arg(1).arg("EX").arg(TICKET_SECS).ignore()).await
+            })
+            .buffer_unordered(LOOKUP_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(Some(ticket))
+    }
+
+    /// A sync's ticket in group `g`'s slot.
+    fn ticket_key(&self, g: usize, ticket: &str) -> String {
+        format!("{}sync:{ticket}", self.groups[g].prefix)
+    }
+
     /// Adds files (idempotent), then, if given, records in every group that the index holds every ledger file up
-    /// to that snapshot: unless a later snapshot is recorded in the same generation, and in one slot only if the
-    /// store's generation is still `generation` (a cluster's groups cannot read it in their scripts: there, a group
-    /// that loses its files loses the mark beside them).
+    /// to that snapshot, unless a later snapshot is recorded in the same generation. The mark is refused where the
+    /// group may have lost the sync's adds: in one slot if the store's generation is no longer `generation`;
+    /// spread over groups (whose scripts cannot read the store's generation) if the group no longer holds the
+    /// sync's ticket (`ticket`, from [`Self::begin_sync`]), which a primary that lost its data lost with it. True
+    /// if no group refused it.
     pub async fn add(
         &self,
         pool: &RedisPool,
         ids: &[u128],
-        synced_to: Option<(LedgerMark, &str)>,
-    ) -> Result<(), DedupError> {
+        synced_to: Option<(LedgerMark, &str, Option<&str>)>,
+    ) -> Result<bool, DedupError> {
         // Owned chunks, one group's each: a closure over borrowed ones makes a future that is not `Send` for every
         // lifetime, which the pipeline's stages require.
         let chunks: Vec<Vec<u128>> = self
@@ -205,24 +233,28 @@ impl RedisFiles {
         if added > 0 {
             pool.query::<()>(redis::pipe().cmd("HINCRBY").arg(pool.key(META)).arg("count").arg(added).ignore()).await?;
         }
-        let Some((mark, generation)) = synced_to else { return Ok(()) };
+        let Some((mark, generation, ticket)) = synced_to else { return Ok(true) };
         let one_slot = pool.layout() == Layout::OneSlot;
-        futures::stream::iter(0..self.groups.len())
+        if !one_slot && ticket.is_none() {
+            return Err(DedupError::Config("a spread file index's sync mark without its ticket".into()));
+        }
+        let answers: Vec<i64> = futures::stream::iter(0..self.groups.len())
             .map(|g| async move {
                 let mut pipe = redis::pipe();
-                pipe.cmd("EVAL").arg(MARK_IF_LATER);
-                if one_slot {
-                    pipe.arg(2).arg(&self.groups[g].mark).arg(pool.key(GENERATION));
-                } else {
-                    pipe.arg(1).arg(&self.groups[g].mark);
-                }
-                pipe.arg(generation).arg(mark.sequence).arg(mark.snapshot_id).ignore();
-                pool.query::<()>(&pipe).await
+                pipe.cmd("EVAL").arg(MARK_IF_LATER).arg(2).arg(&self.groups[g].mark);
+                match ticket {
+                    Some(ticket) if !one_slot => pipe.arg(self.ticket_key(g, ticket)),
+                    _ => pipe.arg(pool.key(GENERATION)),
+                };
+                pipe.arg(generation).arg(mark.sequence).arg(mark.snapshot_id);
+                pipe.arg(if one_slot { "generation" } else { "ticket" });
+                let (answer,): (i64,) = pool.query(&pipe).await?;
+                Ok::<_, DedupError>(answer)
             })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
+            .buffer_unordered(LOOKUP_CONCURRENCY)
+            .try_collect()
             .await?;
-        Ok(())
+        Ok(answers.iter().all(|&a| a >= 0))
     }
 
     /// Which of these files the index holds.
@@ -368,12 +400,17 @@ fn parse_mark(mark: &str) -> Option<(String, i64, i64)> {
     Some((generation, sequence, snapshot))
 }
 
-/// Records `ARGV[1] ARGV[2] ARGV[3]` (generation, sequence, snapshot) as the synced mark of `KEYS[1]` if the
-/// generation `KEYS[2]`, when given, is still `ARGV[1]`, and the mark held is not of a later sequence in that
-/// generation.
+/// Records `ARGV[1] ARGV[2] ARGV[3]` (generation, sequence, snapshot) as the synced mark of `KEYS[1]` unless the
+/// mark held is of a later sequence in that generation (0). Refused (-1) if the sync's adds may be lost: with
+/// `ARGV[4]` `generation`, the store's generation `KEYS[2]` is no longer `ARGV[1]`; with `ticket`, the sync's ticket
+/// `KEYS[2]` is gone (it is taken here).
 const MARK_IF_LATER: &str = r"
 local generation = ARGV[1]
-if #KEYS > 1 and redis.call('GET', KEYS[2]) ~= generation then return 0 end
+if ARGV[4] == 'ticket' then
+  if redis.call('DEL', KEYS[2]) == 0 then return -1 end
+elseif redis.call('GET', KEYS[2]) ~= generation then
+  return -1
+end
 local held = redis.call('HGET', KEYS[1], 'synced')
 if held then
   local g, s = string.match(held, '^(%S+) (%-?%d+) ')
