@@ -1150,7 +1150,7 @@ async fn the_file_index_spreads_over_a_clusters_primaries_and_a_primary_that_los
     assert_eq!(vouch, Some(Vouch::Mark { generation: generation.clone(), sequence: 2 }));
     assert_eq!(files.synced_to().await.expect("mark"), Some(3));
     let stats = files.stats().await.expect("stats").expect("a Redis index has stats");
-    assert_eq!((stats.files, stats.buckets), (5_000, 1_024));
+    assert_eq!((stats.files, stats.buckets, stats.groups, stats.groups_unmarked), (5_000, 1_024, 64, 0));
 
     let on_victim = |id: &u128| serving(3, key_slot(&nodes[0], &format!("files:{:x}", *id as u64 & 63))) == victim;
     let (lost, kept): (Vec<u128>, Vec<u128>) = held.iter().partition(|id| on_victim(id));
@@ -1167,6 +1167,9 @@ async fn the_file_index_spreads_over_a_clusters_primaries_and_a_primary_that_los
         Some(Vouch::Nothing { generation: Some(generation.clone()) })
     );
     assert_eq!(files.synced_to().await.expect("mark"), None, "the index holds no snapshot whole");
+    let on_victim_groups = (0..64u128).filter(on_victim).count() as u64;
+    let stats = files.stats().await.expect("stats").expect("stats");
+    assert_eq!(stats.groups_unmarked, on_victim_groups, "`dedup stats` counts the groups that lost their mark");
     assert!(files.finish_sync(held.to_vec(), &sync_mark(&files, 4, 3).await).await.expect("add again"));
     let (found, vouch) = files.contain_vouched(held.to_vec()).await.expect("lookup");
     assert!(found.iter().all(|&f| f));

@@ -183,8 +183,17 @@ pub async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCod
         );
     }
     if let Some(f) = file_index {
+        let groups = match (f.groups, f.groups_unmarked) {
+            (0 | 1, _) => String::new(),
+            (g, 0) => format!(" in {g} groups spread over the cluster's primaries"),
+            (g, u) if u == g => format!(" in {g} groups spread over the cluster's primaries, none marked"),
+            (g, u) => format!(
+                " in {g} groups spread over the cluster's primaries, {u} of them without a current mark (their \
+                 primary lost its data)"
+            ),
+        };
         say!(
-            "file index: about {} files in {} buckets, design capacity {}{}; holds the ledger to snapshot {}",
+            "file index: about {} files in {} buckets{groups}, design capacity {}{}; holds the ledger to snapshot {}",
             f.files,
             f.buckets,
             f.capacity,

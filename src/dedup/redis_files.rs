@@ -69,6 +69,11 @@ pub struct FileIndexStats {
     pub buckets: u64,
     pub capacity: u64,
     pub synced_to: Option<i64>,
+    /// Groups of buckets: one, or spread over a cluster's primaries, up to [`GROUPS`].
+    pub groups: u64,
+    /// Groups without a mark of the store's generation: none, or all of them before the first sync; else groups
+    /// whose primary lost its data.
+    pub groups_unmarked: u64,
 }
 
 impl RedisFiles {
@@ -140,10 +145,17 @@ impl RedisFiles {
     /// generation.
     /// Spread over groups: the earliest of their marks, if every group holds one of the current generation.
     pub async fn synced_to(&self, pool: &RedisPool) -> Result<Option<i64>, DedupError> {
+        let (earliest, unmarked) = self.mark_state(pool).await?;
+        Ok(earliest.filter(|_| unmarked == 0))
+    }
+
+    /// The earliest snapshot a group's mark of the current generation names, and how many groups hold no such mark.
+    async fn mark_state(&self, pool: &RedisPool) -> Result<(Option<i64>, usize), DedupError> {
         let marks = self.marks(pool).await?;
         let (generation,): (Option<String>,) = pool.query(redis::pipe().cmd("GET").arg(pool.key(GENERATION))).await?;
-        let Some(generation) = generation else { return Ok(None) };
+        let Some(generation) = generation else { return Ok((None, marks.len())) };
         let mut earliest: Option<(i64, i64)> = None;
+        let mut unmarked = 0;
         for mark in marks {
             match mark.as_deref().and_then(parse_mark).filter(|m| m.0 == generation) {
                 Some((_, sequence, snapshot)) => {
@@ -151,10 +163,10 @@ impl RedisFiles {
                         earliest = Some((sequence, snapshot));
                     }
                 }
-                None => return Ok(None),
+                None => unmarked += 1,
             }
         }
-        Ok(earliest.map(|(_, snapshot)| snapshot))
+        Ok((earliest.map(|(_, snapshot)| snapshot), unmarked))
     }
 
     /// Each group's mark, as written.
@@ -339,11 +351,14 @@ impl RedisFiles {
         let mut pipe = redis::pipe();
         pipe.cmd("HGET").arg(pool.key(META)).arg("count");
         let (files,): (Option<u64>,) = pool.query(&pipe).await?;
+        let (earliest, unmarked) = self.mark_state(pool).await?;
         Ok(FileIndexStats {
             files: files.unwrap_or(0),
             buckets: self.buckets,
             capacity: self.capacity(),
-            synced_to: self.synced_to(pool).await?,
+            synced_to: earliest.filter(|_| unmarked == 0),
+            groups: self.groups.len() as u64,
+            groups_unmarked: unmarked as u64,
         })
     }
 }
