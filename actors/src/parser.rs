@@ -1,9 +1,11 @@
-//! A Parser: runs the CPU-bound parse on a blocking thread (never on the async workers) and hands the result to
+//! A Parser: runs the CPU-bound parse on a thread of its own (never on the async workers) and hands the result to
 //! an archiver. One per core. A panic in the parse fails this actor; its supervisor restarts it and the file is
 //! retried.
 
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -24,9 +26,20 @@ impl<S> Parser<S> {
     }
 }
 
+/// A parse to run on the parser's thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+pub struct ParserState<S: Stages> {
+    shared: Arc<Shared<S>>,
+    /// The parser's own thread: it waits on this channel alone, where a parse on tokio's blocking pool shares one
+    /// queue (a mutex and a condition variable) with every file read and archive write. Dropped with the state, which
+    /// ends the thread.
+    thread: SyncSender<Job>,
+}
+
 impl<S: Stages> Actor for Parser<S> {
     type Msg = ParserMsg<S>;
-    type State = Arc<Shared<S>>;
+    type State = ParserState<S>;
     type Arguments = Arc<Shared<S>>;
 
     async fn pre_start(
@@ -34,23 +47,46 @@ impl<S: Stages> Actor for Parser<S> {
         _: ActorRef<Self::Msg>,
         shared: Arc<Shared<S>>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(shared)
+        // One job at a time: the actor handles one message at a time and waits for its parse.
+        let (thread, jobs) = sync_channel::<Job>(1);
+        std::thread::Builder::new().name("poslake-parse".into()).spawn(move || {
+            while let Ok(job) = jobs.recv() {
+                job();
+            }
+        })?;
+        Ok(ParserState { shared, thread })
     }
 
     async fn handle(
         &self,
         me: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        shared: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let ParserMsg::Parse(work, fetched) = msg;
+        let shared = &state.shared;
         shared.start(me.get_id(), work.ticket);
         let stages = shared.stages.clone();
         let file = work.file.clone();
         let span = tracing::info_span!(parent: &work.spans.file, "parse");
-        let parsed = tokio::task::spawn_blocking(move || span.in_scope(|| stages.parse(&file, fetched)))
-            .await
-            .map_err(|e| format!("parse of {:?} panicked: {e}", work.file))?;
+        let (done, parsed) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| span.in_scope(|| stages.parse(&file, fetched))));
+            let _ = done.send(result);
+        });
+        state.thread.send(job).map_err(|_| format!("the parse thread of {:?} is gone", work.file))?;
+        let parsed = match parsed.await {
+            Ok(Ok(parsed)) => parsed,
+            Ok(Err(panic)) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                return Err(format!("parse of {:?} panicked: {why}", work.file).into());
+            }
+            Err(_) => return Err(format!("the parse thread of {:?} ended", work.file).into()),
+        };
         let ticket = shared.ticket();
         let held = InFlight::new(vec![(work.file.clone(), work.attempts)], None);
         S::annotate(&parsed, &work.spans.file);
