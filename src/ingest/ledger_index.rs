@@ -38,7 +38,7 @@ const DEFERRALS_CHUNK: usize = 10_000;
 /// The ledger columns the index is built from.
 const COLUMNS: [&str; 4] = ["path", "bytes", "outcome", "run_id"];
 
-/// Tries of a sync whose Redis round trips failed meanwhile (each adds its files again), before the run fails.
+/// Tries of a sync whose mark does not stand (each adds its files again), before the run fails.
 const SYNC_ATTEMPTS: u32 = 3;
 /// File ids per add when bringing the index up to date.
 const LEDGER_CHUNK: usize = 100_000;
@@ -143,15 +143,16 @@ impl LedgerIndex {
                 return Err(IngestError::Dedup(DedupError::Redis {
                     url: files.url(),
                     error: format!(
-                        "round trips kept failing while the file index was brought up to the ledger ({attempt} \
-                         tries): a mark made then could vouch for files the server lost"
+                        "the file index kept losing files while it was brought up to the ledger ({attempt} tries: \
+                         a round trip failed, or the store lost data, each time); a mark made then could vouch for \
+                         files the server lost"
                     ),
                 }));
             }
             tracing::warn!(
                 attempt,
-                "a Redis round trip failed while the file index was brought up to the ledger: its files are added \
-                 again before it is marked"
+                "the file index may have lost files while it was brought up to the ledger (a Redis round trip \
+                 failed, or the store lost data): they are added again before it is marked"
             );
         }
         if let Ok(mut synced) = self.synced.lock() {
