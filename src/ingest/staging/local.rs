@@ -122,13 +122,16 @@ pub(super) async fn read(root: &Path, path: &str, limit: u64) -> Result<Bytes, S
             kind,
             reason: reason.to_owned(),
         };
-        let target = std::fs::canonicalize(&full).map_err(io)?;
-        if !target.starts_with(&root) {
-            return Err(refuse("outside_staging", "a link out of staging: not followed"));
-        }
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&target).map_err(io)?
+        let file = match open_beneath(&root, &path) {
+            Some(file) => file,
+            None => {
+                let target = std::fs::canonicalize(&full).map_err(io)?;
+                if !target.starts_with(&root) {
+                    return Err(refuse("outside_staging", "a link out of staging: not followed"));
+                }
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&target).map_err(io)?
+            }
         };
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
@@ -143,4 +146,84 @@ pub(super) async fn read(root: &Path, path: &str, limit: u64) -> Result<Bytes, S
     })
     .await
     .map_err(|e| StagingError::Io { path: name, source: std::io::Error::other(e) })?
+}
+
+/// Opens `path` below `root` for reading (without blocking) in one path walk that the kernel keeps below `root`
+/// (`openat2` with `RESOLVE_BENEATH`): a link that stays in staging is followed, one that would leave it is refused
+/// there. `canonicalize`, the other way to check that, reads every component's link (7 `readlink` calls a file in a
+/// `site=…/date=…` layout). `None` whenever `openat2` does not open it (a kernel before 5.6, an absolute link, a link
+/// out of staging, a missing file): the caller then judges the path with `canonicalize`, so verdicts do not change.
+fn open_beneath(root: &Path, path: &str) -> Option<std::fs::File> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    let root_c = CString::new(root.as_os_str().as_bytes()).ok()?;
+    let path_c = CString::new(path.as_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path and plain flags; the descriptor returned is owned below.
+    let dir = unsafe { libc::open(root_c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if dir < 0 {
+        return None;
+    }
+    // SAFETY: `dir` is a descriptor this function just opened and nothing else owns.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    // SAFETY: `open_how` is plain integers, for which all zeros is valid (and what openat2 wants of unused fields).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2(2) with a valid directory descriptor, a NUL-terminated path, and a pointer to an `open_how`
+    // of the size passed; it only reads them.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path_c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    use super::open_beneath;
+
+    fn read(file: std::fs::File) -> String {
+        let mut s = String::new();
+        let mut file = file;
+        file.read_to_string(&mut s).expect("read");
+        s
+    }
+
+    /// A file, or a link that stays in staging, opens in one walk; a link out of staging, or an absolute one, is
+    /// left to `canonicalize` (`None`), and so is a missing file.
+    #[test]
+    fn opens_below_the_root_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("staging");
+        std::fs::create_dir_all(root.join("site=1")).expect("mkdir");
+        std::fs::write(root.join("site=1/a.xml"), "inside").expect("write");
+        std::fs::write(dir.path().join("secret.xml"), "outside").expect("write");
+        symlink("a.xml", root.join("site=1/relative.xml")).expect("link");
+        symlink("../../secret.xml", root.join("site=1/out.xml")).expect("link");
+        symlink(root.join("site=1/a.xml"), root.join("site=1/absolute.xml")).expect("link");
+        symlink("site=1", root.join("again")).expect("link");
+
+        let open = |p: &str| open_beneath(&root, p);
+        assert_eq!(open("site=1/a.xml").map(read).as_deref(), Some("inside"));
+        assert_eq!(open("site=1/relative.xml").map(read).as_deref(), Some("inside"));
+        assert_eq!(open("again/a.xml").map(read).as_deref(), Some("inside"), "a linked folder inside staging");
+        assert!(open("site=1/out.xml").is_none(), "a link out of staging is not followed here");
+        assert!(open("site=1/absolute.xml").is_none(), "an absolute link is left to canonicalize");
+        assert!(open("site=1/missing.xml").is_none());
+        assert!(open("../secret.xml").is_none());
+    }
 }
