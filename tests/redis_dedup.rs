@@ -23,9 +23,8 @@ use poslake::lake::Warehouse;
 use poslake_actors::{FlowLimits, PipelineConfig, Progress};
 
 fn corpus(dir: &Path, seed: u64, files_per_day: u32) -> (PathBuf, GenerateReport, Vec<ManifestEntry>) {
-    let staging = dir.join(format!("staging-{seed}"));
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
+    generated(GenerateArgs {
+        out: dir.join(format!("staging-{seed}")),
         seed,
         sites: 6,
         days: 2,
@@ -39,9 +38,13 @@ fn corpus(dir: &Path, seed: u64, files_per_day: u32) -> (PathBuf, GenerateReport
         rollback_rate: 0.05,
         ..GenerateArgs::default()
     })
-    .expect("generate");
-    let manifest = read_manifest(&staging).expect("manifest");
-    (staging, report, manifest)
+}
+
+/// A generated corpus, its report and its manifest of expected keys.
+fn generated(args: GenerateArgs) -> (PathBuf, GenerateReport, Vec<ManifestEntry>) {
+    let report = generate(&args).expect("generate");
+    let manifest = read_manifest(&args.out).expect("manifest");
+    (args.out, report, manifest)
 }
 
 fn unique_keys(manifest: &[ManifestEntry]) -> BTreeSet<String> {
@@ -1225,9 +1228,8 @@ const DELETE_FILE_KEYS: &str = "local n = 0 for _, k in ipairs(redis.call('KEYS'
 
 /// A corpus over 9 business days (9 periods of a day), with re-sent files and repeated transactions planted.
 fn nine_days(dir: &Path, seed: u64) -> (PathBuf, GenerateReport, Vec<ManifestEntry>) {
-    let staging = dir.join("staging");
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
+    generated(GenerateArgs {
+        out: dir.join("staging"),
         seed,
         sites: 4,
         days: 9,
@@ -1238,9 +1240,6 @@ fn nine_days(dir: &Path, seed: u64) -> (PathBuf, GenerateReport, Vec<ManifestEnt
         duplicate_transaction_rate: 0.05,
         ..GenerateArgs::default()
     })
-    .expect("generate");
-    let manifest = read_manifest(&staging).expect("manifest");
-    (staging, report, manifest)
 }
 
 fn lake_of(dir: &Path) -> PathBuf {

@@ -141,9 +141,8 @@ impl RedisFiles {
         Ok(generation)
     }
 
-    /// The snapshot the index holds every ledger file of, if it holds such a mark for the store's current
-    /// generation.
-    /// Spread over groups: the earliest of their marks, if every group holds one of the current generation.
+    /// The snapshot the index holds every ledger file of, if every group holds a mark of the store's current
+    /// generation: the earliest of those marks.
     pub async fn synced_to(&self, pool: &RedisPool) -> Result<Option<i64>, DedupError> {
         let (earliest, unmarked) = self.mark_state(pool).await?;
         Ok(earliest.filter(|_| unmarked == 0))
