@@ -313,6 +313,42 @@ mod tests {
         ));
     }
 
+    /// The map column's arrays are built without Arrow's UTF-8 check: rows of multi-byte keys and values, and an
+    /// empty row between them, read back entry for entry.
+    #[test]
+    fn bronze_maps_read_back_entry_for_entry() {
+        use crate::lake::tables::BRONZE_TRANSACTION;
+        use arrow_array::{Array, MapArray};
+        let schema =
+            iceberg::arrow::schema_to_arrow_schema(&BRONZE_TRANSACTION.schema().expect("schema")).expect("arrow");
+        let mut records = vec![BronzeRecord::default(), BronzeRecord::default(), BronzeRecord::default()];
+        records[0].push("Item/Description", "Café crème");
+        records[0].push3("Item[2]/Description", "_attr_", "lang", "日本語");
+        records[0].push("Item/Emoji", "⛽🚗");
+        records[2].push("Référence", "");
+        records[2].push("", "x");
+        let mut c = Columns::new(&BRONZE_TRANSACTION, Arc::new(schema));
+        for (i, r) in records.iter().enumerate() {
+            key(&mut c)
+                .push(Value::Str(Some("naxml")))
+                .and_then(|c| c.push(Value::Int(Some(i as i32))))
+                .and_then(|c| c.push(Value::StrMap(r)))
+                .expect("row");
+        }
+        let batch = c.finish().expect("batch");
+        let map = batch.column_by_name("fields").expect("fields").as_any().downcast_ref::<MapArray>().expect("map");
+        assert_eq!(map.len(), records.len());
+        for (i, r) in records.iter().enumerate() {
+            let entries = map.value(i);
+            let keys = entries.column(0).as_any().downcast_ref::<StringArray>().expect("keys");
+            let values = entries.column(1).as_any().downcast_ref::<StringArray>().expect("values");
+            let got: Vec<(&str, &str)> = (0..keys.len()).map(|j| (keys.value(j), values.value(j))).collect();
+            assert_eq!(got, r.iter().collect::<Vec<_>>(), "row {i}");
+        }
+        // The arrays pass Arrow's own full validation.
+        map.to_data().validate_full().expect("valid UTF-8 and offsets");
+    }
+
     #[test]
     fn wrong_kinds_missing_required_values_and_short_rows_are_errors() {
         let mut c = columns();
