@@ -321,7 +321,7 @@ mod tests {
         use arrow_array::{Array, MapArray};
         let schema =
             iceberg::arrow::schema_to_arrow_schema(&BRONZE_TRANSACTION.schema().expect("schema")).expect("arrow");
-        let mut records = vec![BronzeRecord::default(), BronzeRecord::default(), BronzeRecord::default()];
+        let mut records = [BronzeRecord::default(), BronzeRecord::default(), BronzeRecord::default()];
         records[0].push("Item/Description", "Café crème");
         records[0].push3("Item[2]/Description", "_attr_", "lang", "日本語");
         records[0].push("Item/Emoji", "⛽🚗");
