@@ -197,7 +197,7 @@ impl Columns {
                             reason: "map entries are not a struct".into(),
                         });
                     };
-                    let (keys, values, offsets) = map.finish()?;
+                    let (keys, values, offsets) = map.finish();
                     let entries = StructArray::try_new(entry_fields.clone(), vec![keys, values], None)?;
                     let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
                     Arc::new(MapArray::try_new(entries_field.clone(), offsets, entries, None, *ordered)?)
@@ -232,10 +232,10 @@ impl MapColumns {
     }
 
     /// The key and value arrays, and the rows' offsets into them; the columns are left empty.
-    fn finish(&mut self) -> Result<(ArrayRef, ArrayRef, Vec<i32>), LakeError> {
+    fn finish(&mut self) -> (ArrayRef, ArrayRef, Vec<i32>) {
         let keys = strings(std::mem::replace(&mut self.key_offsets, vec![0]), std::mem::take(&mut self.keys));
         let values = strings(std::mem::replace(&mut self.value_offsets, vec![0]), std::mem::take(&mut self.values));
-        Ok((keys, values, std::mem::replace(&mut self.offsets, vec![0])))
+        (keys, values, std::mem::replace(&mut self.offsets, vec![0]))
     }
 }
 
