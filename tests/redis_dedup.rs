@@ -727,6 +727,34 @@ async fn keys_checked_long_ago_are_checked_again_before_their_commit() {
     assert_eq!(embedded.added_since(&keys, checked, Duration::ZERO).await.expect("embedded"), 0);
 }
 
+/// A pooled connection in steady use goes back out without a round trip to check it (deadpool-redis's manager sent
+/// `UNWATCH` and `PING` on every checkout: one extra round trip per pipeline); one that has idled past a few seconds
+/// is pinged first, so that a connection a server or proxy closed in a quiet spell is replaced before it is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_are_pinged_only_after_idling() {
+    let server = RedisServer::start();
+    let config = DedupConfig { expected_keys_per_period: 100_000, ..server.bitmap() };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = Dedup::open(&config, dir.path()).await.expect("store");
+    let pings = || {
+        let stats = server.command(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+            .map_or(0, |rest| rest.split(',').next().and_then(|n| n.parse::<u64>().ok()).expect("calls"))
+    };
+    let keys = random_keys(5_000, 4);
+    let before = pings();
+    for chunk in keys.chunks(250) {
+        worker.contains(chunk).await.expect("contains");
+    }
+    assert_eq!(pings(), before, "20 checks in a row, and no PING among them");
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    worker.contains(&keys[..10]).await.expect("contains after a quiet spell");
+    assert!(pings() > before, "a connection idle for 6 s is pinged before it is used again");
+}
+
 /// The `redis-bloom` tests need a server with the `BF.*` commands (Redis 8, Redis Stack, valkey-bloom), which
 /// Debian's redis-server lacks: run them with `POSLAKE_TEST_REDIS_BLOOM_URL=redis://…` (scripts/test then includes
 /// them). Each works under a key prefix of its own and deletes nothing else, so the server may be a shared one.

@@ -19,11 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool::Runtime;
+use deadpool::managed::{Hook, Metrics, Object, RecycleError, RecycleResult};
 use futures::{StreamExt, TryStreamExt};
+use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, FromRedisValue, Pipeline};
+use redis::{AsyncConnectionConfig, FromRedisValue, Pipeline, RedisError};
 
 use super::DedupError;
 use crate::config::DedupConfig;
@@ -84,10 +86,10 @@ struct ServerWatch {
 }
 
 impl ServerWatch {
-    /// A new connection reached the server process `run_id`. A server that restarted between two round trips (say,
+    /// A new connection reached the server process `run_id`. A server that restarted while a connection idled (say,
     /// within a second, from an append-only file that lost its last second) or a replica that took over behind the
-    /// same address shows no failed round trip: the pool replaces the dead connections on checkout. Only its
-    /// `run_id` tells.
+    /// same address shows no failed round trip: the pool replaces the dead connection when it pings it at checkout.
+    /// Only its `run_id` tells.
     fn saw(&self, run_id: &str, url: &str) {
         let Ok(mut last) = self.run_id.lock() else { return };
         if last.as_deref().is_some_and(|l| l != run_id) {
@@ -100,6 +102,44 @@ impl ServerWatch {
             );
         }
         *last = Some(run_id.to_owned());
+    }
+}
+
+type Pool = deadpool::managed::Pool<Connector>;
+
+/// A connection in use within this long is handed out again without a round trip to check it (see
+/// [`Connector::recycle`]); one idle for longer is pinged first.
+const TRUSTED_IDLE: Duration = Duration::from_secs(5);
+
+/// Makes the pool's multiplexed connections, and checks one before it is handed out again only if it has been idle.
+///
+/// deadpool-redis's manager pings every connection on every checkout (`UNWATCH` and `PING`): one extra round trip
+/// per pipeline, half of all round trips in `poslake dedup bench`. A connection in steady use needs no such check: if
+/// it died, the round trip on it fails, the pool's caller counts that as any failure, takes the connection out of the
+/// pool ([`Object::take`]) and retries on a new one. A connection idle for longer than [`TRUSTED_IDLE`] (which a
+/// server's `timeout`, a proxy or a NAT may have closed) is still pinged, so that a quiet spell does not read as an
+/// outage. poslake never sends `WATCH`, so there is nothing to `UNWATCH`.
+struct Connector {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    pings: AtomicU64,
+}
+
+impl deadpool::managed::Manager for Connector {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.client.get_multiplexed_async_connection_with_config(&self.config).await
+    }
+
+    async fn recycle(&self, conn: &mut MultiplexedConnection, metrics: &Metrics) -> RecycleResult<RedisError> {
+        if metrics.last_used() < TRUSTED_IDLE {
+            return Ok(());
+        }
+        let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
+        let answer: String = redis::cmd("PING").arg(&n).query_async(conn).await?;
+        if answer == n { Ok(()) } else { Err(RecycleError::message(format!("PING {n} answered {answer}"))) }
     }
 }
 
@@ -147,23 +187,22 @@ impl RedisPool {
         let timeout = Duration::from_millis(config.timeout_ms);
         let conn =
             AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));
-        let manager = Manager::new_with_config(config.redis_url.as_str(), conn).map_err(|e| cfg_err(&e))?;
+        let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| cfg_err(&e))?;
+        let manager = Connector { client, config: conn, pings: AtomicU64::new(0) };
         let watch = Arc::new(ServerWatch::default());
         let hook = {
             let (watch, url) = (watch.clone(), url.clone());
-            deadpool_redis::Hook::async_fn(
-                move |conn: &mut redis::aio::MultiplexedConnection, _: &deadpool_redis::Metrics| {
-                    let (watch, url) = (watch.clone(), url.clone());
-                    Box::pin(async move {
-                        // A server that refuses INFO (some managed services rename it) is not watched this way.
-                        let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query_async(conn).await;
-                        if let Some(id) = info.ok().as_deref().and_then(run_id) {
-                            watch.saw(id, &url);
-                        }
-                        Ok(())
-                    })
-                },
-            )
+            Hook::async_fn(move |conn: &mut MultiplexedConnection, _: &Metrics| {
+                let (watch, url) = (watch.clone(), url.clone());
+                Box::pin(async move {
+                    // A server that refuses INFO (some managed services rename it) is not watched this way.
+                    let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query_async(conn).await;
+                    if let Some(id) = info.ok().as_deref().and_then(run_id) {
+                        watch.saw(id, &url);
+                    }
+                    Ok(())
+                })
+            })
         };
         let pool = Pool::builder(manager)
             .post_create(hook)
@@ -304,10 +343,18 @@ impl RedisPool {
                 let answer = match &self.connections {
                     Connections::Single(pool) => {
                         let mut conn = pool.get().await.map_err(|e| match e {
-                            deadpool_redis::PoolError::Backend(e) => Failure::of(e),
+                            deadpool::managed::PoolError::Backend(e) => Failure::of(e),
                             other => Failure { retry: true, message: other.to_string() },
                         })?;
-                        pipe.query_async::<T>(&mut conn).await.map_err(Failure::of)?
+                        match pipe.query_async::<T>(&mut *conn).await {
+                            Ok(answer) => answer,
+                            Err(e) => {
+                                // The connection may be dead: a recently used one is handed out again unchecked
+                                // (see `Connector::recycle`), so it leaves the pool now, and the retry gets another.
+                                drop(Object::take(conn));
+                                return Err(Failure::of(e));
+                            }
+                        }
                     }
                     Connections::Cluster { client, connection, .. } => {
                         let mut conn = cluster_connection(client, connection).await?;
