@@ -34,8 +34,8 @@ pub struct IngestConfig {
     pub batch_files: usize,
     /// A partial batch is written after this many milliseconds. Default 500.
     pub flush_interval_ms: u64,
-    /// Files in flight at most; bounds memory. Default 32 for a local folder, 128 for Azure (enough for its
-    /// downloaders and the stages after them).
+    /// Files in flight at most; bounds memory. Default 32 for a local folder, 128 for Azure staging (enough for its
+    /// downloaders and the stages after them), 64 when only the archive is in Azure.
     pub max_files_in_flight: Option<u32>,
     /// Raw MiB in flight at most; bounds memory (parsed files take several times their raw size). Default 32.
     pub max_mib_in_flight: u64,

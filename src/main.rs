@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 
 /// Stdout was closed by its reader (`poslake tables | head -1`): the command ends quietly, as Unix tools do.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +42,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"narenas:1".as_ptr() });
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let parsed = command.try_get_matches_from_mut(std::env::args_os()).and_then(|matches| {
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
+        Ok((cli, from_environment(&command, &matches)))
+    });
+    let (cli, from_env) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             // clap takes an empty variable for its flag given without a value, and names only the flag; a bad value
             // from a variable is reported under the flag's name too.
@@ -95,9 +99,31 @@ fn main() -> ExitCode {
         Err(err) if err.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", error_chain(&err));
+            // A value refused after parsing (a URL, a worker index) shows no flag: say which settings the
+            // environment gave, so that one set long ago in a service's environment is not hunted on the command line.
+            if !from_env.is_empty() {
+                eprintln!("note: settings from the environment: {}", from_env.join(", "));
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The environment variables that gave this command line its values (flags not given, whose variable is set).
+fn from_environment(command: &clap::Command, matches: &clap::ArgMatches) -> Vec<String> {
+    let mut names: Vec<String> = command
+        .get_arguments()
+        .filter(|a| matches.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::EnvVariable))
+        .filter_map(|a| a.get_env().map(|env| env.to_string_lossy().into_owned()))
+        .collect();
+    if let Some((name, sub)) = matches.subcommand()
+        && let Some(sub_command) = command.find_subcommand(name)
+    {
+        names.extend(from_environment(sub_command, sub));
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The first flag variable that is set but empty (clap takes it for the flag given without a value).

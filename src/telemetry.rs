@@ -125,12 +125,8 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     }
     .with_filter(filter);
 
-    let endpoint = config.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
-    let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) else {
-        tracing_subscriber::registry().with(logs).try_init().map_err(|e| TelemetryError::Config(e.to_string()))?;
-        return Ok(Telemetry { provider: None, exporting_to: None, dropped: Arc::default() });
-    };
-    // The standard variables are checked as strictly as the flags: a typo is an error, not a silent default.
+    // The standard variables are checked as strictly as the flags, whether or not tracing is on: a typo is an error,
+    // not a silent default (nor one that waits for the day an endpoint is set).
     let protocol = match config.otlp_protocol {
         Some(p) => p,
         None => match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
@@ -155,6 +151,11 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     if !(0.0..=1.0).contains(&ratio) {
         return Err(TelemetryError::Config(format!("the sampling ratio must be within 0..=1, not {ratio}")));
     }
+    let endpoint = config.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
+    let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) else {
+        tracing_subscriber::registry().with(logs).try_init().map_err(|e| TelemetryError::Config(e.to_string()))?;
+        return Ok(Telemetry { provider: None, exporting_to: None, dropped: Arc::default() });
+    };
     let exporter = match protocol {
         OtlpProtocol::Grpc => {
             let grpc = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&endpoint);

@@ -1173,3 +1173,81 @@ fn a_bad_value_from_an_environment_variable_is_named_as_such() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("POSLAKE_DEDUP is set but empty"), "{stderr}");
 }
+
+/// A value refused after parsing (a worker index, a URL) shows no flag, so the error is followed by the settings the
+/// environment gave; a command line that gave them itself gets no such note. A replay sets the workers' settings aside
+/// (one replay takes every dead letter), so a worker's environment does not stop it.
+#[test]
+fn an_error_names_the_settings_the_environment_gave() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+        cmd.args(args).arg("--lake").arg(&lake).env("RUST_LOG", "error");
+        for var in ["POSLAKE_WORKERS", "POSLAKE_WORKER_INDEX", "POSLAKE_DEDUP", "POSLAKE_CONFIG", "POSLAKE_LAKE"] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run poslake");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let workers = [("POSLAKE_WORKERS", "3"), ("POSLAKE_WORKER_INDEX", "5")];
+    let (code, stderr) = run(&workers, &["ingest", "--dedup", "redis-bitmap"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("worker_index 5 is not below workers (3)"), "{stderr}");
+    assert!(stderr.contains("note: settings from the environment: POSLAKE_WORKERS, POSLAKE_WORKER_INDEX"), "{stderr}");
+    let (code, stderr) = run(&[], &["ingest", "--dedup", "redis-bitmap", "--workers", "3", "--worker-index", "5"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("worker_index 5") && !stderr.contains("note:"), "all from the command line: {stderr}");
+
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let (code, stderr) = run(&[], &["ingest", "--staging", staging.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(0), "an empty staging folder makes the lake: {stderr}");
+    let (code, stderr) = run(&[("POSLAKE_WORKERS", "2")], &["replay", "--dry-run"]);
+    assert_eq!(code, Some(0), "a replay with a worker's environment, on the embedded store: {stderr}");
+}
+
+/// Commands that read a lake tell a lake that is not there from one they cannot read: `exists` said "no lake" for
+/// both, which sent the user to ingest into a lake that was only unreadable.
+#[test]
+fn a_lake_that_cannot_be_read_is_not_reported_as_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tables = |lake: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+            .args(["tables", "--lake"])
+            .arg(lake)
+            .env_remove("POSLAKE_CATALOG")
+            .output()
+            .expect("run poslake tables");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = tables(&dir.path().join("nothing"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no lake at"), "{stderr}");
+    // A path through a regular file cannot be read (ENOTDIR), whoever runs the test (root reads past permissions).
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a folder").expect("write");
+    let (code, stderr) = tables(&file.join("lake"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot be read") && !stderr.contains("no lake at"), "{stderr}");
+}
+
+/// A bad tracing variable is refused at start whether or not an endpoint is set: it used to wait, unnoticed, for the
+/// day tracing was turned on.
+#[test]
+fn a_bad_tracing_variable_is_refused_without_an_endpoint_too() {
+    for (var, value) in [("OTEL_TRACES_SAMPLER_ARG", "abc"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "bogus")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+            .args(["dedup", "plan"])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env(var, value)
+            .output()
+            .expect("run poslake");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
+}

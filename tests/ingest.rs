@@ -752,6 +752,44 @@ async fn as_a_service_each_run_takes_what_arrived_and_sigterm_ends_it() {
     assert_eq!(ledger_paths(&wh).await.len(), 5);
 }
 
+/// `--every 0` runs once: it turns off the service interval a configuration file sets (`every_secs`), so that an
+/// operator can run one ingest with a service's configuration.
+#[test]
+fn every_zero_runs_once_over_a_configured_service_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, lake, config) = (dir.path().join("staging"), dir.path().join("lake"), dir.path().join("c.toml"));
+    std::fs::create_dir_all(&staging).expect("staging");
+    let (xml, keys) = poslake::generate::generate_file(poslake::Dialect::NaxmlPassport, 7, 2);
+    std::fs::write(staging.join("7.xml"), xml).expect("write");
+    std::fs::write(&config, "every_secs = 600\n").expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["ingest", "--every", "0", "--json", "--config"])
+        .arg(&config)
+        .arg("--staging")
+        .arg(&staging)
+        .arg("--lake")
+        .arg(&lake)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn poslake");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("still running after 120 s: --every 0 did not run once");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out).expect("read");
+    assert_eq!(status.code(), Some(0), "{out}");
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("one JSON summary");
+    assert_eq!(summary["new_transactions"].as_u64(), Some(keys.len() as u64), "{summary}");
+}
+
 /// A service that cannot start (its staging folder is missing, or is the lake) says so at once rather than failing
 /// every run; one whose runs keep failing once started (here, its staging folder went away) gives up after
 /// `max_failed_runs` in a row, with the cause, so that an orchestrator sees it.

@@ -58,6 +58,7 @@ pub enum Command {
     /// the bronze archive when staging no longer holds it; one that lands is not taken again. Takes the ingest's
     /// flags but --every (a replay runs once); --workers, --worker-index and --route-by are not used: one replay
     /// takes every dead letter it selects.
+    #[command(mut_arg("every", |a| a.hide(true)))]
     Replay {
         #[command(flatten)]
         ingest: IngestArgs,
@@ -275,7 +276,8 @@ pub struct IngestArgs {
     /// [default: in the lake]
     #[arg(long, env = "POSLAKE_ARCHIVE", value_name = "DIR|URL")]
     pub archive: Option<PathBuf>,
-    /// Print the run summary as JSON (and no progress line).
+    /// Print the run summary as JSON on stdout, and no progress bar (the `progress` log line still goes to stderr
+    /// every 30 s).
     #[arg(long)]
     pub json: bool,
     /// Parser actors (CPU bound). [default: one per core]
@@ -317,6 +319,16 @@ pub struct IngestArgs {
 impl IngestArgs {
     /// The configuration file (or the defaults) with the flags given applied over it, validated.
     pub fn config(&self) -> anyhow::Result<poslake::config::IngestConfig> {
+        self.build(false)
+    }
+
+    /// [`Self::config`] for `poslake replay`: the workers' settings (from flags, variables or the file) are set
+    /// aside, since one replay takes every dead letter it selects; a worker's environment does not stop it.
+    pub fn replay_config(&self) -> anyhow::Result<poslake::config::IngestConfig> {
+        self.build(true)
+    }
+
+    fn build(&self, replay: bool) -> anyhow::Result<poslake::config::IngestConfig> {
         let mut c = self.store.unvalidated()?;
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
@@ -334,12 +346,23 @@ impl IngestArgs {
             c.archive = self.archive.clone();
         }
         if let Some(every) = self.every {
+            // 0 runs once: it turns off a service interval (`every_secs`) that the configuration file sets.
             anyhow::ensure!(
-                every.as_secs() >= 1 && every.subsec_nanos() == 0,
-                "--every takes whole seconds, at least 1s (got {})",
+                every.subsec_nanos() == 0,
+                "--every takes whole seconds: at least 1s, or 0 to run once (got {})",
                 humantime::format_duration(every)
             );
             c.every_secs = every.as_secs();
+        }
+        if self.store.redis_url.is_some() && c.dedup.backend == poslake::config::DedupBackend::Embedded {
+            tracing::warn!(
+                "--redis-url (or POSLAKE_REDIS_URL) is not used: the dedup store is embedded; choose a Redis store \
+                 with --dedup (or POSLAKE_DEDUP, or [dedup] backend)"
+            );
+        }
+        if replay {
+            let one = poslake::config::IngestConfig::default();
+            (c.workers, c.worker_index, c.route_by) = (one.workers, one.worker_index, one.route_by);
         }
         c.validate()?;
         Ok(c)

@@ -17,7 +17,7 @@ pub async fn ingest(
     args: IngestArgs,
     replay: Option<poslake::ingest::replay::ReplayFilter>,
 ) -> anyhow::Result<ExitCode> {
-    let config = args.config()?;
+    let config = if replay.is_some() { args.replay_config()? } else { args.config()? };
     if let Some(filter) = &replay {
         anyhow::ensure!(args.every.is_none(), "--every is for `poslake ingest`: a replay runs once");
         existing_lake(&config.lake, config.catalog.as_deref())?;
@@ -230,7 +230,7 @@ async fn warn_absent(
 /// `poslake replay --dry-run`: what a replay would take.
 pub async fn dry_run(args: IngestArgs, filter: ReplayArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.every.is_none(), "--every is for `poslake ingest`: a replay runs once");
-    let config = args.config()?;
+    let config = args.replay_config()?;
     existing_lake(&config.lake, config.catalog.as_deref())?;
     warn_absent(&config, &filter.filter()).await?;
     let files = poslake::ingest::dead_letters(&config.lake, config.catalog.as_deref(), &filter.filter()).await?;

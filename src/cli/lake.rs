@@ -10,13 +10,16 @@ pub fn existing_lake(lake: &std::path::Path, catalog: Option<&str>) -> anyhow::R
     poslake::config::check_lake(lake)?;
     // With a catalog of its own, the lake's warehouse folder is what an ingest leaves.
     let mark = if catalog.is_some() { "warehouse" } else { "catalog.db" };
-    anyhow::ensure!(
-        lake.join(mark).exists(),
-        "no lake at {}: nothing has been ingested there (run `poslake ingest`, or give the lake with --lake or \
-         POSLAKE_LAKE)",
-        lake.display()
-    );
-    Ok(())
+    // `exists` would read a lake this user may not enter as no lake at all: only "not found" means none.
+    match std::fs::metadata(lake.join(mark)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no lake at {}: nothing has been ingested there (run `poslake ingest`, or give the lake with --lake or \
+             POSLAKE_LAKE)",
+            lake.display()
+        ),
+        Err(e) => anyhow::bail!("the lake at {} cannot be read: {e}", lake.display()),
+    }
 }
 
 pub async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
