@@ -124,22 +124,41 @@ impl KeyVariant {
 
 impl TransactionKey {
     /// A stable text form, `site|YYYY-MM-DD|register|sequence` (then `|variant` for a non-primary record), used
-    /// for hashing and manifests.
+    /// for hashing and manifests. A `|` or `\\` inside a field is escaped with `\\` (see [`push_field`]), so that no
+    /// two keys share a text.
     pub fn canonical(&self) -> String {
         let register = self.register.as_deref().unwrap_or("");
         let mut s = String::with_capacity(self.site.len() + register.len() + self.sequence.len() + 32);
-        s.push_str(&self.site);
+        push_field(&mut s, &self.site);
         s.push('|');
         push_iso_date(&mut s, self.business_date);
         s.push('|');
-        s.push_str(register);
+        push_field(&mut s, register);
         s.push('|');
-        s.push_str(&self.sequence);
+        push_field(&mut s, &self.sequence);
         if self.variant != KeyVariant::Primary {
             s.push('|');
             s.push_str(self.variant.as_str());
         }
         s
+    }
+}
+
+/// One field of [`TransactionKey::canonical`]. Until session 32 fields were joined as they were, so workstation `1|2`
+/// with sequence `3` and workstation `1` with sequence `2|3` had one key, and the second transaction was counted a
+/// duplicate of the first and dropped; a sequence `5|post_void` met the post-void of sequence 5 the same way. A field
+/// holding neither `|` nor `\\` (every field of every real file seen) is written as it is, so the digests of keys
+/// already in a filter do not change; only keys with a backslash in a field read differently than before.
+fn push_field(s: &mut String, field: &str) {
+    if !field.contains(['|', '\\']) {
+        s.push_str(field);
+        return;
+    }
+    for c in field.chars() {
+        if matches!(c, '|' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
     }
 }
 
@@ -434,6 +453,33 @@ impl Serialize for BronzeRecord {
 #[cfg(test)]
 mod tests {
     use chrono::{Datelike, NaiveDate};
+
+    /// Fields holding the separator or the escape cannot make two keys one text; plain fields read as before (dedup
+    /// digests of keys already in a filter hash this text).
+    #[test]
+    fn canonical_keys_of_different_transactions_differ() {
+        use super::{KeyVariant, TransactionKey};
+        let date = NaiveDate::from_ymd_opt(2026, 1, 5).expect("date");
+        let key = |register: &str, sequence: &str, variant| TransactionKey {
+            site: "9161".into(),
+            business_date: date,
+            register: Some(register.into()),
+            sequence: sequence.into(),
+            variant,
+        };
+        assert_eq!(key("1", "3", KeyVariant::Primary).canonical(), "9161|2026-01-05|1|3");
+        assert_eq!(key("1", "5", KeyVariant::PostVoid).canonical(), "9161|2026-01-05|1|5|post_void");
+        let pairs = [
+            (key("1|2", "3", KeyVariant::Primary), key("1", "2|3", KeyVariant::Primary)),
+            (key("1", "5|post_void", KeyVariant::Primary), key("1", "5", KeyVariant::PostVoid)),
+            (key("1\\", "|3", KeyVariant::Primary), key("1\\|", "3", KeyVariant::Primary)),
+            (key("1\\", "3", KeyVariant::Primary), key("1", "\\3", KeyVariant::Primary)),
+        ];
+        for (a, b) in pairs {
+            assert_ne!(a.canonical(), b.canonical(), "{a:?} and {b:?}");
+        }
+        assert_eq!(key("1|2", "3", KeyVariant::Primary).canonical(), "9161|2026-01-05|1\\|2|3");
+    }
 
     /// Dedup digests hash the canonical key, so its date text must never change form.
     #[test]

@@ -533,3 +533,38 @@ async fn records_that_share_an_earlier_tickets_number_land_in_later_runs() {
     want.sort();
     assert_eq!(keys, want);
 }
+
+/// Key fields that hold the key's own separator: workstation `1|2` with sequence `3`, and workstation `1` with
+/// sequence `2|3`, are two tickets. Until session 32 their keys joined to one text, and the second file's ticket was
+/// counted a duplicate and dropped (in no table, not even the quarantine); a re-send of either is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_fields_holding_the_separator_stay_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None, catalog: None };
+    let run = || async { ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await };
+    let ticket = |workstation: &str, sequence: &str| {
+        poslog(
+            ARTS_NS,
+            &[format!(
+                "<Transaction><RetailStoreID>9161</RetailStoreID><WorkstationID>{workstation}</WorkstationID>\
+                 <SequenceNumber>{sequence}</SequenceNumber><BusinessDayDate>2026-01-05</BusinessDayDate>\
+                 <RetailTransaction>{SALE}</RetailTransaction></Transaction>"
+            )],
+        )
+    };
+    std::fs::write(staging.join("a.xml"), ticket("1|2", "3")).expect("write");
+    let first = run().await.expect("first run");
+    assert_eq!((first.new_transactions, first.duplicate_transactions), (1, 0));
+    std::fs::write(staging.join("b.xml"), ticket("1", "2|3")).expect("write");
+    let second = run().await.expect("second run");
+    assert_eq!((second.new_transactions, second.duplicate_transactions), (1, 0), "another ticket, not a re-send");
+    std::fs::write(staging.join("c.xml"), ticket("1", "2|3").replace("<POSLog", "<POSLog ")).expect("write");
+    let third = run().await.expect("third run");
+    assert_eq!((third.new_transactions, third.duplicate_transactions), (0, 1), "a re-send is still one");
+
+    let wh = poslake::lake::Warehouse::open(&paths.lake).await.expect("open");
+    let rows = common::strings(&wh, "SELECT concat_ws(' / ', register, sequence) FROM sales_header ORDER BY 1").await;
+    assert_eq!(rows, ["1 / 2|3", "1|2 / 3"]);
+}
