@@ -345,6 +345,33 @@ fn unknown_declared_encoding_is_unsupported() {
     }
 }
 
+/// A file that declares utf-16 but has no BOM, its declaration readable as ASCII, is UTF-8 under a wrong label (.NET
+/// writes such files): read as UTF-8, not refused as an unsupported encoding. Bytes that are not UTF-8 under that
+/// label are refused where the first bad one is. A UTF-32 byte order mark is named as such.
+#[test]
+fn a_utf16_label_on_utf8_bytes_reads_as_utf8_and_utf32_is_named() {
+    let doc = arts_valid()
+        .replace("<?xml version=\"1.0\"?>", "<?xml version=\"1.0\" encoding=\"utf-16\"?>")
+        .replace("Coffee", "Café");
+    let parsed = parse("dotnet.xml", doc.as_bytes()).expect("UTF-8 under a utf-16 label parses");
+    assert_eq!(parsed.facts.encoding, "UTF-8");
+    assert_eq!(parsed.transactions.len(), 2);
+    let descriptions: Vec<_> =
+        parsed.transactions.iter().flat_map(|t| &t.lines).map(|l| l.description.clone()).collect();
+    assert!(descriptions.contains(&Some("Café".to_owned())), "{descriptions:?}");
+    let mut bytes = doc.into_bytes();
+    let i = bytes.windows(3).position(|w| w == b"Caf").expect("Caf") + 3;
+    bytes[i] = 0xFF;
+    assert!(matches!(parse_err("bad.xml", &bytes), ParseError::InvalidEncoding { encoding: "UTF-8", .. }));
+
+    let utf32: Vec<u8> =
+        [0xFF, 0xFE, 0, 0].into_iter().chain("<a/>".chars().flat_map(|c| (c as u32).to_le_bytes())).collect();
+    match parse_err("utf32.xml", &utf32) {
+        ParseError::UnsupportedEncoding { label, .. } => assert!(label.contains("UTF-32"), "{label}"),
+        other => panic!("expected UnsupportedEncoding, got {other:?}"),
+    }
+}
+
 #[test]
 fn utf8_bom_is_accepted() {
     let doc = arts_valid().replace("Coffee", "Café");

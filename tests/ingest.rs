@@ -884,7 +884,9 @@ async fn a_value_the_tables_cannot_hold_dead_letters_only_its_file() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].0.ends_with("bad.xml"), "{dead:?}");
     assert_eq!(dead[0].1, "schema");
-    assert!(dead[0].2.contains("does not fit decimal"), "{dead:?}");
+    // The reason says which way the value does not fit, and in which transaction.
+    assert!(dead[0].2.contains("is too large for decimal(18, 4)"), "{dead:?}");
+    assert!(dead[0].2.contains("(transaction site ") && dead[0].2.contains(", sequence "), "{dead:?}");
 }
 
 /// The embedded dedup store lost between runs (its directory deleted) is refilled at the next start from the

@@ -54,10 +54,22 @@ impl<S: Stages> Actor for Downloader<S> {
         let my_ticket = work.ticket;
         match result {
             Ok(fetched) => {
-                let ticket = shared.ticket();
-                let held = InFlight::new(vec![(work.file.clone(), work.attempts)], None);
-                let work = Work { ticket, ..work };
-                shared.dispatch(&shared.parsers, ticket, held, ParserMsg::Parse(work, fetched)).await;
+                let text = shared.stages.text_size(&work.file, &fetched);
+                if work.grant.as_ref().is_some_and(|g| text > g.bytes()) {
+                    // A compressed file was let in by its compressed size; its text may be hundreds of times that,
+                    // and every stage after this holds it or what is parsed from it. So it takes credit for its
+                    // text first, off this actor: files queued in its mailbox hold credit, and a wait here could be
+                    // for theirs. Its first grant goes back before it waits, so that no waiter holds credit another
+                    // waits for. Closed credits mean a drain: it goes on without.
+                    let (shared, mut work) = (Arc::clone(shared), work);
+                    work.grant = None;
+                    tokio::spawn(async move {
+                        work.grant = shared.credits.acquire(text).await.ok();
+                        to_parser(&shared, work, fetched).await;
+                    });
+                } else {
+                    to_parser(shared, work, fetched).await;
+                }
             }
             Err(e) => {
                 // A download that keeps failing is dead-lettered with its reason; the run goes on.
@@ -70,4 +82,12 @@ impl<S: Stages> Actor for Downloader<S> {
         shared.done(me.get_id(), my_ticket);
         Ok(())
     }
+}
+
+/// Hands a fetched file to a parser.
+async fn to_parser<S: Stages>(shared: &Shared<S>, work: Work<S>, fetched: S::Fetched) {
+    let ticket = shared.ticket();
+    let held = InFlight::new(vec![(work.file.clone(), work.attempts)], None);
+    let work = Work { ticket, ..work };
+    shared.dispatch(&shared.parsers, ticket, held, ParserMsg::Parse(work, fetched)).await;
 }

@@ -28,6 +28,12 @@ pub trait Stages: Send + Sync + Sized + 'static {
 
     fn fetch(&self, file: &Self::File) -> impl Future<Output = Result<Self::Fetched, Self::Error>> + Send;
 
+    /// Bytes the fetched file takes once decompressed, for flow control: a file is let in by its listed size
+    /// ([`Stages::size`]), and one whose text is larger (a compressed file) takes credit for that before it is parsed.
+    fn text_size(&self, file: &Self::File, _fetched: &Self::Fetched) -> u64 {
+        Self::size(file)
+    }
+
     /// CPU-bound: called on a blocking thread, never on the async workers.
     fn parse(&self, file: &Self::File, fetched: Self::Fetched) -> Self::Parsed;
 

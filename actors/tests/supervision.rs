@@ -31,6 +31,11 @@ struct Memory {
     abandoned: AtomicU32,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
+    /// Each file's text is this many times its listed size (a compressed file); file 7's is 100 times more again.
+    expand: u64,
+    /// Files parsed and not yet written, at most at once.
+    parsed_unwritten: AtomicU64,
+    peak_parsed_unwritten: AtomicU64,
 }
 
 impl Stages for Memory {
@@ -59,7 +64,17 @@ impl Stages for Memory {
         if self.broken.contains(file) { Err(Fail("unreachable")) } else { Ok(*file) }
     }
 
+    fn text_size(&self, file: &u32, _: &u32) -> u64 {
+        match (self.expand, file) {
+            (0, _) => Self::size(file),
+            (x, 7) => Self::size(file) * x * 100,
+            (x, _) => Self::size(file) * x,
+        }
+    }
+
     fn parse(&self, file: &u32, fetched: u32) -> (u32, bool) {
+        let now = self.parsed_unwritten.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_parsed_unwritten.fetch_max(now, Ordering::SeqCst);
         if self.panic_parse.contains(file) && self.panicked.lock().expect("lock").insert(*file) {
             panic!("injected parser panic on file {file}");
         }
@@ -87,6 +102,7 @@ impl Stages for Memory {
             panic!("injected writer panic");
         }
         self.committed.lock().expect("lock").extend(batch.iter().copied());
+        self.parsed_unwritten.fetch_sub(batch.iter().filter(|(_, dead)| !dead).count() as u64, Ordering::SeqCst);
         let dead = batch.iter().filter(|(_, d)| *d).count() as u64;
         Ok(WriteReport { files: batch.len() as u64, dead_letters: dead, ..WriteReport::default() })
     }
@@ -214,4 +230,25 @@ async fn a_stop_request_drains_what_is_in_flight_and_ends_cleanly() {
     assert!(snapshot.discovered < 100_000, "discovery stopped early");
     assert_eq!(committed, snapshot.discovered, "every file taken in was committed, none half-done");
     assert_eq!(snapshot.done, snapshot.discovered);
+}
+
+/// A file let in by its listed size whose text is far larger (a gzip file) takes credit for its text before it is
+/// parsed: files of 1,000 bytes that expand to 50,000, under a budget of 200,000 bytes, are parsed and held at most
+/// four at a time, where the file slots alone would let in 32. One whose text is larger than the whole budget passes
+/// alone, and the run ends: downloaders waiting for credit hold none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_text_outgrows_its_size_takes_credit_for_its_text() {
+    let stages = Arc::new(Memory { files: 60, expand: 50, ..Memory::default() });
+    let limits = FlowLimits { max_files: 32, max_bytes: 200_000 };
+    let snapshot = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(stages.clone(), PipelineConfig { limits, ..config() }, Arc::new(Progress::default())),
+    )
+    .await
+    .expect("no deadlock")
+    .expect("succeeds");
+    assert_eq!((snapshot.discovered, snapshot.done), (60, 60));
+    assert_eq!(stages.committed.lock().expect("lock").len(), 60);
+    let peak = stages.peak_parsed_unwritten.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&peak), "at most 200,000 bytes of text parsed and unwritten: {peak} files of 50,000");
 }

@@ -505,6 +505,10 @@ impl Stages for PosStages {
         Ok(bytes)
     }
 
+    fn text_size(&self, _file: &StagedFile, bytes: &Bytes) -> u64 {
+        crate::parse::text_size(bytes, self.parse.max_decompressed_bytes)
+    }
+
     fn parse(&self, file: &StagedFile, bytes: Bytes) -> ParsedItem {
         let result = parse_file(&file.path, &bytes, &self.parse)
             .map_err(|e| Failure {

@@ -145,9 +145,14 @@ impl Columns {
             (Builder::Long(b), Value::Long(v)) => b.append_value(v),
             (Builder::Decimal(b), Value::Decimal(v)) => {
                 let scaled = match v {
-                    Some(d) => Some(scaled(d).ok_or_else(|| LakeError::Schema {
-                        table: self.table.name,
-                        reason: format!("{} = {d} does not fit decimal(18, {DECIMAL_SCALE})", column.name),
+                    Some(d) => Some(scaled(d).ok_or_else(|| {
+                        let why = if d.normalize().scale() > DECIMAL_SCALE {
+                            format!("has more than {DECIMAL_SCALE} decimal places")
+                        } else {
+                            "is too large".to_owned()
+                        };
+                        let reason = format!("{} = {d} {why} for decimal(18, {DECIMAL_SCALE})", column.name);
+                        LakeError::Schema { table: self.table.name, reason }
                     })?),
                     None => None,
                 };
@@ -307,10 +312,13 @@ mod tests {
             .and_then(|c| c.push(Value::Str(None)))
             .and_then(|c| c.push(Value::Str(None)))
             .expect("fields");
-        assert!(matches!(
-            c.push(Value::Decimal(Some(Decimal::from_str("0.12345").expect("d")))),
-            Err(LakeError::Schema { .. })
-        ));
+        match c.push(Value::Decimal(Some(Decimal::from_str("0.12345").expect("d")))) {
+            Err(LakeError::Schema { reason, .. }) => {
+                assert!(reason.ends_with("= 0.12345 has more than 4 decimal places for decimal(18, 4)"), "{reason}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("0.12345 was taken"),
+        }
     }
 
     /// The map column's arrays are built without Arrow's UTF-8 check: rows of multi-byte keys and values, and an

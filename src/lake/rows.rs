@@ -92,7 +92,20 @@ impl Rows {
         Ok(())
     }
 
+    /// Adds one transaction's rows; a value the tables refuse is named with the transaction it is in.
     pub fn add_transaction(&mut self, file: &Source, tx: &Transaction) -> Result<(), LakeError> {
+        self.add_rows(file, tx).map_err(|e| match e {
+            LakeError::Schema { table, reason } => {
+                let k = &tx.header.key;
+                let register = k.register.as_deref().map(|r| format!(", register {r}")).unwrap_or_default();
+                let at = format!("site {}, {}{register}, sequence {}", k.site, k.business_date, k.sequence);
+                LakeError::Schema { table, reason: format!("{reason} (transaction {at})") }
+            }
+            other => other,
+        })
+    }
+
+    fn add_rows(&mut self, file: &Source, tx: &Transaction) -> Result<(), LakeError> {
         let h = &tx.header;
         let date = h.key.business_date;
         let f = &h.flags;

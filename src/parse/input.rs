@@ -55,25 +55,54 @@ fn refuse_nul(file: &str, text: &str) -> Result<(), ParseError> {
 }
 
 fn gunzip(file: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<u8>, ParseError> {
-    // MultiGzDecoder: some exporters concatenate gzip members.
+    let failed = |reason: String| ParseError::Decompress { file: file.to_owned(), compression: "gzip", reason };
     let mut out = Vec::with_capacity(gzip_size_hint(bytes, max_bytes));
-    let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(max_bytes + 1);
-    reader.read_to_end(&mut out).map_err(|e| ParseError::Decompress {
-        file: file.to_owned(),
-        compression: "gzip",
-        reason: e.to_string(),
-    })?;
+    // Member by member: some exporters concatenate gzip members, and some pad the file with zero bytes after the
+    // last (to a block size), which `gzip -d` takes and a decoder of members alone reads as a bad next header.
+    let mut rest = bytes;
+    loop {
+        let mut member = flate2::bufread::GzDecoder::new(rest);
+        let room = (max_bytes + 1).saturating_sub(out.len() as u64);
+        (&mut member).take(room).read_to_end(&mut out).map_err(|e| failed(e.to_string()))?;
+        if out.len() as u64 > max_bytes {
+            break;
+        }
+        rest = member.into_inner();
+        if rest.iter().all(|&b| b == 0) {
+            break;
+        }
+        if !rest.starts_with(&GZIP_MAGIC) {
+            return Err(failed(format!(
+                "{} bytes after the end of the gzip stream are not another member",
+                rest.len()
+            )));
+        }
+    }
     if out.len() as u64 > max_bytes {
         return Err(ParseError::TooLarge { file: file.to_owned(), limit: max_bytes });
     }
     if out.is_empty() {
         return Err(ParseError::Empty { file: file.to_owned() });
     }
+    if out.starts_with(&GZIP_MAGIC) {
+        return Err(failed("the decompressed file is gzip-compressed again (gzip inside gzip)".into()));
+    }
     // A trailer that claimed far more than came out must not leave that much reserved while the file is parsed.
     if out.capacity() > out.len().saturating_mul(2) {
         out.shrink_to_fit();
     }
     Ok(out)
+}
+
+/// About how many bytes the text of `bytes` takes once decompressed, within `max_bytes` (past which the parse refuses
+/// it): a gzip stream's from its trailer ([`gzip_size_hint`]), any other file's own size. For flow control, which
+/// lets a file in by its size as listed and must then count what it takes in memory.
+pub fn text_size(bytes: &[u8], max_bytes: u64) -> u64 {
+    if bytes.starts_with(&GZIP_MAGIC) {
+        (gzip_size_hint(bytes, max_bytes) as u64).max(bytes.len() as u64)
+    } else {
+        bytes.len() as u64
+    }
 }
 
 /// How much to reserve for a gzip stream's text: the size its trailer declares (the last four bytes: the last
@@ -90,6 +119,13 @@ fn gzip_size_hint(bytes: &[u8], max_bytes: u64) -> usize {
 /// Which encoding the text is in, and the length of its byte order mark: a BOM decides first, then the XML
 /// declaration's `encoding`; with neither, UTF-8.
 fn encoding_of(file: &str, bytes: &[u8]) -> Result<(&'static Encoding, usize), ParseError> {
+    // UTF-32's byte order marks, which encoding_rs does not know: the little-endian one would read as UTF-16's.
+    if bytes.starts_with(&[0xff, 0xfe, 0, 0]) || bytes.starts_with(&[0, 0, 0xfe, 0xff]) {
+        return Err(ParseError::UnsupportedEncoding {
+            file: file.to_owned(),
+            label: "UTF-32 (by its byte order mark)".into(),
+        });
+    }
     if let Some(found) = Encoding::for_bom(bytes) {
         return Ok(found);
     }
@@ -103,8 +139,12 @@ fn encoding_of(file: &str, bytes: &[u8]) -> Result<(&'static Encoding, usize), P
     let unsupported = || ParseError::UnsupportedEncoding { file: file.to_owned(), label: label.to_owned() };
     let encoding = Encoding::for_label(label.as_bytes()).ok_or_else(unsupported)?;
     if encoding == encoding_rs::UTF_16LE || encoding == encoding_rs::UTF_16BE {
-        // A declaration we could read as ASCII cannot be UTF-16 text without a BOM.
-        return Err(unsupported());
+        // A declaration readable as ASCII is not UTF-16 text: with no BOM, the bytes are in an ASCII-compatible
+        // encoding whatever the label says. .NET writes such files (an `XmlWriter` over a `StringWriter` declares
+        // utf-16, and the string is then saved as UTF-8), so they are read as UTF-8, and refused as any other
+        // file that is not (with the position of the first bad byte). Until session 32 they were refused as
+        // "unsupported encoding utf-16", which UTF-16 with a BOM is not.
+        return Ok((encoding_rs::UTF_8, 0));
     }
     Ok((encoding, 0))
 }
@@ -323,6 +363,28 @@ mod tests {
             other => panic!("expected Malformed, got {other:?}"),
         }
         assert!(decode("nul.gz", &gzip(b"<a>\0</a>"), 1 << 20).is_err(), "gzipped text is checked too");
+    }
+
+    /// Zero bytes after the last member (block padding) are what `gzip -d` skips too; anything else after it is
+    /// named as such, and a gzip file inside the gzip file says so rather than failing as text that is not UTF-8.
+    #[test]
+    fn gzip_padding_is_skipped_and_trailing_data_and_double_gzip_are_named() {
+        let text = b"<a>padded</a>";
+        let mut padded = gzip(text);
+        padded.extend_from_slice(&[0; 512]);
+        assert_eq!(decode("p.gz", &padded, 1 << 20).expect("padded").text, "<a>padded</a>");
+        let mut two = gzip(b"<a>");
+        two.extend_from_slice(&gzip(b"two</a>"));
+        two.extend_from_slice(&[0; 7]);
+        assert_eq!(decode("t.gz", &two, 1 << 20).expect("two members").text, "<a>two</a>");
+        let reason = |bytes: &[u8]| match decode("g.gz", bytes, 1 << 20).map(|_| ()) {
+            Err(ParseError::Decompress { reason, .. }) => reason,
+            other => panic!("expected Decompress, got {other:?}"),
+        };
+        let mut trailing = gzip(text);
+        trailing.extend_from_slice(b"garbage");
+        assert!(reason(&trailing).contains("7 bytes after the end of the gzip stream"), "{}", reason(&trailing));
+        assert!(reason(&gzip(&gzip(text))).contains("gzip inside gzip"), "{}", reason(&gzip(&gzip(text))));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod plan;
 mod values;
 
 pub use error::{ParseError, Position};
+pub use input::text_size;
 
 use crate::dialect::Dialect;
 use crate::model::{FileFacts, ParsedFile};

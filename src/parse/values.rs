@@ -5,9 +5,18 @@ use std::str::FromStr;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use rust_decimal::Decimal;
 
+/// An XML Schema decimal: an optional sign, digits, and an optional point with digits after it (`1.5`, `-0.25`, `+5.`,
+/// `.5`). rust_decimal alone also takes `1_000` and `1e2`, which no POS schema allows and which could only be a
+/// damaged value.
 pub fn decimal(text: &str) -> Result<Decimal, &'static str> {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + fraction.len() == 0 || !digits(whole) || !digits(fraction) {
+        return Err("not a decimal number");
+    }
     let t = text.strip_prefix('+').unwrap_or(text);
-    Decimal::from_str(t).map_err(|_| "not a decimal number")
+    Decimal::from_str(t).map_err(|_| "a decimal number with more digits than 28")
 }
 
 /// A business date: `YYYY-MM-DD`, optionally followed by a time part (`2021-05-28T`, `2021-05-28T00:00:00-04:00`,
@@ -187,5 +196,12 @@ mod tests {
         assert_eq!(decimal("0.10").expect("d") + decimal("0.20").expect("d"), decimal("0.30").expect("d"));
         assert_eq!(decimal("+1.5").expect("d").to_string(), "1.5");
         assert!(decimal("1,5").is_err());
+        assert_eq!(decimal("+5.").expect("d").to_string(), "5");
+        assert_eq!(decimal(".5").expect("d").to_string(), "0.5");
+        assert_eq!(decimal("-0").expect("d").to_string(), "0");
+        for bad in ["1_000", "1e2", "1E2", "1e308", ".", "+", "-", "", "1.2.3", "0x10", "NaN", "١٢٣", "1 000"] {
+            assert_eq!(decimal(bad), Err("not a decimal number"), "{bad:?}");
+        }
+        assert_eq!(decimal(&"9".repeat(40)), Err("a decimal number with more digits than 28"));
     }
 }
