@@ -110,8 +110,8 @@ impl StagingError {
     }
 }
 
-/// Leaves out what the generator and operators put beside the data: `manifest.*` files, and anything hidden (a
-/// name or a folder under the prefix starting with `.`, such as an upload tool's `.tmp/` or a `.git/`).
+/// Leaves out what the generator and operators put beside the data: manifests ([`is_manifest`]), and anything hidden
+/// (a name or a folder under the prefix starting with `.`, such as an upload tool's `.tmp/` or a `.git/`).
 fn is_pos_file(path: &str, prefix: Option<&StorePath>) -> bool {
     let below = match prefix {
         Some(p) => path.strip_prefix(p.as_ref()).unwrap_or(path),
@@ -120,7 +120,17 @@ fn is_pos_file(path: &str, prefix: Option<&StorePath>) -> bool {
     let name = below.rsplit('/').next().unwrap_or(below);
     // `.` and `..` are not hidden names but names the store cannot address: they are listed, and refused.
     let hidden = |segment: &str| segment.starts_with('.') && segment != "." && segment != "..";
-    !name.starts_with("manifest.") && !below.split('/').any(hidden)
+    !is_manifest(name) && !below.split('/').any(hidden)
+}
+
+/// A manifest beside the data (the generator's `manifest.json` and `manifest.jsonl`, an operator's `manifest.csv`),
+/// not a POS file. A `manifest.xml` or `manifest.*.gz` is read like any file: until session 32 every `manifest.*`
+/// was skipped, so POS transactions in a file of that name were never seen (a hostile-input audit found it). Read,
+/// it lands, or it is a dead letter with its reason (`unknown_dialect` for an XML listing of files).
+fn is_manifest(name: &str) -> bool {
+    let Some(ext) = name.strip_prefix("manifest.") else { return false };
+    let ext = ext.to_ascii_lowercase();
+    !(ext.ends_with("xml") || ext.ends_with("gz"))
 }
 
 /// Whether `path` is `folder` or lies below it (as [`StorePath::prefix_matches`], for names it cannot parse too).
@@ -381,6 +391,8 @@ mod tests {
         std::fs::write(dir.path().join("a/b/one.xml"), b"<x/>").expect("write");
         std::fs::write(dir.path().join("two.xml.gz"), b"gz").expect("write");
         std::fs::write(dir.path().join("manifest.json"), b"{}").expect("write");
+        std::fs::write(dir.path().join("a/manifest.csv"), b"a,b").expect("write");
+        std::fs::write(dir.path().join("a/manifest.xml"), b"<x/>").expect("write");
         // Hidden files and everything in hidden folders (uploads in progress, tools' state) are not POS files.
         std::fs::write(dir.path().join("a/.partial.xml"), b"<x/>").expect("write");
         std::fs::create_dir_all(dir.path().join(".tmp/c")).expect("mkdir");
@@ -388,7 +400,8 @@ mod tests {
         let staging = Staging::local(dir.path()).expect("staging");
         let mut files: Vec<StagedFile> = staging.list().map(|r| r.expect("listed")).collect().await;
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a/b/one.xml", "two.xml.gz"]);
+        let listed: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(listed, ["a/b/one.xml", "a/manifest.xml", "two.xml.gz"], "XML is read whatever its name");
         assert_eq!(staging.get(&files[0], 1 << 20).await.expect("get").as_ref(), b"<x/>");
     }
 
@@ -527,5 +540,10 @@ mod tests {
         assert!(!is_pos_file(".incoming/pos/site=1/manifest.json", Some(&prefix)));
         assert!(!is_pos_file("site=1/.a.xml", None));
         assert!(is_pos_file("site=1/a.manifest.xml", None));
+        assert!(is_pos_file("site=1/manifest.xml", None), "XML is read, whatever its name");
+        assert!(is_pos_file("site=1/manifest.XML.GZ", None));
+        assert!(is_pos_file("site=1/manifest.gz", None));
+        assert!(!is_pos_file("manifest.jsonl", None));
+        assert!(!is_pos_file("site=1/manifest.csv", None));
     }
 }

@@ -57,7 +57,7 @@ fn walk(root: &Path, exclude: &[PathBuf], tx: &mpsc::Sender<StagedFile>) {
 /// What the listing says about one entry: a file to read, a refusal, or nothing (a folder, a manifest).
 fn judge(root: &Path, e: &DirEntry) -> Option<StagedFile> {
     let kind = e.file_type();
-    if kind.is_dir() || e.file_name().as_encoded_bytes().starts_with(b"manifest.") {
+    if kind.is_dir() || e.file_name().to_str().is_some_and(super::is_manifest) {
         return None;
     }
     let path = relative(root, e.path());
