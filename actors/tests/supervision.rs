@@ -217,9 +217,17 @@ async fn a_batch_that_cannot_grow_is_written_without_waiting_for_the_timer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_request_drains_what_is_in_flight_and_ends_cleanly() {
-    let stages = Arc::new(Memory { files: 100_000, ..Memory::default() });
+    // Also with files that wait for credit for their text (gzip files) when the stop comes.
+    for expand in [0, 50] {
+        let limits = FlowLimits { max_files: 8, max_bytes: 200_000 };
+        drains(Arc::new(Memory { files: 100_000, expand, ..Memory::default() }), PipelineConfig { limits, ..config() })
+            .await;
+    }
+}
+
+async fn drains(stages: Arc<Memory>, config: PipelineConfig) {
     let progress = Arc::new(Progress::default());
-    let run = tokio::spawn(run(stages.clone(), config(), progress.clone()));
+    let run = tokio::spawn(run(stages.clone(), config, progress.clone()));
     while progress.snapshot().done < 20 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
