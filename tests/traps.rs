@@ -291,6 +291,29 @@ fn visma_business_day_wins_over_the_begin_time_in_either_order() {
     }
 }
 
+/// A transaction that gives its business day twice keeps the first, as it keeps its first site, workstation and
+/// sequence: its key is one record's, not a mix of two (until session 32 the day was the last one read). Both values
+/// are checked, and both stay in bronze.
+#[test]
+fn a_business_day_given_twice_keeps_the_first_as_the_other_key_fields_do() {
+    let tx = |days: &str| {
+        poslog(
+            ARTS_NS,
+            &[format!(
+                "<Transaction><RetailStoreID>S1</RetailStoreID><RetailStoreID>S2</RetailStoreID>\
+                 <WorkstationID>1</WorkstationID><SequenceNumber>9</SequenceNumber>{days}\
+                 <RetailTransaction>{SALE}</RetailTransaction></Transaction>"
+            )],
+        )
+    };
+    let txs = parse(&tx("<BusinessDayDate>2026-01-05</BusinessDayDate><BusinessDayDate>2026-01-06</BusinessDayDate>"));
+    let key = &txs[0].header.key;
+    assert_eq!((key.site.as_str(), key.business_date.to_string()), ("S1", "2026-01-05".to_owned()));
+    assert_eq!(txs[0].bronze.get("Transaction/BusinessDayDate[2]"), Some("2026-01-06"));
+    let bad = tx("<BusinessDayDate>2026-01-05</BusinessDayDate><BusinessDayDate>2026-02-30</BusinessDayDate>");
+    assert!(parse_file("bad.xml", bad.as_bytes(), &ParseOptions::default()).is_err(), "the second is checked too");
+}
+
 /// Times written in different offsets in one transaction (a UTC begin beside a local end, as formats.md says NCR
 /// writes them) are read as the store's wall clock: the UTC one is moved into the store's offset, so a start never
 /// falls after its end, nor on another day, for a zone alone.

@@ -337,7 +337,12 @@ impl TxBuilder {
     pub fn apply(&mut self, field: Field, value: &str) -> Result<(), ValueError> {
         match field {
             Field::Site => set_first(&mut self.site, value),
-            Field::BusinessDate => self.business_date = Some(values::date(value).map_err(|r| ("business date", r))?),
+            // First wins, as for the other key fields (and the file's own date): a transaction that gives its day
+            // twice keeps one key, not site and sequence from the first and the day from the second. Both are checked.
+            Field::BusinessDate => {
+                let date = values::date(value).map_err(|r| ("business date", r))?;
+                self.business_date.get_or_insert(date);
+            }
             Field::BusinessDateFallback => {
                 self.business_date_fallback = Some(values::date(value).map_err(|r| ("business date", r))?)
             }
