@@ -772,17 +772,8 @@ fn every_zero_runs_once_over_a_configured_service_interval() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn poslake");
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("still running after 120 s: --every 0 did not run once");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::exit_within(&mut child, Duration::from_secs(120))
+        .expect("still running after 120 s: --every 0 did not run once");
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out).expect("read");
     assert_eq!(status.code(), Some(0), "{out}");

@@ -1750,19 +1750,10 @@ fn a_signal_ends_the_wait_for_an_unreachable_redis_at_once() {
         while !log.iter().any(|l: &String| l.contains("Redis unreachable")) {
             log.push(rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}: {log:?}")));
         }
-        let signalled = std::time::Instant::now();
         let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         assert!(status.expect("kill").success());
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            if signalled.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("still waiting for Redis a minute after SIGTERM ({every:?}): {log:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = common::exit_within(&mut child, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("still waiting for Redis a minute after SIGTERM ({every:?}): {log:?}"));
         log.extend(rx.iter());
         let log = log.join("\n");
         let code = if every.is_some() { 0 } else { 143 };

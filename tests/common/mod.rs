@@ -198,3 +198,19 @@ pub async fn scalar(wh: &Warehouse, sql: &str) -> i64 {
     let col = batches[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>();
     col.unwrap_or_else(|| panic!("{sql}: not an integer")).value(0)
 }
+
+/// Waits for `child` to exit, for at most `limit`: its status, or `None` (the child is then killed) if it is still
+/// running, so that a process that should have ended fails its test instead of hanging it.
+pub fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
