@@ -217,6 +217,23 @@ fn unclosed_attribute_quote_that_closes_later_is_malformed() {
     assert!(matches!(parse_err("quote2.xml", doc.as_bytes()), ParseError::Malformed { .. }));
 }
 
+#[test]
+fn raw_less_than_in_an_attribute_value_is_malformed() {
+    // XML 1.0 forbids a raw `<` in an attribute value (`&lt;` is the way to write one); quick-xml reads it.
+    for (name, value) in [("lt.xml", "a<b"), ("lt-tab.xml", "a\t<b")] {
+        let doc = verifone_doc().replace("<trLine type=\"plu\">", &format!("<trLine type=\"plu\" note=\"{value}\">"));
+        match parse_err(name, doc.as_bytes()) {
+            ParseError::Malformed { reason, .. } => {
+                assert!(reason.contains("attribute note") && reason.contains("raw '<'"), "{reason}")
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+    let escaped = verifone_doc().replace("<trLine type=\"plu\">", "<trLine type=\"plu\" note=\"a&lt;b\">");
+    let parsed = parse("lt-escaped.xml", escaped.as_bytes()).expect("an escaped < parses");
+    assert!(parsed.transactions[0].bronze.iter().any(|(k, v)| k.ends_with("_attr_note") && v == "a<b"));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Truncation.
 

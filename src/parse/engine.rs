@@ -344,8 +344,13 @@ impl<'a> Engine<'a> {
             // Normalization (XML 1.0, 3.3.3) only replaces references and tab, CR and LF: without them the value
             // is the input's own text.
             let value = match &attr.value {
-                Cow::Borrowed(v) if !v.iter().any(|b| matches!(b, b'&' | b'\t' | b'\n' | b'\r')) => {
+                Cow::Borrowed(v) if !v.iter().any(|b| matches!(b, b'&' | b'\t' | b'\n' | b'\r' | b'<')) => {
                     Cow::Borrowed(self.str_of(v, pos)?)
+                }
+                // XML 1.0 (3.1, AttValue) allows no raw `<` in a value; quick-xml reads one, so it is refused here.
+                v if v.contains(&b'<') => {
+                    let raw = String::from_utf8_lossy(raw);
+                    return Err(self.malformed(pos, format!("attribute {raw} holds a raw '<' (write it as &lt;)")));
                 }
                 _ => attr.normalized_value(XmlVersion::Implicit1_0).map_err(|err| self.xml_error(err, pos))?,
             };
