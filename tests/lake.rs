@@ -106,6 +106,89 @@ async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
     assert_eq!(wh.row_count("sales_header").await.expect("count"), txs + files[0].transactions.len() as u64);
 }
 
+/// Holds a read transaction on the lake's SQLite catalog, as another process reading it would: a writer's `COMMIT`
+/// then waits for it, and past the busy timeout the database refuses it.
+async fn hold_catalog_read_lock(lake: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::{ConnectOptions, Executor};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(lake.join("catalog.db"))
+        .connect()
+        .await
+        .expect("connect to the catalog");
+    conn.execute("BEGIN").await.expect("begin");
+    sqlx::query("SELECT count(*) FROM iceberg_tables").fetch_one(&mut conn).await.expect("read");
+    conn
+}
+
+/// iceberg-catalog-sql 0.10 drops the result of a table commit's `COMMIT`, so a commit the catalog database refused
+/// came back as made (an audit saw a run report 3,006 new transactions that no table held). The commit is read back.
+#[tokio::test]
+async fn a_commit_the_catalog_database_refuses_is_an_error_not_a_success() {
+    use sqlx::Executor;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
+    let files = dialect_fixtures();
+    let txs: u64 = files.iter().map(|f| f.transactions.len() as u64).sum();
+    let mut rows = wh.rows();
+    for f in &files {
+        rows.add_file(f).expect("rows");
+    }
+    wh.append(rows, &HashMap::new()).await.expect("first append");
+
+    let mut reader = hold_catalog_read_lock(dir.path()).await;
+    let mut rows = wh.rows();
+    for f in &files {
+        rows.add_file(f).expect("rows");
+    }
+    let err = wh.append(rows, &HashMap::new()).await.expect_err("a refused commit is an error");
+    assert!(matches!(err, LakeError::Unrecorded { .. }), "{err}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("did not record"), "{err}");
+    reader.execute("COMMIT").await.expect("end the read");
+
+    assert_eq!(wh.row_count("sales_header").await.expect("count"), txs, "nothing of the refused commit is visible");
+    let mut rows = wh.rows();
+    for f in &files {
+        rows.add_file(f).expect("rows");
+    }
+    wh.append(rows, &HashMap::new()).await.expect("append once the lock is gone");
+    assert_eq!(wh.row_count("sales_header").await.expect("count"), 2 * txs);
+}
+
+/// An expiry the catalog database refused deleted the manifest lists of snapshots the catalog still named, so a
+/// later read of the table's history failed on a missing file.
+#[tokio::test]
+async fn an_expiry_the_catalog_database_refuses_deletes_nothing() {
+    use sqlx::Executor;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
+    let files = dialect_fixtures();
+    for _ in 0..3 {
+        let mut rows = wh.rows();
+        rows.add_file(&files[0]).expect("rows");
+        wh.append(rows, &HashMap::new()).await.expect("append");
+    }
+    let table = wh.load("sales_header").await.expect("load");
+    let current = table.metadata().current_snapshot_id();
+    let old: Vec<i64> =
+        table.metadata().snapshots().map(|s| s.snapshot_id()).filter(|id| Some(*id) != current).collect();
+    assert_eq!(old.len(), 2);
+
+    let mut reader = hold_catalog_read_lock(dir.path()).await;
+    let err = wh.expire_snapshots("sales_header", &old).await.expect_err("a refused expiry is an error");
+    assert!(matches!(err, LakeError::Unrecorded { .. }), "{err}");
+    reader.execute("COMMIT").await.expect("end the read");
+
+    let table = wh.load("sales_header").await.expect("load");
+    assert_eq!(table.metadata().snapshots().count(), 3, "the catalog still names every snapshot");
+    for s in table.metadata().snapshots() {
+        let list = s.manifest_list().strip_prefix("file://").unwrap_or(s.manifest_list());
+        assert!(std::path::Path::new(list).exists(), "snapshot {} lost its manifest list", s.snapshot_id());
+    }
+    let expired = wh.expire_snapshots("sales_header", &old).await.expect("expire once the lock is gone");
+    assert_eq!(expired.snapshots, 2);
+}
+
 #[tokio::test]
 async fn a_table_with_another_schema_is_read_but_not_written() {
     use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};

@@ -214,6 +214,7 @@ impl Warehouse {
                 .add_data_files(t.files)
                 .set_snapshot_properties(commit.properties.clone());
             let table = action.apply(tx)?.commit(self.catalog_ref()).await?;
+            self.confirm_commit(t.table, &table).await?;
             let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
             out.push(Commit { table: t.table, snapshot_id, data_files: n_files, rows: t.rows });
             after_each();

@@ -106,6 +106,8 @@ impl Warehouse {
         // which would take snapshots the protocol still needs.
         let action = tx.expire_snapshots().expire_snapshot_ids(ids.iter().copied()).expire_older_than_ms(i64::MIN);
         let after = action.apply(tx)?.commit(self.catalog_ref()).await?;
+        // Files are deleted below only once the catalog is known to no longer name their snapshots.
+        self.confirm_commit(table, &after).await?;
         let gone = ids.iter().filter(|id| after.metadata().snapshot_by_id(**id).is_none()).count();
         let mut report = Expired { snapshots: gone as u64, files_deleted: 0 };
         let io = after.file_io();

@@ -24,7 +24,7 @@ use iceberg::spec::{
 };
 
 use super::LakeError;
-use super::warehouse::{CatalogDb, Warehouse};
+use super::warehouse::Warehouse;
 
 /// Manifests smaller than this are merged by default. Java Iceberg's default is 8 MiB, but a merge rewrites the
 /// growing merged manifest until it passes the target, and iceberg-rust's Avro runs at a few MB/s here: with 8 MiB the
@@ -175,49 +175,6 @@ impl Warehouse {
             }
             Ok(None)
         }
-    }
-
-    /// Points the catalog's row for `table` at `next` if it still points at `current` (the same conditional update
-    /// iceberg-catalog-sql's commit makes). Whether it did.
-    async fn swap_metadata(&self, table: &str, current: &str, next: &str) -> Result<bool, LakeError> {
-        use sqlx::ConnectOptions;
-        let db = self.catalog_db();
-        let io = |e: sqlx::Error| LakeError::Catalog(format!("catalog {}: {e}", db.describe()));
-        let sql = |mark: fn(usize) -> String| {
-            format!(
-                "UPDATE iceberg_tables SET metadata_location = {}, previous_metadata_location = {} \
-                 WHERE catalog_name = {} AND table_namespace = {} AND table_name = {} \
-                 AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = {}",
-                mark(1),
-                mark(2),
-                mark(3),
-                mark(4),
-                mark(5),
-                mark(6)
-            )
-        };
-        let binds = [next, current, super::warehouse::CATALOG_NAME, super::warehouse::NAMESPACE, table, current];
-        let affected = match db {
-            CatalogDb::Sqlite(path) => {
-                let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-                    .filename(path)
-                    .busy_timeout(std::time::Duration::from_secs(10))
-                    .connect()
-                    .await
-                    .map_err(io)?;
-                let sql = sql(|_| "?".to_owned());
-                let query = binds.iter().fold(sqlx::query(&sql), |q, b| q.bind(*b));
-                query.execute(&mut conn).await.map_err(io)?.rows_affected()
-            }
-            CatalogDb::Postgres(url) => {
-                let options: sqlx::postgres::PgConnectOptions = url.parse().map_err(io)?;
-                let mut conn = options.connect().await.map_err(io)?;
-                let sql = sql(|i| format!("${i}"));
-                let query = binds.iter().fold(sqlx::query(&sql), |q, b| q.bind(*b));
-                query.execute(&mut conn).await.map_err(io)?.rows_affected()
-            }
-        };
-        Ok(affected == 1)
     }
 }
 

@@ -9,8 +9,10 @@
 //! - [`merge`]: merging small manifests so that manifest lists stay short;
 //! - [`orphans`]: deleting files no snapshot references (left by failed runs);
 //! - [`warehouse`]: the catalog, table creation and checking, appends with snapshot properties, reads;
+//! - [`catalog_row`]: the catalog's row for a table, read back after every commit;
 //! - [`query`]: SQL over the tables (DataFusion).
 
+mod catalog_row;
 pub mod columns;
 pub mod commit_log;
 pub mod expire;
@@ -49,6 +51,13 @@ pub enum LakeError {
     /// another lake's tables.
     #[error("{0}")]
     Catalog(String),
+    /// A commit that iceberg-catalog-sql returned as made, which the catalog database did not record (it refused the
+    /// transaction's `COMMIT`, and the crate drops that result).
+    #[error(
+        "table {table}: the catalog {catalog} did not record the change just made to it (its database refused the \
+         COMMIT: locked by another connection past the busy timeout, or out of space); nothing of it is visible"
+    )]
+    Unrecorded { table: String, catalog: String },
 }
 
 impl LakeError {
@@ -61,7 +70,7 @@ impl LakeError {
             | LakeError::UnsafeSweep { .. }
             | LakeError::Catalog(_) => false,
             LakeError::Iceberg(e) => e.retryable(),
-            LakeError::Io { .. } | LakeError::Cancelled { .. } => true,
+            LakeError::Io { .. } | LakeError::Cancelled { .. } | LakeError::Unrecorded { .. } => true,
         }
     }
 }

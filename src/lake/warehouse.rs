@@ -201,7 +201,7 @@ impl Warehouse {
         let mut schemas = Vec::new();
         let mut unwritable = Vec::new();
         for def in TABLES {
-            let (table, differs) = ensure_table(&catalog, &namespace, def).await?;
+            let (table, differs) = ensure_table(&catalog, &namespace, def, &catalog_db).await?;
             if let Some(reason) = differs {
                 unwritable.push((def.name, reason));
             }
@@ -346,6 +346,7 @@ async fn ensure_table(
     catalog: &SqlCatalog,
     ns: &NamespaceIdent,
     def: &TableDef,
+    db: &CatalogDb,
 ) -> Result<(Table, Option<String>), LakeError> {
     let ident = TableIdent::new(ns.clone(), def.name.to_owned());
     let want = def.schema()?;
@@ -358,7 +359,11 @@ async fn ensure_table(
             .partition_spec(def.partition_spec()?)
             .build();
         match catalog.create_table(ns, creation).await {
-            Ok(table) => table,
+            // The creation's COMMIT is not checked by the crate either (see `catalog_row`).
+            Ok(table) if catalog.table_exists(&ident).await? => table,
+            Ok(_) => {
+                return Err(LakeError::Unrecorded { table: def.name.to_owned(), catalog: db.describe() });
+            }
             // Another process created it meanwhile (see `Warehouse::open`).
             Err(_) if catalog.table_exists(&ident).await? => catalog.load_table(&ident).await?,
             Err(e) => return Err(e.into()),
