@@ -163,13 +163,17 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// How the ledger records the file. Tries exhausted at reading it or at archiving it may work next time (a file
-    /// still being written, a permission fixed, the lake's disk freed): deferred, so that the next run takes it
+    /// How the ledger records the file. Tries exhausted at reading it or at archiving it, or a file that changed
+    /// since it was listed, may work next time (a file still being written, a permission fixed, the lake's disk
+    /// freed): deferred, so that the next run takes it
     /// again, up to `max_deferred_runs` runs. What the file holds, or what the listing ruled out, will not change:
     /// a dead letter, done.
     pub fn outcome(&self) -> Outcome {
         match (self.stage, self.kind) {
             ("download" | "archive", "gave_up") if !self.given_up => Outcome::Deferred,
+            // Replaced between the listing and the read: the next run lists it again, whatever its size then. As a
+            // dead letter under its listed size, a file put back as it was listed was skipped as seen for good.
+            ("download", "changed") if !self.given_up => Outcome::Deferred,
             _ => Outcome::DeadLetter,
         }
     }
@@ -471,9 +475,10 @@ mod tests {
 
     /// Failures of the lake's side or of a read are tried again by the next run; failures of the file are final.
     #[test]
-    fn only_reads_and_archives_that_gave_up_are_deferred() {
+    fn only_reads_and_archives_that_gave_up_and_changed_files_are_deferred() {
         assert_eq!(failure("download", "gave_up").outcome(), Outcome::Deferred);
         assert_eq!(failure("archive", "gave_up").outcome(), Outcome::Deferred);
+        assert_eq!(failure("download", "changed").outcome(), Outcome::Deferred);
         for (stage, kind) in
             [("download", "too_large"), ("download", "not_a_file"), ("parse", "malformed"), ("parse", "gave_up")]
         {

@@ -36,8 +36,8 @@ struct Uncommitted {
     since: std::time::Instant,
     /// When the oldest of `keys` was checked against the store.
     checked: Option<std::time::Instant>,
-    /// A write failed: the run is over.
-    failed: bool,
+    /// A write failed, for this reason: the run is over.
+    failed: Option<String>,
 }
 
 pub struct PosStages {
@@ -121,7 +121,7 @@ impl PosStages {
             files: 0,
             since: std::time::Instant::now(),
             checked: None,
-            failed: false,
+            failed: None,
         };
         let worker = std::env::var("POSLAKE_WORKER_ID")
             .or_else(|_| std::env::var("HOSTNAME"))
@@ -197,7 +197,7 @@ impl PosStages {
         let tables = match open.writer.prepare().await {
             Ok(t) => t,
             Err(e) => {
-                self.abandon_uncommitted(open, &[]);
+                self.abandon_uncommitted(open, &[], e.to_string());
                 return Err(IngestError::Abandoned(e.to_string()));
             }
         };
@@ -269,12 +269,12 @@ impl PosStages {
                 | IngestError::FenceUnchecked(_)
                 | IngestError::ChecksStale(_)),
             ) => {
-                self.abandon_uncommitted(open, &keys);
+                self.abandon_uncommitted(open, &keys, e.to_string());
                 return Err(e);
             }
             Err(e) => {
                 // Whatever was committed is finished by the next start's recovery; nothing more is written now.
-                open.failed = true;
+                open.failed = Some(e.to_string());
                 return Err(e);
             }
         }
@@ -316,9 +316,9 @@ impl PosStages {
     }
 
     /// Drops every uncommitted data file and releases the keys it carried (plus `also`).
-    fn abandon_uncommitted(&self, open: &mut Uncommitted, also: &[DedupKey]) {
+    fn abandon_uncommitted(&self, open: &mut Uncommitted, also: &[DedupKey], reason: String) {
         open.writer = LakeWriter::new(self.warehouse.clone());
-        open.failed = true;
+        open.failed = Some(reason);
         self.release(&open.keys);
         self.release(also);
         open.keys.clear();
@@ -706,11 +706,11 @@ impl Stages for PosStages {
             }
         }
         let mut open = self.open.lock().await;
-        if open.failed {
-            return Err(IngestError::Abandoned("an earlier write of this run failed".into()));
+        if let Some(reason) = &open.failed {
+            return Err(IngestError::Abandoned(format!("an earlier write of this run failed: {reason}")));
         }
         if let Err(e) = open.writer.write(rows).await {
-            self.abandon_uncommitted(&mut open, &batch.reserved);
+            self.abandon_uncommitted(&mut open, &batch.reserved, e.to_string());
             return Err(IngestError::Abandoned(e.to_string()));
         }
         failpoint::hit("write");
@@ -733,8 +733,8 @@ impl Stages for PosStages {
 
     async fn finish(&self) -> Result<(), IngestError> {
         let mut open = self.open.lock().await;
-        if open.failed {
-            return Err(IngestError::Abandoned("an earlier write of this run failed".into()));
+        if let Some(reason) = &open.failed {
+            return Err(IngestError::Abandoned(format!("an earlier write of this run failed: {reason}")));
         }
         self.commit(&mut open).await
     }
