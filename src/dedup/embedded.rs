@@ -281,7 +281,10 @@ fn not_writable(e: DedupError) -> DedupError {
 
 fn fjall_err(path: &Path, e: fjall::Error) -> DedupError {
     match e {
-        fjall::Error::Io(source) => DedupError::Io { path: path.to_path_buf(), source },
+        // An I/O error inside the LSM tree (a full disk) is named as such, not as fjall's Debug form.
+        fjall::Error::Io(source) | fjall::Error::Storage(fjall::LsmError::Io(source)) => {
+            DedupError::Io { path: path.to_path_buf(), source }
+        }
         e => DedupError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) },
     }
 }

@@ -58,6 +58,9 @@ pub enum LakeError {
          COMMIT: locked by another connection past the busy timeout, or out of space); nothing of it is visible"
     )]
     Unrecorded { table: String, catalog: String },
+    /// Writing or closing a table's data files failed (a full disk, say): the error, with the table it was for.
+    #[error("table {table}: writing its data files: {source}")]
+    Write { table: &'static str, source: Box<LakeError> },
 }
 
 impl LakeError {
@@ -71,6 +74,17 @@ impl LakeError {
             | LakeError::Catalog(_) => false,
             LakeError::Iceberg(e) => e.retryable(),
             LakeError::Io { .. } | LakeError::Cancelled { .. } | LakeError::Unrecorded { .. } => true,
+            LakeError::Write { source, .. } => source.is_retryable(),
+        }
+    }
+
+    /// Names `table` in an error of Iceberg, Parquet or Arrow, which do not say what they were writing.
+    pub(crate) fn in_table(self, table: &'static str) -> LakeError {
+        match self {
+            e @ (LakeError::Iceberg(_) | LakeError::Parquet(_) | LakeError::Arrow(_)) => {
+                LakeError::Write { table, source: Box::new(e) }
+            }
+            e => e,
         }
     }
 }

@@ -503,7 +503,7 @@ impl LakeWriter {
                 Ok((tw, written)) => {
                     self.tables[i] = Some(tw);
                     if let Err(e) = written {
-                        result = result.and(Err(e));
+                        result = result.and(Err(e.in_table(table)));
                     }
                 }
                 // A panic stays a panic, for the supervisor to see, as if the write had run on this task.
@@ -531,7 +531,7 @@ impl LakeWriter {
             let Some(mut tw) = self.tables[i].take() else { continue };
             let mut files = std::mem::take(&mut tw.closed);
             for (_, mut w) in std::mem::take(&mut tw.open) {
-                files.extend(w.close().await?);
+                files.extend(w.close().await.map_err(|e| LakeError::from(e).in_table(def.name))?);
             }
             if !files.is_empty() {
                 out.push(super::commit_log::PreparedTable { table: def.name, files, rows: tw.rows });
