@@ -770,3 +770,57 @@ async fn an_ingest_reads_the_ledger_after_commits_in_progress_end() {
     drop(stages);
     assert_eq!(commits_in(&wh, "sales_header").await, ["run/other/0"]);
 }
+
+/// Maintenance ran every quarter of `keep_snapshots` commits *of a run*, a count that starts again with each run: a
+/// service's runs, or a cron's, with fewer commits each never maintained the tables (a soak audit saw 1,200 snapshots
+/// a table after 1,962 runs of `--every 1s`, with 100 kept). A run's first commit now asks the tables themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_one_commit_each_still_expire_snapshots_and_merge_manifests() {
+    use poslake::ingest::{CommitPolicy, IngestPaths, IngestSetup, ingest};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    poslake::generate::generate(&poslake::generate::GenerateArgs {
+        out: pool.clone(),
+        sites: 2,
+        days: 4,
+        files_per_day: 2,
+        min_transactions: 2,
+        max_transactions: 3,
+        duplicate_file_rate: 0.0,
+        duplicate_transaction_rate: 0.0,
+        malformed_rate: 0.0,
+        gzip_rate: 0.0,
+        ..poslake::generate::GenerateArgs::default()
+    })
+    .expect("generate");
+    let mut files: Vec<std::path::PathBuf> = walkdir::WalkDir::new(&pool)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with("manifest"))
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 16);
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let lake = dir.path().join("lake");
+    let setup = IngestSetup {
+        // 8 kept: a run would maintain at its 2nd commit, and each of these runs makes one.
+        policy: CommitPolicy { keep_snapshots: 8, min_manifests_to_merge: 4, ..CommitPolicy::default() },
+        ..IngestSetup::new(IngestPaths { staging: staging.clone(), lake: lake.clone(), archive: None, catalog: None })
+    };
+    for (i, file) in files.iter().enumerate() {
+        std::fs::copy(file, staging.join(format!("{i:02}.xml"))).expect("stage a file");
+        let summary =
+            ingest(&setup, common::pipeline(), Arc::new(poslake_actors::Progress::default())).await.expect("ingest");
+        assert_eq!((summary.files, summary.dead_letters), (1, 0), "run {i}");
+    }
+    let wh = Warehouse::open(&lake).await.expect("open");
+    for table in ["sales_header", "file_ledger"] {
+        let snapshots = wh.load(table).await.expect("load").metadata().snapshots().count();
+        assert!(snapshots <= 8 + 2, "{table}: {snapshots} snapshots after 16 runs, 8 kept");
+        let (listed, _) = manifests(&wh, table).await;
+        assert!(listed < 8, "{table}: {listed} manifests listed after 16 appends, merged from 4");
+    }
+    assert_eq!(wh.row_count("file_ledger").await.expect("count"), 16);
+}

@@ -216,7 +216,8 @@ impl Warehouse {
             let table = action.apply(tx)?.commit(self.catalog_ref()).await?;
             self.confirm_commit(t.table, &table).await?;
             let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
-            out.push(Commit { table: t.table, snapshot_id, data_files: n_files, rows: t.rows });
+            let (snapshots, since_merge) = snapshot_counts(table.metadata());
+            out.push(Commit { table: t.table, snapshot_id, data_files: n_files, rows: t.rows, snapshots, since_merge });
             after_each();
         }
         Ok(out)
@@ -509,6 +510,17 @@ fn holds_commit(table: &iceberg::table::Table, id: &str) -> bool {
         .metadata()
         .snapshots()
         .any(|s| s.summary().additional_properties.get(COMMIT_PROPERTY).is_some_and(|c| c == id))
+}
+
+/// A table's snapshots, and those after its latest manifest merge (all of them when no merge is left in its history).
+fn snapshot_counts(meta: &iceberg::spec::TableMetadata) -> (usize, usize) {
+    let merged = meta
+        .snapshots()
+        .filter(|s| s.summary().operation == iceberg::spec::Operation::Replace)
+        .map(|s| s.sequence_number())
+        .max();
+    let since = meta.snapshots().filter(|s| merged.is_none_or(|m| s.sequence_number() > m)).count();
+    (meta.snapshots().count(), since)
 }
 
 #[cfg(test)]

@@ -57,6 +57,10 @@ pub struct Commit {
     pub snapshot_id: i64,
     pub data_files: usize,
     pub rows: u64,
+    /// Snapshots the table holds after this commit, and how many of them came after its latest manifest merge (a
+    /// `replace` snapshot): what decides whether maintenance is overdue.
+    pub snapshots: usize,
+    pub since_merge: usize,
 }
 
 /// The database of a lake's SQL catalog.
