@@ -106,20 +106,6 @@ async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
     assert_eq!(wh.row_count("sales_header").await.expect("count"), txs + files[0].transactions.len() as u64);
 }
 
-/// Holds a read transaction on the lake's SQLite catalog, as another process reading it would: a writer's `COMMIT`
-/// then waits for it, and past the busy timeout the database refuses it.
-async fn hold_catalog_read_lock(lake: &std::path::Path) -> sqlx::SqliteConnection {
-    use sqlx::{ConnectOptions, Executor};
-    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(lake.join("catalog.db"))
-        .connect()
-        .await
-        .expect("connect to the catalog");
-    conn.execute("BEGIN").await.expect("begin");
-    sqlx::query("SELECT count(*) FROM iceberg_tables").fetch_one(&mut conn).await.expect("read");
-    conn
-}
-
 /// iceberg-catalog-sql 0.10 drops the result of a table commit's `COMMIT`, so a commit the catalog database refused
 /// came back as made (an audit saw a run report 3,006 new transactions that no table held). The commit is read back.
 #[tokio::test]
@@ -135,7 +121,7 @@ async fn a_commit_the_catalog_database_refuses_is_an_error_not_a_success() {
     }
     wh.append(rows, &HashMap::new()).await.expect("first append");
 
-    let mut reader = hold_catalog_read_lock(dir.path()).await;
+    let mut reader = common::hold_catalog_read_lock(dir.path()).await;
     let mut rows = wh.rows();
     for f in &files {
         rows.add_file(f).expect("rows");
@@ -174,7 +160,7 @@ async fn an_expiry_the_catalog_database_refuses_deletes_nothing() {
         table.metadata().snapshots().map(|s| s.snapshot_id()).filter(|id| Some(*id) != current).collect();
     assert_eq!(old.len(), 2);
 
-    let mut reader = hold_catalog_read_lock(dir.path()).await;
+    let mut reader = common::hold_catalog_read_lock(dir.path()).await;
     let err = wh.expire_snapshots("sales_header", &old).await.expect_err("a refused expiry is an error");
     assert!(matches!(err, LakeError::Unrecorded { .. }), "{err}");
     reader.execute("COMMIT").await.expect("end the read");

@@ -22,8 +22,9 @@ pub const IN_FLIGHT_BYTES: &str = "poslake_in_flight_bytes";
 /// Messages registered with a stage's actors (being handled or in their mailboxes), by `stage`.
 pub const QUEUE_DEPTH: &str = "poslake_queue_depth";
 
-/// Counts a committed batch (the same numbers the run's summary adds up).
-pub(crate) fn committed(report: &WriteReport) {
+/// Counts what a commit made visible (the same numbers the run's summary adds up). The domain calls it when it
+/// commits: a batch written is not committed yet, and one whose commit fails is counted by the run that lands it.
+pub fn committed(report: &WriteReport) {
     metrics::counter!(FILES, "outcome" => "ingested").increment(report.files - report.dead_letters);
     metrics::counter!(FILES, "outcome" => "dead_letter").increment(report.dead_letters);
     metrics::counter!(BYTES).increment(report.bytes);

@@ -82,7 +82,6 @@ impl<S: Stages> Actor for IcebergWriter<S> {
                 span.record("duplicates", report.duplicates as i64);
                 span.record("quarantined", report.quarantined as i64);
                 span.record("dead_letters", report.dead_letters as i64);
-                crate::metric::committed(&report);
                 shared.progress.committed(work.files.len() as u64, &report);
                 drop(work.grants);
             }

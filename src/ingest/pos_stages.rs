@@ -38,6 +38,8 @@ struct Uncommitted {
     checked: Option<std::time::Instant>,
     /// A write failed, for this reason: the run is over.
     failed: Option<String>,
+    /// What the files written since the last commit hold: published as metrics once they are committed.
+    pending: WriteReport,
 }
 
 pub struct PosStages {
@@ -121,6 +123,7 @@ impl PosStages {
             files: 0,
             since: std::time::Instant::now(),
             checked: None,
+            pending: WriteReport::default(),
             failed: None,
         };
         let worker = std::env::var("POSLAKE_WORKER_ID")
@@ -283,6 +286,9 @@ impl PosStages {
             }
         }
         self.release(&keys);
+        // Counted once committed: a batch written and then abandoned (its commit failed) is counted by the run that
+        // lands it.
+        poslake_actors::metric::committed(&std::mem::take(&mut open.pending));
         open.files = 0;
         open.since = std::time::Instant::now();
         self.maybe_maintain(seq + 1, overdue).await;
@@ -335,6 +341,7 @@ impl PosStages {
         self.release(&open.keys);
         self.release(also);
         open.keys.clear();
+        open.pending = WriteReport::default();
         open.checked = None;
     }
 
@@ -738,6 +745,7 @@ impl Stages for PosStages {
         }
         open.keys.extend_from_slice(&batch.reserved);
         open.files += batch.items.len() as u64;
+        open.pending.add(&report);
         if open.files >= self.policy.files || open.since.elapsed() >= self.policy.interval {
             self.commit(&mut open).await?;
         }

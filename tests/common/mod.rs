@@ -214,3 +214,17 @@ pub fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) 
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Holds a read transaction on the lake's SQLite catalog, as another process reading it would: a writer's `COMMIT`
+/// then waits for it, and past the busy timeout the database refuses it.
+pub async fn hold_catalog_read_lock(lake: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::{ConnectOptions, Executor};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(lake.join("catalog.db"))
+        .connect()
+        .await
+        .expect("connect to the catalog");
+    conn.execute("BEGIN").await.expect("begin");
+    sqlx::query("SELECT count(*) FROM iceberg_tables").fetch_one(&mut conn).await.expect("read");
+    conn
+}
