@@ -106,9 +106,18 @@ impl Drop for Telemetry {
     }
 }
 
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether log lines are JSON objects (`--log-format json`): notices meant for a person then go through the log too,
+/// so that every line of stderr is one object.
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber: logs always, traces when an endpoint is configured. Call once, inside the
 /// Tokio runtime (the gRPC exporter's connection lives on it).
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    JSON_LOGS.store(config.log_format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,poslake=info"));
     let logs = match config.log_format {
         // Colours on a terminal only: in a file or a pipe they are escape codes in the text.

@@ -692,7 +692,7 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
 }
 
 /// As a service (`ingest --every 1s`), poslake takes each file as it arrives, printing one JSON line a run, and
-/// SIGTERM (what `docker stop` sends) ends it cleanly: exit 0, every file landed once.
+/// SIGTERM (what `docker stop` sends) ends it cleanly: exit 0, every file landed once, and a JSON log stays JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as_a_service_each_run_takes_what_arrived_and_sigterm_ends_it() {
     use std::io::BufRead;
@@ -711,13 +711,16 @@ async fn as_a_service_each_run_takes_what_arrived_and_sigterm_ends_it() {
     };
     arrive(0..3);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
-        .args(["ingest", "--every", "1s", "--json", "--staging"])
+        .args(["ingest", "--every", "1s", "--json", "--log-format", "json", "--staging"])
         .arg(&staging)
         .arg("--lake")
         .arg(&lake)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn poslake");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).expect("read the log"));
     let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
     let stdout = child.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -745,6 +748,14 @@ async fn as_a_service_each_run_takes_what_arrived_and_sigterm_ends_it() {
     assert!(status.success());
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0), "SIGTERM ends a service cleanly: {status:?}");
+    // With `--log-format json`, the log is one JSON object a line, the notice of the signal included.
+    let log = log.join().expect("log reader");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("stopping"))), "{log}");
     let wh = Warehouse::open(&lake).await.expect("open");
     let got = header_keys(&wh).await;
     assert_eq!(got.len(), keys.len(), "each key once");

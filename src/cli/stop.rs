@@ -62,10 +62,13 @@ impl Stopper {
                 Some(()) = terminate.recv() => Signal::Terminate,
                 else => return,
             };
-            eprintln!(
-                "\nstopping on {}: no new file is taken, those in flight are finished (again to quit now)",
-                first.name()
-            );
+            let notice = "no new file is taken, those in flight are finished (again to quit now)";
+            if poslake::telemetry::json_logs() {
+                tracing::warn!(signal = first.name(), "stopping: {notice}");
+            } else {
+                // On its own line: a terminal shows `^C`, and maybe the progress bar, where the cursor is.
+                eprintln!("\nstopping on {}: {notice}", first.name());
+            }
             if let Ok(mut state) = shared.state.lock() {
                 state.signal = Some(first);
                 if let Some(progress) = &state.current {
