@@ -756,6 +756,8 @@ async fn as_a_service_each_run_takes_what_arrived_and_sigterm_ends_it() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}")))
         .collect();
     assert!(lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("stopping"))), "{log}");
+    // Said once, not at every run: an idle service would log it every interval.
+    assert_eq!(lines.iter().filter(|l| l["fields"]["message"] == "dedup store").count(), 1, "{log}");
     let wh = Warehouse::open(&lake).await.expect("open");
     let got = header_keys(&wh).await;
     assert_eq!(got.len(), keys.len(), "each key once");

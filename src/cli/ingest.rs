@@ -107,7 +107,8 @@ pub async fn ingest_as_configured(
         let next = started + every;
         if stopper.signal().is_none() {
             let wait = next.saturating_duration_since(tokio::time::Instant::now());
-            tracing::info!(in_secs = wait.as_secs_f64().ceil() as u64, "next run");
+            // Debug: every run prints its summary already, and an idle service would log this every interval.
+            tracing::debug!(in_secs = wait.as_secs_f64().ceil() as u64, "next run");
         }
         if stopper.sleep_until(next).await.is_some() {
             return Ok(ExitCode::SUCCESS);
