@@ -72,6 +72,7 @@ fn main() -> ExitCode {
             e.exit()
         }
     };
+    let json = cli.command.json();
     // Before any client is built: whichever speaks TLS (Redis, Azure, OTLP over HTTPS) needs it.
     poslake::install_tls_provider();
     let result = runtime().and_then(|rt| {
@@ -99,6 +100,10 @@ fn main() -> ExitCode {
         Err(err) if err.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", error_chain(&err));
+            // A reader of the JSON gets an answer too, not an empty stdout.
+            if json {
+                let _ = print_json_error(&err, None);
+            }
             // A value refused after parsing (a URL, a worker index) shows no flag: say which settings the
             // environment gave, so that one set long ago in a service's environment is not hunted on the command line.
             if !from_env.is_empty() {
@@ -155,6 +160,17 @@ fn flag_variables(command: &clap::Command) -> Vec<(Option<String>, String)> {
         .get_arguments()
         .filter_map(|a| a.get_env().map(|env| (a.get_long().map(str::to_owned), env.to_string_lossy().into_owned())));
     own.chain(command.get_subcommands().flat_map(flag_variables)).collect()
+}
+
+/// With `--json`, a failure on stdout as one JSON line: `{"error": "…"}`, and the signal that stopped the run if one
+/// did. A service's failed runs print one such line each, so that its output stays one line a run.
+fn print_json_error(err: &anyhow::Error, stopped_by: Option<&str>) -> anyhow::Result<()> {
+    let mut line = serde_json::json!({ "error": poslake::error_text::chain(err.as_ref()) });
+    if let Some(signal) = stopped_by {
+        line["stopped_by"] = signal.into();
+    }
+    say!("{line}");
+    Ok(())
 }
 
 /// The error and its causes on one line ([`poslake::error_text::chain`]), safe to print.

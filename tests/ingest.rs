@@ -817,6 +817,10 @@ fn a_service_that_cannot_start_says_so_and_one_whose_runs_keep_failing_exits_wit
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("the service cannot start") && stderr.contains(cause), "{stderr}");
         assert!(!stderr.contains("the run failed"), "no run was tried: {stderr}");
+        // With --json the failure is on stdout too, as one JSON object.
+        let stdout: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+        let error = stdout["error"].as_str().expect("an error");
+        assert!(error.contains("the service cannot start") && error.contains(cause), "{stdout}");
     }
 
     std::fs::create_dir_all(&staging).expect("staging");
@@ -829,11 +833,18 @@ fn a_service_that_cannot_start_says_so_and_one_whose_runs_keep_failing_exits_wit
     let first = runs.next().expect("a first run").expect("its summary");
     assert!(first.contains("\"files\""), "{first}");
     std::fs::remove_dir_all(&staging).expect("remove staging");
+    let later: Vec<String> = runs.map(|line| line.expect("a line")).collect();
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("3 runs in a row failed") && stderr.contains("no such folder"), "{stderr}");
     assert_eq!(stderr.matches("the run failed; the next one tries again").count(), 2, "{stderr}");
+    // Stdout stays JSON Lines, one line a run: each failed run's error, the last one with why the service ended.
+    let failed: Vec<serde_json::Value> =
+        later.iter().map(|line| serde_json::from_str(line).expect("a JSON line")).collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed.iter().all(|f| f["error"].as_str().is_some_and(|e| e.contains("no such folder"))), "{failed:?}");
+    assert!(failed[2]["error"].as_str().is_some_and(|e| e.contains("3 runs in a row failed")), "{failed:?}");
 }
 
 /// An error that quotes a name from outside (here the staging folder's) shows its control characters escaped: a

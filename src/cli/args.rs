@@ -112,6 +112,19 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command was asked for JSON on stdout (`--json`): a failure is then reported there too.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Ingest(args) | Command::Replay { ingest: args, .. } => args.json,
+            Command::Maintain { json, .. } | Command::Reconcile { json, .. } => *json,
+            Command::Dedup { command: DedupCommand::Stats { json, .. } | DedupCommand::Bench { json, .. } } => *json,
+            Command::Dedup { .. } | Command::Parse { .. } | Command::Tables { .. } | Command::Query { .. } => false,
+            Command::Generate(_) => false,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum DedupCommand {
     /// Print the shape of one period's Bloom filter: memory, shards, hashes, false-positive rate.

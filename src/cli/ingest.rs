@@ -71,7 +71,7 @@ pub async fn ingest_as_configured(
         _ => {
             let summary = match run_once(args, config, setup, replay.as_ref(), &stopper).await {
                 Ok(summary) => summary,
-                Err(e) => return stopper.failed_run(e, false),
+                Err(e) => return stopper.failed_run(e, false, args.json),
             };
             print_summary(&summary, args.json, false, &stopper)?;
             return Ok(match stopper.signal() {
@@ -94,7 +94,7 @@ pub async fn ingest_as_configured(
                 metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "completed").increment(1);
                 print_summary(&summary, args.json, true, &stopper)?;
             }
-            Err(e) if stopper.signal().is_some() => return stopper.failed_run(e, true),
+            Err(e) if stopper.signal().is_some() => return stopper.failed_run(e, true, args.json),
             Err(e) => {
                 failed += 1;
                 metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "failed").increment(1);
@@ -102,6 +102,9 @@ pub async fn ingest_as_configured(
                     return Err(e.context(format!("{failed} runs in a row failed (max_failed_runs)")));
                 }
                 tracing::error!(error = %error_chain(&e), failed, "the run failed; the next one tries again");
+                if args.json {
+                    crate::print_json_error(&e, None)?;
+                }
             }
         }
         let next = started + every;

@@ -102,10 +102,18 @@ impl Stopper {
     /// it failed meanwhile. Either way the process stops as the signal asked, and says why; nothing uncommitted
     /// became visible, and the next run takes the files again. A single run exits with the signal's code (it did not
     /// finish); a service with 0, as every service stopped by a signal does (its runs go on at its next start).
-    /// Without a signal the error is the caller's.
-    pub fn failed_run(&self, error: anyhow::Error, service: bool) -> anyhow::Result<std::process::ExitCode> {
+    /// Without a signal the error is the caller's. With `--json` the error goes to stdout as well.
+    pub fn failed_run(
+        &self,
+        error: anyhow::Error,
+        service: bool,
+        json: bool,
+    ) -> anyhow::Result<std::process::ExitCode> {
         let Some(signal) = self.signal() else { return Err(error) };
         eprintln!("error: {}", crate::error_chain(&error));
+        if json {
+            crate::print_json_error(&error, Some(signal.name()))?;
+        }
         eprintln!(
             "stopped by {}: the run did not finish; what it had not committed is left for the next run",
             signal.name()
