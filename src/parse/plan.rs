@@ -49,13 +49,22 @@ pub(crate) const ROOT: NodeId = 0;
 /// without a call to `memcmp` (most names that share a length differ there), and compared whole only when it matches.
 #[inline]
 pub(crate) fn name_print(name: &[u8]) -> u64 {
-    let n = name.len();
-    let mut w = [0u8; 8];
-    let head = n.min(4);
-    w[..head].copy_from_slice(&name[..head]);
-    let tail = n.min(3);
-    w[4..4 + tail].copy_from_slice(&name[n - tail..]);
-    u64::from_le_bytes(w) ^ ((n as u64) << 56)
+    // Byte by byte rather than `copy_from_slice` of 0-4 bytes: that is a call to `memcpy` for each, twice an element
+    // (about 1.4% of an ingest's instructions).
+    let head = match name {
+        [a, b, c, d, ..] => u32::from_le_bytes([*a, *b, *c, *d]),
+        [a, b, c] => u32::from_le_bytes([*a, *b, *c, 0]),
+        [a, b] => u32::from_le_bytes([*a, *b, 0, 0]),
+        [a] => u32::from(*a),
+        [] => 0,
+    };
+    let tail = match name {
+        [.., x, y, z] => u32::from_le_bytes([*x, *y, *z, 0]),
+        [y, z] => u32::from_le_bytes([*y, *z, 0, 0]),
+        [z] => u32::from(*z),
+        [] => 0,
+    };
+    (u64::from(head) | (u64::from(tail) << 32)) ^ ((name.len() as u64) << 56)
 }
 
 impl Plan {
@@ -224,5 +233,20 @@ mod tests {
         assert_eq!(name_print(b"TotalXAmount"), name_print(b"TotalYAmount"));
         assert_eq!(plan.child(ROOT, b"TotalYAmount", name_print(b"TotalYAmount")), Some(b));
         assert_eq!(name_print(b""), 0);
+    }
+
+    /// The print is the name's first 4 bytes, its last 3 and its length, laid out in that order in a little-endian
+    /// word, whatever the length.
+    #[test]
+    fn a_print_holds_the_first_and_last_bytes_and_the_length() {
+        let name = b"RetailTransaction";
+        for n in 0..=name.len() {
+            let name = &name[..n];
+            let mut w = [0u8; 8];
+            w[..n.min(4)].copy_from_slice(&name[..n.min(4)]);
+            w[4..4 + n.min(3)].copy_from_slice(&name[n - n.min(3)..]);
+            w[7] = n as u8;
+            assert_eq!(name_print(name), u64::from_le_bytes(w), "{n} bytes");
+        }
     }
 }
