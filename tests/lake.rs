@@ -235,6 +235,84 @@ async fn a_table_with_another_schema_is_read_but_not_written() {
     assert!(error.contains("sales_line") && error.contains("does not write"), "{error}");
 }
 
+/// A lake an earlier poslake wrote, before a column was added at the end of a table's definition, is written to
+/// again: the column is added to the table at open, and rows written after carry it. A table lacking a column
+/// elsewhere is still refused.
+#[tokio::test]
+async fn a_column_appended_to_a_definition_is_added_to_an_earlier_lakes_table() {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
+    use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+
+    // Files without a fuel unit price go in before the column is taken away, those with one after it is back: the
+    // count of the column's values is then exactly what the second write carried.
+    let (before, after): (Vec<_>, Vec<_>) = dialect_fixtures()
+        .into_iter()
+        .partition(|f| f.transactions.iter().flat_map(|t| &t.lines).all(|l| l.fuel_unit_price.is_none()));
+    let priced: usize = after
+        .iter()
+        .flat_map(|f| &f.transactions)
+        .flat_map(|t| &t.lines)
+        .filter(|l| l.fuel_unit_price.is_some())
+        .count();
+    assert!(!before.is_empty() && priced > 0, "the fixtures hold files with and without fuel unit prices");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
+    let mut rows = wh.rows();
+    for f in &before {
+        rows.add_file(f).expect("rows");
+    }
+    wh.append(rows, &HashMap::new()).await.expect("append");
+    let lines_before = wh.row_count("sales_line").await.expect("count");
+    drop(wh);
+
+    // The table as an earlier definition without its last column made it.
+    let root = dir.path().canonicalize().expect("canonical");
+    let catalog = SqlCatalogBuilder::default()
+        .uri(format!("sqlite:{}?mode=rwc", root.join("catalog.db").display()))
+        .warehouse_location(format!("file://{}", root.join("warehouse").display()))
+        .sql_bind_style(SqlBindStyle::QMark)
+        .with_storage_factory(std::sync::Arc::new(iceberg::io::LocalFsStorageFactory))
+        .load("poslake", HashMap::new())
+        .await
+        .expect("catalog");
+    let ident = TableIdent::new(NamespaceIdent::new("poslake".into()), "sales_line".into());
+    let table = catalog.load_table(&ident).await.expect("load");
+    let old_id = table.metadata().current_schema().field_by_name("fuel_unit_price").expect("column").id;
+    let tx = Transaction::new(&table);
+    let tx = tx.update_schema().delete_column("fuel_unit_price").apply(tx).expect("delete column");
+    tx.commit(&catalog).await.expect("commit");
+
+    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open the earlier lake"));
+    wh.check_writable().expect("the earlier lake is writable");
+    let schema = wh.load("sales_line").await.expect("load").metadata().current_schema().clone();
+    let added = schema.field_by_name("fuel_unit_price").expect("the column is added");
+    assert!(!added.required && added.id > old_id, "a new optional column with a fresh id: {added:?}");
+    let mut rows = wh.rows();
+    for f in &after {
+        rows.add_file(f).expect("rows");
+    }
+    wh.append(rows, &HashMap::new()).await.expect("append after");
+    let lines_after: u64 = after.iter().map(|f| u64::from(f.facts.line_count)).sum();
+    assert_eq!(wh.row_count("sales_line").await.expect("count"), lines_before + lines_after);
+    assert_eq!(common::scalar(&wh, "SELECT count(fuel_unit_price) FROM sales_line").await, priced as i64);
+    drop(wh);
+
+    // A column missing before the last is no such addition: the table is read, not written.
+    let table = catalog.load_table(&ident).await.expect("load");
+    let tx = Transaction::new(&table);
+    let tx = tx.update_schema().delete_column("description").apply(tx).expect("delete column");
+    tx.commit(&catalog).await.expect("commit");
+    let wh = Warehouse::open(dir.path()).await.expect("open");
+    match wh.check_writable() {
+        Err(LakeError::Schema { table, reason }) => {
+            assert_eq!(table, "sales_line");
+            assert!(reason.contains("description") && reason.contains("does not write"), "{reason}");
+        }
+        other => panic!("expected a schema error, got {other:?}"),
+    }
+}
+
 /// Bronze `fields` values get neither a dictionary nor statistics (they cost a hash and a comparison per value and
 /// prune nothing); bronze keys keep their dictionary; silver columns keep their statistics.
 #[tokio::test]

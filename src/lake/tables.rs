@@ -214,6 +214,9 @@ pub static SALES_VOIDS: TableDef = TableDef {
     ],
 };
 
+// Changing a definition: add a column at the end, optional and of a primitive type. A lake an earlier poslake wrote
+// then gets it at open (`Warehouse::open`); any other change makes such a lake's table read-only to poslake.
+
 /// Every table the warehouse holds, in the order [`crate::lake::Warehouse::append`] commits them: data first,
 /// the ledger last, so a ledger row never names data that is not committed.
 pub static TABLES: [&TableDef; 8] = [

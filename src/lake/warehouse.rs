@@ -373,6 +373,10 @@ async fn ensure_table(
             Err(e) => return Err(e.into()),
         }
     };
+    let table = match appended_columns(table.metadata().current_schema(), &want) {
+        added if added.is_empty() => table,
+        added => add_columns(catalog, &ident, table, &added, db).await?,
+    };
     let have = table.metadata().current_schema();
     let shape = |s: &iceberg::spec::Schema| {
         s.as_struct()
@@ -387,11 +391,66 @@ async fn ensure_table(
         let missing: Vec<&str> = want.iter().filter(|c| !have.contains(c)).map(|c| c.0.as_str()).collect();
         format!(
             "the table's schema differs from poslake's definition (columns not poslake's or changed: {extra:?}; \
-             poslake's missing or changed: {missing:?}): another engine changed it, so poslake reads the table but \
-             does not write to it"
+             poslake's missing or changed: {missing:?}): another engine or another poslake version changed it, \
+             and poslake only adds optional columns its definition appends, so it reads the table but does not write \
+             to it"
         )
     });
     Ok((table, differs))
+}
+
+/// The columns poslake's definition has after all of the table's, when the table's are the definition's first ones
+/// unchanged and those after are optional and of a primitive type: a table an earlier poslake made, before columns
+/// were added to its definition. Empty otherwise (the same columns, or a difference that is not such an addition).
+fn appended_columns(have: &iceberg::spec::Schema, want: &iceberg::spec::Schema) -> Vec<iceberg::spec::NestedFieldRef> {
+    let (have, want) = (have.as_struct().fields(), want.as_struct().fields());
+    let same = |a: &iceberg::spec::NestedField, b: &iceberg::spec::NestedField| {
+        a.name == b.name && a.required == b.required && a.field_type.to_string() == b.field_type.to_string()
+    };
+    if want.len() <= have.len() || !have.iter().zip(want).all(|(h, w)| same(h, w)) {
+        return Vec::new();
+    }
+    let added = &want[have.len()..];
+    match added.iter().all(|f| !f.required && f.field_type.is_primitive()) {
+        true => added.to_vec(),
+        false => Vec::new(),
+    }
+}
+
+/// Adds `added` to the table's schema, after its columns (Iceberg gives them fresh ids; rows written before read
+/// them as null), and returns the table as the catalog then holds it. Another process that adds them first is as
+/// good: the commit that loses is refused by its schema-id requirement, and the table is read again.
+async fn add_columns(
+    catalog: &SqlCatalog,
+    ident: &TableIdent,
+    table: Table,
+    added: &[iceberg::spec::NestedFieldRef],
+    db: &CatalogDb,
+) -> Result<Table, LakeError> {
+    use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+    let names: Vec<&str> = added.iter().map(|f| f.name.as_str()).collect();
+    let tx = Transaction::new(&table);
+    let action = added
+        .iter()
+        .fold(tx.update_schema(), |a, f| a.add_column(AddColumn::optional(&f.name, (*f.field_type).clone())));
+    let committed = action.apply(tx)?.commit(catalog).await;
+    // Read back from the catalog's row, whatever the commit said: iceberg-catalog-sql may report a commit the
+    // database refused as made (see `catalog_row`).
+    let now = catalog.load_table(ident).await?;
+    let holds_all = names.iter().all(|n| now.metadata().current_schema().field_by_name(n).is_some());
+    match (committed, holds_all) {
+        (_, true) => {
+            tracing::info!(
+                table = %ident.name(),
+                columns = ?names,
+                "added columns that this poslake's definition of the table has and the lake's lacked (the lake was \
+                 written by an earlier poslake); rows written before read them as null"
+            );
+            Ok(now)
+        }
+        (Err(e), false) => Err(e.into()),
+        (Ok(_), false) => Err(LakeError::Unrecorded { table: ident.name().to_owned(), catalog: db.describe() }),
+    }
 }
 
 type DataWriter = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
