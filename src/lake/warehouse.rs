@@ -373,9 +373,17 @@ async fn ensure_table(
             Err(e) => return Err(e.into()),
         }
     };
-    let table = match appended_columns(table.metadata().current_schema(), &want) {
-        added if added.is_empty() => table,
-        added => add_columns(catalog, &ident, table, &added, db).await?,
+    // A failed addition leaves the table as it was: read, not written (a reader of the lake, such as `poslake query`
+    // on a read-only catalog, still opens it), with the failure in the reason an ingest is refused with.
+    let (table, not_added) = match appended_columns(table.metadata().current_schema(), &want) {
+        added if added.is_empty() => (table, None),
+        added => match add_columns(catalog, &ident, &table, &added, db).await {
+            Ok(evolved) => (evolved, None),
+            Err(e) => {
+                tracing::warn!(table = def.name, error = %e, "could not add the columns the table lacks");
+                (table, Some(e))
+            }
+        },
     };
     let have = table.metadata().current_schema();
     let shape = |s: &iceberg::spec::Schema| {
@@ -393,7 +401,8 @@ async fn ensure_table(
             "the table's schema differs from poslake's definition (columns not poslake's or changed: {extra:?}; \
              poslake's missing or changed: {missing:?}): another engine or another poslake version changed it, \
              and poslake only adds optional columns its definition appends, so it reads the table but does not write \
-             to it"
+             to it{}",
+            not_added.map(|e| format!(" (adding the columns poslake appended failed: {e})")).unwrap_or_default()
         )
     });
     Ok((table, differs))
@@ -423,13 +432,13 @@ fn appended_columns(have: &iceberg::spec::Schema, want: &iceberg::spec::Schema) 
 async fn add_columns(
     catalog: &SqlCatalog,
     ident: &TableIdent,
-    table: Table,
+    table: &Table,
     added: &[iceberg::spec::NestedFieldRef],
     db: &CatalogDb,
 ) -> Result<Table, LakeError> {
     use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
     let names: Vec<&str> = added.iter().map(|f| f.name.as_str()).collect();
-    let tx = Transaction::new(&table);
+    let tx = Transaction::new(table);
     let action = added
         .iter()
         .fold(tx.update_schema(), |a, f| a.add_column(AddColumn::optional(&f.name, (*f.field_type).clone())));
