@@ -261,15 +261,17 @@ async fn files_whose_commit_fails_are_not_counted_until_they_land() {
     assert_eq!(sample(&text, "poslake_transactions_total", ""), 0.0, "{text}");
     reader.execute("COMMIT").await.expect("end the read");
 
-    // The next start finishes the refused commit from its intent (not counted: see docs/observability.md), and
-    // what it takes itself counts once.
+    // The next start finishes the refused commit from its intent and counts what it lands, from the counts the
+    // intent kept; what it takes itself counts once. Together: every file and transaction the lake holds, once.
     let summary = ingest(&setup, common::pipeline(), Arc::new(Progress::default())).await.expect("ingest");
     assert_eq!(summary.recovery.intents_finished, 1);
     let text = scrape(addr).expect("scrape");
-    assert_eq!(sample(&text, "poslake_files_total", "") as u64, summary.files, "{text}");
-    assert_eq!(sample(&text, "poslake_transactions_total", "verdict=\"new\"") as u64, summary.new_transactions);
     let wh = poslake::lake::Warehouse::open(&lake).await.expect("open");
     assert_eq!(wh.row_count("file_ledger").await.expect("ledger"), report.files, "every file landed once");
+    assert!(summary.files < report.files, "the recovered commit's files were not taken again");
+    assert_eq!(sample(&text, "poslake_files_total", "") as u64, report.files, "{text}");
+    let landed = wh.row_count("sales_header").await.expect("headers");
+    assert_eq!(sample(&text, "poslake_transactions_total", "verdict=\"new\"") as u64, landed, "{text}");
 }
 
 /// The value of one sample (`name{labels} value`), summed over label sets that contain `labels`.

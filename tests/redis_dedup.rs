@@ -1556,7 +1556,12 @@ impl AutoWorkers {
         let (stdout, runs) = (child.stdout.take().expect("stdout"), self.runs.clone());
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let run = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
+                let run: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
+                // A failed run's line holds its error, not a summary: the worker's log says why.
+                if run.get("error").is_some() {
+                    continue;
+                }
                 if runs.send((worker, run)).is_err() {
                     break;
                 }

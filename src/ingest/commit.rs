@@ -37,6 +37,53 @@ pub struct Recovery {
     pub keys_readded: u64,
 }
 
+/// What a commit lands, as the pipeline counts it ([`poslake_actors::WriteReport`]), in the form its intent keeps
+/// ([`PreparedCommit::counts`]): a recovery that finishes the commit counts it in the metrics, as the process that
+/// began it would have.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct CommitCounts {
+    files: u64,
+    bytes: u64,
+    transactions: u64,
+    new_transactions: u64,
+    duplicates: u64,
+    quarantined: u64,
+    dead_letters: u64,
+    deferred: u64,
+}
+
+impl CommitCounts {
+    /// The counts as an intent keeps them.
+    pub fn of(r: &poslake_actors::WriteReport) -> Option<serde_json::Value> {
+        let counts = CommitCounts {
+            files: r.files,
+            bytes: r.bytes,
+            transactions: r.transactions,
+            new_transactions: r.new_transactions,
+            duplicates: r.duplicates,
+            quarantined: r.quarantined,
+            dead_letters: r.dead_letters,
+            deferred: r.deferred,
+        };
+        serde_json::to_value(counts).ok()
+    }
+
+    /// The counts an intent kept; `None` for an intent without them (or with some other value).
+    fn report(kept: serde_json::Value) -> Option<poslake_actors::WriteReport> {
+        let c: CommitCounts = serde_json::from_value(kept).ok()?;
+        Some(poslake_actors::WriteReport {
+            files: c.files,
+            bytes: c.bytes,
+            transactions: c.transactions,
+            new_transactions: c.new_transactions,
+            duplicates: c.duplicates,
+            quarantined: c.quarantined,
+            dead_letters: c.dead_letters,
+            deferred: c.deferred,
+        })
+    }
+}
+
 pub struct Committer {
     warehouse: Arc<Warehouse>,
     dedup: Arc<Dedup>,
@@ -121,9 +168,15 @@ impl Committer {
         let mut report = Recovery::default();
         let intents = self.warehouse.abandoned_intents().await?;
         let mut finished = Vec::new();
-        for (intent, lock) in intents {
+        for (mut intent, lock) in intents {
             let id = intent.id.clone();
+            let counts = intent.counts.take().and_then(CommitCounts::report);
             self.warehouse.apply(intent).await?;
+            // Its files and transactions are in the tables now: counted here, since the process that wrote them
+            // stopped before it could.
+            if let Some(report) = counts {
+                poslake_actors::metric::committed(&report);
+            }
             failpoint::hit("recover-intent");
             finished.push((id, lock));
             report.intents_finished += 1;

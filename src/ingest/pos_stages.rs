@@ -227,7 +227,8 @@ impl PosStages {
         // are renewed, and a slot lost since the claim (another worker's now, and maybe its files too) stops the
         // commit (see `slot_leases`). With a shared store, a key that a running `poslake reconcile` promotes stops it
         // too, or both would land the key (see `reconcile`).
-        let commit = PreparedCommit { id, properties, tables };
+        let counts = super::commit::CommitCounts::of(&open.pending);
+        let commit = PreparedCommit { id, properties, tables, counts };
         let shared = self.committer.dedup().is_shared();
         let leases = self.route.leases();
         let result = if leases.is_none() && !shared {
@@ -272,11 +273,15 @@ impl PosStages {
         // with every run, so a service's runs or a cron's, with fewer commits each than the interval, never reached
         // it (a soak audit saw 1,200 snapshots a table after 1,962 runs, with 100 kept).
         let overdue = seq == 0 && result.as_ref().is_ok_and(|commits| self.maintenance_overdue(commits));
-        match result {
-            Ok(_) => {}
+        let counted_by_recovery = match result {
+            Ok(_) => false,
             // The store lost its state between the table commits and the marks: recovery re-adds every
-            // committed batch's keys, this one's included.
-            Err(IngestError::Dedup(DedupError::StateLost { .. })) => self.heal_holding_open().await?,
+            // committed batch's keys, this one's included. It also finishes this commit's intent (its lock went
+            // with the failed call), and counts what the intent lands.
+            Err(IngestError::Dedup(DedupError::StateLost { .. })) => {
+                self.heal_holding_open().await?;
+                true
+            }
             // Nothing was committed: everything open is given up, for whoever holds the slots now.
             Err(
                 e @ (IngestError::LeaseLost(_)
@@ -293,11 +298,14 @@ impl PosStages {
                 open.failed = Some(e.to_string());
                 return Err(e);
             }
-        }
+        };
         self.release(&keys);
         // Counted once committed: a batch written and then abandoned (its commit failed) is counted by the run that
-        // lands it.
-        poslake_actors::metric::committed(&std::mem::take(&mut open.pending));
+        // lands it, and one whose intent a recovery finished, by that recovery.
+        let pending = std::mem::take(&mut open.pending);
+        if !counted_by_recovery {
+            poslake_actors::metric::committed(&pending);
+        }
         open.files = 0;
         open.since = std::time::Instant::now();
         self.maybe_maintain(seq + 1, overdue).await;

@@ -208,7 +208,7 @@ async fn promote(
     writer.write(rows).await.map_err(IngestError::from)?;
     let tables = writer.prepare().await.map_err(IngestError::from)?;
     let properties = HashMap::from([(COMMIT_PROPERTY.to_owned(), id.clone())]);
-    let commit = PreparedCommit { id: id.clone(), properties, tables };
+    let commit = PreparedCommit { id: id.clone(), properties, tables, counts: None };
     match fence {
         Some(fence) => committer.commit_fenced(commit, &keys, &[], fence).await?,
         None => committer.commit(commit, &keys).await?,

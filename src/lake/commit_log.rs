@@ -55,6 +55,9 @@ pub struct PreparedCommit {
     pub id: String,
     pub properties: HashMap<String, String>,
     pub tables: Vec<PreparedTable>,
+    /// What the commit lands, as its maker counts it (files, transactions, ...), kept in the intent so that a
+    /// recovery that finishes the commit can count it too. Opaque here.
+    pub counts: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -65,6 +68,9 @@ struct IntentFile {
     /// With leased route slots: the slots the committing worker held (see [`Warehouse::write_fenced_intent`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slots: Option<Vec<u32>>,
+    /// [`PreparedCommit::counts`]; absent from intents written before session 34.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    counts: Option<serde_json::Value>,
 }
 
 /// What an intent that has yet to pass its fence is called: recovery drops it rather than finishing it.
@@ -154,7 +160,13 @@ impl Warehouse {
                 .collect::<Result<Vec<_>, _>>()?;
             tables.push(IntentTable { table: t.table.to_owned(), rows: t.rows, files });
         }
-        let intent = IntentFile { id: commit.id.clone(), properties: commit.properties.clone(), tables, slots };
+        let intent = IntentFile {
+            id: commit.id.clone(),
+            properties: commit.properties.clone(),
+            tables,
+            slots,
+            counts: commit.counts.clone(),
+        };
         let dir = self.intents_dir();
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -396,7 +408,8 @@ impl Warehouse {
                     .collect::<Result<Vec<_>, _>>()?;
                 tables.push(PreparedTable { table: def.name, files, rows: t.rows });
             }
-            out.push((PreparedCommit { id: intent.id, properties: intent.properties, tables }, lock));
+            let commit = PreparedCommit { id: intent.id, properties: intent.properties, tables, counts: intent.counts };
+            out.push((commit, lock));
         }
         Ok(out)
     }

@@ -592,7 +592,7 @@ impl LakeWriter {
     pub async fn commit(&mut self, properties: &HashMap<String, String>) -> Result<Vec<Commit>, LakeError> {
         let tables = self.prepare().await?;
         let id = properties.get(super::commit_log::COMMIT_PROPERTY).cloned().unwrap_or_default();
-        let commit = super::commit_log::PreparedCommit { id, properties: properties.clone(), tables };
+        let commit = super::commit_log::PreparedCommit { id, properties: properties.clone(), tables, counts: None };
         self.warehouse.apply(commit).await
     }
 
