@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         writer.write(rows).await?;
         let id = format!("growth/{i}");
         let properties = HashMap::from([(COMMIT_PROPERTY.to_owned(), id.clone())]);
-        let commit = PreparedCommit { id, properties, tables: writer.prepare().await? };
+        let commit = PreparedCommit { id, properties, tables: writer.prepare().await?, counts: None };
         let started = Instant::now();
         committer.commit(commit, &[]).await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
