@@ -36,6 +36,7 @@ async fn prepared(wh: &Arc<Warehouse>, file: &ParsedFile, id: &str) -> PreparedC
         id: id.to_owned(),
         properties: HashMap::from([(COMMIT_PROPERTY.to_owned(), id.to_owned())]),
         tables: writer.prepare().await.expect("prepare"),
+        counts: None,
     }
 }
 
