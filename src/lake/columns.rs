@@ -304,6 +304,14 @@ mod tests {
         assert_eq!(scaled(Decimal::from_str("1.2300000").expect("d")), Some(12300));
         assert_eq!(scaled(Decimal::from_str("-0.19").expect("d")), Some(-1900));
         assert_eq!(scaled(Decimal::from_str("0.12345").expect("d")), None);
+        // Every scale up to the table's, either sign, and the bound of decimal(18, 4).
+        assert_eq!(scaled(Decimal::from_str("7").expect("d")), Some(70000));
+        assert_eq!(scaled(Decimal::from_str("-7.5").expect("d")), Some(-75000));
+        assert_eq!(scaled(Decimal::from_str("0.0001").expect("d")), Some(1));
+        assert_eq!(scaled(Decimal::from_str("99999999999999.9999").expect("d")), Some(999_999_999_999_999_999));
+        assert_eq!(scaled(Decimal::from_str("100000000000000").expect("d")), None);
+        assert_eq!(scaled(Decimal::MAX), None);
+        assert_eq!(scaled(Decimal::MIN), None);
         let mut c = columns();
         let c = key(&mut c)
             .push(Value::Int(Some(1)))
