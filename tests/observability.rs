@@ -274,6 +274,60 @@ async fn files_whose_commit_fails_are_not_counted_until_they_land() {
     assert_eq!(sample(&text, "poslake_transactions_total", "verdict=\"new\"") as u64, landed, "{text}");
 }
 
+/// A recovery that fails after finishing an abandoned commit's tables (here Redis refuses the store's `HINCRBY` to
+/// the run's user) leaves the intent and counts nothing; the recovery that then removes the intent counts its files
+/// once. Counted at the tables, they were counted again by every later recovery (found by an audit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_that_fails_midway_counts_the_commit_it_finishes_once() {
+    let server = common::redis::RedisServer::start();
+    let addr = free_addr();
+    poslake::telemetry::serve_metrics(addr).expect("serve metrics");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = small_corpus(&staging, 43);
+    let lake = dir.path().join("lake");
+    // A first process dies after its commit's first table, leaving the intent.
+    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["ingest", "--dedup", "redis-bitmap", "--redis-url", &server.url(), "--staging"])
+        .arg(&staging)
+        .arg("--lake")
+        .arg(&lake)
+        .env("POSLAKE_KILL_AT", "commit-table")
+        .output()
+        .expect("run poslake");
+    assert!(!killed.status.success(), "killed at its commit");
+    let intents = || std::fs::read_dir(lake.join("commits")).map_or(0, |d| d.count());
+    assert_eq!(intents(), 1, "an intent is left");
+
+    server.command(&["ACL", "SETUSER", "pl", "on", ">pw", "~*", "&*", "+@all", "-hincrby"]);
+    let port = server.url().rsplit(':').next().expect("port").to_owned();
+    let setup = IngestSetup {
+        dedup: poslake::config::DedupConfig {
+            redis_url: format!("redis://pl:pw@127.0.0.1:{port}"),
+            unavailable_limit_secs: 2,
+            ..server.bitmap()
+        },
+        ..IngestSetup::new(IngestPaths { staging, lake: lake.clone(), archive: None, catalog: None })
+    };
+    let failed = ingest(&setup, common::pipeline(), Arc::new(Progress::default())).await;
+    assert!(failed.is_err(), "the store refuses the run's user");
+    let wh = Warehouse::open(&lake).await.expect("open");
+    assert!(wh.row_count("sales_header").await.expect("headers") > 0, "the recovery finished the intent's tables");
+    assert_eq!(intents(), 1, "and left the intent");
+    let text = scrape(addr).expect("scrape");
+    assert_eq!(sample(&text, "poslake_files_total", ""), 0.0, "nothing counted before the intent is gone: {text}");
+
+    server.command(&["ACL", "SETUSER", "pl", "+hincrby"]);
+    let summary = ingest(&setup, common::pipeline(), Arc::new(Progress::default())).await.expect("ingest");
+    assert_eq!(summary.recovery.intents_finished, 1);
+    assert_eq!(intents(), 0);
+    let text = scrape(addr).expect("scrape");
+    assert_eq!(wh.row_count("file_ledger").await.expect("ledger"), report.files, "every file landed once");
+    assert_eq!(sample(&text, "poslake_files_total", "") as u64, report.files, "{text}");
+    let landed = wh.row_count("sales_header").await.expect("headers");
+    assert_eq!(sample(&text, "poslake_transactions_total", "verdict=\"new\"") as u64, landed, "{text}");
+}
+
 /// The value of one sample (`name{labels} value`), summed over label sets that contain `labels`.
 fn sample(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()

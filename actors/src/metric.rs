@@ -25,11 +25,13 @@ pub const QUEUE_DEPTH: &str = "poslake_queue_depth";
 /// Counts what a commit made visible (the same numbers the run's summary adds up). The domain calls it when it
 /// commits: a batch written is not committed yet, and one whose commit fails is counted by the run that lands it.
 pub fn committed(report: &WriteReport) {
-    metrics::counter!(FILES, "outcome" => "ingested").increment(report.files - report.dead_letters);
+    // Saturating: a report may come from a commit intent on disk, which nothing stops an operator from editing.
+    metrics::counter!(FILES, "outcome" => "ingested").increment(report.files.saturating_sub(report.dead_letters));
     metrics::counter!(FILES, "outcome" => "dead_letter").increment(report.dead_letters);
     metrics::counter!(BYTES).increment(report.bytes);
     metrics::counter!(TRANSACTIONS, "verdict" => "new").increment(report.new_transactions);
-    metrics::counter!(TRANSACTIONS, "verdict" => "duplicate").increment(report.duplicates - report.quarantined);
+    metrics::counter!(TRANSACTIONS, "verdict" => "duplicate")
+        .increment(report.duplicates.saturating_sub(report.quarantined));
     metrics::counter!(TRANSACTIONS, "verdict" => "quarantined").increment(report.quarantined);
 }
 

@@ -172,13 +172,8 @@ impl Committer {
             let id = intent.id.clone();
             let counts = intent.counts.take().and_then(CommitCounts::report);
             self.warehouse.apply(intent).await?;
-            // Its files and transactions are in the tables now: counted here, since the process that wrote them
-            // stopped before it could.
-            if let Some(report) = counts {
-                poslake_actors::metric::committed(&report);
-            }
             failpoint::hit("recover-intent");
-            finished.push((id, lock));
+            finished.push((id, lock, counts));
             report.intents_finished += 1;
         }
         let history = self.warehouse.history(SALES_HEADER.name).await?;
@@ -200,7 +195,7 @@ impl Committer {
         }
         // The intents finished here are always re-added, whatever `only_prefix`: another process's commit that this
         // one completed has no keys in the store yet.
-        let finished_here: HashSet<&str> = finished.iter().map(|(id, _)| id.as_str()).collect();
+        let finished_here: HashSet<&str> = finished.iter().map(|(id, _, _)| id.as_str()).collect();
         let in_history: HashSet<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
         let commits: Vec<(String, i64)> = history
             .snapshots
@@ -229,11 +224,16 @@ impl Committer {
         // Intents of commits without sales rows have no keys, and no snapshot of sales_header: they are complete once
         // their tables are. (Those with sales rows were marked above, once their keys were in.)
         let ids: Vec<String> =
-            finished.iter().map(|(id, _)| id.clone()).filter(|id| !in_history.contains(id.as_str())).collect();
+            finished.iter().map(|(id, _, _)| id.clone()).filter(|id| !in_history.contains(id.as_str())).collect();
         self.dedup.mark_applied(&ids, Holding::Keys(&[])).await?;
-        // Each removed while still locked: no other process takes it up meanwhile.
-        for (id, _lock) in &finished {
+        // Each removed while still locked: no other process takes it up meanwhile. Its files and transactions are
+        // counted in the metrics then, since the process that wrote them stopped before it could: not before, or a
+        // recovery that failed after its tables would leave the intent to be finished, and counted, again.
+        for (id, _lock, counts) in &finished {
             self.warehouse.remove_intent(id)?;
+            if let Some(counts) = counts {
+                poslake_actors::metric::committed(counts);
+            }
         }
         if report.intents_finished + report.commits_readded > 0 {
             tracing::info!(

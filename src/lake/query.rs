@@ -58,10 +58,20 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
     let catalog = MemoryCatalogProvider::new();
     catalog.register_schema(NAMESPACE, schema.clone())?;
     ctx.register_catalog(CATALOG, Arc::new(catalog));
-    // The view's plan holds the tables it reads; the schema then serves it beside them.
-    let plan = ctx.sql(&current_header_sql()).await?.into_unoptimized_plan();
-    schema
-        .register_table(CURRENT_HEADER_VIEW.to_owned(), Arc::new(ViewTable::new(plan, Some(current_header_sql()))))?;
+    // The view's plan holds the tables it reads; the schema then serves it beside them. A lake whose sales_header or
+    // sales_voids lacks a column the view reads (another engine dropped it) gets no view, rather than no session:
+    // the tables themselves are queried as they are.
+    match ctx.sql(&current_header_sql()).await {
+        Ok(view) => {
+            let view = ViewTable::new(view.into_unoptimized_plan(), Some(current_header_sql()));
+            schema.register_table(CURRENT_HEADER_VIEW.to_owned(), Arc::new(view))?;
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "no {CURRENT_HEADER_VIEW} view in this session: sales_header or sales_voids lacks a column it reads (changed \
+             by another engine?); the tables themselves are queried as they are"
+        ),
+    }
     Ok(ctx)
 }
 

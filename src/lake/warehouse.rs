@@ -399,10 +399,13 @@ async fn ensure_table(
         let missing: Vec<&str> = want.iter().filter(|c| !have.contains(c)).map(|c| c.0.as_str()).collect();
         format!(
             "the table's schema differs from poslake's definition (columns not poslake's or changed: {extra:?}; \
-             poslake's missing or changed: {missing:?}): another engine or another poslake version changed it, \
-             and poslake only adds optional columns its definition appends, so it reads the table but does not write \
-             to it{}",
-            not_added.map(|e| format!(" (adding the columns poslake appended failed: {e})")).unwrap_or_default()
+             poslake's missing or changed: {missing:?}): {}, so poslake reads the table but does not write to it",
+            match not_added {
+                Some(e) => format!("adding the columns poslake's definition appends failed: {e}"),
+                None => "another engine or another poslake version changed it, and poslake only adds optional \
+                         columns its definition appends"
+                    .to_owned(),
+            }
         )
     });
     Ok((table, differs))
@@ -447,19 +450,53 @@ async fn add_columns(
     // database refused as made (see `catalog_row`).
     let now = catalog.load_table(ident).await?;
     let holds_all = names.iter().all(|n| now.metadata().current_schema().field_by_name(n).is_some());
-    match (committed, holds_all) {
-        (_, true) => {
+    let now = match (committed, holds_all) {
+        (Ok(_), true) => {
             tracing::info!(
                 table = %ident.name(),
                 columns = ?names,
                 "added columns that this poslake's definition of the table has and the lake's lacked (the lake was \
                  written by an earlier poslake); rows written before read them as null"
             );
-            Ok(now)
+            now
         }
-        (Err(e), false) => Err(e.into()),
-        (Ok(_), false) => Err(LakeError::Unrecorded { table: ident.name().to_owned(), catalog: db.describe() }),
+        // Another process added them first.
+        (Err(_), true) => now,
+        (Err(e), false) => return Err(e.into()),
+        (Ok(_), false) => {
+            return Err(LakeError::Unrecorded { table: ident.name().to_owned(), catalog: db.describe() });
+        }
+    };
+    current_snapshot_on_current_schema(catalog, ident, now).await
+}
+
+/// iceberg-rust 0.10 scans a table with the schema of its current snapshot, not its current schema: after columns
+/// are added, a query naming them failed, and one over a column dropped and added again read the old values, until
+/// the table's next commit. An empty append (a snapshot with no files, whose summary says why) makes a snapshot of
+/// the current schema at once. Not needed for a table without snapshots (nothing to read), and harmless if another
+/// process makes one too; a failure leaves the table as it is, to be put right by its next commit.
+async fn current_snapshot_on_current_schema(
+    catalog: &SqlCatalog,
+    ident: &TableIdent,
+    table: Table,
+) -> Result<Table, LakeError> {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    let meta = table.metadata();
+    let stale = meta.current_snapshot().is_some_and(|s| s.schema_id() != Some(meta.current_schema_id()));
+    if !stale {
+        return Ok(table);
     }
+    let tx = Transaction::new(&table);
+    let properties = HashMap::from([("poslake.schema-update".to_owned(), "columns added".to_owned())]);
+    let action = tx.fast_append().set_snapshot_properties(properties);
+    if let Err(e) = action.apply(tx)?.commit(catalog).await {
+        tracing::warn!(
+            table = %ident.name(),
+            error = %e,
+            "queries keep reading the columns as they were until the table's next commit"
+        );
+    }
+    Ok(catalog.load_table(ident).await?)
 }
 
 type DataWriter = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
