@@ -408,6 +408,11 @@ async fn ensure_table(
             }
         )
     });
+    // Columns added by this process, or by one that stopped before its empty append, are read at once.
+    let table = match differs {
+        None => current_snapshot_on_current_schema(catalog, &ident, table).await?,
+        Some(_) => table,
+    };
     Ok((table, differs))
 }
 
@@ -467,14 +472,15 @@ async fn add_columns(
             return Err(LakeError::Unrecorded { table: ident.name().to_owned(), catalog: db.describe() });
         }
     };
-    current_snapshot_on_current_schema(catalog, ident, now).await
+    Ok(now)
 }
 
 /// iceberg-rust 0.10 scans a table with the schema of its current snapshot, not its current schema: after columns
 /// are added, a query naming them failed, and one over a column dropped and added again read the old values, until
 /// the table's next commit. An empty append (a snapshot with no files, whose summary says why) makes a snapshot of
-/// the current schema at once. Not needed for a table without snapshots (nothing to read), and harmless if another
-/// process makes one too; a failure leaves the table as it is, to be put right by its next commit.
+/// the current schema at once. Not needed for a table without snapshots (nothing to read) nor, the usual case, one
+/// whose current snapshot has the current schema; harmless if another process makes one too; a failure leaves the
+/// table as it is, to be put right by its next commit or the next open.
 async fn current_snapshot_on_current_schema(
     catalog: &SqlCatalog,
     ident: &TableIdent,
