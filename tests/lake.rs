@@ -178,20 +178,11 @@ async fn an_expiry_the_catalog_database_refuses_deletes_nothing() {
 #[tokio::test]
 async fn a_table_with_another_schema_is_read_but_not_written() {
     use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
-    use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-    use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+    use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
 
     let dir = tempfile::tempdir().expect("tempdir");
     drop(Warehouse::open(dir.path()).await.expect("open"));
-    let root = dir.path().canonicalize().expect("canonical");
-    let catalog = SqlCatalogBuilder::default()
-        .uri(format!("sqlite:{}?mode=rwc", root.join("catalog.db").display()))
-        .warehouse_location(format!("file://{}", root.join("warehouse").display()))
-        .sql_bind_style(SqlBindStyle::QMark)
-        .with_storage_factory(std::sync::Arc::new(iceberg::io::LocalFsStorageFactory))
-        .load("poslake", HashMap::new())
-        .await
-        .expect("catalog");
+    let catalog = sqlite_catalog(dir.path()).await;
     let ns = NamespaceIdent::new("poslake".into());
     catalog.drop_table(&TableIdent::new(ns.clone(), "sales_line".into())).await.expect("drop");
     let schema = Schema::builder()
@@ -241,8 +232,7 @@ async fn a_table_with_another_schema_is_read_but_not_written() {
 #[tokio::test]
 async fn a_column_appended_to_a_definition_is_added_to_an_earlier_lakes_table() {
     use iceberg::transaction::{ApplyTransactionAction, Transaction};
-    use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
-    use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+    use iceberg::{Catalog, NamespaceIdent, TableIdent};
 
     // Files without a fuel unit price go in before the column is taken away, those with one after it is back: the
     // count of the column's values is then exactly what the second write carried.
@@ -267,15 +257,7 @@ async fn a_column_appended_to_a_definition_is_added_to_an_earlier_lakes_table() 
     drop(wh);
 
     // The table as an earlier definition without its last column made it.
-    let root = dir.path().canonicalize().expect("canonical");
-    let catalog = SqlCatalogBuilder::default()
-        .uri(format!("sqlite:{}?mode=rwc", root.join("catalog.db").display()))
-        .warehouse_location(format!("file://{}", root.join("warehouse").display()))
-        .sql_bind_style(SqlBindStyle::QMark)
-        .with_storage_factory(std::sync::Arc::new(iceberg::io::LocalFsStorageFactory))
-        .load("poslake", HashMap::new())
-        .await
-        .expect("catalog");
+    let catalog = sqlite_catalog(dir.path()).await;
     let ident = TableIdent::new(NamespaceIdent::new("poslake".into()), "sales_line".into());
     let table = catalog.load_table(&ident).await.expect("load");
     let old_id = table.metadata().current_schema().field_by_name("fuel_unit_price").expect("column").id;
@@ -332,6 +314,64 @@ async fn a_column_appended_to_a_definition_is_added_to_an_earlier_lakes_table() 
     assert_eq!(common::scalar(&wh, "SELECT count(*) FROM sales_line").await, (lines_before + lines_after) as i64);
     let view = poslake::lake::query::sql(&wh, "SELECT count(*) FROM sales_header_current").await;
     assert!(view.is_err(), "no view over a sales_header without its columns");
+}
+
+/// The lake's SQLite catalog, opened as another engine (or another process) would.
+async fn sqlite_catalog(lake: &std::path::Path) -> iceberg_catalog_sql::SqlCatalog {
+    use iceberg::CatalogBuilder;
+    let root = lake.canonicalize().expect("canonical");
+    iceberg_catalog_sql::SqlCatalogBuilder::default()
+        .uri(format!("sqlite:{}?mode=rwc", root.join("catalog.db").display()))
+        .warehouse_location(format!("file://{}", root.join("warehouse").display()))
+        .sql_bind_style(iceberg_catalog_sql::SqlBindStyle::QMark)
+        .with_storage_factory(std::sync::Arc::new(iceberg::io::LocalFsStorageFactory))
+        .load("poslake", HashMap::new())
+        .await
+        .expect("catalog")
+}
+
+/// A process that added a column and stopped before the empty snapshot that makes it readable: the next open makes
+/// that snapshot (without it, a query of the column failed, or read a dropped column's old values, until the table's
+/// next commit).
+#[tokio::test]
+async fn an_open_makes_the_snapshot_a_process_that_added_columns_did_not() {
+    use iceberg::spec::{PrimitiveType, Type};
+    use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+    use iceberg::{Catalog, NamespaceIdent, TableIdent};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
+    let mut rows = wh.rows();
+    for f in &dialect_fixtures() {
+        rows.add_file(f).expect("rows");
+    }
+    wh.append(rows, &HashMap::new()).await.expect("append");
+    assert!(common::scalar(&wh, "SELECT count(fuel_unit_price) FROM sales_line").await > 0);
+    drop(wh);
+    let catalog = sqlite_catalog(dir.path()).await;
+    let ident = TableIdent::new(NamespaceIdent::new("poslake".into()), "sales_line".into());
+    for change in ["drop", "add"] {
+        let table = catalog.load_table(&ident).await.expect("load");
+        let tx = Transaction::new(&table);
+        let tx = match change {
+            "drop" => tx.update_schema().delete_column("fuel_unit_price").apply(tx),
+            _ => {
+                let decimal = Type::Primitive(PrimitiveType::Decimal { precision: 18, scale: 4 });
+                tx.update_schema().add_column(AddColumn::optional("fuel_unit_price", decimal)).apply(tx)
+            }
+        };
+        tx.expect("schema update").commit(&catalog).await.expect("commit");
+    }
+    let table = catalog.load_table(&ident).await.expect("load");
+    let meta = table.metadata();
+    assert_ne!(meta.current_snapshot().and_then(|s| s.schema_id()), Some(meta.current_schema_id()));
+
+    let wh = Warehouse::open(dir.path()).await.expect("open");
+    wh.check_writable().expect("the table is poslake's");
+    let table = wh.load("sales_line").await.expect("load");
+    let meta = table.metadata();
+    assert_eq!(meta.current_snapshot().and_then(|s| s.schema_id()), Some(meta.current_schema_id()));
+    assert_eq!(common::scalar(&wh, "SELECT count(fuel_unit_price) FROM sales_line").await, 0);
 }
 
 /// Bronze `fields` values get neither a dictionary nor statistics (they cost a hash and a comparison per value and
