@@ -316,6 +316,17 @@ async fn a_column_appended_to_a_definition_is_added_to_an_earlier_lakes_table() 
     assert!(view.is_err(), "no view over a sales_header without its columns");
 }
 
+/// A new lake at `dir` holding every dialect fixture, appended in one commit.
+async fn lake_with_fixtures(dir: &std::path::Path) -> std::sync::Arc<Warehouse> {
+    let wh = std::sync::Arc::new(Warehouse::open(dir).await.expect("open"));
+    let mut rows = wh.rows();
+    for f in &dialect_fixtures() {
+        rows.add_file(f).expect("rows");
+    }
+    wh.append(rows, &HashMap::new()).await.expect("append");
+    wh
+}
+
 /// The lake's SQLite catalog, opened as another engine (or another process) would.
 async fn sqlite_catalog(lake: &std::path::Path) -> iceberg_catalog_sql::SqlCatalog {
     use iceberg::CatalogBuilder;
@@ -340,12 +351,7 @@ async fn an_open_makes_the_snapshot_a_process_that_added_columns_did_not() {
     use iceberg::{Catalog, NamespaceIdent, TableIdent};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
-    let mut rows = wh.rows();
-    for f in &dialect_fixtures() {
-        rows.add_file(f).expect("rows");
-    }
-    wh.append(rows, &HashMap::new()).await.expect("append");
+    let wh = lake_with_fixtures(dir.path()).await;
     assert!(common::scalar(&wh, "SELECT count(fuel_unit_price) FROM sales_line").await > 0);
     drop(wh);
     let catalog = sqlite_catalog(dir.path()).await;
@@ -381,12 +387,7 @@ async fn bronze_map_values_skip_dictionary_and_statistics() {
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let wh = std::sync::Arc::new(Warehouse::open(dir.path()).await.expect("open"));
-    let mut rows = wh.rows();
-    for f in &dialect_fixtures() {
-        rows.add_file(f).expect("rows");
-    }
-    wh.append(rows, &HashMap::new()).await.expect("append");
+    let _wh = lake_with_fixtures(dir.path()).await;
 
     let mut parquet_files = Vec::new();
     let mut dirs = vec![dir.path().to_path_buf()];
