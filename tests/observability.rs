@@ -244,8 +244,7 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_whose_commit_fails_are_not_counted_until_they_land() {
     use sqlx::Executor;
-    let addr = free_addr();
-    poslake::telemetry::serve_metrics(addr).expect("serve metrics");
+    let addr = serve_metrics_on_a_free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     let report = small_corpus(&staging, 41);
@@ -280,8 +279,7 @@ async fn files_whose_commit_fails_are_not_counted_until_they_land() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovery_that_fails_midway_counts_the_commit_it_finishes_once() {
     let server = common::redis::RedisServer::start();
-    let addr = free_addr();
-    poslake::telemetry::serve_metrics(addr).expect("serve metrics");
+    let addr = serve_metrics_on_a_free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     let report = small_corpus(&staging, 43);
@@ -328,6 +326,14 @@ async fn a_recovery_that_fails_midway_counts_the_commit_it_finishes_once() {
     assert_eq!(sample(&text, "poslake_transactions_total", "verdict=\"new\"") as u64, landed, "{text}");
 }
 
+/// Installs this test process's Prometheus endpoint (one per process: nextest runs each test in its own) and
+/// returns its address.
+fn serve_metrics_on_a_free_port() -> SocketAddr {
+    let addr = free_addr();
+    poslake::telemetry::serve_metrics(addr).expect("serve metrics");
+    addr
+}
+
 /// The value of one sample (`name{labels} value`), summed over label sets that contain `labels`.
 fn sample(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
@@ -339,8 +345,7 @@ fn sample(text: &str, name: &str, labels: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_what_the_run_reports() {
-    let addr = free_addr();
-    poslake::telemetry::serve_metrics(addr).expect("serve metrics");
+    let addr = serve_metrics_on_a_free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
     small_corpus(&staging, 37);
