@@ -194,11 +194,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay { ingest: args, filter } => cli::ingest::ingest(args, Some(filter.filter())).await,
         Command::Tables { lake } => cli::lake::tables(lake).await,
         Command::Query { sql, lake } => cli::lake::query(sql, lake).await,
-        Command::Dedup { command } => cli::dedup::dedup(command).await,
-        Command::Reconcile { store, json } => cli::lake::reconcile(store, json).await,
+        // Sizing a filter waits on nothing.
+        Command::Dedup { command: command @ cli::args::DedupCommand::Plan { .. } } => cli::dedup::dedup(command).await,
+        Command::Dedup { command } => {
+            let json = command.json();
+            cli::stop::until_signal(cli::dedup::dedup(command), json).await
+        }
+        Command::Reconcile { store, json } => cli::stop::until_signal(cli::lake::reconcile(store, json), json).await,
         Command::Maintain { store, keep, remove_orphans_older_than_hours, no_ingest_running, json } => {
             let sweep = remove_orphans_older_than_hours.map(|hours| cli::lake::Sweep { hours, no_ingest_running });
-            cli::lake::maintain(store, keep, sweep, json).await
+            cli::stop::until_signal(cli::lake::maintain(store, keep, sweep, json), json).await
         }
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;

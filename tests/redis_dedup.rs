@@ -1728,7 +1728,6 @@ fn closed_port() -> u16 {
 /// stopped by a signal does).
 #[test]
 fn a_signal_ends_the_wait_for_an_unreachable_redis_at_once() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
     let (staging, _, _) = corpus(dir.path(), 21, 1);
     let url = format!("redis://127.0.0.1:{}", closed_port());
@@ -1739,32 +1738,83 @@ fn a_signal_ends_the_wait_for_an_unreachable_redis_at_once() {
         if let Some(every) = every {
             command.args(["--every", every]);
         }
-        let mut child = command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn poslake");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut log = Vec::new();
-        while !log.iter().any(|l: &String| l.contains("Redis unreachable")) {
-            log.push(rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}: {log:?}")));
-        }
-        let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        assert!(status.expect("kill").success());
-        let status = common::exit_within(&mut child, Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("still waiting for Redis a minute after SIGTERM ({every:?}): {log:?}"));
-        log.extend(rx.iter());
-        let log = log.join("\n");
+        let (status, _, log) = terminated_while_waiting_for_redis(command);
         let code = if every.is_some() { 0 } else { 143 };
         assert_eq!(status.code(), Some(code), "({every:?}): {log}");
         assert!(log.contains("stopped by a signal while waiting") && log.contains("stopped by SIGTERM"), "{log}");
     }
+}
+
+/// The commands that tend the lake and the store stop on a signal too, and say so: before, a SIGTERM while they
+/// waited for Redis killed them with nothing on stdout, so a `--json` reader got no answer at all.
+#[test]
+fn a_signal_stops_the_commands_that_tend_the_lake_with_an_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, _, _) = corpus(dir.path(), 22, 1);
+    let lake = dir.path().join("lake");
+    let ingest = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .arg("ingest")
+        .arg("--staging")
+        .arg(&staging)
+        .arg("--lake")
+        .arg(&lake)
+        .output()
+        .expect("run poslake");
+    assert!(ingest.status.success(), "{}", String::from_utf8_lossy(&ingest.stderr));
+    let url = format!("redis://127.0.0.1:{}", closed_port());
+    for args in
+        [&["dedup", "stats", "--json"][..], &["reconcile", "--json"], &["maintain", "--json"], &["dedup", "rebuild"]]
+    {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+        command.args(args).args(["--dedup", "redis-bitmap", "--redis-url", &url, "--lake"]).arg(&lake);
+        let (status, stdout, log) = terminated_while_waiting_for_redis(command);
+        assert_eq!(status.code(), Some(143), "{args:?}: {log}");
+        assert!(log.contains("stopped by SIGTERM"), "{args:?}: {log}");
+        if args.contains(&"--json") {
+            let line: serde_json::Value =
+                serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+            assert_eq!(line["stopped_by"], "SIGTERM", "{args:?}: {line}");
+            let error = line["error"].as_str().unwrap_or_default();
+            // The wait's own error, or the stop's when the signal is seen first.
+            assert!(error.contains("stopped by"), "{args:?}: {line}");
+        }
+    }
+}
+
+/// Runs `command` until it logs that Redis is unreachable, sends it SIGTERM, and returns how it exited (within a
+/// minute, or the test fails), its stdout and its stderr.
+fn terminated_while_waiting_for_redis(
+    mut command: std::process::Command,
+) -> (std::process::ExitStatus, String, String) {
+    use std::io::{BufRead, Read};
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn poslake");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let mut log = Vec::new();
+    while !log.iter().any(|l: &String| l.contains("Redis unreachable")) {
+        log.push(rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}: {log:?}")));
+    }
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(status.expect("kill").success());
+    let status = common::exit_within(&mut child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("still waiting for Redis a minute after SIGTERM: {log:?}"));
+    log.extend(rx.iter());
+    (status, reader.join().expect("stdout reader"), log.join("\n"))
 }
 
 /// A server that takes connections and never answers is given up at `unavailable_limit_secs`, however long the

@@ -118,8 +118,8 @@ impl Command {
         match self {
             Command::Ingest(args) | Command::Replay { ingest: args, .. } => args.json,
             Command::Maintain { json, .. } | Command::Reconcile { json, .. } => *json,
-            Command::Dedup { command: DedupCommand::Stats { json, .. } | DedupCommand::Bench { json, .. } } => *json,
-            Command::Dedup { .. } | Command::Parse { .. } | Command::Tables { .. } | Command::Query { .. } => false,
+            Command::Dedup { command } => command.json(),
+            Command::Parse { .. } | Command::Tables { .. } | Command::Query { .. } => false,
             Command::Generate(_) => false,
         }
     }
@@ -176,6 +176,16 @@ pub enum DedupCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+impl DedupCommand {
+    /// Whether the subcommand was asked for JSON on stdout (`--json`).
+    pub fn json(&self) -> bool {
+        match self {
+            DedupCommand::Stats { json, .. } | DedupCommand::Bench { json, .. } => *json,
+            DedupCommand::Plan { .. } | DedupCommand::Rebuild { .. } => false,
+        }
+    }
 }
 
 /// Which dead letters `poslake replay` takes (all by default).

@@ -65,7 +65,7 @@ pub async fn ingest_as_configured(
     setup: &poslake::ingest::IngestSetup,
     replay: Option<poslake::ingest::replay::ReplayFilter>,
 ) -> anyhow::Result<ExitCode> {
-    let stopper = Stopper::install().context("listening for SIGINT and SIGTERM")?;
+    let stopper = Stopper::install(super::stop::DRAIN_NOTICE).context("listening for SIGINT and SIGTERM")?;
     let every = match (&replay, config.every_secs) {
         (None, secs) if secs > 0 => std::time::Duration::from_secs(secs),
         _ => {

@@ -1,7 +1,9 @@
 //! Stopping the main job on a signal. The first SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and Kubernetes send)
 //! drains the run in progress: no new file is taken, the files in flight are committed, and a service waiting for
 //! its next run ends at once. A second signal exits at once: nothing uncommitted becomes visible, and the next run
-//! redoes it.
+//! redoes it. A command that tends the lake or the store (`maintain`, `reconcile`, `dedup stats`/`rebuild`/`bench`)
+//! stops at its next step on the first signal ([`until_signal`]): each of their steps is safe to cut short, as a
+//! kill is.
 
 use std::sync::{Arc, Mutex};
 
@@ -50,8 +52,8 @@ struct State {
 }
 
 impl Stopper {
-    /// Takes over SIGINT and SIGTERM for the rest of the process.
-    pub fn install() -> std::io::Result<Self> {
+    /// Takes over SIGINT and SIGTERM for the rest of the process. `notice` says what the first signal does.
+    pub fn install(notice: &'static str) -> std::io::Result<Self> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let inner = Arc::new(Inner { state: Mutex::new(State::default()), stopped: Notify::new() });
@@ -62,7 +64,6 @@ impl Stopper {
                 Some(()) = terminate.recv() => Signal::Terminate,
                 else => return,
             };
-            let notice = "no new file is taken, those in flight are finished (again to quit now)";
             if poslake::telemetry::json_logs() {
                 tracing::warn!(signal = first.name(), "stopping: {notice}");
             } else {
@@ -129,6 +130,16 @@ impl Stopper {
         self.inner.state.lock().ok().and_then(|s| s.signal)
     }
 
+    /// Returns the signal once one has come.
+    pub async fn signalled(&self) -> Signal {
+        loop {
+            if let Some(signal) = self.signal() {
+                return signal;
+            }
+            self.inner.stopped.notified().await;
+        }
+    }
+
     /// Sleeps until `deadline`, or until a signal: then returns it.
     pub async fn sleep_until(&self, deadline: tokio::time::Instant) -> Option<Signal> {
         if let Some(signal) = self.signal() {
@@ -137,6 +148,29 @@ impl Stopper {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => None,
             _ = self.inner.stopped.notified() => self.signal(),
+        }
+    }
+}
+
+/// What the first signal does to a run of the main job.
+pub const DRAIN_NOTICE: &str = "no new file is taken, those in flight are finished (again to quit now)";
+
+/// Runs a command that tends the lake or the store until it ends or a signal comes. On a signal it stops at its next
+/// step: a wait for Redis ends at once, and what it had not committed is left as a kill would leave it (an intent
+/// the next run finishes, a file the next orphan sweep removes). Without this, a signal killed the process with
+/// nothing said, not even to a `--json` reader. A command that ends despite the signal reports as usual.
+pub async fn until_signal(
+    command: impl std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+    json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let stopper = Stopper::install("the command stops at its next step (again to quit now)")
+        .map_err(|e| anyhow::anyhow!("listening for SIGINT and SIGTERM: {e}"))?;
+    tokio::select! {
+        // The command first: a wait the signal ended says what it was waiting for.
+        biased;
+        result = command => result.or_else(|error| stopper.failed_run(error, false, json)),
+        signal = stopper.signalled() => {
+            stopper.failed_run(anyhow::anyhow!("stopped by {} before it finished", signal.name()), false, json)
         }
     }
 }
