@@ -302,18 +302,77 @@ async fn a_column_appended_to_a_definition_is_added_to_an_earlier_lakes_table() 
         other => panic!("expected a schema error, got {other:?}"),
     }
 
-    // A sales_header without a column the `sales_header_current` view reads: the view is left out, the session
-    // still queries every table (it failed to start at all, found by an audit).
+    // A sales_header without a column the `sales_header_current` view passes through: the view has the table's
+    // columns.
     drop(wh);
     let ident = TableIdent::new(NamespaceIdent::new("poslake".into()), "sales_header".into());
-    let table = catalog.load_table(&ident).await.expect("load");
-    let tx = Transaction::new(&table);
-    let tx = tx.update_schema().delete_column("cashier").apply(tx).expect("delete column");
-    tx.commit(&catalog).await.expect("commit");
+    let drop_column = |name: &'static str| {
+        let catalog = &catalog;
+        let ident = &ident;
+        async move {
+            let table = catalog.load_table(ident).await.expect("load");
+            let tx = Transaction::new(&table);
+            let tx = tx.update_schema().delete_column(name).apply(tx).expect("delete column");
+            tx.commit(catalog).await.expect("commit");
+        }
+    };
+    drop_column("cashier").await;
+    let wh = Warehouse::open(dir.path()).await.expect("open");
+    let headers = common::scalar(&wh, "SELECT count(*) FROM sales_header").await;
+    assert_eq!(common::scalar(&wh, "SELECT count(*) FROM sales_header_current").await, headers);
+    let cashier = poslake::lake::query::sql(&wh, "SELECT cashier FROM sales_header_current").await;
+    assert!(cashier.is_err(), "the view has no column the table lacks");
+
+    // Without a column the view joins on, the view is left out and the session still queries every table (it failed
+    // to start at all, found by an audit).
+    drop(wh);
+    drop_column("key_variant").await;
     let wh = Warehouse::open(dir.path()).await.expect("open");
     assert_eq!(common::scalar(&wh, "SELECT count(*) FROM sales_line").await, (lines_before + lines_after) as i64);
     let view = poslake::lake::query::sql(&wh, "SELECT count(*) FROM sales_header_current").await;
-    assert!(view.is_err(), "no view over a sales_header without its columns");
+    assert!(view.is_err(), "no view over a sales_header without the columns it joins on");
+}
+
+/// A lake opened to read (`poslake query`, `poslake tables`) is not changed: a table an earlier poslake made
+/// without a column poslake now appends is read as it is, and a table not made yet stays absent.
+#[tokio::test]
+async fn a_lake_opened_to_read_is_not_written() {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    use iceberg::{Catalog, NamespaceIdent, TableIdent};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = lake_with_fixtures(dir.path()).await;
+    let (headers, lines) = (wh.row_count("sales_header").await.expect("count"), wh.row_count("sales_line").await);
+    drop(wh);
+    // An earlier poslake's lake: sales_line without its last column, and no quarantine table yet.
+    let catalog = sqlite_catalog(dir.path()).await;
+    let ns = NamespaceIdent::new("poslake".into());
+    let line = TableIdent::new(ns.clone(), "sales_line".into());
+    let table = catalog.load_table(&line).await.expect("load");
+    let tx = Transaction::new(&table);
+    let tx = tx.update_schema().delete_column("fuel_unit_price").apply(tx).expect("delete column");
+    tx.commit(&catalog).await.expect("commit");
+    let quarantine = TableIdent::new(ns, "sales_duplicates".into());
+    catalog.drop_table(&quarantine).await.expect("drop");
+    let metadata_before = catalog.load_table(&line).await.expect("load").metadata_location().map(str::to_owned);
+
+    let wh = Warehouse::open_to_read(dir.path(), None).await.expect("open to read");
+    assert!(matches!(wh.check_writable(), Err(LakeError::Schema { .. })), "nothing is written through it");
+    assert!(!wh.has_table("sales_duplicates").await.expect("has"), "a missing table is not created");
+    assert_eq!(common::scalar(&wh, "SELECT count(*) FROM sales_line").await, lines.expect("lines") as i64);
+    assert_eq!(common::scalar(&wh, "SELECT count(*) FROM sales_header_current").await, headers as i64);
+    let column = poslake::lake::query::sql(&wh, "SELECT fuel_unit_price FROM sales_line").await;
+    assert!(column.is_err(), "the column is not added");
+    drop(wh);
+    let after = catalog.load_table(&line).await.expect("load");
+    assert_eq!(after.metadata_location().map(str::to_owned), metadata_before, "no commit to the table");
+    assert!(!catalog.table_exists(&quarantine).await.expect("exists"), "the quarantine is still absent");
+
+    // An ingest's open upgrades it, as before.
+    let wh = Warehouse::open(dir.path()).await.expect("open");
+    wh.check_writable().expect("upgraded");
+    assert!(wh.has_table("sales_duplicates").await.expect("has"));
+    assert_eq!(common::scalar(&wh, "SELECT count(fuel_unit_price) FROM sales_line").await, 0);
 }
 
 /// A new lake at `dir` holding every dialect fixture, appended in one commit.

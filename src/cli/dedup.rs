@@ -111,7 +111,7 @@ pub async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCod
     use poslake::dedup::DedupStore;
     let c = store.config()?;
     existing_lake(&c.lake, c.catalog.as_deref())?;
-    let wh = poslake::lake::Warehouse::open_with(&c.lake, c.catalog.as_deref()).await?;
+    let wh = poslake::lake::Warehouse::open_to_read(&c.lake, c.catalog.as_deref()).await?;
     let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
     let partitions = d.stats().await?;
     let file_index = poslake::dedup::FileIndex::open(d.clone(), c.dedup.expected_files).await?.stats().await?;

@@ -24,9 +24,14 @@ pub fn existing_lake(lake: &std::path::Path, catalog: Option<&str>) -> anyhow::R
 
 pub async fn tables(args: LakeArgs) -> anyhow::Result<ExitCode> {
     existing_lake(&args.lake, args.catalog())?;
-    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog()).await?;
+    // Looking at a lake changes nothing in it: a table not made yet is shown absent, not created.
+    let wh = poslake::lake::Warehouse::open_to_read(&args.lake, args.catalog()).await?;
     say!("{:<20} {:>20} {:>10} {:>10} {:>12}", "table", "snapshot", "snapshots", "manifests", "rows");
     for def in poslake::lake::tables::TABLES {
+        if !wh.has_table(def.name).await? {
+            say!("{:<20} {:>20}", def.name, "(absent: the next ingest creates it)");
+            continue;
+        }
         let table = wh.load(def.name).await?;
         let meta = table.metadata();
         let snapshot = meta.current_snapshot().map_or("-".to_owned(), |s| s.snapshot_id().to_string());
@@ -117,7 +122,7 @@ pub async fn maintain(
 
 pub async fn query(sql: String, args: LakeArgs) -> anyhow::Result<ExitCode> {
     existing_lake(&args.lake, args.catalog())?;
-    let wh = poslake::lake::Warehouse::open_with(&args.lake, args.catalog()).await?;
+    let wh = poslake::lake::Warehouse::open_to_read(&args.lake, args.catalog()).await?;
     let (schema, batches) = poslake::lake::query::sql_with_schema(&wh, &sql).await?;
     // With the schema, an empty result still shows its column names.
     say!("{}", datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?);

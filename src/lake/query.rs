@@ -61,9 +61,14 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
     // The view's plan holds the tables it reads; the schema then serves it beside them. A lake whose sales_header or
     // sales_voids lacks a column the view reads (another engine dropped it) gets no view, rather than no session:
     // the tables themselves are queried as they are.
-    match ctx.sql(&current_header_sql()).await {
+    let header_columns: Vec<String> = warehouse
+        .schema_of(SALES_HEADER.name)
+        .map(|schema| schema.fields().iter().map(|f| f.name().clone()).collect())
+        .unwrap_or_default();
+    let view_sql = current_header_sql(&header_columns);
+    match ctx.sql(&view_sql).await {
         Ok(view) => {
-            let view = ViewTable::new(view.into_unoptimized_plan(), Some(current_header_sql()));
+            let view = ViewTable::new(view.into_unoptimized_plan(), Some(view_sql));
             schema.register_table(CURRENT_HEADER_VIEW.to_owned(), Arc::new(view))?;
         }
         Err(e) => tracing::warn!(
@@ -77,16 +82,18 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
 
 /// The view's query. A ticket counts as voided when a `sales_voids` row names its key; only primary records can be
 /// voided that way (a rollback mirror or a post-void keeps its own flags).
-fn current_header_sql() -> String {
-    let columns: Vec<String> = SALES_HEADER
-        .columns
+/// Its columns are the table's own: a lake an earlier poslake wrote, opened to read, lacks the columns poslake
+/// appends since, and its view lacks them too.
+fn current_header_sql(header_columns: &[String]) -> String {
+    let columns: Vec<String> = header_columns
         .iter()
-        .map(|c| match c.name {
-            "voided" | "excluded_from_sales" => format!("h.{0} OR v.voided_sequence IS NOT NULL AS {0}", c.name),
+        .map(|name| (name, format!("\"{}\"", name.replace('"', "\"\""))))
+        .map(|(name, quoted)| match name.as_str() {
+            "voided" | "excluded_from_sales" => format!("h.{quoted} OR v.voided_sequence IS NOT NULL AS {quoted}"),
             "transaction_type" => "CASE WHEN v.voided_sequence IS NOT NULL AND h.transaction_type IN ('sale', \
                                    'refund') THEN 'void' ELSE h.transaction_type END AS transaction_type"
                 .to_owned(),
-            name => format!("h.{name}"),
+            _ => format!("h.{quoted}"),
         })
         .collect();
     format!(

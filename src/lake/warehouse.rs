@@ -164,36 +164,7 @@ impl Warehouse {
     pub async fn open_with(root: &Path, catalog: Option<&str>) -> Result<Self, LakeError> {
         std::fs::create_dir_all(root.join("warehouse"))
             .map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
-        let root = root.canonicalize().map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
-        let catalog_db = CatalogDb::new(&root, catalog)?;
-        let warehouse_location = format!("file://{}", root.join("warehouse").display());
-        if let CatalogDb::Postgres(url) = &catalog_db {
-            probe_postgres(url, &catalog_db).await?;
-        }
-        // Loading creates the catalog's own tables if absent (`CREATE TABLE IF NOT EXISTS`), which PostgreSQL can
-        // refuse to one of two processes doing it at once (a duplicate row in its own type catalog, or the relation
-        // made meanwhile): the retry finds them made.
-        let mut tries = 0;
-        let catalog = loop {
-            let loaded = SqlCatalogBuilder::default()
-                .uri(catalog_db.uri())
-                .warehouse_location(warehouse_location.clone())
-                .sql_bind_style(match catalog_db {
-                    CatalogDb::Sqlite(_) => SqlBindStyle::QMark,
-                    CatalogDb::Postgres(_) => SqlBindStyle::DollarNumeric,
-                })
-                .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
-                .load(CATALOG_NAME, HashMap::new())
-                .await;
-            match loaded {
-                Ok(catalog) => break catalog,
-                Err(e) if tries < 3 && lost_create_race(&e.to_string()) => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await;
-                }
-                Err(e) => return Err(LakeError::Catalog(format!("catalog {}: {e}", catalog_db.describe()))),
-            }
-        };
+        let (catalog, catalog_db, root, warehouse_location) = open_catalog(root, catalog).await?;
         let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
         // Two processes opening a new lake at once both see it empty: the loser of a create finds the winner's.
         if !catalog.namespace_exists(&namespace).await?
@@ -209,17 +180,7 @@ impl Warehouse {
             if let Some(reason) = differs {
                 unwritable.push((def.name, reason));
             }
-            // A shared catalog may hold another lake's tables (one database named for two lakes, or this lake
-            // mounted at another path on another host): writing beside them would mix the two.
-            let location = table.metadata().location();
-            if !location.starts_with(&format!("{warehouse_location}/")) {
-                return Err(LakeError::Catalog(format!(
-                    "catalog {}: table {} lies at {location}, not under this lake ({warehouse_location}); give each \
-                     lake its own catalog database, and mount a shared lake at the same path on every host",
-                    catalog_db.describe(),
-                    def.name
-                )));
-            }
+            check_location(&table, def, &warehouse_location, &catalog_db)?;
             schemas.push(Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?));
         }
         Ok(Warehouse {
@@ -232,6 +193,46 @@ impl Warehouse {
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
             manifest_target_bytes: super::merge::DEFAULT_MANIFEST_TARGET_BYTES,
         })
+    }
+
+    /// Opens the lake at `root` to read it only: nothing is written to the catalog or the warehouse. A table an
+    /// ingest would create is left absent, one an earlier poslake made is read without the columns poslake now
+    /// appends, and no commit can be made through it ([`Warehouse::check_writable`] refuses). For `poslake query`
+    /// and `poslake tables`, which must not change a lake they look at (nor race an ingest's commits).
+    pub async fn open_to_read(root: &Path, catalog: Option<&str>) -> Result<Self, LakeError> {
+        let (catalog, catalog_db, root, warehouse_location) = open_catalog(root, catalog).await?;
+        let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
+        let present = catalog.namespace_exists(&namespace).await?;
+        let mut schemas = Vec::new();
+        for def in TABLES {
+            let ident = TableIdent::new(namespace.clone(), def.name.to_owned());
+            let schema = match present && catalog.table_exists(&ident).await? {
+                true => {
+                    let table = catalog.load_table(&ident).await?;
+                    check_location(&table, def, &warehouse_location, &catalog_db)?;
+                    table.metadata().current_schema().clone()
+                }
+                false => Arc::new(def.schema()?),
+            };
+            schemas.push(Arc::new(schema_to_arrow_schema(&schema)?));
+        }
+        let unwritable = TABLES.iter().map(|def| (def.name, "the lake was opened to read only".to_owned())).collect();
+        Ok(Warehouse {
+            catalog: Arc::new(catalog),
+            catalog_db,
+            namespace,
+            root,
+            schemas,
+            unwritable,
+            target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
+            manifest_target_bytes: super::merge::DEFAULT_MANIFEST_TARGET_BYTES,
+        })
+    }
+
+    /// Whether the catalog holds the table (a lake opened to read may lack one an ingest would create).
+    pub async fn has_table(&self, table: &str) -> Result<bool, LakeError> {
+        let ident = TableIdent::new(self.namespace.clone(), table.to_owned());
+        Ok(self.catalog.namespace_exists(&self.namespace).await? && self.catalog.table_exists(&ident).await?)
     }
 
     pub(super) fn catalog_ref(&self) -> &SqlCatalog {
@@ -273,6 +274,11 @@ impl Warehouse {
     /// An empty set of rows for [`Warehouse::append`].
     pub fn rows(&self) -> Rows {
         Rows::new(self.schemas.clone())
+    }
+
+    /// The Arrow schema of one of [`TABLES`], as the table has it.
+    pub fn schema_of(&self, table: &str) -> Option<SchemaRef> {
+        TABLES.iter().position(|def| def.name == table).and_then(|i| self.schemas.get(i).cloned())
     }
 
     /// The Arrow schemas of the tables, in [`super::tables::TABLES`] order.
@@ -341,6 +347,60 @@ impl Warehouse {
         let stream = table.scan().select_all().build()?.to_arrow().await?;
         Ok(stream.try_collect().await?)
     }
+}
+
+/// Refuses a table that lies outside this lake. A shared catalog may hold another lake's tables (one database named
+/// for two lakes, or this lake mounted at another path on another host): writing beside them would mix the two, and
+/// reading them would show the other lake's rows as this one's.
+fn check_location(table: &Table, def: &TableDef, warehouse_location: &str, db: &CatalogDb) -> Result<(), LakeError> {
+    let location = table.metadata().location();
+    if location.starts_with(&format!("{warehouse_location}/")) {
+        return Ok(());
+    }
+    Err(LakeError::Catalog(format!(
+        "catalog {}: table {} lies at {location}, not under this lake ({warehouse_location}); give each lake its own \
+         catalog database, and mount a shared lake at the same path on every host",
+        db.describe(),
+        def.name
+    )))
+}
+
+/// Loads the lake's SQL catalog: its canonical root and the warehouse location its tables lie under.
+async fn open_catalog(
+    root: &Path,
+    catalog: Option<&str>,
+) -> Result<(SqlCatalog, CatalogDb, PathBuf, String), LakeError> {
+    let root = root.canonicalize().map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
+    let catalog_db = CatalogDb::new(&root, catalog)?;
+    let warehouse_location = format!("file://{}", root.join("warehouse").display());
+    if let CatalogDb::Postgres(url) = &catalog_db {
+        probe_postgres(url, &catalog_db).await?;
+    }
+    // Loading creates the catalog's own tables if absent (`CREATE TABLE IF NOT EXISTS`), which PostgreSQL can
+    // refuse to one of two processes doing it at once (a duplicate row in its own type catalog, or the relation
+    // made meanwhile): the retry finds them made.
+    let mut tries = 0;
+    let catalog = loop {
+        let loaded = SqlCatalogBuilder::default()
+            .uri(catalog_db.uri())
+            .warehouse_location(warehouse_location.clone())
+            .sql_bind_style(match catalog_db {
+                CatalogDb::Sqlite(_) => SqlBindStyle::QMark,
+                CatalogDb::Postgres(_) => SqlBindStyle::DollarNumeric,
+            })
+            .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+            .load(CATALOG_NAME, HashMap::new())
+            .await;
+        match loaded {
+            Ok(catalog) => break catalog,
+            Err(e) if tries < 3 && lost_create_race(&e.to_string()) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await;
+            }
+            Err(e) => return Err(LakeError::Catalog(format!("catalog {}: {e}", catalog_db.describe()))),
+        }
+    };
+    Ok((catalog, catalog_db, root, warehouse_location))
 }
 
 /// Loads the table, creating it from its definition if absent. For an existing table whose columns differ from the
