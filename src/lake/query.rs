@@ -59,8 +59,8 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
     catalog.register_schema(NAMESPACE, schema.clone())?;
     ctx.register_catalog(CATALOG, Arc::new(catalog));
     // The view's plan holds the tables it reads; the schema then serves it beside them. A lake whose sales_header or
-    // sales_voids lacks a column the view reads (another engine dropped it) gets no view, rather than no session:
-    // the tables themselves are queried as they are.
+    // sales_voids lacks a column the view joins on (another engine dropped it), or has no sales_voids yet, gets no
+    // view, rather than no session: the tables themselves are queried as they are.
     let header_columns: Vec<String> = warehouse
         .schema_of(SALES_HEADER.name)
         .map(|schema| schema.fields().iter().map(|f| f.name().clone()).collect())
@@ -73,8 +73,9 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
         }
         Err(e) => tracing::warn!(
             error = %e,
-            "no {CURRENT_HEADER_VIEW} view in this session: sales_header or sales_voids lacks a column it reads (changed \
-             by another engine?); the tables themselves are queried as they are"
+            "no {CURRENT_HEADER_VIEW} view in this session: sales_voids is absent or lacks a column the view reads, or \
+             sales_header lacks one it joins on (a lake an earlier poslake wrote, which the next ingest upgrades, or \
+             a table another engine changed); the tables themselves are queried as they are"
         ),
     }
     Ok(ctx)
