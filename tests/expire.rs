@@ -825,3 +825,46 @@ async fn runs_of_one_commit_each_still_expire_snapshots_and_merge_manifests() {
     }
     assert_eq!(wh.row_count("file_ledger").await.expect("count"), 16);
 }
+
+/// A commit that adds no `sales_header` rows (a run of re-sent files only) has no keys, and a store that lost its
+/// state lacks its applied mark: recovery and `dedup rebuild` mark it again, so that expiry goes past it. Before,
+/// `file_ledger` kept every snapshot from that commit on, for good (found by an audit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_without_sales_rows_expires_after_the_store_lost_its_state() {
+    let (dir, wh, dedup, committer) = lake().await;
+    let files = dialect_fixtures();
+    let id = |i: usize| format!("run/w/{i}");
+    let keyless = |mut commit: PreparedCommit| {
+        commit.tables.retain(|t| t.table != "sales_header");
+        commit
+    };
+    committer.commit(prepared(&wh, &files[0], &id(0)).await, &[]).await.expect("commit");
+    committer.commit(keyless(prepared(&wh, &files[1], &id(1)).await), &[]).await.expect("keyless commit");
+    // (Its other tables stand for `file_ledger`, which a pipeline's commit adds.)
+    assert!(!commits_in(&wh, "sales_header").await.contains(&id(1)));
+    assert!(commits_in(&wh, "bronze_transaction").await.contains(&id(1)));
+
+    let mut dedup = dedup;
+    let mut committer = committer;
+    for (round, rebuild) in [(0, false), (1, true)] {
+        // The store is lost; recovery at the next start (or a rebuild) makes it whole again.
+        drop(committer);
+        drop(dedup);
+        std::fs::remove_dir_all(dir.path().join("dedup")).expect("lose the store");
+        dedup = Arc::new(Dedup::open(&DedupConfig::default(), wh.root()).await.expect("new store"));
+        committer = Committer::new(wh.clone(), dedup.clone());
+        if rebuild {
+            committer.rebuild().await.expect("rebuild");
+        } else {
+            let recovery = committer.recover(None).await.expect("recover");
+            assert!(recovery.keyless_marked >= 1, "{recovery:?}");
+        }
+        assert_eq!(dedup.applied(&[id(1)]).await.expect("applied"), vec![true], "round {round}");
+        let next = 2 + round;
+        committer.commit(prepared(&wh, &files[next], &id(next)).await, &[]).await.expect("commit");
+        committer.maintain(1, 0, None).await.expect("expire");
+        let bronze = commits_in(&wh, "bronze_transaction").await;
+        assert_eq!(bronze, vec![id(next)], "round {round}: only the newest stays");
+        assert_eq!(commits_in(&wh, "sales_header").await, vec![id(next)], "round {round}");
+    }
+}

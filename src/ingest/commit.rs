@@ -23,7 +23,7 @@ use super::IngestError;
 use super::maintain::history_marker;
 use crate::dedup::{Dedup, DedupKey, DedupStore, Holding};
 use crate::failpoint;
-use crate::lake::tables::SALES_HEADER;
+use crate::lake::tables::{SALES_HEADER, TABLES};
 use crate::lake::{Commit, IntentLock, PreparedCommit, Warehouse};
 use crate::model::{KeyVariant, TransactionKey};
 
@@ -35,6 +35,8 @@ pub struct Recovery {
     /// Committed batches whose keys the store lacked, and how many keys were re-added for them.
     pub commits_readded: u64,
     pub keys_readded: u64,
+    /// Complete commits without `sales_header` rows that the store had not marked applied (it lost its state).
+    pub keyless_marked: u64,
 }
 
 /// What a commit lands, as the pipeline counts it ([`poslake_actors::WriteReport`]), in the form its intent keeps
@@ -226,6 +228,9 @@ impl Committer {
         let ids: Vec<String> =
             finished.iter().map(|(id, _, _)| id.clone()).filter(|id| !in_history.contains(id.as_str())).collect();
         self.dedup.mark_applied(&ids, Holding::Keys(&[])).await?;
+        if only_prefix.is_none() {
+            report.keyless_marked = self.mark_keyless_commits(&in_history).await?;
+        }
         // Each removed while still locked: no other process takes it up meanwhile. Its files and transactions are
         // counted in the metrics then, since the process that wrote them stopped before it could: not before, or a
         // recovery that failed after its tables would leave the intent to be finished, and counted, again.
@@ -235,15 +240,43 @@ impl Committer {
                 poslake_actors::metric::committed(counts);
             }
         }
-        if report.intents_finished + report.commits_readded > 0 {
+        if report.intents_finished + report.commits_readded + report.keyless_marked > 0 {
             tracing::info!(
                 intents = report.intents_finished,
                 commits = report.commits_readded,
                 keys = report.keys_readded,
+                keyless_commits = report.keyless_marked,
                 "recovered: finished half-made commits and re-added keys the dedup store lacked"
             );
         }
         Ok(report)
+    }
+
+    /// Marks applied the complete commits that added no `sales_header` rows (a run of re-sent files only, or of dead
+    /// letters): they have no keys, so they are complete once their tables are, but a store that lost its state
+    /// lacks their marks, and expiry keeps every snapshot from the first unmarked one on, in the tables they wrote
+    /// (`file_ledger` above all), for good. `in_header` holds the commits of `sales_header`'s history, handled by
+    /// their keys. A commit an intent names is left to whoever finishes it: its `sales_header` snapshot may still
+    /// come, and it must not be marked before its keys are in. Returns how many were marked.
+    async fn mark_keyless_commits(&self, in_header: &HashSet<String>) -> Result<u64, IngestError> {
+        let mut ids = Vec::new();
+        for def in TABLES.iter().filter(|def| def.name != SALES_HEADER.name) {
+            let history = self.warehouse.history(def.name).await?;
+            ids.extend(history.snapshots.into_iter().filter_map(|s| s.commit).filter(|c| !in_header.contains(c)));
+        }
+        ids.sort();
+        ids.dedup();
+        // Histories first, intents second (as expiry reads them): an intent is written before any table is
+        // committed and removed only once the commit is complete, so a commit seen above still in progress is listed.
+        let pending: HashSet<String> = self.warehouse.pending_intent_ids()?.into_iter().collect();
+        ids.retain(|id| !pending.contains(id));
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let applied = self.dedup.applied(&ids).await?;
+        let unmarked: Vec<String> = ids.into_iter().zip(applied).filter(|(_, done)| !done).map(|(id, _)| id).collect();
+        self.dedup.mark_applied(&unmarked, Holding::Keys(&[])).await?;
+        Ok(unmarked.len() as u64)
     }
 
     /// Repopulates the store from every row of `sales_header` (a lost or new filter), and marks every commit
@@ -258,8 +291,10 @@ impl Committer {
         failpoint::hit("rebuild-scan");
         let added = self.reload_keys().await?;
         let mut ids: Vec<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
+        let in_header: HashSet<String> = ids.iter().cloned().collect();
         ids.extend(history.starts_at().map(history_marker));
         self.dedup.mark_applied(&ids, Holding::Everything).await?;
+        self.mark_keyless_commits(&in_header).await?;
         Ok(added)
     }
 
