@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if err.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", error_chain(&err));
+            poslake::telemetry::notice(poslake::telemetry::Notice::Error, &error_chain(&err));
             // A reader of the JSON gets an answer too, not an empty stdout.
             if json {
                 let _ = print_json_error(&err, None);
@@ -107,7 +107,8 @@ fn main() -> ExitCode {
             // A value refused after parsing (a URL, a worker index) shows no flag: say which settings the
             // environment gave, so that one set long ago in a service's environment is not hunted on the command line.
             if !from_env.is_empty() {
-                eprintln!("note: settings from the environment: {}", from_env.join(", "));
+                let note = format!("settings from the environment: {}", from_env.join(", "));
+                poslake::telemetry::notice(poslake::telemetry::Notice::Note, &note);
             }
             ExitCode::FAILURE
         }

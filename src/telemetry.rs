@@ -23,7 +23,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// The metric names poslake publishes, in one place (also listed in docs/observability.md).
 pub mod metric {
     pub use poslake_actors::metric::*;
-    /// Redis round trips, seconds (histogram), by `op`.
+    /// Redis round trips, seconds (histogram).
     pub const REDIS_ROUND_TRIP: &str = "poslake_redis_round_trip_seconds";
     /// Redis round trips that failed and were retried.
     pub const REDIS_RETRIES: &str = "poslake_redis_retries_total";
@@ -90,12 +90,14 @@ impl Telemetry {
         if let Some(p) = self.provider.take()
             && let Err(e) = p.shutdown()
         {
-            eprintln!("warning: flushing spans to the OTLP endpoint failed: {e}");
+            // A collector that takes connections and never answers ends here (a timeout), with no count: the spans
+            // still buffered are lost.
+            notice(Notice::Warning, &format!("flushing spans to the OTLP endpoint failed: {e}"));
         }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             let to = self.exporting_to.as_deref().unwrap_or("the OTLP endpoint");
-            eprintln!("warning: {dropped} spans could not be exported to {to}");
+            notice(Notice::Warning, &format!("{dropped} spans could not be exported to {to}"));
         }
     }
 }
@@ -114,10 +116,41 @@ pub fn json_logs() -> bool {
     JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// What a [`notice`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Error,
+    Warning,
+    Note,
+    /// A line of its own, without a prefix.
+    Plain,
+}
+
+/// A line on stderr meant for a person: as written (`error: …`, `warning: …`, `note: …`), or with
+/// `--log-format json` an event of the log (error, warn, info), so that every line of stderr stays one JSON object.
+pub fn notice(kind: Notice, text: &str) {
+    if json_logs() {
+        match kind {
+            Notice::Error => tracing::error!("{text}"),
+            Notice::Warning => tracing::warn!("{text}"),
+            Notice::Note | Notice::Plain => tracing::info!("{text}"),
+        }
+        return;
+    }
+    let prefix = match kind {
+        Notice::Error => "error: ",
+        Notice::Warning => "warning: ",
+        Notice::Note => "note: ",
+        Notice::Plain => "",
+    };
+    eprintln!("{prefix}{text}");
+}
+
 /// Installs the global subscriber: logs always, traces when an endpoint is configured. Call once, inside the
 /// Tokio runtime (the gRPC exporter's connection lives on it).
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
-    JSON_LOGS.store(config.log_format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
+    // Notices go through the log only once it is installed: an error before that (a bad variable) is a plain line.
+    let json = config.log_format == LogFormat::Json;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,poslake=info"));
     let logs = match config.log_format {
         // Colours on a terminal only: in a file or a pipe they are escape codes in the text.
@@ -163,6 +196,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let endpoint = config.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
     let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) else {
         tracing_subscriber::registry().with(logs).try_init().map_err(|e| TelemetryError::Config(e.to_string()))?;
+        JSON_LOGS.store(json, std::sync::atomic::Ordering::Relaxed);
         return Ok(Telemetry { provider: None, exporting_to: None, dropped: Arc::default() });
     };
     let exporter = match protocol {
@@ -212,6 +246,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .with(traces)
         .try_init()
         .map_err(|e| TelemetryError::Config(e.to_string()))?;
+    JSON_LOGS.store(json, std::sync::atomic::Ordering::Relaxed);
     let exporting_to = format!("{endpoint} ({protocol:?}, sampling {ratio})");
     tracing::info!(endpoint = %exporting_to, "exporting traces over OTLP");
     Ok(Telemetry { provider: Some(provider), exporting_to: Some(exporting_to), dropped })
@@ -282,7 +317,7 @@ fn describe() {
     describe_gauge!(IN_FLIGHT_FILES, "Files between discovery and commit (bounded by the credits)");
     describe_gauge!(IN_FLIGHT_BYTES, "Raw bytes between discovery and commit (bounded by the credits)");
     describe_gauge!(QUEUE_DEPTH, "Work registered with each stage's actors (in hand or in their mailboxes)");
-    describe_histogram!(REDIS_ROUND_TRIP, "Redis round-trip latency, seconds, by op");
+    describe_histogram!(REDIS_ROUND_TRIP, "Redis round-trip latency, seconds");
     describe_counter!(REDIS_RETRIES, "Redis round trips retried after a connection error or timeout");
     describe_histogram!(COMMIT_SECONDS, "Commit latency across the tables, seconds");
     describe_counter!(COMMITS, "Commits made");

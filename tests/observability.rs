@@ -258,6 +258,7 @@ async fn files_whose_commit_fails_are_not_counted_until_they_land() {
     let text = scrape(addr).expect("scrape");
     assert_eq!(sample(&text, "poslake_files_total", ""), 0.0, "{text}");
     assert_eq!(sample(&text, "poslake_transactions_total", ""), 0.0, "{text}");
+    assert_eq!(sample(&text, "poslake_dead_letters_total", ""), 0.0, "{text}");
     reader.execute("COMMIT").await.expect("end the read");
 
     // The next start finishes the refused commit from its intent and counts what it lands, from the counts the
@@ -271,6 +272,10 @@ async fn files_whose_commit_fails_are_not_counted_until_they_land() {
     assert_eq!(sample(&text, "poslake_files_total", "") as u64, report.files, "{text}");
     let landed = wh.row_count("sales_header").await.expect("headers");
     assert_eq!(sample(&text, "poslake_transactions_total", "verdict=\"new\"") as u64, landed, "{text}");
+    // Dead letters too (they were counted at the write, so a failed commit's counted again with the next run's).
+    let dead = wh.row_count("dead_letters").await.expect("dead letters");
+    assert!(dead > 0, "the corpus has malformed files");
+    assert_eq!(sample(&text, "poslake_dead_letters_total", "") as u64, dead, "{text}");
 }
 
 /// A recovery that fails after finishing an abandoned commit's tables (here Redis refuses the store's `HINCRBY` to
@@ -324,6 +329,10 @@ async fn a_recovery_that_fails_midway_counts_the_commit_it_finishes_once() {
     assert_eq!(sample(&text, "poslake_files_total", "") as u64, report.files, "{text}");
     let landed = wh.row_count("sales_header").await.expect("headers");
     assert_eq!(sample(&text, "poslake_transactions_total", "verdict=\"new\"") as u64, landed, "{text}");
+    // Dead letters too (they were counted at the write, so a failed commit's counted again with the next run's).
+    let dead = wh.row_count("dead_letters").await.expect("dead letters");
+    assert!(dead > 0, "the corpus has malformed files");
+    assert_eq!(sample(&text, "poslake_dead_letters_total", "") as u64, dead, "{text}");
 }
 
 /// Installs this test process's Prometheus endpoint (one per process: nextest runs each test in its own) and

@@ -1746,7 +1746,8 @@ fn a_signal_ends_the_wait_for_an_unreachable_redis_at_once() {
 }
 
 /// The commands that tend the lake and the store stop on a signal too, and say so: before, a SIGTERM while they
-/// waited for Redis killed them with nothing on stdout, so a `--json` reader got no answer at all.
+/// waited for Redis killed them with nothing on stdout, so a `--json` reader got no answer at all. With
+/// `--log-format json` every line of stderr is a JSON object (the error and the stop were plain lines before).
 #[test]
 fn a_signal_stops_the_commands_that_tend_the_lake_with_an_answer() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1766,10 +1767,15 @@ fn a_signal_stops_the_commands_that_tend_the_lake_with_an_answer() {
         [&["dedup", "stats", "--json"][..], &["reconcile", "--json"], &["maintain", "--json"], &["dedup", "rebuild"]]
     {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
-        command.args(args).args(["--dedup", "redis-bitmap", "--redis-url", &url, "--lake"]).arg(&lake);
+        command.args(args).args(["--dedup", "redis-bitmap", "--redis-url", &url, "--log-format", "json", "--lake"]);
+        command.arg(&lake);
         let (status, stdout, log) = terminated_while_waiting_for_redis(command);
         assert_eq!(status.code(), Some(143), "{args:?}: {log}");
         assert!(log.contains("stopped by SIGTERM"), "{args:?}: {log}");
+        // A JSON log stays one object a line to the end: the notices of the stop and the error go through it too.
+        for line in log.lines().filter(|l| !l.is_empty()) {
+            assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "{args:?}: not JSON: {line}");
+        }
         if args.contains(&"--json") {
             let line: serde_json::Value =
                 serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));

@@ -65,7 +65,7 @@ pub async fn ingest_as_configured(
     setup: &poslake::ingest::IngestSetup,
     replay: Option<poslake::ingest::replay::ReplayFilter>,
 ) -> anyhow::Result<ExitCode> {
-    let stopper = Stopper::install(super::stop::DRAIN_NOTICE).context("listening for SIGINT and SIGTERM")?;
+    let stopper = Stopper::install(super::stop::DRAIN_NOTICE, args.json).context("listening for SIGINT and SIGTERM")?;
     let every = match (&replay, config.every_secs) {
         (None, secs) if secs > 0 => std::time::Duration::from_secs(secs),
         _ => {
@@ -226,7 +226,7 @@ async fn warn_absent(
     filter: &poslake::ingest::replay::ReplayFilter,
 ) -> anyhow::Result<()> {
     for line in poslake::ingest::absent_replay_values(&config.lake, config.catalog.as_deref(), filter).await? {
-        eprintln!("note: {line}");
+        poslake::telemetry::notice(poslake::telemetry::Notice::Note, &line);
     }
     Ok(())
 }

@@ -52,8 +52,9 @@ struct State {
 }
 
 impl Stopper {
-    /// Takes over SIGINT and SIGTERM for the rest of the process. `notice` says what the first signal does.
-    pub fn install(notice: &'static str) -> std::io::Result<Self> {
+    /// Takes over SIGINT and SIGTERM for the rest of the process. `notice` says what the first signal does; `json`:
+    /// the command's reader takes JSON on stdout, and gets a line from a second signal too.
+    pub fn install(notice: &'static str, json: bool) -> std::io::Result<Self> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let inner = Arc::new(Inner { state: Mutex::new(State::default()), stopped: Notify::new() });
@@ -80,9 +81,18 @@ impl Stopper {
             // is recorded: a run they cut short is then seen as stopped by it, not as failed.
             poslake::drain::request();
             shared.stopped.notify_one();
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
+            let second = tokio::select! {
+                _ = interrupt.recv() => Signal::Interrupt,
+                _ = terminate.recv() => Signal::Terminate,
+            };
+            let quit = format!(
+                "stopped at once by a second signal ({}): nothing uncommitted became visible, and the next run \
+                 finishes or redoes what was in flight",
+                second.name()
+            );
+            poslake::telemetry::notice(poslake::telemetry::Notice::Plain, &quit);
+            if json {
+                let _ = crate::print_json_error(&anyhow::anyhow!(quit), Some(first.name()));
             }
             std::process::exit(i32::from(first.exit_code()));
         });
@@ -111,14 +121,16 @@ impl Stopper {
         json: bool,
     ) -> anyhow::Result<std::process::ExitCode> {
         let Some(signal) = self.signal() else { return Err(error) };
-        eprintln!("error: {}", crate::error_chain(&error));
+        use poslake::telemetry::{Notice, notice};
+        notice(Notice::Error, &crate::error_chain(&error));
         if json {
             crate::print_json_error(&error, Some(signal.name()))?;
         }
-        eprintln!(
+        let stopped = format!(
             "stopped by {}: the run did not finish; what it had not committed is left for the next run",
             signal.name()
         );
+        notice(Notice::Plain, &stopped);
         Ok(match service {
             true => std::process::ExitCode::SUCCESS,
             false => std::process::ExitCode::from(signal.exit_code()),
@@ -163,7 +175,7 @@ pub async fn until_signal(
     command: impl std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
     json: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let stopper = Stopper::install("the command stops at its next step (again to quit now)")
+    let stopper = Stopper::install("the command stops at its next step (again to quit now)", json)
         .map_err(|e| anyhow::anyhow!("listening for SIGINT and SIGTERM: {e}"))?;
     tokio::select! {
         // The command first: a wait the signal ended says what it was waiting for.

@@ -52,11 +52,26 @@ pub struct CommitCounts {
     quarantined: u64,
     dead_letters: u64,
     deferred: u64,
+    /// Dead letters by stage and reason (an intent written before session 35 has none).
+    #[serde(default)]
+    dead_letter_reasons: Vec<(String, String, u64)>,
+}
+
+/// Dead letters by (stage, reason), counted once their commit is made.
+pub type DeadLetterCounts = std::collections::BTreeMap<(String, String), u64>;
+
+/// Counts committed dead letters in `poslake_dead_letters_total`, as the files are counted: at the commit, so that a
+/// run whose commit failed does not count the files its next run lands again.
+pub fn count_dead_letters(counts: &DeadLetterCounts) {
+    for ((stage, reason), n) in counts {
+        metrics::counter!(crate::telemetry::metric::DEAD_LETTERS, "stage" => stage.clone(), "reason" => reason.clone())
+            .increment(*n);
+    }
 }
 
 impl CommitCounts {
     /// The counts as an intent keeps them.
-    pub fn of(r: &poslake_actors::WriteReport) -> Option<serde_json::Value> {
+    pub fn of(r: &poslake_actors::WriteReport, dead_letters: &DeadLetterCounts) -> Option<serde_json::Value> {
         let counts = CommitCounts {
             files: r.files,
             bytes: r.bytes,
@@ -66,14 +81,16 @@ impl CommitCounts {
             quarantined: r.quarantined,
             dead_letters: r.dead_letters,
             deferred: r.deferred,
+            dead_letter_reasons: dead_letters.iter().map(|((s, k), n)| (s.clone(), k.clone(), *n)).collect(),
         };
         serde_json::to_value(counts).ok()
     }
 
     /// The counts an intent kept; `None` for an intent without them (or with some other value).
-    fn report(kept: serde_json::Value) -> Option<poslake_actors::WriteReport> {
+    fn report(kept: serde_json::Value) -> Option<(poslake_actors::WriteReport, DeadLetterCounts)> {
         let c: CommitCounts = serde_json::from_value(kept).ok()?;
-        Some(poslake_actors::WriteReport {
+        let reasons = c.dead_letter_reasons.into_iter().map(|(s, k, n)| ((s, k), n)).collect();
+        let report = poslake_actors::WriteReport {
             files: c.files,
             bytes: c.bytes,
             transactions: c.transactions,
@@ -82,7 +99,8 @@ impl CommitCounts {
             quarantined: c.quarantined,
             dead_letters: c.dead_letters,
             deferred: c.deferred,
-        })
+        };
+        Some((report, reasons))
     }
 }
 
@@ -236,8 +254,9 @@ impl Committer {
         // recovery that failed after its tables would leave the intent to be finished, and counted, again.
         for (id, _lock, counts) in &finished {
             self.warehouse.remove_intent(id)?;
-            if let Some(counts) = counts {
+            if let Some((counts, dead_letters)) = counts {
                 poslake_actors::metric::committed(counts);
+                count_dead_letters(dead_letters);
             }
         }
         if report.intents_finished + report.commits_readded + report.keyless_marked > 0 {

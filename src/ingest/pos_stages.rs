@@ -40,6 +40,8 @@ struct Uncommitted {
     failed: Option<String>,
     /// What the files written since the last commit hold: published as metrics once they are committed.
     pending: WriteReport,
+    /// Their dead letters by stage and reason, published with `pending`.
+    dead_letters: super::commit::DeadLetterCounts,
 }
 
 pub struct PosStages {
@@ -133,6 +135,7 @@ impl PosStages {
             since: std::time::Instant::now(),
             checked: None,
             pending: WriteReport::default(),
+            dead_letters: Default::default(),
             failed: None,
         };
         let worker = std::env::var("POSLAKE_WORKER_ID")
@@ -227,7 +230,7 @@ impl PosStages {
         // are renewed, and a slot lost since the claim (another worker's now, and maybe its files too) stops the
         // commit (see `slot_leases`). With a shared store, a key that a running `poslake reconcile` promotes stops it
         // too, or both would land the key (see `reconcile`).
-        let counts = super::commit::CommitCounts::of(&open.pending);
+        let counts = super::commit::CommitCounts::of(&open.pending, &open.dead_letters);
         let commit = PreparedCommit { id, properties, tables, counts };
         let shared = self.committer.dedup().is_shared();
         let leases = self.route.leases();
@@ -303,8 +306,10 @@ impl PosStages {
         // Counted once committed: a batch written and then abandoned (its commit failed) is counted by the run that
         // lands it, and one whose intent a recovery finished, by that recovery.
         let pending = std::mem::take(&mut open.pending);
+        let dead_letters = std::mem::take(&mut open.dead_letters);
         if !counted_by_recovery {
             poslake_actors::metric::committed(&pending);
+            super::commit::count_dead_letters(&dead_letters);
         }
         open.files = 0;
         open.since = std::time::Instant::now();
@@ -359,6 +364,7 @@ impl PosStages {
         self.release(also);
         open.keys.clear();
         open.pending = WriteReport::default();
+        open.dead_letters.clear();
         open.checked = None;
     }
 
@@ -753,8 +759,7 @@ impl Stages for PosStages {
         failpoint::hit("write");
         for item in &batch.items {
             if let Err(f) = &item.result {
-                metrics::counter!(crate::telemetry::metric::DEAD_LETTERS, "stage" => f.stage, "reason" => f.kind)
-                    .increment(1);
+                *open.dead_letters.entry((f.stage.to_owned(), f.kind.to_owned())).or_default() += 1;
             }
         }
         if !batch.reserved.is_empty() {
