@@ -647,3 +647,12 @@ mod tests {
         assert!(IngestConfig { archivers: Some(0), ..IngestConfig::default() }.validate().is_err());
     }
 }
+
+/// This worker's name in commit ids and among the workers sharing staging: `POSLAKE_WORKER_ID`, else `HOSTNAME`,
+/// else `local`. A variable set but empty counts as unset (it gave a nameless worker).
+pub fn worker_name() -> String {
+    ["POSLAKE_WORKER_ID", "HOSTNAME"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| "local".into())
+}

@@ -1194,6 +1194,25 @@ fn the_parse_command_exits_1_for_a_bad_file_and_2_only_for_a_usage_error() {
     assert_eq!(code, Some(2), "{stderr}");
 }
 
+/// A flag's value that can never work is a usage error (exit 2) that says what the flag takes: `--every` in whole
+/// seconds, whatever is wrong with it (a fraction, milliseconds and a bare number exited 1 and 2 by turns, and the
+/// hint for a bare number suggested milliseconds), and `--no-ingest-running` only beside the orphan sweep it allows.
+#[test]
+fn flags_that_cannot_work_are_usage_errors_that_say_what_they_take() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake")).args(args).output().expect("run poslake");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for every in ["1.5s", "500ms", "abc", "10"] {
+        let (code, stderr) = run(&["ingest", "--every", every, "--staging", "/nonexistent"]);
+        assert_eq!(code, Some(2), "{every}: {stderr}");
+        assert!(stderr.contains("--every takes whole seconds") && !stderr.contains("10ms"), "{every}: {stderr}");
+    }
+    let (code, stderr) = run(&["maintain", "--no-ingest-running", "--lake", "/nonexistent"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--remove-orphans-older-than-hours"), "{stderr}");
+}
+
 /// A bad value from an environment variable is named as coming from it: clap names only the flag, which the command
 /// line does not hold (until session 28 `POSLAKE_DEDUP=bogus` read as a bad `--dedup`). An empty variable says so.
 #[test]

@@ -68,8 +68,10 @@ async fn a_lake_with_its_catalog_in_postgres_lands_like_one_with_sqlite() {
     let maintained = poslake(&["maintain", "--json", "--keep", "1"], &lake, Some(&url));
     assert!(maintained.status.success(), "{}", String::from_utf8_lossy(&maintained.stderr));
     assert!(poslake(&["reconcile", "--json"], &lake, Some(&url)).status.success());
-    // Without the catalog the lake is not found: its tables are not in the folder.
-    assert!(!poslake(&["tables"], &lake, None).status.success());
+    // Without the catalog the lake is not found: its tables are not in the folder, and the error says where to look.
+    let out = poslake(&["tables"], &lake, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--catalog"), "{out:?}");
 
     // Again: nothing new.
     let again = summary(&poslake(&args, &lake, Some(&url)));

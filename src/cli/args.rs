@@ -58,7 +58,8 @@ pub enum Command {
     /// the bronze archive when staging no longer holds it; one that lands is not taken again. Takes the ingest's
     /// flags but --every (a replay runs once); --workers, --worker-index and --route-by are not used: one replay
     /// takes every dead letter it selects.
-    #[command(mut_arg("every", |a| a.hide(true)))]
+    #[command(mut_arg("every", |a| a.hide(true)), mut_arg("workers", |a| a.hide(true)))]
+    #[command(mut_arg("worker_index", |a| a.hide(true)), mut_arg("route_by", |a| a.hide(true)))]
     Replay {
         #[command(flatten)]
         ingest: IngestArgs,
@@ -96,7 +97,7 @@ pub enum Command {
         remove_orphans_older_than_hours: Option<u64>,
         /// Confirms that no ingest runs on the lake now, which a sweep of orphans younger than an hour needs: it
         /// would delete the files a running ingest has written and not yet committed.
-        #[arg(long)]
+        #[arg(long, requires = "remove_orphans_older_than_hours")]
         no_ingest_running: bool,
         /// Print the report as JSON.
         #[arg(long)]
@@ -323,7 +324,7 @@ pub struct IngestArgs {
     pub commit_files: Option<u64>,
     /// Run as a service: ingest again every DURATION (e.g. 10m, 90s) until SIGTERM or Ctrl-C, which drain the run
     /// in progress. [default: every_secs of the configuration; 0, run once]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_every)]
     pub every: Option<std::time::Duration>,
     /// Workers sharing this staging area and lake (with a Redis dedup store); each takes the files routed to it. A
     /// count (each worker given --worker-index), or `auto`: the live workers share the files out through leases in
@@ -370,11 +371,6 @@ impl IngestArgs {
         }
         if let Some(every) = self.every {
             // 0 runs once: it turns off a service interval (`every_secs`) that the configuration file sets.
-            anyhow::ensure!(
-                every.subsec_nanos() == 0,
-                "--every takes whole seconds: at least 1s, or 0 to run once (got {})",
-                humantime::format_duration(every)
-            );
             c.every_secs = every.as_secs();
         }
         if self.store.redis_url.is_some() && c.dedup.backend == poslake::config::DedupBackend::Embedded {
@@ -384,10 +380,28 @@ impl IngestArgs {
             );
         }
         if replay {
+            if self.workers.is_some() || self.worker_index.is_some() || self.route_by.is_some() {
+                poslake::telemetry::notice(
+                    poslake::telemetry::Notice::Note,
+                    "--workers, --worker-index and --route-by (or their variables) are not used by replay: one replay \
+                     takes every dead letter it selects",
+                );
+            }
             let one = poslake::config::IngestConfig::default();
             (c.workers, c.worker_index, c.route_by) = (one.workers, one.worker_index, one.route_by);
         }
         c.validate()?;
         Ok(c)
     }
+}
+
+/// `--every`: a duration of whole seconds (`90s`, `10m`, `1h`), or 0 to run once. Refused as a usage error (exit 2)
+/// whatever is wrong with it; humantime's own hint suggests milliseconds, which are not taken.
+fn parse_every(text: &str) -> Result<std::time::Duration, String> {
+    const TAKES: &str = "--every takes whole seconds (for example 90s, 10m or 1h), or 0 to run once";
+    let every = humantime::parse_duration(text).map_err(|_| format!("not a duration: {TAKES}"))?;
+    if every.subsec_nanos() != 0 {
+        return Err(format!("{} is not whole seconds: {TAKES}", humantime::format_duration(every)));
+    }
+    Ok(every)
 }

@@ -13,6 +13,14 @@ pub fn existing_lake(lake: &std::path::Path, catalog: Option<&str>) -> anyhow::R
     // `exists` would read a lake this user may not enter as no lake at all: only "not found" means none.
     match std::fs::metadata(lake.join(mark)) {
         Ok(_) => Ok(()),
+        // A lake whose catalog is a PostgreSQL database has a warehouse and no catalog.db.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && catalog.is_none() && lake.join("warehouse").is_dir() => {
+            anyhow::bail!(
+                "the lake at {} has a warehouse but no catalog.db: its catalog is elsewhere (a PostgreSQL database); \
+                 give it with --catalog or POSLAKE_CATALOG",
+                lake.display()
+            )
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
             "no lake at {}: nothing has been ingested there (run `poslake ingest`, or give the lake with --lake or \
              POSLAKE_LAKE)",

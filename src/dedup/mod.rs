@@ -94,8 +94,8 @@ pub enum DedupError {
     InUse(std::path::PathBuf),
     #[error(
         "the embedded dedup store at {path} cannot be written ({source}): it is opened for writing even to be read \
-         (fjall has no read-only mode). Run this where the lake is writable, or on a copy of the lake; poslake tables \
-         and poslake query read a read-only lake"
+         (fjall has no read-only mode). Run this where the lake is writable, or on a writable copy of the lake at the \
+         same path (its metadata names files by absolute path); poslake tables and poslake query read a read-only lake"
     )]
     NotWritable { path: std::path::PathBuf, source: std::io::Error },
 }

@@ -138,9 +138,7 @@ impl PosStages {
             dead_letters: Default::default(),
             failed: None,
         };
-        let worker = std::env::var("POSLAKE_WORKER_ID")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| "local".into());
+        let worker = crate::config::worker_name();
         Ok(PosStages {
             staging,
             archive,

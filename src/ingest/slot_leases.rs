@@ -132,9 +132,7 @@ impl SlotLeases {
     /// the worker routes by (absent: by folder), which every live worker must share.
     pub async fn join(config: &DedupConfig, ttl: Duration, route_by: Option<&str>) -> Result<Arc<Self>, DedupError> {
         let pool = RedisPool::open(&DedupConfig { pool_size: 2, ..config.clone() }).await?;
-        let host = std::env::var("POSLAKE_WORKER_ID")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| "local".into());
+        let host = crate::config::worker_name();
         let me = format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let leases = Arc::new(SlotLeases {
             pool,
