@@ -499,6 +499,15 @@ impl IngestConfig {
     }
 }
 
+/// This worker's name in commit ids and among the workers sharing staging: `POSLAKE_WORKER_ID`, else `HOSTNAME`,
+/// else `local`. A variable set but empty counts as unset (it gave a nameless worker).
+pub fn worker_name() -> String {
+    ["POSLAKE_WORKER_ID", "HOSTNAME"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| "local".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,13 +655,4 @@ mod tests {
         assert_eq!(set.archivers(), 4);
         assert!(IngestConfig { archivers: Some(0), ..IngestConfig::default() }.validate().is_err());
     }
-}
-
-/// This worker's name in commit ids and among the workers sharing staging: `POSLAKE_WORKER_ID`, else `HOSTNAME`,
-/// else `local`. A variable set but empty counts as unset (it gave a nameless worker).
-pub fn worker_name() -> String {
-    ["POSLAKE_WORKER_ID", "HOSTNAME"]
-        .into_iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
-        .unwrap_or_else(|| "local".into())
 }
