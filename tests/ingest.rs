@@ -1107,3 +1107,43 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// While discovery is held back by credits, a census counts the listing beside it, so that the run's size (and its
+/// time left) is known before discovery reaches the end: until session 35 the progress bar showed `listing…` for
+/// nearly the whole run. Discovery reports the files it passed over as already ingested, which tells how far into the
+/// listing it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_census_counts_the_listing_while_discovery_is_held_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let corpus = |name: &str, seed: u64| {
+        generate(&GenerateArgs {
+            out: staging.join(name),
+            seed,
+            sites: 3,
+            days: 2,
+            files_per_day: 4,
+            min_transactions: 5,
+            max_transactions: 10,
+            malformed_rate: 0.1,
+            ..GenerateArgs::default()
+        })
+        .expect("generate")
+    };
+    let first = corpus("a", 61);
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None, catalog: None };
+    let setup = IngestSetup { census_after: Duration::ZERO, ..IngestSetup::new(paths) };
+    ingest(&setup, pipeline(), Arc::new(Progress::default())).await.expect("first ingest");
+    let second = corpus("b", 62);
+
+    // One file in flight at a time: discovery trails the census by far.
+    let mut held_back = pipeline();
+    held_back.limits.max_files = 1;
+    let progress = Arc::new(Progress::default());
+    let summary = ingest(&setup, held_back, progress.clone()).await.expect("second ingest");
+    assert_eq!(summary.files, second.files);
+    let s = progress.snapshot();
+    assert_eq!(s.listing_size, Some(first.files + second.files), "the census counted every listed file");
+    assert_eq!(s.passed_over, first.files, "discovery passed over the files already ingested");
+    assert_eq!(s.discovered, second.files);
+}

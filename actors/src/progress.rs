@@ -14,6 +14,12 @@ pub struct Progress {
     discovered: AtomicU64,
     discovered_bytes: AtomicU64,
     discovery_done: AtomicBool,
+    /// Entries of the listing that discovery passed over (already done): with `discovered`, how far it has gone.
+    passed_over: AtomicU64,
+    /// Entries a census (a second, count-only listing beside discovery) has counted, and whether it went through
+    /// the whole listing: its size, for the time left while discovery, held back by credits, is still in it.
+    census: AtomicU64,
+    census_done: AtomicBool,
     /// Files (parsed or dead letters) handed to the batcher, retries counted again.
     reached_batcher: AtomicU64,
     done: AtomicU64,
@@ -31,6 +37,10 @@ pub struct Snapshot {
     pub discovered: u64,
     pub discovered_bytes: u64,
     pub discovery_done: bool,
+    /// Entries of the listing discovery passed over (see [`Progress::passed_over`]).
+    pub passed_over: u64,
+    /// The listing's size in entries, once a census has counted it all.
+    pub listing_size: Option<u64>,
     pub done: u64,
     pub retries: u64,
     pub restarts: u64,
@@ -41,6 +51,26 @@ impl Progress {
     pub(crate) fn discovered(&self, bytes: u64) {
         self.discovered.fetch_add(1, Ordering::SeqCst);
         self.discovered_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts entries of the listing that discovery passed over rather than fed (files already done).
+    pub fn passed_over(&self, entries: u64) {
+        self.passed_over.fetch_add(entries, Ordering::Relaxed);
+    }
+
+    /// Counts entries of the listing a census went through.
+    pub fn census_counted(&self, entries: u64) {
+        self.census.fetch_add(entries, Ordering::Relaxed);
+    }
+
+    /// The census went through the whole listing: its count is the listing's size.
+    pub fn census_finished(&self) {
+        self.census_done.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether discovery went through the whole listing.
+    pub fn discovery_done(&self) -> bool {
+        self.discovery_done.load(Ordering::SeqCst)
     }
 
     pub(crate) fn discovery_finished(&self) {
@@ -110,6 +140,8 @@ impl Progress {
             discovered: self.discovered.load(Ordering::SeqCst),
             discovered_bytes: self.discovered_bytes.load(Ordering::Relaxed),
             discovery_done: self.discovery_done.load(Ordering::SeqCst),
+            passed_over: self.passed_over.load(Ordering::Relaxed),
+            listing_size: self.census_done.load(Ordering::SeqCst).then(|| self.census.load(Ordering::Relaxed)),
             done: self.done.load(Ordering::SeqCst),
             retries: self.retries.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),

@@ -31,6 +31,7 @@ pub async fn ingest(
             catalog: config.catalog.clone(),
         },
         parse: ParseOptions::default(),
+        census_after: poslake::ingest::CENSUS_AFTER,
         policy: config.commit_policy(),
         dedup: config.dedup.clone(),
         // A replay takes the dead letters it selects, whichever worker refused them.

@@ -10,17 +10,36 @@ pub fn progress_bar() -> indicatif::ProgressBar {
     bar
 }
 
-/// What the run has done so far, in words: rates, duplicates, dead letters, and the time left once the listing is
-/// complete (until then the total is not known).
+/// Files the run will take in all: those discovered, once the listing is through; while discovery is still in it,
+/// an estimate from a census of the listing (the rest of it holding new files in the share seen so far), or `None`
+/// before the census is through too.
+pub fn expected_files(s: &poslake_actors::Snapshot) -> Option<(u64, bool)> {
+    if s.discovery_done {
+        return Some((s.discovered, true));
+    }
+    let size = s.listing_size?;
+    let reached = s.discovered + s.passed_over;
+    let share = if reached > 0 { s.discovered as f64 / reached as f64 } else { 1.0 };
+    let unlisted = size.saturating_sub(reached);
+    Some((s.discovered + (unlisted as f64 * share).round() as u64, false))
+}
+
+/// What the run has done so far, in words: rates, duplicates, dead letters, and the time left once the run's size
+/// is known or estimated (`ETA ~…`; see [`expected_files`]).
 pub fn progress_message(s: &poslake_actors::Snapshot, secs: f64) -> String {
     let files_per_sec = s.done as f64 / secs;
-    let left = if !s.discovery_done {
-        "listing…".to_owned()
-    } else if files_per_sec > 0.0 {
-        let eta = s.discovered.saturating_sub(s.done) as f64 / files_per_sec;
-        format!("ETA {}", indicatif::HumanDuration(std::time::Duration::from_secs_f64(eta)))
-    } else {
-        "ETA unknown".to_owned()
+    let left = match expected_files(s) {
+        None => "listing…".to_owned(),
+        Some(_) if files_per_sec <= 0.0 => "ETA unknown".to_owned(),
+        Some((expected, exact)) => {
+            let eta = expected.saturating_sub(s.done) as f64 / files_per_sec;
+            let eta = indicatif::HumanDuration(std::time::Duration::from_secs_f64(eta));
+            // The bar's length is the estimate then.
+            match exact {
+                true => format!("ETA {eta}"),
+                false => format!("ETA ~{eta}"),
+            }
+        }
     };
     format!(
         "{files_per_sec:.0} files/s, {:.1} MB/s, {} duplicates ({} quarantined), {} dead letters, {left}",
@@ -37,7 +56,7 @@ pub async fn show_progress(bar: indicatif::ProgressBar, progress: std::sync::Arc
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let s = progress.snapshot();
-        bar.set_length(s.discovered);
+        bar.set_length(expected_files(&s).map_or(s.discovered, |(n, _)| n.max(s.discovered)));
         bar.set_position(s.done);
         bar.set_message(progress_message(&s, started.elapsed().as_secs_f64().max(1e-9)));
         bar.tick();
@@ -52,14 +71,38 @@ pub async fn log_progress(progress: std::sync::Arc<poslake_actors::Progress>) {
     loop {
         every.tick().await;
         let s = progress.snapshot();
+        let expected = expected_files(&s).map(|(n, _)| n.max(s.discovered));
         tracing::info!(
             files_done = s.done,
             files_found = s.discovered,
+            files_expected = expected,
             listing_done = s.discovery_done,
             "progress: {} of {} files, {}",
             s.done,
-            s.discovered,
+            expected.unwrap_or(s.discovered),
             progress_message(&s, started.elapsed().as_secs_f64().max(1e-9))
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expected_files;
+    use poslake_actors::Snapshot;
+
+    fn listing(discovered: u64, passed_over: u64, listing_size: Option<u64>, discovery_done: bool) -> Snapshot {
+        Snapshot { discovered, passed_over, listing_size, discovery_done, ..Snapshot::default() }
+    }
+
+    #[test]
+    fn the_runs_size_is_exact_once_listed_and_estimated_from_a_census_before() {
+        assert_eq!(expected_files(&listing(120, 30, None, true)), Some((120, true)));
+        assert_eq!(expected_files(&listing(120, 30, None, false)), None, "no census yet: unknown");
+        // 200 of 1,000 entries reached, half of them new: the 800 left hold about 400 more.
+        assert_eq!(expected_files(&listing(100, 100, Some(1_000), false)), Some((500, false)));
+        // Nothing passed over: every entry left is new.
+        assert_eq!(expected_files(&listing(10, 0, Some(1_000), false)), Some((1_000, false)));
+        // A census that counted fewer entries than discovery reached (files arrived meanwhile): none left.
+        assert_eq!(expected_files(&listing(50, 0, Some(40), false)), Some((50, false)));
     }
 }

@@ -64,7 +64,12 @@ pub struct IngestSetup {
     pub route: route::Route,
     /// Runs that may defer a file before it is given up as a dead letter.
     pub max_deferred_runs: u32,
+    /// How long a run lists before a census counts the listing for its time left (see `PosStages::census`).
+    pub census_after: std::time::Duration,
 }
+
+/// [`IngestSetup::census_after`] by default: a short run, or one with little new, never pays for a second listing.
+pub const CENSUS_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl IngestSetup {
     /// Embedded defaults for these paths.
@@ -76,6 +81,7 @@ impl IngestSetup {
             dedup: DedupConfig::default(),
             route: route::Route::all(),
             max_deferred_runs: 24,
+            census_after: CENSUS_AFTER,
         }
     }
 }
@@ -431,7 +437,20 @@ async fn run(
     progress: Arc<poslake_actors::Progress>,
     replayed: Option<u64>,
 ) -> Result<IngestSummary, IngestRunError> {
-    let snapshot = poslake_actors::run(stages.clone(), pipeline, progress.clone()).await?;
+    // A run still listing after a few seconds is long enough to want its size: a census counts the listing beside it.
+    stages.report_to(&progress);
+    let census = {
+        let (stages, progress, after) = (stages.clone(), progress.clone(), stages.census_after());
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if !progress.discovery_done() {
+                stages.census(progress).await;
+            }
+        })
+    };
+    let snapshot = poslake_actors::run(stages.clone(), pipeline, progress.clone()).await;
+    census.abort();
+    let snapshot = snapshot?;
     let t = snapshot.totals;
     Ok(IngestSummary {
         run_id,

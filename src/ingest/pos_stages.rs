@@ -70,6 +70,9 @@ pub struct PosStages {
     /// Dead letters to take again instead of listing staging (`poslake replay`).
     replay: Option<Arc<Vec<StagedFile>>>,
     max_deferred_runs: u32,
+    /// The run's progress, told how much of the listing discovery passed over (see [`PosStages::census`]).
+    progress: std::sync::OnceLock<Arc<poslake_actors::Progress>>,
+    census_after: std::time::Duration,
 }
 
 impl PosStages {
@@ -159,7 +162,38 @@ impl PosStages {
             recovery: Mutex::new(recovery),
             replay: None,
             max_deferred_runs: setup.max_deferred_runs,
+            progress: std::sync::OnceLock::new(),
+            census_after: setup.census_after,
         })
+    }
+
+    /// How long the run lists before its census starts.
+    pub(super) fn census_after(&self) -> std::time::Duration {
+        self.census_after
+    }
+
+    /// Reports to `progress` how far discovery has gone through the listing (set before the run starts).
+    pub(super) fn report_to(&self, progress: &Arc<poslake_actors::Progress>) {
+        let _ = self.progress.set(progress.clone());
+    }
+
+    /// Counts into `progress` the entries of the staging listing this worker takes: a second listing, of names and
+    /// sizes only, beside discovery. Discovery goes through the listing only as fast as files are taken (credits
+    /// hold it back), so without this the run's size, and the time left, are known only at its end. Nothing is
+    /// looked up: the time left assumes the rest of the listing holds new files in the share seen so far. A replay
+    /// knows its files already.
+    pub(super) async fn census(&self, progress: Arc<poslake_actors::Progress>) {
+        if self.replay.is_some() {
+            return;
+        }
+        let route = self.route.clone();
+        let mut listed = self.staging.list().ready_chunks(LOOKUP_CHUNK);
+        while let Some(chunk) = listed.next().await {
+            // An entry that is no file (a dead letter of the download stage) is discovered too.
+            let ours = chunk.iter().filter(|f| f.as_ref().map_or(true, |f| route.takes(&f.path))).count();
+            progress.census_counted(ours as u64);
+        }
+        progress.census_finished();
     }
 
     /// Takes these dead letters again (see [`replay`]) instead of what staging lists.
@@ -514,6 +548,7 @@ impl Stages for PosStages {
         let (ledger, warehouse) = (self.ledger.clone(), self.warehouse.clone());
         let skipped = self.skipped.clone();
         let (route, elsewhere) = (self.route.clone(), self.elsewhere.clone());
+        let progress = self.progress.get().cloned();
         // Looked up a page at a time: whatever the listing has ready, up to LOOKUP_CHUNK files.
         self.staging
             .list()
@@ -530,7 +565,15 @@ impl Stages for PosStages {
             .ready_chunks(LOOKUP_CHUNK)
             .then(move |listed| {
                 let (ledger, warehouse, skipped) = (ledger.clone(), warehouse.clone(), skipped.clone());
-                async move { futures::stream::iter(ledger.keep_new(&warehouse, listed, &skipped).await) }
+                let progress = progress.clone();
+                async move {
+                    let entries = listed.len();
+                    let new = ledger.keep_new(&warehouse, listed, &skipped).await;
+                    if let Some(progress) = &progress {
+                        progress.passed_over(entries.saturating_sub(new.len()) as u64);
+                    }
+                    futures::stream::iter(new)
+                }
             })
             .flatten()
             .boxed()
