@@ -691,6 +691,51 @@ async fn replay_takes_dead_letters_again_once_what_refused_them_is_fixed() {
     assert_eq!((fifth.replayed, fifth.files, fifth.dead_letters), (Some(1), 1, 1));
 }
 
+/// A replay asks staging whether a file refused as too large from its listed size is still there (a file gone is
+/// `missing`, as for any other, not `too_large` again), and does not look a name that is not UTF-8 up by the
+/// ledger's lossy copy of it (the file seemed gone while staging still held it): it stays `unusable_name`, with what
+/// to do. Both found by an audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_tells_a_file_gone_from_one_it_cannot_address() {
+    use poslake::ingest::replay;
+    use poslake::ingest::replay::ReplayFilter;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let (file, _) = poslake::generate::generate_file(poslake::Dialect::ArtsPoslog, 41, 4);
+    for name in ["gone.xml", "kept.xml"] {
+        std::fs::write(staging.join(name), &file).expect("write");
+    }
+    std::fs::write(staging.join(std::ffi::OsStr::from_bytes(b"bad\xff.xml")), &file).expect("write");
+    let paths = IngestPaths { staging: staging.clone(), lake: dir.path().join("lake"), archive: None, catalog: None };
+    let mut small = IngestSetup::new(paths.clone());
+    small.parse.max_decompressed_bytes = 100;
+    let first = ingest(&small, pipeline(), Arc::new(Progress::default())).await.expect("ingest");
+    assert_eq!((first.files, first.dead_letters), (3, 3), "{first:?}");
+
+    std::fs::remove_file(staging.join("gone.xml")).expect("remove");
+    let again = replay(&small, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default())).await;
+    assert_eq!(again.expect("replay").dead_letters, 3);
+    let wh = Warehouse::open(&paths.lake).await.expect("open");
+    let mut kinds: Vec<(String, String)> = Vec::new();
+    for b in wh.scan("dead_letters").await.expect("scan") {
+        let (path, kind) = (column::<StringArray>(&b, "path"), column::<StringArray>(&b, "kind"));
+        kinds.extend((0..b.num_rows()).map(|i| (path.value(i).to_owned(), kind.value(i).to_owned())));
+    }
+    kinds.sort();
+    let want = [
+        ("bad\u{FFFD}.xml", "unusable_name"),
+        ("bad\u{FFFD}.xml", "unusable_name"),
+        ("gone.xml", "missing"),
+        ("gone.xml", "too_large"),
+        ("kept.xml", "too_large"),
+        ("kept.xml", "too_large"),
+    ];
+    let want: Vec<(String, String)> = want.iter().map(|(p, k)| (p.to_string(), k.to_string())).collect();
+    assert_eq!(kinds, want);
+}
+
 /// As a service (`ingest --every 1s`), poslake takes each file as it arrives, printing one JSON line a run, and
 /// SIGTERM (what `docker stop` sends) ends it cleanly: exit 0, every file landed once, and a JSON log stays JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

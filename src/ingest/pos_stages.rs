@@ -206,6 +206,8 @@ impl PosStages {
     /// under the same name and size is taken as it is now), else from the bronze archive. A read that may pass on
     /// retry (a network error) is retried rather than answered from the archive.
     async fn replayed_bytes(&self, file: &StagedFile, hash: &str) -> Result<Bytes, IngestError> {
+        const GONE: &str = "no longer in staging, and the bronze archive has no copy of it (only files that reached the parser are \
+             archived)";
         let unread = match self.staging.get(file, self.parse.max_decompressed_bytes).await {
             Ok(bytes) => return Ok(bytes),
             // `get` reads only a file of the listed size.
@@ -215,9 +217,9 @@ impl PosStages {
                 file.size
             )),
             Err(e) if e.is_retryable() => return Err(e.into()),
-            Err(e) if e.is_not_found() => Err("no longer in staging, and the bronze archive has no copy of it (only \
-                                               files that reached the parser are archived)"
-                .to_owned()),
+            Err(e) if e.is_not_found() => Err(GONE.to_owned()),
+            // Refused from its recorded size before any read: whether staging still holds it is asked apart.
+            Err(StagingError::TooLarge { .. }) if !self.staging.holds(&file.path).await? => Err(GONE.to_owned()),
             // Not a regular file now, or a link out of staging: refused as such, unless the archive has it.
             Err(e) => Ok(e),
         };

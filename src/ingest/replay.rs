@@ -54,6 +54,16 @@ impl DeadFile {
     pub(super) fn staged(&self) -> StagedFile {
         let mut file = StagedFile::new(self.path.clone(), self.bytes);
         file.replay_of = Some(self.content_hash.clone());
+        // A name that is not UTF-8 is kept with U+FFFD in place of its bytes: looked up so, the file would seem gone
+        // (`missing`) while staging still holds it under its own name.
+        if self.kind == "unusable_name" && self.path.contains('\u{FFFD}') {
+            file.refused = Some(super::staging::Refusal {
+                kind: "unusable_name",
+                reason: "its name is not UTF-8 (the ledger holds it with U+FFFD in place of the bytes that are not), \
+                         so a replay cannot address it: rename the file in staging, and the next ingest takes it"
+                    .to_owned(),
+            });
+        }
         file
     }
 }

@@ -323,6 +323,22 @@ impl Staging {
     }
 
     /// The file's bytes, refusing (without reading it) a file the listing refused or one larger than `limit`.
+    /// Whether staging holds anything under `path` (a file, or any entry a listing would name).
+    pub async fn holds(&self, path: &str) -> Result<bool, StagingError> {
+        match &self.source {
+            Source::Local { root, .. } => Ok(std::fs::symlink_metadata(root.join(path)).is_ok()),
+            Source::Gone => Ok(false),
+            Source::Store { store, .. } => {
+                let Ok(location) = StorePath::parse(path) else { return Ok(false) };
+                match store.head(&location).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(source) => Err(StagingError::Store { location: path.to_owned(), source }),
+                }
+            }
+        }
+    }
+
     pub async fn get(&self, file: &StagedFile, limit: u64) -> Result<Bytes, StagingError> {
         if let Some(r) = &file.refused {
             return Err(StagingError::Refused { path: file.path.clone(), kind: r.kind, reason: r.reason.clone() });
