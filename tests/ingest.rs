@@ -853,9 +853,13 @@ fn a_service_that_cannot_start_says_so_and_one_whose_runs_keep_failing_exits_wit
         command
     };
     let (staging, lake) = (dir.path().join("staging"), dir.path().join("lake"));
+    // A staging folder inside the lake's own files (here its warehouse) would take them for POS files.
+    let inside = dir.path().join("warehouse");
+    std::fs::create_dir_all(&inside).expect("a lake's warehouse folder");
     for (staging, lake, cause) in [
         (&staging, &lake, "no such folder"),
         (&dir.path().to_path_buf(), &dir.path().to_path_buf(), "is the lake folder too"),
+        (&inside, &dir.path().to_path_buf(), "lies inside the lake"),
     ] {
         let out = service(staging, lake).output().expect("run poslake");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -457,7 +457,7 @@ impl DedupStore for RedisBitmap {
         for (((label, n), adds), plan) in per_label.iter().zip(totals).zip(plans) {
             if adds >= plan.expected_keys && adds - n < plan.expected_keys {
                 tracing::warn!(partition = %label, adds, capacity = plan.expected_keys, fp_now = plan.fp_at(adds as f64),
-                    "dedup filter partition passed its design capacity: false positives (quarantined, never lost) will rise");
+                    "dedup filter partition reached its design capacity: false positives (quarantined, never lost) will rise");
             }
         }
         Ok(())

@@ -224,6 +224,9 @@ impl Staging {
     /// Refuses a lake that is the staging folder itself: its own tables and archive would be listed as files to
     /// ingest, and leaving them out would leave out everything. (A lake inside staging is left out of the listing,
     /// see [`Staging::excluding`].)
+    /// So is staging inside the lake's own files (its warehouse, dedup store, commit intents): they would be listed
+    /// as files to ingest and each made a dead letter. The raw archive (`bronze/`) is files like staging's, and may be
+    /// ingested from.
     pub fn refuse_as_lake(&self, lake: &std::path::Path) -> Result<(), StagingError> {
         let Source::Local { root, .. } = &self.source else { return Ok(()) };
         match std::fs::canonicalize(lake) {
@@ -231,6 +234,15 @@ impl Staging {
                 path: self.name.to_string(),
                 kind: "lake",
                 reason: "is the lake folder too: give the lake a folder of its own, beside staging or inside it".into(),
+            }),
+            Ok(lake) if root.starts_with(&lake) && !root.starts_with(lake.join("bronze")) => Err(StagingError::Refused {
+                path: self.name.to_string(),
+                kind: "lake",
+                reason: format!(
+                    "lies inside the lake at {} (its tables, store or commits would be taken for POS files): give \
+                     staging a folder outside the lake",
+                    lake.display()
+                ),
             }),
             _ => Ok(()),
         }
