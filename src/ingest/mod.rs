@@ -398,9 +398,10 @@ pub async fn replay(
         }
         other => other.map_err(IngestError::from)?,
     };
+    // Before the store: a second replay is refused for what it is, not for the embedded store the first one holds.
+    let _one = replay::lock(&setup.paths.lake)?;
     // Opened first: recovery finishes any commit a stopped run left, so that the ledger is whole when read.
     let stages = PosStages::open_with(setup, run_id.clone(), staging).await?;
-    let _one = replay::lock(stages.lake_root())?;
     let files = replay::select(stages.warehouse(), filter).await?;
     tracing::info!(files = files.len(), "dead letters selected for replay");
     let selected = files.len() as u64;

@@ -2,7 +2,6 @@
 //! commit), and the state one run keeps between them: the open lake writer, the keys in flight, the ledger's files.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -519,10 +518,6 @@ impl PosStages {
 
     pub fn warehouse(&self) -> &Warehouse {
         &self.warehouse
-    }
-
-    pub fn lake_root(&self) -> &Path {
-        self.warehouse.root()
     }
 }
 
