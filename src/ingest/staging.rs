@@ -235,15 +235,17 @@ impl Staging {
                 kind: "lake",
                 reason: "is the lake folder too: give the lake a folder of its own, beside staging or inside it".into(),
             }),
-            Ok(lake) if root.starts_with(&lake) && !root.starts_with(lake.join("bronze")) => Err(StagingError::Refused {
-                path: self.name.to_string(),
-                kind: "lake",
-                reason: format!(
-                    "lies inside the lake at {} (its tables, store or commits would be taken for POS files): give \
+            Ok(lake) if root.starts_with(&lake) && !root.starts_with(lake.join("bronze")) => {
+                Err(StagingError::Refused {
+                    path: self.name.to_string(),
+                    kind: "lake",
+                    reason: format!(
+                        "lies inside the lake at {} (its tables, store or commits would be taken for POS files): give \
                      staging a folder outside the lake",
-                    lake.display()
-                ),
-            }),
+                        lake.display()
+                    ),
+                })
+            }
             _ => Ok(()),
         }
     }
