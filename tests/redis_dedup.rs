@@ -1787,6 +1787,34 @@ fn a_signal_stops_the_commands_that_tend_the_lake_with_an_answer() {
     }
 }
 
+/// `dedup bench` stopped by a signal midway deletes what it wrote: a bench's filter can be hundreds of MB, and a
+/// SIGTERM used to kill it with its keys left in the server.
+#[test]
+fn a_bench_stopped_by_a_signal_leaves_no_key_behind() {
+    let server = common::redis::RedisServer::start();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["dedup", "bench", "--json", "--keys", "2000000", "--dedup", "redis-bitmap", "--redis-url"])
+        .arg(server.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn poslake");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.integer(&["DBSIZE"]) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the bench wrote nothing within a minute");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(status.expect("kill").success());
+    let status = common::exit_within(&mut child, Duration::from_secs(60)).expect("the bench stops");
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(line["stopped_by"], "SIGTERM", "{line}");
+    assert_eq!(server.integer(&["DBSIZE"]), 0, "the bench's keys are deleted: {stderr}");
+}
+
 /// Runs `command` until it logs that Redis is unreachable, sends it SIGTERM, and returns how it exited (within a
 /// minute, or the test fails), its stdout and its stderr.
 fn terminated_while_waiting_for_redis(

@@ -155,7 +155,9 @@ pub enum DedupCommand {
         store: StoreArgs,
     },
     /// Measure a Redis store as the ingest uses it (check, then add) on random keys under a throwaway prefix:
-    /// keys/s, the server's CPU, memory per key, measured false positives.
+    /// keys/s, the server's CPU, memory per key, measured false positives. It needs a Redis server: the one
+    /// --redis-url names (default redis://127.0.0.1:6379), even when the configured store is embedded; without one it
+    /// gives up after 10 s.
     Bench {
         #[command(flatten)]
         store: StoreArgs,

@@ -168,8 +168,8 @@ impl Stopper {
 pub const DRAIN_NOTICE: &str = "no new file is taken, those in flight are finished (again to quit now)";
 
 /// Runs a command that tends the lake or the store until it ends or a signal comes. On a signal it stops at its next
-/// step: a wait for Redis ends at once, and what it had not committed is left as a kill would leave it (an intent
-/// the next run finishes, a file the next orphan sweep removes). Without this, a signal killed the process with
+/// step, within [`STOP_GRACE`]: a wait for Redis ends at once, and what it had not committed is left as a kill would
+/// leave it (an intent the next run finishes, a file the next orphan sweep removes). Without this, a signal killed the process with
 /// nothing said, not even to a `--json` reader. A command that ends despite the signal reports as usual.
 pub async fn until_signal(
     command: impl std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
@@ -177,12 +177,22 @@ pub async fn until_signal(
 ) -> anyhow::Result<std::process::ExitCode> {
     let stopper = Stopper::install("the command stops at its next step (again to quit now)", json)
         .map_err(|e| anyhow::anyhow!("listening for SIGINT and SIGTERM: {e}"))?;
+    let mut command = std::pin::pin!(command);
     tokio::select! {
         // The command first: a wait the signal ended says what it was waiting for.
         biased;
-        result = command => result.or_else(|error| stopper.failed_run(error, false, json)),
+        result = &mut command => result.or_else(|error| stopper.failed_run(error, false, json)),
         signal = stopper.signalled() => {
-            stopper.failed_run(anyhow::anyhow!("stopped by {} before it finished", signal.name()), false, json)
+            // A step that watches the drain ends on its own (the bench deletes what it wrote): a moment for that.
+            match tokio::time::timeout(STOP_GRACE, &mut command).await {
+                Ok(result) => result.or_else(|error| stopper.failed_run(error, false, json)),
+                Err(_) => {
+                    stopper.failed_run(anyhow::anyhow!("stopped by {} before it finished", signal.name()), false, json)
+                }
+            }
         }
     }
 }
+
+/// How long a command that tends the lake or the store has, after a signal, to end on its own.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -105,13 +105,36 @@ pub async fn run(
         Dedup::RedisBloom(d) => d.pool(),
         Dedup::Embedded(_) => return Err(DedupError::Config("the bench measures a Redis store".into())),
     };
+    // What the bench wrote is deleted however it ends: done, failed, or stopped by a signal (which ends it here
+    // rather than at its end), so that no throwaway filter of hundreds of MB stays in the server.
+    let measured = tokio::select! {
+        measured = measure(&config, &store, pool, keys, keys_per_call, callers, periods) => measured,
+        () = crate::drain::wait() => Err(DedupError::Stopped("the bench did not finish".into())),
+    };
+    let deleted = pool.delete_prefix().await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = measured?;
+    deleted?;
+    Ok(report)
+}
+
+/// The bench itself, on the throwaway store `store` (see [`run`]).
+async fn measure(
+    config: &DedupConfig,
+    store: &std::sync::Arc<Dedup>,
+    pool: &super::RedisPool,
+    keys: u64,
+    keys_per_call: usize,
+    callers: usize,
+    periods: u32,
+) -> Result<BenchReport, DedupError> {
     let keys_v = random_keys_over(keys, 1, periods, config.period);
     let cpu_before = pool.server_cpu_seconds().await?;
     let usec_before = pool.command_usec().await?;
     let started = Instant::now();
     // Each caller checks a chunk, then adds its new keys. With several callers one chunk's add overlaps the next
     // one's check, as the ingest's batcher and committer overlap in a run.
-    let store_ref = &store;
+    let store_ref = store;
     futures::stream::iter(keys_v.chunks(keys_per_call.max(1)))
         .map(|chunk| async move {
             let seen = store_ref.contains(chunk).await?;
@@ -128,7 +151,7 @@ pub async fn run(
         cmds.iter().map(|c| usec_after.get(*c).unwrap_or(&0.0) - usec_before.get(*c).unwrap_or(&0.0)).sum::<f64>()
             / keys.max(1) as f64
     };
-    let (check_cmds, add_cmds): (&[&str], &[&str]) = match &*store {
+    let (check_cmds, add_cmds): (&[&str], &[&str]) = match &**store {
         Dedup::RedisBloom(_) => (&["bf.mexists"], &["bf.insert"]),
         _ => (&["getrange"], &["bitfield"]),
     };
@@ -142,8 +165,6 @@ pub async fn run(
         positives += store.contains(chunk).await?.into_iter().filter(|s| *s).count() as u64;
     }
     let file_index = file_index(store.clone(), pool, keys).await?;
-    pool.delete_prefix().await?;
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(BenchReport {
         backend: store.describe(),
         keys,

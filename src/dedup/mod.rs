@@ -81,6 +81,9 @@ pub enum DedupError {
     Interrupted { url: String, secs: f64, last: String },
     #[error("Redis at {url}: {error}")]
     Redis { url: String, error: String },
+    /// A signal stopped the work before its end (what it wrote is left as a kill would leave it, or undone).
+    #[error("stopped by a signal: {0}")]
+    Stopped(String),
     /// The store no longer holds what it held when this process started (a Redis restarted without
     /// persistence, or flushed): the keys of committed batches must be re-added before going on.
     #[error("the dedup store lost its state (generation {expected} is now {found})")]
