@@ -478,11 +478,7 @@ fn the_kubernetes_manifest_matches_the_command_line() {
     }
     let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
     assert!(dockerfile.contains("--uid 10001") && manifest.matches("runAsUser: 10001").count() == 2);
-    assert!(
-        std::fs::read_to_string(root.join("src/ingest/pos_stages.rs"))
-            .expect("source")
-            .contains("\"POSLAKE_WORKER_ID\"")
-    );
+    assert!(std::fs::read_to_string(root.join("src/config.rs")).expect("source").contains("\"POSLAKE_WORKER_ID\""));
 }
 
 /// OTLP over HTTP/protobuf: a plain HTTP receiver (one POST per export) gets the same spans.

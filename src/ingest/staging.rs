@@ -69,6 +69,9 @@ pub enum StagingError {
     Io { path: String, source: std::io::Error },
 }
 
+/// The lake's own folders: its tables, its embedded dedup store, its commit intents.
+const LAKE_OWN: [&str; 3] = ["warehouse", "dedup", "commits"];
+
 /// The reason a local staging folder that does not exist is refused for.
 const NO_SUCH_FOLDER: &str = "no such folder";
 
@@ -224,9 +227,9 @@ impl Staging {
     /// Refuses a lake that is the staging folder itself: its own tables and archive would be listed as files to
     /// ingest, and leaving them out would leave out everything. (A lake inside staging is left out of the listing,
     /// see [`Staging::excluding`].)
-    /// So is staging inside the lake's own files (its warehouse, dedup store, commit intents): they would be listed
-    /// as files to ingest and each made a dead letter. The raw archive (`bronze/`) is files like staging's, and may be
-    /// ingested from.
+    /// So is staging inside the lake's own folders ([`LAKE_OWN`]): their files would be listed as files to ingest and
+    /// each made a dead letter. Another folder in the lake's (`LAKE/incoming`), or its raw archive (`bronze/`), may be
+    /// staging.
     pub fn refuse_as_lake(&self, lake: &std::path::Path) -> Result<(), StagingError> {
         let Source::Local { root, .. } = &self.source else { return Ok(()) };
         match std::fs::canonicalize(lake) {
@@ -235,17 +238,15 @@ impl Staging {
                 kind: "lake",
                 reason: "is the lake folder too: give the lake a folder of its own, beside staging or inside it".into(),
             }),
-            Ok(lake) if root.starts_with(&lake) && !root.starts_with(lake.join("bronze")) => {
-                Err(StagingError::Refused {
-                    path: self.name.to_string(),
-                    kind: "lake",
-                    reason: format!(
-                        "lies inside the lake at {} (its tables, store or commits would be taken for POS files): give \
-                     staging a folder outside the lake",
-                        lake.display()
-                    ),
-                })
-            }
+            Ok(lake) if LAKE_OWN.iter().any(|own| root.starts_with(lake.join(own))) => Err(StagingError::Refused {
+                path: self.name.to_string(),
+                kind: "lake",
+                reason: format!(
+                    "lies inside the lake at {} (its tables, store or commits would be taken for POS files): give \
+                     staging a folder of its own",
+                    lake.display()
+                ),
+            }),
             _ => Ok(()),
         }
     }
