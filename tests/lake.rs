@@ -559,3 +559,22 @@ async fn replay_selects_by_each_files_newest_ledger_row_and_latest_refusal() {
     let names: Vec<String> = select(&wh, &malformed).await.expect("select").into_iter().map(|f| f.path).collect();
     assert_eq!(names, ["newer.xml"]);
 }
+
+/// A lake whose warehouse holds tables but which has no catalog.db (its catalog is a PostgreSQL database the command
+/// was not given, or catalog.db was lost) is refused, not given a new empty catalog: an audit saw an ingest without
+/// `--catalog` land every file again into a second history of the same tables.
+#[tokio::test]
+async fn a_lake_with_tables_and_no_catalog_is_not_given_a_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(lake_with_fixtures(dir.path()).await);
+    std::fs::rename(dir.path().join("catalog.db"), dir.path().join("elsewhere.db")).expect("move the catalog away");
+    for opened in [Warehouse::open(dir.path()).await.err(), Warehouse::open_to_read(dir.path(), None).await.err()] {
+        let error = opened.expect("refused").to_string();
+        assert!(error.contains("no catalog.db") && error.contains("--catalog"), "{error}");
+    }
+    assert!(!dir.path().join("catalog.db").exists(), "no new catalog was made");
+    // Put back, the lake opens as before.
+    std::fs::rename(dir.path().join("elsewhere.db"), dir.path().join("catalog.db")).expect("restore");
+    let wh = Warehouse::open(dir.path()).await.expect("open");
+    assert!(wh.row_count("sales_header").await.expect("rows") > 0);
+}

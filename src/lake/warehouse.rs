@@ -349,6 +349,30 @@ impl Warehouse {
     }
 }
 
+/// Refuses to make a new SQLite catalog for a lake whose warehouse already holds tables: their catalog is elsewhere
+/// (a PostgreSQL database the command was not given) or was lost. A new one would start a second history of the
+/// same tables in the same folders (an audit saw an ingest without `--catalog` land every file again), and an
+/// orphan sweep through either would delete the other's files.
+fn refuse_a_lost_catalog(root: &Path, db: &Path) -> Result<(), LakeError> {
+    if db.exists() {
+        return Ok(());
+    }
+    let tables = root.join("warehouse").join(NAMESPACE);
+    let holds_tables = std::fs::read_dir(&tables)
+        .map(|entries| entries.flatten().any(|table| table.path().join("metadata").is_dir()))
+        .unwrap_or(false);
+    if !holds_tables {
+        return Ok(());
+    }
+    Err(LakeError::Catalog(format!(
+        "the lake at {} holds tables in {} but no catalog.db: its catalog is elsewhere (a PostgreSQL database: give \
+         it with --catalog or POSLAKE_CATALOG), or catalog.db was lost (restore it; a new one would start the tables \
+         over beside their files)",
+        root.display(),
+        tables.display()
+    )))
+}
+
 /// Refuses a table that lies outside this lake. A shared catalog may hold another lake's tables (one database named
 /// for two lakes, or this lake mounted at another path on another host): writing beside them would mix the two, and
 /// reading them would show the other lake's rows as this one's.
@@ -373,6 +397,9 @@ async fn open_catalog(
     let root = root.canonicalize().map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
     let catalog_db = CatalogDb::new(&root, catalog)?;
     let warehouse_location = format!("file://{}", root.join("warehouse").display());
+    if let CatalogDb::Sqlite(db) = &catalog_db {
+        refuse_a_lost_catalog(&root, db)?;
+    }
     if let CatalogDb::Postgres(url) = &catalog_db {
         probe_postgres(url, &catalog_db).await?;
     }
