@@ -1788,31 +1788,43 @@ fn a_signal_stops_the_commands_that_tend_the_lake_with_an_answer() {
 }
 
 /// `dedup bench` stopped by a signal midway deletes what it wrote: a bench's filter can be hundreds of MB, and a
-/// SIGTERM used to kill it with its keys left in the server.
+/// SIGTERM used to kill it with its keys left in the server. Its calls under way are waited for, not dropped: what a
+/// dropped call had sent landed after the deletion and made shard keys again (an audit saw a third of its stops
+/// leave some), so the signal comes at several moments of the bench.
 #[test]
 fn a_bench_stopped_by_a_signal_leaves_no_key_behind() {
     let server = common::redis::RedisServer::start();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
-        .args(["dedup", "bench", "--json", "--keys", "2000000", "--dedup", "redis-bitmap", "--redis-url"])
-        .arg(server.url())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn poslake");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while server.integer(&["DBSIZE"]) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the bench wrote nothing within a minute");
-        std::thread::sleep(Duration::from_millis(100));
+    for (round, after) in [0u64, 300, 800, 1500].into_iter().enumerate() {
+        server.command(&["FLUSHALL"]);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+            .args(["dedup", "bench", "--json", "--keys", "2000000", "--dedup", "redis-bitmap", "--redis-url"])
+            .arg(server.url())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn poslake");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while server.integer(&["DBSIZE"]) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the bench wrote nothing within a minute");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(after));
+        let signal = if round % 2 == 0 { "-TERM" } else { "-INT" };
+        let status = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status();
+        assert!(status.expect("kill").success());
+        let status = common::exit_within(&mut child, Duration::from_secs(60)).expect("the bench stops");
+        let out = child.wait_with_output().expect("output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Whatever the bench sent before it stopped was answered before its deletion: nothing lands after it.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(server.integer(&["DBSIZE"]), 0, "round {round}: the bench's keys are deleted: {stderr}");
+        if !status.success() {
+            assert!(matches!(status.code(), Some(130 | 143)), "round {round}: {stderr}");
+            let line: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+            assert!(line["stopped_by"].is_string(), "{line}");
+        }
     }
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    assert!(status.expect("kill").success());
-    let status = common::exit_within(&mut child, Duration::from_secs(60)).expect("the bench stops");
-    let out = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(status.code(), Some(143), "{stderr}");
-    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-    assert_eq!(line["stopped_by"], "SIGTERM", "{line}");
-    assert_eq!(server.integer(&["DBSIZE"]), 0, "the bench's keys are deleted: {stderr}");
 }
 
 /// Runs `command` until it logs that Redis is unreachable, sends it SIGTERM, and returns how it exited (within a

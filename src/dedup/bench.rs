@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -105,12 +105,10 @@ pub async fn run(
         Dedup::RedisBloom(d) => d.pool(),
         Dedup::Embedded(_) => return Err(DedupError::Config("the bench measures a Redis store".into())),
     };
-    // What the bench wrote is deleted however it ends: done, failed, or stopped by a signal (which ends it here
-    // rather than at its end), so that no throwaway filter of hundreds of MB stays in the server.
-    let measured = tokio::select! {
-        measured = measure(&config, &store, pool, keys, keys_per_call, callers, periods) => measured,
-        () = crate::drain::wait() => Err(DedupError::Stopped("the bench did not finish".into())),
-    };
+    // What the bench wrote is deleted however it ends: done, failed, or stopped by a signal, so that no throwaway
+    // filter of hundreds of MB stays in the server. The measurement stops at a signal by starting no new call, and
+    // waits for those under way (never dropped: what they sent would land after the deletion and re-make keys).
+    let measured = measure(&config, &store, pool, keys, keys_per_call, callers, periods).await;
     let deleted = pool.delete_prefix().await;
     let _ = std::fs::remove_dir_all(&scratch);
     let report = measured?;
@@ -135,15 +133,18 @@ async fn measure(
     // Each caller checks a chunk, then adds its new keys. With several callers one chunk's add overlaps the next
     // one's check, as the ingest's batcher and committer overlap in a run.
     let store_ref = store;
-    futures::stream::iter(keys_v.chunks(keys_per_call.max(1)))
+    let calls: Vec<Result<(), DedupError>> = futures::stream::iter(keys_v.chunks(keys_per_call.max(1)))
+        .take_while(|_| futures::future::ready(!crate::drain::requested()))
         .map(|chunk| async move {
             let seen = store_ref.contains(chunk).await?;
             let new: Vec<DedupKey> = chunk.iter().zip(seen).filter(|(_, s)| !s).map(|(k, _)| *k).collect();
             store_ref.add(&new).await
         })
         .buffer_unordered(callers.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+        .collect()
+        .await;
+    calls.into_iter().collect::<Result<Vec<()>, _>>()?;
+    stopped()?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_after = pool.server_cpu_seconds().await?;
     let usec_after = pool.command_usec().await?;
@@ -162,6 +163,7 @@ async fn measure(
     let fresh = random_keys_over(probes, 2, periods, config.period);
     let mut positives = 0u64;
     for chunk in fresh.chunks(keys_per_call.max(1)) {
+        stopped()?;
         positives += store.contains(chunk).await?.into_iter().filter(|s| *s).count() as u64;
     }
     let file_index = file_index(store.clone(), pool, keys).await?;
@@ -189,6 +191,14 @@ async fn measure(
     })
 }
 
+/// Ends the bench once a signal asked the process to stop: between calls, never inside one.
+fn stopped() -> Result<(), DedupError> {
+    match crate::drain::requested() {
+        true => Err(DedupError::Stopped("the bench did not finish; what it wrote is deleted".into())),
+        false => Ok(()),
+    }
+}
+
 /// Adds `files` random file ids to a file index sized for them, as a full sync from the ledger does, then looks
 /// them up as discovery does.
 async fn file_index(
@@ -201,6 +211,7 @@ async fn file_index(
     let before = pool.used_memory().await?;
     let started = Instant::now();
     for chunk in ids.chunks(100_000) {
+        stopped()?;
         index.add(chunk.to_vec()).await?;
     }
     let add_seconds = started.elapsed().as_secs_f64();
@@ -208,6 +219,7 @@ async fn file_index(
     let started = Instant::now();
     let mut held = 0u64;
     for chunk in ids.chunks(512) {
+        stopped()?;
         held += index.contain(chunk.to_vec()).await?.into_iter().filter(|h| *h).count() as u64;
     }
     let lookup_seconds = started.elapsed().as_secs_f64();
