@@ -198,13 +198,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         // Sizing a filter waits on nothing.
         Command::Dedup { command: command @ cli::args::DedupCommand::Plan { .. } } => cli::dedup::dedup(command).await,
         Command::Dedup { command } => {
+            use cli::args::DedupCommand;
             let json = command.json();
-            cli::stop::until_signal(cli::dedup::dedup(command), json).await
+            let aftermath = match &command {
+                DedupCommand::Rebuild { .. } => cli::stop::UNFINISHED,
+                DedupCommand::Bench { .. } => "the bench did not finish; the keys it wrote are deleted",
+                DedupCommand::Stats { .. } | DedupCommand::Plan { .. } => cli::stop::NOTHING_CHANGED,
+            };
+            cli::stop::until_signal(cli::dedup::dedup(command), aftermath, json).await
         }
-        Command::Reconcile { store, json } => cli::stop::until_signal(cli::lake::reconcile(store, json), json).await,
+        Command::Reconcile { store, json } => {
+            cli::stop::until_signal(cli::lake::reconcile(store, json), cli::stop::UNFINISHED, json).await
+        }
         Command::Maintain { store, keep, remove_orphans_older_than_hours, no_ingest_running, json } => {
             let sweep = remove_orphans_older_than_hours.map(|hours| cli::lake::Sweep { hours, no_ingest_running });
-            cli::stop::until_signal(cli::lake::maintain(store, keep, sweep, json), json).await
+            cli::stop::until_signal(cli::lake::maintain(store, keep, sweep, json), cli::stop::UNFINISHED, json).await
         }
         Command::Generate(args) => {
             let report = poslake::generate::generate(&args)?;

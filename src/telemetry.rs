@@ -109,6 +109,8 @@ impl Drop for Telemetry {
 }
 
 static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// `--log-format json` was asked for, whether or not the log could be set up (a bad variable stops it first).
+static JSON_ASKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether log lines are JSON objects (`--log-format json`): notices meant for a person then go through the log too,
 /// so that every line of stderr is one object.
@@ -137,6 +139,22 @@ pub fn notice(kind: Notice, text: &str) {
         }
         return;
     }
+    // Asked for, but the log could not be set up (the error being told is why): the same object, by hand.
+    if JSON_ASKED.load(std::sync::atomic::Ordering::Relaxed) {
+        let level = match kind {
+            Notice::Error => "ERROR",
+            Notice::Warning => "WARN",
+            Notice::Note | Notice::Plain => "INFO",
+        };
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": level,
+            "fields": { "message": text },
+            "target": "poslake",
+        });
+        eprintln!("{line}");
+        return;
+    }
     let prefix = match kind {
         Notice::Error => "error: ",
         Notice::Warning => "warning: ",
@@ -149,8 +167,10 @@ pub fn notice(kind: Notice, text: &str) {
 /// Installs the global subscriber: logs always, traces when an endpoint is configured. Call once, inside the
 /// Tokio runtime (the gRPC exporter's connection lives on it).
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
-    // Notices go through the log only once it is installed: an error before that (a bad variable) is a plain line.
+    // Notices go through the log only once it is installed; an error before that (a bad variable) is written as one
+    // of its lines by hand.
     let json = config.log_format == LogFormat::Json;
+    JSON_ASKED.store(json, std::sync::atomic::Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,poslake=info"));
     let logs = match config.log_format {
         // Colours on a terminal only: in a file or a pipe they are escape codes in the text.

@@ -1213,6 +1213,40 @@ fn flags_that_cannot_work_are_usage_errors_that_say_what_they_take() {
     assert!(stderr.contains("--remove-orphans-older-than-hours"), "{stderr}");
 }
 
+/// With `--log-format json`, every line of stderr is a JSON object, also when the log itself cannot be set up (a
+/// bad telemetry variable: the error is written as one of its lines) and for `poslake parse`'s per-file errors.
+#[test]
+fn json_logs_stay_json_when_the_log_cannot_be_set_up_and_when_parsing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.xml");
+    std::fs::write(&bad, "<NotPos/>").expect("write");
+    let cases: [(&[&str], Option<(&str, &str)>); 2] = [
+        (&["tables", "--lake", "/nonexistent", "--log-format", "json"], Some(("OTEL_EXPORTER_OTLP_PROTOCOL", "bogus"))),
+        (&["parse", "--log-format", "json", path_str(&bad), "/nonexistent.xml"], None),
+    ];
+    for (args, env) in cases {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+        command.args(args).env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1");
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let out = command.output().expect("run poslake");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{args:?}: something is said");
+        for line in lines {
+            let object: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"));
+            assert!(object["fields"]["message"].is_string(), "{line}");
+        }
+    }
+}
+
+fn path_str(path: &std::path::Path) -> &str {
+    path.to_str().expect("a UTF-8 temporary path")
+}
+
 /// A bad value from an environment variable is named as coming from it: clap names only the flag, which the command
 /// line does not hold (until session 28 `POSLAKE_DEDUP=bogus` read as a bad `--dedup`). An empty variable says so.
 #[test]

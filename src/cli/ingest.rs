@@ -66,7 +66,8 @@ pub async fn ingest_as_configured(
     setup: &poslake::ingest::IngestSetup,
     replay: Option<poslake::ingest::replay::ReplayFilter>,
 ) -> anyhow::Result<ExitCode> {
-    let stopper = Stopper::install(super::stop::DRAIN_NOTICE, args.json).context("listening for SIGINT and SIGTERM")?;
+    let stopper = Stopper::install(super::stop::DRAIN_NOTICE, super::stop::DRAIN_AFTERMATH, args.json)
+        .context("listening for SIGINT and SIGTERM")?;
     let every = match (&replay, config.every_secs) {
         (None, secs) if secs > 0 => std::time::Duration::from_secs(secs),
         _ => {
@@ -134,7 +135,8 @@ pub async fn run_once(
     let progress = Arc::new(poslake_actors::Progress::default());
     stopper.watch(&progress);
     // A bar on a terminal; otherwise (a service, a pipe, --json) a log line every half minute.
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(progress_bar);
+    // Not under JSON logs either: a bar's redraws would break the lines into pieces a collector cannot read.
+    let bar = (!args.json && !poslake::telemetry::json_logs() && std::io::stderr().is_terminal()).then(progress_bar);
     let display = match &bar {
         Some(bar) => tokio::spawn(show_progress(bar.clone(), progress.clone())),
         None => tokio::spawn(log_progress(progress.clone())),

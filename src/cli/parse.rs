@@ -17,7 +17,8 @@ pub fn parse(files: &[PathBuf], dialect: Option<Dialect>, summary: bool) -> anyh
             Ok(bytes) => bytes,
             Err(err) => {
                 failed += 1;
-                eprintln!("read: {}: {err}", path.display());
+                let line = format!("read: {}: {err}", path.display());
+                poslake::telemetry::notice(poslake::telemetry::Notice::Plain, &line);
                 continue;
             }
         };
@@ -40,7 +41,7 @@ pub fn parse(files: &[PathBuf], dialect: Option<Dialect>, summary: bool) -> anyh
             Ok(parsed) => say!("{}", serde_json::to_string_pretty(&parsed)?),
             Err(err) => {
                 failed += 1;
-                eprintln!("{}: {err}", err.kind());
+                poslake::telemetry::notice(poslake::telemetry::Notice::Plain, &format!("{}: {err}", err.kind()));
             }
         }
     }

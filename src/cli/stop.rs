@@ -36,6 +36,8 @@ impl Signal {
 
 pub struct Stopper {
     inner: Arc<Inner>,
+    /// What a stop leaves, said after it: the next run's work, or nothing.
+    aftermath: &'static str,
 }
 
 struct Inner {
@@ -54,7 +56,7 @@ struct State {
 impl Stopper {
     /// Takes over SIGINT and SIGTERM for the rest of the process. `notice` says what the first signal does; `json`:
     /// the command's reader takes JSON on stdout, and gets a line from a second signal too.
-    pub fn install(notice: &'static str, json: bool) -> std::io::Result<Self> {
+    pub fn install(notice: &'static str, aftermath: &'static str, json: bool) -> std::io::Result<Self> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let inner = Arc::new(Inner { state: Mutex::new(State::default()), stopped: Notify::new() });
@@ -90,13 +92,13 @@ impl Stopper {
                  finishes or redoes what was in flight",
                 second.name()
             );
-            poslake::telemetry::notice(poslake::telemetry::Notice::Plain, &quit);
+            poslake::telemetry::notice(poslake::telemetry::Notice::Warning, &quit);
             if json {
                 let _ = crate::print_json_error(&anyhow::anyhow!(quit), Some(first.name()));
             }
             std::process::exit(i32::from(first.exit_code()));
         });
-        Ok(Stopper { inner })
+        Ok(Stopper { inner, aftermath })
     }
 
     /// Makes `progress` the run a signal drains; if a signal came already, it is drained from the start.
@@ -126,10 +128,7 @@ impl Stopper {
         if json {
             crate::print_json_error(&error, Some(signal.name()))?;
         }
-        let stopped = format!(
-            "stopped by {}: the run did not finish; what it had not committed is left for the next run",
-            signal.name()
-        );
+        let stopped = format!("stopped by {}: {}", signal.name(), self.aftermath);
         notice(Notice::Plain, &stopped);
         Ok(match service {
             true => std::process::ExitCode::SUCCESS,
@@ -166,6 +165,8 @@ impl Stopper {
 
 /// What the first signal does to a run of the main job.
 pub const DRAIN_NOTICE: &str = "no new file is taken, those in flight are finished (again to quit now)";
+/// What a run of the main job that a signal cut short leaves.
+pub const DRAIN_AFTERMATH: &str = "the run did not finish; what it had not committed is left for the next run";
 
 /// Runs a command that tends the lake or the store until it ends or a signal comes. On a signal it stops at its next
 /// step, within [`STOP_GRACE`]: a wait for Redis ends at once, and what it had not committed is left as a kill would
@@ -173,9 +174,10 @@ pub const DRAIN_NOTICE: &str = "no new file is taken, those in flight are finish
 /// nothing said, not even to a `--json` reader. A command that ends despite the signal reports as usual.
 pub async fn until_signal(
     command: impl std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+    aftermath: &'static str,
     json: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let stopper = Stopper::install("the command stops at its next step (again to quit now)", json)
+    let stopper = Stopper::install("the command stops at its next step (again to quit now)", aftermath, json)
         .map_err(|e| anyhow::anyhow!("listening for SIGINT and SIGTERM: {e}"))?;
     let mut command = std::pin::pin!(command);
     tokio::select! {
@@ -196,3 +198,8 @@ pub async fn until_signal(
 
 /// How long a command that tends the lake or the store has, after a signal, to end on its own.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a stopped `maintain`, `reconcile` or `dedup rebuild` leaves.
+pub const UNFINISHED: &str = "the command did not finish; what it committed stays, and running it again does the rest";
+/// What a stopped command that only reads leaves.
+pub const NOTHING_CHANGED: &str = "the command did not finish, and changed nothing";
