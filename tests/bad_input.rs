@@ -1220,7 +1220,8 @@ fn json_logs_stay_json_when_the_log_cannot_be_set_up_and_when_parsing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.xml");
     std::fs::write(&bad, "<NotPos/>").expect("write");
-    let cases: [(&[&str], Option<(&str, &str)>); 2] = [
+    type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>);
+    let cases: [Case; 2] = [
         (&["tables", "--lake", "/nonexistent", "--log-format", "json"], Some(("OTEL_EXPORTER_OTLP_PROTOCOL", "bogus"))),
         (&["parse", "--log-format", "json", path_str(&bad), "/nonexistent.xml"], None),
     ];
