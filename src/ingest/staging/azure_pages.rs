@@ -19,7 +19,7 @@ use object_store::client::{
 use object_store::path::Path as StorePath;
 use quick_xml::events::Event;
 
-use crate::error_text::{chain, one_line};
+use crate::error_text::chain;
 
 /// A blob as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +206,7 @@ impl Direct {
         if status.is_success() {
             return Ok(body);
         }
-        let error = format!("the server answered {status}: {}", error_text(&body));
+        let error = format!("the server answered {status}: {}", crate::error_text::azure_answer(&body));
         let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
         Err(if transient { Attempt::Retry(error) } else { Attempt::Final(error) })
     }
@@ -266,38 +266,6 @@ fn address(builder: &MicrosoftAzureBuilder, url: &url::Url) -> Option<(url::Url,
     // listing fails as its reads would).
     base.path_segments_mut().ok()?.push(&container);
     Some((base, account, emulator))
-}
-
-/// What an error answer says: Azure's `<Error>` as its code and the first line of its message (`ContainerNotFound:
-/// The specified container does not exist.`), rather than the XML with its request id and time; any other body as
-/// it is, on one line.
-fn error_text(body: &[u8]) -> String {
-    let mut reader = quick_xml::Reader::from_reader(body);
-    let (mut code, mut message, mut inside, mut root) = (None::<String>, None::<String>, None::<Vec<u8>>, None);
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                let name = e.local_name().as_ref().to_vec();
-                root.get_or_insert_with(|| name.clone());
-                inside = Some(name);
-            }
-            Ok(Event::Text(t)) => {
-                let text = t.decode().map(|t| t.trim().to_owned()).unwrap_or_default();
-                match inside.as_deref() {
-                    Some(b"Code") => code = Some(text),
-                    Some(b"Message") => message = text.lines().next().map(str::to_owned),
-                    _ => {}
-                }
-            }
-            Ok(Event::End(_)) => inside = None,
-            Ok(Event::Eof) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    match (root.as_deref(), code) {
-        (Some(b"Error"), Some(code)) => one_line(&format!("{code}: {}", message.unwrap_or_default())),
-        _ => one_line(&String::from_utf8_lossy(body)),
-    }
 }
 
 /// The blobs of one List Blobs page (`EnumerationResults`), and its next marker. Directories of a hierarchical
@@ -415,16 +383,6 @@ mod tests {
   </Blobs>
   <NextMarker>2!96!MDAwMDIzIXBvcy96Lnht</NextMarker>
 </EnumerationResults>"#;
-
-    #[test]
-    fn an_error_answer_is_its_code_and_message() {
-        let body = "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ContainerNotFound</Code><Message>The \
-                    specified container does not exist.\nRequestId:6d3c\nTime:2026-11-29T14:00:00.000Z</Message></Error>";
-        assert_eq!(error_text(body.as_bytes()), "ContainerNotFound: The specified container does not exist.");
-        // Anything else as it is, on one line.
-        assert_eq!(error_text(b"bad\ngateway"), "bad gateway");
-        assert_eq!(error_text(b"<Other><Code>X</Code></Other>"), "<Other><Code>X</Code></Other>");
-    }
 
     #[test]
     fn a_page_is_read_name_by_name() {
