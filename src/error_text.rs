@@ -73,7 +73,7 @@ fn without_xml_answers(text: &str) -> String {
         // The declaration just before it goes too.
         let start = rest[..open].rfind("<?xml").filter(|&d| rest[d..open].trim_end().ends_with("?>")).unwrap_or(open);
         out.push_str(rest[..start].trim_end_matches('\u{feff}'));
-        out.push_str(&azure_answer(rest[start..close].as_bytes()));
+        out.push_str(&azure_answer(&rest.as_bytes()[start..close]));
         rest = &rest[close..];
     }
     out.push_str(rest);
