@@ -1208,6 +1208,9 @@ fn flags_that_cannot_work_are_usage_errors_that_say_what_they_take() {
         assert_eq!(code, Some(2), "{every}: {stderr}");
         assert!(stderr.contains("--every takes whole seconds") && !stderr.contains("10ms"), "{every}: {stderr}");
     }
+    let (code, stderr) = run(&["ingest", "--every", "8d", "--staging", "/nonexistent"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("over a week"), "{stderr}");
     let (code, stderr) = run(&["maintain", "--no-ingest-running", "--lake", "/nonexistent"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--remove-orphans-older-than-hours"), "{stderr}");

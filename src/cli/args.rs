@@ -382,7 +382,12 @@ impl IngestArgs {
             );
         }
         if replay {
-            if self.workers.is_some() || self.worker_index.is_some() || self.route_by.is_some() {
+            // Only settings that would change what a worker takes: `--workers 1` (or its variable) changes nothing.
+            let default = poslake::config::IngestConfig::default();
+            let splits = self.workers.as_ref().is_some_and(|w| *w != default.workers)
+                || self.worker_index.is_some_and(|i| i != default.worker_index)
+                || self.route_by.is_some();
+            if splits {
                 poslake::telemetry::notice(
                     poslake::telemetry::Notice::Note,
                     "--workers, --worker-index and --route-by (or their variables) are not used by replay: one replay \
@@ -404,6 +409,12 @@ fn parse_every(text: &str) -> Result<std::time::Duration, String> {
     let every = humantime::parse_duration(text).map_err(|_| format!("not a duration: {TAKES}"))?;
     if every.subsec_nanos() != 0 {
         return Err(format!("{} is not whole seconds: {TAKES}", humantime::format_duration(every)));
+    }
+    if every.as_secs() > poslake::config::MAX_EVERY_SECS {
+        return Err(format!(
+            "{} is over a week: run the ingest from a scheduler instead",
+            humantime::format_duration(every)
+        ));
     }
     Ok(every)
 }
