@@ -734,6 +734,14 @@ async fn a_replay_tells_a_file_gone_from_one_it_cannot_address() {
     ];
     let want: Vec<(String, String)> = want.iter().map(|(p, k)| (p.to_string(), k.to_string())).collect();
     assert_eq!(kinds, want);
+    drop(wh);
+
+    // Removed from staging, that name is missing, not unusable (whose advice, to rename it, no longer applies).
+    std::fs::remove_file(staging.join(std::ffi::OsStr::from_bytes(b"bad\xff.xml"))).expect("remove");
+    replay(&small, &ReplayFilter::default(), pipeline(), Arc::new(Progress::default())).await.expect("replay again");
+    let wh = Warehouse::open(&paths.lake).await.expect("open");
+    let missing = common::scalar(&wh, "SELECT count(*) FROM dead_letters WHERE kind = 'missing' AND path LIKE 'bad%'");
+    assert_eq!(missing.await, 1);
 }
 
 /// As a service (`ingest --every 1s`), poslake takes each file as it arrives, printing one JSON line a run, and

@@ -207,6 +207,11 @@ impl PosStages {
     async fn replayed_bytes(&self, file: &StagedFile, hash: &str) -> Result<Bytes, IngestError> {
         const GONE: &str = "no longer in staging, and the bronze archive has no copy of it (only files that reached the parser are \
              archived)";
+        // A name that is not UTF-8 cannot be read back (see `DeadFile::staged`); gone from staging, it is missing.
+        let unaddressable = file.refused.as_ref().is_some_and(|r| r.kind == "unusable_name");
+        if unaddressable && file.path.contains('\u{FFFD}') && !self.staging.holds_lossy(&file.path) {
+            return Err(StagingError::Refused { path: file.path.clone(), kind: "missing", reason: GONE.into() }.into());
+        }
         let unread = match self.staging.get(file, self.parse.max_decompressed_bytes).await {
             Ok(bytes) => return Ok(bytes),
             // `get` reads only a file of the listed size.

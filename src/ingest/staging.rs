@@ -338,6 +338,21 @@ impl Staging {
     }
 
     /// The file's bytes, refusing (without reading it) a file the listing refused or one larger than `limit`.
+    /// Whether a local staging folder holds an entry whose name, made UTF-8 with U+FFFD for the bytes that are not,
+    /// is `path`'s (a name that is not UTF-8, as the ledger keeps it). A folder on the way that is itself such a name
+    /// cannot be followed: then it answers yes.
+    pub fn holds_lossy(&self, path: &str) -> bool {
+        let Source::Local { root, .. } = &self.source else { return true };
+        let (folder, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if folder.contains('\u{FFFD}') {
+            return true;
+        }
+        match std::fs::read_dir(root.join(folder)) {
+            Ok(entries) => entries.flatten().any(|e| e.file_name().to_string_lossy() == name),
+            Err(_) => false,
+        }
+    }
+
     /// Whether staging holds anything under `path` (a file, or any entry a listing would name).
     pub async fn holds(&self, path: &str) -> Result<bool, StagingError> {
         match &self.source {
