@@ -91,8 +91,8 @@ pub enum DedupError {
     #[error("dedup configuration: {0}")]
     Config(String),
     #[error(
-        "the embedded dedup store at {0} is open in another process (an ingest still running?); several workers on \
-         one lake share a Redis store instead"
+        "the embedded dedup store at {0} is open in another process (an ingest, or a maintain, reconcile or dedup \
+         command, still running); several workers on one lake share a Redis store instead"
     )]
     InUse(std::path::PathBuf),
     #[error(
@@ -177,12 +177,37 @@ pub enum Dedup {
     RedisBloom(RedisBloom),
 }
 
+/// How long an open waits for the embedded store while another process holds it: enough for a command that only
+/// looks (`dedup stats`, about a second), not for a run (a second ingest is refused after it).
+const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the embedded store, waiting up to [`IN_USE_WAIT`] while another process holds it: a `dedup stats` run by
+/// a monitor made ingests fail at once (an audit saw 8 of 10, and a service stopped after three).
+async fn open_embedded(dir: &Path) -> Result<EmbeddedDedup, DedupError> {
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match EmbeddedDedup::open(dir) {
+            Err(DedupError::InUse(_)) if started.elapsed() < IN_USE_WAIT && !crate::drain::requested() => {
+                if !std::mem::replace(&mut said, true) {
+                    tracing::info!(store = %dir.display(), "the embedded dedup store is held by another poslake process: waiting for it");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    () = crate::drain::wait() => {}
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Dedup {
     /// Opens the configured store: the embedded one under `lake/dedup/`, or a Redis one (for `redis`, the Bloom
     /// module when the server has it, else the bitmap filter).
     pub async fn open(config: &DedupConfig, lake: &Path) -> Result<Dedup, DedupError> {
         match config.backend {
-            DedupBackend::Embedded => Ok(Dedup::Embedded(EmbeddedDedup::open(&lake.join("dedup"))?)),
+            DedupBackend::Embedded => Ok(Dedup::Embedded(open_embedded(&lake.join("dedup")).await?)),
             backend => {
                 let pool = RedisPool::open(config).await?;
                 let has_bloom = RedisBloom::server_has_bloom(&pool).await?;
@@ -357,6 +382,23 @@ impl DedupStore for Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An open waits while another holder (a `dedup stats` of a monitor) has the embedded store, rather than failing
+    /// at once; past [`IN_USE_WAIT`] it is refused as before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_waits_for_the_embedded_store_a_short_command_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("dedup");
+        let held = EmbeddedDedup::open(&store).expect("first holder");
+        let releasing = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            drop(held);
+        });
+        let started = std::time::Instant::now();
+        open_embedded(&store).await.expect("opened once released");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(500), "{:?}", started.elapsed());
+        releasing.await.expect("released");
+    }
 
     #[test]
     fn periods_label_business_dates() {

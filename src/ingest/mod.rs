@@ -443,7 +443,10 @@ async fn run(
     let census = {
         let (stages, progress, after) = (stages.clone(), progress.clone(), stages.census_after());
         tokio::spawn(async move {
-            tokio::time::sleep(after).await;
+            // A replay knows its size at once.
+            if !stages.is_replay() {
+                tokio::time::sleep(after).await;
+            }
             if !progress.discovery_done() {
                 stages.census(progress).await;
             }

@@ -166,6 +166,11 @@ impl PosStages {
         })
     }
 
+    /// Whether this run takes dead letters again rather than what staging lists.
+    pub(super) fn is_replay(&self) -> bool {
+        self.replay.is_some()
+    }
+
     /// How long the run lists before its census starts.
     pub(super) fn census_after(&self) -> std::time::Duration {
         self.census_after
@@ -182,14 +187,23 @@ impl PosStages {
     /// looked up: the time left assumes the rest of the listing holds new files in the share seen so far. A replay
     /// knows its files already.
     pub(super) async fn census(&self, progress: Arc<poslake_actors::Progress>) {
-        if self.replay.is_some() {
+        // A replay's files are its selection, known at its start.
+        if let Some(files) = &self.replay {
+            progress.census_counted(files.len() as u64);
+            progress.census_finished();
             return;
         }
         let route = self.route.clone();
         let mut listed = self.staging.list().ready_chunks(LOOKUP_CHUNK);
         while let Some(chunk) = listed.next().await {
-            // An entry that is no file (a dead letter of the download stage) is discovered too.
-            let ours = chunk.iter().filter(|f| f.as_ref().map_or(true, |f| route.takes(&f.path))).count();
+            // A listing that fails here leaves no size (a short count would make the time left far too short); the
+            // discovery's own listing says what failed, or goes on past it.
+            if let Some(Err(e)) = chunk.iter().find(|f| f.is_err()) {
+                tracing::debug!(error = %e, "the census of the listing stopped: no estimate of the run's size");
+                return;
+            }
+            // An entry that is no file (a link out of staging, a FIFO) is listed, and discovered, as one.
+            let ours = chunk.iter().flatten().filter(|f| route.takes(&f.path)).count();
             progress.census_counted(ours as u64);
         }
         progress.census_finished();
