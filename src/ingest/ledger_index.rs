@@ -50,7 +50,7 @@ impl LedgerIndex {
         LedgerIndex { files, synced: Mutex::new(None) }
     }
 
-    fn id(path: &str, size: u64) -> u128 {
+    pub(super) fn id(path: &str, size: u64) -> u128 {
         let mut h = blake3::Hasher::new();
         h.update(&size.to_le_bytes());
         h.update(path.as_bytes());

@@ -15,6 +15,9 @@ use super::archive::{Archive, ArchiveError};
 use super::commit::{Committer, Recovery};
 use super::in_flight::InFlightKeys;
 use super::ledger_index::{LOOKUP_CHUNK, LedgerIndex};
+
+/// The census looks up one listed entry in this many in the file index.
+const CENSUS_SAMPLE: u64 = 64;
 use super::staging::{StagedFile, Staging, StagingError};
 use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore};
 use crate::failpoint;
@@ -195,6 +198,7 @@ impl PosStages {
         }
         let route = self.route.clone();
         let mut listed = self.staging.list().ready_chunks(LOOKUP_CHUNK);
+        let mut position = 0u64;
         while let Some(chunk) = listed.next().await {
             // A listing that fails here leaves no size (a short count would make the time left far too short); the
             // discovery's own listing says what failed, or goes on past it.
@@ -203,8 +207,23 @@ impl PosStages {
                 return;
             }
             // An entry that is no file (a link out of staging, a FIFO) is listed, and discovered, as one.
-            let ours = chunk.iter().flatten().filter(|f| route.takes(&f.path)).count();
-            progress.census_counted(ours as u64);
+            let ours: Vec<&StagedFile> = chunk.iter().flatten().filter(|f| route.takes(&f.path)).collect();
+            // One entry in CENSUS_SAMPLE is looked up in the file index: where in the listing the new files are, for
+            // a few lookups (a run's new files gather in some folders, today's, not spread evenly).
+            let sampled: Vec<(u64, u128)> = (position..)
+                .zip(&ours)
+                .filter(|(at, _)| at % CENSUS_SAMPLE == 0)
+                .map(|(at, f)| (at, LedgerIndex::id(&f.path, f.size)))
+                .collect();
+            if !sampled.is_empty() {
+                let ids = sampled.iter().map(|(_, id)| *id).collect();
+                let Ok(known) = self.ledger.files.contain(ids).await else { return };
+                for ((at, _), known) in sampled.iter().zip(known) {
+                    progress.census_sampled(*at, !known);
+                }
+            }
+            position += ours.len() as u64;
+            progress.census_counted(ours.len() as u64);
         }
         progress.census_finished();
     }
