@@ -21,7 +21,7 @@ pub struct Progress {
     census: AtomicU64,
     census_done: AtomicBool,
     /// The census's sample of which entries are new, by stretch of the listing: see [`Progress::census_sampled`].
-    census_sample: Mutex<Vec<Stretch>>,
+    census_sample: Mutex<Sample>,
     /// Files (parsed or dead letters) handed to the batcher, retries counted again.
     reached_batcher: AtomicU64,
     done: AtomicU64,
@@ -33,17 +33,33 @@ pub struct Progress {
     changed: Notify,
 }
 
-/// Entries of the listing sampled by the census, per [`STRETCH`] entries: how many were looked up, how many of
-/// those were new.
+/// Entries of the listing sampled by the census, per stretch of entries: how many were looked up, how many of those
+/// were new.
 #[derive(Debug, Default, Clone, Copy)]
 struct Stretch {
     sampled: u32,
     new: u32,
 }
 
-/// Entries of the listing per stretch of the census's sample: new files gather in some parts of a listing (today's
-/// folder), so the share of them is kept by part, not for the whole. 2 billion entries make 122,000 stretches.
-pub const STRETCH: u64 = 16_384;
+/// The census's sample by stretch of the listing: new files gather in some parts of a listing (today's folder), so
+/// the share of them is kept by part, not for the whole. Stretches start at [`STRETCH`] entries and double (pairs
+/// merged) whenever there would be more than [`MAX_STRETCHES`]: memory stays bounded (512 KiB) whatever the listing.
+#[derive(Debug)]
+struct Sample {
+    stretch: u64,
+    stretches: Vec<Stretch>,
+}
+
+impl Default for Sample {
+    fn default() -> Self {
+        Sample { stretch: STRETCH, stretches: Vec::new() }
+    }
+}
+
+/// Entries per stretch of the census's sample at first: with one entry in 64 looked up, 32 samples a stretch.
+pub const STRETCH: u64 = 2_048;
+/// The most stretches kept: 134 million entries at [`STRETCH`]; coarser beyond.
+const MAX_STRETCHES: usize = 1 << 16;
 
 /// A consistent-enough view for display and the final summary.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -82,21 +98,33 @@ impl Progress {
     /// Records a sample the census looked up: the entry at `position` of this worker's listing, and whether it is
     /// new (not yet ingested).
     pub fn census_sampled(&self, position: u64, new: bool) {
-        let Ok(mut stretches) = self.census_sample.lock() else { return };
-        let at = usize::try_from(position / STRETCH).unwrap_or(usize::MAX);
-        if at >= stretches.len() {
-            stretches.resize(at.saturating_add(1).min(1 << 26), Stretch::default());
+        let Ok(mut sample) = self.census_sample.lock() else { return };
+        while position / sample.stretch >= MAX_STRETCHES as u64 {
+            let merged = sample
+                .stretches
+                .chunks(2)
+                .map(|pair| Stretch {
+                    sampled: pair.iter().map(|s| s.sampled).sum(),
+                    new: pair.iter().map(|s| s.new).sum(),
+                })
+                .collect();
+            sample.stretches = merged;
+            sample.stretch *= 2;
         }
-        if let Some(s) = stretches.get_mut(at) {
-            s.sampled += 1;
-            s.new += u32::from(new);
+        let at = (position / sample.stretch) as usize;
+        if at >= sample.stretches.len() {
+            sample.stretches.resize(at + 1, Stretch::default());
         }
+        let s = &mut sample.stretches[at];
+        s.sampled += 1;
+        s.new += u32::from(new);
     }
 
     /// New files the sample expects past `position` of a listing of `size` entries: each stretch's share of new
     /// entries, over the entries it holds past `position` (a stretch not sampled takes the share of all samples).
     fn new_ahead(&self, position: u64, size: u64) -> Option<f64> {
-        let stretches = self.census_sample.lock().ok()?;
+        let sample = self.census_sample.lock().ok()?;
+        let (stretch, stretches) = (sample.stretch, &sample.stretches);
         let (sampled, new) =
             stretches.iter().fold((0u64, 0u64), |(a, b), s| (a + u64::from(s.sampled), b + u64::from(s.new)));
         if sampled == 0 {
@@ -107,7 +135,7 @@ impl Progress {
         let mut start = 0u64;
         let mut i = 0usize;
         while start < size {
-            let end = (start + STRETCH).min(size);
+            let end = (start + stretch).min(size);
             if end > position {
                 let entries = (end - start.max(position)) as f64;
                 let share = match stretches.get(i) {
@@ -247,5 +275,23 @@ mod tests {
         sparse.census_sampled(0, true);
         sparse.census_sampled(1, false);
         assert!((sparse.new_ahead(0, 2 * STRETCH).expect("sampled") - STRETCH as f64).abs() < 1.0);
+    }
+
+    /// A listing longer than the stretches kept merges them in pairs: memory stays bounded, the estimate coarser.
+    #[test]
+    fn a_long_listing_merges_stretches_and_keeps_its_counts() {
+        let progress = Progress::default();
+        let size = 3 * super::MAX_STRETCHES as u64 * STRETCH;
+        let last_quarter = size / 4 * 3;
+        for at in (0..size).step_by(4096) {
+            progress.census_sampled(at, at >= last_quarter);
+        }
+        let sample = progress.census_sample.lock().expect("sample");
+        assert!(sample.stretches.len() <= super::MAX_STRETCHES, "{}", sample.stretches.len());
+        assert_eq!(sample.stretch, 4 * STRETCH);
+        drop(sample);
+        let ahead = progress.new_ahead(0, size).expect("sampled");
+        let quarter = (size / 4) as f64;
+        assert!((ahead - quarter).abs() / quarter < 0.01, "{ahead}");
     }
 }
