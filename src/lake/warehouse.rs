@@ -183,16 +183,7 @@ impl Warehouse {
             check_location(&table, def, &warehouse_location, &catalog_db)?;
             schemas.push(Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?));
         }
-        Ok(Warehouse {
-            catalog: Arc::new(catalog),
-            catalog_db,
-            namespace,
-            root,
-            schemas,
-            unwritable,
-            target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
-            manifest_target_bytes: super::merge::DEFAULT_MANIFEST_TARGET_BYTES,
-        })
+        Ok(Self::assembled(catalog, catalog_db, namespace, root, schemas, unwritable))
     }
 
     /// Opens the lake at `root` to read it only: nothing is written to the catalog or the warehouse. A table an
@@ -217,7 +208,19 @@ impl Warehouse {
             schemas.push(Arc::new(schema_to_arrow_schema(&schema)?));
         }
         let unwritable = TABLES.iter().map(|def| (def.name, "the lake was opened to read only".to_owned())).collect();
-        Ok(Warehouse {
+        Ok(Self::assembled(catalog, catalog_db, namespace, root, schemas, unwritable))
+    }
+
+    /// A warehouse of these parts, with the default file and manifest sizes.
+    fn assembled(
+        catalog: SqlCatalog,
+        catalog_db: CatalogDb,
+        namespace: NamespaceIdent,
+        root: PathBuf,
+        schemas: Vec<SchemaRef>,
+        unwritable: Vec<(&'static str, String)>,
+    ) -> Self {
+        Warehouse {
             catalog: Arc::new(catalog),
             catalog_db,
             namespace,
@@ -226,7 +229,7 @@ impl Warehouse {
             unwritable,
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
             manifest_target_bytes: super::merge::DEFAULT_MANIFEST_TARGET_BYTES,
-        })
+        }
     }
 
     /// Whether the catalog holds the table (a lake opened to read may lack one an ingest would create).
