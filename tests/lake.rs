@@ -573,6 +573,12 @@ async fn a_lake_with_tables_and_no_catalog_is_not_given_a_new_one() {
         assert!(error.contains("no catalog.db") && error.contains("--catalog"), "{error}");
     }
     assert!(!dir.path().join("catalog.db").exists(), "no new catalog was made");
+    // An empty file in its place is no catalog either (a failed restore, a full disk).
+    std::fs::write(dir.path().join("catalog.db"), b"").expect("an empty catalog.db");
+    let error = Warehouse::open(dir.path()).await.err().expect("refused").to_string();
+    assert!(error.contains("no catalog.db"), "{error}");
+    assert_eq!(std::fs::metadata(dir.path().join("catalog.db")).expect("still there").len(), 0, "left as it was");
+    std::fs::remove_file(dir.path().join("catalog.db")).expect("remove");
     // Put back, the lake opens as before.
     std::fs::rename(dir.path().join("elsewhere.db"), dir.path().join("catalog.db")).expect("restore");
     let wh = Warehouse::open(dir.path()).await.expect("open");

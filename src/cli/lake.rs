@@ -16,8 +16,8 @@ pub fn existing_lake(lake: &std::path::Path, catalog: Option<&str>) -> anyhow::R
         // A lake whose catalog is a PostgreSQL database has a warehouse and no catalog.db.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && catalog.is_none() && lake.join("warehouse").is_dir() => {
             anyhow::bail!(
-                "the lake at {} has a warehouse but no catalog.db: its catalog is elsewhere (a PostgreSQL database); \
-                 give it with --catalog or POSLAKE_CATALOG",
+                "the lake at {} has a warehouse but no catalog.db: its catalog is elsewhere (a PostgreSQL database: \
+                 give it with --catalog or POSLAKE_CATALOG), or catalog.db was lost (restore it)",
                 lake.display()
             )
         }

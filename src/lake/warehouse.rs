@@ -357,7 +357,8 @@ impl Warehouse {
 /// same tables in the same folders (an audit saw an ingest without `--catalog` land every file again), and an
 /// orphan sweep through either would delete the other's files.
 fn refuse_a_lost_catalog(root: &Path, db: &Path) -> Result<(), LakeError> {
-    if db.exists() {
+    // An empty file (a failed restore, a full disk, a `touch`) is no catalog either.
+    if std::fs::metadata(db).is_ok_and(|m| m.len() > 0) {
         return Ok(());
     }
     let tables = root.join("warehouse").join(NAMESPACE);
@@ -368,7 +369,7 @@ fn refuse_a_lost_catalog(root: &Path, db: &Path) -> Result<(), LakeError> {
         return Ok(());
     }
     Err(LakeError::Catalog(format!(
-        "the lake at {} holds tables in {} but no catalog.db: its catalog is elsewhere (a PostgreSQL database: give \
+        "the lake at {} holds tables in {} but no catalog.db (or an empty one): its catalog is elsewhere (a PostgreSQL database: give \
          it with --catalog or POSLAKE_CATALOG), or catalog.db was lost (restore it; a new one would start the tables \
          over beside their files)",
         root.display(),
