@@ -50,6 +50,18 @@ fn main() -> ExitCode {
     let (cli, from_env) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
+            // A usage error under JSON logs (asked on the command line or by POSLAKE_LOG_FORMAT, which clap could not
+            // read back) is one JSON line too: a container's collector reads every line. Help and version are not
+            // errors.
+            if e.use_stderr() && json_logs_asked() {
+                let mut text = e.render().to_string();
+                if let Some(name) = variable_behind(&<Cli as clap::CommandFactory>::command(), &e) {
+                    text.push_str(&format!(" (the value comes from the environment variable {name})"));
+                }
+                let text: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                poslake::telemetry::log_line_by_hand("ERROR", &text.join(" "));
+                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            }
             // clap takes an empty variable for its flag given without a value, and names only the flag; a bad value
             // from a variable is reported under the flag's name too.
             use clap::error::ErrorKind::{InvalidValue, ValueValidation};
@@ -113,6 +125,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether JSON logs were asked for, read from the command line and the environment as they are (for an error clap
+/// raised before it could read them).
+fn json_logs_asked() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = args.windows(2).any(|w| w[0] == "--log-format" && w[1] == "json")
+        || args.iter().any(|a| a == "--log-format=json");
+    flag || (std::env::var("POSLAKE_LOG_FORMAT").is_ok_and(|v| v == "json")
+        && !args.iter().any(|a| a.starts_with("--log-format")))
 }
 
 /// The environment variables that gave this command line its values (flags not given, whose variable is set).

@@ -126,6 +126,8 @@ pub enum Notice {
     Note,
     /// A line of its own, without a prefix.
     Plain,
+    /// A failure told on a line of its own, without a prefix (an error in the log).
+    Failure,
 }
 
 /// A line on stderr meant for a person: as written (`error: …`, `warning: …`, `note: …`), or with
@@ -133,7 +135,7 @@ pub enum Notice {
 pub fn notice(kind: Notice, text: &str) {
     if json_logs() {
         match kind {
-            Notice::Error => tracing::error!("{text}"),
+            Notice::Error | Notice::Failure => tracing::error!("{text}"),
             Notice::Warning => tracing::warn!("{text}"),
             Notice::Note | Notice::Plain => tracing::info!("{text}"),
         }
@@ -142,26 +144,31 @@ pub fn notice(kind: Notice, text: &str) {
     // Asked for, but the log could not be set up (the error being told is why): the same object, by hand.
     if JSON_ASKED.load(std::sync::atomic::Ordering::Relaxed) {
         let level = match kind {
-            Notice::Error => "ERROR",
+            Notice::Error | Notice::Failure => "ERROR",
             Notice::Warning => "WARN",
             Notice::Note | Notice::Plain => "INFO",
         };
-        let line = serde_json::json!({
-            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            "level": level,
-            "fields": { "message": text },
-            "target": "poslake",
-        });
-        eprintln!("{line}");
+        log_line_by_hand(level, text);
         return;
     }
     let prefix = match kind {
         Notice::Error => "error: ",
         Notice::Warning => "warning: ",
         Notice::Note => "note: ",
-        Notice::Plain => "",
+        Notice::Plain | Notice::Failure => "",
     };
     eprintln!("{prefix}{text}");
+}
+
+/// One line of the JSON log written without it (before it is set up, or when it cannot be), in its shape.
+pub fn log_line_by_hand(level: &str, text: &str) {
+    let line = serde_json::json!({
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "level": level,
+        "fields": { "message": text },
+        "target": "poslake",
+    });
+    eprintln!("{line}");
 }
 
 /// Installs the global subscriber: logs always, traces when an endpoint is configured. Call once, inside the

@@ -1217,7 +1217,8 @@ fn flags_that_cannot_work_are_usage_errors_that_say_what_they_take() {
 }
 
 /// With `--log-format json`, every line of stderr is a JSON object, also when the log itself cannot be set up (a
-/// bad telemetry variable: the error is written as one of its lines) and for `poslake parse`'s per-file errors.
+/// bad telemetry variable: the error is written as one of its lines), for `poslake parse`'s per-file errors, and
+/// for a usage error.
 #[test]
 fn json_logs_stay_json_when_the_log_cannot_be_set_up_and_when_parsing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1244,6 +1245,20 @@ fn json_logs_stay_json_when_the_log_cannot_be_set_up_and_when_parsing() {
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"));
             assert!(object["fields"]["message"].is_string(), "{line}");
         }
+    }
+    // A usage error too (exit 2), asked for by the flag or by the variable, which clap could not read back.
+    for (args, env) in [
+        (&["tables", "--lake", "/nonexistent", "--log-format", "json", "--bogus"][..], None),
+        (&["ingest", "--lake", "/nonexistent"], Some([("POSLAKE_LOG_FORMAT", "json"), ("POSLAKE_DEDUP", "bogus")])),
+    ] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+        command.args(args).envs(env.into_iter().flatten());
+        let out = command.output().expect("run poslake");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let object: serde_json::Value = serde_json::from_str(stderr.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON line ({e}): {stderr}"));
+        assert_eq!(object["level"], "ERROR", "{object}");
     }
 }
 

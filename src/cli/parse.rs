@@ -18,7 +18,7 @@ pub fn parse(files: &[PathBuf], dialect: Option<Dialect>, summary: bool) -> anyh
             Err(err) => {
                 failed += 1;
                 let line = format!("read: {}: {err}", path.display());
-                poslake::telemetry::notice(poslake::telemetry::Notice::Plain, &line);
+                poslake::telemetry::notice(poslake::telemetry::Notice::Failure, &line);
                 continue;
             }
         };
@@ -41,7 +41,7 @@ pub fn parse(files: &[PathBuf], dialect: Option<Dialect>, summary: bool) -> anyh
             Ok(parsed) => say!("{}", serde_json::to_string_pretty(&parsed)?),
             Err(err) => {
                 failed += 1;
-                poslake::telemetry::notice(poslake::telemetry::Notice::Plain, &format!("{}: {err}", err.kind()));
+                poslake::telemetry::notice(poslake::telemetry::Notice::Failure, &format!("{}: {err}", err.kind()));
             }
         }
     }

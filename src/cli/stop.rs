@@ -57,6 +57,10 @@ impl Stopper {
     /// Takes over SIGINT and SIGTERM for the rest of the process. `notice` says what the first signal does; `json`:
     /// the command's reader takes JSON on stdout, and gets a line from a second signal too.
     pub fn install(notice: &'static str, aftermath: &'static str, json: bool) -> std::io::Result<Self> {
+        let at_once = match aftermath == DRAIN_AFTERMATH {
+            true => "nothing uncommitted became visible, and the next run finishes or redoes what was in flight",
+            false => "the command did not finish, and what it had not committed is left as a kill leaves it",
+        };
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let inner = Arc::new(Inner { state: Mutex::new(State::default()), stopped: Notify::new() });
@@ -87,11 +91,7 @@ impl Stopper {
                 _ = interrupt.recv() => Signal::Interrupt,
                 _ = terminate.recv() => Signal::Terminate,
             };
-            let quit = format!(
-                "stopped at once by a second signal ({}): nothing uncommitted became visible, and the next run \
-                 finishes or redoes what was in flight",
-                second.name()
-            );
+            let quit = format!("stopped at once by a second signal ({}): {at_once}", second.name());
             poslake::telemetry::notice(poslake::telemetry::Notice::Warning, &quit);
             if json {
                 let _ = crate::print_json_error(&anyhow::anyhow!(quit), Some(first.name()));
