@@ -1931,3 +1931,51 @@ async fn an_outage_is_logged_once_for_all_the_callers_it_holds_up() {
     assert_eq!(log.matches("Redis unreachable").count(), 1, "{log}");
     assert_eq!(log.matches("Redis is reachable again").count(), 1, "{log}");
 }
+
+/// `poslake dedup stats` only looks. Against a Redis no ingest has used it makes nothing (no generation, no file
+/// index); against a store with a period whose plan was lost (its slot lost its data) it does not make the plan
+/// again with this process's settings, which would leave that period's filter looking whole to the next ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_stats_makes_nothing_in_redis() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, report, _) = corpus(dir.path(), 41, 2);
+    let stats = |lake: &Path| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+            .args(["dedup", "stats", "--json", "--dedup", "redis-bitmap", "--redis-url", &server.url(), "--lake"])
+            .arg(lake)
+            .env_remove("POSLAKE_CONFIG")
+            .output()
+            .expect("dedup stats");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("one JSON object")
+    };
+
+    // A lake landed with the embedded store, and a Redis never used.
+    let embedded = dir.path().join("embedded");
+    run(&setup(&staging, &embedded, DedupConfig::default())).await;
+    let seen = stats(&embedded);
+    assert_eq!(seen["partitions"], serde_json::json!([]), "{seen}");
+    assert!(seen["file_index"].is_null(), "{seen}");
+    assert_eq!(server.integer(&["DBSIZE"]), 0, "looking at a new store made nothing in it");
+
+    // A lake landed through Redis, then one period's plan lost.
+    let lake = dir.path().join("lake");
+    let by_day = DedupConfig { period: DedupPeriod::Day, ..server.bitmap() };
+    let summary = run(&setup(&staging, &lake, by_day)).await;
+    let keys = server.command(&["KEYS", "*"]);
+    let metas: Vec<&str> = keys.lines().filter(|l| l.ends_with(":meta") && l.contains("bf:")).collect();
+    assert!(metas.len() >= 2, "the corpus spans periods: {keys}");
+    let seen = stats(&lake);
+    assert_eq!(seen["partitions"].as_array().expect("partitions").len(), metas.len(), "{seen}");
+    // The index is brought up to the ledger at a run's start: it exists, holding nothing yet.
+    assert_eq!(seen["file_index"]["files"], serde_json::json!(0), "{seen}");
+    assert!(summary.files > 0);
+    assert_eq!(server.integer(&["DEL", metas[0]]), 1);
+    let held = server.integer(&["DBSIZE"]);
+    let seen = stats(&lake);
+    assert_eq!(seen["partitions"].as_array().expect("partitions").len(), metas.len() - 1, "{seen}");
+    assert_eq!(server.integer(&["EXISTS", metas[0]]), 0, "the lost plan is not made again by looking");
+    assert_eq!(server.integer(&["DBSIZE"]), held, "looking added no key");
+    assert!(report.unique_keys > 0);
+}

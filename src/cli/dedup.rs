@@ -112,9 +112,10 @@ pub async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCod
     let c = store.config()?;
     existing_lake(&c.lake, c.catalog.as_deref())?;
     let wh = poslake::lake::Warehouse::open_to_read(&c.lake, c.catalog.as_deref()).await?;
-    let d = std::sync::Arc::new(poslake::dedup::Dedup::open(&c.dedup, wh.root()).await?);
+    // Looking makes nothing: not a new store's generation, not its file index.
+    let d = poslake::dedup::Dedup::open_to_read(&c.dedup, wh.root()).await?;
     let partitions = d.stats().await?;
-    let file_index = poslake::dedup::FileIndex::open(d.clone(), c.dedup.expected_files).await?.stats().await?;
+    let file_index = poslake::dedup::FileIndex::stats_to_read(&d).await?;
     let (fleet, free) = match c.dedup.backend {
         poslake::config::DedupBackend::Embedded => (Vec::new(), None),
         _ => {
@@ -200,6 +201,8 @@ pub async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCod
             if f.files > f.capacity { " (OVER CAPACITY: buckets leave the compact encoding)" } else { "" },
             f.synced_to.map_or("(none: the next ingest reads the whole ledger)".to_owned(), |s| s.to_string())
         );
+    } else if d.as_embedded().is_none() {
+        say!("file index: none yet (no ingest has used this Redis store)");
     }
     if !fleet.is_empty() {
         let live = fleet.iter().filter(|m| m.live).count();

@@ -131,6 +131,16 @@ impl FileIndex {
     }
 
     /// The Redis index's size and design capacity (the embedded one is on disk and has none).
+    /// [`Self::stats`] of `dedup`'s index without making it: `None` for the embedded store and for a Redis store
+    /// whose index no worker has made yet.
+    pub async fn stats_to_read(dedup: &Dedup) -> Result<Option<FileIndexStats>, DedupError> {
+        let Some(pool) = dedup.redis_pool() else { return Ok(None) };
+        match RedisFiles::open_to_read(pool).await? {
+            Some(files) => Ok(Some(files.stats(pool).await?)),
+            None => Ok(None),
+        }
+    }
+
     pub async fn stats(&self) -> Result<Option<FileIndexStats>, DedupError> {
         match self.backing()? {
             Backing::Redis(files, pool) => Ok(Some(files.stats(pool).await?)),

@@ -206,6 +206,21 @@ impl Dedup {
     /// Opens the configured store: the embedded one under `lake/dedup/`, or a Redis one (for `redis`, the Bloom
     /// module when the server has it, else the bitmap filter).
     pub async fn open(config: &DedupConfig, lake: &Path) -> Result<Dedup, DedupError> {
+        let store = Self::open_unadopted(config, lake).await?;
+        if let Some(pool) = store.redis_pool() {
+            // Adopts the store's generation (making it on a new store): what every check is held against.
+            pool.generation().await?;
+        }
+        Ok(store)
+    }
+
+    /// Opens the configured store only to look at it (`dedup stats`): a Redis store's generation is neither made
+    /// nor adopted, so looking at a new store, or at one that lost its state, changes nothing in it.
+    pub async fn open_to_read(config: &DedupConfig, lake: &Path) -> Result<Dedup, DedupError> {
+        Self::open_unadopted(config, lake).await
+    }
+
+    async fn open_unadopted(config: &DedupConfig, lake: &Path) -> Result<Dedup, DedupError> {
         match config.backend {
             DedupBackend::Embedded => Ok(Dedup::Embedded(open_embedded(&lake.join("dedup")).await?)),
             backend => {
@@ -223,14 +238,14 @@ impl Dedup {
                         } else {
                             "configured"
                         };
-                        Ok(Dedup::RedisBloom(RedisBloom::open(pool, config, why).await?))
+                        Ok(Dedup::RedisBloom(RedisBloom::open(pool, config, why)))
                     }
                     (_, has_bloom) => {
                         let why = match (backend, has_bloom) {
                             (DedupBackend::Redis, _) => "chosen automatically: the server has no BF.* commands",
                             _ => "configured",
                         };
-                        Ok(Dedup::RedisBitmap(RedisBitmap::open(pool, config, why).await?))
+                        Ok(Dedup::RedisBitmap(RedisBitmap::open(pool, config, why)))
                     }
                 }
             }

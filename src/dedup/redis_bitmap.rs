@@ -107,9 +107,8 @@ struct StoredPlan {
 }
 
 impl RedisBitmap {
-    pub async fn open(pool: RedisPool, config: &DedupConfig, why: &str) -> Result<Self, DedupError> {
-        pool.generation().await?;
-        Ok(RedisBitmap {
+    pub fn open(pool: RedisPool, config: &DedupConfig, why: &str) -> Self {
+        RedisBitmap {
             pool,
             period: config.period,
             new_plan: Plan::new(
@@ -122,7 +121,7 @@ impl RedisBitmap {
             plans: Mutex::new(HashMap::new()),
             seen: Mutex::new(SeenBits::default()),
             why: why.to_owned(),
-        })
+        }
     }
 
     pub(super) fn pool(&self) -> &RedisPool {
@@ -182,29 +181,24 @@ impl RedisBitmap {
             pipe.cmd("SADD").arg(self.pool.partitions_key()).arg(label).ignore();
         }
         let (found,): (String,) = self.pool.query(&pipe).await?;
-        let s: StoredPlan = serde_json::from_str(&found)
-            .map_err(|e| DedupError::Config(format!("{meta} holds a plan poslake cannot read: {e}")))?;
-        let sane = s.shards >= 1
-            && s.blocks_per_shard >= 1
-            && (1..=super::bloom::MAX_HASHES).contains(&s.hashes)
-            && s.shards.checked_mul(s.blocks_per_shard).and_then(|b| b.checked_mul(super::bloom::BLOCK_BITS)).is_some()
-            && s.fp_target > 0.0
-            && s.fp_target < 1.0;
-        if !sane {
-            return Err(DedupError::Config(format!("{meta} holds an impossible filter plan: {found}")));
+        stored_plan(&meta, &found)
+    }
+
+    /// The plans of `labels` that the store holds, without making any (`dedup stats`); a period listed without
+    /// its plan (its slot lost its data) is left out, with a warning.
+    async fn stored_plans(&self, labels: Vec<String>) -> Result<Vec<(String, Arc<Plan>)>, DedupError> {
+        let mut out = Vec::with_capacity(labels.len());
+        for label in labels {
+            let meta = self.meta_key(&label);
+            let (found,): (Option<String>,) =
+                self.pool.query(redis::pipe().cmd("HGET").arg(&meta).arg("plan")).await?;
+            match found {
+                Some(found) => out.push((label, Arc::new(stored_plan(&meta, &found)?))),
+                None => tracing::warn!(period = %label, "the store lists a period without its filter plan: its slot \
+                    lost its data, and the next ingest re-adds its keys"),
+            }
         }
-        let mut plan = Plan {
-            expected_keys: s.expected_keys.max(1),
-            fp_target: s.fp_target,
-            bits_per_key: 0.0,
-            hashes: s.hashes,
-            shards: s.shards,
-            blocks_per_shard: s.blocks_per_shard,
-            fp_at_capacity: 0.0,
-        };
-        plan.bits_per_key = plan.total_bits() as f64 / plan.expected_keys as f64;
-        plan.fp_at_capacity = plan.fp_at(plan.expected_keys as f64);
-        Ok(plan)
+        Ok(out)
     }
 
     /// Where each key's bits are: its period and shard (indices into the returned labels and shard keys) and bit
@@ -413,16 +407,33 @@ impl RedisBitmap {
         }
         Ok(out)
     }
+}
 
-    /// Every period's filter with its plan.
-    async fn partitions(&self) -> Result<Vec<(String, Arc<Plan>)>, DedupError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS").arg(self.pool.partitions_key());
-        let (mut labels,): (Vec<String>,) = self.pool.query(&pipe).await?;
-        labels.sort();
-        let plans = self.plans_for(&labels).await?;
-        Ok(labels.into_iter().zip(plans).collect())
+/// Reads a period's stored plan (`found`, from `meta`), refusing one no filter could have.
+fn stored_plan(meta: &str, found: &str) -> Result<Plan, DedupError> {
+    let s: StoredPlan = serde_json::from_str(found)
+        .map_err(|e| DedupError::Config(format!("{meta} holds a plan poslake cannot read: {e}")))?;
+    let sane = s.shards >= 1
+        && s.blocks_per_shard >= 1
+        && (1..=super::bloom::MAX_HASHES).contains(&s.hashes)
+        && s.shards.checked_mul(s.blocks_per_shard).and_then(|b| b.checked_mul(super::bloom::BLOCK_BITS)).is_some()
+        && s.fp_target > 0.0
+        && s.fp_target < 1.0;
+    if !sane {
+        return Err(DedupError::Config(format!("{meta} holds an impossible filter plan: {found}")));
     }
+    let mut plan = Plan {
+        expected_keys: s.expected_keys.max(1),
+        fp_target: s.fp_target,
+        bits_per_key: 0.0,
+        hashes: s.hashes,
+        shards: s.shards,
+        blocks_per_shard: s.blocks_per_shard,
+        fp_at_capacity: 0.0,
+    };
+    plan.bits_per_key = plan.total_bits() as f64 / plan.expected_keys as f64;
+    plan.fp_at_capacity = plan.fp_at(plan.expected_keys as f64);
+    Ok(plan)
 }
 
 impl DedupStore for RedisBitmap {
@@ -475,7 +486,11 @@ impl DedupStore for RedisBitmap {
 
     async fn stats(&self) -> Result<Vec<PartitionStats>, DedupError> {
         let mut out = Vec::new();
-        for (label, plan) in self.partitions().await? {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SMEMBERS").arg(self.pool.partitions_key());
+        let (mut labels,): (Vec<String>,) = self.pool.query(&pipe).await?;
+        labels.sort();
+        for (label, plan) in self.stored_plans(labels).await? {
             let mut pipe = redis::pipe();
             pipe.cmd("HGET").arg(self.meta_key(&label)).arg("adds");
             for shard in 0..plan.shards {

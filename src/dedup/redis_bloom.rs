@@ -55,9 +55,8 @@ impl RedisBloom {
         Ok(info.first().is_some_and(|v| !matches!(v, Value::Nil)))
     }
 
-    pub(super) async fn open(pool: RedisPool, config: &DedupConfig, why: &str) -> Result<Self, DedupError> {
-        pool.generation().await?;
-        Ok(RedisBloom {
+    pub(super) fn open(pool: RedisPool, config: &DedupConfig, why: &str) -> Self {
+        RedisBloom {
             pool,
             period: config.period,
             capacity: config.expected_keys_per_period,
@@ -65,7 +64,7 @@ impl RedisBloom {
             keys_per_round_trip: config.keys_per_round_trip,
             filters: Mutex::new(HashMap::new()),
             why: why.to_owned(),
-        })
+        }
     }
 
     pub(super) fn pool(&self) -> &RedisPool {

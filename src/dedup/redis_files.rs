@@ -85,12 +85,25 @@ impl RedisFiles {
         pipe.cmd("HSETNX").arg(pool.key(META)).arg("buckets").arg(wanted).ignore();
         pipe.cmd("HGET").arg(pool.key(META)).arg("buckets");
         let (buckets,): (Option<u64>,) = pool.query(&pipe).await?;
+        let index = Self::laid_out(pool, buckets)?;
+        if index.buckets != wanted {
+            tracing::info!(buckets = index.buckets, wanted, "the file index keeps the bucket count it was created with");
+        }
+        Ok(index)
+    }
+
+    /// Opens the index only to look at it: `None` if no worker has made it yet.
+    pub async fn open_to_read(pool: &RedisPool) -> Result<Option<Self>, DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(pool.key(META)).arg("buckets");
+        let (buckets,): (Option<u64>,) = pool.query(&pipe).await?;
+        buckets.map(|b| Self::laid_out(pool, Some(b))).transpose()
+    }
+
+    fn laid_out(pool: &RedisPool, buckets: Option<u64>) -> Result<Self, DedupError> {
         let buckets = buckets.filter(|b| b.is_power_of_two()).ok_or_else(|| {
             DedupError::Config(format!("the file index's bucket count in {} is not a power of two", pool.key(META)))
         })?;
-        if buckets != wanted {
-            tracing::info!(buckets, wanted, "the file index keeps the bucket count it was created with");
-        }
         let groups = match pool.layout() {
             Layout::OneSlot => vec![Group { prefix: pool.key("files:"), mark: pool.key(META) }],
             Layout::ByPeriod => (0..buckets.min(GROUPS))
