@@ -80,6 +80,24 @@ async fn a_lake_with_its_catalog_in_postgres_lands_like_one_with_sqlite() {
     assert_eq!(counts_of(&wh).await, counts(&sqlite_lake).await, "nothing added");
     drop(wh);
 
+    // Another database (empty: a wrong name, a restore that failed) given for this lake: an ingest is refused, not
+    // made a second history of the same tables in the same folders; `query` says the catalog has no tables.
+    let empty = pg.database("empty");
+    let forked = poslake(&args, &lake, Some(&empty));
+    let err = String::from_utf8_lossy(&forked.stderr);
+    assert!(!forked.status.success() && err.contains("committed history") && err.contains("empty"), "{err}");
+    let out = poslake(&["query", "SELECT count(*) FROM sales_header"], &lake, Some(&empty));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no tables yet"), "{err}");
+    let out = poslake(&["query", "SELECT 41 + 1 AS answer"], &lake, Some(&empty));
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("42"), "{out:?}");
+    // The SQLite lake given a PostgreSQL catalog: refused the same way.
+    let forked = poslake(&args, &sqlite_lake, Some(&empty));
+    assert!(!forked.status.success(), "{}", String::from_utf8_lossy(&forked.stdout));
+    let wh = Warehouse::open_with(&lake, Some(&url)).await.expect("open");
+    assert_eq!(counts_of(&wh).await, counts(&sqlite_lake).await, "nothing added by the refused runs");
+    drop(wh);
+
     // The same catalog named for another lake is refused: its tables lie elsewhere.
     let other = poslake(&args, &dir.path().join("other"), Some(&url));
     let err = String::from_utf8_lossy(&other.stderr);

@@ -190,8 +190,7 @@ impl RedisBitmap {
         let mut out = Vec::with_capacity(labels.len());
         for label in labels {
             let meta = self.meta_key(&label);
-            let (found,): (Option<String>,) =
-                self.pool.query(redis::pipe().cmd("HGET").arg(&meta).arg("plan")).await?;
+            let (found,): (Option<String>,) = self.pool.query(redis::pipe().cmd("HGET").arg(&meta).arg("plan")).await?;
             match found {
                 Some(found) => out.push((label, Arc::new(stored_plan(&meta, &found)?))),
                 None => tracing::warn!(period = %label, "the store lists a period without its filter plan: its slot \

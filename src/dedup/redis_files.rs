@@ -87,7 +87,11 @@ impl RedisFiles {
         let (buckets,): (Option<u64>,) = pool.query(&pipe).await?;
         let index = Self::laid_out(pool, buckets)?;
         if index.buckets != wanted {
-            tracing::info!(buckets = index.buckets, wanted, "the file index keeps the bucket count it was created with");
+            tracing::info!(
+                buckets = index.buckets,
+                wanted,
+                "the file index keeps the bucket count it was created with"
+            );
         }
         Ok(index)
     }

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{
-    CatalogProvider, MemoryCatalogProvider, SchemaProvider, Session, TableProvider, view::ViewTable,
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider, Session, TableProvider,
+    view::ViewTable,
 };
 use datafusion::common::tree_node::TreeNode;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -44,6 +45,9 @@ pub enum QueryError {
     /// A statement that would write (DDL, DML, `SET`), refused by the session's options.
     #[error("poslake query only reads: the lake is written by the ingest's commits alone, never by SQL ({0})")]
     ReadOnly(String),
+    /// A table the lake does not have, in a lake with no tables at all.
+    #[error("{0} (this lake has no tables yet: nothing has been ingested into its catalog)")]
+    NoTables(DataFusionError),
 }
 
 /// A DataFusion session over the warehouse's tables and the [`CURRENT_HEADER_VIEW`] view.
@@ -51,9 +55,8 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
     let config = SessionConfig::new().with_default_catalog_and_schema(CATALOG, NAMESPACE);
     let ctx = SessionContext::new_with_config(config);
     let provider = IcebergCatalogProvider::try_new(warehouse.catalog()).await.map_err(LakeError::from)?;
-    let tables = provider
-        .schema(NAMESPACE)
-        .ok_or_else(|| LakeError::Catalog(format!("the catalog has no namespace {NAMESPACE}")))?;
+    // A catalog no ingest has written to yet (a new PostgreSQL database) has no namespace: a lake with no tables.
+    let tables = provider.schema(NAMESPACE).unwrap_or_else(|| Arc::new(MemorySchemaProvider::new()));
     let schema = Arc::new(LakeSchema { tables, views: RwLock::new(HashMap::new()) });
     let catalog = MemoryCatalogProvider::new();
     catalog.register_schema(NAMESPACE, schema.clone())?;
@@ -65,6 +68,10 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
         .schema_of(SALES_HEADER.name)
         .map(|schema| schema.fields().iter().map(|f| f.name().clone()).collect())
         .unwrap_or_default();
+    if !schema.table_exist(SALES_HEADER.name) {
+        // No sales_header (a lake no ingest has written yet): no view over it.
+        return Ok(ctx);
+    }
     let view_sql = current_header_sql(&header_columns);
     match ctx.sql(&view_sql).await {
         Ok(view) => {
@@ -182,10 +189,25 @@ pub async fn sql_with_schema(
         {
             QueryError::ReadOnly(m)
         }
+        e if matches!(e.find_root(), DataFusionError::Plan(m) if m.contains("not found"))
+            && ctx.catalog_names().iter().all(|c| no_tables(&ctx, c)) =>
+        {
+            QueryError::NoTables(e)
+        }
         e => QueryError::DataFusion(e),
     })?;
     let schema = frame.schema().inner().clone();
     Ok((schema, frame.collect().await?))
+}
+
+/// Whether the session's catalog `name` holds no table or view (DataFusion's own `information_schema` aside).
+fn no_tables(ctx: &SessionContext, name: &str) -> bool {
+    ctx.catalog(name).is_none_or(|c| {
+        c.schema_names()
+            .iter()
+            .filter(|s| *s != "information_schema")
+            .all(|s| c.schema(s).is_none_or(|s| s.table_names().is_empty()))
+    })
 }
 
 /// An Iceberg table as queries see it: read only (writes go through the ingest's exactly-once commits, not SQL), and

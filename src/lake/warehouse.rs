@@ -166,6 +166,7 @@ impl Warehouse {
             .map_err(|e| LakeError::Io { path: root.to_path_buf(), source: e })?;
         let (catalog, catalog_db, root, warehouse_location) = open_catalog(root, catalog).await?;
         let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
+        refuse_a_second_history(&catalog, &namespace, &root, &catalog_db).await?;
         // Two processes opening a new lake at once both see it empty: the loser of a create finds the winner's.
         if !catalog.namespace_exists(&namespace).await?
             && let Err(e) = catalog.create_namespace(&namespace, HashMap::new()).await
@@ -375,6 +376,46 @@ fn refuse_a_lost_catalog(root: &Path, db: &Path) -> Result<(), LakeError> {
         root.display(),
         tables.display()
     )))
+}
+
+/// Refuses to create a table the catalog lacks when the warehouse already holds that table's committed history
+/// (a metadata file past the first, which only a commit writes): the catalog given is not the lake's (another
+/// PostgreSQL database, one restored empty, a lost `catalog.db`). A new table there would start a second history
+/// in the same folder, land every file again, and an orphan sweep through either catalog would delete the other's
+/// files. The first metadata file alone is what a creation that failed before its catalog row leaves: no history.
+async fn refuse_a_second_history(
+    catalog: &SqlCatalog,
+    ns: &NamespaceIdent,
+    root: &Path,
+    db: &CatalogDb,
+) -> Result<(), LakeError> {
+    let present = catalog.namespace_exists(ns).await?;
+    for def in TABLES {
+        if present && catalog.table_exists(&TableIdent::new(ns.clone(), def.name.to_owned())).await? {
+            continue;
+        }
+        let metadata = root.join("warehouse").join(NAMESPACE).join(def.name).join("metadata");
+        let Some(committed) = committed_metadata(&metadata) else { continue };
+        return Err(LakeError::Catalog(format!(
+            "catalog {} has no table {}, but the warehouse holds its committed history ({} in {}): this lake's \
+             catalog is another database, or it was lost (restore it; a new table would start a second history \
+             beside those files and land every file again)",
+            db.describe(),
+            def.name,
+            committed,
+            metadata.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The name of a table metadata file of a version past the first (`00001-….metadata.json` on), if `dir` holds one.
+fn committed_metadata(dir: &Path) -> Option<String> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let name = entry.file_name().into_string().ok()?;
+        let version = name.strip_suffix(".metadata.json")?.split_once('-')?.0.parse::<u64>().ok()?;
+        (version > 0).then_some(name)
+    })
 }
 
 /// Refuses a table that lies outside this lake. A shared catalog may hold another lake's tables (one database named

@@ -138,6 +138,17 @@ impl Postgres {
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// Creates an empty database `name` and returns its URL.
+    #[allow(dead_code)]
+    pub fn database(&self, name: &str) -> String {
+        let status = command(bin_dir().join("createdb"), None)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name])
+            .status()
+            .expect("run createdb");
+        assert!(status.success(), "createdb {name} failed");
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
 }
 
 impl Drop for Postgres {
