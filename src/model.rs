@@ -396,6 +396,27 @@ impl BronzeRecord {
     }
 
     /// Every key concatenated, every value concatenated, and where each entry's key and value end in them.
+    /// The record as one JSON object, entries in file order (keys are unique: repeats are numbered); `None` when
+    /// it has no entry.
+    pub fn to_json(&self) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(self.keys.len() + self.values.len() + 8 * self.len() + 2);
+        out.push('{');
+        for (i, (key, value)) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            // Serializing a `str` cannot fail.
+            out.push_str(&serde_json::to_string(key).unwrap_or_default());
+            out.push(':');
+            out.push_str(&serde_json::to_string(value).unwrap_or_default());
+        }
+        out.push('}');
+        Some(out)
+    }
+
     pub fn parts(&self) -> (&str, &str, &[(u32, u32)]) {
         (&self.keys, &self.values, &self.ends)
     }

@@ -86,10 +86,18 @@ async fn a_lake_with_its_catalog_in_postgres_lands_like_one_with_sqlite() {
     let forked = poslake(&args, &lake, Some(&empty));
     let err = String::from_utf8_lossy(&forked.stderr);
     assert!(!forked.status.success() && err.contains("committed history") && err.contains("empty"), "{err}");
-    let out = poslake(&["query", "SELECT count(*) FROM sales_header"], &lake, Some(&empty));
+    for read in [&["tables"][..], &["query", "SELECT 1"]] {
+        let out = poslake(read, &lake, Some(&empty));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("committed history"), "{read:?}: {err}");
+    }
+    // A lake no ingest has written, on that catalog: `query` answers what needs no table.
+    let new_lake = dir.path().join("new");
+    std::fs::create_dir_all(new_lake.join("warehouse")).expect("mkdir");
+    let out = poslake(&["query", "SELECT count(*) FROM sales_header"], &new_lake, Some(&empty));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no tables yet"), "{err}");
-    let out = poslake(&["query", "SELECT 41 + 1 AS answer"], &lake, Some(&empty));
+    let out = poslake(&["query", "SELECT 41 + 1 AS answer"], &new_lake, Some(&empty));
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("42"), "{out:?}");
     // The SQLite lake given a PostgreSQL catalog: refused the same way.
     let forked = poslake(&args, &sqlite_lake, Some(&empty));

@@ -57,6 +57,41 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want, "exactly the manifest's unique keys");
     assert_eq!(wh.row_count("bronze_transaction").await.expect("count"), report.unique_keys);
     assert_eq!(wh.row_count("file_ledger").await.expect("count"), report.files);
+    // Values outside the transactions land too, in the file's ledger row: Verifone's `openedTime` (its business
+    // date), NAXML's transmission header (its site). A dead letter's row has none.
+    let rows = common::strings(
+        &wh,
+        "SELECT concat(dialect, ' ', site, ' ', outcome, ' ', coalesce(envelope, 'none')) FROM file_ledger",
+    )
+    .await;
+    let (mut verifone, mut naxml) = (0, 0);
+    for row in &rows {
+        let mut parts = row.splitn(4, ' ');
+        let (dialect, site, outcome, envelope) =
+            (parts.next(), parts.next(), parts.next(), parts.next().unwrap_or("none"));
+        if outcome != Some("ingested") {
+            assert_eq!(envelope, "none", "{row}");
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(envelope).unwrap_or(serde_json::Value::Null);
+        match dialect {
+            Some("verifone-commander") => {
+                verifone += 1;
+                assert!(
+                    value["transSet/openedTime"].is_string()
+                        && value["transSet_attr_site"] == serde_json::Value::from(site),
+                    "{row}"
+                );
+            }
+            Some("naxml-passport") => {
+                naxml += 1;
+                let stated = &value["NAXML-POSJournal/TransmissionHeader/StoreLocationID"];
+                assert_eq!(*stated, serde_json::Value::from(site), "{row}");
+            }
+            _ => {}
+        }
+    }
+    assert!(verifone > 0 && naxml > 0, "{rows:?}");
 
     // SQL answers a join across header and line: every line finds its header, and the headers' line counts add up
     // to the lines.

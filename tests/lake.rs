@@ -48,6 +48,7 @@ async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
             discounts: f.facts.discount_count,
             at: now,
             trace_id: None,
+            envelope: f.envelope.to_json(),
         })
         .expect("ledger row");
     }

@@ -214,6 +214,8 @@ pub struct ParsedRows {
     /// The first transaction's business date (the archive's partition).
     pub first_date: Option<chrono::NaiveDate>,
     pub rows: FileRows,
+    /// The file's values outside its transactions, for its ledger row (a JSON object).
+    pub envelope: Option<String>,
 }
 
 /// What dedup decided for one transaction.

@@ -511,6 +511,7 @@ impl PosStages {
             first_date: parsed.transactions.first().map(|t| t.header.key.business_date),
             facts: parsed.facts,
             rows,
+            envelope: parsed.envelope.to_json(),
         })
     }
 
@@ -793,6 +794,7 @@ impl Stages for PosStages {
                         discounts: parsed.facts.discount_count,
                         at,
                         trace_id: item.trace_id.clone(),
+                        envelope: parsed.envelope.clone(),
                     })?;
                 }
                 Err(f) => {

@@ -222,7 +222,8 @@ impl Rows {
             .push(Value::Int(Some(e.lines as i32)))?
             .push(Value::Int(Some(e.discounts as i32)))?
             .push(Value::Timestamp(Some(e.at)))?
-            .push(Value::Str(e.trace_id.as_deref()))?;
+            .push(Value::Str(e.trace_id.as_deref()))?
+            .push(Value::Str(e.envelope.as_deref()))?;
         Ok(())
     }
 
@@ -424,6 +425,8 @@ pub struct LedgerEntry {
     pub discounts: u32,
     pub at: NaiveDateTime,
     pub trace_id: Option<String>,
+    /// The file's values outside its transactions, as a JSON object ([`BronzeRecord::to_json`]).
+    pub envelope: Option<String>,
 }
 
 impl LedgerEntry {
@@ -452,6 +455,7 @@ impl LedgerEntry {
             discounts: 0,
             at,
             trace_id: None,
+            envelope: None,
         }
     }
 }

@@ -173,6 +173,11 @@ pub static FILE_LEDGER: TableDef = TableDef {
         req("discounts", Kind::Int),
         req("ingested_at", Kind::Timestamp),
         opt("trace_id", Kind::Str),
+        // Every value of the file outside its transactions (`ParsedFile::envelope`, keyed as bronze is, from the
+        // root element): period totals, transmission headers, the Verifone `openedTime` the business date comes
+        // from. A JSON object in file order; null for a file with none, or not parsed. Text, not a map: iceberg-rust
+        // 0.10 cannot read a map column added to a table whose older files lack it.
+        opt("envelope", Kind::Str),
     ],
 };
 

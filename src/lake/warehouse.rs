@@ -194,6 +194,8 @@ impl Warehouse {
     pub async fn open_to_read(root: &Path, catalog: Option<&str>) -> Result<Self, LakeError> {
         let (catalog, catalog_db, root, warehouse_location) = open_catalog(root, catalog).await?;
         let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
+        // Not the lake's catalog: showing its tables absent would hide where the lake's are.
+        refuse_a_second_history(&catalog, &namespace, &root, &catalog_db).await?;
         let present = catalog.namespace_exists(&namespace).await?;
         let mut schemas = Vec::new();
         for def in TABLES {
@@ -399,7 +401,8 @@ async fn refuse_a_second_history(
         return Err(LakeError::Catalog(format!(
             "catalog {} has no table {}, but the warehouse holds its committed history ({} in {}): this lake's \
              catalog is another database, or it was lost (restore it; a new table would start a second history \
-             beside those files and land every file again)",
+             beside those files and land every file again); if the table was dropped on purpose, move its folder \
+             away first",
             db.describe(),
             def.name,
             committed,
