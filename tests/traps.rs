@@ -271,6 +271,23 @@ fn xstore_cancel_orphaned_post_void_and_voided_tax() {
     assert_eq!(txs[2].header.voids.as_ref().map(|v| v.sequence.as_str()), Some("300"));
     assert!(txs[0].header.flags.voided && txs[0].header.flags.excluded_from_sales());
     assert!(txs[0].header.voids.is_none() && txs[1].header.voids.is_none());
+    // Xstore writes no gross, net or tax total: they are summed from the live lines (an audit found every Xstore
+    // tax null), net less the live discounts; a line cancelled does not count.
+    let line = |item: &str, amount: &str, tax: &str, extra: &str| {
+        format!(
+            r#"<LineItem{extra}><Sale><ItemID>{item}</ItemID><Quantity>1</Quantity><ExtendedAmount>{amount}</ExtendedAmount><RetailPriceModifier><Amount>0.50</Amount></RetailPriceModifier><Tax><Amount>{tax}</Amount></Tax></Sale></LineItem>"#
+        )
+    };
+    let body = [
+        line("A", "2.00", "0.14", ""),
+        line("B", "3.00", "0.21", ""),
+        line("C", "7.00", "0.49", r#" CancelFlag="true""#),
+    ];
+    let sold = parse(&poslog(XSTORE_NS, &[x(400, "RETAIL_SALE", "", &body.concat())])).remove(0).header;
+    let amounts = (sold.gross_amount, sold.net_amount, sold.tax_amount);
+    assert_eq!(amounts, (Some(dec("5.00")), Some(dec("4.00")), Some(dec("0.35"))));
+    let plain = parse(&poslog(ARTS_NS, &[arts(401, "", &body.concat())])).remove(0).header;
+    assert_eq!((plain.gross_amount, plain.tax_amount), (None, None), "other dialects keep what the file says");
 }
 
 #[test]
@@ -373,6 +390,14 @@ fn bronze_keeps_empty_elements_and_tells_prefixed_attributes_apart() {
         |key: &str| entries.iter().filter(|(k, _)| k.ends_with(key)).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
     assert_eq!(value("LineItem_attr_VoidFlag"), ["false"], "{entries:?}");
     assert_eq!(value("LineItem_attr_dtv:VoidFlag"), ["true"], "{entries:?}");
+    // The prefixed one first: still two keys, the plain one for the unprefixed attribute (an audit found both
+    // keyed `Memo_attr_lang`). Two prefixed ones and no plain one: the first keeps the local name.
+    let body = r#"<LineItem><Sale><ItemID>A</ItemID><Quantity>1</Quantity><ExtendedAmount>9.00</ExtendedAmount><Memo x:lang="en" lang="sv" y:kind="a" z:kind="b"/></Sale></LineItem>"#;
+    let tx = parse(&poslog(XSTORE_NS, &[arts(1, "", body)])).remove(0);
+    let memo: Vec<(&str, &str)> = tx.bronze.iter().filter(|(k, _)| k.contains("Memo")).collect();
+    let keys: Vec<&str> = memo.iter().map(|(k, _)| k.rsplit('/').next().unwrap_or(k)).collect();
+    assert_eq!(keys, ["Memo_attr_x:lang", "Memo_attr_lang", "Memo_attr_kind", "Memo_attr_z:kind"], "{memo:?}");
+    assert_eq!(memo.iter().map(|(_, v)| *v).collect::<Vec<_>>(), ["en", "sv", "a", "b"]);
     assert_eq!(value("Sale/Marker"), [""], "an empty element is kept: {entries:?}");
     assert_eq!(value("Sale/Blank"), [""], "so is one of whitespace only: {entries:?}");
     // An element with attributes is kept by them; one with children, by theirs.
@@ -443,6 +468,38 @@ fn trans(attrs: &str, seq: &str, unique: &str, amount: &str) -> String {
     format!(
         r#"<trans type="sale"{attrs}><trHeader><trTickNum><posNum>1</posNum><trSeq>{seq}</trSeq></trTickNum><trUniqueSN>{unique}</trUniqueSN><date>2024-03-02T10:00:41</date><duration>41</duration></trHeader><trValue><trTotWTax>{amount}</trTotWTax></trValue></trans>"#
     )
+}
+
+/// Verifone writes a line's sign apart (`trlSign`), its quantity unsigned and its amount signed: a line of sign -1
+/// is a return of negative quantity, and a sale of returns only is a refund (an audit found both left a sale of
+/// quantity 1). A loyalty program's automatic discount is a discount of the ticket.
+#[test]
+fn verifone_line_signs_and_loyalty_discounts() {
+    let line = |sign: &str, total: &str| {
+        format!(
+            "<trLine type=\"plu\"><trlDept number=\"5\">D</trlDept><trlQty>1</trlQty><trlSign>{sign}</trlSign><trlUnitPrice>3.00</trlUnitPrice><trlLineTot>{total}</trlLineTot><trlUPC>1</trlUPC></trLine>"
+        )
+    };
+    let ticket = |seq: &str, lines: &[String], extra: &str| {
+        trans("", seq, seq, "0").replace("</trans>", &format!("<trLines>{}</trLines>{extra}</trans>", lines.concat()))
+    };
+    let loyalty = r#"<trLoyaltyProgram programID="LP1"><trloAutoDisc>0.50</trloAutoDisc></trLoyaltyProgram>"#;
+    let txs = parse(&verifone(&[
+        &ticket("1", &[line("-1", "-3.00")], ""),
+        &ticket("2", &[line("1", "3.00"), line("-1", "-3.00")], ""),
+        &ticket("3", &[line("1", "3.00")], loyalty),
+    ]));
+    let lines =
+        |i: usize| txs[i].lines.iter().map(|l| (l.quantity.map(|q| q.to_string()), l.refund)).collect::<Vec<_>>();
+    assert_eq!(txs[0].header.transaction_type, TransactionType::Refund);
+    assert_eq!(lines(0), [(Some("-1".to_owned()), true)]);
+    assert_eq!(txs[1].header.transaction_type, TransactionType::Sale, "a sale with one item returned");
+    assert_eq!(lines(1), [(Some("1".to_owned()), false), (Some("-1".to_owned()), true)]);
+    let d = &txs[2].discounts;
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((d[0].amount.map(|a| a.to_string()), d[0].kind.as_deref()), (Some("0.50".to_owned()), Some("loyalty")));
+    assert_eq!((d[0].promotion_id.as_deref(), d[0].line_number), (Some("LP1"), None));
+    assert!(txs[0].discounts.is_empty());
 }
 
 #[test]

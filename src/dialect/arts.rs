@@ -27,6 +27,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
     fuel_role_from_lines: false,
+    amounts_from_lines: false,
 };
 
 pub(super) const LINE_ITEM: &str = "RetailTransaction/LineItem";

@@ -29,6 +29,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: true,
     fuel_role_from_lines: true,
+    amounts_from_lines: false,
 };
 
 /// The tax total is `TransactionTotalTaxSalesAmount`, else `…TaxNetAmount` (the reverse of Passport's), whatever

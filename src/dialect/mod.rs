@@ -196,6 +196,9 @@ pub enum Field {
     /// A returned item written with positive amounts (ARTS `Return`): the line is a refund, and its positive
     /// quantity, amount and tax are negated so that refunds are negative in every dialect.
     LineReturn,
+    /// The sign of a line's quantity written apart from it (Verifone `trlSign`, `-1` or `1`): a negative sign
+    /// makes a positive quantity negative (the amount is written signed already), so the line is a return.
+    LineSign,
     FuelGrade,
     FuelPosition,
     FuelVolume,
@@ -332,6 +335,9 @@ pub struct DialectSpec {
     /// Prepay and completion are told from the lines where no rule flags them (NAXML: a live prepay placeholder and
     /// no fuel is the prepay; a cancelled placeholder beside fuel sold is the completion).
     pub fuel_role_from_lines: bool,
+    /// Gross, net and tax are summed from the lines where the transaction gives no total of its own (Xstore:
+    /// gross the live lines' amounts, net gross less their live discounts, tax the lines' taxes).
+    pub amounts_from_lines: bool,
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: true,
     fuel_role_from_lines: true,
+    amounts_from_lines: false,
 };
 
 /// Shared with the Conexxus dialect, which is NAXML with other namespaces and date shapes.
@@ -81,7 +82,7 @@ pub(super) const LINE: &[Rule] = &[
     mark("[@status=cancel]", Field::LineVoid, "true"),
     text("ItemLine/ItemCode/POSCode", Field::ItemCode),
     text("ItemLine|MerchandiseCodeLine|FuelLine|FuelPrepayLine/Description", Field::Description),
-    text("ItemLine|MerchandiseCodeLine/MerchandiseCode", Field::Department),
+    text("ItemLine|MerchandiseCodeLine|FuelLine|FuelPrepayLine/MerchandiseCode", Field::Department),
     text("ItemLine|MerchandiseCodeLine|FuelLine/SalesQuantity", Field::Quantity),
     // An item's `ActualSalesPrice` can be the extended amount on multi-quantity deals: its unit price is its
     // amount over its quantity (`unit_price_from_amount`). Fuel's is the price per unit.

@@ -23,11 +23,13 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     line_rules: LINE,
     line_kinds: LINE_KINDS,
     discount: "trlMixMatches/trlMatchLine",
-    transaction_discount: "",
+    // A loyalty program's automatic discount, on the ticket rather than a line.
+    transaction_discount: "trLoyaltyProgram",
     discount_rules: DISCOUNT,
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
     fuel_role_from_lines: false,
+    amounts_from_lines: false,
 };
 
 const HEADER: &[Rule] = &[
@@ -70,6 +72,7 @@ const LINE: &[Rule] = &[
     text("trlDesc", Field::Description),
     text("trlDept/@number", Field::Department),
     text("trlQty", Field::Quantity),
+    text("trlSign", Field::LineSign),
     text("trlUnitPrice", Field::UnitPrice),
     text("trlLineTot", Field::ExtendedAmount),
     mark("trlFlags/trlRefund", Field::LineRefund, "true"),
@@ -94,7 +97,11 @@ const LINE_KINDS: &[LineKindMap] = &[
 ];
 
 const DISCOUNT: &[Rule] = &[
+    // Every discount starts as a mix-and-match; the loyalty program's amount, read later, makes it a loyalty one.
     mark(".", Field::DiscountKind, "mix_match"),
+    mark("trloAutoDisc", Field::DiscountKind, "loyalty"),
+    text("@programID", Field::PromotionId),
+    text("trloAutoDisc", Field::DiscountAmount),
     text("trlPromotionID", Field::PromotionId),
     text("trlMatchNumber", Field::PromotionId),
     text("trlMatchName", Field::DiscountDescription),

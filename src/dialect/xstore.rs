@@ -22,6 +22,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     discount_sign: DiscountSign::Positive,
     unit_price_from_amount: false,
     fuel_role_from_lines: false,
+    amounts_from_lines: true,
 };
 
 /// `dtv:TransactionType` comes first so that it, not the ARTS element kind, names the type.

@@ -111,6 +111,8 @@ struct LineBuilder {
     tax_void: bool,
     /// A return written with positive amounts (see [`Field::LineReturn`]).
     positive_return: bool,
+    /// The quantity's sign is written apart and is negative (see [`Field::LineSign`]).
+    negative_sign: bool,
     /// A unit price for when none can be derived (see [`Field::UnitPriceFallback`]).
     unit_price_fallback: Option<Decimal>,
     /// The quantity is a volume (see [`Field::LineUnitOfMeasure`]).
@@ -189,6 +191,7 @@ impl TxBuilder {
             discounts_from: self.discounts.len(),
             tax_void: false,
             positive_return: false,
+            negative_sign: false,
             unit_price_fallback: None,
             by_volume: false,
         });
@@ -197,8 +200,15 @@ impl TxBuilder {
     /// Closes the current line: a line whose type names a sales line goes to silver; any other line (tender, tax,
     /// loyalty, no type at all) stays in bronze only, and discounts read inside it no longer point at it.
     pub fn end_line(&mut self, spec: &DialectSpec) {
-        let Some(LineBuilder { mut line, discounts_from, positive_return, unit_price_fallback, by_volume, .. }) =
-            self.line.take()
+        let Some(LineBuilder {
+            mut line,
+            discounts_from,
+            positive_return,
+            negative_sign,
+            unit_price_fallback,
+            by_volume,
+            ..
+        }) = self.line.take()
         else {
             return;
         };
@@ -224,6 +234,14 @@ impl TxBuilder {
             // A discount of a return is returned too: it is negated with the line, so that line less discount is
             // still what was refunded.
             for v in amounts.chain(discounts) {
+                if v.is_sign_positive() {
+                    *v = -*v;
+                }
+            }
+        }
+        if negative_sign {
+            // The amount is written signed already; only a positive one (a file that signs nothing else) follows.
+            for v in [&mut line.quantity, &mut line.extended_amount].into_iter().flatten() {
                 if v.is_sign_positive() {
                     *v = -*v;
                 }
@@ -283,6 +301,9 @@ impl TxBuilder {
                 if !local.eq_ignore_ascii_case("Monetary") {
                     d.amount = None;
                 }
+                // NCR writes money off as a negative reward (`-0.19`, its `acs:GrossNegative`); a discount is a
+                // positive reduction in every dialect, so that lines less discounts is what was paid.
+                d.amount = d.amount.map(|a| -a);
                 if reward.detailed {
                     self.detailed_rewards.push(d.promotion_id.clone());
                 } else if reward.summarized {
@@ -426,6 +447,9 @@ impl TxBuilder {
             .ok_or(MissingField("business date"))?;
         self.tax = self.tax.or(self.tax_fallback);
         let kind = self.kind_and_flags(spec);
+        if spec.amounts_from_lines {
+            self.amounts_from_lines();
+        }
 
         let mut by_message = false;
         let sequence = match (self.sequence.take(), self.message_sequence.take()) {
@@ -504,6 +528,27 @@ impl TxBuilder {
         Ok(Transaction { header, lines: self.lines, discounts: self.discounts, bronze: self.bronze })
     }
 
+    /// Fills gross, net and tax the transaction did not give from its live lines (see
+    /// [`DialectSpec::amounts_from_lines`]); a sum past the decimal's range is left out.
+    fn amounts_from_lines(&mut self) {
+        let live = || self.lines.iter().filter(|l| !l.voided);
+        if live().next().is_none() {
+            return;
+        }
+        let gross = checked_sum(live().filter_map(|l| l.extended_amount)).flatten();
+        let tax = checked_sum(live().filter_map(|l| l.tax_amount)).flatten();
+        let discounts = checked_sum(self.discounts.iter().filter(|d| !d.voided).filter_map(|d| d.amount));
+        let net = match (gross, discounts) {
+            (Some(g), Some(d)) => g.checked_sub(d.unwrap_or_default()),
+            _ => None,
+        };
+        if self.gross.is_none() && self.net.is_none() {
+            self.net = net;
+        }
+        self.gross = self.gross.or(gross);
+        self.tax = self.tax.or(tax);
+    }
+
     /// Times are kept as the store's wall clock. A transaction may write them in different offsets (NCR: a UTC
     /// begin beside a local end), and read as written a start could fall after its end, or on another day. So the
     /// store's offset is the first one that is not UTC, and a time written in another offset is moved into it.
@@ -577,6 +622,11 @@ impl TxBuilder {
     }
 }
 
+/// The sum of `values`: `Some(None)` when there is none, `None` past the decimal's range.
+fn checked_sum(mut values: impl Iterator<Item = Decimal>) -> Option<Option<Decimal>> {
+    values.try_fold(None, |acc: Option<Decimal>, v| acc.unwrap_or_default().checked_add(v).map(Some))
+}
+
 impl FileDefaults {
     /// File-scope rules may only name the site and the business date.
     pub fn apply(&mut self, field: Field, value: &str) -> Result<(), ValueError> {
@@ -614,6 +664,7 @@ fn apply_line(builder: &mut LineBuilder, field: Field, value: &str) -> Result<()
             line.refund = true;
             builder.positive_return = true;
         }
+        Field::LineSign => builder.negative_sign = amount(value, "line sign")?.is_sign_negative(),
         Field::LineVoid => line.voided |= values::flag(value).map_err(|r| ("line void flag", r))?,
         Field::LineRefund => line.refund |= values::flag(value).map_err(|r| ("line refund flag", r))?,
         Field::FuelGrade => set_first(&mut line.fuel_grade, value),

@@ -327,6 +327,10 @@ impl<'a> Engine<'a> {
         // Local names already keyed in bronze: a second attribute of the same local name (`VoidFlag` beside
         // `dtv:VoidFlag`) is keyed by its qualified name, so the two entries can be told apart.
         let mut locals = AttrNames::default();
+        // The element's unprefixed attribute names, gathered (in one more pass) at its first prefixed attribute: a
+        // prefixed one whose local name an unprefixed one has is keyed by its qualified name even when it comes
+        // first, so that the unprefixed one keeps the plain key.
+        let mut plain: Option<AttrNames> = None;
         // quick-xml's own duplicate check allocates a list per element; `names` does it on the stack.
         for attr in e.attributes().with_checks(false) {
             let attr = attr.map_err(|err| self.malformed(pos, format!("bad attribute: {err}")))?;
@@ -340,7 +344,9 @@ impl<'a> Engine<'a> {
             }
             let local = local_name(raw);
             let attr_name = self.str_of(local, pos)?;
-            let bronze_name = if locals.insert(local) { attr_name } else { self.str_of(raw, pos)? };
+            let prefixed = local.len() != raw.len();
+            let twin = prefixed && plain.get_or_insert_with(|| unprefixed_names(e)).contains(local);
+            let bronze_name = if !twin && locals.insert(local) { attr_name } else { self.str_of(raw, pos)? };
             // Normalization (XML 1.0, 3.3.3) only replaces references and tab, CR and LF: without them the value
             // is the input's own text.
             let value = match &attr.value {
@@ -817,7 +823,27 @@ struct AttrNames<'a> {
     rest: Option<AttrSet<'a>>,
 }
 
+/// The names of `e`'s attributes that have no prefix (a bad attribute is left to the caller's own pass).
+fn unprefixed_names<'a>(e: &'a BytesStart<'_>) -> AttrNames<'a> {
+    let mut names = AttrNames::default();
+    for attr in e.attributes().with_checks(false).flatten() {
+        let raw = attr.key.into_inner();
+        if !raw.contains(&b':') && raw != b"xmlns" {
+            names.insert(raw);
+        }
+    }
+    names
+}
+
 impl<'a> AttrNames<'a> {
+    fn contains(&self, name: &[u8]) -> bool {
+        match (self.first, &self.rest) {
+            (None, _) => false,
+            (Some(first), None) => first == name,
+            (Some(_), Some(set)) => set.contains(name),
+        }
+    }
+
     /// False if `name` was inserted before.
     #[inline]
     fn insert(&mut self, name: &'a [u8]) -> bool {
@@ -855,6 +881,13 @@ struct AttrSet<'a> {
 impl<'a> AttrSet<'a> {
     const INLINE: usize = 8;
     const LISTED: usize = 32;
+
+    fn contains(&self, name: &[u8]) -> bool {
+        match &self.many {
+            Some(many) => many.contains(name),
+            None => self.inline[..self.len.min(Self::INLINE)].contains(&name) || self.more.contains(&name),
+        }
+    }
 
     /// False if `name` was inserted before.
     fn insert(&mut self, name: &'a [u8]) -> bool {
