@@ -2,12 +2,20 @@
 
 pub fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
-    let style =
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files, {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
+    bar.set_style(bar_style(false));
     bar.set_message("starting…");
     bar
+}
+
+/// A bar once the run's size is known (the listing is through, or its census); before, counts without a bar, which
+/// would look nearly full while discovery is only just ahead of the work.
+fn bar_style(sized: bool) -> indicatif::ProgressStyle {
+    let template = if sized {
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files, {msg}"
+    } else {
+        "{spinner} [{elapsed_precise}] {pos} files done of {len} found so far, {msg}"
+    };
+    indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
 }
 
 /// Files the run will take in all: those discovered, once the listing is through; while discovery is still in it,
@@ -81,10 +89,16 @@ pub fn progress_message(s: &poslake_actors::Snapshot, secs: f64, pace: Option<f6
 pub async fn show_progress(bar: indicatif::ProgressBar, progress: std::sync::Arc<poslake_actors::Progress>) {
     let started = std::time::Instant::now();
     let mut pace = Pace::default();
+    let mut sized = false;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let s = progress.snapshot();
-        bar.set_length(expected_files(&s).map_or(s.discovered, |(n, _)| n.max(s.discovered)));
+        let expected = expected_files(&s);
+        if expected.is_some() != sized {
+            sized = expected.is_some();
+            bar.set_style(bar_style(sized));
+        }
+        bar.set_length(expected.map_or(s.discovered, |(n, _)| n.max(s.discovered)));
         bar.set_position(s.done);
         let now = pace.record(s.done);
         bar.set_message(progress_message(&s, started.elapsed().as_secs_f64().max(1e-9), now));
