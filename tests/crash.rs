@@ -275,6 +275,58 @@ fn a_rebuild_killed_midway_leaves_no_key_out_of_the_store() {
     assert_eq!(summary["new_transactions"], 0, "no key may be missing from the store: {summary}");
 }
 
+/// A commit left by a killed worker is being recovered by another process (which holds its intent's lock) when a
+/// worker starts; that process then dies. The worker, which waited for the commit, finishes it before it reads the
+/// ledger, instead of taking its files again (an audit saw their sales land twice once a later start finished it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_recoverer_dies_while_a_worker_waits_is_finished_by_that_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging");
+    let report = generate(&GenerateArgs {
+        out: staging.clone(),
+        seed: 44,
+        sites: 4,
+        days: 2,
+        files_per_day: 3,
+        min_transactions: 8,
+        max_transactions: 16,
+        duplicate_file_rate: 0.0,
+        duplicate_transaction_rate: 0.0,
+        ..GenerateArgs::default()
+    })
+    .expect("generate");
+    let lake = dir.path().join("lake");
+    let config = config_file(dir.path(), None, "settle", false);
+    let out = ingest(&staging, &lake, &config, Some("commit-intent:1")).output().expect("run");
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", String::from_utf8_lossy(&out.stderr));
+    let intents: Vec<_> = std::fs::read_dir(lake.join("commits"))
+        .expect("commits")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".json"))
+        .collect();
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    // The "recovering process": it holds the intent's lock, then dies (its lock released) while the worker waits.
+    let held = std::fs::File::open(&intents[0]).expect("open intent");
+    held.lock().expect("lock");
+    let mut worker = ingest(&staging, &lake, &config, None);
+    let worker = worker.stdout(Stdio::piped()).spawn().expect("spawn");
+    std::thread::sleep(Duration::from_secs(2));
+    drop(held);
+    let out = worker.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+    assert_eq!(summary["recovery"]["intents_finished"], 1, "{summary}");
+    assert!(std::fs::read_dir(lake.join("commits")).expect("commits").next().is_none(), "no intent left");
+
+    let wh = Warehouse::open(&lake).await.expect("open");
+    let keys = header_keys(&wh).await;
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len(), "no key twice");
+    assert_eq!(keys.len() as u64, report.unique_keys);
+    let rows = wh.row_count("file_ledger").await.expect("ledger");
+    assert_eq!((rows, ledger_paths(&wh).await.len() as u64), (report.files, report.files), "each file once");
+}
+
 /// Every XML file under `dir` but the manifest.
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();

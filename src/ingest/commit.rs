@@ -27,6 +27,9 @@ use crate::lake::tables::{SALES_HEADER, TABLES};
 use crate::lake::{Commit, IntentLock, PreparedCommit, Warehouse};
 use crate::model::{KeyVariant, TransactionKey};
 
+/// Rounds of [`Committer::settle`] at most: each finishes at least one abandoned commit, or is the last.
+const SETTLE_ROUNDS: usize = 8;
+
 /// What a recovery did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Recovery {
@@ -37,6 +40,16 @@ pub struct Recovery {
     pub keys_readded: u64,
     /// Complete commits without `sales_header` rows that the store had not marked applied (it lost its state).
     pub keyless_marked: u64,
+}
+
+impl Recovery {
+    /// Adds what a later round of recovery did.
+    pub fn absorb(&mut self, more: Recovery) {
+        self.intents_finished += more.intents_finished;
+        self.commits_readded += more.commits_readded;
+        self.keys_readded += more.keys_readded;
+        self.keyless_marked += more.keyless_marked;
+    }
 }
 
 /// What a commit lands, as the pipeline counts it ([`poslake_actors::WriteReport`]), in the form its intent keeps
@@ -184,6 +197,31 @@ impl Committer {
     /// Finishes what a stopped process left: pending intents, then the keys of every committed batch the store
     /// has not marked applied. `only_prefix` limits the second part to commit ids with that prefix (this run's,
     /// after a reconnect); `None` looks at the whole history.
+    /// Waits for the commits other processes have in progress (those touching `slots`; every one when empty) to end,
+    /// for at most `limit` each round, and finishes those whose process died: an intent waited for whose process
+    /// died meanwhile, or one that another process began to recover while this one recovered, has not ended, and
+    /// what it lands must be in the tables before the caller reads them (an audit saw a worker go on past such a
+    /// commit, take its files again, and land their sales twice once the next start finished it). Returns what
+    /// recovery did, and the commits still in progress after `limit`.
+    pub async fn settle(
+        &self,
+        limit: std::time::Duration,
+        slots: &[u32],
+    ) -> Result<(Recovery, Vec<crate::lake::LiveIntent>), IngestError> {
+        let mut recovery = Recovery::default();
+        for _ in 0..SETTLE_ROUNDS {
+            let waiting = self.warehouse.wait_for_live_intents(limit, slots).await?;
+            if !waiting.is_empty() {
+                return Ok((recovery, waiting));
+            }
+            if !self.warehouse.has_abandoned_intents()? {
+                break;
+            }
+            recovery.absorb(self.recover(None).await?);
+        }
+        Ok((recovery, Vec::new()))
+    }
+
     pub async fn recover(&self, only_prefix: Option<&str>) -> Result<Recovery, IngestError> {
         let mut report = Recovery::default();
         let intents = self.warehouse.abandoned_intents().await?;

@@ -105,12 +105,14 @@ impl PosStages {
             tracing::debug!(backend = %backend, "dedup store");
         }
         let committer = Committer::new(warehouse.clone(), dedup);
+        let mut recovery = committer.recover(None).await?;
         if let Some(leases) = setup.route.leases() {
             // A slot just taken over may have files in another worker's commit in progress: wait for it to end, so
             // that the ledger read below holds them. One that does not end within a lease (its worker paused
             // mid-commit) keeps its slots out of this run; the others go ahead.
             let held = leases.held();
-            let waiting = warehouse.wait_for_live_intents(leases.lease_time(), &held).await?;
+            let (settled, waiting) = committer.settle(leases.lease_time(), &held).await?;
+            recovery.absorb(settled);
             if !waiting.is_empty() {
                 let aside: Vec<u32> = held.into_iter().filter(|s| waiting.iter().any(|i| i.touches(&[*s]))).collect();
                 let intents: Vec<String> = waiting.iter().map(|i| i.path.display().to_string()).collect();
@@ -119,14 +121,13 @@ impl PosStages {
                      slots are left out of this run");
                 leases.set_aside(&aside).await?;
             }
-        }
-        let recovery = committer.recover(None).await?;
-        if setup.route.leases().is_none() {
+        } else {
             // Recovery passes over intents another live process holds: its own commit in progress, or its recovery
             // of a commit a killed worker left, whose files may be this worker's. The ledger is read once they end,
             // so that it holds those files; a commit still in progress after a minute (its process paused) is left,
             // at the risk of its files being taken again (their keys are then duplicates: quarantined, not doubled).
-            let waiting = warehouse.wait_for_live_intents(std::time::Duration::from_secs(60), &[]).await?;
+            let (settled, waiting) = committer.settle(std::time::Duration::from_secs(60), &[]).await?;
+            recovery.absorb(settled);
             if !waiting.is_empty() {
                 let intents: Vec<String> = waiting.iter().map(|i| i.path.display().to_string()).collect();
                 tracing::warn!(intents = ?intents, "commits by another process still in progress after a minute");

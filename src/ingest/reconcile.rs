@@ -164,8 +164,8 @@ async fn promote_fenced(
     store.add(&keys).await.map_err(IngestError::from)?;
     store.fence(&keys, FENCE_TTL).await.map_err(IngestError::from)?;
     let every_slot: Vec<u32> = (0..super::slot_leases::SLOTS).collect();
-    let waiting =
-        warehouse.wait_for_live_intents(COMMITS_IN_PROGRESS_LIMIT, &every_slot).await.map_err(IngestError::from)?;
+    committer.recover(None).await?;
+    let (_, waiting) = committer.settle(COMMITS_IN_PROGRESS_LIMIT, &every_slot).await?;
     if let Some(intent) = waiting.first() {
         return Err(ReconcileError::CommitsInProgress {
             count: waiting.len(),
@@ -173,7 +173,6 @@ async fn promote_fenced(
             secs: COMMITS_IN_PROGRESS_LIMIT.as_secs(),
         });
     }
-    committer.recover(None).await?;
     let still_absent: HashSet<u128> = read_candidates(warehouse).await?.into_iter().map(|c| c.key.digest).collect();
     candidates.retain(|c| still_absent.contains(&c.key.digest));
     if candidates.is_empty() {

@@ -271,6 +271,24 @@ impl Warehouse {
         Ok(self.intents(true).await?.into_iter().filter_map(|(c, lock)| Some((c, lock?))).collect())
     }
 
+    /// Whether an intent is left that no live process holds: one whose commit, or whose recovery, a process began and
+    /// died in (while this one waited for it, say). Nothing is claimed.
+    pub fn has_abandoned_intents(&self) -> Result<bool, LakeError> {
+        for entry in self.intent_entries()? {
+            let path = entry.path();
+            if !path.to_string_lossy().ends_with(".json") {
+                continue;
+            }
+            match IntentLock::try_take(&path) {
+                Ok(Some(_unlocked)) => return Ok(true),
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LakeError::Io { path, source }),
+            }
+        }
+        Ok(false)
+    }
+
     /// Intents (being written, fenced, or made) that another live process holds locked now: commits in progress.
     pub fn live_intents(&self) -> Result<Vec<LiveIntent>, LakeError> {
         let live = self.live_intent_paths()?;
