@@ -1979,3 +1979,37 @@ async fn dedup_stats_makes_nothing_in_redis() {
     assert_eq!(server.integer(&["DBSIZE"]), held, "looking added no key");
     assert!(report.unique_keys > 0);
 }
+
+/// Two `poslake ingest` runs of the same worker at once on one lake and Redis (a cron run overlapping the one
+/// before it, a manual run beside a service): the second is refused with the reason, and nothing lands twice. An
+/// audit saw both take every file, each checking the keys before the other added them: every transaction twice, and
+/// nothing quarantined for `reconcile` to find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_of_the_same_worker_at_once_is_refused() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, report, manifest) = corpus(dir.path(), 47, 6);
+    let lake = dir.path().join("lake");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+            .args(["ingest", "--json", "--dedup", "redis-bitmap", "--redis-url", &server.url(), "--staging"])
+            .arg(&staging)
+            .arg("--lake")
+            .arg(&lake)
+            .env("RUST_LOG", "warn")
+            .env_remove("POSLAKE_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let (first, second) = (start(), start());
+    let outs = [first.wait_with_output().expect("wait"), second.wait_with_output().expect("wait")];
+    let refused: Vec<String> =
+        outs.iter().filter(|o| !o.status.success()).map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+    assert_eq!(refused.len(), 1, "exactly one of the two runs is refused: {refused:?}");
+    assert!(refused[0].contains("runs as worker 0 of 1"), "{}", refused[0]);
+    assert_exact(&lake, &unique_keys(&manifest)).await;
+    let wh = Warehouse::open(&lake).await.expect("open");
+    assert_eq!(wh.row_count("file_ledger").await.expect("ledger"), report.files, "each file once");
+}

@@ -21,6 +21,7 @@ pub mod replay;
 pub mod route;
 pub mod slot_leases;
 pub mod staging;
+pub mod worker_lock;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -102,6 +103,13 @@ pub enum IngestError {
     Abandoned(String),
     #[error("another `poslake replay` is running on {0}: one at a time, since each would take the same dead letters")]
     ReplayRunning(PathBuf),
+    /// Another run on the lake takes the same share of staging (see [`worker_lock`]).
+    #[error(
+        "another `poslake ingest` on {} runs as {holder}, so this one ({worker}) would take the same files and land \
+         them twice: one run per worker at a time (wait for it to end, or give each process its own --worker-index)",
+        lake.display()
+    )]
+    WorkerRunning { lake: PathBuf, worker: String, holder: String },
     /// `workers = "auto"`: leases of these route slots were lost mid-run (Redis lost them, or this worker could not
     /// renew them for a whole lease), so another worker may be taking their files; everything uncommitted was
     /// abandoned.
@@ -146,6 +154,7 @@ impl IngestError {
             IngestError::Dedup(_)
             | IngestError::Abandoned(_)
             | IngestError::ReplayRunning(_)
+            | IngestError::WorkerRunning { .. }
             | IngestError::LeaseLost(_)
             | IngestError::LeaseUnconfirmed(_)
             | IngestError::Reconciling(_)
@@ -362,6 +371,7 @@ pub async fn ingest(
 ) -> Result<IngestSummary, IngestRunError> {
     let started = std::time::Instant::now();
     let run_id = uuid::Uuid::new_v4().to_string();
+    let _worker = worker_lock::lock(&setup.paths.lake, setup.route.worker())?;
     let Some(leases) = setup.route.leases() else {
         let stages = Arc::new(PosStages::open(setup, run_id.clone()).await?);
         return run(stages, run_id, started, pipeline, progress, None).await;

@@ -66,6 +66,14 @@ impl Route {
         self.workers > 1 || self.leases.is_some()
     }
 
+    /// Which worker of the lake this route makes a run (see [`super::worker_lock`]).
+    pub fn worker(&self) -> super::worker_lock::Worker {
+        match self.leases {
+            Some(_) => super::worker_lock::Worker::Auto,
+            None => super::worker_lock::Worker::Fixed { index: self.index, of: self.workers },
+        }
+    }
+
     pub fn leases(&self) -> Option<&Arc<SlotLeases>> {
         self.leases.as_ref()
     }
