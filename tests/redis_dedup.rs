@@ -2013,3 +2013,29 @@ async fn a_second_run_of_the_same_worker_at_once_is_refused() {
     let wh = Warehouse::open(&lake).await.expect("open");
     assert_eq!(wh.row_count("file_ledger").await.expect("ledger"), report.files, "each file once");
 }
+
+/// A Redis that may evict any key to make room (`allkeys-…`) is refused with the reason: an evicted filter shard or
+/// file index bucket would be lost without a sign (an audit saw transactions and files land again). One that evicts
+/// only keys with a time to live, or nothing, is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_evicts_any_key_is_refused() {
+    let server = RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, report, _) = corpus(dir.path(), 48, 1);
+    let lake = dir.path().join("lake");
+    let refused = ingest(&setup(&staging, &lake, server.bitmap()), pipeline(), Arc::new(Progress::default())).await;
+    let refused = refused.map(|s| s.files).expect_err("refused");
+    let mut err = refused.to_string();
+    let mut source = std::error::Error::source(&refused);
+    while let Some(e) = source {
+        err += &format!(": {e}");
+        source = e.source();
+    }
+    assert!(err.contains("maxmemory-policy allkeys-lru") && err.contains("noeviction"), "{err}");
+    assert_eq!(server.integer(&["DBSIZE"]), 0, "nothing written to it");
+    for policy in ["volatile-lru", "noeviction"] {
+        assert!(server.command(&["CONFIG", "SET", "maxmemory-policy", policy]).contains("OK"));
+        let summary = run(&setup(&staging, &lake, server.bitmap())).await;
+        assert_eq!(summary.files + summary.already_ingested, report.files, "{policy}");
+    }
+}

@@ -208,6 +208,7 @@ impl Dedup {
     pub async fn open(config: &DedupConfig, lake: &Path) -> Result<Dedup, DedupError> {
         let store = Self::open_unadopted(config, lake).await?;
         if let Some(pool) = store.redis_pool() {
+            pool.refuse_evicting_policy().await?;
             // Adopts the store's generation (making it on a new store): what every check is held against.
             pool.generation().await?;
         }

@@ -269,6 +269,36 @@ impl RedisPool {
         })
     }
 
+    /// Refuses a server that evicts any key to make room (`maxmemory-policy` `allkeys-…`): an evicted filter shard or
+    /// file index bucket is lost without a sign, and its transactions and files land again (a chaos audit saw 16,828
+    /// rows for 13,916 keys). The other policies evict only keys with a time to live, which the filter and the index
+    /// never have, or nothing. A server that does not say (`INFO` refused) gets a warning.
+    pub async fn refuse_evicting_policy(&self) -> Result<(), DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("INFO").arg("memory");
+        let answers = self.query_answers(&pipe).await?;
+        let mut text = String::new();
+        answers.iter().for_each(|a| texts_of(a, &mut text));
+        let policies: BTreeSet<&str> =
+            text.lines().filter_map(|l| l.trim().strip_prefix("maxmemory_policy:")).map(str::trim).collect();
+        if policies.is_empty() {
+            tracing::warn!(url = %self.url, "could not read the server's maxmemory-policy (INFO refused?): set it to \
+                noeviction (or a volatile-… policy); a policy that evicts any key would lose filter shards silently");
+            return Ok(());
+        }
+        match policies.iter().find(|p| p.starts_with("allkeys")) {
+            Some(policy) => Err(DedupError::Config(format!(
+                "the Redis server at {} has maxmemory-policy {policy}: it may evict the filter's shards and the file \
+                 index's buckets to make room, losing keys without a sign (their sales would land again); set \
+                 maxmemory-policy noeviction (or volatile-lru, which evicts only keys with a time to live), or give \
+                 poslake a server of its own",
+                self.url
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn layout(&self) -> Layout {
         self.layout
     }
@@ -1205,6 +1235,22 @@ fn redact(url: &str) -> String {
 }
 
 /// The failure to retry for an answer that says the server is busy for now (`LOADING`, `TRYAGAIN`, `MASTERDOWN`).
+/// Every text in an answer, a line each (a cluster answers `INFO` once per node).
+fn texts_of(answer: &redis::Value, out: &mut String) {
+    match answer {
+        redis::Value::BulkString(b) => out.push_str(&String::from_utf8_lossy(b)),
+        redis::Value::SimpleString(s) => out.push_str(s),
+        redis::Value::VerbatimString { text, .. } => out.push_str(text),
+        redis::Value::Array(items) | redis::Value::Set(items) => items.iter().for_each(|i| texts_of(i, out)),
+        redis::Value::Map(pairs) => pairs.iter().for_each(|(k, v)| {
+            texts_of(k, out);
+            texts_of(v, out);
+        }),
+        _ => {}
+    }
+    out.push('\n');
+}
+
 fn busy_answer(answer: &redis::Value) -> Option<Failure> {
     match answer {
         redis::Value::ServerError(e) => Some(Failure::of(e.clone().into())).filter(|f| f.retry),
