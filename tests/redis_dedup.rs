@@ -2039,3 +2039,34 @@ async fn a_redis_that_evicts_any_key_is_refused() {
         assert_eq!(summary.files + summary.already_ingested, report.files, "{policy}");
     }
 }
+
+/// A store keeps the business-date period its filters were made with: a worker configured with another one uses the
+/// store's, so re-sent files still find their keys (an audit saw them land again after a change from day to month).
+/// A store made before the period was kept is read by the periods it lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_keeps_the_period_it_was_made_with() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (staging, report, manifest) = corpus(dir.path(), 49, 3);
+    let lake = dir.path().join("lake");
+    let by = |period| DedupConfig { period, ..server.bitmap() };
+    let first = run(&setup(&staging, &lake, by(DedupPeriod::Day))).await;
+    assert_eq!(first.new_transactions, report.unique_keys);
+    assert!(server.command(&["GET", "poslake:{dedup}:period"]).contains("day"));
+    let again = dir.path().join("resent");
+    let picked = resend(&staging, &manifest, &again, 3);
+    let second = run(&setup(&again, &lake, by(DedupPeriod::Month))).await;
+    assert_eq!(second.files, picked.len() as u64);
+    assert_eq!(second.new_transactions, 0, "re-sent files add nothing under another configured period");
+    assert_exact(&lake, &unique_keys(&manifest)).await;
+
+    // A store from before: no period kept, its partitions by day. A worker configured by month reads it by day.
+    assert_eq!(server.integer(&["DEL", "poslake:{dedup}:period"]), 1);
+    let third = dir.path().join("resent-again");
+    let picked = resend(&staging, &manifest, &third, 4);
+    let summary = run(&setup(&third, &lake, by(DedupPeriod::Month))).await;
+    // (A file re-sent under the same name as in the run before is already ingested.)
+    assert_eq!((summary.files + summary.already_ingested, summary.new_transactions), (picked.len() as u64, 0));
+    assert!(summary.files > 0);
+    assert!(server.command(&["GET", "poslake:{dedup}:period"]).contains("day"), "recorded as found");
+}

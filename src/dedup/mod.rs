@@ -206,9 +206,8 @@ impl Dedup {
     /// Opens the configured store: the embedded one under `lake/dedup/`, or a Redis one (for `redis`, the Bloom
     /// module when the server has it, else the bitmap filter).
     pub async fn open(config: &DedupConfig, lake: &Path) -> Result<Dedup, DedupError> {
-        let store = Self::open_unadopted(config, lake).await?;
+        let store = Self::open_unadopted(config, lake, true).await?;
         if let Some(pool) = store.redis_pool() {
-            pool.refuse_evicting_policy().await?;
             // Adopts the store's generation (making it on a new store): what every check is held against.
             pool.generation().await?;
         }
@@ -218,14 +217,21 @@ impl Dedup {
     /// Opens the configured store only to look at it (`dedup stats`): a Redis store's generation is neither made
     /// nor adopted, so looking at a new store, or at one that lost its state, changes nothing in it.
     pub async fn open_to_read(config: &DedupConfig, lake: &Path) -> Result<Dedup, DedupError> {
-        Self::open_unadopted(config, lake).await
+        Self::open_unadopted(config, lake, false).await
     }
 
-    async fn open_unadopted(config: &DedupConfig, lake: &Path) -> Result<Dedup, DedupError> {
+    /// `record`: the store is opened to write: a Redis server's eviction policy is checked, and a new Redis store
+    /// records the period it is made with (see [`RedisPool::store_period`]).
+    async fn open_unadopted(config: &DedupConfig, lake: &Path, record: bool) -> Result<Dedup, DedupError> {
         match config.backend {
             DedupBackend::Embedded => Ok(Dedup::Embedded(open_embedded(&lake.join("dedup")).await?)),
             backend => {
                 let pool = RedisPool::open(config).await?;
+                if record {
+                    pool.refuse_evicting_policy().await?;
+                }
+                let period = pool.store_period(config.period, record).await?;
+                let config = &DedupConfig { period, ..config.clone() };
                 let has_bloom = RedisBloom::server_has_bloom(&pool).await?;
                 match (backend, has_bloom) {
                     (DedupBackend::RedisBloom, false) => Err(DedupError::Config(format!(

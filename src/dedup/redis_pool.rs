@@ -28,7 +28,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, Pipeline, RedisError};
 
 use super::DedupError;
-use crate::config::DedupConfig;
+use crate::config::{DedupConfig, DedupPeriod};
 use crate::error_text::one_line;
 
 pub struct RedisPool {
@@ -297,6 +297,40 @@ impl RedisPool {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// The business-date period the store's filters are partitioned by: the one it was made with, kept in the store
+    /// (since session 36; an older store's is told from the periods it lists), else `configured`, which `record`
+    /// keeps for the workers after. Another configured period is overruled, with a log line: keys partitioned two
+    /// ways would be looked for where they are not (an audit saw re-sent files land again after a change of period).
+    pub async fn store_period(&self, configured: DedupPeriod, record: bool) -> Result<DedupPeriod, DedupError> {
+        let key = self.key(PERIOD);
+        let (stored, listed): (Option<String>, Vec<String>) =
+            self.query(redis::pipe().cmd("GET").arg(&key).cmd("SRANDMEMBER").arg(self.partitions_key()).arg(1)).await?;
+        let period = match stored.as_deref() {
+            Some(text) => period_named(text)
+                .ok_or_else(|| DedupError::Config(format!("{key} holds a period poslake cannot read: {text:?}")))?,
+            None => listed.first().and_then(|label| period_of_label(label)).unwrap_or(configured),
+        };
+        let period = match (stored, record) {
+            (None, true) => {
+                // Two workers making the store at once: the first one's stands.
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET").arg(&key).arg(period_name(period)).arg("NX").ignore().cmd("GET").arg(&key);
+                let (now,): (String,) = self.query(&pipe).await?;
+                period_named(&now).unwrap_or(period)
+            }
+            _ => period,
+        };
+        if period != configured {
+            tracing::info!(
+                store = period_name(period),
+                configured = period_name(configured),
+                "the dedup store keeps the business-date period its filters were made with; the configured one is \
+                 not used (to change it, rebuild the store under a new key_prefix: `poslake dedup rebuild`)"
+            );
+        }
+        Ok(period)
     }
 
     pub fn layout(&self) -> Layout {
@@ -1055,6 +1089,8 @@ impl RedisPool {
 /// The generation and the applied marks share a hash tag, so the script below may touch both in a cluster.
 pub const GENERATION: &str = "{dedup}:generation";
 pub const APPLIED: &str = "{dedup}:applied";
+/// The business-date period the store's filters are partitioned by (see [`RedisPool::store_period`]).
+const PERIOD: &str = "{dedup}:period";
 /// The key digests a running `poslake reconcile` promotes (a set; see [`RedisPool::fence`]).
 const RECONCILE_FENCE: &str = "{dedup}:reconcile-fence";
 
@@ -1235,6 +1271,28 @@ fn redact(url: &str) -> String {
 }
 
 /// The failure to retry for an answer that says the server is busy for now (`LOADING`, `TRYAGAIN`, `MASTERDOWN`).
+fn period_name(period: DedupPeriod) -> &'static str {
+    match period {
+        DedupPeriod::Day => "day",
+        DedupPeriod::Month => "month",
+        DedupPeriod::Year => "year",
+    }
+}
+
+fn period_named(name: &str) -> Option<DedupPeriod> {
+    [DedupPeriod::Day, DedupPeriod::Month, DedupPeriod::Year].into_iter().find(|p| period_name(*p) == name)
+}
+
+/// The period a partition's label is of ([`DedupPeriod::label`]: `2026-11-29`, `2026-11`, `2026`).
+fn period_of_label(label: &str) -> Option<DedupPeriod> {
+    match label.len() {
+        10 => Some(DedupPeriod::Day),
+        7 => Some(DedupPeriod::Month),
+        4 => Some(DedupPeriod::Year),
+        _ => None,
+    }
+}
+
 /// Every text in an answer, a line each (a cluster answers `INFO` once per node).
 fn texts_of(answer: &redis::Value, out: &mut String) {
     match answer {
