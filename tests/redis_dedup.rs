@@ -2024,13 +2024,7 @@ async fn a_redis_that_evicts_any_key_is_refused() {
     let (staging, report, _) = corpus(dir.path(), 48, 1);
     let lake = dir.path().join("lake");
     let refused = ingest(&setup(&staging, &lake, server.bitmap()), pipeline(), Arc::new(Progress::default())).await;
-    let refused = refused.map(|s| s.files).expect_err("refused");
-    let mut err = refused.to_string();
-    let mut source = std::error::Error::source(&refused);
-    while let Some(e) = source {
-        err += &format!(": {e}");
-        source = e.source();
-    }
+    let err = error_chain(&refused.map(|s| s.files).expect_err("refused"));
     assert!(err.contains("maxmemory-policy allkeys-lru") && err.contains("noeviction"), "{err}");
     assert_eq!(server.integer(&["DBSIZE"]), 0, "nothing written to it");
     for policy in ["volatile-lru", "noeviction"] {
@@ -2069,4 +2063,70 @@ async fn a_store_keeps_the_period_it_was_made_with() {
     assert_eq!((summary.files + summary.already_ingested, summary.new_transactions), (picked.len() as u64, 0));
     assert!(summary.files > 0);
     assert!(server.command(&["GET", "poslake:{dedup}:period"]).contains("day"), "recorded as found");
+}
+
+/// A dedup store belongs to one lake, up to the ledger it was brought up to. A lake restored from an older copy (here
+/// its catalog.db alone, as lake.md says to restore a lost one), or another lake on the same store, is refused with
+/// the reason and what to do: an audit saw both skip, as already ingested, every file the store had seen, their
+/// sales lost without a word. Started over as the message says, the restored lake takes those files again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_ahead_of_its_lake_or_of_another_lake_is_refused() {
+    for store in ["embedded", "redis"] {
+        let server = RedisServer::start();
+        let config = if store == "redis" { server.bitmap() } else { DedupConfig::default() };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (staging, report, manifest) = corpus(dir.path(), 50, 2);
+        let day1 = dir.path().join("day1");
+        std::fs::create_dir_all(&day1).expect("mkdir");
+        let (first, _) = manifest.split_at(manifest.len() / 2);
+        for m in first {
+            let to = day1.join(&m.path);
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(staging.join(&m.path), to).expect("copy");
+        }
+        let lake = dir.path().join("lake");
+        run(&setup(&day1, &lake, config.clone())).await;
+        let backup = dir.path().join("catalog.db.backup");
+        std::fs::copy(lake.join("catalog.db"), &backup).expect("backup");
+        run(&setup(&staging, &lake, config.clone())).await;
+        // The next start brings the file index up to the ledger: the store now holds every file.
+        let again = run(&setup(&staging, &lake, config.clone())).await;
+        assert_eq!((again.files, again.already_ingested), (0, report.files), "{store}");
+
+        std::fs::copy(&backup, lake.join("catalog.db")).expect("restore");
+        let restored = setup(&staging, &lake, config.clone());
+        let refused = ingest(&restored, pipeline(), Arc::new(Progress::default())).await;
+        let err = error_chain(&refused.map(|s| s.files).expect_err("a store ahead of its lake"));
+        assert!(err.contains("the lake is older than its store") && err.contains("dedup rebuild"), "{store}: {err}");
+
+        let other = dir.path().join("other");
+        if store == "redis" {
+            let elsewhere = setup(&staging, &other, config.clone());
+            let refused = ingest(&elsewhere, pipeline(), Arc::new(Progress::default())).await;
+            let err = error_chain(&refused.map(|s| s.files).expect_err("another lake's store"));
+            assert!(err.contains("another lake"), "{err}");
+            server.command(&["FLUSHALL"]);
+        } else {
+            std::fs::rename(lake.join("dedup"), dir.path().join("dedup.aside")).expect("aside");
+        }
+        // Started over: the restored lake takes what its ledger lacks, and lands every key once.
+        let wh = Arc::new(Warehouse::open(&lake).await.expect("open"));
+        let fresh = Arc::new(Dedup::open(&config, wh.root()).await.expect("store"));
+        let rebuilt = poslake::ingest::commit::Committer::new(wh, fresh).rebuild().await.expect("rebuild");
+        assert!(rebuilt > 0, "{store}");
+        let summary = run(&setup(&staging, &lake, config.clone())).await;
+        assert!(summary.files > 0 && summary.new_transactions > 0, "{store}: {summary:?}");
+        assert_exact(&lake, &unique_keys(&manifest)).await;
+    }
+}
+
+/// An error with its sources, as the binary prints it.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(e) = source {
+        out += &format!(": {e}");
+        source = e.source();
+    }
+    out
 }

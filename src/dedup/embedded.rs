@@ -26,6 +26,10 @@ const MEMTABLE_BYTES: u64 = 4 << 20;
 const JOURNAL_BYTES: u64 = 64 << 20;
 /// The file index's record of the ledger snapshot it holds: not 16 bytes long, so never a file id.
 const LEDGER_MARK: &[u8] = b"ledger-synced-to-snapshot";
+/// Which lake's ledger the index holds (its table's UUID), and the latest ledger sequence number it was brought up
+/// to: see [`EmbeddedDedup::lake_record`]. Neither is 16 bytes long.
+const LEDGER_TABLE: &[u8] = b"ledger-table-uuid";
+const LEDGER_SEQUENCE: &[u8] = b"ledger-synced-sequence";
 /// Adds of at least this many keys (an ingest's commit: up to 2,000 files' keys) are written as a table of their
 /// own (see [`ingest_sorted`]); smaller ones go through the memtable, so that many small adds (a trickle of small
 /// commits) do not leave a table each.
@@ -143,6 +147,30 @@ impl EmbeddedDedup {
                 }
                 None => Ok(()),
             }
+        })
+        .await
+    }
+
+    /// The ledger this index was last brought up to: its table's UUID, and the highest sequence number.
+    pub fn lake_record(&self) -> Result<Option<(String, i64)>, DedupError> {
+        let table = self.files.get(LEDGER_TABLE).map_err(|e| self.err(e))?;
+        let sequence = self.files.get(LEDGER_SEQUENCE).map_err(|e| self.err(e))?;
+        Ok(table.map(|t| {
+            let sequence = sequence.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map_or(0, i64::from_le_bytes);
+            (String::from_utf8_lossy(&t).into_owned(), sequence)
+        }))
+    }
+
+    /// Records the ledger the index holds (see [`Self::lake_record`]), keeping the highest sequence.
+    pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<(), DedupError> {
+        let higher = self.lake_record()?.is_none_or(|(_, held)| sequence > held);
+        let (files, table) = (self.files.clone(), table.to_owned());
+        self.blocking(move |db, _, _| {
+            files.insert(LEDGER_TABLE, table.as_bytes())?;
+            if higher {
+                files.insert(LEDGER_SEQUENCE, sequence.to_le_bytes())?;
+            }
+            db.persist(PersistMode::SyncData)
         })
         .await
     }

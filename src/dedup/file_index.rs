@@ -110,6 +110,23 @@ impl FileIndex {
         }
     }
 
+    /// Which lake's ledger the index holds, and the highest ledger sequence number it was brought up to (`None`: a
+    /// store no sync has recorded a lake in, before session 36 or new).
+    pub async fn lake_record(&self) -> Result<Option<(String, i64)>, DedupError> {
+        match self.backing()? {
+            Backing::Redis(_, pool) => RedisFiles::lake_record(pool).await,
+            Backing::Embedded(store) => store.lake_record(),
+        }
+    }
+
+    /// Records that the index holds the ledger table `table` up to sequence number `sequence`.
+    pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<(), DedupError> {
+        match self.backing()? {
+            Backing::Redis(_, pool) => RedisFiles::record_lake(pool, table, sequence).await,
+            Backing::Embedded(store) => store.record_lake(table, sequence).await,
+        }
+    }
+
     /// Which of these files the index holds.
     pub async fn contain(&self, ids: Vec<u128>) -> Result<Vec<bool>, DedupError> {
         match self.backing()? {

@@ -24,6 +24,8 @@ use super::redis_pool::{GENERATION, Layout, RedisPool};
 
 /// The meta hash: in the generation's hash slot, so that the marking script may read both in a cluster.
 const META: &str = "{dedup}:files";
+/// Which lake's ledger the index holds: see [`RedisFiles::lake_record`].
+const LAKE: &str = "{dedup}:lake";
 /// Files a bucket holds at the design capacity, at most: below the default `hash-max-listpack-entries` (128),
 /// with room for the spread of a random fill.
 const FILES_PER_BUCKET: u64 = 100;
@@ -423,6 +425,31 @@ fn buckets_for(expected_files: u64) -> u64 {
 }
 
 /// `generation sequence snapshot`.
+/// Records the lake's ledger (`HSETNX table`), and its sequence in `KEYS[1]` if higher than the one held.
+const RECORD_LAKE: &str = r"
+redis.call('HSETNX', KEYS[1], 'table', ARGV[1])
+local held = tonumber(redis.call('HGET', KEYS[1], 'sequence') or '-1')
+if tonumber(ARGV[2]) > held then redis.call('HSET', KEYS[1], 'sequence', ARGV[2]) end
+return 1
+";
+
+impl RedisFiles {
+    /// The ledger this index was last brought up to: its table's UUID, and the highest sequence number.
+    pub async fn lake_record(pool: &RedisPool) -> Result<Option<(String, i64)>, DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(pool.key(LAKE)).arg("table").arg("sequence");
+        let ((table, sequence),): ((Option<String>, Option<i64>),) = pool.query(&pipe).await?;
+        Ok(table.map(|t| (t, sequence.unwrap_or(0))))
+    }
+
+    /// Records the ledger the index holds (see [`Self::lake_record`]), keeping the highest sequence.
+    pub async fn record_lake(pool: &RedisPool, table: &str, sequence: i64) -> Result<(), DedupError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL").arg(RECORD_LAKE).arg(1).arg(pool.key(LAKE)).arg(table).arg(sequence).ignore();
+        pool.query::<()>(&pipe).await
+    }
+}
+
 fn parse_mark(mark: &str) -> Option<(String, i64, i64)> {
     let mut parts = mark.split(' ');
     let generation = parts.next()?.to_owned();

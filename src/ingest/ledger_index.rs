@@ -88,11 +88,36 @@ impl LedgerIndex {
     pub(super) async fn sync(&self, warehouse: &Warehouse) -> Result<Option<i64>, IngestError> {
         let files = &self.files;
         let ledger = warehouse.load("file_ledger").await?;
+        let table = ledger.metadata().uuid().to_string();
+        let sequence = ledger.metadata().current_snapshot().map_or(0, |s| s.sequence_number());
+        // A store that holds another lake's ledger, or more of this one's than the lake has (restored from an older
+        // copy, or its catalog.db alone), would skip files the lake lacks: an audit saw a restored lake skip every
+        // file ingested after its backup, their sales lost without a word.
+        match files.lake_record().await? {
+            Some((held, _)) if held != table => {
+                return Err(IngestError::StoreNotOfThisLake {
+                    store: files.url(),
+                    why: format!("holds the ledger of another lake (table {held}; this lake's is {table})"),
+                });
+            }
+            Some((_, held)) if held > sequence => {
+                return Err(IngestError::StoreNotOfThisLake {
+                    store: files.url(),
+                    why: format!(
+                        "holds this lake's ledger up to sequence number {held}, and the lake's is at {sequence}: the \
+                         lake is older than its store"
+                    ),
+                });
+            }
+            _ => {}
+        }
         let Some(current) = ledger
             .metadata()
             .current_snapshot()
             .map(|s| LedgerMark { snapshot_id: s.snapshot_id(), sequence: s.sequence_number() })
         else {
+            // A new lake claims the store at once: another lake started on it later is refused.
+            files.record_lake(&table, 0).await?;
             return Ok(None);
         };
         let synced = files.synced_to().await?;
@@ -155,6 +180,7 @@ impl LedgerIndex {
                  failed, or the store lost data): they are added again before it is marked"
             );
         }
+        files.record_lake(&table, current.sequence).await?;
         if let Ok(mut synced) = self.synced.lock() {
             *synced = Some(current.sequence);
         }

@@ -110,6 +110,15 @@ pub enum IngestError {
         lake.display()
     )]
     WorkerRunning { lake: PathBuf, worker: String, holder: String },
+    /// The dedup store's file index holds another lake's ledger, or more of this lake's than the lake has now (it was
+    /// restored from an older copy): trusted, it would skip files and drop keys this lake never landed.
+    #[error(
+        "the dedup store ({store}) {why}: it would skip as already ingested files this lake does not hold, and drop \
+         their sales. If the lake was restored, or the store belongs to another lake, start this lake's store over \
+         (embedded: move <lake>/dedup aside; Redis: delete the keys under its key_prefix, or give this lake a \
+         key_prefix of its own), then run `poslake dedup rebuild`; the next ingest takes every file the ledger lacks"
+    )]
+    StoreNotOfThisLake { store: String, why: String },
     /// `workers = "auto"`: leases of these route slots were lost mid-run (Redis lost them, or this worker could not
     /// renew them for a whole lease), so another worker may be taking their files; everything uncommitted was
     /// abandoned.
@@ -155,6 +164,7 @@ impl IngestError {
             | IngestError::Abandoned(_)
             | IngestError::ReplayRunning(_)
             | IngestError::WorkerRunning { .. }
+            | IngestError::StoreNotOfThisLake { .. }
             | IngestError::LeaseLost(_)
             | IngestError::LeaseUnconfirmed(_)
             | IngestError::Reconciling(_)
