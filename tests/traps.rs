@@ -115,7 +115,8 @@ fn ncr_rewards_count_money_once() {
     let d = &txs[0].discounts;
     let money: Vec<(Option<&str>, Option<Decimal>)> =
         d.iter().filter(|d| d.amount.is_some()).map(|d| (d.promotion_id.as_deref(), d.amount)).collect();
-    assert_eq!(money, [(Some("5123"), Some(dec("-0.19"))), (Some("6000"), Some(dec("-0.50")))]);
+    // NCR writes money off negative; a discount is a positive reduction in every dialect (since session 36).
+    assert_eq!(money, [(Some("5123"), Some(dec("0.19"))), (Some("6000"), Some(dec("0.50")))]);
     assert_eq!(d.len(), 4, "the non-monetary rewards stay, without an amount; the copy is left to bronze");
     let bronze_rewards = txs[0].bronze.iter().filter(|(k, _)| k.ends_with("LoyaltyReward/PromotionID")).count();
     assert_eq!(bronze_rewards, 5, "bronze keeps every reward row");
@@ -143,7 +144,7 @@ fn ncr_rewards_count_money_once() {
     };
     let row = |promo: &str, amount: &str| (Some(promo.to_owned()), Some(dec(amount)));
     let txs = parse(&poslog(ns, &[arts(2, "", &body)]));
-    let want = [row("5123", "-0.19"), row("5123", "-0.19"), row("7000", "-0.05"), row("9", "1.00"), row("9", "1.00")];
+    let want = [row("5123", "0.19"), row("5123", "0.19"), row("7000", "0.05"), row("9", "1.00"), row("9", "1.00")];
     assert_eq!(kept(&txs[0]), want);
 
     // The summarized record written before the detailed one: its rows are copies all the same, and a summarized
@@ -157,7 +158,7 @@ fn ncr_rewards_count_money_once() {
     ]
     .concat();
     let txs = parse(&poslog(ns, &[arts(3, "", &body)]));
-    assert_eq!(kept(&txs[0]), [row("6000", "-0.50"), row("5123", "-0.19"), row("5123", "-0.19")]);
+    assert_eq!(kept(&txs[0]), [row("6000", "0.50"), row("5123", "0.19"), row("5123", "0.19")]);
     let bronze_rewards = txs[0].bronze.iter().filter(|(k, _)| k.ends_with("LoyaltyReward/PromotionID")).count();
     assert_eq!(bronze_rewards, 4, "bronze keeps the copies");
 }

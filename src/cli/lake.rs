@@ -145,11 +145,15 @@ pub async fn reconcile(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode>
         say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         say!(
-            "quarantine: {} rows; {} keys confirmed as duplicates; {} false positives promoted{}",
+            "quarantine: {} rows; {} keys confirmed as duplicates; {} false positives promoted{}{}",
             report.quarantined,
             report.confirmed_duplicates,
             report.promoted,
-            report.commit.as_deref().map(|c| format!(" (commit {c})")).unwrap_or_default()
+            report.commit.as_deref().map(|c| format!(" (commit {c})")).unwrap_or_default(),
+            match report.left {
+                0 => String::new(),
+                n => format!("; {n} keys quarantined meanwhile, left for the next reconcile"),
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
