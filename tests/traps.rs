@@ -501,6 +501,31 @@ fn verifone_line_signs_and_loyalty_discounts() {
     assert_eq!((d[0].amount.map(|a| a.to_string()), d[0].kind.as_deref()), (Some("0.50".to_owned()), Some("loyalty")));
     assert_eq!((d[0].promotion_id.as_deref(), d[0].line_number), (Some("LP1"), None));
     assert!(txs[0].discounts.is_empty());
+
+    // A re-audit's cases: a negative amount without a sign is a return too; a return's discount is negated with
+    // it; a `refund sale` line written positive is made negative; and a `void plu` line cancels the line it negates,
+    // so that a ticket of net 0.00 counts nothing.
+    let unsigned = |total: &str, extra: &str| {
+        format!(
+            "<trLine type=\"plu\"><trlDept number=\"5\">D</trlDept><trlQty>1</trlQty><trlUnitPrice>3.00</trlUnitPrice><trlLineTot>{total}</trlLineTot><trlUPC>1</trlUPC>{extra}</trLine>"
+        )
+    };
+    let promo = "<trlMixMatches><trlMatchLine><trlPromoAmount>0.50</trlPromoAmount></trlMatchLine></trlMixMatches>";
+    let void = unsigned("-3.00", "").replace("type=\"plu\"", "type=\"void plu\"");
+    let txs = parse(&verifone(&[
+        &ticket("4", &[unsigned("-3.00", promo)], ""),
+        &ticket("5", &[unsigned("3.00", promo)], "").replace("type=\"sale\"", "type=\"refund sale\""),
+        &ticket("6", &[unsigned("3.00", ""), void, unsigned("2.00", "")], ""),
+    ]));
+    for t in &txs[..2] {
+        assert_eq!(t.header.transaction_type, TransactionType::Refund);
+        let l = &t.lines[0];
+        assert_eq!((l.quantity, l.extended_amount, l.refund), (Some(dec("-1")), Some(dec("-3.00")), true));
+        assert_eq!(t.discounts[0].amount, Some(dec("-0.50")), "line less discount is what was refunded");
+    }
+    let live: Vec<Decimal> =
+        txs[2].lines.iter().filter(|l| !l.voided).filter_map(|l| l.extended_amount).collect::<Vec<_>>();
+    assert_eq!(live, [dec("2.00")], "the voided sale and its void line both leave the figures");
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     unit_price_from_amount: true,
     fuel_role_from_lines: true,
     amounts_from_lines: false,
+    negative_amount_is_return: false,
 };
 
 /// The tax total is `TransactionTotalTaxSalesAmount`, else `…TaxNetAmount` (the reverse of Passport's), whatever

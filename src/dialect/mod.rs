@@ -338,6 +338,8 @@ pub struct DialectSpec {
     /// Gross, net and tax are summed from the lines where the transaction gives no total of its own (Xstore:
     /// gross the live lines' amounts, net gross less their live discounts, tax the lines' taxes).
     pub amounts_from_lines: bool,
+    /// A line whose amount is negative is a return even when its quantity is written unsigned (Verifone).
+    pub negative_amount_is_return: bool,
 }
 
 #[cfg(test)]

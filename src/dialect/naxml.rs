@@ -27,6 +27,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     unit_price_from_amount: true,
     fuel_role_from_lines: true,
     amounts_from_lines: false,
+    negative_amount_is_return: false,
 };
 
 /// Shared with the Conexxus dialect, which is NAXML with other namespaces and date shapes.

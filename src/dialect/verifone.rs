@@ -30,6 +30,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     unit_price_from_amount: false,
     fuel_role_from_lines: false,
     amounts_from_lines: false,
+    negative_amount_is_return: true,
 };
 
 const HEADER: &[Rule] = &[

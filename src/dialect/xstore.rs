@@ -23,6 +23,7 @@ pub(super) static SPEC: DialectSpec = DialectSpec {
     unit_price_from_amount: false,
     fuel_role_from_lines: false,
     amounts_from_lines: true,
+    negative_amount_is_return: false,
 };
 
 /// `dtv:TransactionType` comes first so that it, not the ARTS element kind, names the type.

@@ -239,10 +239,15 @@ impl TxBuilder {
                 }
             }
         }
-        if negative_sign {
-            // The amount is written signed already; only a positive one (a file that signs nothing else) follows.
-            for v in [&mut line.quantity, &mut line.extended_amount].into_iter().flatten() {
-                if v.is_sign_positive() {
+        // A return whose sign is written apart (Verifone `trlSign`), or only on its amount (a negative `trlLineTot`
+        // beside an unsigned quantity): quantity and amount are made negative, and so are its discounts, so that the
+        // line less its discounts is what was refunded.
+        let negative_amount = spec.negative_amount_is_return
+            && line.extended_amount.is_some_and(|a| a.is_sign_negative() && !a.is_zero());
+        if negative_sign || negative_amount {
+            let discounts = self.discounts[discounts_from..].iter_mut().filter_map(|d| d.amount.as_mut());
+            for v in [&mut line.quantity, &mut line.extended_amount].into_iter().flatten().chain(discounts) {
+                if v.is_sign_positive() && !v.is_zero() {
                     *v = -*v;
                 }
             }
@@ -446,6 +451,7 @@ impl TxBuilder {
             .or(defaults.business_date)
             .ok_or(MissingField("business date"))?;
         self.tax = self.tax.or(self.tax_fallback);
+        self.cancel_voided_lines(spec);
         let kind = self.kind_and_flags(spec);
         if spec.amounts_from_lines {
             self.amounts_from_lines();
@@ -575,6 +581,38 @@ impl TxBuilder {
         }
     }
 
+    /// A negating void line (Verifone `void plu`: its type names it voided, and it carries the negated amount)
+    /// cancels the line it voids: the latest live line before it of the same kind, item and department whose amount
+    /// it negates. Both then leave sales figures, with the cancelled line's discounts; until session 36 only the void
+    /// line did, and the sale it cancelled stayed counted (an audit: a ticket of net 0.00 counted 3.00).
+    fn cancel_voided_lines(&mut self, spec: &DialectSpec) {
+        let negating = |l: &SalesLine| {
+            l.kind_raw.as_deref().is_some_and(|raw| spec.line_kinds.iter().any(|k| k.voided && k.raw == raw))
+        };
+        for i in 0..self.lines.len() {
+            let (before, rest) = self.lines.split_at_mut(i);
+            let void = &rest[0];
+            let Some(amount) = void.extended_amount.filter(|a| !a.is_zero()) else { continue };
+            if !negating(void) {
+                continue;
+            }
+            let cancelled = before.iter_mut().rev().find(|l| {
+                !l.voided
+                    && l.kind == void.kind
+                    && l.item_code == void.item_code
+                    && l.department == void.department
+                    && l.extended_amount == Some(-amount)
+            });
+            if let Some(original) = cancelled {
+                original.voided = true;
+                let number = original.line_number;
+                for d in self.discounts.iter_mut().filter(|d| d.line_number == Some(number)) {
+                    d.voided = true;
+                }
+            }
+        }
+    }
+
     /// The transaction's type from the vendor's type value, and the flags that follow from it and from the lines.
     fn kind_and_flags(&mut self, spec: &DialectSpec) -> TransactionType {
         let mut kind = spec.default_type;
@@ -588,6 +626,21 @@ impl TxBuilder {
                     }
                 }
                 None => kind = TransactionType::Other,
+            }
+        }
+        // Refunds are negative in every dialect: a refund record's live lines written positive (a Verifone `refund
+        // sale` line without a sign) are negated, with their discounts.
+        if kind == TransactionType::Refund {
+            for line in self.lines.iter_mut().filter(|l| !l.voided) {
+                let number = line.line_number;
+                let discounts = self.discounts.iter_mut().filter(|d| d.line_number == Some(number));
+                let values =
+                    [&mut line.quantity, &mut line.extended_amount, &mut line.tax_amount].into_iter().flatten();
+                for v in values.chain(discounts.filter_map(|d| d.amount.as_mut())) {
+                    if v.is_sign_positive() && !v.is_zero() {
+                        *v = -*v;
+                    }
+                }
             }
         }
         // A line of negative quantity is a return, and so is every line of a refund record (NAXML `RefundEvent`).
