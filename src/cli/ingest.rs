@@ -88,11 +88,23 @@ pub async fn ingest_as_configured(
     // next one tries again; `max_failed_runs` in a row end the process, so that an orchestrator sees it.
     tracing::info!(every = %humantime::format_duration(every), "running as a service: an ingest every interval");
     let mut failed = 0;
+    let mut busy = false;
     loop {
         let started = tokio::time::Instant::now();
         match run_once(args, config, setup, None, &stopper).await {
+            // Another run of this worker (a manual one, started between two of the service's) holds the lake: not a
+            // failure, but a turn to skip; counted as failures, a long manual run ended the service (an audit).
+            Err(e) if worker_busy(&e) => {
+                metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "skipped").increment(1);
+                if !busy {
+                    tracing::warn!(error = %error_chain(&e), "another run of this worker holds the lake: the service \
+                        skips its runs until that one ends");
+                }
+                busy = true;
+            }
             Ok(summary) => {
                 failed = 0;
+                busy = false;
                 metrics::counter!(poslake::telemetry::metric::RUNS, "outcome" => "completed").increment(1);
                 print_summary(&summary, args.json, true, &stopper)?;
             }
@@ -119,6 +131,11 @@ pub async fn ingest_as_configured(
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// Whether a run failed only because another run of the same worker holds the lake.
+fn worker_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<poslake::ingest::IngestRunError>().is_some_and(|r| r.is_worker_busy()))
 }
 
 /// One ingest (or replay), with its progress on a terminal or in the log.

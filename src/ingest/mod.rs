@@ -510,6 +510,13 @@ pub enum IngestRunError {
     Pipeline(#[from] poslake_actors::PipelineError),
 }
 
+impl IngestRunError {
+    /// Another run of the same worker holds the lake (see [`worker_lock`]): a service skips its turn.
+    pub fn is_worker_busy(&self) -> bool {
+        matches!(self, IngestRunError::Open(IngestError::WorkerRunning { .. }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Failure, Outcome};

@@ -77,14 +77,9 @@ pub fn lock(lake: &Path, worker: Worker) -> Result<WorkerLock, IngestError> {
         if !name.starts_with("of-") || name == worker.layout() {
             continue;
         }
-        let other = open(&entry.path())?;
-        match other.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let layout = name.trim_start_matches("of-").trim_end_matches(".lock");
-                return Err(running(lake, worker, &format!("workers = {layout}")));
-            }
-            Err(TryLockError::Error(e)) => return Err(io(entry.path(), e)),
+        if held(&entry.path())? {
+            let layout = name.trim_start_matches("of-").trim_end_matches(".lock");
+            return Err(running(lake, worker, &format!("workers = {layout}")));
         }
     }
     let worker_file = match worker {
@@ -101,6 +96,24 @@ pub fn lock(lake: &Path, worker: Worker) -> Result<WorkerLock, IngestError> {
     };
     Ok(WorkerLock { _layout: layout, _worker: worker_file })
 }
+
+/// Whether a run holds this layout's lock. The probe takes it exclusively for an instant, so two runs probing it at
+/// once see each other: only a lock still held after a few tries is a run's (an audit saw two workers of one layout,
+/// started together, each refuse the other for the other's probe).
+fn held(path: &Path) -> Result<bool, IngestError> {
+    let file = open(path)?;
+    for _ in 0..PROBES {
+        match file.try_lock() {
+            Ok(()) => return Ok(false),
+            Err(TryLockError::WouldBlock) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(TryLockError::Error(e)) => return Err(io(path.to_path_buf(), e)),
+        }
+    }
+    Ok(true)
+}
+
+/// Tries of a probe: a probe holds a lock for microseconds, a run for the run.
+const PROBES: usize = 50;
 
 fn open(path: &Path) -> Result<File, IngestError> {
     std::fs::OpenOptions::new()
