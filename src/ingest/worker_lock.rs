@@ -157,4 +157,27 @@ mod tests {
         drop((auto, auto2));
         lock(lake, Worker::Fixed { index: 0, of: 1 }).expect("all released");
     }
+
+    /// Two workers of one layout starting at the same instant, after a run of another layout left its lock file:
+    /// each probes that file, and neither takes the other's probe for a run.
+    #[test]
+    fn workers_of_one_layout_starting_together_both_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(lock(dir.path(), Worker::Fixed { index: 0, of: 1 }).expect("an earlier run"));
+        for _ in 0..50 {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let starts: Vec<_> = (0..2)
+                .map(|index| {
+                    let (lake, barrier) = (dir.path().to_path_buf(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        lock(&lake, Worker::Fixed { index, of: 2 }).map(drop).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for start in starts {
+                start.join().expect("join").expect("both start");
+            }
+        }
+    }
 }
