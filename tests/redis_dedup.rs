@@ -2104,6 +2104,13 @@ async fn a_store_ahead_of_its_lake_or_of_another_lake_is_refused() {
         let refused = ingest(&restored, pipeline(), Arc::new(Progress::default())).await;
         let err = error_chain(&refused.map(|s| s.files).expect_err("a store ahead of its lake"));
         assert!(err.contains("the lake is older than its store") && err.contains("dedup rebuild"), "{store}: {err}");
+        // A rebuild into that store is refused too: it would mix the keys of two states of the lake.
+        {
+            let wh = Arc::new(Warehouse::open(&lake).await.expect("open"));
+            let held = Arc::new(Dedup::open(&config, wh.root()).await.expect("store"));
+            let refused = poslake::ingest::commit::Committer::new(wh, held).rebuild().await.expect_err("refused");
+            assert!(refused.to_string().contains("older than its store"), "{store}: {refused}");
+        }
 
         let other = dir.path().join("other");
         if store == "redis" {

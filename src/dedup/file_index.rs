@@ -113,10 +113,7 @@ impl FileIndex {
     /// Which lake's ledger the index holds, and the highest ledger sequence number it was brought up to (`None`: a
     /// store no sync has recorded a lake in, before session 36 or new).
     pub async fn lake_record(&self) -> Result<Option<(String, i64)>, DedupError> {
-        match self.backing()? {
-            Backing::Redis(_, pool) => RedisFiles::lake_record(pool).await,
-            Backing::Embedded(store) => store.lake_record(),
-        }
+        self.dedup.lake_record().await
     }
 
     /// Records that the index holds the ledger table `table` up to sequence number `sequence`.

@@ -286,6 +286,15 @@ impl Dedup {
     }
 
     /// The Redis connection pool, when the store is a Redis one.
+    /// Which lake's ledger the store's file index holds, and how far (see [`FileIndex::lake_record`]); reads only.
+    pub async fn lake_record(&self) -> Result<Option<(String, i64)>, DedupError> {
+        match self {
+            Dedup::Embedded(store) => store.lake_record(),
+            Dedup::RedisBitmap(d) => redis_files::RedisFiles::lake_record(d.pool()).await,
+            Dedup::RedisBloom(d) => redis_files::RedisFiles::lake_record(d.pool()).await,
+        }
+    }
+
     fn redis_pool(&self) -> Option<&RedisPool> {
         match self {
             Dedup::Embedded(_) => None,

@@ -339,6 +339,11 @@ impl Committer {
     /// Repopulates the store from every row of `sales_header` (a lost or new filter), and marks every commit
     /// applied. Returns the keys added.
     pub async fn rebuild(&self) -> Result<u64, IngestError> {
+        // Into a store that is not this lake's (or is ahead of it), keys would mix with another lake's: refused, as
+        // an ingest is (a re-audit saw a rebuild put a second lake's keys in the first's filter).
+        let ledger = self.warehouse.load("file_ledger").await?;
+        let describe = self.dedup.describe();
+        super::ledger_index::refuse_a_store_of_another_lake(&ledger, self.dedup.lake_record().await?, &describe)?;
         // Finishes intents (with their keys) but re-adds no other commit: no commit id starts with NUL.
         self.recover(Some("\u{0}")).await?;
         // The history is read before the scan, so that every commit marked below has its rows in the scan (a commit

@@ -89,28 +89,7 @@ impl LedgerIndex {
         let files = &self.files;
         let ledger = warehouse.load("file_ledger").await?;
         let table = ledger.metadata().uuid().to_string();
-        let sequence = ledger.metadata().current_snapshot().map_or(0, |s| s.sequence_number());
-        // A store that holds another lake's ledger, or more of this one's than the lake has (restored from an older
-        // copy, or its catalog.db alone), would skip files the lake lacks: an audit saw a restored lake skip every
-        // file ingested after its backup, their sales lost without a word.
-        match files.lake_record().await? {
-            Some((held, _)) if held != table => {
-                return Err(IngestError::StoreNotOfThisLake {
-                    store: files.url(),
-                    why: format!("holds the ledger of another lake (table {held}; this lake's is {table})"),
-                });
-            }
-            Some((_, held)) if held > sequence => {
-                return Err(IngestError::StoreNotOfThisLake {
-                    store: files.url(),
-                    why: format!(
-                        "holds this lake's ledger up to sequence number {held}, and the lake's is at {sequence}: the \
-                         lake is older than its store"
-                    ),
-                });
-            }
-            _ => {}
-        }
+        refuse_a_store_of_another_lake(&ledger, files.lake_record().await?, &files.url())?;
         let Some(current) = ledger
             .metadata()
             .current_snapshot()
@@ -351,6 +330,30 @@ impl LedgerIndex {
         }
         out
     }
+}
+
+/// Refuses a store whose file index holds another lake's ledger, or more of this one's than the lake has (restored
+/// from an older copy, or its catalog.db alone): trusted, it would skip files the lake lacks (an audit saw a restored
+/// lake skip every file ingested after its backup, their sales lost without a word). `record` is the store's
+/// [`crate::dedup::Dedup::lake_record`], `ledger` the lake's `file_ledger` table.
+pub(crate) fn refuse_a_store_of_another_lake(
+    ledger: &iceberg::table::Table,
+    record: Option<(String, i64)>,
+    store: &str,
+) -> Result<(), IngestError> {
+    let table = ledger.metadata().uuid().to_string();
+    let sequence = ledger.metadata().current_snapshot().map_or(0, |s| s.sequence_number());
+    let why = match record {
+        Some((held, _)) if held != table => {
+            format!("holds the ledger of another lake (table {held}; this lake's is {table})")
+        }
+        Some((_, held)) if held > sequence => format!(
+            "holds this lake's ledger up to sequence number {held}, and the lake's is at {sequence}: the lake is \
+             older than its store"
+        ),
+        _ => return Ok(()),
+    };
+    Err(IngestError::StoreNotOfThisLake { store: store.to_owned(), why })
 }
 
 #[cfg(test)]
