@@ -229,19 +229,7 @@ async fn sigkill_again_and_again(redis: Option<&Store>) {
 fn a_rebuild_killed_midway_leaves_no_key_out_of_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
-        seed: 43,
-        sites: 4,
-        days: 2,
-        files_per_day: 3,
-        min_transactions: 8,
-        max_transactions: 16,
-        duplicate_file_rate: 0.0,
-        duplicate_transaction_rate: 0.0,
-        ..GenerateArgs::default()
-    })
-    .expect("generate");
+    let report = small_corpus(&staging, 43);
     let lake = dir.path().join("lake");
     let config = config_file(dir.path(), None, "rebuild", false);
     let run = |cmd: &mut Command| cmd.output().expect("run poslake");
@@ -282,19 +270,7 @@ fn a_rebuild_killed_midway_leaves_no_key_out_of_the_store() {
 async fn a_commit_whose_recoverer_dies_while_a_worker_waits_is_finished_by_that_worker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let staging = dir.path().join("staging");
-    let report = generate(&GenerateArgs {
-        out: staging.clone(),
-        seed: 44,
-        sites: 4,
-        days: 2,
-        files_per_day: 3,
-        min_transactions: 8,
-        max_transactions: 16,
-        duplicate_file_rate: 0.0,
-        duplicate_transaction_rate: 0.0,
-        ..GenerateArgs::default()
-    })
-    .expect("generate");
+    let report = small_corpus(&staging, 44);
     let lake = dir.path().join("lake");
     let config = config_file(dir.path(), None, "settle", false);
     let out = ingest(&staging, &lake, &config, Some("commit-intent:1")).output().expect("run");
@@ -325,6 +301,23 @@ async fn a_commit_whose_recoverer_dies_while_a_worker_waits_is_finished_by_that_
     assert_eq!(keys.len() as u64, report.unique_keys);
     let rows = wh.row_count("file_ledger").await.expect("ledger");
     assert_eq!((rows, ledger_paths(&wh).await.len() as u64), (report.files, report.files), "each file once");
+}
+
+/// 24 files of 8-16 transactions, no planted duplicates, at `staging`.
+fn small_corpus(staging: &Path, seed: u64) -> poslake::generate::Report {
+    generate(&GenerateArgs {
+        out: staging.to_path_buf(),
+        seed,
+        sites: 4,
+        days: 2,
+        files_per_day: 3,
+        min_transactions: 8,
+        max_transactions: 16,
+        duplicate_file_rate: 0.0,
+        duplicate_transaction_rate: 0.0,
+        ..GenerateArgs::default()
+    })
+    .expect("generate")
 }
 
 /// Every XML file under `dir` but the manifest.
