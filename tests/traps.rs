@@ -514,7 +514,7 @@ fn verifone_line_signs_and_loyalty_discounts() {
     let void = unsigned("-3.00", "").replace("type=\"plu\"", "type=\"void plu\"");
     let txs = parse(&verifone(&[
         &ticket("4", &[unsigned("-3.00", promo)], ""),
-        &ticket("5", &[unsigned("3.00", promo)], "").replace("type=\"sale\"", "type=\"refund sale\""),
+        &ticket("5", &[unsigned("3.00", promo)], loyalty).replace("type=\"sale\"", "type=\"refund sale\""),
         &ticket("6", &[unsigned("3.00", ""), void, unsigned("2.00", "")], ""),
     ]));
     for t in &txs[..2] {
@@ -523,6 +523,8 @@ fn verifone_line_signs_and_loyalty_discounts() {
         assert_eq!((l.quantity, l.extended_amount, l.refund), (Some(dec("-1")), Some(dec("-3.00")), true));
         assert_eq!(t.discounts[0].amount, Some(dec("-0.50")), "line less discount is what was refunded");
     }
+    let ticket_wide = &txs[1].discounts[1];
+    assert_eq!((ticket_wide.line_number, ticket_wide.amount), (None, Some(dec("-0.50"))), "a refund's loyalty too");
     let live: Vec<Decimal> =
         txs[2].lines.iter().filter(|l| !l.voided).filter_map(|l| l.extended_amount).collect::<Vec<_>>();
     assert_eq!(live, [dec("2.00")], "the voided sale and its void line both leave the figures");

@@ -629,8 +629,14 @@ impl TxBuilder {
             }
         }
         // Refunds are negative in every dialect: a refund record's live lines written positive (a Verifone `refund
-        // sale` line without a sign) are negated, with their discounts.
+        // sale` line without a sign) are negated, with their discounts, and so are its discounts of the whole ticket
+        // (a Verifone loyalty discount on a refund).
         if kind == TransactionType::Refund {
+            for d in self.discounts.iter_mut().filter(|d| d.line_number.is_none()).filter_map(|d| d.amount.as_mut()) {
+                if d.is_sign_positive() && !d.is_zero() {
+                    *d = -*d;
+                }
+            }
             for line in self.lines.iter_mut().filter(|l| !l.voided) {
                 let number = line.line_number;
                 let discounts = self.discounts.iter_mut().filter(|d| d.line_number == Some(number));
