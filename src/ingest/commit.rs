@@ -341,9 +341,10 @@ impl Committer {
     pub async fn rebuild(&self) -> Result<u64, IngestError> {
         // Into a store that is not this lake's (or is ahead of it), keys would mix with another lake's: refused, as
         // an ingest is (a re-audit saw a rebuild put a second lake's keys in the first's filter).
+        // The record before the ledger, as a sync reads them (see `LedgerIndex::sync`).
+        let record = self.dedup.lake_record().await?;
         let ledger = self.warehouse.load("file_ledger").await?;
-        let describe = self.dedup.describe();
-        super::ledger_index::refuse_a_store_of_another_lake(&ledger, self.dedup.lake_record().await?, &describe)?;
+        super::ledger_index::refuse_a_store_of_another_lake(&ledger, record, &self.dedup.describe())?;
         // Finishes intents (with their keys) but re-adds no other commit: no commit id starts with NUL.
         self.recover(Some("\u{0}")).await?;
         // The history is read before the scan, so that every commit marked below has its rows in the scan (a commit

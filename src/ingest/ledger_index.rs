@@ -87,9 +87,12 @@ impl LedgerIndex {
     /// its mark stays in the kept history), and returns that snapshot.
     pub(super) async fn sync(&self, warehouse: &Warehouse) -> Result<Option<i64>, IngestError> {
         let files = &self.files;
+        // The record first: another worker's sync may record a later ledger at any moment, and a ledger loaded
+        // before that would look older than its store. Loaded after, it holds at least what any record says.
+        let record = files.lake_record().await?;
         let ledger = warehouse.load("file_ledger").await?;
         let table = ledger.metadata().uuid().to_string();
-        refuse_a_store_of_another_lake(&ledger, files.lake_record().await?, &files.url())?;
+        refuse_a_store_of_another_lake(&ledger, record, &files.url())?;
         let Some(current) = ledger
             .metadata()
             .current_snapshot()
