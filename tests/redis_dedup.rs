@@ -2081,7 +2081,7 @@ async fn a_store_ahead_of_its_lake_or_of_another_lake_is_refused() {
         let server = RedisServer::start();
         let config = if store == "redis" { server.bitmap() } else { DedupConfig::default() };
         let dir = tempfile::tempdir().expect("tempdir");
-        let (staging, report, manifest) = corpus(dir.path(), 50, 2);
+        let (staging, _, manifest) = corpus(dir.path(), 50, 2);
         let day1 = dir.path().join("day1");
         std::fs::create_dir_all(&day1).expect("mkdir");
         let (first, _) = manifest.split_at(manifest.len() / 2);
@@ -2094,10 +2094,10 @@ async fn a_store_ahead_of_its_lake_or_of_another_lake_is_refused() {
         run(&setup(&day1, &lake, config.clone())).await;
         let backup = dir.path().join("catalog.db.backup");
         std::fs::copy(lake.join("catalog.db"), &backup).expect("backup");
-        run(&setup(&staging, &lake, config.clone())).await;
-        // The next start brings the file index up to the ledger: the store now holds every file.
-        let again = run(&setup(&staging, &lake, config.clone())).await;
-        assert_eq!((again.files, again.already_ingested), (0, report.files), "{store}");
+        // Day 2 lands; its commits record in the store how far the ledger reached (no later start has synced the
+        // file index: the store holds its keys, not yet its files).
+        let second = run(&setup(&staging, &lake, config.clone())).await;
+        assert!(second.new_transactions > 0, "{store}");
 
         std::fs::copy(&backup, lake.join("catalog.db")).expect("restore");
         let restored = setup(&staging, &lake, config.clone());

@@ -118,10 +118,7 @@ impl FileIndex {
 
     /// Records that the index holds the ledger table `table` up to sequence number `sequence`.
     pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<(), DedupError> {
-        match self.backing()? {
-            Backing::Redis(_, pool) => RedisFiles::record_lake(pool, table, sequence).await,
-            Backing::Embedded(store) => store.record_lake(table, sequence).await,
-        }
+        self.dedup.record_lake(table, sequence).await
     }
 
     /// Which of these files the index holds.

@@ -295,6 +295,16 @@ impl Dedup {
         }
     }
 
+    /// Records that the store has seen the lake whose ledger table is `table` up to its sequence number `sequence`
+    /// (the highest is kept); see [`Self::lake_record`].
+    pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<(), DedupError> {
+        match self {
+            Dedup::Embedded(store) => store.record_lake(table, sequence).await,
+            Dedup::RedisBitmap(d) => redis_files::RedisFiles::record_lake(d.pool(), table, sequence).await,
+            Dedup::RedisBloom(d) => redis_files::RedisFiles::record_lake(d.pool(), table, sequence).await,
+        }
+    }
+
     fn redis_pool(&self) -> Option<&RedisPool> {
         match self {
             Dedup::Embedded(_) => None,

@@ -190,8 +190,28 @@ impl Committer {
         failpoint::hit("commit-keys");
         self.dedup.mark_applied(std::slice::from_ref(&id), Holding::Keys(keys)).await?;
         failpoint::hit("commit-applied");
+        self.record_ledger(&commits).await;
         self.warehouse.remove_intent(&id)?;
         Ok(commits)
+    }
+
+    /// Records in the store how far this lake's ledger has reached once a commit's keys are in, so that a lake
+    /// restored to before this commit is refused at its next start (the file index's sync alone records it only
+    /// at a run's start: a restore to between two syncs slipped through, and the embedded store then took the
+    /// lost commits' transactions for exact duplicates). A safety net: a failure is logged, not the commit's.
+    async fn record_ledger(&self, commits: &[Commit]) {
+        let Some(snapshot) = commits.iter().find(|c| c.table == "file_ledger").map(|c| c.snapshot_id) else { return };
+        let recorded = async {
+            let ledger = self.warehouse.load("file_ledger").await?;
+            let Some(sequence) = ledger.metadata().snapshot_by_id(snapshot).map(|s| s.sequence_number()) else {
+                return Ok(());
+            };
+            let table = ledger.metadata().uuid().to_string();
+            self.dedup.record_lake(&table, sequence).await.map_err(IngestError::from)
+        };
+        if let Err(e) = recorded.await {
+            tracing::warn!(error = %e, "could not record in the dedup store how far the ledger has reached");
+        }
     }
 
     /// Finishes what a stopped process left: pending intents, then the keys of every committed batch the store
