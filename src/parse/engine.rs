@@ -15,7 +15,7 @@ use quick_xml::reader::Reader;
 use super::ParseOptions;
 use super::builder::{FileDefaults, TxBuilder, ValueError};
 use super::error::{ParseError, Position};
-use super::plan::{Action, NodeId, Plan, ROOT, Role, name_print};
+use super::plan::{Action, NodeId, Plan, ROOT, Role, name_print, print_bit};
 use crate::dialect::{Dialect, Field, RootInfo};
 use crate::model::{BronzeCapacity, BronzeRecord, Transaction, TransactionType, VoidedTicket};
 
@@ -39,6 +39,9 @@ struct Frame {
     has_children: bool,
     /// Bronze holds an attribute of it (so an element without text is not lost).
     has_attrs: bool,
+    /// The [`print_bit`]s of its children's names so far: a child whose bit is not set is the first of its name,
+    /// without a scan of the counters.
+    child_bits: u64,
 }
 
 /// How many children of one name an open element has had so far.
@@ -260,6 +263,7 @@ impl<'a> Engine<'a> {
             captures_len: self.captures.len(),
             has_children: false,
             has_attrs: false,
+            child_bits: 0,
         };
         if !self.path.is_empty() {
             self.path.push('/');
@@ -530,17 +534,27 @@ impl<'a> Engine<'a> {
 
     /// Counts `name` among the current element's children; returns its occurrence number (1 for the first).
     fn count_child(&mut self, name: &str, print: u64) -> u32 {
-        let from = self.frames.last().map_or(0, |f| f.counters_len);
         let depth = self.frames.len();
         if self.wide.last().is_some_and(|(d, _)| *d == depth) {
             return self.count_wide_child(name, print);
         }
+        let bit = print_bit(print);
+        let (from, seen) = match self.frames.last_mut() {
+            Some(parent) => {
+                let seen = parent.child_bits & bit != 0;
+                parent.child_bits |= bit;
+                (parent.counters_len, seen)
+            }
+            None => (0, true),
+        };
         // Counters of the current element are those pushed since it opened, at its depth only: the children's
         // own counters were truncated when they closed.
-        for c in &mut self.counters[from..] {
-            if c.print == print && &self.names[c.start as usize..c.end as usize] == name.as_bytes() {
-                c.count += 1;
-                return c.count;
+        if seen {
+            for c in &mut self.counters[from..] {
+                if c.print == print && &self.names[c.start as usize..c.end as usize] == name.as_bytes() {
+                    c.count += 1;
+                    return c.count;
+                }
             }
         }
         self.push_counter(name, print);

@@ -33,6 +33,9 @@ pub(crate) enum Action {
 pub(crate) struct Node {
     /// (the name's [`name_print`], the name, the child).
     pub children: Vec<(u64, &'static str, NodeId)>,
+    /// The children's [`print_bit`]s: most elements of a file are not in the plan, and a name whose bit is not here
+    /// is not a child, without a scan of `children`.
+    pub child_bits: u64,
     pub role: Option<Role>,
     pub actions: Vec<Action>,
 }
@@ -67,6 +70,13 @@ pub(crate) fn name_print(name: &[u8]) -> u64 {
     (u64::from(head) | (u64::from(tail) << 32)) ^ ((name.len() as u64) << 56)
 }
 
+/// One of 64 bits for a name's print (a multiplicative hash of it): sets of names as one word, for a test that
+/// rules a name out without comparing it to any.
+#[inline]
+pub(crate) fn print_bit(print: u64) -> u64 {
+    1 << (print.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
+}
+
 impl Plan {
     pub fn for_dialect(dialect: Dialect) -> &'static Plan {
         static PLANS: [OnceLock<Plan>; 6] = [const { OnceLock::new() }; 6];
@@ -77,8 +87,11 @@ impl Plan {
     /// The child of `node` named `name`, whose [`name_print`] is `print`.
     #[inline]
     pub fn child(&self, node: NodeId, name: &[u8], print: u64) -> Option<NodeId> {
-        let children = &self.nodes[node as usize].children;
-        children.iter().find(|(p, n, _)| *p == print && n.as_bytes() == name).map(|&(_, _, id)| id)
+        let node = &self.nodes[node as usize];
+        if node.child_bits & print_bit(print) == 0 {
+            return None;
+        }
+        node.children.iter().find(|(p, n, _)| *p == print && n.as_bytes() == name).map(|&(_, _, id)| id)
     }
 
     fn compile(spec: &'static DialectSpec) -> Plan {
@@ -151,7 +164,10 @@ impl Plan {
         }
         let id = self.nodes.len() as NodeId;
         self.nodes.push(Node::default());
-        self.nodes[node as usize].children.push((name_print(name.as_bytes()), name, id));
+        let print = name_print(name.as_bytes());
+        let parent = &mut self.nodes[node as usize];
+        parent.children.push((print, name, id));
+        parent.child_bits |= print_bit(print);
         id
     }
 }
