@@ -15,6 +15,7 @@ pub const POINTS: &[&str] = &[
     "write",
     "commit-intent",
     "commit-table",
+    "commit-recorded",
     "commit-keys",
     "commit-applied",
     "recover-intent",

@@ -115,6 +115,7 @@ async fn sigkill_again_and_again(redis: Option<&Store>) {
         "commit-table:1",
         "commit-table:4",
         "recover-intent:1",
+        "commit-recorded:1",
         "commit-keys:1",
         "commit-applied:1",
         "download:5",
@@ -125,6 +126,7 @@ async fn sigkill_again_and_again(redis: Option<&Store>) {
         "commit-intent:2",
         "commit-table:2",
         "commit-table:6",
+        "commit-recorded:2",
         "commit-keys:2",
         "commit-applied:2",
         "write:5",
@@ -301,6 +303,102 @@ async fn a_commit_whose_recoverer_dies_while_a_worker_waits_is_finished_by_that_
     assert_eq!(keys.len() as u64, report.unique_keys);
     let rows = wh.row_count("file_ledger").await.expect("ledger");
     assert_eq!((rows, ledger_paths(&wh).await.len() as u64), (report.files, report.files), "each file once");
+}
+
+/// A lake restored from a backup under its newer dedup store (which holds keys of commits the restored ledger lacks)
+/// is refused, whatever the moment the run after the backup died, and lands every key once when started over as
+/// the refusal says; a lake its store is not ahead of goes on and lands every key once. An audit lost sales without
+/// a word both ways it found: a run killed between a commit's keys and the store's record of its ledger, and a
+/// catalog restored alone under a commit that recovery finished before the check (taking the restored ledger up to
+/// the store's record). With the embedded store, whose positives are exact, a key the store holds is dropped.
+#[test]
+fn a_lake_restored_under_its_store_is_refused_or_lands_every_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let all = dir.path().join("all");
+    let report = small_corpus(&all, 45);
+    let manifest = read_manifest(&all).expect("manifest");
+    let want: BTreeSet<String> =
+        manifest.into_iter().filter(|m| m.kind != FileKind::Malformed).flat_map(|m| m.keys).collect();
+    let mut files = walk(&all);
+    files.sort();
+    let (first, rest) = files.split_at(files.len() / 2);
+    let stage = |staging: &Path, files: &[std::path::PathBuf]| {
+        for f in files {
+            let to = staging.join(f.strip_prefix(&all).expect("inside"));
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(f, to).expect("copy");
+        }
+    };
+    let poslake = |args: &[&str], config: &Path, lake: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_poslake"));
+        cmd.args(args).arg("--config").arg(config).arg("--lake").arg(lake).env("RUST_LOG", "warn");
+        cmd.output().expect("run poslake")
+    };
+    let mut refused = Vec::new();
+    // (case, kill point of the run after the backup, whether the whole lake is restored or its catalog.db alone)
+    for (case, kill, whole) in [
+        ("table", "commit-table:3", true),
+        ("recorded", "commit-recorded:1", true),
+        ("keys", "commit-keys:1", true),
+        ("applied", "commit-applied:2", true),
+        ("catalog", "commit-intent:2", false),
+    ] {
+        let work = dir.path().join(case);
+        let (staging, lake, backup) = (work.join("staging"), work.join("lake"), work.join("backup"));
+        stage(&staging, first);
+        let config = config_file(dir.path(), None, case, false);
+        let out = ingest(&staging, &lake, &config, None).output().expect("run");
+        assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+        let copy = |from: &Path, to: &Path| {
+            let status = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
+            assert!(status.success(), "{case}: cp {from:?}");
+        };
+        std::fs::create_dir_all(&backup).expect("mkdir");
+        let catalog = |e: &std::fs::DirEntry| e.file_name().to_string_lossy().starts_with("catalog.db");
+        let kept = |e: &std::fs::DirEntry| whole && e.file_name() != "dedup" || catalog(e);
+        for e in std::fs::read_dir(&lake).expect("lake").flatten().filter(kept) {
+            copy(&e.path(), &backup);
+        }
+
+        stage(&staging, rest);
+        let out = ingest(&staging, &lake, &config, Some(kill)).output().expect("run");
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+        // Restored: the backup's entries replace the lake's (the dedup store stays as the killed run left it).
+        for e in std::fs::read_dir(&lake).expect("lake").flatten().filter(|e| e.file_name() != "dedup") {
+            if whole || catalog(&e) {
+                let path = e.path();
+                if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.expect("rm");
+            }
+        }
+        for e in std::fs::read_dir(&backup).expect("backup").flatten() {
+            copy(&e.path(), &lake);
+        }
+
+        let out = ingest(&staging, &lake, &config, None).output().expect("run");
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("the lake is older than its store") && err.contains("dedup rebuild"), "{case}: {err}");
+            refused.push(case);
+            // As the refusal says: the store aside, a rebuild, an ingest.
+            std::fs::rename(lake.join("dedup"), work.join("dedup.aside")).expect("aside");
+            let out = poslake(&["dedup", "rebuild"], &config, &lake);
+            assert!(out.status.success(), "{case}: rebuild: {}", String::from_utf8_lossy(&out.stderr));
+            let out = ingest(&staging, &lake, &config, None).output().expect("run");
+            assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let wh = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+            let wh = Warehouse::open(&lake).await.expect("open");
+            (header_keys(&wh).await, ledger_paths(&wh).await.len() as u64, wh.row_count("file_ledger").await)
+        });
+        let (keys, paths, rows) = wh;
+        assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len(), "{case}: no key twice");
+        let got: BTreeSet<String> = keys.into_iter().collect();
+        let (missing, extra) = (want.difference(&got).count(), got.difference(&want).count());
+        assert_eq!((missing, extra), (0, 0), "{case}: keys missing and unexpected");
+        assert_eq!((paths, rows.expect("ledger")), (report.files, report.files), "{case}: each file once");
+    }
+    // A run killed before its first commit's record left the store behind the ledger it saw: nothing to refuse.
+    assert_eq!(refused, ["recorded", "keys", "applied", "catalog"]);
 }
 
 /// 24 files of 8-16 transactions, no planted duplicates, at `staging`.

@@ -2114,10 +2114,17 @@ async fn a_store_ahead_of_its_lake_or_of_another_lake_is_refused() {
 
         let other = dir.path().join("other");
         if store == "redis" {
+            // Another lake with a history of its own (in another store), pointed at this one by mistake: refused
+            // before it writes anything there (an audit saw its recovery add its commits' keys and marks first, and
+            // this lake's next new transactions all quarantined as duplicates).
+            let own = DedupConfig { key_prefix: "other".into(), ..config.clone() };
+            assert!(run(&setup(&day1, &other, own)).await.new_transactions > 0);
+            let before = digest(&server, "poslake*");
             let elsewhere = setup(&staging, &other, config.clone());
             let refused = ingest(&elsewhere, pipeline(), Arc::new(Progress::default())).await;
             let err = error_chain(&refused.map(|s| s.files).expect_err("another lake's store"));
             assert!(err.contains("another lake"), "{err}");
+            assert_eq!(digest(&server, "poslake*"), before, "the refused run wrote nothing to the store");
             server.command(&["FLUSHALL"]);
         } else {
             std::fs::rename(lake.join("dedup"), dir.path().join("dedup.aside")).expect("aside");
@@ -2131,6 +2138,16 @@ async fn a_store_ahead_of_its_lake_or_of_another_lake_is_refused() {
         assert!(summary.files > 0 && summary.new_transactions > 0, "{store}: {summary:?}");
         assert_exact(&lake, &unique_keys(&manifest)).await;
     }
+}
+
+/// A digest of every key matching `pattern` and its value (as `DUMP` writes it): what a run changed there.
+fn digest(server: &RedisServer, pattern: &str) -> String {
+    const SCRIPT: &str = "local keys = redis.call('KEYS', ARGV[1]) table.sort(keys) local acc = '' \
+        for _, k in ipairs(keys) do acc = redis.sha1hex(acc .. k .. redis.call('DUMP', k)) end \
+        return {#keys, acc}";
+    let answer = server.command(&["EVAL", SCRIPT, "0", pattern]);
+    assert!(!answer.starts_with('-') && !answer.contains(":0\r\n"), "{answer}");
+    answer
 }
 
 /// An error with its sources, as the binary prints it.

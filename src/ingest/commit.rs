@@ -23,7 +23,7 @@ use super::IngestError;
 use super::maintain::history_marker;
 use crate::dedup::{Dedup, DedupKey, DedupStore, Holding};
 use crate::failpoint;
-use crate::lake::tables::{SALES_HEADER, TABLES};
+use crate::lake::tables::{FILE_LEDGER, SALES_HEADER, TABLES};
 use crate::lake::{Commit, IntentLock, PreparedCommit, Warehouse};
 use crate::model::{KeyVariant, TransactionKey};
 
@@ -186,32 +186,38 @@ impl Committer {
     ) -> Result<Vec<Commit>, IngestError> {
         let id = commit.id.clone();
         let commits = self.warehouse.apply_with(commit, || failpoint::hit("commit-table")).await?;
+        if let Some(ledger) = commits.iter().find(|c| c.table == FILE_LEDGER.name) {
+            self.dedup.record_lake(&ledger.table_uuid, ledger.sequence).await?;
+        }
+        failpoint::hit("commit-recorded");
         self.dedup.add(keys).await?;
         failpoint::hit("commit-keys");
         self.dedup.mark_applied(std::slice::from_ref(&id), Holding::Keys(keys)).await?;
         failpoint::hit("commit-applied");
-        self.record_ledger(&commits).await;
         self.warehouse.remove_intent(&id)?;
         Ok(commits)
     }
 
-    /// Records in the store how far this lake's ledger has reached once a commit's keys are in, so that a lake
-    /// restored to before this commit is refused at its next start (the file index's sync alone records it only
-    /// at a run's start: a restore to between two syncs slipped through, and the embedded store then took the
-    /// lost commits' transactions for exact duplicates). A safety net: a failure is logged, not the commit's.
-    async fn record_ledger(&self, commits: &[Commit]) {
-        let Some(snapshot) = commits.iter().find(|c| c.table == "file_ledger").map(|c| c.snapshot_id) else { return };
-        let recorded = async {
-            let ledger = self.warehouse.load("file_ledger").await?;
-            let Some(sequence) = ledger.metadata().snapshot_by_id(snapshot).map(|s| s.sequence_number()) else {
-                return Ok(());
-            };
-            let table = ledger.metadata().uuid().to_string();
-            self.dedup.record_lake(&table, sequence).await.map_err(IngestError::from)
-        };
-        if let Err(e) = recorded.await {
-            tracing::warn!(error = %e, "could not record in the dedup store how far the ledger has reached");
+    /// Refuses a store that is not this lake's, or is ahead of it (see
+    /// [`super::ledger_index::refuse_a_store_of_another_lake`]). Called before anything writes to the store or the
+    /// tables: a recovery run first wrote a refused lake's keys into another lake's store, and finished a commit
+    /// into a restored catalog, which took its ledger up to the store's record and hid the restore (an audit lost
+    /// 18 sales that way with the embedded store).
+    pub async fn refuse_a_store_of_another_lake(&self) -> Result<(), IngestError> {
+        // The record before the ledger, as a sync reads them (see `LedgerIndex::sync`).
+        let record = self.dedup.lake_record().await?;
+        let ledger = self.warehouse.load(FILE_LEDGER.name).await?;
+        super::ledger_index::refuse_a_store_of_another_lake(&ledger, record, &self.dedup.describe())
+    }
+
+    /// Records in the store how far the ledger has reached now, before keys of commits up to there go in (see
+    /// [`Committer::apply`]).
+    async fn record_current_ledger(&self) -> Result<(), IngestError> {
+        let ledger = self.warehouse.load(FILE_LEDGER.name).await?;
+        if let Some(current) = ledger.metadata().current_snapshot() {
+            self.dedup.record_lake(&ledger.metadata().uuid().to_string(), current.sequence_number()).await?;
         }
+        Ok(())
     }
 
     /// Finishes what a stopped process left: pending intents, then the keys of every committed batch the store
@@ -255,6 +261,9 @@ impl Committer {
             report.intents_finished += 1;
         }
         let history = self.warehouse.history(SALES_HEADER.name).await?;
+        // Every key added below belongs to a commit the ledger holds by now: the store records that first, so that it
+        // never holds keys of a commit past its record (a lake restored to before it is then refused, not trusted).
+        self.record_current_ledger().await?;
         // Older snapshots were expired: only a store holding the marker of where the history now starts has their
         // keys. Any other (lost, restored from an older copy, new to this lake) is reloaded from every row.
         if only_prefix.is_none()
@@ -361,16 +370,15 @@ impl Committer {
     pub async fn rebuild(&self) -> Result<u64, IngestError> {
         // Into a store that is not this lake's (or is ahead of it), keys would mix with another lake's: refused, as
         // an ingest is (a re-audit saw a rebuild put a second lake's keys in the first's filter).
-        // The record before the ledger, as a sync reads them (see `LedgerIndex::sync`).
-        let record = self.dedup.lake_record().await?;
-        let ledger = self.warehouse.load("file_ledger").await?;
-        super::ledger_index::refuse_a_store_of_another_lake(&ledger, record, &self.dedup.describe())?;
+        self.refuse_a_store_of_another_lake().await?;
         // Finishes intents (with their keys) but re-adds no other commit: no commit id starts with NUL.
         self.recover(Some("\u{0}")).await?;
         // The history is read before the scan, so that every commit marked below has its rows in the scan (a commit
         // that lands meanwhile is left to its own process or the next recovery). A rebuild that stops before its
         // end marks nothing, and the next recovery re-adds what the store lacks.
         let history = self.warehouse.history(SALES_HEADER.name).await?;
+        // The scan may also read commits that land meanwhile: the record covers those whose ledger is in by now.
+        self.record_current_ledger().await?;
         failpoint::hit("rebuild-scan");
         let added = self.reload_keys().await?;
         let mut ids: Vec<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();

@@ -105,6 +105,8 @@ impl PosStages {
             tracing::debug!(backend = %backend, "dedup store");
         }
         let committer = Committer::new(warehouse.clone(), dedup);
+        // Before recovery writes anything, to the store or the tables.
+        committer.refuse_a_store_of_another_lake().await?;
         let mut recovery = committer.recover(None).await?;
         if let Some(leases) = setup.route.leases() {
             // A slot just taken over may have files in another worker's commit in progress: wait for it to end, so

@@ -74,6 +74,7 @@ pub async fn reconcile(
     }
     let store = Arc::new(Dedup::open(dedup, warehouse.root()).await.map_err(IngestError::from)?);
     let committer = Committer::new(warehouse.clone(), store);
+    committer.refuse_a_store_of_another_lake().await?;
     committer.recover(None).await?;
 
     let mut report = ReconcileReport::default();

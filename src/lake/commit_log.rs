@@ -227,9 +227,19 @@ impl Warehouse {
                 .set_snapshot_properties(commit.properties.clone());
             let table = action.apply(tx)?.commit(self.catalog_ref()).await?;
             self.confirm_commit(t.table, &table).await?;
-            let snapshot_id = table.metadata().current_snapshot().map_or(-1, |s| s.snapshot_id());
+            let current = table.metadata().current_snapshot();
+            let (snapshot_id, sequence) = current.map_or((-1, 0), |s| (s.snapshot_id(), s.sequence_number()));
             let (snapshots, since_merge) = snapshot_counts(table.metadata());
-            out.push(Commit { table: t.table, snapshot_id, data_files: n_files, rows: t.rows, snapshots, since_merge });
+            out.push(Commit {
+                table: t.table,
+                table_uuid: table.metadata().uuid().to_string(),
+                snapshot_id,
+                sequence,
+                data_files: n_files,
+                rows: t.rows,
+                snapshots,
+                since_merge,
+            });
             after_each();
         }
         Ok(out)

@@ -54,7 +54,10 @@ pub struct Warehouse {
 #[derive(Debug, Clone)]
 pub struct Commit {
     pub table: &'static str,
+    /// The table's UUID, and the snapshot this commit made and its sequence number.
+    pub table_uuid: String,
     pub snapshot_id: i64,
+    pub sequence: i64,
     pub data_files: usize,
     pub rows: u64,
     /// Snapshots the table holds after this commit, and how many of them came after its latest manifest merge (a
