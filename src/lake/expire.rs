@@ -114,8 +114,7 @@ impl Warehouse {
         for list in lists {
             // A list whose snapshot is still there (another process's expiry failed over ours) is kept.
             let still_used = after.metadata().snapshots().any(|s| s.manifest_list() == list);
-            if !still_used && io.exists(&list).await? {
-                io.delete(&list).await?;
+            if !still_used && delete_if_present(io, &list).await? {
                 report.files_deleted += 1;
             }
         }
@@ -135,14 +134,24 @@ impl Warehouse {
                 }
             }
             for path in manifests {
-                if io.exists(&path).await? {
-                    io.delete(&path).await?;
+                if delete_if_present(io, &path).await? {
                     report.files_deleted += 1;
                 }
             }
         }
         report.files_deleted += delete_old_metadata_files(&after)?;
         Ok(report)
+    }
+}
+
+/// Deletes `path` unless it is gone already; whether this call deleted it. Two workers' expiries of one table may
+/// both delete a file their snapshots no longer use: the second found it gone, and failed the maintenance with a
+/// warning (seen by an audit).
+async fn delete_if_present(io: &iceberg::io::FileIO, path: &str) -> Result<bool, LakeError> {
+    match io.delete(path).await {
+        Ok(()) => Ok(true),
+        Err(_) if !io.exists(path).await? => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
