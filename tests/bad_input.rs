@@ -820,8 +820,9 @@ fn invalid_value_in_total_names_the_field() {
 fn unknown_root_is_unknown_dialect() {
     let doc = "<?xml version=\"1.0\"?>\n<Foo xmlns=\"urn:example:foo\"><Bar/></Foo>\n";
     match parse_err("foo.xml", doc.as_bytes()) {
-        ParseError::UnknownDialect { file, root, namespace } => {
+        ParseError::UnknownDialect { file, position, root, namespace } => {
             assert_eq!(file, "foo.xml");
+            assert_eq!((position.line, position.column), (2, 30), "just past the root's start tag");
             assert_eq!(root, "Foo");
             assert_eq!(namespace.as_deref(), Some("urn:example:foo"));
         }
@@ -859,8 +860,9 @@ fn file_without_root_element_is_an_error() {
 fn forced_dialect_that_does_not_match_the_root_is_mismatch() {
     let opts = ParseOptions { dialect: Some(Dialect::VerifoneCommander), ..ParseOptions::default() };
     match parse_with_err("forced.xml", arts_valid().as_bytes(), &opts) {
-        ParseError::DialectMismatch { file, dialect, root } => {
+        ParseError::DialectMismatch { file, position, dialect, root } => {
             assert_eq!(file, "forced.xml");
+            assert!(position.line >= 1 && position.offset > 0, "{position:?}");
             assert_eq!(dialect, "verifone-commander");
             assert_eq!(root, "POSLog");
         }

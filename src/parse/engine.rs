@@ -644,6 +644,7 @@ impl<'a> Engine<'a> {
                 if !root_ok {
                     return Err(ParseError::DialectMismatch {
                         file: self.file.to_owned(),
+                        position: self.locate(pos),
                         dialect: forced.id(),
                         root: name.to_owned(),
                     });
@@ -652,6 +653,7 @@ impl<'a> Engine<'a> {
             }
             None => Dialect::detect(&info).ok_or_else(|| ParseError::UnknownDialect {
                 file: self.file.to_owned(),
+                position: self.locate(pos),
                 root: name.to_owned(),
                 namespace: default_ns.map(str::to_owned),
             })?,

@@ -78,11 +78,11 @@ pub enum ParseError {
     #[error("{file}: its flat record would exceed {limit} bytes (at {position}), far more than the file's size")]
     RecordTooLarge { file: String, position: Position, limit: usize },
 
-    #[error("{file}: unknown dialect: root element <{root}>{}", namespace.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
-    UnknownDialect { file: String, root: String, namespace: Option<String> },
+    #[error("{file}: unknown dialect: root element <{root}>{} at {position}", namespace.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
+    UnknownDialect { file: String, position: Position, root: String, namespace: Option<String> },
 
-    #[error("{file}: root element <{root}> is not a {dialect} file")]
-    DialectMismatch { file: String, dialect: &'static str, root: String },
+    #[error("{file}: root element <{root}> at {position} is not a {dialect} file")]
+    DialectMismatch { file: String, position: Position, dialect: &'static str, root: String },
 
     #[error("{file}: transaction {transaction} (ending at {position}) has no {field}")]
     MissingField { file: String, position: Position, transaction: u32, field: &'static str },
@@ -131,6 +131,8 @@ impl ParseError {
             | ParseError::TooDeep { position, .. }
             | ParseError::TextTooLarge { position, .. }
             | ParseError::RecordTooLarge { position, .. }
+            | ParseError::UnknownDialect { position, .. }
+            | ParseError::DialectMismatch { position, .. }
             | ParseError::MissingField { position, .. }
             | ParseError::InvalidValue { position, .. } => Some(*position),
             _ => None,
