@@ -2140,6 +2140,21 @@ async fn a_store_ahead_of_its_lake_or_of_another_lake_is_refused() {
     }
 }
 
+/// A store's record of its lake is never taken over by another lake's: a write naming another ledger table leaves
+/// it as it is and names the table it holds (a re-audit saw a heal raise another lake's record with its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_recording_one_lake_keeps_it_against_another() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for config in [server.bitmap(), DedupConfig::default()] {
+        let store = Dedup::open(&config, dir.path()).await.expect("open");
+        assert_eq!(store.record_lake("lake-a", 5).await.expect("record"), None);
+        assert_eq!(store.record_lake("lake-a", 3).await.expect("record"), None, "a lower one is no refusal");
+        assert_eq!(store.record_lake("lake-b", 9).await.expect("record"), Some("lake-a".to_owned()));
+        assert_eq!(store.lake_record().await.expect("read"), Some(("lake-a".to_owned(), 5)));
+    }
+}
+
 /// A digest of every key matching `pattern` and its value (as `DUMP` writes it): what a run changed there.
 fn digest(server: &RedisServer, pattern: &str) -> String {
     const SCRIPT: &str = "local keys = redis.call('KEYS', ARGV[1]) table.sort(keys) local acc = '' \

@@ -161,9 +161,14 @@ impl EmbeddedDedup {
         }))
     }
 
-    /// Records the ledger the index holds (see [`Self::lake_record`]), keeping the highest sequence.
-    pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<(), DedupError> {
-        let higher = self.lake_record()?.is_none_or(|(_, held)| sequence > held);
+    /// Records the ledger the index holds (see [`Self::lake_record`]), keeping the highest sequence; leaves a record
+    /// of another ledger table as it is, and returns that table.
+    pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<Option<String>, DedupError> {
+        let held = self.lake_record()?;
+        if let Some((other, _)) = held.as_ref().filter(|(t, _)| t != table) {
+            return Ok(Some(other.clone()));
+        }
+        let higher = held.is_none_or(|(_, held)| sequence > held);
         let (files, table) = (self.files.clone(), table.to_owned());
         self.blocking(move |db, _, _| {
             files.insert(LEDGER_TABLE, table.as_bytes())?;
@@ -172,7 +177,8 @@ impl EmbeddedDedup {
             }
             db.persist(PersistMode::SyncData)
         })
-        .await
+        .await?;
+        Ok(None)
     }
 
     /// Which of these files the index holds.

@@ -116,8 +116,9 @@ impl FileIndex {
         self.dedup.lake_record().await
     }
 
-    /// Records that the index holds the ledger table `table` up to sequence number `sequence`.
-    pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<(), DedupError> {
+    /// Records that the index holds the ledger table `table` up to sequence number `sequence`; the table of another
+    /// lake's ledger when the store holds that (see [`crate::dedup::Dedup::record_lake`]).
+    pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<Option<String>, DedupError> {
         self.dedup.record_lake(table, sequence).await
     }
 

@@ -296,8 +296,9 @@ impl Dedup {
     }
 
     /// Records that the store has seen the lake whose ledger table is `table` up to its sequence number `sequence`
-    /// (the highest is kept); see [`Self::lake_record`].
-    pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<(), DedupError> {
+    /// (the highest is kept); see [`Self::lake_record`]. A store whose record names another ledger table is left as
+    /// it is, and that table returned: the caller refuses it.
+    pub async fn record_lake(&self, table: &str, sequence: i64) -> Result<Option<String>, DedupError> {
         match self {
             Dedup::Embedded(store) => store.record_lake(table, sequence).await,
             Dedup::RedisBitmap(d) => redis_files::RedisFiles::record_lake(d.pool(), table, sequence).await,

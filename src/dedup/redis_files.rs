@@ -425,12 +425,15 @@ fn buckets_for(expected_files: u64) -> u64 {
 }
 
 /// `generation sequence snapshot`.
-/// Records the lake's ledger (`HSETNX table`), and its sequence in `KEYS[1]` if higher than the one held.
+/// Records the lake's ledger (`HSETNX table`), and its sequence in `KEYS[1]` if higher than the one held; returns ''
+/// then, or, leaving it as it is, the table of another lake's ledger that `KEYS[1]` holds.
 const RECORD_LAKE: &str = r"
 redis.call('HSETNX', KEYS[1], 'table', ARGV[1])
+local table = redis.call('HGET', KEYS[1], 'table')
+if table ~= ARGV[1] then return table end
 local held = tonumber(redis.call('HGET', KEYS[1], 'sequence') or '-1')
 if tonumber(ARGV[2]) > held then redis.call('HSET', KEYS[1], 'sequence', ARGV[2]) end
-return 1
+return ''
 ";
 
 impl RedisFiles {
@@ -442,11 +445,13 @@ impl RedisFiles {
         Ok(table.map(|t| (t, sequence.unwrap_or(0))))
     }
 
-    /// Records the ledger the index holds (see [`Self::lake_record`]), keeping the highest sequence.
-    pub async fn record_lake(pool: &RedisPool, table: &str, sequence: i64) -> Result<(), DedupError> {
+    /// Records the ledger the index holds (see [`Self::lake_record`]), keeping the highest sequence; leaves a record
+    /// of another ledger table as it is, and returns that table.
+    pub async fn record_lake(pool: &RedisPool, table: &str, sequence: i64) -> Result<Option<String>, DedupError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL").arg(RECORD_LAKE).arg(1).arg(pool.key(LAKE)).arg(table).arg(sequence).ignore();
-        pool.query::<()>(&pipe).await
+        pipe.cmd("EVAL").arg(RECORD_LAKE).arg(1).arg(pool.key(LAKE)).arg(table).arg(sequence);
+        let (other,): (String,) = pool.query(&pipe).await?;
+        Ok(Some(other).filter(|t| !t.is_empty()))
     }
 }
 

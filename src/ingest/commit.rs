@@ -187,7 +187,7 @@ impl Committer {
         let id = commit.id.clone();
         let commits = self.warehouse.apply_with(commit, || failpoint::hit("commit-table")).await?;
         if let Some(ledger) = commits.iter().find(|c| c.table == FILE_LEDGER.name) {
-            self.dedup.record_lake(&ledger.table_uuid, ledger.sequence).await?;
+            self.record_lake(&ledger.table_uuid, ledger.sequence).await?;
         }
         failpoint::hit("commit-recorded");
         self.dedup.add(keys).await?;
@@ -215,9 +215,18 @@ impl Committer {
     async fn record_current_ledger(&self) -> Result<(), IngestError> {
         let ledger = self.warehouse.load(FILE_LEDGER.name).await?;
         if let Some(current) = ledger.metadata().current_snapshot() {
-            self.dedup.record_lake(&ledger.metadata().uuid().to_string(), current.sequence_number()).await?;
+            self.record_lake(&ledger.metadata().uuid().to_string(), current.sequence_number()).await?;
         }
         Ok(())
+    }
+
+    /// Records in the store that it holds the keys of the ledger table `table` up to `sequence`; refused when the
+    /// store's record names another lake's ledger (its keys are that lake's).
+    async fn record_lake(&self, table: &str, sequence: i64) -> Result<(), IngestError> {
+        match self.dedup.record_lake(table, sequence).await? {
+            Some(held) => Err(super::ledger_index::another_lake(&self.dedup.describe(), &held, table)),
+            None => Ok(()),
+        }
     }
 
     /// Finishes what a stopped process left: pending intents, then the keys of every committed batch the store
@@ -260,10 +269,20 @@ impl Committer {
             finished.push((id, lock, counts));
             report.intents_finished += 1;
         }
+        let finished_here: HashSet<&str> = finished.iter().map(|(id, _, _)| id.as_str()).collect();
         let history = self.warehouse.history(SALES_HEADER.name).await?;
         // Every key added below belongs to a commit the ledger holds by now: the store records that first, so that it
         // never holds keys of a commit past its record (a lake restored to before it is then refused, not trusted).
         self.record_current_ledger().await?;
+        // Read after the history: a commit another process has in progress there (its intent still held) has its rows
+        // in `sales_header` before its ledger, and that process adds its keys once its ledger is in and recorded.
+        // Added here, they would be in the store ahead of its record (a re-audit saw a restore not refused so).
+        let in_progress: HashSet<String> = self
+            .warehouse
+            .pending_intent_ids()?
+            .into_iter()
+            .filter(|id| !finished_here.contains(id.as_str()))
+            .collect();
         // Older snapshots were expired: only a store holding the marker of where the history now starts has their
         // keys. Any other (lost, restored from an older copy, new to this lake) is reloaded from every row.
         if only_prefix.is_none()
@@ -274,15 +293,16 @@ impl Committer {
                 "the dedup store does not hold the keys of the expired part of sales_header's history: \
                  reloading it from every sales_header row"
             );
-            report.keys_readded += self.reload_keys().await?;
-            let mut ids: Vec<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
+            let (added, held_back) = self.reload_keys(&finished_here).await?;
+            report.keys_readded += added;
+            let mut ids: Vec<String> =
+                history.snapshots.iter().filter_map(|s| s.commit.clone()).filter(|c| !held_back.contains(c)).collect();
             report.commits_readded += ids.len() as u64;
             ids.push(history_marker(start));
             self.dedup.mark_applied(&ids, Holding::Everything).await?;
         }
         // The intents finished here are always re-added, whatever `only_prefix`: another process's commit that this
         // one completed has no keys in the store yet.
-        let finished_here: HashSet<&str> = finished.iter().map(|(id, _, _)| id.as_str()).collect();
         let in_history: HashSet<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
         let commits: Vec<(String, i64)> = history
             .snapshots
@@ -291,6 +311,7 @@ impl Committer {
             .filter(|(id, _)| {
                 only_prefix.is_none_or(|prefix| id.starts_with(prefix)) || finished_here.contains(id.as_str())
             })
+            .filter(|(id, _)| !in_progress.contains(id))
             .collect();
         let ids: Vec<String> = commits.iter().map(|(id, _)| id.clone()).collect();
         let applied = self.dedup.applied(&ids).await?;
@@ -377,49 +398,78 @@ impl Committer {
         // that lands meanwhile is left to its own process or the next recovery). A rebuild that stops before its
         // end marks nothing, and the next recovery re-adds what the store lacks.
         let history = self.warehouse.history(SALES_HEADER.name).await?;
-        // The scan may also read commits that land meanwhile: the record covers those whose ledger is in by now.
-        self.record_current_ledger().await?;
         failpoint::hit("rebuild-scan");
-        let added = self.reload_keys().await?;
+        let (added, held_back) = self.reload_keys(&HashSet::new()).await?;
         let mut ids: Vec<String> = history.snapshots.iter().filter_map(|s| s.commit.clone()).collect();
         let in_header: HashSet<String> = ids.iter().cloned().collect();
+        // A commit in progress is marked by whoever finishes it, once its keys are in.
+        ids.retain(|id| !held_back.contains(id));
         ids.extend(history.starts_at().map(history_marker));
         self.dedup.mark_applied(&ids, Holding::Everything).await?;
         self.mark_keyless_commits(&in_header).await?;
         Ok(added)
     }
 
-    /// Adds the key of every `sales_header` row to the store. Returns the keys added.
-    async fn reload_keys(&self) -> Result<u64, IngestError> {
+    /// Adds the key of every `sales_header` row to the store, as the table is when this starts, but for the rows of
+    /// commits still in progress (their intents pending: another process's, live or dead; not `finished_here`, this
+    /// recovery's). Returns the keys added and the commits held back. A commit in progress has its rows in
+    /// `sales_header` before its ledger: its keys go in once its ledger is in and recorded, by its process or by the
+    /// recovery that finishes it (a re-audit saw a reload take such a commit's keys, its process die, and a lake
+    /// restored to before it go on, its sales taken for duplicates).
+    async fn reload_keys(&self, finished_here: &HashSet<&str>) -> Result<(u64, HashSet<String>), IngestError> {
+        use futures::{StreamExt, TryStreamExt};
         let table = self.warehouse.load(SALES_HEADER.name).await?;
-        let mut added = 0u64;
-        if table.metadata().current_snapshot().is_some() {
-            use futures::TryStreamExt;
-            let mut stream = table
-                .scan()
-                .select(KEY_COLUMNS)
-                .build()
-                .map_err(crate::lake::LakeError::from)?
-                .to_arrow()
-                .await
-                .map_err(crate::lake::LakeError::from)?;
-            // Added in chunks of about REBUILD_CHUNK keys rather than per scan batch (about a thousand rows): the
-            // embedded store writes a large add as one sorted table, a small one through its memtable.
-            let mut pending = Vec::new();
-            while let Some(batch) = stream.try_next().await.map_err(crate::lake::LakeError::from)? {
-                pending.extend(keys_of(std::slice::from_ref(&batch))?);
-                if pending.len() >= REBUILD_CHUNK {
-                    self.dedup.add(&pending).await?;
-                    added += pending.len() as u64;
-                    pending.clear();
-                }
-            }
-            if !pending.is_empty() {
-                self.dedup.add(&pending).await?;
-                added += pending.len() as u64;
+        // Read after the table: a commit in it whose intent is gone by now is complete, its ledger in.
+        let pending: HashSet<String> = self.warehouse.pending_intent_ids()?.into_iter().collect();
+        let mut held_back = HashSet::new();
+        let mut skipped = HashSet::new();
+        for snapshot in table.metadata().snapshots() {
+            let Some(id) = snapshot.summary().additional_properties.get(crate::lake::COMMIT_PROPERTY) else { continue };
+            if pending.contains(id) && !finished_here.contains(id.as_str()) {
+                skipped.extend(self.warehouse.files_added_by(SALES_HEADER.name, snapshot.snapshot_id()).await?);
+                held_back.insert(id.clone());
             }
         }
-        Ok(added)
+        self.record_current_ledger().await?;
+        let mut added = 0u64;
+        if table.metadata().current_snapshot().is_none() {
+            return Ok((added, held_back));
+        }
+        let map = |e| IngestError::from(crate::lake::LakeError::from(e));
+        let scan = table.scan().select(KEY_COLUMNS).build().map_err(map)?;
+        let mut batches: futures::stream::BoxStream<'_, Result<RecordBatch, IngestError>> = if skipped.is_empty() {
+            Box::pin(scan.to_arrow().await.map_err(map)?.map_err(map))
+        } else {
+            // File by file, without those of the commits held back.
+            let tasks: Vec<String> =
+                scan.plan_files().await.map_err(map)?.map_ok(|t| t.data_file_path).try_collect().await.map_err(map)?;
+            let table = &table;
+            Box::pin(
+                futures::stream::iter(tasks.into_iter().filter(|path| !skipped.contains(path)))
+                    .then(
+                        move |path: String| async move { Warehouse::read_table_file(table, &path, &KEY_COLUMNS).await },
+                    )
+                    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+                    .map_err(IngestError::from)
+                    .try_flatten(),
+            )
+        };
+        // Added in chunks of about REBUILD_CHUNK keys rather than per scan batch (about a thousand rows): the
+        // embedded store writes a large add as one sorted table, a small one through its memtable.
+        let mut keys = Vec::new();
+        while let Some(batch) = batches.try_next().await? {
+            keys.extend(keys_of(std::slice::from_ref(&batch))?);
+            if keys.len() >= REBUILD_CHUNK {
+                self.dedup.add(&keys).await?;
+                added += keys.len() as u64;
+                keys.clear();
+            }
+        }
+        if !keys.is_empty() {
+            self.dedup.add(&keys).await?;
+            added += keys.len() as u64;
+        }
+        Ok((added, held_back))
     }
 }
 

@@ -99,7 +99,9 @@ impl LedgerIndex {
             .map(|s| LedgerMark { snapshot_id: s.snapshot_id(), sequence: s.sequence_number() })
         else {
             // A new lake claims the store at once: another lake started on it later is refused.
-            files.record_lake(&table, 0).await?;
+            if let Some(held) = files.record_lake(&table, 0).await? {
+                return Err(another_lake(&files.url(), &held, &table));
+            }
             return Ok(None);
         };
         let synced = files.synced_to().await?;
@@ -162,7 +164,9 @@ impl LedgerIndex {
                  failed, or the store lost data): they are added again before it is marked"
             );
         }
-        files.record_lake(&table, current.sequence).await?;
+        if let Some(held) = files.record_lake(&table, current.sequence).await? {
+            return Err(another_lake(&files.url(), &held, &table));
+        }
         if let Ok(mut synced) = self.synced.lock() {
             *synced = Some(current.sequence);
         }
@@ -347,9 +351,7 @@ pub(crate) fn refuse_a_store_of_another_lake(
     let table = ledger.metadata().uuid().to_string();
     let sequence = ledger.metadata().current_snapshot().map_or(0, |s| s.sequence_number());
     let why = match record {
-        Some((held, _)) if held != table => {
-            format!("holds the ledger of another lake (table {held}; this lake's is {table})")
-        }
+        Some((held, _)) if held != table => return Err(another_lake(store, &held, &table)),
         Some((_, held)) if held > sequence => format!(
             "holds this lake's ledger up to sequence number {held}, and the lake's is at {sequence}: the lake is \
              older than its store"
@@ -357,6 +359,12 @@ pub(crate) fn refuse_a_store_of_another_lake(
         _ => return Ok(()),
     };
     Err(IngestError::StoreNotOfThisLake { store: store.to_owned(), why })
+}
+
+/// The refusal of `store`, whose record names the ledger table `held` of another lake (this lake's is `table`).
+pub(crate) fn another_lake(store: &str, held: &str, table: &str) -> IngestError {
+    let why = format!("holds the ledger of another lake (table {held}; this lake's is {table})");
+    IngestError::StoreNotOfThisLake { store: store.to_owned(), why }
 }
 
 #[cfg(test)]

@@ -459,6 +459,9 @@ impl PosStages {
     /// [`PosStages::heal`] for a caller that already holds the uncommitted data's lock.
     async fn heal_holding_open(&self) -> Result<(), IngestError> {
         let _one = self.healing.lock().await;
+        // A store that came back as another lake's (the URL now reaches another Redis) gets nothing of this one's: a
+        // re-audit saw a heal adopt it, add this lake's keys and marks there, and raise its record.
+        self.committer.refuse_a_store_of_another_lake().await?;
         let dedup = self.committer.dedup();
         let lost = match dedup.generation().await {
             Ok(_) => false,
