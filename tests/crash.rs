@@ -314,21 +314,7 @@ async fn a_commit_whose_recoverer_dies_while_a_worker_waits_is_finished_by_that_
 #[test]
 fn a_lake_restored_under_its_store_is_refused_or_lands_every_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let all = dir.path().join("all");
-    let report = small_corpus(&all, 45);
-    let manifest = read_manifest(&all).expect("manifest");
-    let want: BTreeSet<String> =
-        manifest.into_iter().filter(|m| m.kind != FileKind::Malformed).flat_map(|m| m.keys).collect();
-    let mut files = walk(&all);
-    files.sort();
-    let (first, rest) = files.split_at(files.len() / 2);
-    let stage = |staging: &Path, files: &[std::path::PathBuf]| {
-        for f in files {
-            let to = staging.join(f.strip_prefix(&all).expect("inside"));
-            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
-            std::fs::copy(f, to).expect("copy");
-        }
-    };
+    let corpus = Halves::new(dir.path(), 45);
     let poslake = |args: &[&str], config: &Path, lake: &Path| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_poslake"));
         cmd.args(args).arg("--config").arg(config).arg("--lake").arg(lake).env("RUST_LOG", "warn");
@@ -344,35 +330,8 @@ fn a_lake_restored_under_its_store_is_refused_or_lands_every_key() {
         ("catalog", "commit-intent:2", false),
     ] {
         let work = dir.path().join(case);
-        let (staging, lake, backup) = (work.join("staging"), work.join("lake"), work.join("backup"));
-        stage(&staging, first);
-        let config = config_file(dir.path(), None, case, false);
-        let out = ingest(&staging, &lake, &config, None).output().expect("run");
-        assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
-        let copy = |from: &Path, to: &Path| {
-            let status = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
-            assert!(status.success(), "{case}: cp {from:?}");
-        };
-        std::fs::create_dir_all(&backup).expect("mkdir");
-        let catalog = |e: &std::fs::DirEntry| e.file_name().to_string_lossy().starts_with("catalog.db");
-        let kept = |e: &std::fs::DirEntry| whole && e.file_name() != "dedup" || catalog(e);
-        for e in std::fs::read_dir(&lake).expect("lake").flatten().filter(kept) {
-            copy(&e.path(), &backup);
-        }
-
-        stage(&staging, rest);
-        let out = ingest(&staging, &lake, &config, Some(kill)).output().expect("run");
-        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{case}: {}", String::from_utf8_lossy(&out.stderr));
-        // Restored: the backup's entries replace the lake's (the dedup store stays as the killed run left it).
-        for e in std::fs::read_dir(&lake).expect("lake").flatten().filter(|e| e.file_name() != "dedup") {
-            if whole || catalog(&e) {
-                let path = e.path();
-                if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.expect("rm");
-            }
-        }
-        for e in std::fs::read_dir(&backup).expect("backup").flatten() {
-            copy(&e.path(), &lake);
-        }
+        let [staging, lake, backup, config] = corpus.kill_past_a_backup(&work, kill, whole);
+        restore(&lake, &backup, whole);
 
         let out = ingest(&staging, &lake, &config, None).output().expect("run");
         if !out.status.success() {
@@ -386,16 +345,7 @@ fn a_lake_restored_under_its_store_is_refused_or_lands_every_key() {
             let out = ingest(&staging, &lake, &config, None).output().expect("run");
             assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let wh = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
-            let wh = Warehouse::open(&lake).await.expect("open");
-            (header_keys(&wh).await, ledger_paths(&wh).await.len() as u64, wh.row_count("file_ledger").await)
-        });
-        let (keys, paths, rows) = wh;
-        assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len(), "{case}: no key twice");
-        let got: BTreeSet<String> = keys.into_iter().collect();
-        let (missing, extra) = (want.difference(&got).count(), got.difference(&want).count());
-        assert_eq!((missing, extra), (0, 0), "{case}: keys missing and unexpected");
-        assert_eq!((paths, rows.expect("ledger")), (report.files, report.files), "{case}: each file once");
+        corpus.assert_landed(&lake, case);
     }
     // A run killed before its first commit's record left the store behind the ledger it saw: nothing to refuse.
     assert_eq!(refused, ["recorded", "keys", "applied", "catalog"]);
@@ -408,40 +358,11 @@ fn a_lake_restored_under_its_store_is_refused_or_lands_every_key() {
 #[test]
 fn a_recovery_beside_a_commit_in_progress_leaves_its_keys_to_whoever_finishes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let all = dir.path().join("all");
-    let report = small_corpus(&all, 46);
-    let manifest = read_manifest(&all).expect("manifest");
-    let want: BTreeSet<String> =
-        manifest.into_iter().filter(|m| m.kind != FileKind::Malformed).flat_map(|m| m.keys).collect();
-    let mut files = walk(&all);
-    files.sort();
-    let (first, rest) = files.split_at(files.len() / 2);
-    let stage = |staging: &Path, files: &[std::path::PathBuf]| {
-        for f in files {
-            let to = staging.join(f.strip_prefix(&all).expect("inside"));
-            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
-            std::fs::copy(f, to).expect("copy");
-        }
-    };
-    let copy = |from: &Path, to: &Path| {
-        assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp").success(), "cp {from:?}");
-    };
+    let corpus = Halves::new(dir.path(), 46);
     for (case, recovery) in [("reconcile", &["reconcile"][..]), ("rebuild", &["dedup", "rebuild"])] {
-        let work = dir.path().join(case);
-        let (staging, lake, backup) = (work.join("staging"), work.join("lake"), work.join("backup"));
-        stage(&staging, first);
-        let config = config_file(dir.path(), None, case, false);
-        let out = ingest(&staging, &lake, &config, None).output().expect("run");
-        assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::create_dir_all(&backup).expect("mkdir");
-        for e in std::fs::read_dir(&lake).expect("lake").flatten().filter(|e| e.file_name() != "dedup") {
-            copy(&e.path(), &backup);
-        }
-        stage(&staging, rest);
         // Killed after its first table (sales_header): the commit is as a live one is mid-way, and its "process"
         // holds its intent's lock while the other runs.
-        let out = ingest(&staging, &lake, &config, Some("commit-table:1")).output().expect("run");
-        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+        let [staging, lake, backup, config] = corpus.kill_past_a_backup(&dir.path().join(case), "commit-table:1", true);
         let intent = std::fs::read_dir(lake.join("commits"))
             .expect("commits")
             .flatten()
@@ -456,23 +377,93 @@ fn a_recovery_beside_a_commit_in_progress_leaves_its_keys_to_whoever_finishes_it
         assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
         drop(held);
         // The committing process is gone; the lake is restored from the backup (the store stays).
-        for e in std::fs::read_dir(&lake).expect("lake").flatten().filter(|e| e.file_name() != "dedup") {
-            let path = e.path();
-            if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.expect("rm");
-        }
-        for e in std::fs::read_dir(&backup).expect("backup").flatten() {
-            copy(&e.path(), &lake);
-        }
+        restore(&lake, &backup, true);
         let out = ingest(&staging, &lake, &config, None).output().expect("run");
         assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
-        let (keys, rows) = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
-            let wh = Warehouse::open(&lake).await.expect("open");
-            (header_keys(&wh).await, wh.row_count("file_ledger").await.expect("ledger"))
+        corpus.assert_landed(&lake, case);
+    }
+}
+
+/// [`small_corpus`], its files in two halves by path (a run before a backup, one after), and the keys it lands.
+struct Halves {
+    all: std::path::PathBuf,
+    report: poslake::generate::Report,
+    want: BTreeSet<String>,
+    files: Vec<std::path::PathBuf>,
+}
+
+impl Halves {
+    fn new(dir: &Path, seed: u64) -> Self {
+        let all = dir.join("all");
+        let report = small_corpus(&all, seed);
+        let manifest = read_manifest(&all).expect("manifest");
+        let want = manifest.into_iter().filter(|m| m.kind != FileKind::Malformed).flat_map(|m| m.keys).collect();
+        let mut files = walk(&all);
+        files.sort();
+        Halves { all, report, want, files }
+    }
+
+    /// Copies the first half of the files (or the rest) into `staging`, under their paths.
+    fn stage(&self, staging: &Path, first: bool) {
+        let (head, tail) = self.files.split_at(self.files.len() / 2);
+        for f in if first { head } else { tail } {
+            let to = staging.join(f.strip_prefix(&self.all).expect("inside"));
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(f, to).expect("copy");
+        }
+    }
+
+    /// In `work`: the first half ingested into a lake and backed up (see [`back_up`]), then the rest staged and an
+    /// ingest killed at `kill`. Returns the staging folder, the lake, the backup and the configuration file.
+    fn kill_past_a_backup(&self, work: &Path, kill: &str, whole: bool) -> [std::path::PathBuf; 4] {
+        let (staging, lake, backup) = (work.join("staging"), work.join("lake"), work.join("backup"));
+        std::fs::create_dir_all(work).expect("mkdir");
+        let config = config_file(work, None, "killed", false);
+        self.stage(&staging, true);
+        let out = ingest(&staging, &lake, &config, None).output().expect("run");
+        assert!(out.status.success(), "{work:?}: {}", String::from_utf8_lossy(&out.stderr));
+        back_up(&lake, &backup, whole);
+        self.stage(&staging, false);
+        let out = ingest(&staging, &lake, &config, Some(kill)).output().expect("run");
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{kill}: {}", String::from_utf8_lossy(&out.stderr));
+        [staging, lake, backup, config]
+    }
+
+    /// Every key of the corpus once in `lake`, and every file once in its ledger.
+    fn assert_landed(&self, lake: &Path, case: &str) {
+        let (keys, paths, rows) = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+            let wh = Warehouse::open(lake).await.expect("open");
+            (header_keys(&wh).await, ledger_paths(&wh).await.len() as u64, wh.row_count("file_ledger").await)
         });
         assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len(), "{case}: no key twice");
         let got: BTreeSet<String> = keys.into_iter().collect();
-        assert_eq!(want.difference(&got).count(), 0, "{case}: keys missing");
-        assert_eq!(rows, report.files, "{case}: each file once");
+        let (missing, extra) = (self.want.difference(&got).count(), got.difference(&self.want).count());
+        assert_eq!((missing, extra), (0, 0), "{case}: keys missing and unexpected");
+        assert_eq!((paths, rows.expect("ledger")), (self.report.files, self.report.files), "{case}: each file once");
+    }
+}
+
+/// Whether a lake entry is part of a backup: all but the dedup store (`whole`), or the SQLite catalog alone.
+fn backed_up(entry: &std::fs::DirEntry, whole: bool) -> bool {
+    (whole && entry.file_name() != "dedup") || entry.file_name().to_string_lossy().starts_with("catalog.db")
+}
+
+/// Copies the lake into `backup`: all but its dedup store (`whole`), or its catalog.db alone.
+fn back_up(lake: &Path, backup: &Path, whole: bool) {
+    std::fs::create_dir_all(backup).expect("mkdir");
+    for e in std::fs::read_dir(lake).expect("lake").flatten().filter(|e| backed_up(e, whole)) {
+        assert!(Command::new("cp").arg("-a").arg(e.path()).arg(backup).status().expect("cp").success());
+    }
+}
+
+/// Puts `backup` back in place of what it holds of the lake (the dedup store stays as it is).
+fn restore(lake: &Path, backup: &Path, whole: bool) {
+    for e in std::fs::read_dir(lake).expect("lake").flatten().filter(|e| backed_up(e, whole)) {
+        let path = e.path();
+        if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.expect("rm");
+    }
+    for e in std::fs::read_dir(backup).expect("backup").flatten() {
+        assert!(Command::new("cp").arg("-a").arg(e.path()).arg(lake).status().expect("cp").success());
     }
 }
 
