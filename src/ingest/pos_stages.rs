@@ -127,7 +127,8 @@ impl PosStages {
             // Recovery passes over intents another live process holds: its own commit in progress, or its recovery
             // of a commit a killed worker left, whose files may be this worker's. The ledger is read once they end,
             // so that it holds those files; a commit still in progress after a minute (its process paused) is left,
-            // at the risk of its files being taken again (their keys are then duplicates: quarantined, not doubled).
+            // at a risk: its keys are not in the store until it ends, so its files, or re-sent copies of its sales,
+            // taken by this run land a second time once it does (dedup.md, "Scaling out": a paused worker).
             let (settled, waiting) = committer.settle(std::time::Duration::from_secs(60), &[]).await?;
             recovery.absorb(settled);
             if !waiting.is_empty() {
