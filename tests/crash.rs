@@ -384,6 +384,80 @@ fn a_recovery_beside_a_commit_in_progress_leaves_its_keys_to_whoever_finishes_it
     }
 }
 
+/// A commit another process has in progress past a starting worker's wait (its process paused mid-commit; here
+/// killed at a kill point, its intent's lock then held by the test) has no keys in the store until it ends. Copies of
+/// its sales that the starting worker takes (the files re-sent into its share) are quarantined, not landed: once the
+/// commit is finished, every key is in `sales_header` once, and `reconcile` confirms the copies as duplicates. An
+/// audit landed 25 sales twice before, with a worker held under a debugger after its first table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_commit_in_progress_elsewhere_are_quarantined_until_it_ends() {
+    use poslake::ingest::{IngestPaths, IngestSetup};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let corpus = Halves::new(dir.path(), 47);
+    for kill in ["commit-intent:1", "commit-table:1"] {
+        let work = dir.path().join(kill.replace(':', "-"));
+        let (staging, lake, share) = (work.join("staging"), work.join("lake"), work.join("share"));
+        std::fs::create_dir_all(&work).expect("mkdir");
+        let config = config_file(&work, None, "killed", false);
+        corpus.stage(&staging, true);
+        let out = ingest(&staging, &lake, &config, None).output().expect("run");
+        assert!(out.status.success(), "{kill}: {}", String::from_utf8_lossy(&out.stderr));
+        corpus.stage(&staging, false);
+        let out = ingest(&staging, &lake, &config, Some(kill)).output().expect("run");
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{kill}: {}", String::from_utf8_lossy(&out.stderr));
+        // Its process "paused": alive, holding its intent's lock.
+        let intent = std::fs::read_dir(lake.join("commits"))
+            .expect("commits")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".json"))
+            .expect("an intent");
+        let held = std::fs::File::open(&intent).expect("open intent");
+        held.lock().expect("lock");
+        let in_progress = intent_transactions(&intent);
+        assert!(in_progress > 0, "{kill}: the commit in progress holds sales");
+
+        // Another worker's share: the second half re-sent under another folder.
+        corpus.stage(&share.join("resent"), false);
+        let paths = IngestPaths { staging: share.clone(), lake: lake.clone(), archive: None, catalog: None };
+        let setup = IngestSetup { commit_wait: Duration::from_millis(300), ..IngestSetup::new(paths) };
+        let other = poslake::ingest::ingest(&setup, common::pipeline(), Default::default()).await.expect("other");
+        assert_eq!(other.recovery.intents_finished, 0, "{kill}: the commit in progress is left to its process");
+        assert_eq!(
+            other.quarantined_transactions, in_progress,
+            "{kill}: the copies of the commit in progress are quarantined, and nothing else: {other:?}"
+        );
+        let wh = Warehouse::open(&lake).await.expect("open");
+        let reasons = common::strings(&wh, "SELECT DISTINCT reason FROM sales_duplicates").await;
+        assert_eq!(reasons, ["commit_in_progress"], "{kill}");
+        drop(wh);
+
+        // The paused process ends (dies here): the next run finishes its commit.
+        drop(held);
+        let out = ingest(&staging, &lake, &config, None).output().expect("run");
+        assert!(out.status.success(), "{kill}: {}", String::from_utf8_lossy(&out.stderr));
+        let rec = poslake::ingest::reconcile::reconcile(&lake, None, &Default::default()).await.expect("reconcile");
+        assert_eq!((rec.promoted, rec.left), (0, 0), "{kill}: {rec:?}");
+        assert_eq!(rec.confirmed_duplicates, in_progress, "{kill}: {rec:?}");
+
+        let wh = Warehouse::open(&lake).await.expect("open");
+        let keys = header_keys(&wh).await;
+        assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len(), "{kill}: no key twice");
+        let got: BTreeSet<String> = keys.into_iter().collect();
+        assert_eq!(got, corpus.want, "{kill}: every key of the corpus");
+        let ledger = wh.row_count("file_ledger").await.expect("ledger");
+        assert_eq!(ledger, ledger_paths(&wh).await.len() as u64, "{kill}: each file once in the ledger");
+    }
+}
+
+/// The transactions an intent's `sales_header` files hold, from their row counts.
+fn intent_transactions(intent: &Path) -> u64 {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(intent).expect("read")).expect("intent json");
+    let tables = json["tables"].as_array().expect("tables");
+    let header = tables.iter().find(|t| t["table"] == "sales_header").expect("sales_header in the intent");
+    header["rows"].as_u64().expect("rows")
+}
+
 /// [`small_corpus`], its files in two halves by path (a run before a backup, one after), and the keys it lands.
 struct Halves {
     all: std::path::PathBuf,

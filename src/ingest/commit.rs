@@ -21,7 +21,7 @@ use chrono::NaiveDate;
 
 use super::IngestError;
 use super::maintain::history_marker;
-use crate::dedup::{Dedup, DedupKey, DedupStore, Holding};
+use crate::dedup::{Dedup, DedupKey, DedupStore, Holding, KeyDigest};
 use crate::failpoint;
 use crate::lake::tables::{FILE_LEDGER, SALES_HEADER, TABLES};
 use crate::lake::{Commit, IntentLock, PreparedCommit, Warehouse};
@@ -229,9 +229,6 @@ impl Committer {
         }
     }
 
-    /// Finishes what a stopped process left: pending intents, then the keys of every committed batch the store
-    /// has not marked applied. `only_prefix` limits the second part to commit ids with that prefix (this run's,
-    /// after a reconnect); `None` looks at the whole history.
     /// Waits for the commits other processes have in progress (those touching `slots`; every one when empty) to end,
     /// for at most `limit` each round, and finishes those whose process died: an intent waited for whose process
     /// died meanwhile, or one that another process began to recover while this one recovered, has not ended, and
@@ -257,6 +254,36 @@ impl Committer {
         Ok((recovery, Vec::new()))
     }
 
+    /// The keys of the `sales_header` rows in the commits other processes have in progress now (see
+    /// [`Warehouse::live_commits`]), and how many such commits there are. Their keys reach the store only once
+    /// they end, which a paused process may put off for as long as it stays paused. A data file that cannot be read
+    /// (its commit was given up and the file removed) is passed over with a warning.
+    pub async fn keys_in_progress_elsewhere(&self) -> Result<(HashSet<KeyDigest>, usize), IngestError> {
+        let (commits, being_written) = self.warehouse.live_commits().await?;
+        if being_written > 0 {
+            tracing::warn!(
+                intents = being_written,
+                "commits by another process are still writing their intents: their keys cannot be read"
+            );
+        }
+        let mut keys = HashSet::new();
+        let count = commits.len() + being_written;
+        for commit in commits {
+            let Some(header) = commit.tables.iter().find(|t| t.table == SALES_HEADER.name) else { continue };
+            for file in &header.files {
+                match self.warehouse.read_data_file(SALES_HEADER.name, file.file_path(), &KEY_COLUMNS).await {
+                    Ok(batches) => keys.extend(keys_of(&batches)?.into_iter().map(|k| k.digest)),
+                    Err(e) => tracing::warn!(commit = %commit.id, file = file.file_path(), error = %e,
+                        "a data file of a commit in progress elsewhere could not be read: its keys are not held"),
+                }
+            }
+        }
+        Ok((keys, count))
+    }
+
+    /// Finishes what a stopped process left: pending intents, then the keys of every committed batch the store
+    /// has not marked applied. `only_prefix` limits the second part to commit ids with that prefix (this run's,
+    /// after a reconnect); `None` looks at the whole history.
     pub async fn recover(&self, only_prefix: Option<&str>) -> Result<Recovery, IngestError> {
         let mut report = Recovery::default();
         let intents = self.warehouse.abandoned_intents().await?;

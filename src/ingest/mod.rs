@@ -67,7 +67,13 @@ pub struct IngestSetup {
     pub max_deferred_runs: u32,
     /// How long a run lists before a census counts the listing for its time left (see `PosStages::census`).
     pub census_after: std::time::Duration,
+    /// How long a run without leased slots waits at its start for the commits other processes have in progress
+    /// (see `PosStages::open`).
+    pub commit_wait: std::time::Duration,
 }
+
+/// [`IngestSetup::commit_wait`] by default.
+pub const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// [`IngestSetup::census_after`] by default: a short run, or one with little new, never pays for a second listing.
 pub const CENSUS_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
@@ -83,6 +89,7 @@ impl IngestSetup {
             route: route::Route::all(),
             max_deferred_runs: 24,
             census_after: CENSUS_AFTER,
+            commit_wait: COMMIT_WAIT,
         }
     }
 }
@@ -246,6 +253,20 @@ pub enum Verdict {
     Duplicate,
     /// Probably seen (a Bloom positive): kept whole in the `sales_duplicates` quarantine for `reconcile`.
     Quarantined,
+    /// In a commit another process had in progress when this run started (paused mid-commit, say), whose keys the
+    /// store will have only once it ends: quarantined too, for `reconcile` to check once it has.
+    InProgressElsewhere,
+}
+
+impl Verdict {
+    /// Why a transaction is quarantined (the `reason` of its `sales_duplicates` row); `None` if it is not.
+    pub fn quarantine_reason(self) -> Option<&'static str> {
+        match self {
+            Verdict::Quarantined => Some("filter"),
+            Verdict::InProgressElsewhere => Some("commit_in_progress"),
+            Verdict::New | Verdict::Duplicate => None,
+        }
+    }
 }
 
 /// Parsed files whose keys were checked: `verdicts[i][j]` is for transaction `j` of file `i`.

@@ -19,7 +19,7 @@ use super::ledger_index::{LOOKUP_CHUNK, LedgerIndex};
 /// The census looks up one listed entry in this many in the file index.
 const CENSUS_SAMPLE: u64 = 64;
 use super::staging::{StagedFile, Staging, StagingError};
-use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore};
+use crate::dedup::{Dedup, DedupError, DedupKey, DedupStore, KeyDigest};
 use crate::failpoint;
 use crate::lake::rows::{FileRows, Quarantine, Source};
 use crate::lake::{COMMIT_PROPERTY, DeadLetter, LakeWriter, LedgerEntry, Outcome, PreparedCommit, Warehouse};
@@ -55,6 +55,8 @@ pub struct PosStages {
     policy: CommitPolicy,
     /// Keys of this run not yet in the store: exact.
     in_flight: Mutex<InFlightKeys>,
+    /// Keys of the commits other processes had in progress at the run's start (see [`PosStages::open_with`]).
+    held_elsewhere: HashSet<KeyDigest>,
     /// Serialises recoveries from a store that lost its state or reconnected.
     healing: tokio::sync::Mutex<()>,
     /// Files the ledger already holds: skipped by discovery.
@@ -126,15 +128,27 @@ impl PosStages {
         } else {
             // Recovery passes over intents another live process holds: its own commit in progress, or its recovery
             // of a commit a killed worker left, whose files may be this worker's. The ledger is read once they end,
-            // so that it holds those files; a commit still in progress after a minute (its process paused) is left,
-            // at a risk: its keys are not in the store until it ends, so its files, or re-sent copies of its sales,
-            // taken by this run land a second time once it does (dedup.md, "Scaling out": a paused worker).
-            let (settled, waiting) = committer.settle(std::time::Duration::from_secs(60), &[]).await?;
+            // so that it holds those files; a commit still in progress after the wait (its process paused) is left
+            // to its process, its keys held below.
+            let (settled, waiting) = committer.settle(setup.commit_wait, &[]).await?;
             recovery.absorb(settled);
             if !waiting.is_empty() {
                 let intents: Vec<String> = waiting.iter().map(|i| i.path.display().to_string()).collect();
-                tracing::warn!(intents = ?intents, "commits by another process still in progress after a minute");
+                tracing::warn!(intents = ?intents, wait_secs = setup.commit_wait.as_secs(),
+                    "commits by another process still in progress after the wait");
             }
+        }
+        // Keys of the commits still in progress elsewhere (a process paused mid-commit, or one committing on slots
+        // this worker does not hold) reach the store only when they end: copies of those sales that this run takes
+        // (re-sent files in its share) are quarantined, not landed, or both would land once those commits end. An
+        // audit landed 25 sales twice so, with a worker held under a debugger after its first table.
+        let (held_elsewhere, commits_elsewhere) = committer.keys_in_progress_elsewhere().await?;
+        if !held_elsewhere.is_empty() {
+            tracing::info!(
+                keys = held_elsewhere.len(),
+                commits = commits_elsewhere,
+                "keys of commits in progress in other processes: copies of them in this run are quarantined"
+            );
         }
         let ledger = LedgerIndex::load(&warehouse, committer.dedup(), setup.dedup.expected_files).await?;
         let open = Uncommitted {
@@ -156,6 +170,7 @@ impl PosStages {
             warehouse,
             committer,
             in_flight: Mutex::new(InFlightKeys::default()),
+            held_elsewhere,
             healing: tokio::sync::Mutex::new(()),
             ledger: Arc::new(ledger),
             skipped: Arc::new(AtomicU64::new(0)),
@@ -529,15 +544,15 @@ impl PosStages {
         rows: &mut crate::lake::Rows,
         item: &ParsedItem,
         verdicts: &[Verdict],
-        quarantine: &Quarantine,
+        at: chrono::NaiveDateTime,
     ) -> Result<(), IngestError> {
         let parsed = parse_file(&item.file.path, &item.bytes, &self.parse).map_err(|e| {
             IngestError::Abandoned(format!("{} parsed once but not again, for its quarantine: {e}", item.file.path))
         })?;
         let source = Source::of(&parsed);
         for (tx, verdict) in parsed.transactions.iter().zip(verdicts) {
-            if *verdict == Verdict::Quarantined {
-                rows.add_quarantine(&source, tx, quarantine)?;
+            if let Some(reason) = verdict.quarantine_reason() {
+                rows.add_quarantine(&source, tx, &Quarantine { run_id: &self.run_id, reason, at })?;
             }
         }
         Ok(())
@@ -715,6 +730,8 @@ impl Stages for PosStages {
                 for (j, key) in p.keys.iter().enumerate() {
                     if in_flight.contains(&key.digest) || !in_batch.insert(key.digest) {
                         v.push(Verdict::Duplicate);
+                    } else if self.held_elsewhere.contains(&key.digest) {
+                        v.push(Verdict::InProgressElsewhere);
                     } else {
                         v.push(Verdict::New);
                         ask.push(*key);
@@ -767,7 +784,7 @@ impl Stages for PosStages {
         let mut rows = self.warehouse.rows();
         let mut report = WriteReport::default();
         let at = now();
-        let quarantine = Quarantine { run_id: &self.run_id, reason: "filter", at };
+
         for (item, verdicts) in batch.items.iter().zip(&batch.verdicts) {
             report.files += 1;
             report.bytes += item.file.size;
@@ -776,9 +793,9 @@ impl Stages for PosStages {
                     let keep: Vec<bool> = verdicts.iter().map(|v| *v == Verdict::New).collect();
                     rows.add_built(parsed.rows.select(&keep)?);
                     let fresh = keep.iter().filter(|k| **k).count() as u32;
-                    let quarantined = verdicts.iter().filter(|v| **v == Verdict::Quarantined).count() as u32;
+                    let quarantined = verdicts.iter().filter(|v| v.quarantine_reason().is_some()).count() as u32;
                     if quarantined > 0 {
-                        self.add_quarantined(&mut rows, item, verdicts, &quarantine)?;
+                        self.add_quarantined(&mut rows, item, verdicts, at)?;
                     }
                     let total = parsed.rows.transactions() as u32;
                     report.transactions += u64::from(total);

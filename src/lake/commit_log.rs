@@ -413,33 +413,67 @@ impl Warehouse {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(LakeError::Io { path, source }),
             };
-            let intent: IntentFile = serde_json::from_slice(&bytes).map_err(|e| LakeError::Io {
-                path: path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?;
-            let mut tables = Vec::new();
-            for t in intent.tables {
-                let Some(def) = TABLES.iter().find(|d| d.name == t.table) else {
-                    return Err(LakeError::Schema {
-                        table: "commits",
-                        reason: format!("{} names an unknown table {}", path.display(), t.table),
-                    });
-                };
-                let table = self.load(def.name).await?;
-                let meta = table.metadata();
-                let spec = meta.default_partition_spec();
-                let partition_type = spec.partition_type(meta.current_schema())?;
-                let files = t
-                    .files
-                    .iter()
-                    .map(|j| deserialize_data_file_from_json(j, spec.spec_id(), &partition_type, meta.current_schema()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                tables.push(PreparedTable { table: def.name, files, rows: t.rows });
-            }
-            let commit = PreparedCommit { id: intent.id, properties: intent.properties, tables, counts: intent.counts };
-            out.push((commit, lock));
+            out.push((self.prepared_of(&path, &bytes).await?, lock));
         }
         Ok(out)
+    }
+
+    /// The commit an intent file's bytes describe.
+    async fn prepared_of(&self, path: &Path, bytes: &[u8]) -> Result<PreparedCommit, LakeError> {
+        let intent: IntentFile = serde_json::from_slice(bytes).map_err(|e| LakeError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        let mut tables = Vec::new();
+        for t in intent.tables {
+            let Some(def) = TABLES.iter().find(|d| d.name == t.table) else {
+                return Err(LakeError::Schema {
+                    table: "commits",
+                    reason: format!("{} names an unknown table {}", path.display(), t.table),
+                });
+            };
+            let table = self.load(def.name).await?;
+            let meta = table.metadata();
+            let spec = meta.default_partition_spec();
+            let partition_type = spec.partition_type(meta.current_schema())?;
+            let files = t
+                .files
+                .iter()
+                .map(|j| deserialize_data_file_from_json(j, spec.spec_id(), &partition_type, meta.current_schema()))
+                .collect::<Result<Vec<_>, _>>()?;
+            tables.push(PreparedTable { table: def.name, files, rows: t.rows });
+        }
+        Ok(PreparedCommit { id: intent.id, properties: intent.properties, tables, counts: intent.counts })
+    }
+
+    /// The commits other live processes have in progress now, fenced or made, as their intents list them; and how
+    /// many more are still being written (their data files cannot be read yet). A commit that ends meanwhile is left
+    /// out.
+    pub async fn live_commits(&self) -> Result<(Vec<PreparedCommit>, usize), LakeError> {
+        let (mut commits, mut unread) = (Vec::new(), 0);
+        for path in self.live_intent_paths()? {
+            if path.to_string_lossy().ends_with(".tmp") {
+                unread += 1;
+                continue;
+            }
+            // A fenced intent may be renamed to its made name between the listing and the read.
+            let base = commit_of(&path);
+            let mut read = None;
+            for candidate in [path.clone(), PathBuf::from(format!("{base}.json"))] {
+                match std::fs::read(&candidate) {
+                    Ok(bytes) => {
+                        read = Some((candidate, bytes));
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(source) => return Err(LakeError::Io { path: candidate, source }),
+                }
+            }
+            if let Some((path, bytes)) = read {
+                commits.push(self.prepared_of(&path, &bytes).await?);
+            }
+        }
+        Ok((commits, unread))
     }
 
     /// The commit ids of the intents pending now (reads only their ids, not their data files).
