@@ -72,6 +72,10 @@ pub struct IngestConfig {
     /// With `workers = "auto"`: how long a worker's heartbeat and leases last unrenewed (they are renewed every third
     /// of it), which is how long the share of a worker that was killed waits. Default 30.
     pub route_lease_secs: u64,
+    /// How long a run waits at its start for the commits other processes have in progress (their files may be its
+    /// own), and, with a shared dedup store, how old a commit's checks may be before it checks its keys again (its
+    /// process was paused, and another may have landed the same sales meanwhile). Default 60.
+    pub commit_wait_secs: u64,
     /// A regular expression whose first capture group, found in a file's staging path, routes the file to a worker
     /// (e.g. `site=([^/]+)`); absent or not matching, the file's folder does. Default: absent.
     pub route_by: Option<String>,
@@ -309,6 +313,7 @@ impl Default for IngestConfig {
             workers: Workers::Count(1),
             worker_index: 0,
             route_lease_secs: 30,
+            commit_wait_secs: 60,
             route_by: None,
             dedup: DedupConfig::default(),
         }
@@ -457,6 +462,12 @@ impl IngestConfig {
                 self.route_lease_secs
             )));
         }
+        if !(1..=3600).contains(&self.commit_wait_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "commit_wait_secs must be between 1 and 3600, not {}",
+                self.commit_wait_secs
+            )));
+        }
         self.dedup.validate()
     }
 
@@ -529,6 +540,7 @@ mod tests {
         assert!(auto.validate().is_ok());
         invalid(IngestConfig { worker_index: 1, ..auto.clone() }, "claims its share itself");
         invalid(IngestConfig { route_lease_secs: 1, ..auto.clone() }, "route_lease_secs");
+        invalid(IngestConfig { commit_wait_secs: 0, ..auto.clone() }, "commit_wait_secs");
         assert_eq!(toml::from_str::<IngestConfig>("workers = \"auto\"").expect("auto").workers, Workers::Auto);
         assert_eq!(toml::from_str::<IngestConfig>("workers = 4").expect("4").workers, Workers::Count(4));
         assert!(toml::from_str::<IngestConfig>("workers = \"many\"").is_err());

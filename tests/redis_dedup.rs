@@ -1365,6 +1365,95 @@ fn two_worker_processes_split_the_staging_area_and_land_every_key_once() {
     });
 }
 
+/// A worker stopped (SIGSTOP, as a frozen container) between its check and its commit for longer than
+/// `commit_wait_secs`, while another worker lands the same sales (re-sent into the other's share): at its commit it
+/// checks its keys again, finds them landed, and commits nothing; its next run quarantines them, and `reconcile`
+/// confirms them. Until session 38 only checks older than 7.5 minutes were checked again, and an audit saw a worker
+/// resumed after a pause land 111 sales a second time.
+#[test]
+fn a_worker_resumed_after_a_pause_checks_its_keys_again_before_its_commit() {
+    use poslake::ingest::route::Route;
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (all, _report, manifest) = corpus(dir.path(), 93, 2);
+    // One staging area routed by its top folder: worker 0's share holds the corpus, worker 1's a copy of it.
+    let route_by = "share-([0-9]+)/";
+    let share_of = |index: u32| {
+        let route = Route::new(2, index, Some(route_by)).expect("route");
+        (0..).map(|n| format!("share-{n}")).find(|s| route.takes(&format!("{s}/f.xml"))).expect("a share")
+    };
+    let staging = dir.path().join("staging");
+    for index in [0, 1] {
+        copy_tree(&all, &staging.join(share_of(index)));
+    }
+    let lake = dir.path().join("lake");
+    let config = dir.path().join("poslake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 2\nroute_by = '{route_by}'\ncommit_wait_secs = 2\ncommit_files = 4\n\n[dedup]\n\
+             backend = \"redis-bitmap\"\nredis_url = \"{}\"\nexpected_keys_per_period = 200000\nmax_shard_mib = 1\n",
+            server.url()
+        ),
+    )
+    .expect("config");
+    let poslake = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+        cmd.args(args).arg("--json").arg("--config").arg(&config).arg("--lake").arg(&lake);
+        cmd.env_remove("POSLAKE_KILL_AT").env_remove("POSLAKE_STOP_AT").env("RUST_LOG", "warn");
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let ingest = |index: &str| {
+        let mut cmd = poslake(&["ingest", "--worker-index", index]);
+        cmd.arg("--staging").arg(&staging);
+        cmd
+    };
+
+    // Worker 0 stops right after its first check.
+    let paused = ingest("0").env("POSLAKE_STOP_AT", "dedup-check:1").spawn().expect("spawn");
+    let stopped = std::time::Instant::now();
+    let state = || std::fs::read_to_string(format!("/proc/{}/stat", paused.id())).unwrap_or_default();
+    while !state().rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')) {
+        assert!(stopped.elapsed() < Duration::from_secs(60), "worker 0 never reached its stop point");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = std::time::Instant::now();
+    // Worker 1 lands every sale meanwhile.
+    let other = ingest("1").output().expect("worker 1");
+    assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+    let want = unique_keys(&manifest);
+    let landed: serde_json::Value = serde_json::from_slice(&other.stdout).expect("summary");
+    assert_eq!(landed["new_transactions"].as_u64(), Some(want.len() as u64), "{landed}");
+    // Past the wait, worker 0 resumes: its commit finds its keys landed by the other and commits nothing.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(stopped.elapsed()));
+    assert_eq!(unsafe { libc::kill(paused.id() as i32, libc::SIGCONT) }, 0);
+    let resumed = paused.wait_with_output().expect("worker 0");
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(!resumed.status.success(), "the resumed run commits nothing: {stderr}");
+    assert!(stderr.contains("checked as new long before it"), "{stderr}");
+    // Its next run finds them all in the filter: quarantined, and confirmed by reconcile.
+    let again = ingest("0").output().expect("worker 0 again");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("summary");
+    assert_eq!(again["new_transactions"].as_u64(), Some(0), "{again}");
+    let reconciled = poslake(&["reconcile"]).output().expect("reconcile");
+    assert!(reconciled.status.success(), "{}", String::from_utf8_lossy(&reconciled.stderr));
+    let reconciled: serde_json::Value = serde_json::from_slice(&reconciled.stdout).expect("report");
+    assert_eq!(reconciled["promoted"].as_u64(), Some(0), "{reconciled}");
+    assert_eq!(reconciled["confirmed_duplicates"].as_u64(), Some(want.len() as u64), "{reconciled}");
+    tokio::runtime::Runtime::new().expect("runtime").block_on(assert_exact(&lake, &want));
+}
+
+/// Copies every file under `from` to the same place under `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from).into_iter().flatten().filter(|e| e.file_type().is_file()) {
+        let target = to.join(entry.path().strip_prefix(from).expect("inside"));
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(entry.path(), target).expect("copy");
+    }
+}
+
 /// `workers = "auto"`, in one process for a close look: two workers' claims split the slots with none shared; a
 /// lease taken from a worker behind its back is reported lost before its next commit and no longer routed to it;
 /// a worker that leaves hands its whole share to the other's next claim.

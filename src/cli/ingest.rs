@@ -32,7 +32,7 @@ pub async fn ingest(
         },
         parse: ParseOptions::default(),
         census_after: poslake::ingest::CENSUS_AFTER,
-        commit_wait: poslake::ingest::COMMIT_WAIT,
+        commit_wait: std::time::Duration::from_secs(config.commit_wait_secs),
         policy: config.commit_policy(),
         dedup: config.dedup.clone(),
         // A replay takes the dead letters it selects, whichever worker refused them.

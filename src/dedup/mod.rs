@@ -357,7 +357,8 @@ impl Dedup {
     /// How many of `keys`, checked at `checked` and found new, the store holds now, if that check is older than
     /// `limit` (else 0, without a round trip). A shared store only: keys added meanwhile came from another process.
     /// A reconcile's fence lasts [`crate::ingest::reconcile::FENCE_TTL`]; keys checked before a reconcile added them
-    /// and committed after its fence expired would land twice, so a commit re-checks keys older than half that.
+    /// and committed after its fence expired would land twice, so a commit re-checks keys older than half that, or
+    /// than the workers' wait for each other's commits (a process paused past it: see `IngestSetup::commit_wait`).
     pub async fn added_since(
         &self,
         keys: &[DedupKey],

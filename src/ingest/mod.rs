@@ -68,7 +68,7 @@ pub struct IngestSetup {
     /// How long a run lists before a census counts the listing for its time left (see `PosStages::census`).
     pub census_after: std::time::Duration,
     /// How long a run without leased slots waits at its start for the commits other processes have in progress
-    /// (see `PosStages::open`).
+    /// (see `PosStages::open`); with a shared store, a commit whose keys were checked longer ago checks them again.
     pub commit_wait: std::time::Duration,
 }
 

@@ -77,6 +77,8 @@ pub struct PosStages {
     /// The run's progress, told how much of the listing discovery passed over (see [`PosStages::census`]).
     progress: std::sync::OnceLock<Arc<poslake_actors::Progress>>,
     census_after: std::time::Duration,
+    /// [`IngestSetup::commit_wait`].
+    commit_wait: std::time::Duration,
 }
 
 impl PosStages {
@@ -185,6 +187,7 @@ impl PosStages {
             max_deferred_runs: setup.max_deferred_runs,
             progress: std::sync::OnceLock::new(),
             census_after: setup.census_after,
+            commit_wait: setup.commit_wait,
         })
     }
 
@@ -341,9 +344,12 @@ impl PosStages {
                     Ok(n) => return Err(IngestError::Reconciling(n)),
                     Err(e) => return Err(IngestError::FenceUnchecked(e.to_string())),
                 }
-                // A fence lasts a while, not for ever: keys checked long ago are checked again.
+                // Keys checked long ago are checked again: a reconcile's fence lasts a while, not for ever, and a
+                // process paused past other workers' wait for its commits may meet sales they landed meanwhile (an
+                // audit saw a worker resumed after a pause land 111 sales a second time).
                 let checked = checked.unwrap_or_else(std::time::Instant::now);
-                match self.committer.dedup().added_since(&keys, checked, super::reconcile::RECHECK_AFTER).await {
+                let limit = super::reconcile::RECHECK_AFTER.min(self.commit_wait);
+                match self.committer.dedup().added_since(&keys, checked, limit).await {
                     Ok(0) => Ok(()),
                     Ok(n) => Err(IngestError::ChecksStale(n)),
                     Err(e) => Err(IngestError::FenceUnchecked(e.to_string())),
