@@ -363,14 +363,7 @@ fn a_recovery_beside_a_commit_in_progress_leaves_its_keys_to_whoever_finishes_it
         // Killed after its first table (sales_header): the commit is as a live one is mid-way, and its "process"
         // holds its intent's lock while the other runs.
         let [staging, lake, backup, config] = corpus.kill_past_a_backup(&dir.path().join(case), "commit-table:1", true);
-        let intent = std::fs::read_dir(lake.join("commits"))
-            .expect("commits")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with(".json"))
-            .expect("an intent");
-        let held = std::fs::File::open(&intent).expect("open intent");
-        held.lock().expect("lock");
+        let (_, held) = hold_intent(&lake);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_poslake"));
         cmd.args(recovery).arg("--config").arg(&config).arg("--lake").arg(&lake).env("RUST_LOG", "warn");
         let out = cmd.output().expect("run");
@@ -406,14 +399,7 @@ async fn copies_of_a_commit_in_progress_elsewhere_are_quarantined_until_it_ends(
         let out = ingest(&staging, &lake, &config, Some(kill)).output().expect("run");
         assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{kill}: {}", String::from_utf8_lossy(&out.stderr));
         // Its process "paused": alive, holding its intent's lock.
-        let intent = std::fs::read_dir(lake.join("commits"))
-            .expect("commits")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with(".json"))
-            .expect("an intent");
-        let held = std::fs::File::open(&intent).expect("open intent");
-        held.lock().expect("lock");
+        let (intent, held) = hold_intent(&lake);
         let in_progress = intent_transactions(&intent);
         assert!(in_progress > 0, "{kill}: the commit in progress holds sales");
 
@@ -448,6 +434,19 @@ async fn copies_of_a_commit_in_progress_elsewhere_are_quarantined_until_it_ends(
         let ledger = wh.row_count("file_ledger").await.expect("ledger");
         assert_eq!(ledger, ledger_paths(&wh).await.len() as u64, "{kill}: each file once in the ledger");
     }
+}
+
+/// The lake's made intent, locked as the process committing it holds it: a commit in progress, its process alive.
+fn hold_intent(lake: &Path) -> (std::path::PathBuf, std::fs::File) {
+    let intent = std::fs::read_dir(lake.join("commits"))
+        .expect("commits")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".json"))
+        .expect("an intent");
+    let held = std::fs::File::open(&intent).expect("open intent");
+    held.lock().expect("lock");
+    (intent, held)
 }
 
 /// The transactions an intent's `sales_header` files hold, from their row counts.
