@@ -736,7 +736,7 @@ impl Stages for PosStages {
                 for (j, key) in p.keys.iter().enumerate() {
                     if in_flight.contains(&key.digest) || !in_batch.insert(key.digest) {
                         v.push(Verdict::Duplicate);
-                    } else if self.held_elsewhere.contains(&key.digest) {
+                    } else if !self.held_elsewhere.is_empty() && self.held_elsewhere.contains(&key.digest) {
                         v.push(Verdict::InProgressElsewhere);
                     } else {
                         v.push(Verdict::New);
@@ -790,7 +790,6 @@ impl Stages for PosStages {
         let mut rows = self.warehouse.rows();
         let mut report = WriteReport::default();
         let at = now();
-
         for (item, verdicts) in batch.items.iter().zip(&batch.verdicts) {
             report.files += 1;
             report.bytes += item.file.size;
