@@ -5,14 +5,14 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::dialect_fixtures;
 use poslake::ParsedFile;
 use poslake::config::DedupConfig;
-use poslake::dedup::{Dedup, DedupStore, Holding};
+use poslake::dedup::{Dedup, DedupKey, DedupStore, Holding};
 use poslake::ingest::commit::Committer;
 use poslake::ingest::maintain::history_marker;
 use poslake::lake::{COMMIT_PROPERTY, LakeWriter, PreparedCommit, Warehouse};
@@ -696,6 +696,39 @@ async fn a_takeover_waits_for_commits_in_progress_on_its_slots_and_no_longer() {
     assert!(waited.is_empty(), "{waited:?}");
     assert!(started.elapsed() >= Duration::from_millis(350), "it waited for the commit to end, past its fence");
     committer.await.expect("committer");
+}
+
+/// A starting worker holds the keys of the commits other live processes have in progress: those of a made or a
+/// fenced intent (read from their `sales_header` files, whatever stage the intent moves to), not those of one whose
+/// process died (recovery's) or of one that ended; one still being written is counted but cannot be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_holds_the_keys_of_commits_in_progress_elsewhere_and_only_those() {
+    let (_dir, wh, _dedup, committer) = lake().await;
+    let files = dialect_fixtures();
+    let keys = |f: &ParsedFile| -> HashSet<u128> {
+        f.transactions.iter().map(|t| DedupKey::of(&t.header.key).digest).collect()
+    };
+    assert_eq!(committer.keys_in_progress_elsewhere().await.expect("held"), (HashSet::new(), 0));
+    let made = wh.write_intent(&prepared(&wh, &files[0], "run/w/made").await).await.expect("intent");
+    let fenced = wh.write_fenced_intent(&prepared(&wh, &files[1], "run/w/fenced").await, &[3]).await.expect("intent");
+    drop(wh.write_intent(&prepared(&wh, &files[2], "run/w/dead").await).await.expect("intent"));
+    let writing = wh.root().join("commits").join("run_w_writing.json.tmp");
+    std::fs::write(&writing, b"{\"id\":").expect("write");
+    let writer = std::fs::File::open(&writing).expect("open");
+    writer.lock().expect("lock");
+
+    let both: HashSet<u128> = keys(&files[0]).union(&keys(&files[1])).copied().collect();
+    assert!(!keys(&files[2]).is_subset(&both), "the dead commit's keys differ");
+    let (held, commits) = committer.keys_in_progress_elsewhere().await.expect("held");
+    assert_eq!((held, commits), (both.clone(), 3), "the made and the fenced commits' keys; one intent being written");
+    wh.pass_fence("run/w/fenced").expect("fence");
+    assert_eq!(committer.keys_in_progress_elsewhere().await.expect("held"), (both, 3), "past its fence");
+    wh.remove_intent("run/w/made").expect("remove");
+    drop((made, writer));
+    let _ = std::fs::remove_file(&writing);
+    assert_eq!(committer.keys_in_progress_elsewhere().await.expect("held"), (keys(&files[1]), 1), "one ended");
+    drop(fenced);
+    assert_eq!(committer.keys_in_progress_elsewhere().await.expect("held"), (HashSet::new(), 0), "its process died");
 }
 
 /// A fenced intent (a commit by leased route slots) whose process died before the fence passed committed nothing
