@@ -268,10 +268,14 @@ impl Committer {
         }
         let mut keys = HashSet::new();
         let count = commits.len() + being_written;
+        if commits.is_empty() {
+            return Ok((keys, count));
+        }
+        let table = self.warehouse.load(SALES_HEADER.name).await?;
         for commit in commits {
             let Some(header) = commit.tables.iter().find(|t| t.table == SALES_HEADER.name) else { continue };
             for file in &header.files {
-                match self.warehouse.read_data_file(SALES_HEADER.name, file.file_path(), &KEY_COLUMNS).await {
+                match Warehouse::read_table_file(&table, file.file_path(), &KEY_COLUMNS).await {
                     Ok(batches) => keys.extend(keys_of(&batches)?.into_iter().map(|k| k.digest)),
                     Err(e) => tracing::warn!(commit = %commit.id, file = file.file_path(), error = %e,
                         "a data file of a commit in progress elsewhere could not be read: its keys are not held"),
