@@ -110,5 +110,6 @@ fn sqlite_options(path: &std::path::Path) -> sqlx::sqlite::SqliteConnectOptions 
 }
 
 fn failed(db: &CatalogDb, e: sqlx::Error) -> LakeError {
-    LakeError::Catalog(format!("catalog {}: {e}", db.describe()))
+    let text = e.to_string();
+    LakeError::Catalog(format!("catalog {}: {text}{}", db.describe(), super::locked_catalog_hint(&text)))
 }

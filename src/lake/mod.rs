@@ -33,7 +33,7 @@ pub use warehouse::{Commit, LakeWriter, Warehouse};
 pub enum LakeError {
     #[error("table {table}: {reason}")]
     Schema { table: &'static str, reason: String },
-    #[error("iceberg: {0}")]
+    #[error("iceberg: {0}{hint}", hint = locked_catalog_hint(&crate::error_text::chain(.0)))]
     Iceberg(#[from] iceberg::Error),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
@@ -63,6 +63,18 @@ pub enum LakeError {
     Write { table: &'static str, source: Box<LakeError> },
 }
 
+/// What a SQLite catalog's "database is locked" means, for an error that says only that (iceberg-catalog-sql's,
+/// opening the lake or loading a table while another process holds the catalog's write lock past the busy timeout).
+pub(crate) fn locked_catalog_hint(error: &str) -> &'static str {
+    match error.contains("database is locked") {
+        true => {
+            " (another process holds the SQLite catalog's lock past its busy timeout: a poslake stopped or frozen \
+             mid-write, or a long reader; nothing was changed by this, and a later run tries again)"
+        }
+        false => "",
+    }
+}
+
 impl LakeError {
     /// Commit conflicts and I/O may pass on retry; a schema mismatch will not.
     pub fn is_retryable(&self) -> bool {
@@ -86,5 +98,21 @@ impl LakeError {
             }
             e => e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_sqlite_catalog_is_named_as_such() {
+        let locked = std::io::Error::other("error returned from database: (code: 5) database is locked");
+        let e = iceberg::Error::new(iceberg::ErrorKind::Unexpected, "operation failed for hitting sqlx error")
+            .with_source(locked);
+        let text = LakeError::Iceberg(e).to_string();
+        assert!(text.contains("another process holds the SQLite catalog's lock"), "{text}");
+        let other = iceberg::Error::new(iceberg::ErrorKind::Unexpected, "something else");
+        assert!(!LakeError::Iceberg(other).to_string().contains("SQLite catalog"));
     }
 }

@@ -475,7 +475,11 @@ async fn open_catalog(
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await;
             }
-            Err(e) => return Err(LakeError::Catalog(format!("catalog {}: {e}", catalog_db.describe()))),
+            Err(e) => {
+                let text = crate::error_text::chain(&e);
+                let hint = super::locked_catalog_hint(&text);
+                return Err(LakeError::Catalog(format!("catalog {}: {text}{hint}", catalog_db.describe())));
+            }
         }
     };
     Ok((catalog, catalog_db, root, warehouse_location))
