@@ -217,6 +217,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay { ingest: args, filter } => cli::ingest::ingest(args, Some(filter.filter())).await,
         Command::Tables { lake } => cli::lake::tables(lake).await,
         Command::Query { sql, lake } => cli::lake::query(sql, lake).await,
+        Command::Verify { lake, from, to, examples, json } => {
+            let range = cli::lake::DateRange { from, to };
+            cli::stop::until_signal(cli::lake::verify(lake, range, examples, json), cli::stop::NOTHING_CHANGED, json)
+                .await
+        }
         // Sizing a filter waits on nothing.
         Command::Dedup { command: command @ cli::args::DedupCommand::Plan { .. } } => cli::dedup::dedup(command).await,
         Command::Dedup { command } => {

@@ -161,6 +161,23 @@ async fn a_corpus_with_planted_duplicates_lands_exactly_once() {
         ingest(&IngestSetup::new(paths.clone()), pipeline(), Arc::new(Progress::default())).await.expect("again");
     assert_eq!((again.files, again.already_ingested), (0, report.files));
     assert_eq!(wh.row_count("sales_header").await.expect("count"), report.unique_keys);
+
+    // `poslake verify` finds the lake exact: each key once in header and bronze, lines and discounts as counted,
+    // each file ingested once.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["verify", "--json", "--lake"])
+        .arg(&paths.lake)
+        .output()
+        .expect("verify");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let checks = verified["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 8, "{verified}");
+    for check in checks {
+        assert_eq!(check["found"], 0, "{check}");
+        // The embedded store is exact: it quarantines nothing, and the quarantine table is never made.
+        assert!(check["skipped"].is_null() || check["name"] == "quarantine_to_reconcile", "{check}");
+    }
 }
 
 /// A real `poslake ingest` process interrupted with SIGINT drains: it exits cleanly, and the lake holds exactly

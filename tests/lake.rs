@@ -32,25 +32,7 @@ async fn parsed_files_land_with_exact_counts_and_snapshot_properties() {
     }
     let now = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).and_then(|d| d.and_hms_opt(5, 0, 0)).expect("now");
     for f in &files {
-        rows.add_ledger(&LedgerEntry {
-            run_id: "run-1".into(),
-            path: f.facts.name.clone(),
-            bytes: f.facts.bytes,
-            content_hash: f.facts.content_hash.clone(),
-            dialect: Some(f.facts.dialect.id().into()),
-            site: f.facts.site.clone(),
-            outcome: Outcome::Ingested,
-            transactions: f.facts.transaction_count,
-            new_transactions: f.facts.transaction_count,
-            duplicate_transactions: 0,
-            quarantined_transactions: 0,
-            lines: f.facts.line_count,
-            discounts: f.facts.discount_count,
-            at: now,
-            trace_id: None,
-            envelope: f.envelope.to_json(),
-        })
-        .expect("ledger row");
+        rows.add_ledger(&ledger_row(f, now)).expect("ledger row");
     }
     rows.add_dead_letter(&DeadLetter {
         run_id: "run-1".into(),
@@ -376,6 +358,28 @@ async fn a_lake_opened_to_read_is_not_written() {
     assert_eq!(common::scalar(&wh, "SELECT count(fuel_unit_price) FROM sales_line").await, 0);
 }
 
+/// The ledger row an ingest writes for a file it landed whole.
+fn ledger_row(f: &poslake::ParsedFile, at: chrono::NaiveDateTime) -> LedgerEntry {
+    LedgerEntry {
+        run_id: "run-1".into(),
+        path: f.facts.name.clone(),
+        bytes: f.facts.bytes,
+        content_hash: f.facts.content_hash.clone(),
+        dialect: Some(f.facts.dialect.id().into()),
+        site: f.facts.site.clone(),
+        outcome: Outcome::Ingested,
+        transactions: f.facts.transaction_count,
+        new_transactions: f.facts.transaction_count,
+        duplicate_transactions: 0,
+        quarantined_transactions: 0,
+        lines: f.facts.line_count,
+        discounts: f.facts.discount_count,
+        at,
+        trace_id: None,
+        envelope: f.envelope.to_json(),
+    }
+}
+
 /// A new lake at `dir` holding every dialect fixture, appended in one commit.
 async fn lake_with_fixtures(dir: &std::path::Path) -> std::sync::Arc<Warehouse> {
     let wh = std::sync::Arc::new(Warehouse::open(dir).await.expect("open"));
@@ -584,4 +588,99 @@ async fn a_lake_with_tables_and_no_catalog_is_not_given_a_new_one() {
     std::fs::rename(dir.path().join("elsewhere.db"), dir.path().join("catalog.db")).expect("restore");
     let wh = Warehouse::open(dir.path()).await.expect("open");
     assert!(wh.row_count("sales_header").await.expect("rows") > 0);
+}
+
+/// `poslake verify` finds what would make the lake inexact, and nothing in a lake that is: a sale landed twice (in
+/// sales_header and bronze), lines landed without their header, a file ingested twice, and quarantined keys that
+/// reconcile has yet to settle; a date range limits the transaction checks.
+#[tokio::test]
+async fn verify_finds_what_makes_a_lake_inexact_and_nothing_else() {
+    use poslake::lake::rows::{FileRows, Quarantine, Source};
+    use poslake::lake::tables::TABLES;
+    use poslake::lake::verify::{VerifyReport, verify};
+
+    fn found(report: &VerifyReport, name: &str) -> u64 {
+        let check = report.checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check {name}"));
+        assert!(check.skipped.is_none(), "{name} skipped: {:?}", check.skipped);
+        check.found
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = lake_with_fixtures(dir.path()).await;
+    let files = dialect_fixtures();
+    let now = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).and_then(|d| d.and_hms_opt(5, 0, 0)).expect("now");
+    let ledger = |f: &poslake::ParsedFile| ledger_row(f, now);
+    // The ledger and the quarantine, as an ingest leaves them: every file once, a quarantined copy of a landed key.
+    let mut rows = wh.rows();
+    for f in &files {
+        rows.add_ledger(&ledger(f)).expect("ledger row");
+    }
+    let landed = &files[0].transactions[0];
+    let quarantine = Quarantine { run_id: "run-1", reason: "filter", at: now };
+    rows.add_quarantine(&Source::of(&files[0]), landed, &quarantine).expect("quarantine row");
+    wh.append(rows, &HashMap::new()).await.expect("append");
+    let exact = verify(&wh, None, None, 5).await.expect("verify");
+    assert!(exact.exact(), "{exact:#?}");
+    assert!(exact.checks.iter().all(|c| c.found == 0 && c.skipped.is_none()), "{exact:#?}");
+
+    // One file's transactions a second time, with its ledger row; and a quarantined key no table holds.
+    let twice = files.iter().find(|f| f.transactions.len() > 1).expect("a file of several transactions");
+    let mut rows = wh.rows();
+    rows.add_file(twice).expect("rows");
+    rows.add_ledger(&ledger(twice)).expect("ledger row");
+    let mut absent = landed.clone();
+    absent.header.key.sequence = "999999".into();
+    rows.add_quarantine(&Source::of(&files[0]), &absent, &quarantine).expect("quarantine row");
+    wh.append(rows, &HashMap::new()).await.expect("append");
+    // And lines of a transaction whose header never landed (as a table landed apart from the others would leave).
+    let mut orphan = files.iter().find(|f| f.transactions.iter().any(|t| !t.lines.is_empty())).expect("lines").clone();
+    orphan.transactions.retain(|t| !t.lines.is_empty());
+    orphan.transactions.truncate(1);
+    let orphan_lines = orphan.transactions[0].lines.len() as u64;
+    orphan.transactions[0].header.key.sequence = "888888".into();
+    let built = FileRows::build(wh.schemas(), &orphan).expect("builds");
+    let mut rows = wh.rows();
+    let lines_only =
+        built.select(&[true]).expect("select").into_iter().filter(|(t, _, _)| TABLES[*t].name == "sales_line");
+    rows.add_built(lines_only);
+    wh.append(rows, &HashMap::new()).await.expect("append lines alone");
+
+    let report = verify(&wh, None, None, 3).await.expect("verify");
+    assert!(!report.exact(), "{report:#?}");
+    let keys: BTreeSet<String> = twice.transactions.iter().map(|t| t.header.key.canonical()).collect();
+    assert_eq!(found(&report, "sales_header_keys_twice"), keys.len() as u64);
+    assert_eq!(found(&report, "bronze_keys_twice"), keys.len() as u64);
+    assert_eq!(found(&report, "files_ingested_twice"), 1);
+    assert_eq!(found(&report, "quarantine_to_reconcile"), 1);
+    assert_eq!(found(&report, "line_counts"), 1, "the orphan lines' key, and no key landed whole");
+    assert_eq!(found(&report, "headers_without_bronze"), 0);
+    assert_eq!(found(&report, "bronze_without_header"), 0);
+    assert_eq!(found(&report, "discount_counts"), 0);
+    let lines = report.checks.iter().find(|c| c.name == "line_counts").expect("check");
+    assert!(
+        lines
+            .examples
+            .iter()
+            .any(|e| e.contains("sequence=888888") && e.contains(&format!("rows_found={orphan_lines}"))),
+        "{lines:?}"
+    );
+    let doubled = report.checks.iter().find(|c| c.name == "sales_header_keys_twice").expect("check");
+    assert_eq!(doubled.examples.len(), keys.len().min(3), "{doubled:?}");
+    assert!(doubled.examples.iter().all(|e| e.contains("copies=2")), "{doubled:?}");
+
+    // Dates after every transaction's: nothing of the transaction checks counts; the ledger is checked whole.
+    let last = files.iter().flat_map(|f| &f.transactions).map(|t| t.header.key.business_date).max().expect("dates");
+    let after = last.succ_opt().expect("a day after");
+    let later = verify(&wh, Some(after), None, 3).await.expect("verify");
+    assert_eq!(found(&later, "sales_header_keys_twice"), 0);
+    assert_eq!(found(&later, "line_counts"), 0);
+    assert_eq!(found(&later, "files_ingested_twice"), 1);
+    let day = twice.transactions[0].header.key.business_date;
+    let that_day = verify(&wh, Some(day), Some(day), 3).await.expect("verify");
+    let on_day: BTreeSet<String> = twice
+        .transactions
+        .iter()
+        .filter(|t| t.header.key.business_date == day)
+        .map(|t| t.header.key.canonical())
+        .collect();
+    assert_eq!(found(&that_day, "sales_header_keys_twice"), on_day.len() as u64);
 }

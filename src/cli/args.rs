@@ -103,6 +103,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that the lake is exact: each sale once in sales_header and bronze, each header with as many lines and
+    /// discounts as it counts, each file ingested once; and count the quarantined keys reconcile has yet to settle.
+    /// Exits with 1 when a rule is broken.
+    Verify {
+        #[command(flatten)]
+        lake: LakeArgs,
+        /// Only business dates from this day on (YYYY-MM-DD; the file ledger is checked whole).
+        #[arg(long, value_name = "DATE")]
+        from: Option<chrono::NaiveDate>,
+        /// Only business dates up to this day, included.
+        #[arg(long, value_name = "DATE")]
+        to: Option<chrono::NaiveDate>,
+        /// Examples shown of each broken rule.
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        examples: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the quarantine (`sales_duplicates`) exactly against `sales_header` and promote the false positives.
     Reconcile {
         #[command(flatten)]
@@ -118,7 +137,7 @@ impl Command {
     pub fn json(&self) -> bool {
         match self {
             Command::Ingest(args) | Command::Replay { ingest: args, .. } => args.json,
-            Command::Maintain { json, .. } | Command::Reconcile { json, .. } => *json,
+            Command::Maintain { json, .. } | Command::Reconcile { json, .. } | Command::Verify { json, .. } => *json,
             Command::Dedup { command } => command.json(),
             Command::Parse { .. } | Command::Tables { .. } | Command::Query { .. } => false,
             Command::Generate(_) => false,

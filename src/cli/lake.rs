@@ -1,4 +1,4 @@
-//! Commands that read or tend the lake: `tables`, `query`, `maintain`, `reconcile`.
+//! Commands that read or tend the lake: `tables`, `query`, `verify`, `maintain`, `reconcile`.
 
 use std::process::ExitCode;
 
@@ -135,6 +135,59 @@ pub async fn query(sql: String, args: LakeArgs) -> anyhow::Result<ExitCode> {
     // With the schema, an empty result still shows its column names.
     say!("{}", datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Business dates a command is limited to, both ends included.
+pub struct DateRange {
+    pub from: Option<chrono::NaiveDate>,
+    pub to: Option<chrono::NaiveDate>,
+}
+
+pub async fn verify(args: LakeArgs, range: DateRange, examples: usize, json: bool) -> anyhow::Result<ExitCode> {
+    use poslake::lake::verify::Severity;
+    if let (Some(from), Some(to)) = (range.from, range.to) {
+        anyhow::ensure!(from <= to, "--from {from} is after --to {to}: no business date is in that range");
+    }
+    existing_lake(&args.lake, args.catalog())?;
+    let wh = poslake::lake::Warehouse::open_to_read(&args.lake, args.catalog()).await?;
+    let report = poslake::lake::verify::verify(&wh, range.from, range.to, examples).await?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for check in &report.checks {
+            let mark = match (&check.skipped, check.found, check.severity) {
+                (Some(_), _, _) => "skip",
+                (None, 0, _) => "ok",
+                (None, _, Severity::Violation) => "FAIL",
+                (None, _, Severity::Pending) => "todo",
+            };
+            match &check.skipped {
+                Some(why) => say!("{mark:<4}  {}: {why}", check.rule),
+                None if check.found == 0 => say!("{mark:<4}  {}", check.rule),
+                None if check.severity == Severity::Pending => {
+                    say!("{mark:<4}  {}: {} to settle ({})", check.rule, check.found, check.name)
+                }
+                None => say!("{mark:<4}  {}: {} break it ({})", check.rule, check.found, check.name),
+            }
+            for example in &check.examples {
+                say!("        {example}");
+            }
+        }
+        if report.unfinished_commits > 0 {
+            say!(
+                "note  {} commits were unfinished (in progress, or left by a process that died: the next ingest \
+                 finishes them); their rows may be in some tables and not yet in others",
+                report.unfinished_commits
+            );
+        }
+        let pending = report.checks.iter().any(|c| c.severity == Severity::Pending && c.found > 0);
+        say!(
+            "{}{}",
+            if report.exact() { "the lake is exact" } else { "the lake is NOT exact" },
+            if pending { "; run `poslake reconcile` to settle the quarantine" } else { "" }
+        );
+    }
+    Ok(if report.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub async fn reconcile(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {

@@ -21,6 +21,7 @@ pub mod orphans;
 pub mod query;
 pub mod rows;
 pub mod tables;
+pub mod verify;
 pub mod warehouse;
 
 use std::path::PathBuf;
