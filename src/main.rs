@@ -202,10 +202,14 @@ fn error_chain(err: &anyhow::Error) -> String {
 }
 
 /// The text with control characters escaped (`\u{1b}`), line breaks kept: an error may quote a file name or a URL
-/// from outside, and a terminal must not run escape sequences (or print a NUL) from one.
+/// from outside, and a terminal must not run escape sequences (or print a NUL) from one. Bidirectional overrides and
+/// isolates are escaped too: one in a quoted name would show the rest of the line reversed.
 fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() && c != '\n' { c.escape_unicode().to_string() } else { c.to_string() })
+        .map(|c| {
+            let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if (c.is_control() && c != '\n') || bidi { c.escape_unicode().to_string() } else { c.to_string() }
+        })
         .collect()
 }
 

@@ -1369,3 +1369,98 @@ fn a_bad_tracing_variable_is_refused_without_an_endpoint_too() {
         assert!(stderr.contains(var), "{stderr}");
     }
 }
+
+/// A value that names the site or the business date for the whole file, given twice with two values: the file's
+/// transactions would all take the first silently (an audit saw a Passport file with a second `TransmissionHeader`
+/// land site 7002's sales under site 7001, and 7001's own file then taken for duplicates of them). Refused; the
+/// same value twice is not.
+#[test]
+fn a_second_different_site_or_date_for_the_whole_file_is_an_invalid_value() {
+    let passport = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dialects/naxml-passport/ordinary.xml"),
+    )
+    .expect("fixture");
+    let header = " <TransmissionHeader>\n  <StoreLocationID>4711</StoreLocationID>\n";
+    assert!(passport.contains(header));
+    let report = "</JournalReport>";
+    let with_second = |site: &str| {
+        let second =
+            format!(" <TransmissionHeader>\n  <StoreLocationID>{site}</StoreLocationID>\n </TransmissionHeader>\n");
+        passport.replacen(report, &format!("{report}\n{second}"), 1)
+    };
+    let same = with_second("4711");
+    let parsed = parse("same-site.xml", same.as_bytes()).expect("the same site twice parses");
+    assert_eq!(parsed.facts.site.as_deref(), Some("4711"));
+    let other = with_second("4712");
+    match parse_err("two-sites.xml", other.as_bytes()) {
+        ParseError::InvalidValue { field, value, reason, .. } => {
+            assert_eq!((field, value.as_str()), ("site", "4712"));
+            assert!(reason.contains("another site"), "{reason}");
+        }
+        other => panic!("expected InvalidValue, got {other:?}"),
+    }
+
+    let verifone = verifone_doc();
+    let opened = "<openedTime>2026-01-02T05:00:00-05:00</openedTime>";
+    let later = verifone.replacen(opened, &format!("{opened}<openedTime>2026-01-02T09:00:00-05:00</openedTime>"), 1);
+    parse("same-day.xml", later.as_bytes()).expect("a second opening on the same day parses");
+    let next_day = verifone.replacen(opened, &format!("{opened}<openedTime>2026-01-03T05:00:00-05:00</openedTime>"), 1);
+    match parse_err("two-days.xml", next_day.as_bytes()) {
+        ParseError::InvalidValue { field, reason, .. } => {
+            assert_eq!(field, "business date");
+            assert!(reason.contains("another business date"), "{reason}");
+        }
+        other => panic!("expected InvalidValue, got {other:?}"),
+    }
+}
+
+/// Each business date is a partition with its own writers until the commit: a file spread over more dates than
+/// `max_business_dates` (100) is refused as `too_many_dates` (an audit drove one 8 MB file of 20,000 dates to 1.5 GB).
+#[test]
+fn a_file_over_too_many_business_dates_is_refused() {
+    let day = |n: u32| chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date") + chrono::Days::new(u64::from(n));
+    let doc = |dates: u32| {
+        let txs: Vec<String> =
+            (0..dates).map(|n| arts_tx(n + 1, "Gum", "1.00").replacen("2026-01-02", &day(n).to_string(), 1)).collect();
+        arts_doc(&txs)
+    };
+    let opts = ParseOptions::default();
+    let parsed = parse("100.xml", doc(opts.max_business_dates as u32).as_bytes()).expect("at the limit");
+    assert_eq!(parsed.transactions.len(), opts.max_business_dates);
+    let err = parse_err("101.xml", doc(opts.max_business_dates as u32 + 1).as_bytes());
+    assert_eq!(err.kind(), "too_many_dates", "{err}");
+    assert!(err.to_string().contains("more than 100 business dates"), "{err}");
+    // Transactions back and forth over a few dates are not many dates.
+    let txs: Vec<String> =
+        (0..300).map(|n| arts_tx(n + 1, "Gum", "1.00").replacen("2026-01-02", &day(n % 3).to_string(), 1)).collect();
+    parse("few.xml", arts_doc(&txs).as_bytes()).expect("three dates");
+}
+
+/// Names are bounded like values: an element or attribute name past 1 KiB is malformed, and an error quotes at most
+/// 200 characters of the input (an audit saw a 200 MiB root name quoted whole in a dead letter's reason).
+#[test]
+fn long_names_are_refused_and_errors_quote_the_input_briefly() {
+    let long = "N".repeat(2000);
+    let element = arts_valid().replacen("<Description>", &format!("<{long}/><Description>"), 1);
+    let err = parse_err("element.xml", element.as_bytes());
+    assert_eq!(err.kind(), "malformed", "{err}");
+    assert!(err.to_string().contains("element name of 2000 bytes"), "{err}");
+    let attribute = arts_valid().replacen("<Sale>", &format!("<Sale {long}=\"1\">"), 1);
+    let err = parse_err("attribute.xml", attribute.as_bytes());
+    assert!(err.to_string().contains("attribute name of 2000 bytes"), "{err}");
+
+    // Under the name limit, an unknown root and an undeclared entity are quoted in part.
+    let root = "R".repeat(1000);
+    let err = parse_err("root.xml", format!("<{root}><a/></{root}>").as_bytes());
+    assert_eq!(err.kind(), "unknown_dialect", "{err}");
+    assert!(err.to_string().len() < 400 && err.to_string().contains("(1000 bytes in all)"), "{err}");
+    let entity = arts_valid().replacen("Coffee", &format!("&{};", "e".repeat(1000)), 1);
+    let err = parse_err("entity.xml", entity.as_bytes());
+    assert_eq!(err.kind(), "unknown_entity", "{err}");
+    assert!(err.to_string().len() < 400, "{err}");
+    // A mismatched end tag's reason (quick-xml's, naming both tags) too.
+    let mismatched = arts_valid().replacen("</Description>", &format!("</{}>", "D".repeat(1000)), 1);
+    let err = parse_err("end.xml", mismatched.as_bytes());
+    assert_eq!(err.kind(), "malformed", "{err}");
+    assert!(err.to_string().len() < 400, "{err}");
+}

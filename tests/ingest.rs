@@ -963,7 +963,7 @@ fn errors_escape_control_characters_of_names_they_quote() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
         .args(["ingest", "--staging"])
-        .arg(dir.path().join("gone\u{1b}[31mred"))
+        .arg(dir.path().join("gone\u{1b}[31mred\u{202e}lmx.exe"))
         .arg("--lake")
         .arg(dir.path().join("lake"))
         .output()
@@ -972,6 +972,8 @@ fn errors_escape_control_characters_of_names_they_quote() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("gone\\u{1b}[31mred") && stderr.contains("no such folder"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    // A right-to-left override would show the rest of the line reversed.
+    assert!(stderr.contains("red\\u{202e}lmx") && !stderr.contains('\u{202e}'), "{stderr:?}");
 }
 
 /// A file whose values parse but do not fit the tables (a total beyond decimal(18, 4)) is a dead letter with the

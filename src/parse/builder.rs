@@ -688,11 +688,28 @@ fn checked_sum(mut values: impl Iterator<Item = Decimal>) -> Option<Option<Decim
 
 impl FileDefaults {
     /// File-scope rules may only name the site and the business date.
+    /// A second, different value is refused: the whole file's transactions would take the first one silently (an
+    /// audit saw a Passport file with a second `TransmissionHeader` land another site's sales under the first site,
+    /// and that site's own file then taken for duplicates of them).
     pub fn apply(&mut self, field: Field, value: &str) -> Result<(), ValueError> {
         match field {
-            Field::Site => set_first(&mut self.site, value),
+            Field::Site => match &self.site {
+                None => self.site = Some(value.to_owned()),
+                Some(first) if first.trim() == value.trim() => {}
+                Some(_) => return Err(("site", "the file already named another site for all its transactions")),
+            },
             Field::BusinessDate => {
-                self.business_date.get_or_insert(values::date(value).map_err(|r| ("business date", r))?);
+                let date = values::date(value).map_err(|r| ("business date", r))?;
+                match self.business_date {
+                    None => self.business_date = Some(date),
+                    Some(first) if first == date => {}
+                    Some(_) => {
+                        return Err((
+                            "business date",
+                            "the file already named another business date for all its transactions",
+                        ));
+                    }
+                }
             }
             _ => {}
         }

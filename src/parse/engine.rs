@@ -171,7 +171,7 @@ impl<'a> Engine<'a> {
                                 return Err(ParseError::UnknownEntity {
                                     file: self.file.to_owned(),
                                     position: self.locate(pos),
-                                    name: String::from_utf8_lossy(other).into_owned(),
+                                    name: clip(&String::from_utf8_lossy(other)),
                                 });
                             }
                         }
@@ -196,7 +196,7 @@ impl<'a> Engine<'a> {
         }
         let end = self.text.len() as u64;
         if let Some(frame) = self.frames.last() {
-            let innermost = self.path[frame.path_len..].trim_start_matches('/').to_owned();
+            let innermost = clip(self.path[frame.path_len..].trim_start_matches('/'));
             return Err(ParseError::Truncated {
                 file: self.file.to_owned(),
                 position: self.locate(end),
@@ -218,6 +218,9 @@ impl<'a> Engine<'a> {
     }
 
     fn start(&mut self, e: &BytesStart<'_>, pos: u64) -> Result<(), ParseError> {
+        if e.name().into_inner().len() > MAX_NAME_BYTES {
+            return Err(self.too_long_name("an element", e.name().into_inner().len(), pos));
+        }
         let name = self.str_of(local_name(e.name().into_inner()), pos)?;
         let print = name_print(name.as_bytes());
         if self.frames.len() >= self.opts.max_depth {
@@ -339,6 +342,9 @@ impl<'a> Engine<'a> {
         for attr in e.attributes().with_checks(false) {
             let attr = attr.map_err(|err| self.malformed(pos, format!("bad attribute: {err}")))?;
             let raw = attr.key.into_inner();
+            if raw.len() > MAX_NAME_BYTES {
+                return Err(self.too_long_name("an attribute", raw.len(), pos));
+            }
             if !names.insert(raw) {
                 let raw = String::from_utf8_lossy(raw);
                 return Err(self.malformed(pos, format!("attribute {raw} appears twice")));
@@ -646,7 +652,7 @@ impl<'a> Engine<'a> {
                         file: self.file.to_owned(),
                         position: self.locate(pos),
                         dialect: forced.id(),
-                        root: name.to_owned(),
+                        root: clip(name),
                     });
                 }
                 forced
@@ -654,8 +660,8 @@ impl<'a> Engine<'a> {
             None => Dialect::detect(&info).ok_or_else(|| ParseError::UnknownDialect {
                 file: self.file.to_owned(),
                 position: self.locate(pos),
-                root: name.to_owned(),
-                namespace: default_ns.map(str::to_owned),
+                root: clip(name),
+                namespace: default_ns.map(clip),
             })?,
         };
         let plan = Plan::for_dialect(dialect);
@@ -708,8 +714,14 @@ impl<'a> Engine<'a> {
         Position::locate(self.text, offset)
     }
 
+    /// What went wrong, quoting the input no further than [`MAX_QUOTED_CHARS`]: a reason is stored, logged and
+    /// printed, and an audit saw one of 200 MiB (a root element's name, quoted whole).
     fn malformed(&self, offset: u64, reason: String) -> ParseError {
-        ParseError::Malformed { file: self.file.to_owned(), position: self.locate(offset), reason }
+        ParseError::Malformed { file: self.file.to_owned(), position: self.locate(offset), reason: clip(&reason) }
+    }
+
+    fn too_long_name(&self, what: &str, len: usize, offset: u64) -> ParseError {
+        self.malformed(offset, format!("{what} name of {len} bytes, longer than the limit of {MAX_NAME_BYTES}"))
     }
 
     fn invalid(&self, offset: u64, (field, reason): ValueError, value: &str) -> ParseError {
@@ -734,10 +746,8 @@ impl<'a> Engine<'a> {
                 | SyntaxError::UnclosedPI
                 | SyntaxError::UnclosedXmlDecl,
             ) if !self.frames.is_empty() => {
-                let innermost = self
-                    .frames
-                    .last()
-                    .map_or(String::new(), |f| self.path[f.path_len..].trim_start_matches('/').to_owned());
+                let innermost =
+                    self.frames.last().map_or(String::new(), |f| clip(self.path[f.path_len..].trim_start_matches('/')));
                 ParseError::Truncated {
                     file: self.file.to_owned(),
                     position: self.locate(self.text.len() as u64),
@@ -745,11 +755,28 @@ impl<'a> Engine<'a> {
                     innermost,
                 }
             }
-            XmlError::Escape(EscapeError::UnrecognizedEntity(_, name)) => {
-                ParseError::UnknownEntity { file: self.file.to_owned(), position: self.locate(offset), name }
-            }
+            XmlError::Escape(EscapeError::UnrecognizedEntity(_, name)) => ParseError::UnknownEntity {
+                file: self.file.to_owned(),
+                position: self.locate(offset),
+                name: clip(&name),
+            },
             other => self.malformed(offset, other.to_string()),
         }
+    }
+}
+
+/// Longest element or attribute name accepted, in bytes. POS names are tens of bytes; the file limit alone let a
+/// 200 MiB name through, into a bronze key and an error's reason.
+const MAX_NAME_BYTES: usize = 1024;
+
+/// Most characters of the input an error quotes.
+const MAX_QUOTED_CHARS: usize = 200;
+
+/// `text` within [`MAX_QUOTED_CHARS`], marked as cut when it is.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}… ({} bytes in all)", &text[..end], text.len()),
     }
 }
 

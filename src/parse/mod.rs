@@ -27,11 +27,20 @@ pub struct ParseOptions {
     pub max_text_bytes: usize,
     /// Largest file once decompressed, in bytes. Default 256 MiB: bounds a gzip bomb.
     pub max_decompressed_bytes: u64,
+    /// Most distinct business dates in one file. Default 100: a POS file covers a shift, a day or a period, and
+    /// each date is a partition with its own open writers (about 75 KB each) until the commit.
+    pub max_business_dates: usize,
 }
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions { dialect: None, max_depth: 128, max_text_bytes: 1 << 20, max_decompressed_bytes: 256 << 20 }
+        ParseOptions {
+            dialect: None,
+            max_depth: 128,
+            max_text_bytes: 1 << 20,
+            max_decompressed_bytes: 256 << 20,
+            max_business_dates: 100,
+        }
     }
 }
 
@@ -40,6 +49,17 @@ impl Default for ParseOptions {
 pub fn parse_file(name: &str, bytes: &[u8], opts: &ParseOptions) -> Result<ParsedFile, ParseError> {
     let decoded = input::decode(name, bytes, opts.max_decompressed_bytes)?;
     let out = engine::Engine::new(name, &decoded.text, opts).run()?;
+    // Transactions come in date order, mostly: a new date is rarely one seen before, and a short list is enough.
+    let mut dates: Vec<chrono::NaiveDate> = Vec::new();
+    for t in &out.transactions {
+        let date = t.header.key.business_date;
+        if dates.last() != Some(&date) && !dates.contains(&date) {
+            if dates.len() == opts.max_business_dates {
+                return Err(ParseError::TooManyDates { file: name.to_owned(), limit: opts.max_business_dates });
+            }
+            dates.push(date);
+        }
+    }
     let line_count = out.transactions.iter().map(|t| t.lines.len() as u32).sum();
     let discount_count = out.transactions.iter().map(|t| t.discounts.len() as u32).sum();
     let facts = FileFacts {
