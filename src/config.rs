@@ -176,6 +176,10 @@ pub struct DedupConfig {
     /// Files the Redis file index (the files already ingested, shared by the workers) is sized for when it is
     /// created. Default 100,000,000.
     pub expected_files: u64,
+    /// Whether a worker of several claims its keys in flight in Redis, so that two workers taking one sale at once
+    /// land it once (see `ingest::claims`). Default true; off saves about a Redis command per key where routing by
+    /// site already keeps each sale's copies on one worker.
+    pub claim_in_flight: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -210,6 +214,7 @@ impl Default for DedupConfig {
             false_positive_rate: 0.001,
             max_shard_mib: 128,
             expected_files: 100_000_000,
+            claim_in_flight: true,
         }
     }
 }

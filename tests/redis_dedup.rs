@@ -1372,63 +1372,25 @@ fn two_worker_processes_split_the_staging_area_and_land_every_key_once() {
 /// resumed after a pause land 111 sales a second time.
 #[test]
 fn a_worker_resumed_after_a_pause_checks_its_keys_again_before_its_commit() {
-    use poslake::ingest::route::Route;
     let server = RedisServer::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (all, _report, manifest) = corpus(dir.path(), 93, 2);
-    // One staging area routed by its top folder: worker 0's share holds the corpus, worker 1's a copy of it.
-    let route_by = "share-([0-9]+)/";
-    let share_of = |index: u32| {
-        let route = Route::new(2, index, Some(route_by)).expect("route");
-        (0..).map(|n| format!("share-{n}")).find(|s| route.takes(&format!("{s}/f.xml"))).expect("a share")
-    };
-    let staging = dir.path().join("staging");
-    for index in [0, 1] {
-        copy_tree(&all, &staging.join(share_of(index)));
-    }
-    let lake = dir.path().join("lake");
-    let config = dir.path().join("poslake.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "workers = 2\nroute_by = '{route_by}'\ncommit_wait_secs = 2\ncommit_files = 4\n\n[dedup]\n\
-             backend = \"redis-bitmap\"\nredis_url = \"{}\"\nexpected_keys_per_period = 200000\nmax_shard_mib = 1\n",
-            server.url()
-        ),
-    )
-    .expect("config");
-    let poslake = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
-        cmd.args(args).arg("--json").arg("--config").arg(&config).arg("--lake").arg(&lake);
-        cmd.env_remove("POSLAKE_KILL_AT").env_remove("POSLAKE_STOP_AT").env("RUST_LOG", "warn");
-        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-        cmd
-    };
-    let ingest = |index: &str| {
-        let mut cmd = poslake(&["ingest", "--worker-index", index]);
-        cmd.arg("--staging").arg(&staging);
-        cmd
-    };
+    let two = SharedCopies::new(&server, 93, 2);
+    let (manifest, ingest, poslake, lake) =
+        (&two.manifest, |i: &str| two.ingest(i), |a: &[&str]| two.poslake(a), &two.lake);
 
     // Worker 0 stops right after its first check.
-    let paused = ingest("0").env("POSLAKE_STOP_AT", "dedup-check:1").spawn().expect("spawn");
-    let stopped = std::time::Instant::now();
-    let state = || std::fs::read_to_string(format!("/proc/{}/stat", paused.id())).unwrap_or_default();
-    while !state().rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')) {
-        assert!(stopped.elapsed() < Duration::from_secs(60), "worker 0 never reached its stop point");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (paused, mut reaper) = stopped_at(ingest("0"), "dedup-check:1");
     let stopped = std::time::Instant::now();
     // Worker 1 lands every sale meanwhile.
     let other = ingest("1").output().expect("worker 1");
     assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
-    let want = unique_keys(&manifest);
+    let want = unique_keys(manifest);
     let landed: serde_json::Value = serde_json::from_slice(&other.stdout).expect("summary");
     assert_eq!(landed["new_transactions"].as_u64(), Some(want.len() as u64), "{landed}");
     // Past the wait, worker 0 resumes: its commit finds its keys landed by the other and commits nothing.
     std::thread::sleep(Duration::from_secs(3).saturating_sub(stopped.elapsed()));
     assert_eq!(unsafe { libc::kill(paused.id() as i32, libc::SIGCONT) }, 0);
     let resumed = paused.wait_with_output().expect("worker 0");
+    reaper.disarm();
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(!resumed.status.success(), "the resumed run commits nothing: {stderr}");
     assert!(stderr.contains("checked as new long before it"), "{stderr}");
@@ -1442,7 +1404,126 @@ fn a_worker_resumed_after_a_pause_checks_its_keys_again_before_its_commit() {
     let reconciled: serde_json::Value = serde_json::from_slice(&reconciled.stdout).expect("report");
     assert_eq!(reconciled["promoted"].as_u64(), Some(0), "{reconciled}");
     assert_eq!(reconciled["confirmed_duplicates"].as_u64(), Some(want.len() as u64), "{reconciled}");
-    tokio::runtime::Runtime::new().expect("runtime").block_on(assert_exact(&lake, &want));
+    tokio::runtime::Runtime::new().expect("runtime").block_on(assert_exact(lake, &want));
+}
+
+/// Two workers routed by folder, each with a copy of the same sales in its share, both checking them in one commit
+/// window (the gap routing by site closes): the first to check claims them, the other quarantines its copies as
+/// `in_flight_elsewhere`, and every sale lands once. Without claims both landed them (a re-audit doubled 135 sales
+/// so, with pauses shorter than `commit_wait_secs`).
+#[test]
+fn copies_taken_by_two_workers_at_once_land_once_through_claims() {
+    let server = RedisServer::start();
+    // A long wait: worker 0's pause stays well inside it, so its commit does not check its keys again.
+    let two = SharedCopies::new(&server, 94, 120);
+    let (manifest, ingest, poslake, lake) =
+        (&two.manifest, |i: &str| two.ingest(i), |a: &[&str]| two.poslake(a), &two.lake);
+
+    // Worker 0 stops once it has claimed its first batch's keys, long before its commit.
+    let (paused, mut reaper) = stopped_at(ingest("0"), "dedup-claim:1");
+    // Worker 1 takes its copies meanwhile: those worker 0 claimed are quarantined, the rest land.
+    let other = ingest("1").output().expect("worker 1");
+    assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+    let want = unique_keys(manifest);
+    let landed: serde_json::Value = serde_json::from_slice(&other.stdout).expect("summary");
+    let (new, quarantined) =
+        (landed["new_transactions"].as_u64(), landed["quarantined_transactions"].as_u64().unwrap_or(0));
+    assert!(quarantined > 0 && new.is_some_and(|n| n < want.len() as u64), "{landed}");
+    // Worker 0 resumes: it lands what it claimed, and finds the rest landed by worker 1.
+    assert_eq!(unsafe { libc::kill(paused.id() as i32, libc::SIGCONT) }, 0);
+    let resumed = paused.wait_with_output().expect("worker 0");
+    reaper.disarm();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let resumed: serde_json::Value = serde_json::from_slice(&resumed.stdout).expect("summary");
+    assert_eq!(resumed["new_transactions"].as_u64().zip(new).map(|(a, b)| a + b), Some(want.len() as u64), "{resumed}");
+    tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        assert_exact(lake, &want).await;
+        let wh = Warehouse::open(lake).await.expect("open");
+        let claimed = common::scalar(&wh, "SELECT count(*) FROM sales_duplicates WHERE reason = 'in_flight_elsewhere'");
+        // Besides the corpus's own re-sends that worker 1 found landed (the filter's).
+        let claimed = claimed.await as u64;
+        assert!(claimed > 0 && claimed <= quarantined, "{claimed} of {quarantined} quarantined by claims");
+    });
+    // Reconcile confirms every quarantined copy, promotes none; verify finds the lake exact.
+    let reconciled = poslake(&["reconcile"]).output().expect("reconcile");
+    assert!(reconciled.status.success(), "{}", String::from_utf8_lossy(&reconciled.stderr));
+    let reconciled: serde_json::Value = serde_json::from_slice(&reconciled.stdout).expect("report");
+    assert_eq!(reconciled["promoted"].as_u64(), Some(0), "{reconciled}");
+    let verified = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"))
+        .args(["verify", "--lake"])
+        .arg(lake)
+        .output()
+        .expect("verify");
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+}
+
+/// Two workers of one lake routed by top folder (`share-N/`), each share holding a copy of one generated corpus,
+/// with a Redis store and `commit_wait_secs` as given.
+struct SharedCopies {
+    _dir: tempfile::TempDir,
+    staging: PathBuf,
+    lake: PathBuf,
+    config: PathBuf,
+    manifest: Vec<ManifestEntry>,
+}
+
+impl SharedCopies {
+    fn new(server: &RedisServer, seed: u64, commit_wait_secs: u64) -> Self {
+        use poslake::ingest::route::Route;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (all, _report, manifest) = corpus(dir.path(), seed, 2);
+        let route_by = "share-([0-9]+)/";
+        let share_of = |index: u32| {
+            let route = Route::new(2, index, Some(route_by)).expect("route");
+            (0..).map(|n| format!("share-{n}")).find(|s| route.takes(&format!("{s}/f.xml"))).expect("a share")
+        };
+        let staging = dir.path().join("staging");
+        for index in [0, 1] {
+            copy_tree(&all, &staging.join(share_of(index)));
+        }
+        let config = dir.path().join("poslake.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "workers = 2\nroute_by = '{route_by}'\ncommit_wait_secs = {commit_wait_secs}\ncommit_files = 4\n\n\
+                 [dedup]\nbackend = \"redis-bitmap\"\nredis_url = \"{}\"\nexpected_keys_per_period = 200000\n\
+                 max_shard_mib = 1\n",
+                server.url()
+            ),
+        )
+        .expect("config");
+        let lake = dir.path().join("lake");
+        SharedCopies { _dir: dir, staging, lake, config, manifest }
+    }
+
+    /// `poslake <args> --json` on the lake, with the configuration, its output captured.
+    fn poslake(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poslake"));
+        cmd.args(args).arg("--json").arg("--config").arg(&self.config).arg("--lake").arg(&self.lake);
+        cmd.env_remove("POSLAKE_KILL_AT").env_remove("POSLAKE_STOP_AT").env("RUST_LOG", "warn");
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd
+    }
+
+    fn ingest(&self, index: &str) -> std::process::Command {
+        let mut cmd = self.poslake(&["ingest", "--worker-index", index]);
+        cmd.arg("--staging").arg(&self.staging);
+        cmd
+    }
+}
+
+/// Starts `command` with `POSLAKE_STOP_AT=point` and waits until the process has stopped itself there; the child,
+/// and a guard that kills it if the test fails before it is resumed and reaped.
+fn stopped_at(mut command: std::process::Command, point: &str) -> (std::process::Child, common::KillOnDrop) {
+    let child = command.env("POSLAKE_STOP_AT", point).spawn().expect("spawn");
+    let reaper = common::KillOnDrop(Some(child.id()));
+    let started = std::time::Instant::now();
+    let state = || std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    while !state().rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the process never reached {point}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, reaper)
 }
 
 /// Copies every file under `from` to the same place under `to`.

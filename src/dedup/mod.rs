@@ -320,6 +320,39 @@ impl Dedup {
         self.redis_pool().is_some()
     }
 
+    /// The period a key's filter partition is labelled by (a shared store's; the embedded store has none).
+    fn period(&self) -> Option<DedupPeriod> {
+        match self {
+            Dedup::Embedded(_) => None,
+            Dedup::RedisBitmap(d) => Some(d.period()),
+            Dedup::RedisBloom(d) => Some(d.period()),
+        }
+    }
+
+    /// Claims `keys`, checked as new, for the shares of the staging area that hold them (`owners`, one per key), for
+    /// `ttl`: whether another owner holds each (see `ingest::claims`). Nothing to claim in the embedded store, which
+    /// one process opens at a time.
+    pub async fn claim(
+        &self,
+        keys: &[DedupKey],
+        owners: &[&str],
+        ttl: std::time::Duration,
+    ) -> Result<Vec<bool>, DedupError> {
+        let (Some(pool), Some(period)) = (self.redis_pool(), self.period()) else { return Ok(vec![false; keys.len()]) };
+        let labels: Vec<String> = keys.iter().map(|k| period.label(k.date)).collect();
+        let claims: Vec<(&str, u128, &str)> =
+            keys.iter().zip(&labels).zip(owners).map(|((k, l), o)| (l.as_str(), k.digest, *o)).collect();
+        pool.claim(&claims, ttl).await
+    }
+
+    /// Ends the claims on `keys`, which the store now holds.
+    pub async fn release_claims(&self, keys: &[DedupKey]) -> Result<(), DedupError> {
+        let (Some(pool), Some(period)) = (self.redis_pool(), self.period()) else { return Ok(()) };
+        let labels: Vec<String> = keys.iter().map(|k| period.label(k.date)).collect();
+        let claims: Vec<(&str, u128)> = keys.iter().zip(&labels).map(|(k, l)| (l.as_str(), k.digest)).collect();
+        pool.release_claims(&claims).await
+    }
+
     /// Puts up the reconcile fence over `keys` for `ttl`: commits holding any of them stop (see
     /// `ingest::reconcile`). Nothing to do for the embedded store, which no other process can open meanwhile.
     pub async fn fence(&self, keys: &[DedupKey], ttl: std::time::Duration) -> Result<(), DedupError> {

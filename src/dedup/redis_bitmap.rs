@@ -124,6 +124,11 @@ impl RedisBitmap {
         }
     }
 
+    /// The period this store's filters are partitioned by (the one the store was made with).
+    pub(super) fn period(&self) -> DedupPeriod {
+        self.period
+    }
+
     pub(super) fn pool(&self) -> &RedisPool {
         &self.pool
     }

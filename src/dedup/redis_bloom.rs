@@ -67,6 +67,11 @@ impl RedisBloom {
         }
     }
 
+    /// The period this store's filters are partitioned by (the one the store was made with).
+    pub(super) fn period(&self) -> DedupPeriod {
+        self.period
+    }
+
     pub(super) fn pool(&self) -> &RedisPool {
         &self.pool
     }

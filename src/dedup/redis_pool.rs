@@ -918,6 +918,82 @@ impl RedisPool {
         Ok(n)
     }
 
+    /// Claims keys in flight for the share of the staging area that holds them (see `ingest::claims`): a key no one
+    /// claims, or its owner claims again, is claimed for `ttl`; the answer says, key by key, whether another owner
+    /// holds it. Each key is `(period label, digest, owner)`. A store that lost its state since this process last
+    /// looked lost its claims with it: that is `StateLost`, never "unclaimed".
+    pub async fn claim(&self, keys: &[(&str, u128, &str)], ttl: Duration) -> Result<Vec<bool>, DedupError> {
+        let expected = self.expected_generation().unwrap_or_default();
+        let ttl_ms = ttl.as_millis().max(1).to_string();
+        let groups = by_period(keys.iter().map(|k| k.0));
+        let groups = &groups;
+        let (expected, ttl_ms) = (&expected, &ttl_ms);
+        let answers: Vec<(usize, Vec<i64>)> = futures::stream::iter(0..groups.len())
+            .map(|g| async move {
+                let (label, idx) = &groups[g];
+                let mut pipe = redis::pipe();
+                pipe.cmd("EVAL").arg(CLAIM_IF_GENERATION).arg(idx.len() + 1).arg(self.generation_key(label));
+                for &i in idx {
+                    pipe.arg(self.claim_key(label, keys[i].1));
+                }
+                pipe.arg(expected).arg(ttl_ms);
+                for &i in idx {
+                    pipe.arg(keys[i].2);
+                }
+                let (answer,): (redis::Value,) = self.query(&pipe).await?;
+                match answer {
+                    redis::Value::BulkString(found) => Err(DedupError::StateLost {
+                        expected: expected.clone(),
+                        found: String::from_utf8_lossy(&found).into_owned(),
+                    }),
+                    other => Ok((g, redis::from_redis_value::<Vec<i64>>(other).map_err(|e| self.protocol(e))?)),
+                }
+            })
+            .buffer_unordered(PERIOD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut elsewhere = vec![false; keys.len()];
+        for (g, positions) in answers {
+            for p in positions {
+                if let Some(&i) = usize::try_from(p - 1).ok().and_then(|p| groups[g].1.get(p)) {
+                    elsewhere[i] = true;
+                }
+            }
+        }
+        Ok(elsewhere)
+    }
+
+    /// Ends claims this process made, once their keys are in the store (`(period label, digest)` each).
+    pub async fn release_claims(&self, keys: &[(&str, u128)]) -> Result<(), DedupError> {
+        let groups = by_period(keys.iter().map(|k| k.0));
+        let groups = &groups;
+        futures::stream::iter(0..groups.len())
+            .map(|g| async move {
+                let (label, idx) = &groups[g];
+                let mut pipe = redis::pipe();
+                pipe.cmd("UNLINK");
+                for &i in idx {
+                    pipe.arg(self.claim_key(label, keys[i].1));
+                }
+                pipe.ignore();
+                self.query::<()>(&pipe).await
+            })
+            .buffer_unordered(PERIOD_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// A claim's key: in the period's slot, beside its generation (on a cluster whose key prefix holds a tag, the
+    /// prefix's tag rules, as for every key).
+    fn claim_key(&self, label: &str, digest: u128) -> String {
+        self.key(&format!("claim:{{{label}}}:{digest:032x}"))
+    }
+
+    fn protocol(&self, e: impl std::fmt::Display) -> DedupError {
+        DedupError::Redis { url: self.url.clone(), error: format!("unexpected answer: {e}") }
+    }
+
     /// Checks that the generation is still the one this process started with: the first command of a check's
     /// pipeline, so that a lost state is never mistaken for "these keys are new".
     pub fn check_generation(&self, found: Option<String>) -> Result<(), DedupError> {
@@ -1100,6 +1176,42 @@ const APPLIED_IN: &str = "{dedup}:applied-in";
 const MARKS_PER_SCRIPT: usize = 1000;
 /// Round trips in flight to different periods.
 const PERIOD_CONCURRENCY: usize = 8;
+
+/// Keys of one script call, at most.
+const CLAIMS_PER_SCRIPT: usize = 500;
+
+/// The positions of `labels` grouped by label, each group at most [`CLAIMS_PER_SCRIPT`] long.
+fn by_period<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<(&'a str, Vec<usize>)> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, label) in labels.enumerate() {
+        groups.entry(label).or_default().push(i);
+    }
+    groups
+        .into_iter()
+        .flat_map(|(label, idx)| idx.chunks(CLAIMS_PER_SCRIPT).map(|c| (label, c.to_vec())).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Claims KEYS[2..] for the owners ARGV[3..] for ARGV[2] ms, if the generation KEYS[1] is ARGV[1] (when ARGV[1] is
+/// not empty): a key unclaimed or claimed by the same owner is (re)claimed. Returns the positions (from 1) of the keys
+/// another owner holds, or the generation found when it is not the one expected.
+const CLAIM_IF_GENERATION: &str = r"
+if ARGV[1] ~= '' then
+  local g = redis.call('GET', KEYS[1])
+  if g ~= ARGV[1] then return g or '(none)' end
+end
+local elsewhere = {}
+for i = 2, #KEYS do
+  local owner = ARGV[i + 1]
+  local held = redis.call('GET', KEYS[i])
+  if not held or held == owner then
+    redis.call('SET', KEYS[i], owner, 'PX', ARGV[2])
+  else
+    elsewhere[#elsewhere + 1] = i - 1
+  end
+end
+return elsewhere
+";
 
 /// SADD the commits if the generation is ARGV[1]; otherwise return the generation found.
 const MARK_IF_GENERATION: &str = r"

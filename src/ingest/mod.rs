@@ -10,6 +10,7 @@
 //! - [`maintain`]: table maintenance (merging manifests, expiring snapshots, removing orphans) within that protocol.
 
 pub mod archive;
+mod claims;
 pub mod commit;
 mod in_flight;
 mod ledger_index;
@@ -157,6 +158,13 @@ pub enum IngestError {
          added them meanwhile): nothing committed, the files are left for the next run"
     )]
     ChecksStale(usize),
+    /// Keys this commit holds were checked so long ago that their claims could have expired, and another share of
+    /// the staging area claims some of them now (see `claims`).
+    #[error(
+        "{0} transactions of this commit, checked as new long before it, are claimed by another worker now (this \
+         process was paused past its claims): nothing committed, the files are left for the next run"
+    )]
+    ClaimsLost(usize),
 }
 
 impl IngestError {
@@ -176,7 +184,8 @@ impl IngestError {
             | IngestError::LeaseUnconfirmed(_)
             | IngestError::Reconciling(_)
             | IngestError::FenceUnchecked(_)
-            | IngestError::ChecksStale(_) => false,
+            | IngestError::ChecksStale(_)
+            | IngestError::ClaimsLost(_) => false,
         }
     }
 }
@@ -256,6 +265,9 @@ pub enum Verdict {
     /// In a commit another process had in progress when this run started (paused mid-commit, say), whose keys the
     /// store will have only once it ends: quarantined too, for `reconcile` to check once it has.
     InProgressElsewhere,
+    /// Claimed in flight by another share of the staging area (another worker took a copy of this sale in the
+    /// same commit window; see `claims`): quarantined, for `reconcile` to check once that commit has landed it.
+    ClaimedElsewhere,
 }
 
 impl Verdict {
@@ -264,6 +276,7 @@ impl Verdict {
         match self {
             Verdict::Quarantined => Some("filter"),
             Verdict::InProgressElsewhere => Some("commit_in_progress"),
+            Verdict::ClaimedElsewhere => Some("in_flight_elsewhere"),
             Verdict::New | Verdict::Duplicate => None,
         }
     }

@@ -27,7 +27,7 @@ use crate::model::ParsedFile;
 use crate::parse::{ParseOptions, parse_file};
 
 use super::{
-    CommitPolicy, Failure, IngestError, IngestSetup, ParsedItem, ParsedRows, PosBatch, Verdict, replay, route,
+    CommitPolicy, Failure, IngestError, IngestSetup, ParsedItem, ParsedRows, PosBatch, Verdict, claims, replay, route,
 };
 
 /// Data written but not yet committed, and the keys it carries.
@@ -57,6 +57,8 @@ pub struct PosStages {
     in_flight: Mutex<InFlightKeys>,
     /// Keys of the commits other processes had in progress at the run's start (see [`PosStages::open_with`]).
     held_elsewhere: HashSet<KeyDigest>,
+    /// Claims on this run's keys in flight, with other workers (see [`claims`]).
+    claims: Option<claims::Claims>,
     /// Serialises recoveries from a store that lost its state or reconnected.
     healing: tokio::sync::Mutex<()>,
     /// Files the ledger already holds: skipped by discovery.
@@ -164,6 +166,9 @@ impl PosStages {
             failed: None,
         };
         let worker = crate::config::worker_name();
+        let route = Arc::new(setup.route.clone());
+        let claims =
+            claims::Claims::new(route.clone(), committer.dedup(), setup.dedup.claim_in_flight, setup.commit_wait);
         Ok(PosStages {
             staging,
             archive,
@@ -173,10 +178,11 @@ impl PosStages {
             committer,
             in_flight: Mutex::new(InFlightKeys::default()),
             held_elsewhere,
+            claims,
             healing: tokio::sync::Mutex::new(()),
             ledger: Arc::new(ledger),
             skipped: Arc::new(AtomicU64::new(0)),
-            route: Arc::new(setup.route.clone()),
+            route,
             elsewhere: Arc::new(AtomicU64::new(0)),
             commit_prefix: format!("{run_id}/{worker}-{}", std::process::id()),
             run_id,
@@ -350,9 +356,20 @@ impl PosStages {
                 let checked = checked.unwrap_or_else(std::time::Instant::now);
                 let limit = super::reconcile::RECHECK_AFTER.min(self.commit_wait);
                 match self.committer.dedup().added_since(&keys, checked, limit).await {
-                    Ok(0) => Ok(()),
-                    Ok(n) => Err(IngestError::ChecksStale(n)),
-                    Err(e) => Err(IngestError::FenceUnchecked(e.to_string())),
+                    Ok(0) => {}
+                    Ok(n) => return Err(IngestError::ChecksStale(n)),
+                    Err(e) => return Err(IngestError::FenceUnchecked(e.to_string())),
+                }
+                // So are their claims: a process paused past the wait may have lost them to another share.
+                match &self.claims {
+                    Some(claims) if checked.elapsed() >= limit => {
+                        match claims.confirm(self.committer.dedup(), &keys).await {
+                            Ok(0) => Ok(()),
+                            Ok(n) => Err(IngestError::ClaimsLost(n)),
+                            Err(e) => Err(IngestError::FenceUnchecked(e.to_string())),
+                        }
+                    }
+                    _ => Ok(()),
                 }
             };
             let slots = leases.map(|l| l.held()).unwrap_or_default();
@@ -387,7 +404,8 @@ impl PosStages {
                 | IngestError::LeaseUnconfirmed(_)
                 | IngestError::Reconciling(_)
                 | IngestError::FenceUnchecked(_)
-                | IngestError::ChecksStale(_)),
+                | IngestError::ChecksStale(_)
+                | IngestError::ClaimsLost(_)),
             ) => {
                 self.abandon_uncommitted(open, &keys, e.to_string());
                 return Err(e);
@@ -399,6 +417,9 @@ impl PosStages {
             }
         };
         self.release(&keys);
+        if let Some(claims) = &self.claims {
+            claims.release(self.committer.dedup(), &keys).await;
+        }
         // Counted once committed: a batch written and then abandoned (its commit failed) is counted by the run that
         // lands it, and one whose intent a recovery finished, by that recovery.
         let pending = std::mem::take(&mut open.pending);
@@ -458,6 +479,10 @@ impl PosStages {
         open.failed = Some(reason);
         self.release(&open.keys);
         self.release(also);
+        if let Some(claims) = &self.claims {
+            claims.forget(&open.keys);
+            claims.forget(also);
+        }
         open.keys.clear();
         open.pending = WriteReport::default();
         open.dead_letters.clear();
@@ -753,15 +778,46 @@ impl Stages for PosStages {
         failpoint::hit("dedup-check");
         let exact = self.committer.dedup().exact();
         let mut reserved = Vec::with_capacity(ask.len());
-        let mut in_flight =
-            self.in_flight.lock().map_err(|_| IngestError::Abandoned("in-flight keys poisoned".into()))?;
-        for ((key, (i, j)), seen) in ask.into_iter().zip(asked_at).zip(seen) {
-            if seen {
-                verdicts[i][j] = if exact { Verdict::Duplicate } else { Verdict::Quarantined };
-            } else if in_flight.reserve(key.digest) {
-                reserved.push(key);
-            } else {
-                verdicts[i][j] = Verdict::Duplicate;
+        let mut reserved_at = Vec::with_capacity(ask.len());
+        {
+            let mut in_flight =
+                self.in_flight.lock().map_err(|_| IngestError::Abandoned("in-flight keys poisoned".into()))?;
+            for ((key, (i, j)), seen) in ask.into_iter().zip(asked_at).zip(seen) {
+                if seen {
+                    verdicts[i][j] = if exact { Verdict::Duplicate } else { Verdict::Quarantined };
+                } else if in_flight.reserve(key.digest) {
+                    reserved.push(key);
+                    reserved_at.push((i, j));
+                } else {
+                    verdicts[i][j] = Verdict::Duplicate;
+                }
+            }
+        }
+        if let Some(claims) = &self.claims
+            && !reserved.is_empty()
+        {
+            let paths: Vec<&str> = reserved_at.iter().map(|&(i, _)| items[i].file.path.as_str()).collect();
+            let elsewhere = match claims.claim(self.committer.dedup(), &reserved, &paths).await {
+                Ok(e) => e,
+                Err(e) => {
+                    self.release(&reserved);
+                    return Err(e.into());
+                }
+            };
+            failpoint::hit("dedup-claim");
+            if elsewhere.iter().any(|e| *e) {
+                let mut kept = Vec::with_capacity(reserved.len());
+                let mut given_back = Vec::new();
+                for ((key, (i, j)), other) in reserved.into_iter().zip(reserved_at).zip(elsewhere) {
+                    if other {
+                        verdicts[i][j] = Verdict::ClaimedElsewhere;
+                        given_back.push(key);
+                    } else {
+                        kept.push(key);
+                    }
+                }
+                self.release(&given_back);
+                reserved = kept;
             }
         }
         Ok(PosBatch { items, verdicts, reserved: Arc::new(reserved), checked })

@@ -101,6 +101,15 @@ impl Route {
         (self.hash(path) % u64::from(SLOTS)) as u32
     }
 
+    /// The share of the staging area the file at `path` belongs to: its worker of a fixed count, or its slot with
+    /// leased slots. Stable across restarts, so that a worker knows its own claims again (see `claims`).
+    pub fn share_of(&self, path: &str) -> String {
+        match &self.leases {
+            Some(_) => format!("slot-{}", self.slot_of(path)),
+            None => format!("worker-{}-of-{}", self.worker_of(path), self.workers),
+        }
+    }
+
     /// Whether this worker takes the file at `path`.
     pub fn takes(&self, path: &str) -> bool {
         match &self.leases {

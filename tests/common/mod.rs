@@ -228,3 +228,24 @@ pub async fn hold_catalog_read_lock(lake: &std::path::Path) -> sqlx::SqliteConne
     sqlx::query("SELECT count(*) FROM iceberg_tables").fetch_one(&mut conn).await.expect("read");
     conn
 }
+
+/// Kills a child process when dropped, unless disarmed: a test that fails while its child is stopped (SIGSTOP)
+/// leaves no stopped process behind.
+pub struct KillOnDrop(pub Option<u32>);
+
+impl KillOnDrop {
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: a plain signal to a process this test started and has not reaped.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
