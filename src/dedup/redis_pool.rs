@@ -919,51 +919,85 @@ impl RedisPool {
     }
 
     /// Claims keys in flight for the share of the staging area that holds them (see `ingest::claims`): a key no one
-    /// claims, or its owner claims again, is claimed for `ttl`; the answer says, key by key, whether another owner
-    /// holds it. Each key is `(period label, digest, owner)`. A store that lost its state since this process last
-    /// looked lost its claims with it: that is `StateLost`, never "unclaimed".
-    pub async fn claim(&self, keys: &[(&str, u128, &str)], ttl: Duration) -> Result<Vec<bool>, DedupError> {
-        let expected = self.expected_generation().unwrap_or_default();
-        let ttl_ms = ttl.as_millis().max(1).to_string();
+    /// claims is claimed, one its own share claims stays so; the answer says, key by key, whether another share
+    /// holds it. Each key is `(period label, digest, share)`. Claims live in one hash per period, a field per key
+    /// (`HSETNX`: four arguments a key, where a claim by script cost more than a check and an add together). A store
+    /// that lost its state since this process last looked lost its claims with it: that is `StateLost`, never
+    /// "unclaimed".
+    pub async fn claim(&self, keys: &[(&str, u128, &str)]) -> Result<Vec<bool>, DedupError> {
         let groups = by_period(keys.iter().map(|k| k.0));
         let groups = &groups;
-        let (expected, ttl_ms) = (&expected, &ttl_ms);
-        let answers: Vec<(usize, Vec<i64>)> = futures::stream::iter(0..groups.len())
+        let answers: Vec<(usize, Vec<bool>)> = futures::stream::iter(0..groups.len())
             .map(|g| async move {
                 let (label, idx) = &groups[g];
-                let mut pipe = redis::pipe();
-                pipe.cmd("EVAL").arg(CLAIM_IF_GENERATION).arg(idx.len() + 1).arg(self.generation_key(label));
-                for &i in idx {
-                    pipe.arg(self.claim_key(label, keys[i].1));
-                }
-                pipe.arg(expected).arg(ttl_ms);
-                for &i in idx {
-                    pipe.arg(keys[i].2);
-                }
-                let (answer,): (redis::Value,) = self.query(&pipe).await?;
-                match answer {
-                    redis::Value::BulkString(found) => Err(DedupError::StateLost {
-                        expected: expected.clone(),
-                        found: String::from_utf8_lossy(&found).into_owned(),
-                    }),
-                    other => Ok((g, redis::from_redis_value::<Vec<i64>>(other).map_err(|e| self.protocol(e))?)),
-                }
+                Ok::<_, DedupError>((g, self.claim_in(label, &idx.iter().map(|&i| keys[i]).collect::<Vec<_>>()).await?))
             })
             .buffer_unordered(PERIOD_CONCURRENCY)
             .try_collect()
             .await?;
         let mut elsewhere = vec![false; keys.len()];
-        for (g, positions) in answers {
-            for p in positions {
-                if let Some(&i) = usize::try_from(p - 1).ok().and_then(|p| groups[g].1.get(p)) {
-                    elsewhere[i] = true;
-                }
+        for (g, found) in answers {
+            for (&i, other) in groups[g].1.iter().zip(found) {
+                elsewhere[i] = other;
             }
         }
         Ok(elsewhere)
     }
 
-    /// Ends claims this process made, once their keys are in the store (`(period label, digest)` each).
+    /// [`Self::claim`] for keys of one period.
+    async fn claim_in(&self, label: &str, keys: &[(&str, u128, &str)]) -> Result<Vec<bool>, DedupError> {
+        let hash = self.claims_key(label);
+        let mut elsewhere = vec![false; keys.len()];
+        let mut asking: Vec<usize> = (0..keys.len()).collect();
+        // A claim released between a `HSETNX` that found it and the read of its holder is tried again; three rounds
+        // end any such race in practice, and a key still unsettled after them is taken as held elsewhere (it is then
+        // quarantined, never landed twice).
+        for _ in 0..3 {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(self.generation_key(label));
+            for &i in &asking {
+                pipe.cmd("HSETNX").arg(&hash).arg(&keys[i].1.to_le_bytes()[..]).arg(keys[i].2);
+            }
+            pipe.cmd("PEXPIRE").arg(&hash).arg(CLAIMS_IDLE_TTL.as_millis() as u64).ignore();
+            let answers: Vec<redis::Value> = self.query(&pipe).await?;
+            let mut answers = answers.into_iter();
+            let generation: Option<String> =
+                answers.next().map(redis::from_redis_value).transpose().map_err(|e| self.protocol(e))?;
+            self.check_generation(generation)?;
+            let mut held = Vec::new();
+            for (&i, answer) in asking.iter().zip(answers) {
+                if redis::from_redis_value::<i64>(answer).map_err(|e| self.protocol(e))? == 0 {
+                    held.push(i);
+                }
+            }
+            if held.is_empty() {
+                return Ok(elsewhere);
+            }
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET").arg(&hash);
+            for &i in &held {
+                pipe.arg(&keys[i].1.to_le_bytes()[..]);
+            }
+            let (holders,): (Vec<Option<Vec<u8>>>,) = self.query(&pipe).await?;
+            asking.clear();
+            for (i, holder) in held.into_iter().zip(holders) {
+                match holder {
+                    Some(h) => elsewhere[i] = h != keys[i].2.as_bytes(),
+                    None => asking.push(i),
+                }
+            }
+            if asking.is_empty() {
+                return Ok(elsewhere);
+            }
+        }
+        for i in asking {
+            elsewhere[i] = true;
+        }
+        Ok(elsewhere)
+    }
+
+    /// Ends claims this process made (`(period label, digest)` each): their keys are in the store, or their batch
+    /// was given up.
     pub async fn release_claims(&self, keys: &[(&str, u128)]) -> Result<(), DedupError> {
         let groups = by_period(keys.iter().map(|k| k.0));
         let groups = &groups;
@@ -971,9 +1005,9 @@ impl RedisPool {
             .map(|g| async move {
                 let (label, idx) = &groups[g];
                 let mut pipe = redis::pipe();
-                pipe.cmd("UNLINK");
+                pipe.cmd("HDEL").arg(self.claims_key(label));
                 for &i in idx {
-                    pipe.arg(self.claim_key(label, keys[i].1));
+                    pipe.arg(&keys[i].1.to_le_bytes()[..]);
                 }
                 pipe.ignore();
                 self.query::<()>(&pipe).await
@@ -984,10 +1018,10 @@ impl RedisPool {
         Ok(())
     }
 
-    /// A claim's key: in the period's slot, beside its generation (on a cluster whose key prefix holds a tag, the
-    /// prefix's tag rules, as for every key).
-    fn claim_key(&self, label: &str, digest: u128) -> String {
-        self.key(&format!("claim:{{{label}}}:{digest:032x}"))
+    /// A period's claims: a hash of key digests to the share that claims each, in the period's slot beside its
+    /// generation (on a cluster whose key prefix holds a tag, the prefix's tag rules, as for every key).
+    fn claims_key(&self, label: &str) -> String {
+        self.key(&format!("claims:{{{label}}}"))
     }
 
     fn protocol(&self, e: impl std::fmt::Display) -> DedupError {
@@ -1177,10 +1211,14 @@ const MARKS_PER_SCRIPT: usize = 1000;
 /// Round trips in flight to different periods.
 const PERIOD_CONCURRENCY: usize = 8;
 
-/// Keys of one script call, at most.
-const CLAIMS_PER_SCRIPT: usize = 500;
+/// Claims of one round trip, at most.
+const CLAIMS_PER_ROUND_TRIP: usize = 500;
 
-/// The positions of `labels` grouped by label, each group at most [`CLAIMS_PER_SCRIPT`] long.
+/// How long a period's claims outlive the last claim made in it: claims are ended by their commits, and only those
+/// of a process that died and whose share no one takes again (another layout of workers) are left for this to end.
+const CLAIMS_IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The positions of `labels` grouped by label, each group at most [`CLAIMS_PER_ROUND_TRIP`] long.
 fn by_period<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<(&'a str, Vec<usize>)> {
     let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
     for (i, label) in labels.enumerate() {
@@ -1188,30 +1226,9 @@ fn by_period<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<(&'a str, Vec<usi
     }
     groups
         .into_iter()
-        .flat_map(|(label, idx)| idx.chunks(CLAIMS_PER_SCRIPT).map(|c| (label, c.to_vec())).collect::<Vec<_>>())
+        .flat_map(|(label, idx)| idx.chunks(CLAIMS_PER_ROUND_TRIP).map(|c| (label, c.to_vec())).collect::<Vec<_>>())
         .collect()
 }
-
-/// Claims KEYS[2..] for the owners ARGV[3..] for ARGV[2] ms, if the generation KEYS[1] is ARGV[1] (when ARGV[1] is
-/// not empty): a key unclaimed or claimed by the same owner is (re)claimed. Returns the positions (from 1) of the keys
-/// another owner holds, or the generation found when it is not the one expected.
-const CLAIM_IF_GENERATION: &str = r"
-if ARGV[1] ~= '' then
-  local g = redis.call('GET', KEYS[1])
-  if g ~= ARGV[1] then return g or '(none)' end
-end
-local elsewhere = {}
-for i = 2, #KEYS do
-  local owner = ARGV[i + 1]
-  local held = redis.call('GET', KEYS[i])
-  if not held or held == owner then
-    redis.call('SET', KEYS[i], owner, 'PX', ARGV[2])
-  else
-    elsewhere[#elsewhere + 1] = i - 1
-  end
-end
-return elsewhere
-";
 
 /// SADD the commits if the generation is ARGV[1]; otherwise return the generation found.
 const MARK_IF_GENERATION: &str = r"
