@@ -24,8 +24,22 @@ pub fn decode<'a>(file: &str, bytes: &'a [u8], max_bytes: u64) -> Result<Decoded
     if bytes.is_empty() {
         return Err(ParseError::Empty { file: file.to_owned() });
     }
-    if bytes.starts_with(&ZIP_MAGIC) {
-        return Err(ParseError::UnsupportedArchive { file: file.to_owned(), format: "zip" });
+    // Other archives and compressors by their magic numbers: named as such, not as text that is not UTF-8 (an
+    // audit saw bzip2, xz and zstd files reported so). zlib's two-byte header (`x` then a check byte) cannot begin
+    // an XML document.
+    let other: [(&[u8], &'static str); 9] = [
+        (&ZIP_MAGIC, "zip"),
+        (b"BZh", "bzip2"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+        (&[b'7', b'z', 0xbc, 0xaf, 0x27, 0x1c], "7z"),
+        (&[0x78, 0x01], "zlib"),
+        (&[0x78, 0x5e], "zlib"),
+        (&[0x78, 0x9c], "zlib"),
+        (&[0x78, 0xda], "zlib"),
+    ];
+    if let Some(&(_, format)) = other.iter().find(|(magic, _)| bytes.starts_with(magic)) {
+        return Err(ParseError::UnsupportedArchive { file: file.to_owned(), format });
     }
     if bytes.starts_with(&GZIP_MAGIC) {
         let raw = gunzip(file, bytes, max_bytes)?;
@@ -390,6 +404,17 @@ mod tests {
     #[test]
     fn zip_and_unknown_encodings_are_refused() {
         assert!(matches!(decode("f", b"PK\x03\x04rest", 100), Err(ParseError::UnsupportedArchive { .. })));
+        for (bytes, named) in [
+            (&b"BZh91AY&SY"[..], "bzip2"),
+            (&[0xfd, b'7', b'z', b'X', b'Z', 0, 0, 4][..], "xz"),
+            (&[0x28, 0xb5, 0x2f, 0xfd, 0x24, 0x05][..], "zstd"),
+            (&[0x78, 0x9c, 0xb3, 0x49][..], "zlib"),
+        ] {
+            match decode("f", bytes, 100) {
+                Err(ParseError::UnsupportedArchive { format, .. }) => assert_eq!(format, named),
+                other => panic!("{named}: {other:?}", other = other.err()),
+            }
+        }
         assert!(matches!(
             decode("f", b"<?xml version=\"1.0\" encoding=\"klingon\"?><a/>", 100),
             Err(ParseError::UnsupportedEncoding { .. })
