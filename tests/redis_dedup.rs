@@ -1457,6 +1457,41 @@ fn copies_taken_by_two_workers_at_once_land_once_through_claims() {
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
 }
 
+/// Claims, one by one: a share's claim holds off another share and not itself; it runs out at its time (a share
+/// killed after its commit, before it ended its claims, leaves them only that long: an audit saw such claims keep
+/// another layout's workers quarantining original sales), and ends when released. Two periods' keys go to their
+/// own hashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_holds_off_other_shares_until_it_ends_or_runs_out() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    std::fs::create_dir_all(&lake).expect("lake");
+    let store = Dedup::open(&server.bitmap(), &lake).await.expect("open store");
+    let keys: Vec<DedupKey> = random_keys(4, 7)
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| DedupKey { date: chrono::NaiveDate::from_ymd_opt(2026, 1 + i as u32 % 2, 5).expect("date"), ..k })
+        .collect();
+    let (long, short) = (Duration::from_secs(60), Duration::from_millis(1500));
+    let claim = |share: &'static str, ttl: Duration| {
+        let (store, keys) = (&store, &keys);
+        async move { store.claim(keys, &[share; 4], ttl).await.expect("claim") }
+    };
+    assert_eq!(claim("worker-0-of-2", short).await, vec![false; 4], "unclaimed: taken");
+    assert_eq!(claim("worker-1-of-2", long).await, vec![true; 4], "held by another share");
+    assert_eq!(claim("worker-0-of-2", short).await, vec![false; 4], "its own share's, renewed");
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+    assert_eq!(claim("worker-1-of-3", long).await, vec![false; 4], "run out: taken over");
+    assert_eq!(claim("worker-0-of-2", long).await, vec![true; 4], "now the other share's");
+    store.release_claims(&keys[..2]).await.expect("release");
+    assert_eq!(claim("worker-0-of-2", long).await, vec![false, false, true, true], "released ones are free");
+    let client = redis::Client::open(server.url().as_str()).expect("Redis URL");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let hashes: Vec<String> = redis::cmd("KEYS").arg("*claims*").query_async(&mut conn).await.expect("keys");
+    assert_eq!(hashes.len(), 2, "a hash per period: {hashes:?}");
+}
+
 /// Two workers of one lake routed by top folder (`share-N/`), each share holding a copy of one generated corpus,
 /// with a Redis store and `commit_wait_secs` as given.
 struct SharedCopies {

@@ -167,7 +167,8 @@ impl PosStages {
         };
         let worker = crate::config::worker_name();
         let route = Arc::new(setup.route.clone());
-        let claims = claims::Claims::new(route.clone(), committer.dedup(), setup.dedup.claim_in_flight);
+        let claims =
+            claims::Claims::new(route.clone(), committer.dedup(), setup.dedup.claim_in_flight, setup.commit_wait);
         Ok(PosStages {
             staging,
             archive,

@@ -49,8 +49,8 @@ pub struct VerifyReport {
     /// Business dates checked (both ends included); none: all.
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
-    /// Commits not finished when the check began (in progress, or left by a process that died: the next ingest
-    /// finishes those). Their tables may be landed in part, so the checks across tables may count their rows.
+    /// Commits unfinished when the checks across tables were last tried (in progress, or left by a process that
+    /// died: the next ingest finishes those). Their tables may be landed in part, so those checks are then left out.
     pub unfinished_commits: usize,
     pub checks: Vec<Check>,
 }
@@ -181,13 +181,17 @@ fn counts_query(table: &str, column: &str) -> String {
 }
 
 /// Runs every check over business dates `from..=to` (each end optional), with up to `samples` examples each.
+///
+/// A commit lands its tables one after the other, so the checks across tables hold only between commits: they are
+/// run while no commit is unfinished and no table they read changes, and again (three times at most) if one did;
+/// a lake that never kept still that long, or holds a commit left unfinished by a process that died, has them
+/// left out, with the reason, rather than reported broken.
 pub async fn verify(
     warehouse: &Warehouse,
     from: Option<NaiveDate>,
     to: Option<NaiveDate>,
     samples: usize,
 ) -> Result<VerifyReport, VerifyError> {
-    let unfinished_commits = warehouse.pending_intent_ids()?.len();
     let mut dates = String::new();
     if let Some(from) = from {
         dates.push_str(&format!(" AND business_date >= DATE '{from}'"));
@@ -195,36 +199,110 @@ pub async fn verify(
     if let Some(to) = to {
         dates.push_str(&format!(" AND business_date <= DATE '{to}'"));
     }
+    let (within, across): (Vec<Rule>, Vec<Rule>) = rules().into_iter().partition(|r| !r.across_tables());
     let mut checks = Vec::new();
-    for rule in rules() {
-        let mut check = Check {
+    for rule in &within {
+        checks.push(run(warehouse, rule, &dates, samples).await?);
+    }
+    let read: Vec<&str> = {
+        let mut t: Vec<&str> = across.iter().flat_map(|r| r.tables.iter().copied()).collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    };
+    let mut unfinished_commits = 0;
+    let mut settled = None;
+    for _ in 0..3 {
+        let before = (warehouse.pending_intent_ids()?.len(), snapshots(warehouse, &read).await?);
+        unfinished_commits = before.0;
+        if before.0 > 0 {
+            break; // a commit left unfinished stays so until an ingest finishes it
+        }
+        let mut found = Vec::new();
+        for rule in &across {
+            found.push(run(warehouse, rule, &dates, samples).await?);
+        }
+        let after = (warehouse.pending_intent_ids()?.len(), snapshots(warehouse, &read).await?);
+        unfinished_commits = after.0;
+        if after == before {
+            settled = Some(found);
+            break;
+        }
+    }
+    match settled {
+        Some(found) => checks.extend(found),
+        None => {
+            let why = match unfinished_commits {
+                0 => "the tables changed while they were checked (ingests committing): run verify again".to_owned(),
+                n => format!(
+                    "{n} commits unfinished (in progress, or left by a process that died: the next ingest finishes \
+                     them), their tables landed in part: run verify again once they end"
+                ),
+            };
+            for rule in &across {
+                checks.push(Check { skipped: Some(why.clone()), ..Check::of(rule) });
+            }
+        }
+    }
+    // In the order of `rules()`.
+    let order: Vec<&str> = rules().iter().map(|r| r.name).collect();
+    checks.sort_by_key(|c| order.iter().position(|n| *n == c.name));
+    Ok(VerifyReport { from, to, unfinished_commits, checks })
+}
+
+/// Runs one rule's check.
+async fn run(warehouse: &Warehouse, rule: &Rule, dates: &str, samples: usize) -> Result<Check, VerifyError> {
+    let mut check = Check::of(rule);
+    let mut absent = Vec::new();
+    for table in rule.tables {
+        if !warehouse.has_table(table).await? {
+            absent.push(*table);
+        }
+    }
+    if !absent.is_empty() {
+        check.skipped = Some(format!("no table {} yet", absent.join(", ")));
+        return Ok(check);
+    }
+    let breaking = rule.query.replace("{dates}", dates);
+    check.found = count(&sql(warehouse, &format!("SELECT count(*) FROM ({breaking}) broken")).await?);
+    if check.found > 0 && samples > 0 {
+        let rows = sql(warehouse, &format!("SELECT * FROM ({breaking}) broken LIMIT {samples}")).await?;
+        check.examples = examples(&rows);
+    }
+    Ok(check)
+}
+
+/// The current snapshot of each table (none for a table not made yet, or without a snapshot).
+async fn snapshots(warehouse: &Warehouse, tables: &[&str]) -> Result<Vec<Option<i64>>, VerifyError> {
+    let mut out = Vec::with_capacity(tables.len());
+    for table in tables {
+        let id = match warehouse.has_table(table).await? {
+            true => warehouse.load(table).await?.metadata().current_snapshot().map(|s| s.snapshot_id()),
+            false => None,
+        };
+        out.push(id);
+    }
+    Ok(out)
+}
+
+impl Check {
+    fn of(rule: &Rule) -> Self {
+        Check {
             name: rule.name,
             rule: rule.rule,
             severity: rule.severity,
             found: 0,
             examples: Vec::new(),
             skipped: None,
-        };
-        let mut absent = Vec::new();
-        for table in rule.tables {
-            if !warehouse.has_table(table).await? {
-                absent.push(*table);
-            }
         }
-        if !absent.is_empty() {
-            check.skipped = Some(format!("no table {} yet", absent.join(", ")));
-            checks.push(check);
-            continue;
-        }
-        let breaking = rule.query.replace("{dates}", &dates);
-        check.found = count(&sql(warehouse, &format!("SELECT count(*) FROM ({breaking}) broken")).await?);
-        if check.found > 0 && samples > 0 {
-            let rows = sql(warehouse, &format!("SELECT * FROM ({breaking}) broken LIMIT {samples}")).await?;
-            check.examples = examples(&rows);
-        }
-        checks.push(check);
     }
-    Ok(VerifyReport { from, to, unfinished_commits, checks })
+}
+
+impl Rule {
+    /// Whether the rule compares tables that a commit lands one after the other.
+    fn across_tables(&self) -> bool {
+        self.severity == Severity::Violation && self.tables.len() > 1
+    }
 }
 
 fn count(batches: &[RecordBatch]) -> u64 {
