@@ -1473,6 +1473,8 @@ async fn a_claim_holds_off_other_shares_until_it_ends_or_runs_out() {
         .enumerate()
         .map(|(i, k)| DedupKey { date: chrono::NaiveDate::from_ymd_opt(2026, 1 + i as u32 % 2, 5).expect("date"), ..k })
         .collect();
+    // Checked first, as an ingest does: that makes each period's filter, which `stats` lists.
+    assert_eq!(store.contains(&keys).await.expect("check"), vec![false; 4]);
     let (long, short) = (Duration::from_secs(60), Duration::from_millis(1500));
     let claim = |share: &'static str, ttl: Duration| {
         let (store, keys) = (&store, &keys);
@@ -1490,6 +1492,11 @@ async fn a_claim_holds_off_other_shares_until_it_ends_or_runs_out() {
     let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
     let hashes: Vec<String> = redis::cmd("KEYS").arg("*claims*").query_async(&mut conn).await.expect("keys");
     assert_eq!(hashes.len(), 2, "a hash per period: {hashes:?}");
+    // `poslake dedup stats` counts them per period, until they end.
+    let held = |stats: Vec<poslake::dedup::PartitionStats>| stats.iter().map(|p| p.claims).sum::<u64>();
+    assert_eq!(held(store.stats().await.expect("stats")), 4);
+    store.release_claims(&keys).await.expect("release");
+    assert_eq!(held(store.stats().await.expect("stats")), 0);
 }
 
 /// Two workers of one lake routed by top folder (`share-N/`), each share holding a copy of one generated corpus,

@@ -156,8 +156,9 @@ pub async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCod
     }
     // On a Redis Cluster spread by period, where each partition lives.
     let spread = partitions.iter().any(|p| p.primary.is_some());
+    let claims = partitions.iter().any(|p| p.claims > 0);
     say!(
-        "{:<12} {:>14} {:>14} {:>14} {:>8} {:>10} {:>12}{}",
+        "{:<12} {:>14} {:>14} {:>14} {:>8} {:>10} {:>12}{}{}",
         "partition",
         "adds",
         "est. keys",
@@ -165,13 +166,14 @@ pub async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCod
         "fill",
         "fp now",
         "memory MiB",
+        if claims { "   claims" } else { "" },
         if spread { "  primary" } else { "" }
     );
     for s in partitions {
         // The embedded store is exact and has no design capacity.
         let capacity = if s.capacity == u64::MAX { "none".to_owned() } else { s.capacity.to_string() };
         say!(
-            "{:<12} {:>14} {:>14.0} {:>14} {:>7.2}% {:>10.6} {:>12.1}{}{}",
+            "{:<12} {:>14} {:>14.0} {:>14} {:>7.2}% {:>10.6} {:>12.1}{}{}{}",
             s.partition,
             s.adds,
             s.estimated_keys,
@@ -179,6 +181,7 @@ pub async fn dedup_stats(store: StoreArgs, json: bool) -> anyhow::Result<ExitCod
             s.fill * 100.0,
             s.fp_now,
             s.memory_bytes as f64 / (1 << 20) as f64,
+            if claims { format!(" {:>8}", s.claims) } else { String::new() },
             s.primary.as_deref().map(|p| format!("  {p}")).unwrap_or_default(),
             if s.over_capacity { "  OVER CAPACITY" } else { "" }
         );

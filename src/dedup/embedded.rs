@@ -366,6 +366,7 @@ impl DedupStore for EmbeddedDedup {
             memory_bytes: self.db.write_buffer_size() + self.db.cache_size(),
             over_capacity: false,
             primary: None,
+            claims: 0,
         }])
     }
 

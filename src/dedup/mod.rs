@@ -122,6 +122,9 @@ pub struct PartitionStats {
     /// On a Redis Cluster spread by period, the primary that serves the partition now (`host:port`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
+    /// Keys claimed in flight in the partition's period by workers of several (see `ingest::claims`), ended or not
+    /// run out yet; 0 for the embedded store, which has none.
+    pub claims: u64,
 }
 
 /// What the keys of commits being marked applied are, so that a store that keeps its marks beside its filters (a
@@ -443,7 +446,13 @@ impl DedupStore for Dedup {
     }
 
     async fn stats(&self) -> Result<Vec<PartitionStats>, DedupError> {
-        each_store!(self, d => d.stats().await)
+        let mut stats = each_store!(self, d => d.stats().await)?;
+        if let Some(pool) = self.redis_pool() {
+            for s in &mut stats {
+                s.claims = pool.claims_held(&s.partition).await?;
+            }
+        }
+        Ok(stats)
     }
 
     fn exact(&self) -> bool {

@@ -524,6 +524,7 @@ impl DedupStore for RedisBitmap {
                 memory_bytes: memory,
                 over_capacity: estimated > plan.expected_keys as f64,
                 primary: None,
+                claims: 0,
             });
         }
         let primaries = self.pool.primaries_of(&out.iter().map(|p| p.partition.clone()).collect::<Vec<_>>()).await?;

@@ -361,6 +361,7 @@ impl DedupStore for RedisBloom {
                 memory_bytes: memory,
                 over_capacity: items > self.capacity,
                 primary: None,
+                claims: 0,
             });
         }
         let primaries = self.pool.primaries_of(&out.iter().map(|p| p.partition.clone()).collect::<Vec<_>>()).await?;

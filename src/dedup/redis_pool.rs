@@ -1045,6 +1045,12 @@ impl RedisPool {
         Ok(())
     }
 
+    /// How many keys of the period `label` are claimed (see [`Self::claim`]), run out or not.
+    pub async fn claims_held(&self, label: &str) -> Result<u64, DedupError> {
+        let (n,): (u64,) = self.query(redis::pipe().cmd("HLEN").arg(self.claims_key(label))).await?;
+        Ok(n)
+    }
+
     /// A period's claims: a hash of key digests to the share that claims each, in the period's slot beside its
     /// generation (on a cluster whose key prefix holds a tag, the prefix's tag rules, as for every key).
     fn claims_key(&self, label: &str) -> String {
