@@ -1499,6 +1499,28 @@ async fn a_claim_holds_off_other_shares_until_it_ends_or_runs_out() {
     assert_eq!(held(store.stats().await.expect("stats")), 0);
 }
 
+/// A worker killed after its commit's first table, before it ended its claims: the next start's recovery lands the
+/// commit, adds its keys and ends their claims, so none is left for other workers to meet (an audit counted 529-633
+/// left per such kill).
+#[test]
+fn the_claims_of_a_commit_finished_by_recovery_end_with_it() {
+    let server = RedisServer::start();
+    let two = SharedCopies::new(&server, 95, 60);
+    let killed = two.ingest("0").env("POSLAKE_KILL_AT", "commit-table:1").output().expect("worker 0");
+    assert!(!killed.status.success(), "killed mid-commit");
+    let again = two.ingest("0").output().expect("worker 0 again");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let stats = two.poslake(&["dedup", "stats"]).output().expect("stats");
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    let partitions = stats["partitions"].as_array().expect("partitions");
+    assert!(!partitions.is_empty(), "{stats}");
+    let held: u64 = partitions.iter().map(|p| p["claims"].as_u64().expect("claims")).sum();
+    assert_eq!(held, 0, "{stats}");
+    let want = unique_keys(&two.manifest);
+    tokio::runtime::Runtime::new().expect("runtime").block_on(assert_exact(&two.lake, &want));
+}
+
 /// Two workers of one lake routed by top folder (`share-N/`), each share holding a copy of one generated corpus,
 /// with a Redis store and `commit_wait_secs` as given.
 struct SharedCopies {
