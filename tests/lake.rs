@@ -683,6 +683,7 @@ async fn verify_finds_what_makes_a_lake_inexact_and_nothing_else() {
     assert_eq!(unsettled.unfinished_commits, 1);
     let line_counts = unsettled.checks.iter().find(|c| c.name == "line_counts").expect("check");
     assert!(line_counts.skipped.as_deref().is_some_and(|why| why.contains("1 commits unfinished")), "{line_counts:?}");
+    assert!(unsettled.unsettled().contains(&"line_counts"), "{unsettled:?}");
     assert_eq!(found(&unsettled, "sales_header_keys_twice"), keys.len() as u64);
     std::fs::remove_file(commits.join("left.json")).expect("rm");
 

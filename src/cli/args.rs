@@ -105,7 +105,8 @@ pub enum Command {
     },
     /// Check that the lake is exact: each sale once in sales_header and bronze, each header with as many lines and
     /// discounts as it counts, each file ingested once; and count the quarantined keys reconcile has yet to settle.
-    /// Exits with 3 when a rule is broken (1 when the check itself fails).
+    /// Exits with 3 when a rule is broken, 4 when commits landing kept the checks across tables from running (1
+    /// when the check itself fails).
     Verify {
         #[command(flatten)]
         lake: LakeArgs,

@@ -145,8 +145,12 @@ pub struct DateRange {
 
 pub async fn verify(args: LakeArgs, range: DateRange, examples: usize, json: bool) -> anyhow::Result<ExitCode> {
     use poslake::lake::verify::Severity;
-    if let (Some(from), Some(to)) = (range.from, range.to) {
-        anyhow::ensure!(from <= to, "--from {from} is after --to {to}: no business date is in that range");
+    if let (Some(from), Some(to)) = (range.from, range.to)
+        && from > to
+    {
+        // A usage error, as clap's own (exit 2).
+        eprintln!("error: --from {from} is after --to {to}: no business date is in that range");
+        return Ok(ExitCode::from(2));
     }
     existing_lake(&args.lake, args.catalog())?;
     let wh = poslake::lake::Warehouse::open_to_read(&args.lake, args.catalog()).await?;
@@ -174,14 +178,24 @@ pub async fn verify(args: LakeArgs, range: DateRange, examples: usize, json: boo
             }
         }
         let pending = report.checks.iter().any(|c| c.severity == Severity::Pending && c.found > 0);
-        say!(
-            "{}{}",
-            if report.exact() { "the lake is exact" } else { "the lake is NOT exact" },
-            if pending { "; run `poslake reconcile` to settle the quarantine" } else { "" }
-        );
+        let unsettled = report.unsettled();
+        let verdict = match (report.exact(), unsettled.is_empty()) {
+            (false, _) => "the lake is NOT exact".to_owned(),
+            (true, true) => "the lake is exact".to_owned(),
+            (true, false) => format!(
+                "the lake is exact in what was checked; {} checks were left out while commits landed: run verify again",
+                unsettled.len()
+            ),
+        };
+        say!("{verdict}{}", if pending { "; run `poslake reconcile` to settle the quarantine" } else { "" });
     }
-    // 3, not 1: a script must tell a lake that is not exact from a command that failed (1) or was misused (2).
-    Ok(if report.exact() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    // Not 1: a script must tell a lake that is not exact (3), or not wholly checked (4), from a command that failed
+    // (1) or was misused (2).
+    Ok(match (report.exact(), report.unsettled().is_empty()) {
+        (false, _) => ExitCode::from(3),
+        (true, false) => ExitCode::from(4),
+        (true, true) => ExitCode::SUCCESS,
+    })
 }
 
 pub async fn reconcile(store: StoreArgs, json: bool) -> anyhow::Result<ExitCode> {

@@ -332,20 +332,15 @@ impl Dedup {
         }
     }
 
-    /// Claims `keys`, checked as new, for the shares of the staging area that hold them (`owners`, one per key), for
-    /// `ttl`: whether another owner holds each (see `ingest::claims`). Nothing to claim in the embedded store, which
+    /// Claims `keys`, checked as new, for the shares of the staging area that hold them (`owners`, one per key):
+    /// whether another owner holds each (see `ingest::claims`). Nothing to claim in the embedded store, which
     /// one process opens at a time.
-    pub async fn claim(
-        &self,
-        keys: &[DedupKey],
-        owners: &[&str],
-        ttl: std::time::Duration,
-    ) -> Result<Vec<bool>, DedupError> {
+    pub async fn claim(&self, keys: &[DedupKey], owners: &[&str]) -> Result<Vec<bool>, DedupError> {
         let (Some(pool), Some(period)) = (self.redis_pool(), self.period()) else { return Ok(vec![false; keys.len()]) };
         let labels: Vec<String> = keys.iter().map(|k| period.label(k.date)).collect();
         let claims: Vec<(&str, u128, &str)> =
             keys.iter().zip(&labels).zip(owners).map(|((k, l), o)| (l.as_str(), k.digest, *o)).collect();
-        pool.claim(&claims, ttl).await
+        pool.claim(&claims).await
     }
 
     /// Ends the claims on `keys`: the store holds them now, or their batch was given up.

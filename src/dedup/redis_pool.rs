@@ -918,22 +918,19 @@ impl RedisPool {
         Ok(n)
     }
 
-    /// Claims keys in flight for the share of the staging area that holds them (see `ingest::claims`), until `ttl`
-    /// from now: a key no one claims, or whose claim has run out, is claimed; one its own share claims is claimed
-    /// again (its time renewed); the answer says, key by key, whether another share holds it. Each key is `(period
-    /// label, digest, share)`. A period's claims are one hash, a field per key whose value is the share and the
-    /// time its claim runs out (`HSETNX`: four arguments a key, where a claim by script cost more than a check and
-    /// an add together; a claim found is taken over or renewed by a compare-and-set script, rarely). A store that
-    /// lost its state since this process last looked lost its claims with it: that is `StateLost`, never
+    /// Claims keys in flight for the share of the staging area that holds them (see `ingest::claims`): a key no one
+    /// claims is claimed, one its own share claims stays so; the answer says, key by key, whether another share
+    /// holds it. Each key is `(period label, digest, share)`. Claims live in one hash per period, a field per key
+    /// (`HSETNX`: four arguments a key, where a claim by script cost more than a check and an add together). A store
+    /// that lost its state since this process last looked lost its claims with it: that is `StateLost`, never
     /// "unclaimed".
-    pub async fn claim(&self, keys: &[(&str, u128, &str)], ttl: Duration) -> Result<Vec<bool>, DedupError> {
+    pub async fn claim(&self, keys: &[(&str, u128, &str)]) -> Result<Vec<bool>, DedupError> {
         let groups = by_period(keys.iter().map(|k| k.0));
         let groups = &groups;
         let answers: Vec<(usize, Vec<bool>)> = futures::stream::iter(0..groups.len())
             .map(|g| async move {
                 let (label, idx) = &groups[g];
-                let keys: Vec<(&str, u128, &str)> = idx.iter().map(|&i| keys[i]).collect();
-                Ok::<_, DedupError>((g, self.claim_in(label, &keys, ttl).await?))
+                Ok::<_, DedupError>((g, self.claim_in(label, &idx.iter().map(|&i| keys[i]).collect::<Vec<_>>()).await?))
             })
             .buffer_unordered(PERIOD_CONCURRENCY)
             .try_collect()
@@ -948,23 +945,20 @@ impl RedisPool {
     }
 
     /// [`Self::claim`] for keys of one period.
-    async fn claim_in(&self, label: &str, keys: &[(&str, u128, &str)], ttl: Duration) -> Result<Vec<bool>, DedupError> {
+    async fn claim_in(&self, label: &str, keys: &[(&str, u128, &str)]) -> Result<Vec<bool>, DedupError> {
         let hash = self.claims_key(label);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let (now_ms, until) = (now.as_millis() as u64, (now + ttl).as_millis() as u64);
-        let value = |share: &str| format!("{share} {until}");
         let mut elsewhere = vec![false; keys.len()];
         let mut asking: Vec<usize> = (0..keys.len()).collect();
-        // A claim that changes between its read and its compare-and-set is read again; three rounds end any such
-        // race in practice, and a key still unsettled after them is taken as held elsewhere (it is then
+        // A claim released between a `HSETNX` that found it and the read of its holder is tried again; three rounds
+        // end any such race in practice, and a key still unsettled after them is taken as held elsewhere (it is then
         // quarantined, never landed twice).
         for _ in 0..3 {
             let mut pipe = redis::pipe();
             pipe.cmd("GET").arg(self.generation_key(label));
             for &i in &asking {
-                pipe.cmd("HSETNX").arg(&hash).arg(&keys[i].1.to_le_bytes()[..]).arg(value(keys[i].2));
+                pipe.cmd("HSETNX").arg(&hash).arg(&keys[i].1.to_le_bytes()[..]).arg(keys[i].2);
             }
-            pipe.cmd("PEXPIRE").arg(&hash).arg((ttl * 2).as_millis() as u64).ignore();
+            pipe.cmd("PEXPIRE").arg(&hash).arg(CLAIMS_IDLE_TTL.as_millis() as u64).ignore();
             let answers: Vec<redis::Value> = self.query(&pipe).await?;
             let mut answers = answers.into_iter();
             let generation: Option<String> =
@@ -984,33 +978,12 @@ impl RedisPool {
             for &i in &held {
                 pipe.arg(&keys[i].1.to_le_bytes()[..]);
             }
-            let (holders,): (Vec<Option<String>>,) = self.query(&pipe).await?;
+            let (holders,): (Vec<Option<Vec<u8>>>,) = self.query(&pipe).await?;
             asking.clear();
-            // Claims to take over (run out) or renew (this share's), each only if it is still as read.
-            let mut swaps: Vec<(usize, String)> = Vec::new();
             for (i, holder) in held.into_iter().zip(holders) {
-                let Some(holder) = holder else {
-                    asking.push(i); // ended meanwhile: claim it anew
-                    continue;
-                };
-                let (share, runs_out) = holder.rsplit_once(' ').unwrap_or((holder.as_str(), "0"));
-                if share == keys[i].2 || runs_out.parse::<u64>().unwrap_or(0) < now_ms {
-                    swaps.push((i, holder));
-                } else {
-                    elsewhere[i] = true;
-                }
-            }
-            if !swaps.is_empty() {
-                let mut pipe = redis::pipe();
-                pipe.cmd("EVAL").arg(SWAP_CLAIMS).arg(1).arg(&hash);
-                for (i, held) in &swaps {
-                    pipe.arg(&keys[*i].1.to_le_bytes()[..]).arg(held).arg(value(keys[*i].2));
-                }
-                let (changed,): (Vec<i64>,) = self.query(&pipe).await?;
-                for p in changed {
-                    if let Some((i, _)) = usize::try_from(p - 1).ok().and_then(|p| swaps.get(p)) {
-                        asking.push(*i);
-                    }
+                match holder {
+                    Some(h) => elsewhere[i] = h != keys[i].2.as_bytes(),
+                    None => asking.push(i),
                 }
             }
             if asking.is_empty() {
@@ -1247,19 +1220,9 @@ const PERIOD_CONCURRENCY: usize = 8;
 /// Claims of one round trip, at most.
 const CLAIMS_PER_ROUND_TRIP: usize = 500;
 
-/// For each (field, value read, new value) of ARGV, sets the field of hash KEYS[1] to the new value if it still holds
-/// the value read; returns the positions (from 1) of those that changed meanwhile.
-const SWAP_CLAIMS: &str = r"
-local changed = {}
-for i = 1, #ARGV, 3 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
-  else
-    changed[#changed + 1] = (i + 2) / 3
-  end
-end
-return changed
-";
+/// How long a period's claims outlive the last claim made in it: claims are ended by their commits, and only those
+/// of a process that died and whose share no one takes again (another layout of workers) are left for this to end.
+const CLAIMS_IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The positions of `labels` grouped by label, each group at most [`CLAIMS_PER_ROUND_TRIP`] long.
 fn by_period<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<(&'a str, Vec<usize>)> {

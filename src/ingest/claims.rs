@@ -12,31 +12,26 @@
 //! commit never came. A share's claims are its own again after a restart, so a worker redoing its files after a
 //! crash is not held up by what it claimed before.
 //!
-//! A claim ends when its keys are in the store (after the commit), or runs out after [`ttl`]: three times the
-//! workers' wait for each other's commits (`commit_wait_secs`), at least a minute. A batch given up, or a process
-//! killed, leaves its claims for its share to take again when it redoes the files (the share names are stable), or
-//! to run out. A commit whose keys were checked longer ago than that wait (a process paused) claims them again first,
-//! renewing them: if another share holds some now, nothing is committed and the run fails, as for keys found landed
-//! meanwhile. Claims are a hash per period in Redis, a field per key in flight, holding the share and the time the
-//! claim runs out (by the clock of the host that made it: hosts' clocks must agree within seconds, as NTP keeps
-//! them).
+//! A claim ends when its keys are in the store: after the commit, or when the next start's recovery finishes a
+//! commit whose process was killed. It does not run out with time, since a process paused mid-commit still holds its
+//! intent and will land it when it resumes (a version whose claims ran out after three times `commit_wait_secs` let
+//! another worker land copies of a commit paused past that, an audit found). A batch given up, or a process killed
+//! before its commit, leaves its claims for its share to take again when it redoes the files (share names are stable
+//! across restarts). Claims that no share takes again (workers restarted in another layout) keep those keys
+//! quarantined, for `reconcile` to promote, until their period has seen no claim for a day. A commit whose keys were
+//! checked longer ago than the workers' wait for each other's commits (`commit_wait_secs`) claims them again first
+//! (a claim lost with its period's idle hash is made anew): if another share holds some now, nothing is committed and
+//! the run fails, as for keys found landed meanwhile. Claims are a hash per period in Redis, a field per key in
+//! flight.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::route::Route;
 use crate::dedup::{Dedup, DedupError, DedupKey, KeyDigest};
 
-/// How long a claim lasts unless its commit ends it first or its share renews it: well past the longest a commit
-/// follows its check without claiming its keys again (`commit_wait`).
-pub fn ttl(commit_wait: Duration) -> Duration {
-    (commit_wait * 3).max(Duration::from_secs(60))
-}
-
 pub(crate) struct Claims {
     route: Arc<Route>,
-    ttl: Duration,
     /// The share each key this process claimed, and has not released, was claimed for.
     owners: Mutex<HashMap<KeyDigest, Arc<str>>>,
 }
@@ -44,12 +39,9 @@ pub(crate) struct Claims {
 impl Claims {
     /// Claims for a run that shares the staging area with other workers through a shared store, unless configured
     /// off (`dedup.claim_in_flight`); none otherwise (a single worker's keys in flight are all in its own memory).
-    pub fn new(route: Arc<Route>, dedup: &Dedup, configured: bool, commit_wait: Duration) -> Option<Self> {
-        (configured && route.is_split() && dedup.is_shared()).then(|| Claims {
-            route,
-            ttl: ttl(commit_wait),
-            owners: Mutex::new(HashMap::new()),
-        })
+    pub fn new(route: Arc<Route>, dedup: &Dedup, configured: bool) -> Option<Self> {
+        (configured && route.is_split() && dedup.is_shared())
+            .then(|| Claims { route, owners: Mutex::new(HashMap::new()) })
     }
 
     /// The share a staging file belongs to.
@@ -62,7 +54,7 @@ impl Claims {
     pub async fn claim(&self, dedup: &Dedup, keys: &[DedupKey], paths: &[&str]) -> Result<Vec<bool>, DedupError> {
         let owners: Vec<Arc<str>> = paths.iter().map(|p| self.owner_of(p)).collect();
         let names: Vec<&str> = owners.iter().map(|o| &**o).collect();
-        let elsewhere = dedup.claim(keys, &names, self.ttl).await?;
+        let elsewhere = dedup.claim(keys, &names).await?;
         if let Ok(mut held) = self.owners.lock() {
             for ((k, owner), other) in keys.iter().zip(owners).zip(&elsewhere) {
                 if !other {
@@ -73,8 +65,8 @@ impl Claims {
         Ok(elsewhere)
     }
 
-    /// Claims a commit's keys again, renewing them (one that ran out is made anew if no other share took it): how
-    /// many another share holds now.
+    /// Claims a commit's keys again (one lost with its period's idle hash is made anew if no other share took it):
+    /// how many another share holds now.
     pub async fn confirm(&self, dedup: &Dedup, keys: &[DedupKey]) -> Result<usize, DedupError> {
         let owners: Vec<Arc<str>> = {
             let held = self.owners.lock().map_err(|_| DedupError::Config("claims poisoned".into()))?;
@@ -82,10 +74,11 @@ impl Claims {
             keys.iter().map(|k| held.get(&k.digest).cloned().unwrap_or_else(|| Arc::from(""))).collect()
         };
         let names: Vec<&str> = owners.iter().map(|o| &**o).collect();
-        Ok(dedup.claim(keys, &names, self.ttl).await?.into_iter().filter(|e| *e).count())
+        Ok(dedup.claim(keys, &names).await?.into_iter().filter(|e| *e).count())
     }
 
-    /// Ends the claims on committed keys, now in the store. A failure leaves them to run out.
+    /// Ends the claims on committed keys, now in the store. A failure leaves them until their period's claims idle
+    /// out (their keys are in the store, so they hold nothing off meanwhile).
     pub async fn release(&self, dedup: &Dedup, keys: &[DedupKey]) {
         self.forget(keys);
         if let Err(e) = dedup.release_claims(keys).await {
@@ -93,7 +86,7 @@ impl Claims {
         }
     }
 
-    /// Forgets keys given up uncommitted; their claims stay, for this share to take them again, or to run out.
+    /// Forgets keys given up uncommitted; their claims stay, for this share to take them again.
     pub fn forget(&self, keys: &[DedupKey]) {
         if let Ok(mut held) = self.owners.lock() {
             for k in keys {

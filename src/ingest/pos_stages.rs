@@ -167,8 +167,7 @@ impl PosStages {
         };
         let worker = crate::config::worker_name();
         let route = Arc::new(setup.route.clone());
-        let claims =
-            claims::Claims::new(route.clone(), committer.dedup(), setup.dedup.claim_in_flight, setup.commit_wait);
+        let claims = claims::Claims::new(route.clone(), committer.dedup(), setup.dedup.claim_in_flight);
         Ok(PosStages {
             staging,
             archive,
