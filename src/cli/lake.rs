@@ -148,8 +148,12 @@ pub async fn verify(args: LakeArgs, range: DateRange, examples: usize, json: boo
     if let (Some(from), Some(to)) = (range.from, range.to)
         && from > to
     {
-        // A usage error, as clap's own (exit 2).
-        eprintln!("error: --from {from} is after --to {to}: no business date is in that range");
+        // A usage error, as clap's own (exit 2); with --json, said on stdout too, as other failures are.
+        let message = format!("--from {from} is after --to {to}: no business date is in that range");
+        if json {
+            say!("{}", serde_json::json!({ "error": message }));
+        }
+        eprintln!("error: {message}");
         return Ok(ExitCode::from(2));
     }
     existing_lake(&args.lake, args.catalog())?;

@@ -360,7 +360,7 @@ impl Committer {
             // A process killed between its tables and the end of its claims left them (see `claims`): its keys are
             // in the store now, so they end here rather than run out (an audit counted 529-633 left per kill).
             if let Err(e) = self.dedup.release_claims(&keys).await {
-                tracing::warn!(commit = %id, error = %e, "claims of a recovered commit not ended; they run out");
+                tracing::warn!(commit = %id, error = %e, "claims of a recovered commit not ended (its keys are in the store)");
             }
             report.commits_readded += 1;
             report.keys_readded += keys.len() as u64;

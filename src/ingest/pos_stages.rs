@@ -488,6 +488,33 @@ impl PosStages {
         open.checked = None;
     }
 
+    /// Takes out of a batch's reserved keys those `out` marks, giving them the verdict `verdict` and their
+    /// in-flight reservation back; the rest, with their places.
+    fn give_back(
+        &self,
+        reserved: Vec<DedupKey>,
+        at: Vec<(usize, usize)>,
+        out: &[bool],
+        verdicts: &mut [Vec<Verdict>],
+        verdict: Verdict,
+    ) -> (Vec<DedupKey>, Vec<(usize, usize)>) {
+        if !out.iter().any(|o| *o) {
+            return (reserved, at);
+        }
+        let (mut kept, mut kept_at, mut given) = (Vec::with_capacity(reserved.len()), Vec::new(), Vec::new());
+        for ((key, (i, j)), o) in reserved.into_iter().zip(at).zip(out) {
+            if *o {
+                verdicts[i][j] = verdict;
+                given.push(key);
+            } else {
+                kept.push(key);
+                kept_at.push((i, j));
+            }
+        }
+        self.release(&given);
+        (kept, kept_at)
+    }
+
     fn release(&self, keys: &[DedupKey]) {
         if let Ok(mut f) = self.in_flight.lock() {
             f.release(keys);
@@ -804,19 +831,27 @@ impl Stages for PosStages {
                 }
             };
             failpoint::hit("dedup-claim");
-            if elsewhere.iter().any(|e| *e) {
-                let mut kept = Vec::with_capacity(reserved.len());
-                let mut given_back = Vec::new();
-                for ((key, (i, j)), other) in reserved.into_iter().zip(reserved_at).zip(elsewhere) {
-                    if other {
-                        verdicts[i][j] = Verdict::ClaimedElsewhere;
-                        given_back.push(key);
-                    } else {
-                        kept.push(key);
+            (reserved, reserved_at) =
+                self.give_back(reserved, reserved_at, &elsewhere, &mut verdicts, Verdict::ClaimedElsewhere);
+            // Checked again once claimed: another worker may have checked, claimed, landed and released a key
+            // between this check and this claim (this process paused there). A claim ends only once its keys are
+            // in the store, so a key claimed now is either in flight nowhere else or in the store already. An audit
+            // held a worker between the two and saw 599 sales land twice.
+            if !reserved.is_empty() {
+                let landed = match self.contains(&reserved).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        claims.forget(&reserved);
+                        self.release(&reserved);
+                        return Err(e);
                     }
+                };
+                if landed.iter().any(|l| *l) {
+                    let ended: Vec<DedupKey> =
+                        reserved.iter().zip(&landed).filter(|(_, l)| **l).map(|(k, _)| *k).collect();
+                    (reserved, _) = self.give_back(reserved, reserved_at, &landed, &mut verdicts, Verdict::Quarantined);
+                    claims.release(self.committer.dedup(), &ended).await;
                 }
-                self.release(&given_back);
-                reserved = kept;
             }
         }
         Ok(PosBatch { items, verdicts, reserved: Arc::new(reserved), checked })
