@@ -268,6 +268,9 @@ pub enum Verdict {
     /// Claimed in flight by another share of the staging area (another worker took a copy of this sale in the
     /// same commit window; see `claims`): quarantined, for `reconcile` to check once that commit has landed it.
     ClaimedElsewhere,
+    /// Found new, then in the store once claimed: another worker landed it between this check and this claim (this
+    /// process paused there); quarantined, for `reconcile` to confirm.
+    LandedMeanwhile,
 }
 
 impl Verdict {
@@ -277,6 +280,7 @@ impl Verdict {
             Verdict::Quarantined => Some("filter"),
             Verdict::InProgressElsewhere => Some("commit_in_progress"),
             Verdict::ClaimedElsewhere => Some("in_flight_elsewhere"),
+            Verdict::LandedMeanwhile => Some("landed_meanwhile"),
             Verdict::New | Verdict::Duplicate => None,
         }
     }

@@ -849,7 +849,8 @@ impl Stages for PosStages {
                 if landed.iter().any(|l| *l) {
                     let ended: Vec<DedupKey> =
                         reserved.iter().zip(&landed).filter(|(_, l)| **l).map(|(k, _)| *k).collect();
-                    (reserved, _) = self.give_back(reserved, reserved_at, &landed, &mut verdicts, Verdict::Quarantined);
+                    (reserved, _) =
+                        self.give_back(reserved, reserved_at, &landed, &mut verdicts, Verdict::LandedMeanwhile);
                     claims.release(self.committer.dedup(), &ended).await;
                 }
             }
