@@ -437,6 +437,15 @@ pub async fn ingest(
     }
     let mut summary = result?;
     summary.route_slots = Some(held);
+    if held == 0 && summary.other_workers_files > 0 {
+        // Not a failure (other workers may be taking them), but a one-off run beside none looks done when it is not:
+        // an audit saw one take nothing while a killed worker's leases had yet to expire.
+        tracing::warn!(
+            files = summary.other_workers_files,
+            "this run held no route slot: every slot is leased by another worker (live, or stopped and not yet \
+             expired); their files wait for those workers, or for a run after the leases expire"
+        );
+    }
     Ok(summary)
 }
 
