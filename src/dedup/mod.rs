@@ -337,17 +337,17 @@ impl Dedup {
     /// one process opens at a time.
     pub async fn claim(&self, keys: &[DedupKey], owners: &[&str]) -> Result<Vec<bool>, DedupError> {
         let (Some(pool), Some(period)) = (self.redis_pool(), self.period()) else { return Ok(vec![false; keys.len()]) };
-        let labels: Vec<String> = keys.iter().map(|k| period.label(k.date)).collect();
+        let (labels, of) = period_labels(period, keys);
         let claims: Vec<(&str, u128, &str)> =
-            keys.iter().zip(&labels).zip(owners).map(|((k, l), o)| (l.as_str(), k.digest, *o)).collect();
+            keys.iter().zip(&of).zip(owners).map(|((k, &l), o)| (labels[l].as_str(), k.digest, *o)).collect();
         pool.claim(&claims).await
     }
 
     /// Ends the claims on `keys`: the store holds them now, or their batch was given up.
     pub async fn release_claims(&self, keys: &[DedupKey]) -> Result<(), DedupError> {
         let (Some(pool), Some(period)) = (self.redis_pool(), self.period()) else { return Ok(()) };
-        let labels: Vec<String> = keys.iter().map(|k| period.label(k.date)).collect();
-        let claims: Vec<(&str, u128)> = keys.iter().zip(&labels).map(|(k, l)| (l.as_str(), k.digest)).collect();
+        let (labels, of) = period_labels(period, keys);
+        let claims: Vec<(&str, u128)> = keys.iter().zip(&of).map(|(k, &l)| (labels[l].as_str(), k.digest)).collect();
         pool.release_claims(&claims).await
     }
 
@@ -411,6 +411,25 @@ impl Dedup {
             Dedup::RedisBloom(d) => d.pool().take_reconnected(),
         }
     }
+}
+
+/// The period labels of `keys`, each once, and for each key the place of its label: a batch's keys fall on a few
+/// business dates, so a label is made per date rather than per key.
+fn period_labels(period: DedupPeriod, keys: &[DedupKey]) -> (Vec<String>, Vec<usize>) {
+    let mut dates: Vec<NaiveDate> = Vec::new();
+    let mut labels: Vec<String> = Vec::new();
+    let of = keys
+        .iter()
+        .map(|k| match dates.iter().position(|d| *d == k.date) {
+            Some(i) => i,
+            None => {
+                dates.push(k.date);
+                labels.push(period.label(k.date));
+                dates.len() - 1
+            }
+        })
+        .collect();
+    (labels, of)
 }
 
 macro_rules! each_store {
